@@ -1,0 +1,3 @@
+from kt.cli import main
+
+main()

@@ -1,0 +1,10 @@
+"""`kt doctor` (not built yet)."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(name="doctor")
+def doctor() -> None:
+    """Not built yet."""

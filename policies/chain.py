@@ -1,0 +1,208 @@
+"""The chain: runs compiled policies in order on a request, a response, or a stream.
+
+Order is meaning. The first BLOCK short-circuits; redactions compose in chain order (each
+policy sees the text as the ones before it left it). A policy that raises is an error, not
+a verdict: `fail_mode="block"` fails the request closed, `"allow"` lets it pass and records
+the error in the result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from policies.kinds.base import Decision, Policy, apply_hits
+from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Verdict
+
+FAIL_MODES = ("block", "allow")
+
+
+def _result(policy: Policy, phase: Phase, decision: Decision | None, started: float) -> PolicyResult:
+    latency_ms = (time.perf_counter() - started) * 1000.0
+    if decision is None:
+        return PolicyResult(policy.kind, phase, Verdict.ALLOW, "passed", latency_ms=latency_ms)
+    return PolicyResult(
+        policy.kind,
+        phase,
+        decision.verdict,
+        decision.reason_code,
+        decision.message,
+        decision.redactions,
+        latency_ms,
+    )
+
+
+def _error_result(policy: Policy, phase: Phase, exc: Exception, started: float, fail_mode: str) -> PolicyResult:
+    verdict = Verdict.BLOCK if fail_mode == "block" else Verdict.ALLOW
+    return PolicyResult(
+        policy.kind,
+        phase,
+        verdict,
+        "policy_error",
+        f"policy {policy.kind} failed: {type(exc).__name__}",
+        latency_ms=(time.perf_counter() - started) * 1000.0,
+        error=f"{type(exc).__name__}: {exc}"[:500],
+    )
+
+
+def summarize(results: Sequence[PolicyResult]) -> ChainOutcome:
+    """Fold per-policy results into the phase's outcome."""
+    results = tuple(results)
+    errored = any(r.error for r in results)
+    redactions = sum(r.redactions for r in results)
+    for verdict in (Verdict.BLOCK, Verdict.ESCALATE, Verdict.REDACT):
+        for r in results:
+            if r.verdict is verdict:
+                return ChainOutcome(verdict, r.reason_code, results, r.policy, r.message, redactions, errored)
+    return ChainOutcome(Verdict.ALLOW, "all_policies_passed", results, None, "", redactions, errored)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The compiled, ordered policies of one config."""
+
+    policies: tuple[Policy, ...] = ()
+    input_policies: tuple[Policy, ...] = field(init=False)
+    output_policies: tuple[Policy, ...] = field(init=False)
+    stream_window: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        inputs = tuple(p for p in self.policies if Phase.INPUT in p.phases)
+        outputs = tuple(p for p in self.policies if Phase.OUTPUT in p.phases)
+        object.__setattr__(self, "input_policies", inputs)
+        object.__setattr__(self, "output_policies", outputs)
+        object.__setattr__(self, "stream_window", max((p.window for p in outputs), default=0))
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(p.kind for p in self.policies)
+
+    def _run(self, policies: tuple[Policy, ...], phase: Phase, ex: Exchange, fail_mode: str) -> ChainOutcome:
+        results: list[PolicyResult] = []
+        for policy in policies:
+            started = time.perf_counter()
+            try:
+                check = policy.check_input if phase is Phase.INPUT else policy.check_output
+                result = _result(policy, phase, check(ex), started)
+            except Exception as exc:  # a policy bug must never take the gateway down
+                result = _error_result(policy, phase, exc, started, fail_mode)
+            results.append(result)
+            if result.verdict is Verdict.BLOCK:
+                break
+        return summarize(results)
+
+    def run_input(self, ex: Exchange, fail_mode: str = "block") -> ChainOutcome:
+        """Run input-phase policies on the request (may redact messages, narrow targets)."""
+        return self._run(self.input_policies, Phase.INPUT, ex, fail_mode)
+
+    def run_output(self, ex: Exchange, fail_mode: str = "block") -> ChainOutcome:
+        """Run output-phase policies on `ex.response_text` / `ex.response_tool_calls`."""
+        return self._run(self.output_policies, Phase.OUTPUT, ex, fail_mode)
+
+    def stream_guard(self, ex: Exchange, fail_mode: str = "block") -> StreamGuard:
+        """A scanner for a streamed response; see `StreamGuard`."""
+        return StreamGuard(self, ex, fail_mode)
+
+
+class StreamGuard:
+    """Scans a streamed response chunk by chunk with a rolling window.
+
+    `feed(delta)` returns the text to forward now (the delta itself, or with the part of a
+    match that lies in it redacted) and, when a policy blocks, the blocking outcome: the
+    caller then ends the stream with an error event and forwards nothing more. A match split
+    across chunks is found because each scan sees the last `window` characters already sent
+    plus the new delta. Text already forwarded cannot be taken back: in streams, `block` is
+    the action that guarantees nothing leaks past a match; `redact` covers what is unsent.
+    `finish()` runs the structural output checks (tool calls) and returns the phase outcome.
+    """
+
+    def __init__(self, chain: Chain, ex: Exchange, fail_mode: str) -> None:
+        self.chain = chain
+        self.ex = ex
+        self.fail_mode = fail_mode
+        self._text_policies = tuple(p for p in chain.output_policies if p.scans_text)
+        self._tail = ""
+        self._parts: list[str] = []
+        self._results: dict[str, PolicyResult] = {}
+        self._blocked: ChainOutcome | None = None
+
+    @property
+    def active(self) -> bool:
+        return bool(self.chain.output_policies)
+
+    def feed(self, delta: str) -> tuple[str, ChainOutcome | None]:
+        """Scan one content delta; return (text to forward, blocking outcome or None)."""
+        if self._blocked is not None:
+            return "", self._blocked
+        if not delta or not self._text_policies:
+            self._parts.append(delta)
+            return delta, None
+        offset = len(self._tail)
+        for policy in self._text_policies:
+            started = time.perf_counter()
+            buf = self._tail + delta
+            try:
+                hits = [h for h in policy.scan_text(buf, Phase.OUTPUT) if h.end > offset]
+            except Exception as exc:
+                result = _error_result(policy, Phase.OUTPUT, exc, started, self.fail_mode)
+                self._record(result)
+                if result.verdict is Verdict.BLOCK:
+                    self._blocked = summarize(tuple(self._results.values()))
+                    return "", self._blocked
+                continue
+            blocking = next((h for h in hits if h.verdict is not Verdict.REDACT), None)
+            if blocking is not None:
+                decision = Decision(blocking.verdict, blocking.reason_code, blocking.message)
+                self._record(_result(policy, Phase.OUTPUT, decision, started))
+                if blocking.verdict is Verdict.BLOCK:
+                    self._blocked = summarize(tuple(self._results.values()))
+                    return "", self._blocked
+                continue
+            if hits:
+                # Clip each hit to the unsent delta, then redact there.
+                clipped = [
+                    type(h)(max(h.start, offset) - offset, h.end - offset, h.verdict, h.reason_code,
+                            h.replacement, h.message)
+                    for h in hits
+                ]
+                delta, count = apply_hits(delta, clipped)
+                previous = self._results.get(policy.kind)
+                total = count + (previous.redactions if previous else 0)
+                decision = Decision(Verdict.REDACT, hits[0].reason_code, hits[0].message, total)
+                self._record(_result(policy, Phase.OUTPUT, decision, started))
+            elif policy.kind not in self._results:
+                self._record(_result(policy, Phase.OUTPUT, None, started))
+        self._parts.append(delta)
+        self._tail = (self._tail + delta)[-self.chain.stream_window :]
+        return delta, None
+
+    def _record(self, result: PolicyResult) -> None:
+        previous = self._results.get(result.policy)
+        if previous is not None and previous.verdict is not Verdict.ALLOW and result.verdict is Verdict.ALLOW:
+            return
+        if previous is not None:
+            result = PolicyResult(
+                result.policy, result.phase, result.verdict, result.reason_code, result.message,
+                result.redactions, previous.latency_ms + result.latency_ms, result.error,
+            )
+        self._results[result.policy] = result
+
+    def finish(self) -> ChainOutcome:
+        """Run the non-text output checks on the whole streamed response; the phase outcome."""
+        if self._blocked is not None:
+            return self._blocked
+        self.ex.response_text = "".join(self._parts)
+        for policy in self.chain.output_policies:
+            if policy.scans_text:
+                continue
+            started = time.perf_counter()
+            try:
+                result = _result(policy, Phase.OUTPUT, policy.check_output(self.ex), started)
+            except Exception as exc:
+                result = _error_result(policy, Phase.OUTPUT, exc, started, self.fail_mode)
+            self._record(result)
+            if result.verdict is Verdict.BLOCK:
+                break
+        ordered = [self._results[p.kind] for p in self.chain.output_policies if p.kind in self._results]
+        return summarize(ordered)

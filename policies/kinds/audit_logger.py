@@ -1,0 +1,23 @@
+"""audit-logger: a marker that the request is audited; persistence lives in the event store."""
+
+from __future__ import annotations
+
+from policies.kinds import register
+from policies.kinds.base import Policy
+from policies.model import Phase
+
+
+@register
+class AuditLogger(Policy):
+    kind = "audit-logger"
+    phases = frozenset({Phase.INPUT})
+    schema = {
+        "retention_days": {"type": "integer", "min": 1, "max": 36500},
+        "immutable": {"type": "boolean"},
+        "log_all_access": {"type": "boolean"},
+        "hipaa_audit_controls": {"type": "boolean"},
+    }
+
+    @property
+    def retention_days(self) -> int:
+        return int(self.options.get("retention_days", 365))

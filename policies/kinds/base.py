@@ -1,0 +1,141 @@
+"""The one small interface every policy kind implements.
+
+A kind is a class with a `kind` name, the `phases` it runs in, a Cerberus `schema` for its
+`policy.<kind>` block, and a constructor that compiles the block once (regexes, tables).
+At request time it answers through one of two doors:
+
+- text kinds (pii, dlp, prompt-injection, safety) implement `scan_text`, which returns the
+  `Hit`s found in a piece of text. The base class turns hits into decisions on requests,
+  responses and streams alike, so redaction and blocking behave the same everywhere.
+- structural kinds (rbac, agent-firewall, data routing, spend) override `check_input` /
+  `check_output` and look at headers, tools, targets and usage.
+
+Policies are deterministic and do no I/O. State that must outlive one request (spend,
+per-session counters) lives in the `PolicyState` handed to the constructor, which the
+gateway keeps across reloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from policies.model import Exchange, Phase, Verdict
+from policies.state import PolicyState
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A finding in a piece of text: `text[start:end]` matched."""
+
+    start: int
+    end: int
+    verdict: Verdict  # BLOCK, REDACT or ESCALATE
+    reason_code: str
+    replacement: str = ""  # what REDACT puts in place of the match
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A policy's answer for one phase. `None` from a check means allow."""
+
+    verdict: Verdict
+    reason_code: str
+    message: str = ""
+    redactions: int = 0
+
+
+def apply_hits(text: str, hits: list[Hit]) -> tuple[str, int]:
+    """Replace the REDACT hits in `text` (non-overlapping, leftmost first); return text and count."""
+    spans = sorted((h for h in hits if h.verdict is Verdict.REDACT), key=lambda h: (h.start, -h.end))
+    out: list[str] = []
+    pos = 0
+    count = 0
+    for hit in spans:
+        if hit.start < pos:
+            continue  # overlaps a longer match already replaced
+        out.append(text[pos : hit.start])
+        out.append(hit.replacement)
+        pos = hit.end
+        count += 1
+    out.append(text[pos:])
+    return "".join(out), count
+
+
+def _decide(hits: list[Hit], redactions: int) -> Decision | None:
+    for verdict in (Verdict.BLOCK, Verdict.ESCALATE):
+        for hit in hits:
+            if hit.verdict is verdict:
+                return Decision(verdict, hit.reason_code, hit.message)
+    if redactions:
+        first = next(h for h in hits if h.verdict is Verdict.REDACT)
+        return Decision(Verdict.REDACT, first.reason_code, first.message, redactions)
+    return None
+
+
+class Policy:
+    """Base class of all policy kinds."""
+
+    kind: ClassVar[str] = ""
+    phases: ClassVar[frozenset[Phase]] = frozenset({Phase.INPUT})
+    schema: ClassVar[dict[str, Any]] = {}
+    # Longest text a single hit can span; the stream guard keeps this much context
+    # across chunk boundaries. Text kinds with longer patterns raise it.
+    window: ClassVar[int] = 256
+
+    def __init__(self, options: dict[str, Any], state: PolicyState) -> None:
+        self.options = options
+        self.state = state
+
+    # --- text kinds -----------------------------------------------------------------
+    def scan_text(self, text: str, phase: Phase) -> list[Hit]:
+        """Findings in `text`. Text kinds override this; structural kinds don't."""
+        return []
+
+    @property
+    def scans_text(self) -> bool:
+        return type(self).scan_text is not Policy.scan_text
+
+    # --- the two phases ---------------------------------------------------------------
+    def check_input(self, ex: Exchange) -> Decision | None:
+        """Decide on the request; may redact `ex.messages` or narrow `ex.targets`."""
+        if not self.scans_text:
+            return None
+        hits: list[Hit] = []
+        redactions = 0
+
+        def redact(text: str) -> str:
+            nonlocal redactions
+            found = self.scan_text(text, Phase.INPUT)
+            if not found:
+                return text
+            hits.extend(found)
+            new, count = apply_hits(text, found)
+            redactions += count
+            return new
+
+        # Scan first without changing anything, so a block leaves the request untouched.
+        for text in ex.iter_texts():
+            found = self.scan_text(text, Phase.INPUT)
+            if any(h.verdict is not Verdict.REDACT for h in found):
+                return _decide(found, 0)
+            if found:
+                break
+        else:
+            return None
+        ex.map_texts(redact)
+        return _decide(hits, redactions)
+
+    def check_output(self, ex: Exchange) -> Decision | None:
+        """Decide on the response; may rewrite `ex.response_text`."""
+        if not self.scans_text or not ex.response_text:
+            return None
+        hits = self.scan_text(ex.response_text, Phase.OUTPUT)
+        if not hits:
+            return None
+        decision = _decide(hits, 0)
+        if decision is not None:
+            return decision
+        ex.response_text, count = apply_hits(ex.response_text, hits)
+        return _decide(hits, count)
