@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(BIN)/kt gateway run --policy-config policies/examples/default/policy-config.yaml
 
 test: $(STAMP)
+	bash .ci/install-tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

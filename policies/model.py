@@ -117,6 +117,8 @@ class Exchange:
     max_tokens: int | None = None
     response_text: str = ""
     response_tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    input_tokens: int = 0  # usage, known after the upstream answered
+    output_tokens: int = 0
 
     @property
     def user_id(self) -> str | None:
