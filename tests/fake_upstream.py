@@ -1,0 +1,882 @@
+"""The test upstream: a local LLM provider speaking the OpenAI and Anthropic wire formats.
+
+The only fake kt's tests and benchmarks allow. It answers like the real APIs (JSON and SSE,
+usage, their validation errors and error envelopes), records every request it received, and
+injects faults on demand.
+
+In-process::
+
+    fake = FakeUpstream("Hello!").start()          # background thread, own IOLoop, free port
+    fake.queue_reply(text="two words", chunks=2)    # the next chat/messages request gets this
+    fake.add_fault("status", status=503)            # the next request gets a 503
+    fake.requests[-1].body                          # what the gateway forwarded
+    fake.stop()
+
+As a process: ``python -m tests.fake_upstream --port 8089``; then drive it over HTTP:
+``GET /_fake/requests``, ``POST /_fake/reset``, ``POST /_fake/faults {"faults": [...]}``,
+``POST /_fake/replies {"replies": [...], "default": {...}}``.
+
+Per request, a reply is chosen in this order: ``X-Fake-*`` headers (``X-Fake-Reply``,
+``X-Fake-Chunks``, ``X-Fake-Chunk-Delay-Ms``, ``X-Fake-First-Byte-Delay-Ms``,
+``X-Fake-Tool-Calls`` (JSON list), ``X-Fake-Fault`` (JSON object or a kind)), then a
+directive in the last user message, ``[[fake {"text": "...", "chunks": 4, "fault": {...}}]]``,
+then the queued replies, then the default. Faults: ``status`` (any code; 429 carries
+Retry-After), ``slow`` (delay before the first byte), ``disconnect`` (cut the connection after
+``after_chunks`` stream events, or mid-body), ``malformed`` (invalid JSON / SSE data), ``hang``
+(never answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import contextlib
+import hashlib
+import json
+import struct
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import orjson
+import tornado.httpserver
+import tornado.ioloop
+import tornado.netutil
+import tornado.web
+
+DEFAULT_TEXT = "Hello from the fake upstream."
+DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-3-5-haiku-latest")
+FAULT_KINDS = ("status", "slow", "disconnect", "malformed", "hang")
+OPENAI_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+_DIRECTIVE = "[[fake "
+_STOP_OPENAI = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+_STOP_ANTHROPIC = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function/tool call the fake answers with."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    id: str | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the fake answers to one chat/messages request. `text=None` means the default text."""
+
+    text: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    chunks: int = 3  # stream content events the text is cut into
+    chunk_delay: float = 0.0  # seconds between stream events
+    first_byte_delay: float = 0.0  # seconds before anything is sent
+    finish_reason: str | None = None  # OpenAI or Anthropic vocabulary; default stop / tool calls
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Reply:
+        """Build from JSON: keys as the fields; `tool_calls` as [{name, arguments, id?}]."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        kwargs["tool_calls"] = tuple(ToolCall(**t) for t in data.get("tool_calls") or ())
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A failure applied to one request (optionally only to requests for `path`)."""
+
+    kind: str  # one of FAULT_KINDS
+    status: int = 500
+    retry_after: float | None = None  # 429 defaults to 1 second
+    delay: float = 0.0  # slow: seconds before the first byte; hang: 0 = until the client leaves
+    after_chunks: int = 1  # disconnect: stream events sent before the cut
+    message: str | None = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind {self.kind!r}; use one of {', '.join(FAULT_KINDS)}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | str) -> Fault:
+        if isinstance(data, str):
+            return cls(kind=data)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as the fake received it."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # lower-cased names
+    body: Any  # parsed JSON, or None when absent or not JSON
+    raw: bytes
+    at: float
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("raw")
+        return data
+
+
+class FakeUpstream:
+    """The fake provider: state (replies, faults, recorded requests) and its Tornado app."""
+
+    def __init__(
+        self,
+        default_text: str = DEFAULT_TEXT,
+        *,
+        models: tuple[str, ...] = DEFAULT_MODELS,
+        api_key: str | None = None,
+        require_key: bool = True,
+        record: bool = True,
+        max_recorded: int = 10_000,
+    ) -> None:
+        self.default = Reply(text=default_text)
+        self.models = models
+        self.api_key = api_key  # when set, any other key gets 401
+        self.require_key = require_key  # like the real APIs: no key at all gets 401
+        self.record = record
+        self._recorded: collections.deque[RecordedRequest] = collections.deque(maxlen=max_recorded)
+        self._faults: list[Fault] = []
+        self._replies: collections.deque[Reply] = collections.deque()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._loop: tornado.ioloop.IOLoop | None = None
+        self._server: tornado.httpserver.HTTPServer | None = None
+        self.port = 0
+
+    # -- control -------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Base URL without the /v1 (Anthropic SDK style)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """Base URL with /v1 (OpenAI SDK style)."""
+        return self.url + "/v1"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Requests received so far (the control API's own excluded), oldest first."""
+        return list(self._recorded)
+
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        return [r for r in self._recorded if r.path == path]
+
+    def add_fault(self, fault: Fault | str, times: int = 1, **kwargs: Any) -> None:
+        """Apply `fault` (or Fault(kind=fault, **kwargs)) to the next `times` matching requests."""
+        if isinstance(fault, str):
+            fault = Fault(kind=fault, **kwargs)
+        with self._lock:
+            self._faults.extend([fault] * times)
+
+    def queue_reply(self, reply: Reply | str | None = None, times: int = 1, **kwargs: Any) -> None:
+        """Answer the next `times` chat/messages requests with `reply` (or Reply(text=reply, **kwargs))."""
+        if not isinstance(reply, Reply):
+            reply = Reply(text=reply, **kwargs)
+        with self._lock:
+            self._replies.extend([reply] * times)
+
+    def set_default(self, reply: Reply | str | None = None, **kwargs: Any) -> None:
+        """Change the reply used when nothing else was asked for."""
+        self.default = reply if isinstance(reply, Reply) else replace(self.default, text=reply, **kwargs)
+
+    def reset(self) -> None:
+        """Forget recorded requests, pending faults and queued replies."""
+        with self._lock:
+            self._recorded.clear()
+            self._faults.clear()
+            self._replies.clear()
+
+    def _take_fault(self, path: str) -> Fault | None:
+        with self._lock:
+            for i, fault in enumerate(self._faults):
+                if fault.path is None or fault.path == path:
+                    return self._faults.pop(i)
+        return None
+
+    def _take_reply(self) -> Reply | None:
+        with self._lock:
+            return self._replies.popleft() if self._replies else None
+
+    # -- serving -------------------------------------------------------------------------------
+
+    def app(self) -> tornado.web.Application:
+        kw = {"fake": self}
+        return tornado.web.Application(
+            [
+                (r"/v1/chat/completions", ChatCompletions, kw),
+                (r"/v1/embeddings", Embeddings, kw),
+                (r"/v1/models", Models, kw),
+                (r"/v1/messages", Messages, kw),
+                (r"/_fake/requests", ControlRequests, kw),
+                (r"/_fake/reset", ControlReset, kw),
+                (r"/_fake/faults", ControlFaults, kw),
+                (r"/_fake/replies", ControlReplies, kw),
+                (r"/v1/.*", NotFound, kw),
+            ],
+            log_function=lambda handler: None,
+        )
+
+    def listen(self, port: int = 0, host: str = "127.0.0.1") -> tornado.httpserver.HTTPServer:
+        """Serve on the current IOLoop (for a process of its own)."""
+        sockets = tornado.netutil.bind_sockets(port, host)
+        self.port = sockets[0].getsockname()[1]
+        self._server = tornado.httpserver.HTTPServer(self.app())
+        self._server.add_sockets(sockets)
+        return self._server
+
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> FakeUpstream:
+        """Serve from a background thread with its own event loop; returns once listening."""
+        sockets = tornado.netutil.bind_sockets(port, host)  # bound and listening before we return
+        self.port = sockets[0].getsockname()[1]
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = tornado.ioloop.IOLoop.current()
+            self._server = tornado.httpserver.HTTPServer(self.app())
+            self._server.add_sockets(sockets)
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                for task in asyncio.all_tasks(loop):
+                    task.cancel()
+                loop.run_until_complete(asyncio.sleep(0))
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"fake-upstream-{self.port}", daemon=True)
+        self._thread.start()
+        ready.wait(5)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, drop open connections (also hanging ones) and join the thread."""
+        if self._loop is None or self._thread is None:
+            return
+
+        async def shutdown() -> None:
+            assert self._server is not None
+            self._server.stop()
+            await self._server.close_all_connections()
+            asyncio.get_running_loop().stop()
+
+        self._loop.add_callback(shutdown)
+        self._thread.join(10)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- wire helpers ------------------------------------------------------------------------------
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+def _new_id(prefix: str) -> str:
+    return prefix + uuid.uuid4().hex[:24]
+
+
+def _tokens(text: str) -> int:
+    """A deterministic stand-in for a tokenizer: one token per word, at least one."""
+    return max(1, len(text.split()))
+
+
+def _content_text(content: Any) -> str:
+    """Text of an OpenAI or Anthropic message content (string or list of blocks)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(b.get("text", "") for b in content if isinstance(b, dict) and isinstance(b.get("text"), str))
+    return ""
+
+
+def _split(text: str, n: int) -> list[str]:
+    """Cut `text` into `n` consecutive pieces (fewer if shorter) whose join is `text`."""
+    n = max(1, min(n, len(text))) if text else 1
+    step, extra = divmod(len(text), n)
+    pieces, pos = [], 0
+    for i in range(n):
+        end = pos + step + (1 if i < extra else 0)
+        pieces.append(text[pos:end])
+        pos = end
+    return pieces
+
+
+def _directive(body: Any) -> dict[str, Any] | None:
+    """The `[[fake {...}]]` JSON object in the last user message, if any."""
+    messages = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(messages, list):
+        return None
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            text = _content_text(message.get("content"))
+            start = text.find(_DIRECTIVE)
+            if start < 0:
+                return None
+            try:
+                data, _ = json.JSONDecoder().raw_decode(text, start + len(_DIRECTIVE))
+            except ValueError:
+                return None
+            return data if isinstance(data, dict) else None
+    return None
+
+
+def _embedding(text: str, dims: int) -> list[float]:
+    """A deterministic unit-ish vector derived from the text."""
+    digest = hashlib.sha256(text.encode()).digest()
+    while len(digest) < dims:
+        digest += hashlib.sha256(digest).digest()
+    return [round((b - 127.5) / 127.5, 6) for b in digest[:dims]]
+
+
+class ApiError(Exception):
+    """An error answered in the provider's envelope."""
+
+    def __init__(self, status: int, message: str, kind: str = "", param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param, self.code = status, message, kind, param, code
+
+
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "invalid_request_error",
+                 404: "invalid_request_error", 429: "requests"}
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                    529: "overloaded_error"}
+_DEFAULT_MESSAGES = {
+    429: "Rate limit reached for requests. Please try again later.",
+    500: "The server had an error while processing your request. Sorry about that!",
+    502: "Bad gateway.",
+    503: "The engine is currently overloaded, please try again later.",
+    529: "Overloaded",
+}
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+class _Base(tornado.web.RequestHandler):
+    """Shared behaviour: record, auth, faults, error envelopes."""
+
+    flavor = "openai"
+    fake: FakeUpstream
+
+    def initialize(self, fake: FakeUpstream) -> None:
+        self.fake = fake
+        self.body: Any = None
+        self.fault: Fault | None = None
+        self.closed = asyncio.Event()
+
+    def on_connection_close(self) -> None:
+        self.closed.set()
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.clear_header("Server")
+
+    async def prepare(self) -> None:
+        raw = self.request.body
+        if raw:
+            try:
+                self.body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                self.body = None
+        if self.fake.record:
+            headers = {k.lower(): v for k, v in self.request.headers.items()}
+            self.fake._recorded.append(
+                RecordedRequest(self.request.method or "", self.request.path, self.request.query,
+                                headers, self.body, raw, time.time()))
+        self.fault = self._header_fault() or self._directive_fault() or self.fake._take_fault(self.request.path)
+        try:
+            self.authenticate()
+        except ApiError as err:
+            self.send_api_error(err)
+            return
+        if self.fault and self.fault.kind in ("slow", "hang"):
+            await self.apply_wait_fault(self.fault)
+
+    def _header_fault(self) -> Fault | None:
+        value = self.request.headers.get("X-Fake-Fault")
+        if not value:
+            return None
+        return Fault.from_dict(json.loads(value) if value.lstrip().startswith("{") else value.strip())
+
+    def _directive_fault(self) -> Fault | None:
+        data = _directive(self.body)
+        return Fault.from_dict(data["fault"]) if data and data.get("fault") else None
+
+    async def apply_wait_fault(self, fault: Fault) -> None:
+        if fault.kind == "slow":
+            await asyncio.sleep(fault.delay)
+            return
+        with contextlib.suppress(TimeoutError):  # hang: until the client leaves, the server stops, or `delay` s
+            await asyncio.wait_for(self.closed.wait(), fault.delay or None)
+        if not self._finished:
+            self.request.connection.close()
+            self._finished = True
+
+    def authenticate(self) -> None:
+        auth = self.request.headers.get("Authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else ""
+        if not key and self.fake.require_key:
+            raise ApiError(401, "You didn't provide an API key. You need to provide your API key in an Authorization "
+                           "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+        if self.fake.api_key is not None and key != self.fake.api_key:
+            raise ApiError(401, f"Incorrect API key provided: {key[:3]}***. You can find your API key at "
+                           "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
+
+    def send_api_error(self, err: ApiError, retry_after: float | None = None) -> None:
+        self.set_status(err.status)
+        if retry_after is not None:
+            self.set_header("Retry-After", f"{retry_after:g}")
+            self.set_header("retry-after-ms", str(int(retry_after * 1000)))
+        self.finish(_dumps(self.error_body(err)))
+
+    def error_body(self, err: ApiError) -> dict[str, Any]:
+        kind = err.kind or _OPENAI_TYPES.get(err.status, "server_error")
+        return {"error": {"message": err.message, "type": kind, "param": err.param, "code": err.code}}
+
+    def status_fault(self, fault: Fault) -> None:
+        """Answer the fault's status code in the provider's error envelope."""
+        retry_after = fault.retry_after if fault.retry_after is not None else (1 if fault.status == 429 else None)
+        code = "rate_limit_exceeded" if fault.status == 429 and self.flavor == "openai" else None
+        message = fault.message or _DEFAULT_MESSAGES.get(fault.status, f"Fake upstream error {fault.status}.")
+        self.send_api_error(ApiError(fault.status, message, code=code), retry_after)
+
+    def body_fault(self) -> bool:
+        """Apply a status/malformed/non-stream disconnect fault; True if the request is answered."""
+        fault = self.fault
+        if fault is None:
+            return False
+        if fault.kind == "status":
+            self.status_fault(fault)
+            return True
+        if fault.kind == "malformed" and not self.wants_stream():
+            self.finish(b'{"id": "broken", "object": "chat.completion", "choices": [{"index": 0, "mess')
+            return True
+        return False
+
+    def wants_stream(self) -> bool:
+        return isinstance(self.body, dict) and self.body.get("stream") is True
+
+    def json_object(self) -> dict[str, Any]:
+        if not isinstance(self.body, dict):
+            raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
+                           "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but "
+                           "what was sent was not valid JSON.)")
+        return self.body
+
+    async def send_json(self, payload: dict[str, Any]) -> None:
+        """Finish with a JSON body, honouring a non-stream disconnect fault."""
+        data = _dumps(payload)
+        if self.fault and self.fault.kind == "disconnect":
+            self.set_header("Content-Length", str(len(data)))
+            self.write(data[: len(data) // 2])
+            await self.flush()
+            self.request.connection.close()
+            self._finished = True
+            return
+        self.finish(data)
+
+    def reply_for(self, body: dict[str, Any]) -> Reply:
+        """The reply asked for by header, directive, queue, or the default."""
+        h = self.request.headers
+        directive = _directive(body)
+        reply = Reply.from_dict(directive) if directive else self.fake._take_reply() or self.fake.default
+        if "X-Fake-Reply" in h:
+            reply = replace(reply, text=h["X-Fake-Reply"])
+        if "X-Fake-Chunks" in h:
+            reply = replace(reply, chunks=int(h["X-Fake-Chunks"]))
+        if "X-Fake-Chunk-Delay-Ms" in h:
+            reply = replace(reply, chunk_delay=float(h["X-Fake-Chunk-Delay-Ms"]) / 1000)
+        if "X-Fake-First-Byte-Delay-Ms" in h:
+            reply = replace(reply, first_byte_delay=float(h["X-Fake-First-Byte-Delay-Ms"]) / 1000)
+        if "X-Fake-Tool-Calls" in h:
+            reply = Reply.from_dict({**asdict(reply), "tool_calls": json.loads(h["X-Fake-Tool-Calls"])})
+        if reply.text is None:
+            reply = replace(reply, text="" if reply.tool_calls else self.fake.default.text or "")
+        return reply
+
+    async def start_stream(self, reply: Reply) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        if reply.first_byte_delay:
+            await asyncio.sleep(reply.first_byte_delay)
+
+    async def send_events(self, events: list[bytes], reply: Reply) -> None:
+        """Write SSE events one by one, flushing each, with the reply's timing and the stream faults."""
+        fault = self.fault
+        for i, event in enumerate(events):
+            if fault and fault.kind == "disconnect" and i >= fault.after_chunks:
+                self.request.connection.close()
+                self._finished = True
+                return
+            if fault and fault.kind == "malformed" and i == min(fault.after_chunks, len(events) - 1):
+                self.write(b'data: {"id": "broken", "choices": [{"delta": {"content": "x"\n\n')
+                self.finish()
+                return
+            if i and reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
+            self.write(event)
+            await self.flush()
+            if self.closed.is_set():
+                return
+        self.finish()
+
+
+class ChatCompletions(_Base):
+    """OpenAI `POST /v1/chat/completions`."""
+
+    async def post(self) -> None:
+        try:
+            body = self.validate()
+        except ApiError as err:
+            self.send_api_error(err)
+            return
+        if self.body_fault():
+            return
+        reply = self.reply_for(body)
+        model = body["model"]
+        prompt = _tokens(" ".join(_content_text(m.get("content")) for m in body["messages"]))
+        completion = _tokens(reply.text or "") + sum(_tokens(json.dumps(t.arguments)) for t in reply.tool_calls)
+        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        finish = _STOP_OPENAI.get(reply.finish_reason or "", reply.finish_reason) or (
+            "tool_calls" if reply.tool_calls else "stop")
+        calls = [{"id": t.id or _new_id("call_"), "type": "function",
+                  "function": {"name": t.name, "arguments": json.dumps(t.arguments)}} for t in reply.tool_calls]
+        cid, created = _new_id("chatcmpl-"), int(time.time())
+        if not self.wants_stream():
+            if reply.first_byte_delay:
+                await asyncio.sleep(reply.first_byte_delay)
+            message: dict[str, Any] = {"role": "assistant", "content": reply.text if reply.text or not calls else None,
+                                       "refusal": None}
+            if calls:
+                message["tool_calls"] = calls
+            await self.send_json({
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                "usage": usage, "system_fingerprint": "fp_fake",
+            })
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                "system_fingerprint": "fp_fake"}
+        if include_usage:
+            base["usage"] = None
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            return b"data: " + _dumps({**base, "choices": [choice]}) + b"\n\n"
+
+        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        if reply.text:
+            events += [chunk({"content": piece}) for piece in _split(reply.text, reply.chunks)]
+        for index, call in enumerate(calls):
+            head = {"index": index, "id": call["id"], "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""}}
+            events.append(chunk({"tool_calls": [head]}))
+            for piece in _split(call["function"]["arguments"], reply.chunks):
+                events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
+        events.append(chunk({}, finish))
+        if include_usage:
+            events.append(b"data: " + _dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+        events.append(b"data: [DONE]\n\n")
+        await self.start_stream(reply)
+        await self.send_events(events, reply)
+
+    def validate(self) -> dict[str, Any]:
+        body = self.json_object()
+        if "model" not in body:
+            raise ApiError(400, "you must provide a model parameter")
+        if not isinstance(body["model"], str):
+            raise ApiError(400, f"Invalid type for 'model': expected a string, but got {type(body['model']).__name__}"
+                           " instead.", param="model", code="invalid_type")
+        if "messages" not in body:
+            raise ApiError(400, "Missing required parameter: 'messages'.", param="messages",
+                           code="missing_required_parameter")
+        messages = body["messages"]
+        if not isinstance(messages, list):
+            raise ApiError(400, "Invalid type for 'messages': expected an array of objects.", param="messages",
+                           code="invalid_type")
+        if not messages:
+            raise ApiError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1, but got "
+                           "an empty array instead.", param="messages", code="empty_array")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict):
+                raise ApiError(400, f"Invalid type for 'messages[{i}]': expected an object.",
+                               param=f"messages[{i}]", code="invalid_type")
+            if m.get("role") not in OPENAI_ROLES:
+                raise ApiError(400, f"Invalid value: '{m.get('role')}'. Supported values are: 'system', 'assistant',"
+                               " 'user', 'function', 'tool', and 'developer'.", param=f"messages[{i}].role",
+                               code="invalid_value")
+        if "stream" in body and not isinstance(body["stream"], bool):
+            raise ApiError(400, "Invalid type for 'stream': expected a boolean.", param="stream",
+                           code="invalid_type")
+        return body
+
+
+class Embeddings(_Base):
+    """OpenAI `POST /v1/embeddings` (float or base64 encoding)."""
+
+    async def post(self) -> None:
+        try:
+            body = self.json_object()
+            for name in ("model", "input"):
+                if name not in body:
+                    raise ApiError(400, f"Missing required parameter: '{name}'.", param=name,
+                                   code="missing_required_parameter")
+            inputs = body["input"]
+            if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+                inputs = [inputs]
+            if not isinstance(inputs, list) or not inputs:
+                raise ApiError(400, "'input' : input must be a string, an array of strings, or an array of tokens.",
+                               param="input")
+        except ApiError as err:
+            self.send_api_error(err)
+            return
+        if self.body_fault():
+            return
+        dims = int(body.get("dimensions") or 8)
+        data, tokens = [], 0
+        for i, item in enumerate(inputs):
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            tokens += _tokens(text)
+            vector: Any = _embedding(text, dims)
+            if body.get("encoding_format") == "base64":
+                vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+        await self.send_json({"object": "list", "data": data, "model": body["model"],
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+
+class Models(_Base):
+    """`GET /v1/models`, in Anthropic's shape when `anthropic-version` is sent, else OpenAI's."""
+
+    def prepare(self) -> Any:
+        if "anthropic-version" in self.request.headers:
+            self.flavor = "anthropic"
+        return super().prepare()
+
+    def authenticate(self) -> None:
+        if self.flavor == "anthropic":
+            Messages.authenticate(self)  # type: ignore[arg-type]
+        else:
+            super().authenticate()
+
+    def error_body(self, err: ApiError) -> dict[str, Any]:
+        return Messages.error_body(self, err) if self.flavor == "anthropic" else super().error_body(err)  # type: ignore[arg-type]
+
+    async def get(self) -> None:
+        if self.body_fault():
+            return
+        if self.flavor == "anthropic":
+            data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+                    for m in self.fake.models]
+            await self.send_json({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                  "last_id": data[-1]["id"] if data else None})
+            return
+        data = [{"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake-upstream"}
+                for m in self.fake.models]
+        await self.send_json({"object": "list", "data": data})
+
+
+class Messages(_Base):
+    """Anthropic `POST /v1/messages`."""
+
+    flavor = "anthropic"
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        self.set_header("request-id", _new_id("req_"))
+
+    def authenticate(self) -> None:
+        key = self.request.headers.get("x-api-key", "")
+        auth = self.request.headers.get("Authorization", "")
+        key = key or (auth[7:] if auth.startswith("Bearer ") else "")
+        if not key and self.fake.require_key:
+            raise ApiError(401, "x-api-key header is required", "authentication_error")
+        if self.fake.api_key is not None and key != self.fake.api_key:
+            raise ApiError(401, "invalid x-api-key", "authentication_error")
+
+    def error_body(self, err: ApiError) -> dict[str, Any]:
+        kind = err.kind if err.kind and err.kind != "requests" else _ANTHROPIC_TYPES.get(err.status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": err.message},
+                "request_id": self._headers.get("request-id")}
+
+    def validate(self) -> dict[str, Any]:
+        if "anthropic-version" not in self.request.headers:
+            raise ApiError(400, "anthropic-version: header is required")
+        body = self.body
+        if not isinstance(body, dict):
+            raise ApiError(400, "There was an error parsing the body of your request. Please check that it is "
+                           "valid JSON.")
+        for name in ("model", "messages", "max_tokens"):
+            if name not in body:
+                raise ApiError(400, f"{name}: Field required")
+        if not isinstance(body["max_tokens"], int) or isinstance(body["max_tokens"], bool) or body["max_tokens"] < 1:
+            raise ApiError(400, "max_tokens: Input should be a valid integer greater than or equal to 1")
+        if not isinstance(body["messages"], list):
+            raise ApiError(400, "messages: Input should be a valid list")
+        for i, m in enumerate(body["messages"]):
+            role = m.get("role") if isinstance(m, dict) else None
+            if role == "system":
+                raise ApiError(400, 'messages: Unexpected role "system". The Messages API accepts a top-level '
+                               '`system` parameter, not "system" as an input message role.')
+            if role not in ("user", "assistant"):
+                raise ApiError(400, f"messages.{i}.role: Input should be 'user' or 'assistant'")
+            if "content" not in m:
+                raise ApiError(400, f"messages.{i}.content: Field required")
+        return body
+
+    async def post(self) -> None:
+        try:
+            body = self.validate()
+        except ApiError as err:
+            self.send_api_error(err)
+            return
+        if self.body_fault():
+            return
+        reply = self.reply_for(body)
+        texts = [_content_text(m.get("content")) for m in body["messages"]] + [_content_text(body.get("system"))]
+        usage = {"input_tokens": _tokens(" ".join(texts)),
+                 "output_tokens": _tokens(reply.text or "") + sum(_tokens(json.dumps(t.arguments))
+                                                                  for t in reply.tool_calls)}
+        stop = _STOP_ANTHROPIC.get(reply.finish_reason or "", reply.finish_reason) or (
+            "tool_use" if reply.tool_calls else "end_turn")
+        blocks: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
+        blocks += [{"type": "tool_use", "id": t.id or _new_id("toolu_"), "name": t.name, "input": t.arguments}
+                   for t in reply.tool_calls]
+        message = {"id": _new_id("msg_"), "type": "message", "role": "assistant", "model": body["model"],
+                   "content": blocks, "stop_reason": stop, "stop_sequence": None, "usage": usage}
+        if not self.wants_stream():
+            if reply.first_byte_delay:
+                await asyncio.sleep(reply.first_byte_delay)
+            await self.send_json(message)
+            return
+
+        def event(name: str, data: dict[str, Any]) -> bytes:
+            return b"event: " + name.encode() + b"\ndata: " + _dumps({"type": name, **data}) + b"\n\n"
+
+        start = {**message, "content": [], "stop_reason": None,
+                 "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}
+        events = [event("message_start", {"message": start})]
+        for index, block in enumerate(blocks):
+            if block["type"] == "text":
+                events.append(event("content_block_start", {"index": index,
+                                                            "content_block": {"type": "text", "text": ""}}))
+                if index == 0:
+                    events.append(event("ping", {}))
+                events += [event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": p}})
+                           for p in _split(block["text"], reply.chunks)]
+            else:
+                events.append(event("content_block_start", {"index": index, "content_block": {**block, "input": {}}}))
+                events += [event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta",
+                                                                                   "partial_json": p}})
+                           for p in _split(json.dumps(block["input"]), reply.chunks)]
+            events.append(event("content_block_stop", {"index": index}))
+        events.append(event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
+                                              "usage": {"output_tokens": usage["output_tokens"]}}))
+        events.append(event("message_stop", {}))
+        await self.start_stream(reply)
+        await self.send_events(events, reply)
+
+
+class NotFound(_Base):
+    """Any other /v1 path: the OpenAI 404 envelope."""
+
+    def authenticate(self) -> None:
+        pass
+
+    def _not_found(self) -> None:
+        self.send_api_error(ApiError(404, f"Invalid URL ({self.request.method} {self.request.path})"))
+
+    get = post = put = delete = patch = _not_found  # type: ignore[assignment]
+
+
+class _Control(tornado.web.RequestHandler):
+    """The fake's own control API (not recorded, never faulted)."""
+
+    def initialize(self, fake: FakeUpstream) -> None:
+        self.fake = fake
+
+    def json_body(self) -> dict[str, Any]:
+        return orjson.loads(self.request.body or b"{}")
+
+
+class ControlRequests(_Control):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(_dumps({"requests": [r.to_json() for r in self.fake.requests]}))
+
+
+class ControlReset(_Control):
+    def post(self) -> None:
+        self.fake.reset()
+        self.set_status(204)
+
+
+class ControlFaults(_Control):
+    def post(self) -> None:
+        for item in self.json_body().get("faults", []):
+            times = item.pop("times", 1) if isinstance(item, dict) else 1
+            self.fake.add_fault(Fault.from_dict(item), times)
+        self.set_status(204)
+
+
+class ControlReplies(_Control):
+    def post(self) -> None:
+        data = self.json_body()
+        if "default" in data:
+            self.fake.set_default(Reply.from_dict(data["default"]))
+        for item in data.get("replies", []):
+            self.fake.queue_reply(Reply.from_dict(item), item.get("times", 1))
+        self.set_status(204)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the fake upstream as a process of its own."""
+    parser = argparse.ArgumentParser(prog="python -m tests.fake_upstream", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
+    parser.add_argument("--text", default=DEFAULT_TEXT, help="default reply text")
+    parser.add_argument("--chunks", type=int, default=3, help="stream content events per reply")
+    parser.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
+    parser.add_argument("--no-record", action="store_true", help="do not keep requests (benchmarks)")
+    args = parser.parse_args(argv)
+    fake = FakeUpstream(args.text, api_key=args.api_key, record=not args.no_record)
+    fake.set_default(Reply(text=args.text, chunks=args.chunks))
+
+    async def serve() -> None:
+        fake.listen(args.port, args.host)
+        print(f"fake upstream listening on http://{args.host}:{fake.port}", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Waiting for a condition with a deadline: what tests use instead of sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError):
+    """The condition did not hold before the deadline."""
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.01, message: str = "") -> T:
+    """Poll `predicate` until it returns something truthy, and return that; fail after `timeout` seconds.
+
+    Exceptions raised by the predicate propagate (a broken check should fail loudly, not time out).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(message or f"condition not met within {timeout}s (last value: {result!r})")
+        time.sleep(interval)
+
+
+async def async_wait_for(
+    predicate: Callable[[], T], timeout: float = 5.0, interval: float = 0.01, message: str = ""
+) -> T:
+    """`wait_for` for coroutines: polls without blocking the event loop."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(message or f"condition not met within {timeout}s (last value: {result!r})")
+        await asyncio.sleep(interval)
