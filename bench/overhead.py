@@ -42,7 +42,9 @@ BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [
     {"role": "system", "content": "You are a helpful support assistant."},
     {"role": "user", "content": "Hello, my email is jane.doe@example.com. Please summarise my last order."}]})
 STREAM_BODY = orjson.dumps({**orjson.loads(BODY), "stream": True})
-HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-client-key"}
+# The client's key: ignored by the pass-through, never forwarded by the gateway; compare-litellm sets its master key.
+CLIENT_KEY = os.environ.get("BENCH_CLIENT_KEY", "sk-client")
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
 TARGETS = {"added_p50_ms": 0.5, "added_p99_ms": 1.5, "rps": 3000, "rps_vs_passthrough": 0.75, "ttft_added_ms": 1.0}
 
 
@@ -337,6 +339,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers not meaningful)")
     parser.add_argument("--no-gateway", action="store_true", help="measure only direct and pass-through")
     parser.add_argument("--client", choices=["curl", "aiohttp", "simple"], help="pass-through upstream client")
+    parser.add_argument("--upstream-port", type=int, default=0, help="fixed port for the fake upstream")
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=URL",
+                        help="also measure an already running proxy (e.g. LiteLLM; see compare-litellm.sh)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "kt-bench",
                         help="where the processes' logs go")
@@ -353,7 +358,7 @@ def main() -> int:
     py = sys.executable
     procs: list[subprocess.Popen] = []
     try:
-        up_port = free_port()
+        up_port = args.upstream_port or free_port()
         fake = start(pinned([py, "-m", "tests.fake_upstream", "--fast", "--port", str(up_port), "--chunks", "8",
                              "--text", "Hello! Your last order, #4411, shipped on Monday and arrives Thursday."],
                             other_cpu), log=args.logs / "fake-upstream.log")
@@ -384,6 +389,9 @@ def main() -> int:
                 print(f"gateway did not start ({err}); see {args.logs / 'gateway.log'}", file=sys.stderr)
         wait_http(paths[1].url + "/healthz", 10, pt)
 
+        for extra in args.extra:
+            name, _, url = extra.partition("=")
+            paths.append(Path_(name, url.rstrip("/")))
         print(f"c=1 latency: {args.rounds} interleaved rounds ...", flush=True)
         interleaved(paths, args.rounds, args.per_round, args.warmup, stream=False)
         print(f"c=1 streaming TTFT: {args.stream_rounds} interleaved rounds ...", flush=True)
