@@ -68,11 +68,17 @@ class Path_:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def cpus() -> tuple[str | None, str | None]:
-    """(CPU list for the proxy under test, CPU list for upstream and load), or Nones without pinning."""
+def cpus(layout: str) -> tuple[str | None, str | None]:
+    """(CPUs of the proxy under test, CPUs of the upstream and load generators); Nones without pinning.
+
+    split: the proxy alone on CPU 0, the rest on the others (the issue's setup). shared: all on CPU 0,
+    for VMs where a wake-up across vCPUs costs milliseconds (c=1 latency only; RPS is then shared).
+    """
     n = os.cpu_count() or 1
-    if n < 2 or not shutil.which("taskset"):
+    if layout == "none" or not shutil.which("taskset") or (layout == "split" and n < 2):
         return None, None
+    if layout == "shared":
+        return "0", "0"
     return "0", f"1-{n - 1}" if n > 2 else "1"
 
 
@@ -350,6 +356,8 @@ def machine(args: argparse.Namespace, client: str, load_tool: str) -> dict[str, 
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": str(os.cpu_count()),
             "cpu": model, "python": platform.python_version(), "tornado": tornado.version,
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "layout": "{} (proxy on CPUs {}, upstream and load on CPUs {})".format(args.layout, *cpus(args.layout)),
+            "niceness": str(os.getpriority(os.PRIO_PROCESS, 0)),
             "upstream client (gateway and pass-through)": client, "load generator": load_tool,
             "concurrency": str(args.concurrency),
             "runs": f"c=1: {args.rounds} rounds x {args.per_round} req/path (+{args.warmup} warmup); "
@@ -373,6 +381,11 @@ def main() -> int:
     parser.add_argument("--upstream-port", type=int, default=0, help="fixed port for the fake upstream")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=URL",
                         help="also measure an already running proxy (e.g. LiteLLM; see compare-litellm.sh)")
+    parser.add_argument("--layout", choices=["split", "shared", "none"], default="split",
+                        help="CPU pinning: proxy alone on CPU 0 (split), everything on CPU 0 (shared), or none")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness for the bench and everything it starts (negative needs root): on a shared "
+                             "machine, -10 keeps other work from distorting the numbers")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway during its c=32 run")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "kt-bench",
@@ -383,9 +396,12 @@ def main() -> int:
         if getattr(args, name) is None:
             setattr(args, name, value)
 
-    server_cpu, other_cpu = cpus()
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every process started below
+    server_cpu, other_cpu = cpus(args.layout)
     if other_cpu:
-        os.sched_setaffinity(0, {int(c) for c in range(1, os.cpu_count() or 2)})
+        first, _, last = other_cpu.partition("-")
+        os.sched_setaffinity(0, set(range(int(first), int(last or first) + 1)))
     args.logs.mkdir(parents=True, exist_ok=True)
     client = args.client or gateway_client()
     wrk = ensure_wrk()
