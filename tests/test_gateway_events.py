@@ -85,11 +85,11 @@ def test_forwarder_delivers_every_event_through_an_outage_and_resumes_from_its_c
         forwarder.start()
         for n in range(40):
             runtime.record_event(ev(n))
-        await async_wait_for(lambda: store.last_seq == 40 and forwarder.failures >= 3)
+        await async_wait_for(lambda: store.last_seq == 40 and forwarder.failures >= 3, timeout=20)
         assert forwarder.pending == 40 and forwarder.last_error == "HTTP 503"
         state["fail"] = 0  # the control plane recovers
-        await async_wait_for(lambda: len(set(state["ids"])) == 40)
-        await async_wait_for(lambda: forwarder.pending == 0)
+        await async_wait_for(lambda: len(set(state["ids"])) == 40, timeout=20)
+        await async_wait_for(lambda: forwarder.pending == 0, timeout=20)
         assert forwarder.failures == 0
         assert state["auth"] == {"Bearer gw-token"}
         await forwarder.stop()
@@ -98,7 +98,7 @@ def test_forwarder_delivers_every_event_through_an_outage_and_resumes_from_its_c
         runtime.record_event(ev(99))
         again = Forwarder(writer, url, None, base_delay=0.02)
         again.start()
-        await async_wait_for(lambda: "evt_0099" in state["ids"])
+        await async_wait_for(lambda: "evt_0099" in state["ids"], timeout=20)
         assert len(state["ids"]) == sent + 1
         await again.stop()
         await writer.stop()
@@ -126,9 +126,9 @@ def test_writer_keeps_events_in_memory_while_the_store_is_unwritable(tmp_path):
         store.add = add
         writer.start()
         runtime.record_event(ev(1))
-        await async_wait_for(lambda: writer.error is not None)
+        await async_wait_for(lambda: writer.error is not None, timeout=20)
         broken["on"] = False
-        await async_wait_for(lambda: store.count() == 1)
+        await async_wait_for(lambda: store.count() == 1, timeout=20)
         assert writer.error is None
         await writer.stop()
 

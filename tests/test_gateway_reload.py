@@ -110,11 +110,11 @@ def test_each_trigger_reloads(tmp_path, how):
             else:
                 path.write_text(config("2.0.0"))
                 os.kill(os.getpid(), signal.SIGHUP)
-            await async_wait_for(lambda: runtime.snapshot.config.pack.version == "2.0.0")
+            await async_wait_for(lambda: runtime.snapshot.config.pack.version == "2.0.0", timeout=20)
             if how == "symlink_flip":
                 assert (runtime.snapshot.revision, runtime.snapshot.source) == (SHA_B, "git")
                 publish(state, "c" * 40, config("2.0.0"))  # same bytes, new commit: revision moves
-                await async_wait_for(lambda: runtime.snapshot.revision == "c" * 40)
+                await async_wait_for(lambda: runtime.snapshot.revision == "c" * 40, timeout=20)
         finally:
             await reloader.stop()
 
