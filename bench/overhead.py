@@ -207,8 +207,11 @@ def ensure_wrk() -> str | None:
     return shutil.which("wrk")
 
 
-def load_wrk(wrk: str, p: Path_, concurrency: int, duration: float, cpu: str | None, lua: Path) -> None:
-    cmd = pinned([wrk, "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--latency", "-s", str(lua),
+Load = tuple[float, float, float, int]  # RPS, p50 ms, p99 ms, errors
+
+
+def load_wrk(wrk: str, p: Path_, concurrency: int, duration: float, cpu: str | None, lua: Path) -> Load:
+    cmd = pinned([wrk, "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", "-s", str(lua),
                   p.url + "/v1/chat/completions"], cpu)
     out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
 
@@ -217,26 +220,31 @@ def load_wrk(wrk: str, p: Path_, concurrency: int, duration: float, cpu: str | N
         return value / 1000 if token.endswith("us") else value * 1000 if token.endswith("s") and not \
             token.endswith("ms") else value
 
+    rps = p50 = p99 = 0.0
+    errors = 0
     for line in out.splitlines():
         parts = line.split()
         if line.startswith("Requests/sec:"):
-            p.rps = float(parts[1])
+            rps = float(parts[1])
         elif parts[:1] == ["50%"]:
-            p.load_p50_ms = ms(parts[1])
+            p50 = ms(parts[1])
         elif parts[:1] == ["99%"]:
-            p.load_p99_ms = ms(parts[1])
+            p99 = ms(parts[1])
         elif "Non-2xx" in line or line.strip().startswith("Socket errors"):
-            p.load_errors += sum(int(x.strip(",")) for x in parts if x.strip(",").isdigit())
+            errors += sum(int(x.strip(",")) for x in parts if x.strip(",").isdigit())
+    return rps, p50, p99, errors
 
 
-async def _load_asyncio(p: Path_, concurrency: int, duration: float) -> None:
+async def load_asyncio(p: Path_, concurrency: int, duration: float) -> Load:
     host, port = p.url.split("//")[1].split(":")
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(BODY)}\r\n"
             + "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items()) + "\r\n").encode() + BODY
     latencies: list[int] = []
+    errors = 0
     end = time.monotonic() + duration
 
     async def worker() -> None:
+        nonlocal errors
         reader, writer = await asyncio.open_connection(host, int(port))
         while time.monotonic() < end:
             t0 = time.perf_counter_ns()
@@ -249,14 +257,13 @@ async def _load_asyncio(p: Path_, concurrency: int, duration: float) -> None:
             await reader.readexactly(length)
             latencies.append(time.perf_counter_ns() - t0)
             if b" 200 " not in status:
-                p.load_errors += 1
+                errors += 1
         writer.close()
 
     t0 = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    p.rps = len(latencies) / (time.monotonic() - t0)
     q = statistics.quantiles(latencies, n=100)
-    p.load_p50_ms, p.load_p99_ms = q[49] / 1e6, q[98] / 1e6
+    return len(latencies) / (time.monotonic() - t0), q[49] / 1e6, q[98] / 1e6, errors
 
 
 def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
@@ -361,7 +368,8 @@ def machine(args: argparse.Namespace, client: str, load_tool: str) -> dict[str, 
             "upstream client (gateway and pass-through)": client, "load generator": load_tool,
             "concurrency": str(args.concurrency),
             "runs": f"c=1: {args.rounds} rounds x {args.per_round} req/path (+{args.warmup} warmup); "
-                    f"c=32: {args.duration:g} s/path; stream: {args.stream_rounds} rounds x {args.per_round}"}
+                    f"c={args.concurrency}: {args.load_rounds} rounds, {args.duration:g} s/path in all; "
+                    f"stream: {args.stream_rounds} rounds x {args.per_round}"}
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -373,8 +381,9 @@ def main() -> int:
     parser.add_argument("--per-round", type=int, help="requests per path per round (default 50)")
     parser.add_argument("--warmup", type=int, help="discarded requests per path first (default 200)")
     parser.add_argument("--stream-rounds", type=int, help="streaming rounds (default 5)")
-    parser.add_argument("--duration", type=float, help="seconds of c=32 load per path (default 10)")
+    parser.add_argument("--duration", type=float, help="seconds of c=32 load per path (default 15)")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--load-rounds", type=int, default=3, help="the c=32 time is cut into interleaved rounds")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers not meaningful)")
     parser.add_argument("--no-gateway", action="store_true", help="measure only direct and pass-through")
     parser.add_argument("--client", choices=["curl", "aiohttp", "simple"], help="pass-through upstream client")
@@ -391,7 +400,7 @@ def main() -> int:
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "kt-bench",
                         help="where the processes' logs go")
     args = parser.parse_args()
-    defaults = (3, 20, 20, 2, 2.0) if args.quick else (9, 50, 200, 5, 10.0)
+    defaults = (3, 20, 20, 2, 3.0) if args.quick else (9, 50, 200, 5, 15.0)
     for name, value in zip(("rounds", "per_round", "warmup", "stream_rounds", "duration"), defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -447,16 +456,22 @@ def main() -> int:
         print(f"c=1 streaming TTFT: {args.stream_rounds} interleaved rounds ...", flush=True)
         interleaved(paths, args.stream_rounds, args.per_round, args.warmup // 4, stream=True)
         lua = wrk_lua() if wrk else None
-        for p in paths:
-            print(f"c={args.concurrency} throughput: {p.name} for {args.duration:g} s ...", flush=True)
-            spy = profile(p.proc.pid, args.duration - 1, args.logs / "gateway.pyspy") \
-                if args.profile and p.name == "gateway" and p.proc else None
-            if wrk and lua:
-                load_wrk(wrk, p, args.concurrency, args.duration, other_cpu, lua)
-            else:
-                asyncio.run(_load_asyncio(p, args.concurrency, args.duration))
-            if spy:
-                spy.wait(30)
+        seconds = args.duration / args.load_rounds
+        print(f"c={args.concurrency} throughput: {args.load_rounds} rounds of {seconds:g} s ...", flush=True)
+        runs: dict[str, list[Load]] = {p.name: [] for p in paths}
+        for r in range(args.load_rounds):
+            for p in paths[r % len(paths):] + paths[: r % len(paths)]:
+                spy = profile(p.proc.pid, seconds - 1, args.logs / "gateway.pyspy") \
+                    if args.profile and r == 0 and p.name == "gateway" and p.proc else None
+                if wrk and lua:
+                    runs[p.name].append(load_wrk(wrk, p, args.concurrency, seconds, other_cpu, lua))
+                else:
+                    runs[p.name].append(asyncio.run(load_asyncio(p, args.concurrency, seconds)))
+                if spy:
+                    spy.wait(30)
+        for p in paths:  # the median of the rounds, errors summed
+            p.rps, p.load_p50_ms, p.load_p99_ms = (statistics.median(x[i] for x in runs[p.name]) for i in range(3))
+            p.load_errors = sum(x[3] for x in runs[p.name])
             p.rss_mb = rss_mb(p.proc) if p.name != "direct" else 0.0
         text, data = report(paths, machine(args, client, "wrk (1 thread)" if wrk else "asyncio client"))
         print("\n" + text)
