@@ -1,10 +1,168 @@
-"""`kt events` (not built yet)."""
+"""`kt events list|tail`: decision events from a running gateway or from an event-store file."""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
 import click
+
+DEFAULT_GATEWAY = "http://127.0.0.1:41002"
+Fetch = Callable[[dict[str, Any]], list[dict[str, Any]]]
+_COLUMNS = (("TIME", 20), ("ID", 30), ("VERDICT", 9), ("REASON", 28), ("MODEL", 20), ("LATENCY", 10))
+
+
+def _gateway_fetch(url: str, token: str | None) -> Fetch:
+    def fetch(query: dict[str, Any]) -> list[dict[str, Any]]:
+        params = urllib.parse.urlencode({k: v for k, v in query.items() if v not in (None, "")})
+        request = urllib.request.Request(f"{url.rstrip('/')}/keeptrusts/events?{params}")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return json.loads(response.read())["events"]
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                raise click.ClickException(f"{url} refused the admin token: set KEEPTRUSTS_ADMIN_TOKEN") from None
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = exc.reason
+            raise click.ClickException(f"{url} answered {exc.code}: {message}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise click.ClickException(
+                f"cannot reach the gateway at {url} ({reason}); is `kt gateway run` up? (or read a store with --db)"
+            ) from None
+
+    return fetch
+
+
+def _db_fetch(path: str) -> Fetch:
+    from gateway.store import EventStore
+
+    try:
+        store = EventStore(path, readonly=True)
+    except (FileNotFoundError, OSError) as exc:
+        raise click.ClickException(f"cannot open event store {path}: {exc}") from None
+
+    def fetch(query: dict[str, Any]) -> list[dict[str, Any]]:
+        import sqlite3
+
+        from gateway.store import parse_time
+
+        try:
+            return store.query(parse_time(query.get("since")), parse_time(query.get("until")),
+                               int(query.get("limit") or 50), query.get("verdict"), query.get("after"))
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"cannot read event store {path}: {exc}") from None
+
+    return fetch
+
+
+def _time(value: Any) -> str:
+    from gateway.store import parse_time
+
+    try:
+        ts = parse_time(value)
+    except ValueError:
+        return str(value)[:19]
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else ""
+
+
+def _row(cells: list[str]) -> str:
+    return "  ".join(str(c)[: w].ljust(w) for c, (_, w) in zip(cells, _COLUMNS, strict=True)).rstrip()
+
+
+def _print(events: list[dict[str, Any]], as_json: bool) -> None:
+    for event in events:
+        if as_json:
+            click.echo(json.dumps(event, separators=(",", ":"), sort_keys=True))
+            continue
+        latency = event.get("latency_ms")
+        click.echo(_row([
+            _time(event.get("timestamp")), event.get("id", ""), event.get("verdict") or "",
+            event.get("reason_code") or "", event.get("model") or "",
+            f"{latency:.1f}ms" if isinstance(latency, int | float) else "",
+        ]))
+    sys.stdout.flush()
+
+
+def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--since", help="Only events newer than this: 90s, 5m, 1h, 7d, or an RFC 3339 time."),
+        click.option("--until", help="Only events older than this (same forms as --since)."),
+        click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
+                     help="At most this many events (the newest)."),
+        click.option("--verdict", type=click.Choice(["allow", "block", "redact", "escalate"]),
+                     help="Only events with this verdict."),
+        click.option("--json", "as_json", is_flag=True, help="One JSON object per line."),
+        click.option("--gateway", envvar="KEEPTRUSTS_GATEWAY_URL", default=DEFAULT_GATEWAY, show_default=True,
+                     help="Running gateway to ask (env KEEPTRUSTS_GATEWAY_URL); sends $KEEPTRUSTS_ADMIN_TOKEN."),
+        click.option("--db", type=click.Path(dir_okay=False), help="Read an event-store file instead of a gateway."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _setup(since: str | None, until: str | None, gateway: str, db: str | None) -> Fetch:
+    from gateway.store import parse_time
+
+    for name, value in (("--since", since), ("--until", until)):
+        try:
+            parse_time(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=name) from None
+    return _db_fetch(db) if db else _gateway_fetch(gateway, os.environ.get("KEEPTRUSTS_ADMIN_TOKEN"))
 
 
 @click.group(name="events")
 def events() -> None:
-    """Not built yet."""
+    """Decision events: what the gateway decided, request by request."""
+
+
+@events.command(name="list")
+@_options
+def list_events(since: str | None, until: str | None, limit: int, verdict: str | None, as_json: bool,
+                gateway: str, db: str | None) -> None:
+    """Print recent decision events, oldest first (TIME ID VERDICT REASON MODEL LATENCY)."""
+    fetch = _setup(since, until, gateway, db)
+    found = fetch({"since": since, "until": until, "limit": limit, "verdict": verdict})
+    if not as_json:
+        click.echo(_row([name for name, _ in _COLUMNS]))
+    _print(found, as_json)
+
+
+@events.command(name="tail")
+@_options
+@click.option("--interval", type=click.FloatRange(0.05, 60), default=0.5, show_default=True,
+              help="Seconds between polls for new events.")
+def tail_events(since: str | None, until: str | None, limit: int, verdict: str | None, as_json: bool,
+                gateway: str, db: str | None, interval: float) -> None:
+    """Print matching events, then follow new ones until interrupted (Ctrl-C)."""
+    fetch = _setup(since, until, gateway, db)
+    started = time.time()
+    found = fetch({"since": since, "until": until, "limit": limit, "verdict": verdict})
+    if not as_json:
+        click.echo(_row([name for name, _ in _COLUMNS]))
+    _print(found, as_json)
+    cursor = found[-1]["id"] if found else None
+    try:
+        while True:
+            time.sleep(interval)  # polling pace of a follow loop, not synchronisation
+            query = {"verdict": verdict, "limit": 1000, "after": cursor}
+            if cursor is None:
+                query["since"] = since or str(started)
+            new = fetch(query)
+            if new:
+                _print(new, as_json)
+                cursor = new[-1]["id"]
+    except KeyboardInterrupt:
+        pass

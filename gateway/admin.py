@@ -1,0 +1,142 @@
+"""Health, metrics and admin endpoints (DESIGN Contract 3).
+
+Open: `GET /healthz`, `/readyz`, `/health`, `/metrics`. Admin (Bearer `$KEEPTRUSTS_ADMIN_TOKEN`
+when set, else open): `GET /keeptrusts/config`, `POST /keeptrusts/config/reload`,
+`GET /keeptrusts/status`, `GET /keeptrusts/events`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+import tornado.web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gateway import metrics
+from gateway.ops import Ops
+from gateway.store import parse_time
+
+MAX_EVENTS = 1000
+
+
+class _Base(tornado.web.RequestHandler):
+    ops: Ops
+
+    def initialize(self, ops: Ops) -> None:
+        self.ops = ops
+
+    def send_json(self, body: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(orjson.dumps(body, default=str))
+
+    def send_error_envelope(self, status: int, type_: str, code: str, message: str, **extra: Any) -> None:
+        self.send_json({"error": {"type": type_, "code": code, "message": message, "policy": None, **extra}}, status)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:  # never a traceback
+        self.send_error_envelope(status_code, "server_error", "internal_error", self._reason)
+
+
+class _Admin(_Base):
+    def prepare(self) -> None:
+        token = self.ops.admin_token
+        if not token:
+            return
+        given = self.request.headers.get("Authorization", "")
+        expected = f"Bearer {token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            self.set_header("WWW-Authenticate", 'Bearer realm="kt-admin"')
+            self.send_error_envelope(401, "authentication_error", "invalid_admin_token",
+                                     "admin endpoints need 'Authorization: Bearer <KEEPTRUSTS_ADMIN_TOKEN>'")
+
+
+class Healthz(_Base):
+    def get(self) -> None:
+        self.send_json({"status": "ok"})
+
+
+class Readyz(_Base):
+    def get(self) -> None:
+        runtime = self.ops.runtime
+        if runtime.ready:
+            self.send_json({"ready": True, "revision": runtime.snapshot.revision})
+        else:
+            reason = "draining" if runtime.draining else "no config loaded"
+            self.send_json({"ready": False, "reason": reason}, 503)
+
+
+class Health(_Base):
+    def get(self) -> None:
+        body = self.ops.health()
+        self.send_json(body, 503 if body["status"] == "unhealthy" else 200)
+
+
+class Metrics(_Base):
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(metrics.render())
+
+
+class ConfigView(_Admin):
+    def get(self) -> None:
+        view = self.ops.config_view()
+        if view is None:
+            self.send_error_envelope(503, "not_ready", "no_config", "no config is loaded yet")
+        else:
+            self.send_json(view)
+
+
+class ConfigReload(_Admin):
+    async def post(self) -> None:
+        result = await self.ops.reloader.reload("api")
+        if result.result == "error":
+            self.send_error_envelope(422, "validation_error", "config_invalid",
+                                     f"{result.error}; the previous config keeps serving",
+                                     findings=[f.as_dict() for f in result.findings], revision=result.revision)
+        else:
+            self.send_json(result.as_dict())
+
+
+class Status(_Admin):
+    def get(self) -> None:
+        self.send_json(self.ops.status())
+
+
+class Events(_Admin):
+    async def get(self) -> None:
+        writer = self.ops.writer
+        if writer is None:
+            self.send_error_envelope(503, "not_ready", "no_event_store", "the event store is not open")
+            return
+        try:
+            since = parse_time(self.get_query_argument("since", None))
+            until = parse_time(self.get_query_argument("until", None))
+            limit = int(self.get_query_argument("limit", "50"))
+        except ValueError as exc:
+            message = str(exc) if "time" in str(exc) else "limit must be an integer"
+            self.send_error_envelope(400, "validation_error", "invalid_query", message)
+            return
+        verdict = self.get_query_argument("verdict", None) or None
+        after = self.get_query_argument("after", None) or None
+        limit = max(0, min(limit, MAX_EVENTS))
+        events = await writer.call(writer.store.query, since, until, limit, verdict, after)
+        next_after = events[-1]["id"] if events else after
+        self.send_json({"events": events, "count": len(events), "next_after": next_after})
+
+
+def admin_routes(ops: Ops) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
+    """The route table entries for health, metrics and admin endpoints."""
+    kwargs = {"ops": ops}
+    return [
+        (r"/healthz", Healthz, kwargs),
+        (r"/readyz", Readyz, kwargs),
+        (r"/health", Health, kwargs),
+        (r"/metrics", Metrics, kwargs),
+        (r"/keeptrusts/config", ConfigView, kwargs),
+        (r"/keeptrusts/config/reload", ConfigReload, kwargs),
+        (r"/keeptrusts/status", Status, kwargs),
+        (r"/keeptrusts/events", Events, kwargs),
+    ]

@@ -1,0 +1,229 @@
+"""Prometheus metrics of the gateway, on prometheus-client's default registry.
+
+Request metrics are derived from decision events by `observe_event` (registered on
+`runtime.observers`); gauges that mirror process state (in-flight, backlog, config age,
+drift) are read at scrape time from whatever `bind` was given. Labels stay bounded: models
+and providers outside the running config collapse to "other", routes to known templates.
+docs/metrics.md lists every metric with its labels and the alert it feeds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from gateway.runtime import Runtime, Snapshot
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+POLICY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+ROUTES = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/v1/responses"})
+VERDICTS = frozenset({"allow", "block", "redact", "escalate", "error"})
+DRIFT_REASONS = ("pending", "rejected", "unreachable", "modified", "reload_failed")
+RELOAD_RESULTS = ("ok", "noop", "error")
+
+REQUESTS = Counter(
+    "keeptrusts_gateway_requests_total",
+    "Proxied requests by route, provider, model, HTTP status and verdict.",
+    ["route", "provider", "model", "status", "verdict"],
+)
+REQUEST_DURATION = Histogram(
+    "keeptrusts_gateway_request_duration_seconds",
+    "Time from request received to response finished, gateway overhead included.",
+    ["route", "provider"],
+    buckets=LATENCY_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "keeptrusts_gateway_upstream_duration_seconds",
+    "Time spent waiting on the upstream provider, retries included.",
+    ["provider"],
+    buckets=LATENCY_BUCKETS,
+)
+POLICY_DURATION = Histogram(
+    "keeptrusts_gateway_policy_evaluation_seconds",
+    "Time one policy took on one phase of one request.",
+    ["policy", "phase"],
+    buckets=POLICY_BUCKETS,
+)
+POLICY_RESULTS = Counter(
+    "keeptrusts_gateway_policy_evaluations_total",
+    "Policy evaluations by policy and result (allow, block, redact, escalate, error).",
+    ["policy", "result"],
+)
+TOKENS = Counter(
+    "keeptrusts_gateway_tokens_total",
+    "LLM tokens by direction (input, output) and model.",
+    ["direction", "model"],
+)
+REDACTIONS = Counter("keeptrusts_gateway_redactions_total", "Spans redacted by policies.")
+RELOADS = Counter(
+    "keeptrusts_config_reloads_total",
+    "Config reload attempts by result: ok (swapped), noop (content unchanged), error (refused).",
+    ["result"],
+)
+EVENTS_STORED = Counter("keeptrusts_events_stored_total", "Decision events committed to the local event store.")
+EVENTS_SUBMITTED = Counter(
+    "keeptrusts_events_submitted_total", "Decision events acknowledged by the control plane."
+)
+EVENTS_SUBMIT_FAILURES = Counter(
+    "keeptrusts_events_submission_failures_total", "Failed attempts to submit a batch of events to the control plane."
+)
+EVENTS_PRUNED = Counter("keeptrusts_events_pruned_total", "Events deleted from the store by retention.")
+
+for _result in RELOAD_RESULTS:
+    RELOADS.labels(_result)
+
+
+@dataclass
+class Sources:
+    """Where scrape-time values come from; all optional, filled by `bind`."""
+
+    runtime: Runtime | None = None
+    version: str = ""
+    connections: Callable[[], int] | None = None
+    store_pending: Callable[[], int | None] | None = None  # events stored but not yet submitted
+    drift: Callable[[], tuple[bool, str | None]] | None = None
+    age: Callable[[], float | None] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_sources = Sources()
+_bounds: tuple[int, frozenset[str], frozenset[str]] = (0, frozenset(), frozenset())
+
+
+def bind(**kwargs: Any) -> Sources:
+    """Point the scrape-time gauges at a running gateway's parts (replaces earlier bindings)."""
+    global _sources
+    _sources = Sources(**kwargs)
+    return _sources
+
+
+def _label_bounds(snapshot: Snapshot | None) -> tuple[frozenset[str], frozenset[str]]:
+    """Models and providers the running config knows; cached per config object."""
+    global _bounds
+    if snapshot is None:
+        return frozenset(), frozenset()
+    key = id(snapshot.config)
+    if _bounds[0] != key:
+        targets = snapshot.config.targets
+        models = frozenset(t.model for t in targets) | frozenset(t.id for t in targets)
+        _bounds = (key, models, frozenset(t.provider for t in targets))
+    return _bounds[1], _bounds[2]
+
+
+def _bounded(value: Any, allowed: frozenset[str], empty: str = "none") -> str:
+    if not value:
+        return empty
+    return value if value in allowed else "other"
+
+
+def _seconds(event: dict[str, Any], key_ms: str) -> float | None:
+    value = event.get(key_ms)
+    return value / 1000.0 if isinstance(value, int | float) else None
+
+
+def observe_event(event: dict[str, Any]) -> None:
+    """Count one decision event (an observer for `runtime.observers`). Never raises on odd input."""
+    runtime = _sources.runtime
+    models, providers = _label_bounds(runtime.snapshot if runtime else None)
+    route = event.get("route") or "other"
+    route = route if route in ROUTES else "other"
+    provider = _bounded(event.get("provider"), providers)
+    model = _bounded(event.get("model"), models)
+    verdict = str(event.get("verdict") or "none")
+    verdict = verdict if verdict in VERDICTS else "other"
+    REQUESTS.labels(route, provider, model, str(event.get("status") or 0), verdict).inc()
+    latency = _seconds(event, "latency_ms")
+    if latency is not None:
+        REQUEST_DURATION.labels(route, provider).observe(latency)
+    upstream = _seconds(event, "upstream_latency_ms")
+    if upstream is not None and event.get("provider"):
+        UPSTREAM_DURATION.labels(provider).observe(upstream)
+    known = runtime.snapshot.config.chain.kinds if runtime and runtime.snapshot else ()
+    for result in event.get("policies") or ():
+        policy = result.get("policy")
+        policy = policy if policy in known else "other"
+        outcome = "error" if result.get("error") else str(result.get("verdict") or "allow")
+        POLICY_RESULTS.labels(policy, outcome if outcome in VERDICTS else "other").inc()
+        spent = _seconds(result, "latency_ms")
+        if spent is not None:
+            POLICY_DURATION.labels(policy, str(result.get("phase") or "input")).observe(spent)
+    for direction in ("input", "output"):
+        tokens = event.get(f"{direction}_tokens")
+        if isinstance(tokens, int) and tokens > 0:
+            TOKENS.labels(direction, model).inc(tokens)
+    redactions = event.get("redactions")
+    if isinstance(redactions, int) and redactions > 0:
+        REDACTIONS.inc(redactions)
+
+
+def _gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, doc, labels=list(labels or {}))
+    family.add_metric(list((labels or {}).values()), value)
+    return family
+
+
+class _StateCollector:
+    """Scrape-time gauges read from the bound runtime and its helpers."""
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # values exist only while a gateway is bound; nothing to pre-declare
+
+    def collect(self) -> Iterable[Metric]:
+        src = _sources
+        runtime = src.runtime
+        if runtime is None:
+            return
+        now = time.time()
+        yield _gauge("keeptrusts_gateway_info", "The running kt version.", 1, {"version": src.version})
+        yield _gauge("keeptrusts_gateway_start_time_seconds", "When the gateway process started.", runtime.started_at)
+        yield _gauge("keeptrusts_gateway_ready", "1 when a config is loaded and the gateway is not draining.",
+                     1 if runtime.ready else 0)
+        yield _gauge("keeptrusts_gateway_in_flight_requests", "Requests being handled now.", runtime.in_flight)
+        if src.connections is not None:
+            yield _gauge("keeptrusts_gateway_active_connections", "Open client connections.", src.connections())
+        snap = runtime.snapshot
+        if snap is not None:
+            info = GaugeMetricFamily("keeptrusts_config_info", "The running config (value is always 1).",
+                                     labels=["revision", "sha256", "pack", "version", "source"])
+            pack = snap.config.pack
+            info.add_metric([snap.revision, snap.sha256, pack.name, pack.version, snap.source], 1)
+            yield info
+            yield _gauge("keeptrusts_config_loaded_timestamp_seconds", "When the running config was loaded.",
+                         snap.loaded_at)
+            age = src.age() if src.age else None
+            yield _gauge("keeptrusts_config_age_seconds",
+                         "Seconds since the running config was last confirmed to match its source.",
+                         now - snap.loaded_at if age is None else age)
+        drifted, reason = src.drift() if src.drift else (False, None)
+        drift = GaugeMetricFamily("keeptrusts_config_drift",
+                                  "1 for the reason the running config differs from the desired one, else 0.",
+                                  labels=["reason"])
+        for name in DRIFT_REASONS:
+            drift.add_metric([name], 1 if drifted and reason == name else 0)
+        yield drift
+        dropped = CounterMetricFamily("keeptrusts_events_dropped",
+                                      "Decision events lost because the in-memory queue was full.")
+        dropped.add_metric([], runtime.events.dropped)
+        yield dropped
+        pending = GaugeMetricFamily("keeptrusts_events_pending",
+                                    "Event backlog: in the memory queue (stage=queue) or stored but not yet "
+                                    "submitted to the control plane (stage=submission).", labels=["stage"])
+        pending.add_metric(["queue"], len(runtime.events))
+        backlog = src.store_pending() if src.store_pending else None
+        if backlog is not None:
+            pending.add_metric(["submission"], backlog)
+        yield pending
+
+
+_collector = _StateCollector()
+REGISTRY.register(_collector)
+
+
+def render() -> bytes:
+    """The default registry in Prometheus text format."""
+    return generate_latest(REGISTRY)

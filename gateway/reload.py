@@ -1,0 +1,232 @@
+"""Hot reload: load a config path into a `Snapshot` off the request path and swap it atomically.
+
+Triggers (all funnel into `Reloader.request`, which debounces bursts): watchfiles on the
+directories along the config path (edit in place, rename over it, a symlink flip of any
+component such as `<state>/current`), SIGHUP, and `POST /keeptrusts/config/reload` (which
+awaits `Reloader.reload`). Parsing, validation and compilation run in a thread; an invalid
+config is refused whole and the old snapshot keeps serving. Unchanged content is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway import metrics
+from gateway.runtime import Runtime, Snapshot
+from policies import ConfigError, Finding, PolicyState, load_config_bytes
+
+log = logging.getLogger("kt.gateway.reload")
+_REVISION_DIR = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+
+
+def revision_of(path: str | Path, sha256: str) -> tuple[str, str]:
+    """(revision, source): the Git sha when `path` resolves inside `<state>/revisions/<sha>/`, else the file hash."""
+    parts = Path(os.path.realpath(path)).parts
+    for i in range(len(parts) - 2, 0, -1):
+        if parts[i - 1] == "revisions" and _REVISION_DIR.match(parts[i]):
+            return parts[i], "git"
+    return sha256, "file"
+
+
+def read_config(path: str | Path) -> tuple[bytes, str]:
+    """The config bytes and their sha256; `ConfigError` when unreadable."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), [Finding("E100", "", f"cannot read file: {exc.strerror or exc}")]) from exc
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def load_snapshot(path: str | Path, state: PolicyState | None = None) -> Snapshot:
+    """Read, validate and compile the config at `path` into a new `Snapshot` (blocking)."""
+    data, sha = read_config(path)
+    config = load_config_bytes(data, str(path), state)
+    revision, source = revision_of(path, sha)
+    return Snapshot(config=config, revision=revision, source=source, path=str(path))
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    """What one reload attempt did."""
+
+    result: str  # ok | noop | error
+    trigger: str
+    revision: str | None = None
+    error: str | None = None
+    findings: tuple[Finding, ...] = ()
+    at: float = field(default_factory=time.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "result": self.result,
+            "trigger": self.trigger,
+            "revision": self.revision,
+            "error": self.error,
+            "findings": [f.as_dict() for f in self.findings],
+        }
+
+
+def watch_dirs(path: str | Path) -> set[str]:
+    """Directories whose changes can change what `path` resolves to or contains.
+
+    The file's own directory, the directory of its real target, and the parent of every
+    symlink met while resolving it (a rename over `<state>/current` shows in `<state>`).
+    """
+    dirs: set[str] = set()
+    pending = [os.path.abspath(path)]
+    seen: set[str] = set()
+    while pending:
+        current = pending.pop()
+        if current in seen or len(seen) > 40:
+            continue
+        seen.add(current)
+        dirs.add(os.path.dirname(current))
+        prefix = Path(current).anchor
+        for part in Path(current).parts[1:]:
+            prefix = os.path.join(prefix, part)
+            if os.path.islink(prefix):
+                dirs.add(os.path.dirname(prefix))
+                target = os.path.join(os.path.dirname(prefix), os.readlink(prefix))
+                rest = os.path.relpath(current, prefix)
+                pending.append(os.path.normpath(os.path.join(target, rest)))
+                break
+    dirs.add(os.path.dirname(os.path.realpath(path)))
+    return {d for d in dirs if os.path.isdir(d)}
+
+
+class Reloader:
+    """Owns the swap of `runtime.snapshot` for one config path, and the last reload's outcome."""
+
+    def __init__(self, runtime: Runtime, path: str | Path, debounce: float = 0.05) -> None:
+        self.runtime = runtime
+        self.path = str(path)
+        self.debounce = debounce
+        self.last: ReloadResult | None = None
+        self.confirmed_at: float | None = None  # last time the file was seen to match what runs
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._triggers: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def load_initial(self) -> Snapshot:
+        """Load the first snapshot synchronously (before serving); raises `ConfigError`."""
+        snap = load_snapshot(self.path, self.runtime.policy_state)
+        self.runtime.snapshot = snap
+        self.confirmed_at = snap.loaded_at
+        self.last = ReloadResult("ok", "start", snap.revision)
+        metrics.RELOADS.labels("ok").inc()
+        log.info("config loaded", extra=self._fields(snap, "start"))
+        return snap
+
+    async def reload(self, trigger: str) -> ReloadResult:
+        """Reload now (serialized with other reloads) and return what happened."""
+        async with self._lock:
+            result = await self._reload(trigger)
+        self.last = result
+        metrics.RELOADS.labels(result.result).inc()
+        return result
+
+    async def _reload(self, trigger: str) -> ReloadResult:
+        loop = asyncio.get_running_loop()
+        current = self.runtime.snapshot
+        try:
+            data, sha = await loop.run_in_executor(None, read_config, self.path)
+            revision, source = revision_of(self.path, sha)
+            if current is not None and current.sha256 == sha:
+                self.confirmed_at = time.time()
+                if current.revision == revision and current.path == self.path:
+                    log.debug("config unchanged", extra={"trigger": trigger, "revision": revision})
+                    return ReloadResult("noop", trigger, revision)
+                # Same bytes under a new commit: keep the compiled config, move the revision.
+                snap = dataclasses.replace(current, revision=revision, source=source, path=self.path,
+                                           loaded_at=time.time())
+            else:
+                config = await loop.run_in_executor(None, load_config_bytes, data, self.path,
+                                                    self.runtime.policy_state)
+                snap = Snapshot(config=config, revision=revision, source=source, path=self.path)
+                self.confirmed_at = snap.loaded_at
+        except ConfigError as exc:
+            log.error("config reload refused; the previous config keeps serving",
+                      extra={"trigger": trigger, "path": self.path, "error": str(exc),
+                             "findings": [f.as_dict() for f in exc.findings],
+                             "revision": current.revision if current else None})
+            return ReloadResult("error", trigger, current.revision if current else None, str(exc),
+                                tuple(exc.findings))
+        except Exception as exc:  # a bug in a policy constructor must not kill the watcher
+            log.exception("config reload failed", extra={"trigger": trigger, "path": self.path})
+            return ReloadResult("error", trigger, current.revision if current else None,
+                                f"{type(exc).__name__}: {exc}")
+        self.runtime.snapshot = snap
+        log.info("config reloaded", extra=self._fields(snap, trigger))
+        return ReloadResult("ok", trigger, snap.revision)
+
+    @staticmethod
+    def _fields(snap: Snapshot, trigger: str) -> dict[str, Any]:
+        pack = snap.config.pack
+        return {"trigger": trigger, "revision": snap.revision, "sha256": snap.sha256, "source": snap.source,
+                "path": snap.path, "pack": pack.name, "pack_version": pack.version}
+
+    def request(self, trigger: str) -> None:
+        """Ask for a reload soon; bursts of requests collapse into one. Loop thread only."""
+        self._triggers.add(trigger)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(self.debounce)  # let a burst settle (e.g. write + rename)
+            self._wake.clear()
+            triggers, self._triggers = self._triggers, set()
+            await self.reload("+".join(sorted(triggers)) or "watch")
+
+    async def _watch(self, force_polling: bool | None = None) -> None:
+        import watchfiles
+
+        while True:
+            dirs = watch_dirs(self.path)
+            if not dirs:  # nothing to watch yet (e.g. state dir not created): look again later
+                await asyncio.sleep(1.0)
+                continue
+            first = True  # the first timeout tick means the watches are in place: check once for a missed change
+            try:
+                async for changes in watchfiles.awatch(*sorted(dirs), recursive=False, debounce=400, step=30,
+                                                       force_polling=force_polling, rust_timeout=500,
+                                                       yield_on_timeout=True):
+                    if changes or first:
+                        self.request("watch")
+                    first = False
+                    if watch_dirs(self.path) != dirs:  # a symlink moved or a directory appeared: re-watch
+                        break
+            except (FileNotFoundError, RuntimeError, OSError) as exc:
+                log.warning("config watcher restarting", extra={"error": str(exc), "path": self.path})
+                await asyncio.sleep(0.5)
+
+    def start(self, watch: bool = True, sighup: bool = True) -> None:
+        """Start the reload worker, the file watcher and the SIGHUP handler on the running loop."""
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._run()))
+        if watch:
+            self._tasks.append(loop.create_task(self._watch()))
+        if sighup:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGHUP, self.request, "sighup")
+
+    async def stop(self) -> None:
+        """Cancel the worker and the watcher."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()

@@ -1,0 +1,140 @@
+"""Event store and forwarder: batches to SQLite, queries, retention, delivery through an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from gateway.forwarder import Forwarder, mask_url
+from gateway.runtime import Runtime
+from gateway.store import EventStore, StoreWriter, parse_time
+
+
+def ev(n: int, verdict: str = "allow", ts: float | None = None) -> dict:
+    return {"id": f"evt_{n:04d}", "timestamp": ts if ts is not None else time.time(), "verdict": verdict,
+            "reason_code": "all_policies_passed", "model": "demo-model", "latency_ms": 1.5}
+
+
+async def until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def test_parse_time_accepts_durations_rfc3339_and_epoch():
+    now = 1_000_000.0
+    assert parse_time("5m", now) == now - 300
+    assert parse_time("7d", now) == now - 7 * 86400
+    assert parse_time("2026-11-27T12:00:00Z") == parse_time("2026-11-27T12:00:00+00:00")
+    assert parse_time("12.5") == 12.5
+    with pytest.raises(ValueError, match="duration like 5m"):
+        parse_time("yesterday")
+
+
+def test_store_adds_once_queries_and_prunes(tmp_path):
+    store = EventStore(tmp_path / "events.db")
+    now = time.time()
+    assert store.add([ev(1, ts=now - 7200), ev(2, "block", now - 60), ev(3, ts=now)]) == 3
+    assert store.add([ev(3, ts=now)]) == 0  # at-least-once upstream of us: ids deduplicate
+    assert [e["id"] for e in store.query(limit=2)] == ["evt_0002", "evt_0003"]  # newest two, oldest first
+    assert [e["id"] for e in store.query(since=now - 3600)] == ["evt_0002", "evt_0003"]
+    assert [e["id"] for e in store.query(verdict="block")] == ["evt_0002"]
+    assert [e["id"] for e in store.query(after="evt_0001")] == ["evt_0002", "evt_0003"]
+    assert store.query(until=now - 3600)[0]["id"] == "evt_0001"
+    assert store.prune(now - 3600) == 1 and store.count() == 2
+    readonly = EventStore(tmp_path / "events.db", readonly=True)
+    assert len(readonly.query()) == 2
+
+
+def test_mask_url_hides_credentials():
+    assert mask_url("https://user:pw@api.example.com:8443/v1/events") == "https://***@api.example.com:8443/v1/events"
+
+
+class Receiver(tornado.web.RequestHandler):
+    """A control plane that fails the first `fail` requests, then records events."""
+
+    def initialize(self, state: dict) -> None:
+        self.state = state
+
+    def post(self) -> None:
+        self.state["auth"].add(self.request.headers.get("Authorization"))
+        if self.state["fail"] > 0:
+            self.state["fail"] -= 1
+            self.set_status(503)
+            return
+        for event in orjson.loads(self.request.body)["events"]:
+            self.state["ids"].append(event["id"])
+
+
+def test_forwarder_delivers_every_event_through_an_outage_and_resumes_from_its_cursor(tmp_path):
+    state = {"fail": 10**9, "ids": [], "auth": set()}
+
+    async def main():
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/v1/events", Receiver, {"state": state})]))
+        server.add_sockets(sockets)
+        url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+        runtime = Runtime()
+        store = EventStore(tmp_path / "events.db")
+        writer = StoreWriter(runtime, store, batch=7)
+        forwarder = Forwarder(writer, url, "gw-token", batch=7, base_delay=0.02, max_delay=0.1)
+        writer.start()
+        forwarder.start()
+        for n in range(40):
+            runtime.record_event(ev(n))
+        await until(lambda: store.last_seq == 40 and forwarder.failures >= 3)
+        assert forwarder.pending == 40 and forwarder.last_error == "HTTP 503"
+        state["fail"] = 0  # the control plane recovers
+        await until(lambda: len(set(state["ids"])) == 40)
+        await until(lambda: forwarder.pending == 0)
+        assert forwarder.failures == 0
+        assert state["auth"] == {"Bearer gw-token"}
+        await forwarder.stop()
+        # a restarted forwarder resumes after its persisted cursor: nothing is sent twice
+        sent = len(state["ids"])
+        runtime.record_event(ev(99))
+        again = Forwarder(writer, url, None, base_delay=0.02)
+        again.start()
+        await until(lambda: "evt_0099" in state["ids"])
+        assert len(state["ids"]) == sent + 1
+        await again.stop()
+        await writer.stop()
+        server.stop()
+
+    asyncio.run(main())
+    assert sorted(set(state["ids"])) == sorted([f"evt_{n:04d}" for n in range(40)] + ["evt_0099"])
+
+
+def test_writer_keeps_events_in_memory_while_the_store_is_unwritable(tmp_path):
+    async def main():
+        runtime = Runtime()
+        store = EventStore(tmp_path / "events.db")
+        writer = StoreWriter(runtime, store)
+        real_add = store.add
+        broken = {"on": True}
+
+        def add(events):
+            if broken["on"]:
+                import sqlite3
+
+                raise sqlite3.OperationalError("disk I/O error")
+            return real_add(events)
+
+        store.add = add
+        writer.start()
+        runtime.record_event(ev(1))
+        await until(lambda: writer.error is not None)
+        broken["on"] = False
+        await until(lambda: store.count() == 1)
+        assert writer.error is None
+        await writer.stop()
+
+    asyncio.run(main())

@@ -1,0 +1,128 @@
+"""Hot reload in-process: revision detection, swap, refusal, no-op, and every watch trigger."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from gateway.reload import Reloader, load_snapshot, revision_of, watch_dirs
+from gateway.runtime import Runtime
+
+SHA_A = "a" * 40
+SHA_B = "b" * 40
+
+
+def config(version: str, retention: int = 30) -> str:
+    return (
+        f"pack: {{name: reload-pack, version: {version}, enabled: true}}\n"
+        "providers:\n  targets:\n    - {id: demo, provider: mock, model: demo-model}\n"
+        f"policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {{retention_days: {retention}}}\n"
+    )
+
+
+INVALID = "pack: {name: broken, version: 1.0.0, enabled: true}\npolicies:\n  chain: [no-such-kind]\n"
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    """Poll `condition` until true, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+def publish(state, sha: str, text: str) -> None:
+    """What the sync agent does: write revisions/<sha>/, then rename a new symlink over `current`."""
+    rev = state / "revisions" / sha
+    rev.mkdir(parents=True)
+    (rev / "policy-config.yaml").write_text(text)
+    tmp = state / f".current-{sha}"
+    os.symlink(f"revisions/{sha}", tmp)
+    os.replace(tmp, state / "current")
+
+
+def test_revision_is_the_git_sha_inside_a_state_dir_else_the_file_hash(tmp_path):
+    publish(tmp_path, SHA_A, config("1.0.0"))
+    assert revision_of(tmp_path / "current" / "policy-config.yaml", "x") == (SHA_A, "git")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(config("1.0.0"))
+    snap = load_snapshot(plain)
+    assert (snap.revision, snap.source) == (snap.sha256, "file")
+
+
+def test_watch_dirs_cover_every_symlink_along_the_path(tmp_path):
+    publish(tmp_path, SHA_A, config("1.0.0"))
+    dirs = watch_dirs(tmp_path / "current" / "policy-config.yaml")
+    assert str(tmp_path) in dirs  # where `current` is flipped
+    assert str(tmp_path / "revisions" / SHA_A) in dirs
+
+
+def test_reload_swaps_refuses_invalid_and_skips_unchanged(tmp_path):
+    path = tmp_path / "policy-config.yaml"
+    path.write_text(config("1.0.0"))
+
+    async def main():
+        runtime = Runtime()
+        reloader = Reloader(runtime, path)
+        first = reloader.load_initial()
+        taken = runtime.snapshot  # a request in flight keeps this object
+        assert (await reloader.reload("test")).result == "noop"
+        path.write_text(config("2.0.0"))
+        assert (await reloader.reload("test")).result == "ok"
+        assert runtime.snapshot.config.pack.version == "2.0.0" and runtime.snapshot.revision != first.revision
+        assert taken.config.pack.version == "1.0.0"
+        good = runtime.snapshot
+        path.write_text(INVALID)
+        refused = await reloader.reload("test")
+        assert refused.result == "error" and refused.findings and "no-such-kind" in refused.error
+        assert runtime.snapshot is good
+        path.unlink()
+        assert (await reloader.reload("test")).result == "error"
+        assert runtime.snapshot is good
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["in_place", "rename", "symlink_flip", "sighup"])
+def test_each_trigger_reloads(tmp_path, how):
+    state = tmp_path / "state"
+    if how == "symlink_flip":
+        publish(state, SHA_A, config("1.0.0"))
+        path = state / "current" / "policy-config.yaml"
+    else:
+        state.mkdir()
+        path = state / "policy-config.yaml"
+        path.write_text(config("1.0.0"))
+
+    async def main():
+        runtime = Runtime()
+        reloader = Reloader(runtime, path)
+        reloader.load_initial()
+        reloader.start(watch=how != "sighup", sighup=how == "sighup")
+        try:
+            if how == "in_place":
+                with open(path, "r+") as fh:
+                    fh.truncate(0)
+                    fh.write(config("2.0.0"))
+            elif how == "rename":
+                (state / "tmp.yaml").write_text(config("2.0.0"))
+                os.replace(state / "tmp.yaml", path)
+            elif how == "symlink_flip":
+                publish(state, SHA_B, config("2.0.0"))
+            else:
+                path.write_text(config("2.0.0"))
+                os.kill(os.getpid(), signal.SIGHUP)
+            await until(lambda: runtime.snapshot.config.pack.version == "2.0.0")
+            if how == "symlink_flip":
+                assert (runtime.snapshot.revision, runtime.snapshot.source) == (SHA_B, "git")
+                publish(state, "c" * 40, config("2.0.0"))  # same bytes, new commit: revision moves
+                await until(lambda: runtime.snapshot.revision == "c" * 40)
+        finally:
+            await reloader.stop()
+
+    asyncio.run(main())
