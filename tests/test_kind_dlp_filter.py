@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from policies.kinds.dlp_filter import DlpFilter
@@ -94,5 +96,6 @@ def test_stream_blocks_term_split_across_chunks() -> None:
 
 
 def test_invalid_regex_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match=r"policy\.dlp-filter\.detect_patterns\[0\]: invalid regex"):
-        dlp(detect_patterns=["(unclosed"])
+    with pytest.raises(re.error, match=r"policy\.dlp-filter\.detect_patterns\[1\]: invalid regex") as info:
+        dlp(detect_patterns=["ok", "(unclosed"])
+    assert info.value.pattern == "(unclosed"

@@ -51,6 +51,27 @@ EXAMPLES = {
         "max_actions_per_session": 50,
         "action": "block",
     },
+    "data-routing-policy": {
+        "require_zero_data_retention": True,
+        "require_no_training": True,
+        "max_retention_days": 30,
+        "on_no_compliant_provider": "block",
+        "log_provider_selection": True,
+    },
+    "spend-limit": {
+        "max_daily_usd": 50,
+        "max_request_usd": 0.5,
+        "per": "user",
+        "prices": {"llama-3-70b": {"input_per_mtok": 0.5, "output_per_mtok": 0.7}},
+    },
+    "safety-filter": {
+        "mode": "critical_infrastructure",
+        "block_if": ["weapons", "critical_infrastructure"],
+        "categories": {"gambling": ["sure bet tips"]},
+        "action": "escalate",
+        "fuzzy_matching": True,
+        "max_distance": 1,
+    },
     "audit-logger": {"immutable": True, "retention_days": 365, "log_all_access": True, "hipaa_audit_controls": False},
 }
 
@@ -61,6 +82,9 @@ BAD = {
     "rbac": {"deny_if_missing": ["X User"]},
     "agent-firewall": {"max_actions_per_session": 0},
     "audit-logger": {"retention_days": 0},
+    "data-routing-policy": {"on_no_compliant_provider": "allow"},
+    "spend-limit": {"prices": {"m": {"input_per_mtok": 1}}},
+    "safety-filter": {"block_if": ["nonsense"]},
 }
 
 
@@ -69,6 +93,10 @@ def test_schema_is_valid_and_rejects_unknown_keys(kind: str) -> None:
     validator = Validator(KINDS[kind].schema)  # raises SchemaError for an invalid schema
     assert not validator.validate({"no_such_option": 1})
     assert validator.validate({}), validator.errors
+
+
+def test_every_kind_has_examples() -> None:
+    assert set(EXAMPLES) == set(BAD) == set(KINDS)
 
 
 @pytest.mark.parametrize("kind", sorted(EXAMPLES))

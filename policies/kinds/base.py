@@ -148,13 +148,13 @@ class Policy:
 
 
 def compile_regexes(kind: str, path: str, patterns: list[str], flags: int = 0) -> list[re.Pattern[str]]:
-    """Compile a config's regexes once; an invalid one raises ValueError naming where it is."""
+    """Compile a config's regexes once; an invalid one raises `re.error` (with `.pattern`) naming where it is."""
     compiled = []
     for i, pattern in enumerate(patterns):
         try:
             compiled.append(re.compile(pattern, flags))
         except re.error as exc:
-            raise ValueError(f"policy.{kind}.{path}[{i}]: invalid regex {pattern!r}: {exc}") from exc
+            raise re.error(f"policy.{kind}.{path}[{i}]: invalid regex: {exc.msg}", exc.pattern, exc.pos) from exc
     return compiled
 
 
