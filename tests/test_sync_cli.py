@@ -51,7 +51,9 @@ def test_daemon_trigger_and_clean_exit(upstream, tmp_path):
     proc = start_agent(upstream, state, "--interval", "3600", env=env)
     try:
         wait_for(lambda: applied(state) == upstream.head(), timeout=20)
-        message = notify.recv(4096).decode()
+        message = ""
+        while "READY=1" not in message:
+            message = notify.recv(4096).decode()
         assert "READY=1" in message and f"applied {upstream.head()[:12]}" in message  # systemd Type=notify
         sha = upstream.commit({CFG: config_yaml("2.0.0")})
         now = kt("sync", "now", "--state-dir", str(state))

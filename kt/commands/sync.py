@@ -93,10 +93,11 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
         click.echo(f"kt sync: {settings.remote.masked_url} branch {branch} path {settings.path} -> {settings.state_dir}"
                    f" every {interval:g}s (pid {os.getpid()})", err=True)
         scheduler.start()
-        tick = min(0.5, sdnotify.watchdog_interval() or 0.5)
+        watchdog = sdnotify.watchdog_interval()
         while not stop.is_set() and not scheduler.done.is_set():
-            stop.wait(tick)
-            sdnotify.watchdog()
+            stop.wait(min(0.5, watchdog or 0.5))
+            if watchdog:
+                sdnotify.watchdog()
         sdnotify.stopping("stopping")
         scheduler.stop(wait=True)
         sys.exit(1 if scheduler.failed else 0)
