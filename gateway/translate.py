@@ -128,13 +128,31 @@ def _anthropic_image_to_openai(block: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
+def _anthropic_document_to_openai(block: dict[str, Any]) -> list[dict[str, Any]]:
+    """A `document` block: plain-text sources become text (so policies see them), base64 a file part."""
+    source = block.get("source") or {}
+    if source.get("type") == "text":
+        return [{"type": "text", "text": source.get("data", "")}]
+    if source.get("type") == "content":
+        return _anthropic_parts_to_openai(_blocks(source.get("content"), "document.source"))
+    if source.get("type") == "base64":
+        file = {"file_data": f"data:{source.get('media_type', 'application/pdf')};base64,{source.get('data', '')}"}
+        if block.get("title"):
+            file["filename"] = block["title"]
+        return [{"type": "file", "file": file}]
+    return []
+
+
 def _anthropic_parts_to_openai(blocks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     parts = []
     for block in blocks:
-        if block.get("type") == "text":
+        kind = block.get("type")
+        if kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})
-        elif block.get("type") == "image" and (part := _anthropic_image_to_openai(block)):
+        elif kind == "image" and (part := _anthropic_image_to_openai(block)):
             parts.append(part)
+        elif kind == "document":
+            parts.extend(_anthropic_document_to_openai(block))
     return parts
 
 
@@ -241,9 +259,12 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     return out_body
 
 
+_DATA_URL = re.compile(r"data:([^;,]+);base64,(.*)", re.S)
+
+
 def _openai_image_to_anthropic(part: dict[str, Any]) -> dict[str, Any]:
     url = (part.get("image_url") or {}).get("url", "")
-    match = re.match(r"data:([^;,]+);base64,(.*)", url, re.S)
+    match = _DATA_URL.match(url)
     if match:
         return {"type": "image", "source": {"type": "base64", "media_type": match[1], "data": match[2]}}
     return {"type": "image", "source": {"type": "url", "url": url}}
@@ -259,6 +280,11 @@ def _openai_parts_to_anthropic(content: Any, where: str) -> list[dict[str, Any]]
                 blocks.append({"type": "text", "text": text})
         elif kind == "image_url":
             blocks.append(_openai_image_to_anthropic(part))
+        elif kind == "file" and (match := _DATA_URL.match((part.get("file") or {}).get("file_data") or "")):
+            document = {"type": "document", "source": {"type": "base64", "media_type": match[1], "data": match[2]}}
+            if part["file"].get("filename"):
+                document["title"] = part["file"]["filename"]
+            blocks.append(document)
     return blocks
 
 
@@ -484,7 +510,7 @@ class AnthropicStreamToOpenAI:
             delta = event.get("delta") or {}
             if delta.get("type") == "text_delta":
                 return [self._chunk({"content": delta.get("text", "")})]
-            if delta.get("type") == "input_json_delta" and event.get("index") in self._tool_index:
+            if delta.get("partial_json") and event.get("index") in self._tool_index:
                 call = {
                     "index": self._tool_index[event["index"]],
                     "function": {"arguments": delta.get("partial_json", "")},

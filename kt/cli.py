@@ -6,6 +6,8 @@ Each command group lives in its own module under `kt.commands`. Exit codes: 0 su
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from kt import __version__
@@ -27,5 +29,16 @@ cli.add_command(doctor.doctor)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="kt")
+    """Console-script entry point. Usage errors exit 1 (click's own 2 means "invalid config" here)."""
+    try:
+        code = cli.main(prog_name="kt", standalone_mode=False)
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -124,23 +124,28 @@ def compile_document(
 
 def load_config_bytes(data: bytes, source: str = "<memory>", state: PolicyState | None = None) -> Config:
     """Parse, validate and compile config bytes; raise `ConfigError` with findings."""
-    from policies.lint import validate_document
-    from policies.yaml_loader import parse_yaml
+    from policies.lint import as_config_document, validate_document
+    from policies.yaml_loader import load_yaml
 
-    doc, findings = parse_yaml(data, source)
+    parsed = load_yaml(data, source)
+    doc = parsed.document
+    findings = list(parsed.findings)
     if doc is not None:
-        findings = findings + validate_document(doc)
+        findings += validate_document(doc, parsed.lines)
     errors = [f for f in findings if f.severity == "error"]
     if errors:
         raise ConfigError(source, errors)
-    return compile_document(doc, hashlib.sha256(data).hexdigest(), source, state)
+    return compile_document(as_config_document(doc), hashlib.sha256(data).hexdigest(), source, state)
 
 
 def load_config(path: str | Path, state: PolicyState | None = None) -> Config:
     """Load the policy config at `path` (see `load_config_bytes`)."""
     path = Path(path)
+    from policies.yaml_loader import MAX_BYTES
+
     try:
-        data = path.read_bytes()
+        with path.open("rb") as fh:
+            data = fh.read(MAX_BYTES + 1)  # more is refused anyway; never read a huge file whole
     except OSError as exc:
         from policies.findings import Finding
 

@@ -22,6 +22,8 @@ class PolicyState:
     spend_usd: dict[tuple[int, str], float] = field(default_factory=lambda: defaultdict(float))
     session_actions: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     request_times: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
+    session_seen: dict[str, float] = field(default_factory=dict)  # insertion order = least recently used first
+    session_ttl_s: float = 86400.0  # a session idle this long is forgotten
 
     def spent_today(self, key: str, now: float | None = None) -> float:
         return self.spend_usd.get((_day(now or time.time()), key), 0.0)
@@ -40,3 +42,20 @@ class PolicyState:
         if record:
             times.append(now)
         return len(times)
+
+    def actions_in_session(self, key: str) -> int:
+        return self.session_actions.get(key, 0)
+
+    def add_session_actions(self, key: str, count: int, now: float | None = None) -> int:
+        """Count `count` more actions for session `key`; forget idle sessions. Returns the new total."""
+        now = now or time.time()
+        self.session_seen.pop(key, None)
+        self.session_seen[key] = now
+        self.session_actions[key] += count
+        while self.session_seen:
+            oldest, seen = next(iter(self.session_seen.items()))
+            if seen >= now - self.session_ttl_s:
+                break
+            del self.session_seen[oldest]
+            self.session_actions.pop(oldest, None)
+        return self.session_actions[key]

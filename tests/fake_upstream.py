@@ -353,6 +353,101 @@ def _embedding(text: str, dims: int) -> list[float]:
     return [round((b - 127.5) / 127.5, 6) for b in digest[:dims]]
 
 
+# -- response builders (shared by the Tornado handlers and the fast server) ---------------------
+
+
+def openai_completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    """The `chat.completion` object answering `body` with `reply`."""
+    prompt = _tokens(" ".join(_content_text(m.get("content")) for m in body["messages"]))
+    completion = _tokens(reply.text or "") + sum(_tokens(json.dumps(t.arguments)) for t in reply.tool_calls)
+    finish = _STOP_OPENAI.get(reply.finish_reason or "", reply.finish_reason) or (
+        "tool_calls" if reply.tool_calls else "stop")
+    calls = [{"id": t.id or _new_id("call_"), "type": "function",
+              "function": {"name": t.name, "arguments": json.dumps(t.arguments)}} for t in reply.tool_calls]
+    message: dict[str, Any] = {"role": "assistant", "content": reply.text if reply.text or not calls else None,
+                               "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return {
+        "id": _new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def openai_events(completion: dict[str, Any], chunks: int, include_usage: bool) -> list[bytes]:
+    """The SSE events streaming `completion`: role, content pieces, tool calls, finish, usage?, [DONE]."""
+    base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
+    base["object"] = "chat.completion.chunk"
+    if include_usage:
+        base["usage"] = None
+    choice = completion["choices"][0]
+
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        data = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        return b"data: " + _dumps(data) + b"\n\n"
+
+    events = [chunk({"role": "assistant", "content": "", "refusal": None})]
+    if choice["message"]["content"]:
+        events += [chunk({"content": piece}) for piece in _split(choice["message"]["content"], chunks)]
+    for index, call in enumerate(choice["message"].get("tool_calls", ())):
+        head = {"index": index, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        events.append(chunk({"tool_calls": [head]}))
+        for piece in _split(call["function"]["arguments"], chunks):
+            events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
+    events.append(chunk({}, choice["finish_reason"]))
+    if include_usage:
+        events.append(b"data: " + _dumps({**base, "choices": [], "usage": completion["usage"]}) + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return events
+
+
+def anthropic_message(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    """The Anthropic `message` object answering `body` with `reply`."""
+    texts = [_content_text(m.get("content")) for m in body["messages"]] + [_content_text(body.get("system"))]
+    output = _tokens(reply.text or "") + sum(_tokens(json.dumps(t.arguments)) for t in reply.tool_calls)
+    stop = _STOP_ANTHROPIC.get(reply.finish_reason or "", reply.finish_reason) or (
+        "tool_use" if reply.tool_calls else "end_turn")
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
+    blocks += [{"type": "tool_use", "id": t.id or _new_id("toolu_"), "name": t.name, "input": t.arguments}
+               for t in reply.tool_calls]
+    return {"id": _new_id("msg_"), "type": "message", "role": "assistant", "model": body["model"],
+            "content": blocks, "stop_reason": stop, "stop_sequence": None,
+            "usage": {"input_tokens": _tokens(" ".join(texts)), "output_tokens": output}}
+
+
+def anthropic_events(message: dict[str, Any], chunks: int) -> list[bytes]:
+    """The SSE events streaming `message`: message_start, blocks (with a ping), message_delta, message_stop."""
+
+    def event(name: str, data: dict[str, Any]) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + _dumps({"type": name, **data}) + b"\n\n"
+
+    usage = message["usage"]
+    start = {**message, "content": [], "stop_reason": None,
+             "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}
+    events = [event("message_start", {"message": start})]
+    for index, block in enumerate(message["content"]):
+        if block["type"] == "text":
+            events.append(event("content_block_start", {"index": index, "content_block": {"type": "text", "text": ""}}))
+            if index == 0:
+                events.append(event("ping", {}))
+            events += [event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": p}})
+                       for p in _split(block["text"], chunks)]
+        else:
+            events.append(event("content_block_start", {"index": index, "content_block": {**block, "input": {}}}))
+            events += [event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta",
+                                                                               "partial_json": p}})
+                       for p in _split(json.dumps(block["input"]), chunks)]
+        events.append(event("content_block_stop", {"index": index}))
+    events.append(event("message_delta", {"delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                                          "usage": {"output_tokens": usage["output_tokens"]}}))
+    events.append(event("message_stop", {}))
+    return events
+
+
+
 class ApiError(Exception):
     """An error answered in the provider's envelope."""
 
@@ -373,6 +468,88 @@ _DEFAULT_MESSAGES = {
     503: "The engine is currently overloaded, please try again later.",
     529: "Overloaded",
 }
+
+
+def openai_error(err: ApiError) -> dict[str, Any]:
+    """OpenAI's error envelope."""
+    kind = err.kind or _OPENAI_TYPES.get(err.status, "server_error")
+    return {"error": {"message": err.message, "type": kind, "param": err.param, "code": err.code}}
+
+
+def anthropic_error(err: ApiError, request_id: str | None = None) -> dict[str, Any]:
+    """Anthropic's error envelope."""
+    kind = err.kind if err.kind and err.kind != "requests" else _ANTHROPIC_TYPES.get(err.status, "api_error")
+    return {"type": "error", "error": {"type": kind, "message": err.message}, "request_id": request_id}
+
+
+# -- request checks ---------------------------------------------------------------------------
+
+
+def check_json_object(body: Any) -> dict[str, Any]:
+    """The parsed body if it is a JSON object; OpenAI's 400 otherwise."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
+                       "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but "
+                       "what was sent was not valid JSON.)")
+    return body
+
+
+def check_openai_chat(body: Any) -> dict[str, Any]:
+    """Validate a chat completion request as OpenAI does; ApiError otherwise."""
+    body = check_json_object(body)
+    if "model" not in body:
+        raise ApiError(400, "you must provide a model parameter")
+    if not isinstance(body["model"], str):
+        raise ApiError(400, f"Invalid type for 'model': expected a string, but got {type(body['model']).__name__}"
+                       " instead.", param="model", code="invalid_type")
+    if "messages" not in body:
+        raise ApiError(400, "Missing required parameter: 'messages'.", param="messages",
+                       code="missing_required_parameter")
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        raise ApiError(400, "Invalid type for 'messages': expected an array of objects.", param="messages",
+                       code="invalid_type")
+    if not messages:
+        raise ApiError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1, but got "
+                       "an empty array instead.", param="messages", code="empty_array")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise ApiError(400, f"Invalid type for 'messages[{i}]': expected an object.",
+                           param=f"messages[{i}]", code="invalid_type")
+        if m.get("role") not in OPENAI_ROLES:
+            raise ApiError(400, f"Invalid value: '{m.get('role')}'. Supported values are: 'system', 'assistant',"
+                           " 'user', 'function', 'tool', and 'developer'.", param=f"messages[{i}].role",
+                           code="invalid_value")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise ApiError(400, "Invalid type for 'stream': expected a boolean.", param="stream",
+                       code="invalid_type")
+    return body
+
+
+def check_anthropic(body: Any, has_version: bool) -> dict[str, Any]:
+    """Validate a messages request as Anthropic does; ApiError otherwise."""
+    if not has_version:
+        raise ApiError(400, "anthropic-version: header is required")
+    if not isinstance(body, dict):
+        raise ApiError(400, "There was an error parsing the body of your request. Please check that it is "
+                       "valid JSON.")
+    for name in ("model", "messages", "max_tokens"):
+        if name not in body:
+            raise ApiError(400, f"{name}: Field required")
+    if not isinstance(body["max_tokens"], int) or isinstance(body["max_tokens"], bool) or body["max_tokens"] < 1:
+        raise ApiError(400, "max_tokens: Input should be a valid integer greater than or equal to 1")
+    if not isinstance(body["messages"], list):
+        raise ApiError(400, "messages: Input should be a valid list")
+    for i, m in enumerate(body["messages"]):
+        role = m.get("role") if isinstance(m, dict) else None
+        if role == "system":
+            raise ApiError(400, 'messages: Unexpected role "system". The Messages API accepts a top-level '
+                           '`system` parameter, not "system" as an input message role.')
+        if role not in ("user", "assistant"):
+            raise ApiError(400, f"messages.{i}.role: Input should be 'user' or 'assistant'")
+        if "content" not in m:
+            raise ApiError(400, f"messages.{i}.content: Field required")
+    return body
 
 
 # -- handlers ----------------------------------------------------------------------------------
@@ -456,8 +633,7 @@ class _Base(tornado.web.RequestHandler):
         self.finish(_dumps(self.error_body(err)))
 
     def error_body(self, err: ApiError) -> dict[str, Any]:
-        kind = err.kind or _OPENAI_TYPES.get(err.status, "server_error")
-        return {"error": {"message": err.message, "type": kind, "param": err.param, "code": err.code}}
+        return openai_error(err)
 
     def status_fault(self, fault: Fault) -> None:
         """Answer the fault's status code in the provider's error envelope."""
@@ -483,11 +659,7 @@ class _Base(tornado.web.RequestHandler):
         return isinstance(self.body, dict) and self.body.get("stream") is True
 
     def json_object(self) -> dict[str, Any]:
-        if not isinstance(self.body, dict):
-            raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This likely means you "
-                           "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but "
-                           "what was sent was not valid JSON.)")
-        return self.body
+        return check_json_object(self.body)
 
     async def send_json(self, payload: dict[str, Any]) -> None:
         """Finish with a JSON body, honouring a non-stream disconnect fault."""
@@ -559,83 +731,18 @@ class ChatCompletions(_Base):
         if self.body_fault():
             return
         reply = self.reply_for(body)
-        model = body["model"]
-        prompt = _tokens(" ".join(_content_text(m.get("content")) for m in body["messages"]))
-        completion = _tokens(reply.text or "") + sum(_tokens(json.dumps(t.arguments)) for t in reply.tool_calls)
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-        finish = _STOP_OPENAI.get(reply.finish_reason or "", reply.finish_reason) or (
-            "tool_calls" if reply.tool_calls else "stop")
-        calls = [{"id": t.id or _new_id("call_"), "type": "function",
-                  "function": {"name": t.name, "arguments": json.dumps(t.arguments)}} for t in reply.tool_calls]
-        cid, created = _new_id("chatcmpl-"), int(time.time())
+        completion = openai_completion(body, reply)
         if not self.wants_stream():
             if reply.first_byte_delay:
                 await asyncio.sleep(reply.first_byte_delay)
-            message: dict[str, Any] = {"role": "assistant", "content": reply.text if reply.text or not calls else None,
-                                       "refusal": None}
-            if calls:
-                message["tool_calls"] = calls
-            await self.send_json({
-                "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-                "usage": usage, "system_fingerprint": "fp_fake",
-            })
+            await self.send_json(completion)
             return
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        base = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                "system_fingerprint": "fp_fake"}
-        if include_usage:
-            base["usage"] = None
-
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            return b"data: " + _dumps({**base, "choices": [choice]}) + b"\n\n"
-
-        events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        if reply.text:
-            events += [chunk({"content": piece}) for piece in _split(reply.text, reply.chunks)]
-        for index, call in enumerate(calls):
-            head = {"index": index, "id": call["id"], "type": "function",
-                    "function": {"name": call["function"]["name"], "arguments": ""}}
-            events.append(chunk({"tool_calls": [head]}))
-            for piece in _split(call["function"]["arguments"], reply.chunks):
-                events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
-        events.append(chunk({}, finish))
-        if include_usage:
-            events.append(b"data: " + _dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
-        events.append(b"data: [DONE]\n\n")
         await self.start_stream(reply)
-        await self.send_events(events, reply)
+        await self.send_events(openai_events(completion, reply.chunks, include_usage), reply)
 
     def validate(self) -> dict[str, Any]:
-        body = self.json_object()
-        if "model" not in body:
-            raise ApiError(400, "you must provide a model parameter")
-        if not isinstance(body["model"], str):
-            raise ApiError(400, f"Invalid type for 'model': expected a string, but got {type(body['model']).__name__}"
-                           " instead.", param="model", code="invalid_type")
-        if "messages" not in body:
-            raise ApiError(400, "Missing required parameter: 'messages'.", param="messages",
-                           code="missing_required_parameter")
-        messages = body["messages"]
-        if not isinstance(messages, list):
-            raise ApiError(400, "Invalid type for 'messages': expected an array of objects.", param="messages",
-                           code="invalid_type")
-        if not messages:
-            raise ApiError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1, but got "
-                           "an empty array instead.", param="messages", code="empty_array")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict):
-                raise ApiError(400, f"Invalid type for 'messages[{i}]': expected an object.",
-                               param=f"messages[{i}]", code="invalid_type")
-            if m.get("role") not in OPENAI_ROLES:
-                raise ApiError(400, f"Invalid value: '{m.get('role')}'. Supported values are: 'system', 'assistant',"
-                               " 'user', 'function', 'tool', and 'developer'.", param=f"messages[{i}].role",
-                               code="invalid_value")
-        if "stream" in body and not isinstance(body["stream"], bool):
-            raise ApiError(400, "Invalid type for 'stream': expected a boolean.", param="stream",
-                           code="invalid_type")
-        return body
+        return check_openai_chat(self.body)
 
 
 class Embeddings(_Base):
@@ -722,34 +829,10 @@ class Messages(_Base):
             raise ApiError(401, "invalid x-api-key", "authentication_error")
 
     def error_body(self, err: ApiError) -> dict[str, Any]:
-        kind = err.kind if err.kind and err.kind != "requests" else _ANTHROPIC_TYPES.get(err.status, "api_error")
-        return {"type": "error", "error": {"type": kind, "message": err.message},
-                "request_id": self._headers.get("request-id")}
+        return anthropic_error(err, self._headers.get("request-id"))
 
     def validate(self) -> dict[str, Any]:
-        if "anthropic-version" not in self.request.headers:
-            raise ApiError(400, "anthropic-version: header is required")
-        body = self.body
-        if not isinstance(body, dict):
-            raise ApiError(400, "There was an error parsing the body of your request. Please check that it is "
-                           "valid JSON.")
-        for name in ("model", "messages", "max_tokens"):
-            if name not in body:
-                raise ApiError(400, f"{name}: Field required")
-        if not isinstance(body["max_tokens"], int) or isinstance(body["max_tokens"], bool) or body["max_tokens"] < 1:
-            raise ApiError(400, "max_tokens: Input should be a valid integer greater than or equal to 1")
-        if not isinstance(body["messages"], list):
-            raise ApiError(400, "messages: Input should be a valid list")
-        for i, m in enumerate(body["messages"]):
-            role = m.get("role") if isinstance(m, dict) else None
-            if role == "system":
-                raise ApiError(400, 'messages: Unexpected role "system". The Messages API accepts a top-level '
-                               '`system` parameter, not "system" as an input message role.')
-            if role not in ("user", "assistant"):
-                raise ApiError(400, f"messages.{i}.role: Input should be 'user' or 'assistant'")
-            if "content" not in m:
-                raise ApiError(400, f"messages.{i}.content: Field required")
-        return body
+        return check_anthropic(self.body, "anthropic-version" in self.request.headers)
 
     async def post(self) -> None:
         try:
@@ -760,48 +843,14 @@ class Messages(_Base):
         if self.body_fault():
             return
         reply = self.reply_for(body)
-        texts = [_content_text(m.get("content")) for m in body["messages"]] + [_content_text(body.get("system"))]
-        usage = {"input_tokens": _tokens(" ".join(texts)),
-                 "output_tokens": _tokens(reply.text or "") + sum(_tokens(json.dumps(t.arguments))
-                                                                  for t in reply.tool_calls)}
-        stop = _STOP_ANTHROPIC.get(reply.finish_reason or "", reply.finish_reason) or (
-            "tool_use" if reply.tool_calls else "end_turn")
-        blocks: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
-        blocks += [{"type": "tool_use", "id": t.id or _new_id("toolu_"), "name": t.name, "input": t.arguments}
-                   for t in reply.tool_calls]
-        message = {"id": _new_id("msg_"), "type": "message", "role": "assistant", "model": body["model"],
-                   "content": blocks, "stop_reason": stop, "stop_sequence": None, "usage": usage}
+        message = anthropic_message(body, reply)
         if not self.wants_stream():
             if reply.first_byte_delay:
                 await asyncio.sleep(reply.first_byte_delay)
             await self.send_json(message)
             return
-
-        def event(name: str, data: dict[str, Any]) -> bytes:
-            return b"event: " + name.encode() + b"\ndata: " + _dumps({"type": name, **data}) + b"\n\n"
-
-        start = {**message, "content": [], "stop_reason": None,
-                 "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 1}}
-        events = [event("message_start", {"message": start})]
-        for index, block in enumerate(blocks):
-            if block["type"] == "text":
-                events.append(event("content_block_start", {"index": index,
-                                                            "content_block": {"type": "text", "text": ""}}))
-                if index == 0:
-                    events.append(event("ping", {}))
-                events += [event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": p}})
-                           for p in _split(block["text"], reply.chunks)]
-            else:
-                events.append(event("content_block_start", {"index": index, "content_block": {**block, "input": {}}}))
-                events += [event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta",
-                                                                                   "partial_json": p}})
-                           for p in _split(json.dumps(block["input"]), reply.chunks)]
-            events.append(event("content_block_stop", {"index": index}))
-        events.append(event("message_delta", {"delta": {"stop_reason": stop, "stop_sequence": None},
-                                              "usage": {"output_tokens": usage["output_tokens"]}}))
-        events.append(event("message_stop", {}))
         await self.start_stream(reply)
-        await self.send_events(events, reply)
+        await self.send_events(anthropic_events(message, reply.chunks), reply)
 
 
 class NotFound(_Base):
@@ -856,6 +905,101 @@ class ControlReplies(_Control):
         self.set_status(204)
 
 
+# -- the fast server (benchmarks) --------------------------------------------------------------
+
+
+class FastProtocol(asyncio.Protocol):
+    """A bare HTTP/1.1 keep-alive server giving the same answers without Tornado's per-request cost.
+
+    For benchmarks, where the upstream must be several times faster than the gateway under test:
+    chat completions and messages (JSON and SSE, validation errors), models; the default reply or
+    a `[[fake ...]]` directive. No recording, no faults, no chunked request bodies.
+    """
+
+    def __init__(self, fake: FakeUpstream) -> None:
+        self.fake = fake
+        self.buf = bytearray()
+        self.transport: Any = None
+        self.tasks: set[asyncio.Future[None]] = set()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        while (end := buf.find(b"\r\n\r\n")) >= 0:
+            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+            size = end + 4 + int(headers.get("content-length") or 0)
+            if len(buf) < size:
+                return
+            body = bytes(buf[end + 4 : size])
+            del buf[:size]
+            method, target, _ = lines[0].split(" ", 2)
+            self.handle(method, target.split("?", 1)[0], headers, body)
+
+    def handle(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> None:
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        anthropic = path == "/v1/messages"
+        try:
+            if path == "/v1/models" and method == "GET":
+                data = [{"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake-upstream"}
+                        for m in self.fake.models]
+                self.send(200, _dumps({"object": "list", "data": data}))
+                return
+            if method != "POST" or path not in ("/v1/chat/completions", "/v1/messages"):
+                raise ApiError(404, f"Invalid URL ({method} {path})")
+            body = check_anthropic(body, "anthropic-version" in headers) if anthropic else check_openai_chat(body)
+        except ApiError as err:
+            self.send(err.status, _dumps(anthropic_error(err) if anthropic else openai_error(err)))
+            return
+        directive = _directive(body)
+        reply = Reply.from_dict(directive) if directive else self.fake.default
+        if reply.text is None:
+            reply = replace(reply, text=self.fake.default.text or "")
+        if anthropic:
+            message = anthropic_message(body, reply)
+            events = anthropic_events(message, reply.chunks) if body.get("stream") is True else None
+        else:
+            message = openai_completion(body, reply)
+            usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            events = openai_events(message, reply.chunks, usage) if body.get("stream") is True else None
+        if events is None and not reply.first_byte_delay:
+            self.send(200, _dumps(message))
+        else:
+            task = asyncio.ensure_future(self.send_slowly(message, events, reply))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def send(self, status: int, body: bytes) -> None:
+        reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found"}.get(status, b"Error")
+        self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (status, reason, len(body), body))
+
+    async def send_slowly(self, message: dict[str, Any], events: list[bytes] | None, reply: Reply) -> None:
+        if reply.first_byte_delay:
+            await asyncio.sleep(reply.first_byte_delay)
+        if events is None:
+            self.send(200, _dumps(message))
+            return
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
+                             b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i, event in enumerate(events):
+            if i and reply.chunk_delay:
+                await asyncio.sleep(reply.chunk_delay)
+            self.transport.write(b"%x\r\n%s\r\n" % (len(event), event))  # one write per event, as a flush
+        self.transport.write(b"0\r\n\r\n")
+
+
+async def serve_fast(fake: FakeUpstream, port: int = 0, host: str = "127.0.0.1") -> asyncio.Server:
+    """Serve `fake` with the FastProtocol on the running loop."""
+    return await asyncio.get_running_loop().create_server(lambda: FastProtocol(fake), host, port)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the fake upstream as a process of its own."""
     parser = argparse.ArgumentParser(prog="python -m tests.fake_upstream", description=__doc__.splitlines()[0])
@@ -864,13 +1008,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text", default=DEFAULT_TEXT, help="default reply text")
     parser.add_argument("--chunks", type=int, default=3, help="stream content events per reply")
     parser.add_argument("--api-key", default=None, help="accept only this key (default: any non-empty key)")
+    parser.add_argument("--chunk-delay-ms", type=float, default=0.0, help="delay between stream events")
+    parser.add_argument("--first-byte-delay-ms", type=float, default=0.0, help="delay before answering")
     parser.add_argument("--no-record", action="store_true", help="do not keep requests (benchmarks)")
+    parser.add_argument("--fast", action="store_true",
+                        help="bare asyncio server for benchmarks: same answers; no recording, faults or control API")
     args = parser.parse_args(argv)
     fake = FakeUpstream(args.text, api_key=args.api_key, record=not args.no_record)
-    fake.set_default(Reply(text=args.text, chunks=args.chunks))
+    fake.set_default(Reply(text=args.text, chunks=args.chunks, chunk_delay=args.chunk_delay_ms / 1000,
+                           first_byte_delay=args.first_byte_delay_ms / 1000))
 
     async def serve() -> None:
-        fake.listen(args.port, args.host)
+        if args.fast:
+            fake.port = (await serve_fast(fake, args.port, args.host)).sockets[0].getsockname()[1]
+        else:
+            fake.listen(args.port, args.host)
         print(f"fake upstream listening on http://{args.host}:{fake.port}", flush=True)
         await asyncio.Event().wait()
 

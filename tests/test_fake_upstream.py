@@ -352,3 +352,29 @@ def test_control_api_over_http_as_a_process() -> None:
         proc.terminate()
         proc.wait(5)
         proc.stdout.close()
+
+
+def test_fast_server_speaks_the_same_formats() -> None:
+    """The benchmark's bare asyncio server: the SDKs parse its answers too."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fake_upstream", "--fast", "--text", "quick reply"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        oai = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0, timeout=5)
+        assert oai.chat.completions.create(model="m", messages=MSG).choices[0].message.content == "quick reply"
+        stream = oai.chat.completions.create(model="m", messages=MSG, stream=True,
+                                             stream_options={"include_usage": True})
+        chunks = list(stream)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "quick reply"
+        assert chunks[-1].usage.completion_tokens == 2
+        with pytest.raises(openai.BadRequestError):
+            oai.chat.completions.create(model="m", messages=[])
+        ant = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0, timeout=5)
+        with ant.messages.stream(model="c", max_tokens=5, messages=MSG) as s:
+            assert s.get_final_message().content[0].text == "quick reply"
+        with pytest.raises(anthropic.BadRequestError):
+            ant.messages.create(model="c", max_tokens=0, messages=MSG)
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        proc.stdout.close()

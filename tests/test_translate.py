@@ -232,6 +232,37 @@ def test_anthropic_tool_result_with_image_and_assistant_tool_only():
     }
 
 
+def test_documents_map_to_text_or_file_parts_and_back():
+    pdf = {
+        "type": "document",
+        "title": "a.pdf",
+        "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="},
+    }
+    body = {
+        "model": "c",
+        "max_tokens": 5,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "secret"}},
+                    {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "c"}]}},
+                    pdf,
+                    {"type": "document", "source": {"type": "file", "file_id": "f_1"}},  # no counterpart: dropped
+                ],
+            }
+        ],
+    }
+    parts = t.anthropic_request_to_openai(body)["messages"][0]["content"]
+    assert parts == [
+        {"type": "text", "text": "secret"},
+        {"type": "text", "text": "c"},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}},
+    ]
+    back = t.openai_request_to_anthropic({"messages": [{"role": "user", "content": parts}]}, "c")
+    assert back["messages"][0]["content"][2] == pdf
+
+
 def test_openai_request_to_anthropic_maps_every_field():
     out = t.openai_request_to_anthropic(copy.deepcopy(OPENAI_REQUEST), "claude-haiku")
     assert out["model"] == "claude-haiku"
@@ -898,7 +929,7 @@ def test_anthropic_sse_split_at_every_offset_translates_identically():
         return out + translator.close()
 
     whole = run([payload])
-    assert len(whole) == 11
+    assert len(whole) == 10  # role, 2 texts, 2 tool starts, 3 argument pieces, finish, usage
     for cut in range(len(payload) + 1):
         assert run([payload[:cut], payload[cut:]]) == whole, cut
     assert run([payload[i : i + 7] for i in range(0, len(payload), 7)]) == whole

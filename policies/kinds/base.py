@@ -17,6 +17,8 @@ gateway keeps across reloads.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -44,6 +46,7 @@ class Decision:
     reason_code: str
     message: str = ""
     redactions: int = 0
+    retry_after_s: int | None = None  # for rate-limit style blocks (answered 429 + Retry-After)
 
 
 def apply_hits(text: str, hits: list[Hit]) -> tuple[str, int]:
@@ -83,6 +86,9 @@ class Policy:
     # Longest text a single hit can span; the stream guard keeps this much context
     # across chunk boundaries. Text kinds with longer patterns raise it.
     window: ClassVar[int] = 256
+    # Dotted paths (in the `policy.<kind>` block) of options that hold regexes or lists of
+    # regexes, so lint can report an invalid one with its own code.
+    regex_fields: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:
         self.options = options
@@ -139,3 +145,28 @@ class Policy:
             return decision
         ex.response_text, count = apply_hits(ex.response_text, hits)
         return _decide(hits, count)
+
+
+def compile_regexes(kind: str, path: str, patterns: list[str], flags: int = 0) -> list[re.Pattern[str]]:
+    """Compile a config's regexes once; an invalid one raises `re.error` (with `.pattern`) naming where it is."""
+    compiled = []
+    for i, pattern in enumerate(patterns):
+        try:
+            compiled.append(re.compile(pattern, flags))
+        except re.error as exc:
+            raise re.error(f"policy.{kind}.{path}[{i}]: invalid regex: {exc.msg}", exc.pattern, exc.pos) from exc
+    return compiled
+
+
+def compile_globs(globs: list[str]) -> re.Pattern[str] | None:
+    """One case-insensitive regex for shell-style globs (`*`, `?`, `[...]`); None for none."""
+    if not globs:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(g)})" for g in globs), re.IGNORECASE)
+
+
+def tool_name(item: dict[str, Any]) -> str:
+    """The name of a tool definition or tool call in canonical (OpenAI) form."""
+    function = item.get("function")
+    name = function.get("name") if isinstance(function, dict) else item.get("name")
+    return name if isinstance(name, str) else ""

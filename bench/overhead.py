@@ -1,0 +1,415 @@
+"""What the gateway adds: latency, throughput and streaming TTFT, side by side with the baselines.
+
+`make bench` runs it. On loopback, with the test upstream (`tests/fake_upstream.py --fast`) at
+zero delay, it starts three paths and measures them in one run:
+
+- direct       client -> fake upstream
+- passthrough  client -> bench/passthrough.py (minimal Tornado proxy, same upstream client as the gateway) -> fake
+- gateway      client -> `kt gateway run` with bench/policy-config.yaml (five policies) -> fake
+
+The proxy under test is pinned to CPU 0; the fake upstream and the load generators to the other
+CPUs. Added latency: concurrency 1, interleaved rounds (each round runs every path in turn),
+perf_counter_ns client over a keep-alive connection. Throughput: concurrency 32 with wrk
+(installed from Debian when missing and possible) or a small asyncio client. Streaming: time to
+the first content delta at concurrency 1, interleaved likewise.
+
+    python bench/overhead.py [--rounds 9] [--per-round 50] [--duration 10] [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_KEY = "sk-upstream-bench"
+BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [
+    {"role": "system", "content": "You are a helpful support assistant."},
+    {"role": "user", "content": "Hello, my email is jane.doe@example.com. Please summarise my last order."}]})
+STREAM_BODY = orjson.dumps({**orjson.loads(BODY), "stream": True})
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-client-key"}
+TARGETS = {"added_p50_ms": 0.5, "added_p99_ms": 1.5, "rps": 3000, "rps_vs_passthrough": 0.75, "ttft_added_ms": 1.0}
+
+
+@dataclass
+class Path_:
+    name: str
+    url: str  # base URL without /v1
+    proc: subprocess.Popen | None = None
+    note: str = ""
+    latency_ns: list[int] = field(default_factory=list)
+    round_p50_ns: list[float] = field(default_factory=list)
+    ttft_ns: list[int] = field(default_factory=list)
+    errors: int = 0
+    rps: float = 0.0
+    load_p50_ms: float = 0.0
+    load_p99_ms: float = 0.0
+    load_errors: int = 0
+    rss_mb: float = 0.0
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def cpus() -> tuple[str | None, str | None]:
+    """(CPU list for the proxy under test, CPU list for upstream and load), or Nones without pinning."""
+    n = os.cpu_count() or 1
+    if n < 2 or not shutil.which("taskset"):
+        return None, None
+    return "0", f"1-{n - 1}" if n > 2 else "1"
+
+
+def pinned(cmd: list[str], cpu: str | None) -> list[str]:
+    return ["taskset", "-c", cpu, *cmd] if cpu else cmd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    """Poll GET url until it answers 200; fail early when the process died."""
+    deadline = time.monotonic() + timeout
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    path = "/" + url.split("//")[1].partition("/")[2]
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection(host, int(port), timeout=1)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"not ready within {timeout}s")
+
+
+def start(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen:
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+
+
+def gateway_client() -> str:
+    """The upstream client the gateway uses, so the pass-through baseline uses the same one."""
+    src = " ".join(p.read_text(errors="ignore") for p in (ROOT / "gateway").rglob("*.py"))
+    return "aiohttp" if "import aiohttp" in src else "curl"
+
+
+def rss_mb(proc: subprocess.Popen | None) -> float:
+    """Resident memory of the process (the child of taskset is the same pid: taskset execs)."""
+    try:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():  # type: ignore[union-attr]
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, AttributeError):
+        pass
+    return 0.0
+
+
+# -- measurements ------------------------------------------------------------------------------
+
+
+def connect(url: str) -> http.client.HTTPConnection:
+    host, port = url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
+def one_request(conn: http.client.HTTPConnection) -> tuple[int, bool]:
+    t0 = time.perf_counter_ns()
+    conn.request("POST", "/v1/chat/completions", BODY, HEADERS)
+    resp = conn.getresponse()
+    resp.read()
+    return time.perf_counter_ns() - t0, resp.status == 200
+
+
+def one_stream(conn: http.client.HTTPConnection) -> tuple[int, bool]:
+    """Time to the first SSE event carrying content; the rest of the stream is drained."""
+    t0 = time.perf_counter_ns()
+    conn.request("POST", "/v1/chat/completions", STREAM_BODY, HEADERS)
+    resp = conn.getresponse()
+    ttft = 0
+    while line := resp.readline():
+        if not ttft and line.startswith(b"data: {") and b'"content":"' in line and b'"content":""' not in line:
+            ttft = time.perf_counter_ns() - t0
+    return ttft, resp.status == 200 and ttft > 0
+
+
+def interleaved(paths: list[Path_], rounds: int, per_round: int, warmup: int, stream: bool) -> None:
+    """c=1: each round runs `per_round` requests on every path in turn (rotating the order)."""
+    conns = {p.name: connect(p.url) for p in paths}
+    call = one_stream if stream else one_request
+    for p in paths:
+        for _ in range(warmup):
+            call(conns[p.name])
+    for r in range(rounds):
+        for p in paths[r % len(paths):] + paths[: r % len(paths)]:
+            samples = []
+            for _ in range(per_round):
+                ns, ok = call(conns[p.name])
+                if ok:
+                    samples.append(ns)
+                else:
+                    p.errors += 1
+            (p.ttft_ns if stream else p.latency_ns).extend(samples)
+            if not stream and samples:
+                p.round_p50_ns.append(statistics.median(samples))
+    for c in conns.values():
+        c.close()
+
+
+def wrk_lua() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="kt-bench-")) / "post.lua"
+    headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in HEADERS.items())
+    path.write_text(f'wrk.method = "POST"\nwrk.body = [[{BODY.decode()}]]\n{headers}')
+    return path
+
+
+def ensure_wrk() -> str | None:
+    if shutil.which("wrk"):
+        return shutil.which("wrk")
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk from Debian ...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, capture_output=True, check=False)
+        if not shutil.which("wrk"):
+            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=False)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], env=env, capture_output=True, check=False)
+    return shutil.which("wrk")
+
+
+def load_wrk(wrk: str, p: Path_, concurrency: int, duration: float, cpu: str | None, lua: Path) -> None:
+    cmd = pinned([wrk, "-t1", f"-c{concurrency}", f"-d{int(duration)}s", "--latency", "-s", str(lua),
+                  p.url + "/v1/chat/completions"], cpu)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+
+    def ms(token: str) -> float:
+        value = float(token.rstrip("usm"))
+        return value / 1000 if token.endswith("us") else value * 1000 if token.endswith("s") and not \
+            token.endswith("ms") else value
+
+    for line in out.splitlines():
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            p.rps = float(parts[1])
+        elif parts[:1] == ["50%"]:
+            p.load_p50_ms = ms(parts[1])
+        elif parts[:1] == ["99%"]:
+            p.load_p99_ms = ms(parts[1])
+        elif "Non-2xx" in line or line.strip().startswith("Socket errors"):
+            p.load_errors += sum(int(x.strip(",")) for x in parts if x.strip(",").isdigit())
+
+
+async def _load_asyncio(p: Path_, concurrency: int, duration: float) -> None:
+    host, port = p.url.split("//")[1].split(":")
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {len(BODY)}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in HEADERS.items()) + "\r\n").encode() + BODY
+    latencies: list[int] = []
+    end = time.monotonic() + duration
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while time.monotonic() < end:
+            t0 = time.perf_counter_ns()
+            writer.write(head)
+            status = await reader.readline()
+            length = 0
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter_ns() - t0)
+            if b" 200 " not in status:
+                p.load_errors += 1
+        writer.close()
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    p.rps = len(latencies) / (time.monotonic() - t0)
+    q = statistics.quantiles(latencies, n=100)
+    p.load_p50_ms, p.load_p99_ms = q[49] / 1e6, q[98] / 1e6
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+def pct(values: list[int], q: int) -> float:
+    """q-th percentile in ms (NaN without samples)."""
+    return statistics.quantiles(values, n=100)[q - 1] / 1e6 if len(values) > 1 else float("nan")
+
+
+def added_p50(p: Path_, direct: Path_) -> tuple[float, float]:
+    """Median and IQR (ms) over rounds of this path's round median minus direct's in the same round."""
+    diffs = [(a - b) / 1e6 for a, b in zip(p.round_p50_ns, direct.round_p50_ns, strict=False)]
+    if len(diffs) < 2:
+        return float("nan"), float("nan")
+    q1, _, q3 = statistics.quantiles(diffs, n=4)
+    return statistics.median(diffs), q3 - q1
+
+
+def report(paths: list[Path_], info: dict[str, str]) -> tuple[str, dict]:
+    """A markdown table (and the same numbers as a dict) with the targets checked."""
+    direct = paths[0]
+    passthrough = next((p for p in paths if p.name == "passthrough"), None)
+    cols = ["path", "c=1 p50", "c=1 p99", "added p50 (IQR)", "added p99", f"c={info['concurrency']} RPS",
+            f"c={info['concurrency']} p50 / p99", "RPS vs pass-through", "stream TTFT p50", "TTFT added",
+            "errors", "RSS"]
+    rows = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    data: dict = {"machine": info, "paths": {}}
+    for p in paths:
+        med, iqr = added_p50(p, direct)
+        d = {"p50_ms": pct(p.latency_ns, 50), "p99_ms": pct(p.latency_ns, 99), "added_p50_ms": med,
+             "added_p50_iqr_ms": iqr, "added_p99_ms": pct(p.latency_ns, 99) - pct(direct.latency_ns, 99),
+             "rps": p.rps, "load_p50_ms": p.load_p50_ms, "load_p99_ms": p.load_p99_ms,
+             "rps_vs_passthrough": p.rps / passthrough.rps if passthrough and passthrough.rps else float("nan"),
+             "ttft_p50_ms": pct(p.ttft_ns, 50), "ttft_added_ms": pct(p.ttft_ns, 50) - pct(direct.ttft_ns, 50),
+             "errors": p.errors + p.load_errors, "rss_mb": p.rss_mb}
+        data["paths"][p.name] = d
+        base = p is direct
+        rows.append("| " + " | ".join([
+            p.name + (f" ({p.note})" if p.note else ""), f"{d['p50_ms']:.3f} ms", f"{d['p99_ms']:.3f} ms",
+            "—" if base else f"{med:+.3f} ms ({iqr:.3f})", "—" if base else f"{d['added_p99_ms']:+.3f} ms",
+            f"{p.rps:,.0f}", f"{p.load_p50_ms:.1f} / {p.load_p99_ms:.1f} ms",
+            "—" if base or p is passthrough else f"{d['rps_vs_passthrough']:.0%}",
+            f"{d['ttft_p50_ms']:.3f} ms", "—" if base else f"{d['ttft_added_ms']:+.3f} ms",
+            str(d["errors"]), "—" if base else f"{p.rss_mb:.0f} MB"]) + " |")
+    gw = data["paths"].get("gateway")
+    checks = []
+    if gw:
+        checks = [("added p50 <= 0.5 ms", gw["added_p50_ms"] <= TARGETS["added_p50_ms"]),
+                  ("added p99 <= 1.5 ms", gw["added_p99_ms"] <= TARGETS["added_p99_ms"]),
+                  (">= 3,000 RPS on one core", gw["rps"] >= TARGETS["rps"]),
+                  (">= 75% of pass-through RPS", gw["rps_vs_passthrough"] >= TARGETS["rps_vs_passthrough"]),
+                  ("streaming adds <= 1 ms to the first token", gw["ttft_added_ms"] <= TARGETS["ttft_added_ms"]),
+                  ("no errors", gw["errors"] == 0)]
+    data["targets"] = dict(checks)
+    lines = [f"- {k}: {v}" for k, v in info.items()] + ["", *rows, ""]
+    lines += [f"{'PASS' if ok else 'MISS'}  {name}" for name, ok in checks]
+    return "\n".join(lines), data
+
+
+def machine(args: argparse.Namespace, client: str, load_tool: str) -> dict[str, str]:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or "?")
+    import tornado
+
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": str(os.cpu_count()),
+            "cpu": model, "python": platform.python_version(), "tornado": tornado.version,
+            "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "upstream client (gateway and pass-through)": client, "load generator": load_tool,
+            "concurrency": str(args.concurrency),
+            "runs": f"c=1: {args.rounds} rounds x {args.per_round} req/path (+{args.warmup} warmup); "
+                    f"c=32: {args.duration:g} s/path; stream: {args.stream_rounds} rounds x {args.per_round}"}
+
+
+# -- main --------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--per-round", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--stream-rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of c=32 load per path")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers not meaningful)")
+    parser.add_argument("--no-gateway", action="store_true", help="measure only direct and pass-through")
+    parser.add_argument("--client", choices=["curl", "aiohttp", "simple"], help="pass-through upstream client")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "kt-bench",
+                        help="where the processes' logs go")
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.per_round, args.warmup, args.stream_rounds, args.duration = 3, 20, 20, 2, 2
+
+    server_cpu, other_cpu = cpus()
+    if other_cpu:
+        os.sched_setaffinity(0, {int(c) for c in range(1, os.cpu_count() or 2)})
+    args.logs.mkdir(parents=True, exist_ok=True)
+    client = args.client or gateway_client()
+    wrk = ensure_wrk()
+    py = sys.executable
+    procs: list[subprocess.Popen] = []
+    try:
+        up_port = free_port()
+        fake = start(pinned([py, "-m", "tests.fake_upstream", "--fast", "--port", str(up_port), "--chunks", "8",
+                             "--text", "Hello! Your last order, #4411, shipped on Monday and arrives Thursday."],
+                            other_cpu), log=args.logs / "fake-upstream.log")
+        procs.append(fake)
+        paths = [Path_("direct", f"http://127.0.0.1:{up_port}", fake)]
+        wait_http(paths[0].url + "/v1/models", 10, fake)
+
+        pt_port = free_port()
+        pt = start(pinned([py, "bench/passthrough.py", "--listen", f"127.0.0.1:{pt_port}",
+                           "--upstream", paths[0].url, "--client", client], server_cpu),
+                   log=args.logs / "passthrough.log")
+        procs.append(pt)
+        paths.append(Path_("passthrough", f"http://127.0.0.1:{pt_port}", pt))
+
+        if not args.no_gateway:
+            cfg = args.logs / "policy-config.yaml"
+            cfg.write_text((ROOT / "bench/policy-config.yaml").read_text().replace("__UPSTREAM__", paths[0].url))
+            gw_port = free_port()
+            gw = start(pinned([py, "-m", "kt", "gateway", "run", "--policy-config", str(cfg),
+                               "--listen", f"127.0.0.1:{gw_port}"], server_cpu),
+                       env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY}, log=args.logs / "gateway.log")
+            procs.append(gw)
+            gateway = Path_("gateway", f"http://127.0.0.1:{gw_port}", gw, note="5 policies")
+            try:
+                wait_http(gateway.url + "/readyz", 30, gw)
+                paths.append(gateway)
+            except RuntimeError as err:
+                print(f"gateway did not start ({err}); see {args.logs / 'gateway.log'}", file=sys.stderr)
+        wait_http(paths[1].url + "/healthz", 10, pt)
+
+        print(f"c=1 latency: {args.rounds} interleaved rounds ...", flush=True)
+        interleaved(paths, args.rounds, args.per_round, args.warmup, stream=False)
+        print(f"c=1 streaming TTFT: {args.stream_rounds} interleaved rounds ...", flush=True)
+        interleaved(paths, args.stream_rounds, args.per_round, args.warmup // 4, stream=True)
+        lua = wrk_lua() if wrk else None
+        for p in paths:
+            print(f"c={args.concurrency} throughput: {p.name} for {args.duration:g} s ...", flush=True)
+            if wrk and lua:
+                load_wrk(wrk, p, args.concurrency, args.duration, other_cpu, lua)
+            else:
+                asyncio.run(_load_asyncio(p, args.concurrency, args.duration))
+            p.rss_mb = rss_mb(p.proc) if p.name != "direct" else 0.0
+        text, data = report(paths, machine(args, client, "wrk (1 thread)" if wrk else "asyncio client"))
+        print("\n" + text)
+        if args.json:
+            args.json.write_text(json.dumps(data, indent=2))
+        return 0
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""`kt doctor`: diagnose a local config and a running gateway; each check says how to fix a failure.
+
+Every probe runs in its own daemon thread with a hard deadline (network calls also carry a
+socket timeout), so a diagnosis finishes within `timeout` seconds even when every remote hangs.
+No provider request is sent and no token is spent: providers get a TCP connect only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_GATEWAY = "http://127.0.0.1:41002"
+DEFAULT_BASE_URLS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
+MAX_CONFIG_AGE = 24 * 3600.0
+SEE_LIVENESS = "see the gateway liveness line"
+DRIFT_FIXES = {
+    "rejected": "the newest commit failed validation: fix it in a new commit or `git revert` it "
+    "(`kt sync status` lists the lint findings); the last good revision keeps serving",
+    "pending": "a newer revision is not applied yet; if this persists, see reload.last_error in /keeptrusts/status",
+    "unreachable": "the Git remote cannot be fetched: check credentials and network (`kt sync status`)",
+    "modified": "a published config file was edited on disk; the next sync restores it",
+    "reload_failed": "the gateway could not load the published revision: see the gateway log",
+}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the diagnosis."""
+
+    name: str
+    status: str  # "ok" | "fail" | "skip"
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.status != "fail" for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Work that yields checks; `name` labels the failure if it does not finish in time."""
+
+    name: str
+    run: Callable[[], list[Check]]
+    fix: str = ""
+
+
+def mask_url(url: str) -> str:
+    """`url` with any user:password replaced by `***`."""
+    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
+
+
+def _ok(name: str, detail: str) -> list[Check]:
+    return [Check(name, "ok", detail)]
+
+
+def _fail(name: str, detail: str, fix: str) -> list[Check]:
+    return [Check(name, "fail", detail, fix)]
+
+
+# --- local config
+
+
+def config_checks(path: str) -> list[Check]:
+    """Syntax and schema (the `kt policy lint` checks), then chain integrity."""
+    from policies import ConfigError, load_config
+
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        findings = exc.findings
+        shown = "; ".join(str(f) for f in findings[:3]) + (f" (+{len(findings) - 3} more)" if len(findings) > 3 else "")
+        chain = [f for f in findings if f.code in ("E001", "E003") or f.path.startswith("policies.chain")]
+        fix = f"run `kt policy lint --file {path}` and fix what it lists"
+        checks = _fail("config", f"{path}: {shown}", fix)
+        if chain:
+            checks += _fail("chain", "; ".join(str(f) for f in chain[:3]), fix)
+        else:
+            checks.append(Check("chain", "skip", "not checked: the config does not load"))
+        return checks
+    pack = config.pack
+    checks = _ok("config", f"{path}: pack {pack.name} v{pack.version}, valid")
+    kinds = config.chain.kinds
+    if not pack.enabled:
+        checks.append(Check("chain", "ok", "pack disabled (enabled: false): traffic passes with no policy"))
+    else:
+        count = f"{len(kinds)} {'policy' if len(kinds) == 1 else 'policies'}"
+        checks += _ok("chain", f"{' -> '.join(kinds) or '(empty)'} ({count}, each with its block)")
+    return checks
+
+
+def provider_probes(path: str, env: Mapping[str, str], timeout: float) -> list[Probe]:
+    """One probe per target: its secret is set and its base_url accepts a TCP connection."""
+    from policies import ConfigError, load_config
+
+    try:
+        targets = load_config(path).targets
+    except ConfigError:
+        return []
+    return [
+        Probe(f"provider {t.id}", lambda t=t: provider_check(t, env, timeout), "check DNS and egress to the provider")
+        for t in targets
+    ]
+
+
+def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[Check]:
+    name = f"provider {target.id}"
+    if target.provider == "mock":
+        return _ok(name, "mock: built-in demo upstream, no network or key needed")
+    ref = target.secret_key_ref
+    secret = ""
+    if ref is not None and ref.env and not env.get(ref.env):
+        return _fail(name, f"secret {ref.env} is not set",
+                     f"set {ref.env} in the gateway's environment (kt.env, .env or the Kubernetes Secret)")
+    if ref is not None and ref.store:
+        secret = f", secret from store '{ref.store}' (not checked)"
+    elif ref is not None:
+        secret = f", secret {ref.env} set"
+    url = target.base_url or DEFAULT_BASE_URLS.get(target.provider)
+    if not url:
+        return _fail(name, f"provider {target.provider} has no base_url",
+                     f"set base_url on target {target.id} in providers.targets")
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    started = time.monotonic()
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return _fail(name, f"{host}:{port} unreachable ({exc.strerror or exc})",
+                     f"check DNS, firewall and egress proxy from this host to {host}:{port}")
+    ms = (time.monotonic() - started) * 1000
+    return _ok(name, f"{target.provider} {host}:{port} reachable ({ms:.0f} ms){secret}")
+
+
+# --- HTTP
+
+
+def http_get(url: str, path: str, timeout: float, token: str | None = None) -> tuple[int, Any]:
+    """GET `path` on `url`; (status, parsed JSON or text). Raises OSError on network failure."""
+    parts = urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+    headers = {"Accept": "application/json", "User-Agent": "kt-doctor"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request("GET", parts.path.rstrip("/") + path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read(1 << 20)
+    except (http.client.HTTPException, ValueError) as exc:
+        raise OSError(f"bad HTTP answer: {exc}") from exc
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(body)
+    except ValueError:
+        return resp.status, body.decode("utf-8", "replace")
+
+
+def _unreachable(name: str, url: str, exc: OSError, fix: str) -> list[Check]:
+    reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+    return _fail(name, f"{mask_url(url)} unreachable: {reason}", fix)
+
+
+def control_plane_check(env: Mapping[str, str], timeout: float) -> list[Check]:
+    """KEEPTRUSTS_API_URL answers and accepts the gateway token (a read of one event, nothing written)."""
+    url = env.get("KEEPTRUSTS_API_URL", "")
+    token = env.get("KEEPTRUSTS_GATEWAY_TOKEN") or env.get("KEEPTRUSTS_API_TOKEN")
+    name = "control plane"
+    try:
+        status, _ = http_get(url, "/v1/events?limit=1", timeout, token)
+    except OSError as exc:
+        return _unreachable(name, url, exc, "check KEEPTRUSTS_API_URL and the network path to it")
+    if status in (401, 403):
+        return _fail(name, f"{mask_url(url)} rejected the token (HTTP {status})",
+                     "set KEEPTRUSTS_GATEWAY_TOKEN to a valid gateway token" if token
+                     else "set KEEPTRUSTS_GATEWAY_TOKEN (the control plane requires one)")
+    if status >= 500:
+        return _fail(name, f"{mask_url(url)} answered HTTP {status}", "the control plane is failing: check its status")
+    return _ok(name, f"{mask_url(url)} reachable, token accepted (HTTP {status})")
+
+
+# --- events
+
+
+def state_dir_check(state_dir: str) -> list[Check]:
+    """The state directory (events store, sync state) exists or can be created, and is writable."""
+    path = Path(state_dir).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".kt-doctor-"):
+            pass
+    except OSError as exc:
+        return _fail("event store", f"state directory {path} not writable ({exc.strerror})",
+                     f"make {path} writable by the gateway's user, or pass --state-dir")
+    note = "" if existing == path else " (will be created)"
+    return _ok("event store", f"state directory {path} writable{note}")
+
+
+def gateway_events_check(url: str, timeout: float) -> list[Check]:
+    """Event pipeline of a running gateway: store errors, backlog, submission failures."""
+    name = "event pipeline"
+    try:
+        _, health = http_get(url, "/health", timeout)
+        _, metrics = http_get(url, "/metrics", timeout)
+    except OSError as exc:
+        return _unreachable(name, url, exc, SEE_LIVENESS)
+    events = health.get("events") or {} if isinstance(health, dict) else {}
+    failures = _metric(metrics, "keeptrusts_events_submission_failures_total")
+    backlog = events.get("pending_submission")
+    detail = f"memory queue {events.get('queue', 0)}, dropped {events.get('dropped', 0)}"
+    if backlog is not None:
+        detail += f", awaiting submission {backlog}"
+    if failures:
+        detail += f", {failures:.0f} submission failures since start"
+    if events.get("store_error"):
+        return _fail(name, f"event store error: {events['store_error']}; {detail}",
+                     "make the gateway's state directory writable and check its disk space")
+    if failures and backlog:
+        return _fail(name, f"events are not reaching the control plane: {detail}",
+                     "check KEEPTRUSTS_API_URL reachability and KEEPTRUSTS_GATEWAY_TOKEN from the gateway host; "
+                     "events wait in the local store meanwhile")
+    return _ok(name, detail)
+
+
+def _metric(text: Any, name: str) -> float:
+    """Sum of the samples of `name` in Prometheus text (0 when absent)."""
+    if not isinstance(text, str):
+        return 0.0
+    total = 0.0
+    for m in re.finditer(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)", text, re.M):
+        try:
+            total += float(m.group(1))
+        except ValueError:
+            continue
+    return total
+
+
+# --- gateway
+
+
+def liveness_check(url: str, timeout: float) -> list[Check]:
+    try:
+        status, _ = http_get(url, "/healthz", timeout)
+    except OSError as exc:
+        return _unreachable("gateway liveness", url, exc,
+                            "is the gateway running? check the process/container and its log; the URL and port")
+    if status != 200:
+        return _fail("gateway liveness", f"/healthz answered HTTP {status}", "check the gateway log")
+    return _ok("gateway liveness", f"{mask_url(url)}/healthz OK")
+
+
+def readiness_check(url: str, timeout: float) -> list[Check]:
+    try:
+        status, body = http_get(url, "/readyz", timeout)
+    except OSError as exc:
+        return _unreachable("gateway readiness", url, exc, SEE_LIVENESS)
+    if status != 200:
+        reason = body.get("reason") if isinstance(body, dict) else None
+        return _fail("gateway readiness", f"/readyz answered HTTP {status}" + (f" ({reason})" if reason else ""),
+                     "no config loaded yet (first sync pending or refused: `kt sync status`), "
+                     "or the gateway is draining")
+    return _ok("gateway readiness", "ready: a config is loaded")
+
+
+def status_checks(url: str, token: str | None, timeout: float, max_age: float) -> list[Check]:
+    """Running revision, config age, drift and sync from `GET /keeptrusts/status`."""
+    try:
+        code, body = http_get(url, "/keeptrusts/status", timeout, token)
+    except OSError as exc:
+        return _unreachable("running config", url, exc, SEE_LIVENESS)
+    if code == 401:
+        return _fail("running config", "/keeptrusts/status needs the admin token (HTTP 401)",
+                     "set KEEPTRUSTS_ADMIN_TOKEN to the gateway's admin token")
+    if code != 200 or not isinstance(body, dict):
+        return _fail("running config", f"/keeptrusts/status answered HTTP {code}", "check the gateway log")
+    checks = []
+    config = body.get("config") or {}
+    if config.get("revision"):
+        pack = config.get("pack") or {}
+        checks += _ok("running config", f"revision {str(config['revision'])[:12]} ({config.get('source', '?')}), "
+                      f"pack {pack.get('name')} v{pack.get('version')}, sha256 {str(config.get('sha256', ''))[:12]}")
+    else:
+        checks += _fail("running config", "no config loaded", "see the readiness line")
+    age = body.get("age_seconds")
+    if age is None:
+        checks.append(Check("config age", "skip", "unknown (no config loaded)"))
+    elif age > max_age:
+        checks += _fail("config age", f"{_duration(age)} since the config was last confirmed against its source "
+                        f"(limit {_duration(max_age)})", "the sync is not confirming the remote: `kt sync status`")
+    else:
+        checks += _ok("config age", f"{_duration(age)} since last confirmed against its source")
+    drift = body.get("drift") or {}
+    reload = body.get("reload") or {}
+    if drift.get("drifted"):
+        reason = drift.get("reason") or "unknown"
+        checks += _fail("drift", f"running config differs from the desired one: {reason}",
+                        DRIFT_FIXES.get(reason, "see /keeptrusts/status"))
+    elif reload.get("last_result") == "error":
+        checks += _fail("drift", f"last reload failed: {reload.get('last_error')}",
+                        "fix the config; the previous one keeps serving")
+    else:
+        checks += _ok("drift", "none: the running config is the desired one")
+    sync = body.get("sync")
+    if sync:
+        where = f"{sync.get('repo')} {sync.get('branch')}:{sync.get('path')}"
+        failures = sync.get("consecutive_failures") or 0
+        if failures:
+            checks += _fail("sync", f"{where}: {failures} failures in a row, last error: {sync.get('last_error')}",
+                            "check the Git remote, credentials and network; the last good revision keeps serving")
+        else:
+            checks += _ok("sync", f"{where}, applied {str(sync.get('applied_revision') or '-')[:12]}")
+    return checks
+
+
+def _duration(seconds: float) -> str:
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+# --- running it all
+
+
+def plan(config: str | None, gateway: str | None, state_dir: str | None, env: Mapping[str, str],
+         timeout: float, max_age: float = MAX_CONFIG_AGE) -> list[Probe]:
+    """The probes for what was asked: a local config, a state directory, a gateway, the control plane."""
+    net = max(0.2, min(2.0, timeout / 2))
+    probes: list[Probe] = []
+    if config:
+        probes.append(Probe("config", lambda: config_checks(config), f"run `kt policy lint --file {config}`"))
+        probes += provider_probes(config, env, net)
+    if env.get("KEEPTRUSTS_API_URL"):
+        probes.append(Probe("control plane", lambda: control_plane_check(env, net),
+                            "check KEEPTRUSTS_API_URL and the network path to it"))
+    else:
+        probes.append(Probe("control plane", lambda: [Check(
+            "control plane", "skip", "KEEPTRUSTS_API_URL not set: events stay in the gateway's local store")]))
+    if state_dir:
+        probes.append(Probe("event store", lambda: state_dir_check(state_dir)))
+    if gateway:
+        token = env.get("KEEPTRUSTS_ADMIN_TOKEN") or None
+        down = "is the gateway running and reachable at that URL?"
+        probes += [
+            Probe("gateway liveness", lambda: liveness_check(gateway, net), down),
+            Probe("gateway readiness", lambda: readiness_check(gateway, net), down),
+            Probe("running config", lambda: status_checks(gateway, token, net, max_age), down),
+            Probe("event pipeline", lambda: gateway_events_check(gateway, net), down),
+        ]
+    return probes
+
+
+def run(probes: list[Probe], timeout: float) -> Report:
+    """Run every probe concurrently; a probe still running at the deadline fails as timed out."""
+    results: dict[int, list[Check]] = {}
+
+    def work(i: int, probe: Probe) -> None:
+        try:
+            results[i] = probe.run()
+        except Exception as exc:  # a bug in one probe must not hide the others
+            results[i] = _fail(probe.name, f"check crashed: {type(exc).__name__}: {exc}", "report this as a kt bug")
+
+    threads = [threading.Thread(target=work, args=(i, p), daemon=True, name=f"doctor-{p.name}")
+               for i, p in enumerate(probes)]
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    checks: list[Check] = []
+    for i, probe in enumerate(probes):
+        done = results.get(i)
+        checks += done if done is not None else _fail(probe.name, f"no answer within {timeout:g}s", probe.fix)
+    return Report(tuple(_fold_unreachable(checks)))
+
+
+def _fold_unreachable(checks: list[Check]) -> list[Check]:
+    """When the gateway is unreachable, its other checks become one skip each instead of repeated failures."""
+    down = any(c.name == "gateway liveness" and c.status == "fail" and "unreachable" in c.detail for c in checks)
+    if not down:
+        return checks
+    return [Check(c.name, "skip", "not checked: the gateway is unreachable")
+            if c.fix == SEE_LIVENESS and c.status == "fail" else c for c in checks]
+
+
+def diagnose(config: str | None = None, gateway: str | None = None, state_dir: str | None = None,
+             env: Mapping[str, str] | None = None, timeout: float = 4.0, max_age: float = MAX_CONFIG_AGE) -> Report:
+    """Plan and run the checks (see `plan`)."""
+    env = os.environ if env is None else env
+    return run(plan(config, gateway, state_dir, env, timeout, max_age), timeout)

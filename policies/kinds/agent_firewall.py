@@ -1,0 +1,77 @@
+"""agent-firewall: which tools an agent may be offered and call, and how many calls a session gets.
+
+`blocked_tools` (globs) always win; when `allowed_tools` (globs) is given, any other tool
+is refused. Both are checked on the tool definitions and the tool calls of the request,
+and on the tool calls of the response. Glob matching ignores case. With
+`max_actions_per_session`, the response tool calls of each `X-Session-ID` are counted
+(requests without that header are not counted); a response that would go over the limit
+is blocked, and so is a request offering tools in a session that has reached it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from policies.kinds import register
+from policies.kinds.base import Decision, Policy, compile_globs, tool_name
+from policies.model import Exchange, Phase, Verdict
+from policies.state import PolicyState
+
+_GLOBS = {"type": "list", "schema": {"type": "string", "empty": False}}
+
+
+@register
+class AgentFirewall(Policy):
+    kind = "agent-firewall"
+    phases = frozenset({Phase.INPUT, Phase.OUTPUT})
+    schema = {
+        "allowed_tools": _GLOBS,
+        "blocked_tools": _GLOBS,
+        "max_actions_per_session": {"type": "integer", "min": 1},
+        "action": {"type": "string", "allowed": ["block", "escalate"]},
+    }
+
+    def __init__(self, options: dict[str, Any], state: PolicyState) -> None:
+        super().__init__(options, state)
+        self.allowlist = "allowed_tools" in options
+        self.allowed = compile_globs(options.get("allowed_tools") or [])
+        self.blocked = compile_globs(options.get("blocked_tools") or [])
+        self.max_actions = options.get("max_actions_per_session")
+        self.verdict = Verdict.ESCALATE if options.get("action") == "escalate" else Verdict.BLOCK
+
+    def _check(self, names: Iterable[str]) -> Decision | None:
+        for name in names:
+            if self.blocked is not None and self.blocked.fullmatch(name):
+                return Decision(self.verdict, "tool_blocked", f"tool '{name}' is blocked")
+            if self.allowlist and (self.allowed is None or not self.allowed.fullmatch(name)):
+                return Decision(self.verdict, "tool_not_allowed", f"tool '{name}' is not in allowed_tools")
+        return None
+
+    def _limit(self) -> Decision:
+        return Decision(
+            self.verdict,
+            "session_action_limit",
+            f"session reached max_actions_per_session ({self.max_actions})",
+        )
+
+    def check_input(self, ex: Exchange) -> Decision | None:
+        decision = self._check([tool_name(t) for t in ex.tools] + [tool_name(c) for c in ex.tool_calls()])
+        if decision is not None:
+            return decision
+        session = ex.session_id
+        if self.max_actions and session and ex.tools and self.state.actions_in_session(session) >= self.max_actions:
+            return self._limit()
+        return None
+
+    def check_output(self, ex: Exchange) -> Decision | None:
+        calls = ex.response_tool_calls
+        decision = self._check([tool_name(c) for c in calls])
+        if decision is not None or not calls:
+            return decision
+        session = ex.session_id
+        if self.max_actions and session:
+            if self.state.actions_in_session(session) + len(calls) > self.max_actions:
+                return self._limit()
+            self.state.add_session_actions(session, len(calls))
+        return None

@@ -1,0 +1,161 @@
+"""prompt-injection: instruction-override attempts and fake role boundaries in requests.
+
+Every message except `system` and `developer` ones (the application's own) is scanned.
+Before matching, text is folded (zero-width characters dropped, NFKC, accents and
+look-alike letters folded; see policies.textfold) and base64 runs are decoded and scanned
+too (two levels deep). Matching is deterministic regex; `embedding_threshold` is accepted
+for compatibility and unused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from policies.kinds import register
+from policies.kinds.base import Decision, Hit, Policy, compile_regexes
+from policies.model import Exchange, Phase, Verdict
+from policies.state import PolicyState
+from policies.textfold import base64_segments, fold
+
+REASON = "prompt_injection_detected"
+TRUSTED_ROLES = frozenset({"system", "developer"})
+
+_ANY = r"(?:all|any|every|the|your|my|these|those|of|previous|prior|above|earlier|preceding|initial|original|system)"
+ATTACK_PATTERNS = (
+    # "ignore all previous instructions", "disregard the above rules", "forget your guidelines"
+    rf"(?<!n't\s)(?<!not\s)(?<!never\s)\b(?:ignore|disregard|forget|override|bypass|skip|drop)\s+(?:{_ANY}\s+){{0,4}}"
+    r"(?:instructions?|prompts?|rules|directions|directives|guidelines|guardrails|constraints|context|messages?)\b",
+    r"\b(?:reveal|print|show|output|repeat|leak|display|dump|tell\s+me)\s+(?:me\s+)?(?:your|the)\s+(?:full\s+|entire\s+)?"
+    r"(?:system\s+prompt|initial\s+(?:prompt|instructions)|hidden\s+(?:prompt|instructions)|instructions\s+above)",
+    r"\bwhat\s+(?:is|are|was|were)\s+your\s+(?:system\s+prompt|initial\s+instructions|hidden\s+instructions)",
+    r"\byou\s+are\s+now\s+(?:in\s+)?(?:dan|developer\s+mode|jailbroken|unrestricted|unfiltered|evil)\b",
+    r"\b(?:enable|enter|activate|switch\s+to)\s+(?:dan|developer|god|jailbreak|unrestricted)\s+mode\b",
+    r"\bdo\s+anything\s+now\b",
+    r"\bpretend\s+(?:that\s+)?(?:you\s+)?(?:are|have)\s+(?:no|not\s+any)\s+"
+    r"(?:restrictions|rules|guidelines|filters|limits|policies)\b",
+    r"\bact\s+as\s+(?:an?\s+)?(?:unrestricted|unfiltered|jailbroken|uncensored)\b",
+    r"\b(?:new|updated|real)\s+system\s+(?:prompt|instructions)\s*:",
+)
+# Role headers written into user content: "### system:", "[SYSTEM]", "<system>", "SYSTEM OVERRIDE:".
+FAKE_BOUNDARIES = (
+    r"^[ \t>]*(?:#{1,6}|={2,}|-{2,}|\*{2,})[ \t]*(?:system|assistant|developer)"
+    r"(?:[ \t]+(?:prompt|message|instructions?))?[ \t]*(?::|(?:#{1,6}|={2,}|-{2,}|\*{2,})|$)",
+    r"\[/?(?:system|assistant|developer)(?:[ \t]+(?:prompt|message))?\]",
+    r"</?(?:system|system_prompt|system-prompt|assistant|developer)>",
+    r"^[ \t]*(?:system|developer)[ \t]+(?:override|prompt|message|instructions?)[ \t]*:",
+)
+# Chat-template control tokens (enforce_delimiters): <|im_start|>, [INST], <<SYS>>, ...
+DELIMITER_TOKENS = (
+    r"<\|(?:im_start|im_end|im_sep|endoftext|system|user|assistant|eot_id|start_header_id|end_header_id)\|>",
+    r"\[/?INST\]",
+    r"<</?SYS>>",
+)
+
+
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE | re.MULTILINE)
+
+
+@register
+class PromptInjection(Policy):
+    kind = "prompt-injection"
+    phases = frozenset({Phase.INPUT})
+    regex_fields = ("detection.attack_patterns",)
+    window = 512
+    schema = {
+        "embedding_threshold": {"type": "number", "min": 0, "max": 1},
+        "detection": {
+            "type": "dict",
+            "schema": {
+                "attack_patterns": {"type": "list", "schema": {"type": "string", "empty": False}},
+                "embedding_threshold": {"type": "number", "min": 0, "max": 1},
+            },
+        },
+        "encoding": {
+            "type": "dict",
+            "schema": {
+                "decode_base64": {"type": "boolean"},
+                "normalize_unicode": {"type": "boolean"},
+                "detect_homoglyphs": {"type": "boolean"},
+            },
+        },
+        "boundaries": {
+            "type": "dict",
+            "schema": {"enforce_delimiters": {"type": "boolean"}, "reject_fake_boundaries": {"type": "boolean"}},
+        },
+        "response": {
+            "type": "dict",
+            "schema": {
+                "action": {"type": "string", "allowed": ["block", "escalate", "log"]},
+                "message": {"type": "string", "empty": False, "maxlength": 500},
+                "log_level": {"type": "string", "allowed": ["debug", "info", "warning", "error"]},
+            },
+        },
+    }
+
+    def __init__(self, options: dict[str, Any], state: PolicyState) -> None:
+        super().__init__(options, state)
+        detection = options.get("detection") or {}
+        encoding = options.get("encoding") or {}
+        boundaries = options.get("boundaries") or {}
+        response = options.get("response") or {}
+        custom = list(detection.get("attack_patterns") or [])
+        flags = re.IGNORECASE | re.MULTILINE
+        custom_rx = compile_regexes(self.kind, "detection.attack_patterns", custom, flags)
+        self.attacks = [_compile(ATTACK_PATTERNS), *custom_rx]
+        self.boundaries = _compile(FAKE_BOUNDARIES) if boundaries.get("reject_fake_boundaries", True) else None
+        self.delimiters = _compile(DELIMITER_TOKENS) if boundaries.get("enforce_delimiters", True) else None
+        self.decode_base64 = encoding.get("decode_base64", True)
+        self.normalize = encoding.get("normalize_unicode", True)
+        self.homoglyphs = encoding.get("detect_homoglyphs", True)
+        self.action = response.get("action", "block")
+        self.message = response.get("message", "")
+        self.log_level = response.get("log_level", "warning")
+        self.embedding_threshold = detection.get("embedding_threshold", options.get("embedding_threshold"))
+
+    def _find(self, text: str, depth: int = 0) -> tuple[int, int, str] | None:
+        """The first finding in `text` as (start, end, what), or None."""
+        folded = fold(text, self.normalize, self.homoglyphs)
+        checks = [(rx, "instruction override") for rx in self.attacks]
+        checks += [(self.boundaries, "fake role boundary"), (self.delimiters, "chat template delimiter")]
+        for regex, what in checks:
+            m = regex.search(folded.text) if regex is not None else None
+            if m is not None and folded.text:
+                return (*folded.span(m.start(), max(m.end(), m.start() + 1)), what)
+        if self.decode_base64 and depth < 2:
+            for start, end, decoded in base64_segments(text):
+                found = self._find(decoded, depth + 1)
+                if found is not None:
+                    return start, end, f"{found[2]} (base64-encoded)"
+        return None
+
+    def scan_text(self, text: str, phase: Phase) -> list[Hit]:
+        found = self._find(text)
+        if found is None or self.action == "log":
+            return []
+        verdict = Verdict.ESCALATE if self.action == "escalate" else Verdict.BLOCK
+        start, end, what = found
+        return [Hit(start, end, verdict, REASON, "", self.message or f"prompt injection detected: {what}")]
+
+    def _untrusted_texts(self, ex: Exchange) -> Iterator[str]:
+        for message in ex.messages:
+            if message.get("role") in TRUSTED_ROLES:
+                continue
+            content = message.get("content")
+            if isinstance(content, str):
+                yield content
+            elif isinstance(content, list):
+                yield from (p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+
+    def check_input(self, ex: Exchange) -> Decision | None:
+        for text in self._untrusted_texts(ex):
+            found = self._find(text)
+            if found is None:
+                continue
+            message = self.message or f"prompt injection detected: {found[2]}"
+            if self.action == "log":  # recorded in the decision event, request passes
+                return Decision(Verdict.ALLOW, REASON, message)
+            return Decision(Verdict.ESCALATE if self.action == "escalate" else Verdict.BLOCK, REASON, message)
+        return None

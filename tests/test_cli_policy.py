@@ -1,0 +1,130 @@
+"""`kt policy lint` and `kt policy test` as real subprocesses: exit codes, output and JSON shapes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_lint_codes import BASE
+from tests.test_lint_yaml import BOMB
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT = ROOT / "policies" / "examples" / "default" / "policy-config.yaml"
+
+
+def kt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "kt", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def test_lint_valid_human() -> None:
+    r = kt("policy", "lint", "--file", str(DEFAULT))
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"OK {DEFAULT} is valid"
+    assert lines[1].startswith("Pack: kt-default (v")
+    assert lines[2].startswith("Chain: ") and "audit-logger" in lines[2]
+    assert lines[3].startswith("Policies validated: ")
+
+
+def test_lint_invalid_human(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "policy-config.yaml", BASE.replace("chain: [audit-logger]", "chain: [audit-loger]"))
+    r = kt("policy", "lint", "--file", str(cfg))
+    assert r.returncode == 2
+    assert f"X {cfg} has 1 error" in r.stdout
+    assert "error[E001]: unknown policy kind 'audit-loger'" in r.stdout
+    assert "--> policies.chain[0] (line 9)" in r.stdout
+    assert "help: did you mean 'audit-logger'?" in r.stdout
+    assert "warning[W001]" in r.stdout  # the audit-logger block now never runs
+
+
+def test_lint_json_shape(tmp_path: Path) -> None:
+    good = write(tmp_path / "a" / "policy-config.yaml", BASE)
+    r = kt("policy", "lint", "--file", str(good), "--json")
+    assert r.returncode == 0
+    data = json.loads(r.stdout)
+    assert data == {"valid": True, "file": str(good), "pack": {"name": "shop", "version": "1.2.3"},
+                    "chain": ["audit-logger"], "policy_count": 1, "warnings": [], "errors": []}
+    bad = write(tmp_path / "b" / "policy-config.yaml", BASE.replace("1.2.3", "1.2"))
+    r = kt("policy", "lint", "--file", str(bad), "--format", "json")
+    assert r.returncode == 2
+    data = json.loads(r.stdout)
+    assert data["valid"] is False
+    assert data["errors"] == [{"code": "E008", "path": "pack.version", "message": data["errors"][0]["message"],
+                               "suggestion": "write MAJOR.MINOR.PATCH, e.g. 1.0.0", "line": 1}]
+    r = kt("policy", "lint", "--file", str(good), "--file", str(bad), "--json")
+    assert r.returncode == 2
+    assert [d["valid"] for d in json.loads(r.stdout)] == [True, False]
+
+
+def test_lint_directory_finds_every_config(tmp_path: Path) -> None:
+    write(tmp_path / "prod" / "policy-config.yaml", BASE)
+    write(tmp_path / "staging" / "gateway.yaml", BASE.replace("1.2.3", "bad"))
+    write(tmp_path / "other" / "compose.yaml", "services: {}\n")
+    write(tmp_path / ".github" / "workflows" / "ci.yml", "on: push\n")
+    r = kt("policy", "lint", "--file", str(tmp_path), "--json")
+    assert r.returncode == 2, r.stdout
+    data = json.loads(r.stdout)
+    assert sorted(Path(d["file"]).parent.name for d in data) == ["prod", "staging"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = kt("policy", "lint", "--file", str(empty))
+    assert r.returncode == 1 and "E101" in r.stdout
+
+
+def test_lint_github_annotations(tmp_path: Path) -> None:
+    cfg = write(tmp_path / "policy-config.yaml", BASE.replace("strategy: ordered", "strategy: fastest"))
+    r = kt("policy", "lint", "--file", str(cfg), "--format", "github")
+    assert r.returncode == 2
+    first = r.stdout.splitlines()[0]
+    assert first.startswith(f"::error file={cfg},line=7,title=kt E006::providers.fallback.strategy: 'fastest'")
+
+
+def test_lint_usage_and_io_errors_exit_1(tmp_path: Path) -> None:
+    assert kt("policy", "lint").returncode == 1
+    assert kt("policy", "lint", "--file", str(DEFAULT), "--format", "xml").returncode == 1
+    r = kt("policy", "lint", "--file", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 1 and "cannot read file" in r.stdout
+    r = kt("policy", "lint", "--file", str(tmp_path / "missing.yaml"), "--file", str(DEFAULT), "--json")
+    assert r.returncode == 1 and [d["valid"] for d in json.loads(r.stdout)] == [False, True]
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        (b"\x7fELF\x02\x01\x01\x00\x00\x00", "E016"),
+        (b"", "E018"),
+        (BOMB.encode(), "E017"),
+        (b"pack: [\n", "E010"),
+    ],
+    ids=["binary", "empty", "alias-bomb", "syntax"],
+)
+def test_bad_files_get_clear_errors(tmp_path: Path, content: bytes, code: str) -> None:
+    cfg = write(tmp_path / "policy-config.yaml", content)
+    r = kt("policy", "lint", "--file", str(cfg), "--json")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert json.loads(r.stdout)["errors"][0]["code"] == code
+
+
+def test_ten_megabyte_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "policy-config.yaml"
+    with cfg.open("wb") as fh:
+        fh.write(b"pack:\n")
+        for _ in range(10 * 1024):
+            fh.write(b"  # " + b"x" * 1020 + b"\n")
+    r = kt("policy", "lint", "--file", str(cfg))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "error[E015]: file is too large (10.5 MB; the limit is 1 MiB)" in r.stdout

@@ -1,0 +1,103 @@
+"""spend-limit and the price table: estimates, daily budget, per-request cap, recording."""
+
+from __future__ import annotations
+
+import pytest
+
+from policies.chain import Chain
+from policies.kinds.spend_limit import SpendLimit
+from policies.model import Target, Verdict
+from policies.pricing import cost_usd, price_for
+from policies.state import PolicyState
+from tests.kindutil import run_input, user
+
+
+def test_price_table_lookup() -> None:
+    assert price_for("gpt-4o-mini-2024-07-18") == price_for("gpt-4o-mini")
+    assert price_for("gpt-4o-mini").input_per_mtok == 0.15  # longest prefix, not gpt-4o
+    assert price_for("claude-sonnet-4-20250514").output_per_mtok == 15.0
+    assert price_for("openai/GPT-4o").input_per_mtok == 2.5
+    assert price_for("my-local-llama") is None
+    assert cost_usd("my-local-llama", 10**6, 10**6) == 0.0
+    assert cost_usd("gpt-4o", 1_000_000, 1_000_000) == pytest.approx(12.5)
+
+
+def test_price_overrides() -> None:
+    overrides = {"my-local-llama": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+    assert cost_usd("my-local-llama", 1_000_000, 500_000, overrides) == pytest.approx(2.0)
+    assert cost_usd("gpt-4o-mini", 1_000_000, 0, {"gpt-4o": {"input_per_mtok": 9, "output_per_mtok": 9}}) == (
+        pytest.approx(0.15)
+    )
+
+
+def answered(policy: SpendLimit, model: str, input_tokens: int, output_tokens: int, **kw: object):
+    ex = user("hi", model=model, **kw)
+    ex.input_tokens, ex.output_tokens = input_tokens, output_tokens
+    return Chain((policy,)).run_output(ex)
+
+
+def test_output_records_spend_and_daily_budget_blocks() -> None:
+    state = PolicyState()
+    policy = SpendLimit({"max_daily_usd": 1.0}, state)
+    assert run_input(policy, user("hi", model="gpt-4o")).verdict is Verdict.ALLOW
+    answered(policy, "gpt-4o", 100_000, 50_000)  # 0.25 + 0.5
+    assert state.spent_today("spend-limit:global") == pytest.approx(0.75)
+    assert run_input(policy, user("hi", model="gpt-4o")).verdict is Verdict.ALLOW
+    answered(policy, "gpt-4o", 100_000, 0)
+    outcome = run_input(policy, user("hi", model="gpt-4o"))
+    assert outcome.blocked and outcome.reason_code == "budget_exceeded"
+
+
+def test_estimate_counts_max_tokens() -> None:
+    state = PolicyState()
+    state.add_spend("spend-limit:global", 0.9)
+    policy = SpendLimit({"max_daily_usd": 1.0}, state)
+    assert run_input(policy, user("hi", model="gpt-4o", max_tokens=1000)).verdict is Verdict.ALLOW  # +0.01
+    assert run_input(policy, user("hi", model="gpt-4o", max_tokens=20_000)).blocked  # +0.20
+
+
+def test_max_request_usd() -> None:
+    policy = SpendLimit({"max_request_usd": 0.05}, PolicyState())
+    assert run_input(policy, user("x" * 4000, model="gpt-4o", max_tokens=1000)).verdict is Verdict.ALLOW
+    outcome = run_input(policy, user("x" * 4000, model="gpt-4o", max_tokens=10_000))
+    assert outcome.blocked and outcome.reason_code == "budget_exceeded" and "max_request_usd" in outcome.message
+
+
+def test_estimate_uses_dearest_target() -> None:
+    policy = SpendLimit({"max_request_usd": 0.05}, PolicyState())
+    targets = [Target("cheap", "openai", "gpt-4o-mini"), Target("dear", "anthropic", "claude-opus-4")]
+    assert run_input(policy, user("hi", model="support", targets=targets, max_tokens=1000)).blocked  # 0.075
+
+
+def test_budget_per_user() -> None:
+    state = PolicyState()
+    policy = SpendLimit({"max_daily_usd": 0.5, "per": "user"}, state)
+    answered(policy, "gpt-4o", 0, 100_000, headers={"x-user-id": "ann"})  # 1.0
+    assert run_input(policy, user("hi", model="gpt-4o", headers={"x-user-id": "ann"})).blocked
+    assert run_input(policy, user("hi", model="gpt-4o", headers={"x-user-id": "bob"})).verdict is Verdict.ALLOW
+
+
+def test_config_prices_and_unknown_model() -> None:
+    state = PolicyState()
+    priced = SpendLimit({"prices": {"llama": {"input_per_mtok": 10, "output_per_mtok": 10}}}, state)
+    answered(priced, "llama", 100_000, 0)
+    assert state.spent_today("spend-limit:global") == pytest.approx(1.0)
+    outcome = answered(SpendLimit({}, state), "llama", 100_000, 0)
+    assert outcome.verdict is Verdict.ALLOW and outcome.results[0].reason_code == "price_unknown"
+    assert state.spent_today("spend-limit:global") == pytest.approx(1.0)
+
+
+def test_no_usage_no_record() -> None:
+    state = PolicyState()
+    answered(SpendLimit({}, state), "gpt-4o", 0, 0)
+    assert state.spent_today("spend-limit:global") == 0.0
+
+
+def test_streamed_response_recorded_at_finish() -> None:
+    state = PolicyState()
+    ex = user("hi", model="gpt-4o")
+    guard = Chain((SpendLimit({"max_daily_usd": 5}, state),)).stream_guard(ex)
+    assert guard.feed("hello") == ("hello", None)
+    ex.input_tokens, ex.output_tokens = 1000, 1000
+    assert guard.finish().verdict is Verdict.ALLOW
+    assert state.spent_today("spend-limit:global") == pytest.approx(0.0125)
