@@ -114,10 +114,10 @@ def test_default_config_answers_with_no_provider_key(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "code", "needle"), [
     (["--config", "missing.yaml"], 2, "cannot read file"),
-    (["--config", "policies/examples/default/policy-config.yaml", "--listen", "nonsense"], 2, "HOST:PORT"),
+    (["--config", "policies/examples/default/policy-config.yaml", "--listen", "nonsense"], 1, "HOST:PORT"),
     (["--config", "policies/examples/default/policy-config.yaml", "--keys-file", "/nonexistent/keys"], 1,
      "cannot read keys file"),
-    (["--config", "policies/examples/default/policy-config.yaml", "--max-body-size", "lots"], 2, "10MiB"),
+    (["--config", "policies/examples/default/policy-config.yaml", "--max-body-size", "lots"], 1, "10MiB"),
 ])
 def test_bad_input_exits_with_a_message(args: list[str], code: int, needle: str) -> None:
     proc = kt("gateway", "run", *args, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
