@@ -8,9 +8,11 @@ other way. The rules (what maps to what, what is dropped) are in docs/providers.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 
@@ -19,7 +21,39 @@ OPENAI_DONE = b"data: [DONE]\n\n"
 
 
 class TranslationError(ValueError):
-    """A request that cannot be translated; the message says what to change (answer 400)."""
+    """Input that cannot be translated; the message says what is wrong.
+
+    From a request function: the client's fault (answer 400). From a response function or a
+    stream translator: the upstream sent something malformed (answer 502).
+    """
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(what: str) -> Callable[[_F], _F]:
+    """Turn a stray TypeError/AttributeError on malformed input into a TranslationError (never a traceback)."""
+
+    def decorate(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except TranslationError:
+                raise
+            except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+                raise TranslationError(f"malformed {what}: {exc}") from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _typed(body: dict[str, Any], key: str, kind: type | tuple[type, ...], what: str, where: str = "") -> Any:
+    value = body.get(key)
+    if value is not None and not isinstance(value, kind):
+        raise TranslationError(f"`{where}{key}` must be {what}")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------- small helpers
@@ -172,6 +206,7 @@ def _anthropic_tool_choice_to_openai(choice: dict[str, Any]) -> Any:
     return {"auto": "auto", "any": "required", "none": "none"}.get(kind, "auto")
 
 
+@_guarded("request body")
 def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     """Translate an Anthropic Messages request body into the canonical OpenAI chat request."""
     out_messages: list[dict[str, Any]] = []
@@ -221,6 +256,10 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
             out_messages.append({"role": "user", "content": _anthropic_parts_to_openai(rest)})
 
     out_body: dict[str, Any] = {"model": body.get("model"), "messages": out_messages}
+    _typed(body, "tools", list, "a list of tool definitions")
+    _typed(body, "tool_choice", dict, 'an object like {"type": "auto"}')
+    _typed(body, "stop_sequences", list, "a list of strings")
+    _typed(body, "metadata", dict, 'an object like {"user_id": "..."}')
     tools = [
         {
             "type": "function",
@@ -295,6 +334,7 @@ def _openai_tool_choice_to_anthropic(choice: Any) -> dict[str, Any] | None:
     return {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"}}.get(choice)
 
 
+@_guarded("request body")
 def openai_request_to_anthropic(body: dict[str, Any], model: str) -> dict[str, Any]:
     """Translate a canonical OpenAI chat request into an Anthropic Messages request for `model`."""
     system: list[dict[str, Any]] = []
@@ -322,7 +362,7 @@ def openai_request_to_anthropic(body: dict[str, Any], model: str) -> dict[str, A
                 append("user", _openai_parts_to_anthropic(content, where))
         elif role == "assistant":
             blocks = _openai_parts_to_anthropic(content, where)
-            for call in message.get("tool_calls") or ():
+            for call in _typed(message, "tool_calls", list, "a list of tool calls", f"{where}.") or ():
                 function = call.get("function") or {}
                 blocks.append(
                     {
@@ -340,6 +380,9 @@ def openai_request_to_anthropic(body: dict[str, Any], model: str) -> dict[str, A
         else:
             raise TranslationError(f"{where}.role {role!r} is not one of system, developer, user, assistant, tool")
 
+    _typed(body, "tools", list, "a list of tool definitions")
+    _typed(body, "tool_choice", (str, dict), '"auto", "none", "required" or {"type": "function", ...}')
+    _typed(body, "stop", (str, list), "a string or a list of strings")
     out: dict[str, Any] = {"model": model, "messages": out_messages}
     if system:
         out["system"] = system[0]["text"] if len(system) == 1 and system[0]["type"] == "text" else system
@@ -389,25 +432,30 @@ def _openai_usage(input_tokens: int, output_tokens: int, cached: int = 0) -> dic
     return usage
 
 
+def _count(usage: Any, key: str) -> int:
+    """A token count from a usage object; anything that is not a count is 0."""
+    value = usage.get(key) if isinstance(usage, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def _anthropic_usage_to_openai(usage: dict[str, Any] | None) -> dict[str, Any]:
-    usage = usage or {}
-    cached = usage.get("cache_read_input_tokens") or 0
-    prompt = (usage.get("input_tokens") or 0) + cached + (usage.get("cache_creation_input_tokens") or 0)
-    return _openai_usage(prompt, usage.get("output_tokens") or 0, cached)
+    cached = _count(usage, "cache_read_input_tokens")
+    prompt = _count(usage, "input_tokens") + cached + _count(usage, "cache_creation_input_tokens")
+    return _openai_usage(prompt, _count(usage, "output_tokens"), cached)
 
 
 def _openai_usage_to_anthropic(usage: dict[str, Any] | None) -> dict[str, Any]:
-    usage = usage or {}
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    cached = _count((usage or {}).get("prompt_tokens_details") if isinstance(usage, dict) else None, "cached_tokens")
     out = {
-        "input_tokens": max((usage.get("prompt_tokens") or 0) - cached, 0),
-        "output_tokens": usage.get("completion_tokens") or 0,
+        "input_tokens": max(_count(usage, "prompt_tokens") - cached, 0),
+        "output_tokens": _count(usage, "completion_tokens"),
     }
     if cached:
         out["cache_read_input_tokens"] = cached
     return out
 
 
+@_guarded("upstream response")
 def anthropic_response_to_openai(resp: dict[str, Any]) -> dict[str, Any]:
     """Translate an Anthropic Message into an OpenAI `chat.completion`."""
     blocks = resp.get("content") or []
@@ -441,6 +489,7 @@ def anthropic_response_to_openai(resp: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+@_guarded("upstream response")
 def openai_response_to_anthropic(resp: dict[str, Any], model: str | None = None) -> dict[str, Any]:
     """Translate an OpenAI `chat.completion` into an Anthropic Message (first choice; `model` overrides)."""
     choice = (resp.get("choices") or [{}])[0]
@@ -503,6 +552,7 @@ class AnthropicStreamToOpenAI:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
         }
 
+    @_guarded("upstream stream event")
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """Translate one Anthropic event; returns zero or more OpenAI chunks."""
         kind = event.get("type")
@@ -619,6 +669,7 @@ class OpenAIStreamToAnthropic:
         out.append({"type": "content_block_start", "index": self._index, "content_block": block})
         return out
 
+    @_guarded("upstream stream chunk")
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         """Translate one OpenAI chunk; returns zero or more Anthropic events."""
         if self._done:

@@ -308,6 +308,8 @@ def status_checks(url: str, token: str | None, timeout: float, max_age: float) -
     age = body.get("age_seconds")
     if age is None:
         checks.append(Check("config age", "skip", "unknown (no config loaded)"))
+    elif not body.get("sync"):
+        checks += _ok("config age", f"plain file loaded {_duration(age)} ago (no Git sync to confirm it against)")
     elif age > max_age:
         checks += _fail("config age", f"{_duration(age)} since the config was last confirmed against its source "
                         f"(limit {_duration(max_age)})", "the sync is not confirming the remote: `kt sync status`")

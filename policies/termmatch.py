@@ -1,10 +1,13 @@
 """Finding listed terms in text: case-insensitive, evasion-folded, optionally fuzzy.
 
-A term matches as whole words: "project-bluebird" matches "Project Bluebird",
-"PROJECT_BLUEBIRD", "projectbluebird" and "pro\u200bject-bluebіrd" (zero-width space,
-Cyrillic і), but not "bluebirds". Fuzzy matching compares word tokens of similar length
-with a bounded edit distance: in total at most `max_distance` edits, and at most one edit
-per four characters of each term word (so short words must match exactly). Everything
+A term matches as a sequence of whole words (any punctuation or space between them):
+"project-bluebird" matches "Project Bluebird", "PROJECT_BLUEBIRD", "projectbluebird" and
+"pro\u200bject-bluebіrd" (zero-width space, Cyrillic і), but not "bluebirds". Fuzzy
+matching compares word tokens of similar length with a bounded edit distance: in total at
+most `max_distance` edits, at most one edit per four characters of each term word and
+three per word (so short words must match exactly). Candidates come from an index of
+deletion variants built at load, so a text is scanned in time proportional to its
+distinct words, not to the number of terms. Everything
 that can be built from the terms is built once, in the constructor.
 """
 
@@ -15,9 +18,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from policies.textfold import Folded, fold, fold_str
+from policies.textfold import fold, fold_str
 
 _WORD = re.compile(r"[^\W_]+")
+MAX_WORD_EDITS = 3
 
 
 def bounded_distance(a: str, b: str, limit: int) -> int:
@@ -47,75 +51,81 @@ class TermHit:
     term: str
 
 
+Entry = tuple[tuple[str, ...], str, str]  # (term words, tag, term)
+
+
 class TermMatcher:
-    """Compiled finder for `(term, tag)` pairs."""
+    """Compiled finder for `(term, tag)` pairs, working on the word tokens of folded text."""
 
     def __init__(self, terms: Iterable[tuple[str, str]], fuzzy: bool = False, max_distance: int = 1) -> None:
+        self._max_distance = max_distance if fuzzy else 0
+        self._exact: dict[str, list[Entry]] = defaultdict(list)  # first word -> terms
+        # Fuzzy index: every variant of a term's first word with up to its allowed deletions
+        # -> the terms. A token within distance d of a word shares a d-deletion variant with it.
+        self._fuzzy: dict[str, list[Entry]] = defaultdict(list)
         seen: set[str] = set()
-        entries: list[tuple[str, str, str]] = []  # (regex, tag, term)
-        self._fuzzy: dict[int, list[tuple[tuple[str, ...], str, str]]] = defaultdict(list)
+        self.longest = 0
         for term, tag in terms:
-            words = _WORD.findall(fold_str(term).lower())
-            if not words:
+            words = tuple(_WORD.findall(fold_str(term).lower()))
+            joined = "".join(words)
+            if not words or joined in seen:
                 continue
-            key = "".join(words)
-            if key in seen:
-                continue
-            seen.add(key)
-            entries.append((r"[\W_]{0,3}".join(re.escape(w) for w in words), tag, term))
-            if fuzzy and max_distance > 0 and any(len(w) >= 4 for w in words):
-                self._fuzzy[len(words[0])].append((tuple(words), tag, term))
-        entries.sort(key=lambda e: len(e[0]), reverse=True)
-        self._entries = [(tag, term) for _, tag, term in entries]
-        alternation = "|".join(f"(?P<t{i}>{rx})" for i, (rx, _, _) in enumerate(entries))
-        self._regex = re.compile(rf"(?<![^\W_])(?:{alternation})(?![^\W_])", re.IGNORECASE) if entries else None
-        self._max_distance = max_distance
-        self.longest = max((len(term) for _, term in self._entries), default=0)
+            seen.add(joined)
+            self.longest = max(self.longest, len(term))
+            self._exact[words[0]].append((words, tag, term))
+            if len(words) > 1:  # "projectbluebird" for "project bluebird"
+                self._exact[joined].append(((joined,), tag, term))
+            if self._max_distance and any(self._allowed(w) for w in words):
+                for variant in _deletions(words[0], self._allowed(words[0])):
+                    self._fuzzy[variant].append((words, tag, term))
+
+    def _allowed(self, word: str) -> int:
+        """Edits a text token may differ from term word `word` by: one per four letters, at most 3."""
+        return min(self._max_distance, len(word) // 4, MAX_WORD_EDITS)
 
     def __bool__(self) -> bool:
-        return self._regex is not None
+        return bool(self._exact)
 
     def find(self, text: str) -> list[TermHit]:
         """All matches in `text`, as spans of the original (unfolded) text."""
-        if self._regex is None:
+        if not self._exact:
             return []
         folded = fold(text)
-        hits: list[TermHit] = []
-        for m in self._regex.finditer(folded.text):
-            tag, term = self._entries[int(m.lastgroup[1:])]
-            hits.append(TermHit(*folded.span(m.start(), m.end()), tag, term))
-        if self._fuzzy:
-            hits.extend(self._find_fuzzy(folded))
-        return hits
-
-    def _find_fuzzy(self, folded: Folded) -> list[TermHit]:
         tokens = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(folded.text)]
-        limit = self._max_distance
-        memo: dict[tuple[str, str], int] = {}
-
-        def dist(token: str, word: str, budget: int) -> int:
-            allowed = min(budget, len(word) // 4)
-            key = (token, word)
-            if key not in memo:
-                memo[key] = bounded_distance(token, word, limit)
-            return memo[key] if memo[key] <= allowed else limit + 1
-
         hits: list[TermHit] = []
+        candidates: dict[str, list[Entry]] = {}
+        limit = self._max_distance
         for i, (start, _, token) in enumerate(tokens):
-            for length in range(max(1, len(token) - limit), len(token) + limit + 1):
-                for words, tag, term in self._fuzzy.get(length, ()):
-                    if i + len(words) > len(tokens):
-                        continue
-                    budget = limit
-                    total = 0
-                    for word, (_, _, tok) in zip(words, tokens[i : i + len(words)], strict=False):
-                        d = dist(tok, word, budget)
-                        if d > budget:
-                            break
-                        budget -= d
-                        total += d
-                    else:
-                        if total:  # exact matches are the regex's
-                            end = tokens[i + len(words) - 1][1]
-                            hits.append(TermHit(*folded.span(start, end), tag, term))
+            for words, tag, term in self._exact.get(token, ()):
+                if all(i + k < len(tokens) and tokens[i + k][2] == w for k, w in enumerate(words[1:], 1)):
+                    hits.append(TermHit(*folded.span(start, tokens[i + len(words) - 1][1]), tag, term))
+            if not self._fuzzy:
+                continue
+            if token not in candidates:
+                depth = min(limit, len(token) // 3, MAX_WORD_EDITS)  # a word allowing a edits has >= 4a letters
+                found = {id(e): e for v in _deletions(token, depth) for e in self._fuzzy.get(v, ())}
+                candidates[token] = list(found.values())
+            for words, tag, term in candidates[token]:
+                if i + len(words) > len(tokens):
+                    continue
+                budget = limit
+                for word, (_, _, tok) in zip(words, tokens[i : i + len(words)], strict=False):
+                    allowed = min(budget, self._allowed(word))
+                    d = bounded_distance(tok, word, allowed)
+                    if d > allowed:
+                        break
+                    budget -= d
+                else:
+                    if budget < limit:  # exact matches were found above
+                        hits.append(TermHit(*folded.span(start, tokens[i + len(words) - 1][1]), tag, term))
         return hits
+
+
+def _deletions(word: str, depth: int) -> set[str]:
+    """`word` and every string made from it by deleting up to `depth` characters."""
+    out = {word}
+    frontier = {word}
+    for _ in range(depth):
+        frontier = {w[:i] + w[i + 1 :] for w in frontier for i in range(len(w))}
+        out |= frontier
+    return out

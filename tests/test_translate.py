@@ -383,6 +383,58 @@ def test_openai_request_errors_say_what_to_fix(body, fragment):
     assert fragment in str(info.value)
 
 
+def _paths(value, path=()):
+    yield path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in items:
+        yield from _paths(child, (*path, key))
+
+
+def _replaced(value, path, new):
+    if not path:
+        return new
+    value = copy.deepcopy(value)
+    node = value
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = new
+    return value
+
+
+def _mutations(fixture):
+    """The fixture with every value, at every depth, replaced by each wrongly-typed value."""
+    for path in list(_paths(fixture)):
+        for new in (None, 1, "x", [], {}, [1], True, [None]):
+            yield _replaced(fixture, path, new)
+
+
+def _feed_all(translator, events):
+    return [translator.feed(e) for e in (events if isinstance(events, list) else [events])] + [translator.close()]
+
+
+def test_malformed_input_raises_translation_error_never_anything_else():
+    cases = [
+        (ANTHROPIC_REQUEST, t.anthropic_request_to_openai),
+        (OPENAI_REQUEST, lambda body: t.openai_request_to_anthropic(body, "c")),
+        (ANTHROPIC_RESPONSE, t.anthropic_response_to_openai),
+        (OPENAI_RESPONSE, t.openai_response_to_anthropic),
+        (ANTHROPIC_EVENTS, lambda events: _feed_all(t.AnthropicStreamToOpenAI(), events)),
+        (OPENAI_CHUNKS, lambda chunks: _feed_all(t.OpenAIStreamToAnthropic(), chunks)),
+    ]
+    for fixture, translate in cases:
+        for mutated in _mutations(fixture):
+            try:
+                translate(mutated)
+            except t.TranslationError as exc:
+                assert str(exc)
+    with pytest.raises(t.TranslationError, match=re.escape("`messages[1].tool_calls` must be a list")):
+        t.openai_request_to_anthropic(
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": 3}]}, "c"
+        )
+    with pytest.raises(t.TranslationError, match="`metadata` must be an object"):
+        t.anthropic_request_to_openai({"messages": [], "metadata": "u1"})
+
+
 def _normalise_anthropic(body: dict) -> dict:
     """Structure-insensitive view: string content as a text block list, no `model`."""
     body = copy.deepcopy(body)
@@ -458,6 +510,34 @@ ANTHROPIC_RESPONSE = {
 }
 
 
+OPENAI_RESPONSE = {
+    "id": "chatcmpl-xyz",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "gpt-4o-mini",
+    "choices": [
+        {
+            "index": 0,
+            "message": {
+                "role": "assistant",
+                "content": "Sure.",
+                "tool_calls": [
+                    {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}},
+                    {"id": "call_b", "type": "function", "function": {"name": "g", "arguments": ""}},
+                ],
+            },
+            "finish_reason": "tool_calls",
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 50,
+        "completion_tokens": 9,
+        "total_tokens": 59,
+        "prompt_tokens_details": {"cached_tokens": 10},
+    },
+}
+
+
 def test_anthropic_response_to_openai():
     Message.model_validate(ANTHROPIC_RESPONSE)
     out = t.anthropic_response_to_openai(ANTHROPIC_RESPONSE)
@@ -476,32 +556,7 @@ def test_anthropic_response_to_openai():
 
 
 def test_openai_response_to_anthropic():
-    resp = {
-        "id": "chatcmpl-xyz",
-        "object": "chat.completion",
-        "created": 1,
-        "model": "gpt-4o-mini",
-        "choices": [
-            {
-                "index": 0,
-                "message": {
-                    "role": "assistant",
-                    "content": "Sure.",
-                    "tool_calls": [
-                        {"id": "call_a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}},
-                        {"id": "call_b", "type": "function", "function": {"name": "g", "arguments": ""}},
-                    ],
-                },
-                "finish_reason": "tool_calls",
-            }
-        ],
-        "usage": {
-            "prompt_tokens": 50,
-            "completion_tokens": 9,
-            "total_tokens": 59,
-            "prompt_tokens_details": {"cached_tokens": 10},
-        },
-    }
+    resp = copy.deepcopy(OPENAI_RESPONSE)
     ChatCompletion.model_validate(resp)
     out = t.openai_response_to_anthropic(resp, "claude-alias")
     message = Message.model_validate(out)
