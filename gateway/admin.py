@@ -62,10 +62,10 @@ class Readyz(_Base):
     def get(self) -> None:
         runtime = self.ops.runtime
         if runtime.ready:
-            self.send_json({"ready": True, "revision": runtime.snapshot.revision})
+            self.send_json({"status": "ready", "ready": True, "revision": runtime.snapshot.revision})
         else:
             reason = "draining" if runtime.draining else "no config loaded"
-            self.send_json({"ready": False, "reason": reason}, 503)
+            self.send_json({"status": "not_ready", "ready": False, "reason": reason}, 503)
 
 
 class Health(_Base):

@@ -92,8 +92,8 @@ class Forwarder:
                                    "retry_in_s": round(delay, 2), "consecutive_failures": self.failures})
                 await asyncio.sleep(delay)
                 continue
-            self.cursor = rows[-1][0]
-            await self.writer.call(store.set_meta, CURSOR_KEY, str(self.cursor))
+            await self.writer.call(store.set_meta, CURSOR_KEY, str(rows[-1][0]))
+            self.cursor = rows[-1][0]  # only once persisted: `pending == 0` means durable
             metrics.EVENTS_SUBMITTED.inc(len(rows))
             if self.failures:
                 log.info("event submission recovered",

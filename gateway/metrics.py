@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gateway.runtime import Runtime, Snapshot
@@ -25,6 +25,8 @@ ROUTES = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/
 VERDICTS = frozenset({"allow", "block", "redact", "escalate", "error"})
 DRIFT_REASONS = ("pending", "rejected", "unreachable", "modified", "reload_failed")
 RELOAD_RESULTS = ("ok", "noop", "error")
+
+disable_created_metrics()  # no `*_created` series: they double the exposition and nobody alerts on them
 
 REQUESTS = Counter(
     "keeptrusts_gateway_requests_total",

@@ -57,7 +57,8 @@ class Ops:
         for observer in (metrics.observe_event, log_request):
             if observer not in self.runtime.observers:
                 self.runtime.observers.append(observer)
-        metrics.bind(runtime=self.runtime, version=self.version, connections=self.connections,
+        metrics.bind(runtime=self.runtime, version=self.version,
+                     connections=lambda: self.connections() if self.connections else 0,
                      store_pending=lambda: self.forwarder.pending if self.forwarder else None,
                      drift=self.drift, age=self.age_seconds)
         return snap
@@ -146,6 +147,7 @@ class Ops:
                 "last_result": last.result if last else None,
                 "last_error": last.error if last else None,
                 "last_attempt_at": rfc3339(last.at) if last else None,
+                "last_trigger": last.trigger if last else None,
                 "findings": [f.as_dict() for f in last.findings] if last else [],
             },
             "sync": sync,

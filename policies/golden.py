@@ -2,7 +2,9 @@
 
 Cases come from `tests/*.json` beside the config (one case object, or a list of them) and
 from the config's inline `testing.suites`. A case is
-`{name, input{messages, headers?, tools?, model?, upstream_response?}, expected{verdict, reason_code?}}`.
+`{name, input{messages, headers?, tools?, model?, upstream_response?}, expected{verdict, reason_code?, targets?}}`;
+`expected.targets` lists the ids of the targets the request may go to after the input chain
+(data routing), in order.
 The input chain runs on the request; when `upstream_response` is given (a string, or a
 mapping with `content`, `tool_calls`, `usage`, or an OpenAI `choices` body) and the request
 was not blocked, the output chain runs on it. Each case gets a fresh policy state, so cases
@@ -46,6 +48,7 @@ class CaseResult:
     passed: bool
     policy_results: tuple[PolicyResult, ...] = ()
     error: str = ""
+    targets: tuple[str, ...] = ()  # where the request could be routed after the input chain
 
     def as_dict(self) -> dict[str, Any]:
         d = {
@@ -55,7 +58,7 @@ class CaseResult:
             "passed": self.passed,
             "expected": dict(self.expected),
             "source": self.source,
-            "details": {"policy_results": [r.as_dict() for r in self.policy_results]},
+            "details": {"policy_results": [r.as_dict() for r in self.policy_results], "targets": list(self.targets)},
         }
         if self.error:
             d["error"] = self.error
@@ -137,15 +140,20 @@ def run_case(config: Config, case: GoldenCase) -> CaseResult:
     )
     outcome = fresh.chain.run_input(ex)
     results = outcome.results
+    targets = () if outcome.blocked else tuple(t.id for t in ex.targets)
     if not outcome.blocked and inp.get("upstream_response") is not None:
         _apply_response(ex, inp["upstream_response"])
         results = results + fresh.chain.run_output(ex).results
         outcome = summarize(results)
     expected = case.expected
-    passed = outcome.verdict.value == expected["verdict"] and (
-        not expected.get("reason_code") or expected["reason_code"] == outcome.reason_code
+    passed = (
+        outcome.verdict.value == expected["verdict"]
+        and (not expected.get("reason_code") or expected["reason_code"] == outcome.reason_code)
+        and ("targets" not in expected or list(expected["targets"]) == list(targets))
     )
-    return CaseResult(case.name, case.source, expected, outcome.verdict.value, outcome.reason_code, passed, results)
+    return CaseResult(
+        case.name, case.source, expected, outcome.verdict.value, outcome.reason_code, passed, results, "", targets
+    )
 
 
 def run_golden(config: Config, cases_dir: Path | None) -> list[CaseResult]:

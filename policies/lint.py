@@ -48,6 +48,7 @@ _FORMAT_HELP = {
     "provider": "a lower-case provider id such as openai, anthropic, mock or an OpenAI-compatible id",
     "api_key_header": "an HTTP header name such as Authorization or x-api-key",
 }
+_REGEX_HELP = "fix the pattern (Python `re` syntax); escape literal characters such as ( [ . * +"
 _UNSUPPORTED = "needs a model or an external service"
 
 
@@ -173,27 +174,61 @@ def _schema_findings(key: tuple[Any, ...], root: dict[str, Any], doc: dict[str, 
     return [finding_from_error(err, root) for err in validate(validator_for(key, lambda: root), doc)]
 
 
-def _find_string(obj: Any, target: str, path: str) -> str | None:
-    if obj == target:
-        return path
+def _strings(obj: Any, path: str, key: str = "") -> Any:
+    """(path, key, string) of every string below `obj`; `key` is the nearest mapping key."""
+    if isinstance(obj, str):
+        yield path, key, obj
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
-    for key, value in items:
-        found = _find_string(value, target, join_path(path, key))
-        if found:
-            return found
-    return None
+    for k, value in items:
+        yield from _strings(value, join_path(path, k), k if isinstance(k, str) else key)
+
+
+def _bad_regexes(block: Any, path: str, pattern: Any) -> list[tuple[str, str, re.error]]:
+    """The options that fail to compile: the one equal to `pattern`, or any in a `*pattern*` key."""
+    bad = []
+    for where, key, text in _strings(block, path):
+        if text == pattern or "pattern" in key:
+            try:
+                re.compile(text)
+            except re.error as exc:
+                bad.append((where, text, exc))
+    return bad
+
+
+def _regex_field_findings(kind: str, block: Any, path: str) -> list[Finding]:
+    """Compile each option the kind names in `regex_fields`."""
+    found = []
+    for dotted in getattr(KINDS[kind], "regex_fields", ()):
+        value = block
+        for part in dotted.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        where = join_path(path, dotted)
+        values = value if isinstance(value, list) else []
+        items = [(where, value)] if isinstance(value, str) else [
+            (join_path(where, i), v) for i, v in enumerate(values) if isinstance(v, str)
+        ]
+        for item_path, text in items:
+            try:
+                re.compile(text)
+            except re.error as exc:
+                found.append(Finding("E012", item_path, f"invalid regular expression '{text}': {exc}", _REGEX_HELP))
+    return found
 
 
 def _compile_findings(kind: str, block: Any, path: str) -> list[Finding]:
     """Build the policy once, as the gateway will: every regex compiles, every option is accepted."""
+    regex_errors = _regex_field_findings(kind, block, path)
+    if regex_errors:
+        return regex_errors
     try:
         KINDS[kind](block or {}, PolicyState())
-    except re.error as exc:
-        where = _find_string(block, exc.pattern, path) if isinstance(exc.pattern, str) else None
-        return [Finding("E012", where or path, f"invalid regular expression '{exc.pattern}': {exc}",
-                        "fix the pattern (Python `re` syntax)")]
     except Exception as exc:
-        return [Finding("E019", path, f"policy {kind} rejects its options: {exc}", "see docs/policies.md")]
+        rex = exc if isinstance(exc, re.error) else exc.__cause__ if isinstance(exc.__cause__, re.error) else None
+        if rex is None:
+            return [Finding("E019", path, f"policy {kind} rejects its options: {exc}", "see docs/policies.md")]
+        bad = _bad_regexes(block, path, rex.pattern) or [(path, str(rex.pattern), rex)]
+        return [Finding("E012", where, f"invalid regular expression '{text}': {err}", _REGEX_HELP)
+                for where, text, err in bad]
     return []
 
 

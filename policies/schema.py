@@ -14,6 +14,8 @@ from typing import Any
 import cerberus
 from cerberus import errors
 
+from policies.agents import AGENTS_RULE
+
 SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?$"
@@ -75,15 +77,6 @@ PROVIDERS = {
     }),
 }
 
-AGENTS = {
-    "type": "dict",
-    "keysrules": _str(minlength=1),
-    "valuesrules": _dict({
-        "max_cost_usd_per_day": {"type": "number", "min": 0},
-        "max_requests_per_hour": {"type": "integer", "min": 1},
-    }),
-}
-
 CASE = {
     "name": _str(required=True, minlength=1),
     "description": _str(),
@@ -97,6 +90,7 @@ CASE = {
     "expected": _dict({
         "verdict": _str(required=True, allowed=VERDICTS),
         "reason_code": _str(),
+        "targets": _list(_str()),
     }, required=True),
 }
 
@@ -117,7 +111,7 @@ def document_schema(kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "providers": _dict(PROVIDERS),
         "policies": _dict({"chain": _list(_str(), required=True)}, required=True),
         "policy": _dict({kind: _dict(schema, nullable=True) for kind, schema in kinds.items()}),
-        "agents": AGENTS,
+        "agents": AGENTS_RULE,
         "testing": _dict(TESTING),
     }
 
@@ -156,6 +150,7 @@ class KtValidator(cerberus.Validator):
                 where = f"[{i}]" if isinstance(value, list) else ""
                 self._kt(field, "E012", f"invalid regular expression{where} '{pattern}': {exc}",
                          "fix the pattern (Python `re` syntax); escape literal characters such as ( [ . * +")
+
 
     def _check_with_secret_ref(self, field: str, value: Any) -> None:
         if isinstance(value, dict) and len({"env", "store"} & value.keys()) != 1:

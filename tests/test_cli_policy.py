@@ -128,3 +128,68 @@ def test_ten_megabyte_file(tmp_path: Path) -> None:
     r = kt("policy", "lint", "--file", str(cfg))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "error[E015]: file is too large (10.5 MB; the limit is 1 MiB)" in r.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# kt policy test
+
+PACK = BASE.replace("chain: [audit-logger]", "chain: [dlp-filter, audit-logger]") + """\
+  dlp-filter: {blocked_terms: [project-bluebird], action: block}
+testing:
+  suites:
+    - name: smoke
+      cases:
+        - name: term-blocked
+          input: {messages: [{role: user, content: "status of Project-Bluebird?"}]}
+          expected: {verdict: block, reason_code: dlp_term_detected}
+"""
+
+
+def case(name: str, content: str, verdict: str, **extra: object) -> str:
+    return json.dumps({"name": name, "input": {"messages": [{"role": "user", "content": content}], **extra},
+                       "expected": {"verdict": verdict}})
+
+
+def test_policy_test_json_shape_and_pass(tmp_path: Path) -> None:
+    write(tmp_path / "policy-config.yaml", PACK)
+    write(tmp_path / "tests" / "hello.json", case("hello", "hi there", "allow"))
+    write(tmp_path / "tests" / "leak.json", case("leak", "hi", "block", upstream_response="project-bluebird ships"))
+    r = kt("policy", "test", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout
+    data = json.loads(r.stdout)
+    assert data["ok"] is True
+    assert [x["name"] for x in data["results"]] == ["hello", "leak", "smoke/term-blocked"]
+    leak = data["results"][1]
+    assert {k: leak[k] for k in ("verdict", "reason_code", "passed")} == {
+        "verdict": "block", "reason_code": "dlp_term_detected", "passed": True}
+    phases = [(p["policy"], p["phase"]) for p in leak["details"]["policy_results"]]
+    assert ("dlp-filter", "output") in phases
+
+
+def test_policy_test_failure_exit_1_and_table(tmp_path: Path) -> None:
+    write(tmp_path / "policy-config.yaml", PACK)
+    write(tmp_path / "cases" / "wrong.json", case("wrong", "hi there", "block"))
+    write(tmp_path / "cases" / "broken.json", "{not json")
+    r = kt("policy", "test", "--file", str(tmp_path / "policy-config.yaml"), "--cases", str(tmp_path / "cases"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "FAIL" in r.stdout and "cannot read golden case file" in r.stdout
+    assert "1 passed, 2 failed" in r.stdout
+    data = json.loads(kt("policy", "test", "--json", "--pack-dir", str(tmp_path), "--cases",
+                         str(tmp_path / "cases")).stdout)
+    assert data["ok"] is False and [x["passed"] for x in data["results"]] == [False, False, True]
+
+
+def test_policy_test_invalid_or_missing_config(tmp_path: Path) -> None:
+    write(tmp_path / "policy-config.yaml", BASE.replace("1.2.3", "x"))
+    r = kt("policy", "test", cwd=tmp_path)
+    assert r.returncode == 2 and "E008" in r.stdout
+    r = kt("policy", "test", "--json", "--file", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 1 and json.loads(r.stdout)["errors"][0]["code"] == "E100"
+    r = kt("policy", "test", "--file", str(DEFAULT), "--cases", str(tmp_path / "nope"))
+    assert r.returncode == 1 and "not a directory" in r.stderr
+
+
+def test_policy_test_without_cases(tmp_path: Path) -> None:
+    write(tmp_path / "policy-config.yaml", BASE)
+    r = kt("policy", "test", cwd=tmp_path)
+    assert r.returncode == 0 and "no golden cases found" in r.stdout

@@ -15,14 +15,7 @@ from gateway.admin import admin_routes
 from gateway.ops import Ops
 from gateway.runtime import Runtime
 from tests.test_gateway_reload import INVALID, config
-
-
-async def until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+from tests.waiting import async_wait_for
 
 
 def run_admin(tmp_path, body, token: str | None = None) -> None:
@@ -122,7 +115,7 @@ def test_events_endpoint_filters_and_pages(tmp_path):
         now = time.time()
         for n, verdict in enumerate(["allow", "block", "allow", "redact"]):
             ops.runtime.record_event({"id": f"evt_{n}", "timestamp": now - 10 + n, "verdict": verdict})
-        await until(lambda: ops.store.count() == 4)
+        await async_wait_for(lambda: ops.store.count() == 4, timeout=20)
         _, page = await fetch("/keeptrusts/events?limit=2")
         assert [e["id"] for e in page["events"]] == ["evt_2", "evt_3"] and page["next_after"] == "evt_3"
         _, page = await fetch("/keeptrusts/events?verdict=block&since=1h")

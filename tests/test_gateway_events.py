@@ -14,6 +14,7 @@ import tornado.web
 from gateway.forwarder import Forwarder, mask_url
 from gateway.runtime import Runtime
 from gateway.store import EventStore, StoreWriter, parse_time
+from tests.waiting import async_wait_for
 
 
 def ev(n: int, verdict: str = "allow", ts: float | None = None) -> dict:
@@ -21,12 +22,6 @@ def ev(n: int, verdict: str = "allow", ts: float | None = None) -> dict:
             "reason_code": "all_policies_passed", "model": "demo-model", "latency_ms": 1.5}
 
 
-async def until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def test_parse_time_accepts_durations_rfc3339_and_epoch():
@@ -90,11 +85,11 @@ def test_forwarder_delivers_every_event_through_an_outage_and_resumes_from_its_c
         forwarder.start()
         for n in range(40):
             runtime.record_event(ev(n))
-        await until(lambda: store.last_seq == 40 and forwarder.failures >= 3)
+        await async_wait_for(lambda: store.last_seq == 40 and forwarder.failures >= 3, timeout=20)
         assert forwarder.pending == 40 and forwarder.last_error == "HTTP 503"
         state["fail"] = 0  # the control plane recovers
-        await until(lambda: len(set(state["ids"])) == 40)
-        await until(lambda: forwarder.pending == 0)
+        await async_wait_for(lambda: len(set(state["ids"])) == 40, timeout=20)
+        await async_wait_for(lambda: forwarder.pending == 0, timeout=20)
         assert forwarder.failures == 0
         assert state["auth"] == {"Bearer gw-token"}
         await forwarder.stop()
@@ -103,7 +98,7 @@ def test_forwarder_delivers_every_event_through_an_outage_and_resumes_from_its_c
         runtime.record_event(ev(99))
         again = Forwarder(writer, url, None, base_delay=0.02)
         again.start()
-        await until(lambda: "evt_0099" in state["ids"])
+        await async_wait_for(lambda: "evt_0099" in state["ids"], timeout=20)
         assert len(state["ids"]) == sent + 1
         await again.stop()
         await writer.stop()
@@ -131,9 +126,9 @@ def test_writer_keeps_events_in_memory_while_the_store_is_unwritable(tmp_path):
         store.add = add
         writer.start()
         runtime.record_event(ev(1))
-        await until(lambda: writer.error is not None)
+        await async_wait_for(lambda: writer.error is not None, timeout=20)
         broken["on"] = False
-        await until(lambda: store.count() == 1)
+        await async_wait_for(lambda: store.count() == 1, timeout=20)
         assert writer.error is None
         await writer.stop()
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
 
 import pytest
 
 from gateway.reload import Reloader, load_snapshot, revision_of, watch_dirs
 from gateway.runtime import Runtime
+from tests.waiting import async_wait_for
 
 SHA_A = "a" * 40
 SHA_B = "b" * 40
@@ -27,13 +27,6 @@ def config(version: str, retention: int = 30) -> str:
 INVALID = "pack: {name: broken, version: 1.0.0, enabled: true}\npolicies:\n  chain: [no-such-kind]\n"
 
 
-async def until(condition, timeout: float = 5.0) -> None:
-    """Poll `condition` until true, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def publish(state, sha: str, text: str) -> None:
@@ -117,11 +110,11 @@ def test_each_trigger_reloads(tmp_path, how):
             else:
                 path.write_text(config("2.0.0"))
                 os.kill(os.getpid(), signal.SIGHUP)
-            await until(lambda: runtime.snapshot.config.pack.version == "2.0.0")
+            await async_wait_for(lambda: runtime.snapshot.config.pack.version == "2.0.0", timeout=20)
             if how == "symlink_flip":
                 assert (runtime.snapshot.revision, runtime.snapshot.source) == (SHA_B, "git")
                 publish(state, "c" * 40, config("2.0.0"))  # same bytes, new commit: revision moves
-                await until(lambda: runtime.snapshot.revision == "c" * 40)
+                await async_wait_for(lambda: runtime.snapshot.revision == "c" * 40, timeout=20)
         finally:
             await reloader.stop()
 

@@ -1,10 +1,61 @@
-"""`kt init` (not built yet)."""
+"""`kt init`: write a starter policy-config.yaml and its golden cases from a bundled template."""
 
 from __future__ import annotations
+
+from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
 
 import click
 
 
-@click.group(name="init")
-def init() -> None:
-    """Not built yet."""
+def _examples() -> Traversable:
+    return resources.files("policies") / "examples"
+
+
+def template_names() -> list[str]:
+    """The bundled templates (policies/examples/<name>/policy-config.yaml)."""
+    return sorted(d.name for d in _examples().iterdir() if d.is_dir() and (d / "policy-config.yaml").is_file())
+
+
+def _files(node: Traversable, rel: Path = Path()) -> list[tuple[Path, Traversable]]:
+    out = []
+    for child in sorted(node.iterdir(), key=lambda c: c.name):
+        if child.is_dir():
+            out += _files(child, rel / child.name)
+        elif child.suffix in (".yaml", ".yml", ".json", ".md"):
+            out.append((rel / child.name, child))
+    return out
+
+
+@click.command(name="init")
+@click.option("--template", "-t", default="default", show_default=True, type=click.Choice(template_names()),
+              help="Starter to write.")
+@click.option("--dir", "directory", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Directory to write into (created when missing).")
+@click.option("--force", is_flag=True, help="Overwrite files that already exist.")
+def init(template: str, directory: str, force: bool) -> None:
+    """Write a starter policy-config.yaml and golden cases (tests/*.json) that pass lint and test."""
+    dest = Path(directory)
+    files = _files(_examples() / template)
+    existing = [str(dest / rel) for rel, _ in files if (dest / rel).exists()]
+    if existing and not force:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise click.ClickException(f"refusing to overwrite {shown}; use --force to overwrite")
+    try:
+        for rel, src in files:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(src.read_bytes())
+    except OSError as exc:
+        raise click.ClickException(f"cannot write into {dest}: {exc.strerror or exc}") from exc
+    cases = sum(1 for rel, _ in files if rel.parts[0] == "tests")
+    config = dest / "policy-config.yaml"
+    click.echo(f"Wrote {config} ({template}) and {cases} golden case{'s' if cases != 1 else ''} in {dest / 'tests'}")
+    written = {dest / rel for rel, _ in files}
+    others = sorted(p for p in (dest / "tests").glob("*.json") if p not in written)
+    if others:
+        click.echo(f"Note: {len(others)} other case file(s) in {dest / 'tests'} were left as they are "
+                   f"({', '.join(p.name for p in others[:3])}{', ...' if len(others) > 3 else ''})")
+    click.echo("Next:")
+    click.echo(f"  kt policy lint --file {config}")
+    click.echo(f"  kt policy test --file {config}")

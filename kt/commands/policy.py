@@ -17,7 +17,8 @@ EXIT_OK, EXIT_IO, EXIT_INVALID = 0, 1, 2
 
 
 def _console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    # Not a terminal (CI logs, pipes): wide enough that tables are not cut to 80 columns.
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 @click.group(name="policy")
@@ -154,6 +155,8 @@ def _print_results(config_path: Path, cases_dir: Path, results: list) -> None:
         want = r.expected.get("verdict", "")
         if r.expected.get("reason_code"):
             want += f" ({r.expected['reason_code']})"
+        if "targets" in r.expected:
+            want += " -> " + (", ".join(r.expected["targets"]) or "no target")
         result = "[green]PASS[/]" if r.passed else "[red]FAIL[/]"
         table.add_row(escape(r.name), escape(want), escape(r.verdict), escape(r.error or r.reason_code), result)
     con.print(table)
