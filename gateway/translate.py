@@ -107,6 +107,14 @@ def _parse_arguments(arguments: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"_raw_arguments": str(arguments)}
 
 
+_NOT_TOOL_ID = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def _tool_id(openai_id: Any) -> str:
+    """An OpenAI tool-call id as Anthropic accepts it (`^[a-zA-Z0-9_-]+$`; other characters become `_`)."""
+    return _NOT_TOOL_ID.sub("_", str(openai_id or "")) or "toolu_"
+
+
 def _openai_id(anthropic_id: str | None) -> str:
     return "chatcmpl-" + (anthropic_id or "").removeprefix("msg_")
 
@@ -367,7 +375,7 @@ def openai_request_to_anthropic(body: dict[str, Any], model: str) -> dict[str, A
                 blocks.append(
                     {
                         "type": "tool_use",
-                        "id": call.get("id", ""),
+                        "id": _tool_id(call.get("id")),
                         "name": function.get("name", ""),
                         "input": _parse_arguments(function.get("arguments")),
                     }
@@ -376,7 +384,10 @@ def openai_request_to_anthropic(body: dict[str, Any], model: str) -> dict[str, A
             append("assistant", blocks, content if plain else None)
         elif role == "tool":
             result = _text_of(content) if isinstance(content, list | str | None) else str(content)
-            append("user", [{"type": "tool_result", "tool_use_id": message.get("tool_call_id", ""), "content": result}])
+            append(
+                "user",
+                [{"type": "tool_result", "tool_use_id": _tool_id(message.get("tool_call_id")), "content": result}],
+            )
         else:
             raise TranslationError(f"{where}.role {role!r} is not one of system, developer, user, assistant, tool")
 
@@ -502,7 +513,7 @@ def openai_response_to_anthropic(resp: dict[str, Any], model: str | None = None)
         content.append(
             {
                 "type": "tool_use",
-                "id": call.get("id", ""),
+                "id": _tool_id(call.get("id")),
                 "name": function.get("name", ""),
                 "input": _parse_arguments(function.get("arguments")),
             }
@@ -708,7 +719,7 @@ class OpenAIStreamToAnthropic:
         if tool_index not in self._tool_blocks:
             block = {
                 "type": "tool_use",
-                "id": call.get("id") or f"toolu_{tool_index}",
+                "id": _tool_id(call.get("id") or f"toolu_{tool_index}"),
                 "name": function.get("name") or "",
                 "input": {},
             }

@@ -334,6 +334,17 @@ def test_openai_request_defaults_and_choices():
     ]
 
 
+def test_tool_ids_are_made_anthropic_safe_consistently():
+    body = {
+        "messages": [
+            {"role": "assistant", "tool_calls": [{"id": "functions.get:0", "function": {"name": "get"}}]},
+            {"role": "tool", "tool_call_id": "functions.get:0", "content": "ok"},
+        ]
+    }
+    use, result = (m["content"][0] for m in t.openai_request_to_anthropic(body, "c")["messages"])
+    assert use["id"] == result["tool_use_id"] == "functions_get_0"
+
+
 def test_openai_assistant_text_with_tool_calls_and_invalid_arguments():
     body = {
         "messages": [
