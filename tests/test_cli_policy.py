@@ -193,3 +193,17 @@ def test_policy_test_without_cases(tmp_path: Path) -> None:
     write(tmp_path / "policy-config.yaml", BASE)
     r = kt("policy", "test", cwd=tmp_path)
     assert r.returncode == 0 and "no golden cases found" in r.stdout
+
+
+def test_lint_imports_no_server_or_git_code() -> None:
+    code = (
+        "import sys\n"
+        f"sys.argv = ['kt', 'policy', 'lint', '--file', {str(DEFAULT)!r}]\n"
+        "from kt.cli import main\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
+        "heavy = ('tornado', 'git', 'watchfiles', 'apscheduler', 'gateway', 'sync')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "[]"
