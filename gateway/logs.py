@@ -10,6 +10,7 @@ import logging
 import logging.handlers
 import queue
 import sys
+import time
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -20,6 +21,7 @@ _REQUEST_FIELDS = ("request_id", "route", "status", "verdict", "reason_code", "l
                    "model", "provider", "event_id")
 request_log = logging.getLogger("kt.gateway.request")
 _listener: logging.handlers.QueueListener | None = None
+_requests: queue.SimpleQueue[Any] | None = None  # the listener's queue: request lines skip LogRecord creation
 
 
 def _extra(record: logging.LogRecord) -> dict[str, Any]:
@@ -61,6 +63,17 @@ class _QueueHandler(logging.handlers.QueueHandler):
         return record
 
 
+class _Listener(logging.handlers.QueueListener):
+    """Also accepts `(created, fields)` request tuples and turns them into records on its thread."""
+
+    def prepare(self, record: Any) -> logging.LogRecord:
+        if isinstance(record, tuple):
+            created, fields = record
+            record = request_log.makeRecord(request_log.name, logging.INFO, "", 0, "request", (), None, extra=fields)
+            record.created = created
+        return record
+
+
 def setup_logging(fmt: str = "json", level: str | int = "info", stream: TextIO | None = None) -> None:
     """Route the `kt` loggers to `stream` (stderr) as JSON lines or text, via a background thread."""
     global _listener
@@ -69,8 +82,10 @@ def setup_logging(fmt: str = "json", level: str | int = "info", stream: TextIO |
     shutdown_logging()
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=False)
+    global _requests
+    records: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    _requests = records
+    _listener = _Listener(records, handler, respect_handler_level=False)
     _listener.start()
     root = logging.getLogger("kt")
     root.handlers[:] = [_QueueHandler(records)]
@@ -84,7 +99,8 @@ def setup_logging(fmt: str = "json", level: str | int = "info", stream: TextIO |
 
 def shutdown_logging() -> None:
     """Flush and stop the listener thread."""
-    global _listener
+    global _listener, _requests
+    _requests = None
     if _listener is not None:
         _listener.stop()
         _listener = None
@@ -94,12 +110,19 @@ def shutdown_logging() -> None:
 
 
 def log_request(event: dict[str, Any]) -> None:
-    """The per-request info line, from a decision event (an observer for `runtime.observers`)."""
+    """The per-request info line, from a decision event (an observer for `runtime.observers`).
+
+    Costs the event loop a dict and a queue put; the record is built and formatted on the
+    listener thread.
+    """
     if not request_log.isEnabledFor(logging.INFO):
         return
-    fields = {k: event.get(k) for k in _REQUEST_FIELDS if k in event}
+    fields = {k: event[k] for k in _REQUEST_FIELDS if k in event}
     if "id" in event:
         fields["event_id"] = event["id"]
-    if "latency_ms" in fields and isinstance(fields["latency_ms"], float):
+    if isinstance(fields.get("latency_ms"), float):
         fields["latency_ms"] = round(fields["latency_ms"], 3)
-    request_log.info("request", extra=fields)
+    if _requests is not None:
+        _requests.put((time.time(), fields))
+    else:
+        request_log.info("request", extra=fields)

@@ -22,6 +22,7 @@ from gateway.runtime import Runtime, Snapshot
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 POLICY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 ROUTES = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/v1/responses"})
+PHASES = frozenset({"input", "output"})
 VERDICTS = frozenset({"allow", "block", "redact", "escalate", "error"})
 DRIFT_REASONS = ("pending", "rejected", "unreachable", "modified", "reload_failed")
 RELOAD_RESULTS = ("ok", "noop", "error")
@@ -94,7 +95,8 @@ class Sources:
 
 
 _sources = Sources()
-_bounds: tuple[int, frozenset[str], frozenset[str]] = (0, frozenset(), frozenset())
+_bounds: tuple[int, frozenset[str], frozenset[str], frozenset[str]] = (0, frozenset(), frozenset(), frozenset())
+_children: dict[tuple[Any, ...], Any] = {}  # (metric id, *labels) -> child; labels are bounded, so is this
 
 
 def bind(**kwargs: Any) -> Sources:
@@ -104,17 +106,26 @@ def bind(**kwargs: Any) -> Sources:
     return _sources
 
 
-def _label_bounds(snapshot: Snapshot | None) -> tuple[frozenset[str], frozenset[str]]:
-    """Models and providers the running config knows; cached per config object."""
+def _label_bounds(snapshot: Snapshot | None) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """Models, providers and policy kinds the running config knows; cached per config object."""
     global _bounds
     if snapshot is None:
-        return frozenset(), frozenset()
+        return frozenset(), frozenset(), frozenset()
     key = id(snapshot.config)
     if _bounds[0] != key:
         targets = snapshot.config.targets
         models = frozenset(t.model for t in targets) | frozenset(t.id for t in targets)
-        _bounds = (key, models, frozenset(t.provider for t in targets))
-    return _bounds[1], _bounds[2]
+        _bounds = (key, models, frozenset(t.provider for t in targets), frozenset(snapshot.config.chain.kinds))
+    return _bounds[1], _bounds[2], _bounds[3]
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, memoized (labels() takes a lock and builds keys on every call)."""
+    key = (id(metric), *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
 def _bounded(value: Any, allowed: frozenset[str], empty: str = "none") -> str:
@@ -131,33 +142,34 @@ def _seconds(event: dict[str, Any], key_ms: str) -> float | None:
 def observe_event(event: dict[str, Any]) -> None:
     """Count one decision event (an observer for `runtime.observers`). Never raises on odd input."""
     runtime = _sources.runtime
-    models, providers = _label_bounds(runtime.snapshot if runtime else None)
-    route = event.get("route") or "other"
+    models, providers, kinds = _label_bounds(runtime.snapshot if runtime else None)
+    route = event.get("route")
     route = route if route in ROUTES else "other"
     provider = _bounded(event.get("provider"), providers)
     model = _bounded(event.get("model"), models)
-    verdict = str(event.get("verdict") or "none")
+    verdict = event.get("verdict")
     verdict = verdict if verdict in VERDICTS else "other"
-    REQUESTS.labels(route, provider, model, str(event.get("status") or 0), verdict).inc()
+    status = event.get("status")
+    _child(REQUESTS, route, provider, model, str(status) if isinstance(status, int) else "0", verdict).inc()
     latency = _seconds(event, "latency_ms")
     if latency is not None:
-        REQUEST_DURATION.labels(route, provider).observe(latency)
+        _child(REQUEST_DURATION, route, provider).observe(latency)
     upstream = _seconds(event, "upstream_latency_ms")
     if upstream is not None and event.get("provider"):
-        UPSTREAM_DURATION.labels(provider).observe(upstream)
-    known = runtime.snapshot.config.chain.kinds if runtime and runtime.snapshot else ()
+        _child(UPSTREAM_DURATION, provider).observe(upstream)
     for result in event.get("policies") or ():
         policy = result.get("policy")
-        policy = policy if policy in known else "other"
-        outcome = "error" if result.get("error") else str(result.get("verdict") or "allow")
-        POLICY_RESULTS.labels(policy, outcome if outcome in VERDICTS else "other").inc()
+        policy = policy if policy in kinds else "other"
+        outcome = "error" if result.get("error") else result.get("verdict") or "allow"
+        _child(POLICY_RESULTS, policy, outcome if outcome in VERDICTS else "other").inc()
         spent = _seconds(result, "latency_ms")
         if spent is not None:
-            POLICY_DURATION.labels(policy, str(result.get("phase") or "input")).observe(spent)
+            phase = result.get("phase")
+            _child(POLICY_DURATION, policy, phase if phase in PHASES else "other").observe(spent)
     for direction in ("input", "output"):
         tokens = event.get(f"{direction}_tokens")
         if isinstance(tokens, int) and tokens > 0:
-            TOKENS.labels(direction, model).inc(tokens)
+            _child(TOKENS, direction, model).inc(tokens)
     redactions = event.get("redactions")
     if isinstance(redactions, int) and redactions > 0:
         REDACTIONS.inc(redactions)

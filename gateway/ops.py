@@ -7,7 +7,6 @@ loop, adds `gateway.admin.admin_routes(ops)` to its route table, and `await stop
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
@@ -21,10 +20,19 @@ from gateway.forwarder import Forwarder
 from gateway.logs import log_request
 from gateway.reload import Reloader
 from gateway.runtime import Runtime, Snapshot
-from gateway.store import DB_NAME, EventStore, StoreWriter, default_state_dir, parse_time, rfc3339
+from gateway.store import DB_NAME, EventStore, StoreWriter, default_state_dir, rfc3339
 
 log = logging.getLogger("kt.gateway")
-SyncStatusReader = Callable[[], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What the sync agent's `status.json` says, seen from this gateway."""
+
+    view: dict[str, Any]  # the `sync` object of /keeptrusts/status
+    drifted: bool
+    reason: str | None
+    age: float | None
 
 
 @dataclass
@@ -39,7 +47,7 @@ class Ops:
     api_url: str | None = field(default_factory=lambda: os.environ.get("KEEPTRUSTS_API_URL") or None)
     gateway_token: str | None = field(default_factory=lambda: os.environ.get("KEEPTRUSTS_GATEWAY_TOKEN") or None)
     watch: bool = True
-    sync_status: SyncStatusReader | None = None  # e.g. a reader of `<state>/status.json` (sync/status.py)
+    sync_state_dir: Path | None = None  # the sync agent's state dir; default: found from the config path
     providers: Callable[[], dict[str, str]] | None = None  # target id -> circuit state (closed|open|half_open)
     connections: Callable[[], int] | None = None  # open client connections
     store: EventStore | None = None
@@ -86,42 +94,55 @@ class Ops:
 
     # -- what the gateway reports ------------------------------------------------------------
 
-    def _sync(self) -> dict[str, Any] | None:
-        if self.sync_status is None:
+    def sync_state(self) -> Path | None:
+        """The sync agent's state dir: `sync_state_dir`, or `<state>` when the config runs from
+        `<state>/revisions/<sha>/` (published by `kt sync run` or the embedded agent)."""
+        if self.sync_state_dir is not None:
+            return Path(self.sync_state_dir)
+        snap = self.runtime.snapshot
+        if snap is None or snap.source != "git":
+            return None
+        parts = Path(os.path.realpath(snap.path)).parts
+        for i in range(1, len(parts) - 1):
+            if parts[i] == "revisions" and parts[i + 1] == snap.revision:
+                return Path(*parts[:i])
+        return None
+
+    def sync_report(self) -> SyncReport | None:
+        """The agent's status, drift and age (None without an agent's `status.json`)."""
+        state = self.sync_state()
+        if state is None:
             return None
         try:
-            return self.sync_status()
-        except Exception as exc:  # a torn or unreadable status file must not break /status
-            log.warning("sync status unreadable", extra={"error": str(exc)})
+            from sync import status as sync_status
+
+            raw = sync_status.read_status(state)
+            if raw is None:
+                return None
+            last = self.reloader.last
+            drifted, reason = sync_status.drift(state, raw, last is not None and last.result == "error")
+            snap = self.runtime.snapshot
+            applied = raw.get("applied_revision")
+            if not drifted and applied and snap is not None and snap.revision != applied:
+                drifted, reason = True, "pending"  # published, not yet running here
+            return SyncReport(sync_status.sync_view(raw), drifted, reason, sync_status.age_seconds(raw, time.time()))
+        except Exception as exc:  # no agent installed, or a status we cannot read: report without it
+            log.warning("sync status unreadable", extra={"error": f"{type(exc).__name__}: {exc}"})
             return None
 
-    def age_seconds(self, sync: dict[str, Any] | None = None) -> float | None:
+    def age_seconds(self, sync: SyncReport | None = None) -> float | None:
         """Seconds since the running config was last confirmed to match its source."""
-        sync = sync if sync is not None else self._sync()
+        sync = sync or self.sync_report()
+        if sync is not None and sync.age is not None:
+            return sync.age
         confirmed = self.reloader.confirmed_at
-        if sync and sync.get("last_success_at"):
-            with contextlib.suppress(ValueError):
-                confirmed = parse_time(sync["last_success_at"])
         return None if confirmed is None else max(0.0, time.time() - confirmed)
 
-    def drift(self, sync: dict[str, Any] | None = None) -> tuple[bool, str | None]:
+    def drift(self, sync: SyncReport | None = None) -> tuple[bool, str | None]:
         """(drifted, reason): pending, rejected, unreachable, modified or reload_failed."""
-        sync = sync if sync is not None else self._sync()
-        snap = self.runtime.snapshot
-        if sync:
-            given = sync.get("drift")
-            if isinstance(given, dict) and given.get("drifted"):
-                return True, given.get("reason")
-            applied, attempted = sync.get("applied_revision"), sync.get("attempted_revision")
-            if attempted and applied != attempted and sync.get("last_error"):
-                return True, "rejected"
-            if sync.get("last_error") and sync.get("consecutive_failures"):
-                return True, "unreachable"
-            if applied and snap is not None and snap.source == "git" and snap.revision != applied:
-                return True, "pending"
-            head = sync.get("remote_head")
-            if head and applied and head != applied:
-                return True, "pending"
+        sync = sync or self.sync_report()
+        if sync is not None:
+            return sync.drifted, sync.reason
         last = self.reloader.last
         if last is not None and last.result == "error":
             return True, "reload_failed"
@@ -130,7 +151,7 @@ class Ops:
     def status(self) -> dict[str, Any]:
         """The `GET /keeptrusts/status` document (DESIGN Contract 3)."""
         snap = self.runtime.snapshot
-        sync = self._sync()
+        sync = self.sync_report()
         last = self.reloader.last
         drifted, reason = self.drift(sync)
         age = self.age_seconds(sync)
@@ -150,7 +171,7 @@ class Ops:
                 "last_trigger": last.trigger if last else None,
                 "findings": [f.as_dict() for f in last.findings] if last else [],
             },
-            "sync": sync,
+            "sync": sync.view if sync else None,
             "age_seconds": None if age is None else round(age, 3),
             "drift": {"drifted": drifted, "reason": reason},
         }
@@ -162,7 +183,8 @@ class Ops:
         circuits = self.providers() if self.providers else {}
         targets = snap.config.targets if snap else ()
         providers = {t.id: {"provider": t.provider, "circuit": circuits.get(t.id, "closed")} for t in targets}
-        drifted, reason = self.drift()
+        sync = self.sync_report()
+        drifted, reason = self.drift(sync)
         problems = []
         if drifted:
             problems.append(f"config drift: {reason}")
@@ -171,7 +193,7 @@ class Ops:
         if providers and all(p["circuit"] == "open" for p in providers.values()):
             problems.append("every provider circuit is open")
         status = "unhealthy" if not runtime.ready else "degraded" if problems else "healthy"
-        age = self.age_seconds()
+        age = self.age_seconds(sync)
         return {
             "status": status,
             "problems": problems,

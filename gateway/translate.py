@@ -651,7 +651,6 @@ class OpenAIStreamToAnthropic:
         self._open_kind: str | None = None  # "text" | "tool_use" | None
         self._blocks = 0
         self._tool_blocks: dict[int, int] = {}  # OpenAI tool_calls index -> Anthropic block index
-        self._open_tool: int | None = None
 
     def _start(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         self._started = True
@@ -670,7 +669,7 @@ class OpenAIStreamToAnthropic:
     def _close_block(self) -> list[dict[str, Any]]:
         if self._open_kind is None:
             return []
-        self._open_kind, self._open_tool = None, None
+        self._open_kind = None
         return [{"type": "content_block_stop", "index": self._index}]
 
     def _open(self, block: dict[str, Any]) -> list[dict[str, Any]]:
@@ -725,7 +724,6 @@ class OpenAIStreamToAnthropic:
             }
             out += self._open(block)
             self._tool_blocks[tool_index] = self._index
-            self._open_tool = tool_index
         if function.get("arguments"):
             out.append(
                 {
