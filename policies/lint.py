@@ -47,6 +47,7 @@ _FORMAT_HELP = {
     "base_url": "an http:// or https:// URL",
     "provider": "a lower-case provider id such as openai, anthropic, mock or an OpenAI-compatible id",
     "api_key_header": "an HTTP header name such as Authorization or x-api-key",
+    "agents": "an agent id (as sent in X-Agent-ID): letters, digits, _ . : - starting with a letter or digit",
 }
 _REGEX_HELP = "fix the pattern (Python `re` syntax); escape literal characters such as ( [ . * +"
 _UNSUPPORTED = "needs a model or an external service"
@@ -115,6 +116,8 @@ def finding_from_error(err: cerr.ValidationError, root: dict[str, Any]) -> Findi
     for part in dpath:
         path = join_path(path, part)
     field = next((p for p in reversed(dpath) if not isinstance(p, int)), "")
+    if "keysrules" in err.schema_path and len(dpath) > 1:
+        field = dpath[-2]  # the key itself is wrong: name the mapping that holds it
     value = err.value
     code = err.code
     if code == KT_ERROR.code:
@@ -157,6 +160,9 @@ def finding_from_error(err: cerr.ValidationError, root: dict[str, Any]) -> Findi
         bound = "at least" if code == cerr.MIN_LENGTH.code else "at most"
         return Finding("E007", path, f"{field} must have {bound} {err.constraint} {unit} (has {len(value)})",
                        f"use {bound} {err.constraint} {unit}")
+    if code == cerr.REGEX_MISMATCH.code and "keysrules" in err.schema_path:
+        return Finding("E019", path, f"'{value}' is not a valid key in {field}",
+                       f"write {_FORMAT_HELP.get(str(field), f'a key matching {err.constraint}')}")
     if code == cerr.REGEX_MISMATCH.code:
         return Finding("E019", path, f"'{value}' is not a valid {field}",
                        f"write {_FORMAT_HELP.get(str(field), f'a value matching {err.constraint}')}")
@@ -414,7 +420,7 @@ def lint_file(path: str | Path) -> LintReport:
         return LintReport(str(path), (Finding("E100", "", f"cannot read file: {reason}",
                                               "check the path given to --file"),), io_error=True)
     if len(data) > MAX_BYTES:  # say how large it really is
-        return LintReport(str(path), (too_large(path.stat().st_size),))
+        return LintReport(str(path), (too_large(max(path.stat().st_size, len(data))),))
     return lint_bytes(data, str(path))
 
 

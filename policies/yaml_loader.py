@@ -56,7 +56,7 @@ def _fail(code: str, message: str, suggestion: str = "", line: int | None = None
 
 def too_large(size: int, max_bytes: int = MAX_BYTES) -> Finding:
     """The finding for a file of `size` bytes over the limit."""
-    shown = f"{size / 1_000_000:.1f} MB" if size >= 1_000_000 else f"{size} bytes"
+    shown = f"{size / 1_000_000:.1f} MB" if size >= 2_000_000 else f"{size} bytes"
     limit = f"{max_bytes >> 20} MiB" if max_bytes % (1 << 20) == 0 else f"{max_bytes} bytes"
     return Finding("E015", "", f"file is too large ({shown}; the limit is {limit})",
                    "a policy config is a few KB; check that this is the right file")

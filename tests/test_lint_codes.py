@@ -186,6 +186,11 @@ def test_e019_invalid_value_format() -> None:
     assert f.path == "providers.targets[0].base_url"
 
 
+def test_e019_invalid_key() -> None:
+    f = the_error(BASE + "agents:\n  'bad agent!': {max_requests_per_hour: 5}\n", "E019")
+    assert f.path == "agents.bad agent!" and "not a valid key in agents" in f.message and f.line == 13
+
+
 def test_e020_kind_twice() -> None:
     f = the_error(BASE.replace("chain: [audit-logger]", "chain: [audit-logger, audit-logger]"), "E020")
     assert f.path == "policies.chain[1]"
