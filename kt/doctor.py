@@ -353,6 +353,8 @@ def _duration(seconds: float) -> str:
 def plan(config: str | None, gateway: str | None, state_dir: str | None, env: Mapping[str, str],
          timeout: float, max_age: float = MAX_CONFIG_AGE) -> list[Probe]:
     """The probes for what was asked: a local config, a state directory, a gateway, the control plane."""
+    import policies  # noqa: F401  (imported here, not in a probe thread, so that it does not eat the deadline)
+
     net = max(0.2, min(2.0, timeout / 2))
     probes: list[Probe] = []
     if config:

@@ -18,10 +18,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from policies.textfold import fold, fold_str
+from policies.textfold import Folded, fold, fold_str, lower
 
 _WORD = re.compile(r"[^\W_]+")
 MAX_WORD_EDITS = 3
+# Maps every ASCII character that is not a letter or digit to a space (for a quick `.split()`).
+_NON_ALNUM = {c: " " for c in range(128) if not chr(c).isalnum()}
 
 
 def bounded_distance(a: str, b: str, limit: int) -> int:
@@ -55,7 +57,7 @@ Entry = tuple[tuple[str, ...], str, str]  # (term words, tag, term)
 
 
 class TermMatcher:
-    """Compiled finder for `(term, tag)` pairs, working on the word tokens of folded text."""
+    """Compiled finder for `(term, tag)` pairs in folded, lower-cased text."""
 
     def __init__(self, terms: Iterable[tuple[str, str]], fuzzy: bool = False, max_distance: int = 1) -> None:
         self._max_distance = max_distance if fuzzy else 0
@@ -63,18 +65,19 @@ class TermMatcher:
         # Fuzzy index: every variant of a term's first word with up to its allowed deletions
         # -> the terms. A token within distance d of a word shares a d-deletion variant with it.
         self._fuzzy: dict[str, list[Entry]] = defaultdict(list)
+        self._gate: dict[str, set[str]] = defaultdict(set)  # a word that may start a term -> first words
         seen: set[str] = set()
         self.longest = 0
         for term, tag in terms:
-            words = tuple(_WORD.findall(fold_str(term).lower()))
+            words = tuple(_WORD.findall(lower(fold_str(term))))
             joined = "".join(words)
             if not words or joined in seen:
                 continue
             seen.add(joined)
             self.longest = max(self.longest, len(term))
             self._exact[words[0]].append((words, tag, term))
-            if len(words) > 1:  # "projectbluebird" for "project bluebird"
-                self._exact[joined].append(((joined,), tag, term))
+            for k in range(1, len(words) + 1):  # "projectbluebird" starts "project bluebird" too
+                self._gate["".join(words[:k])].add(words[0])
             if self._max_distance and any(self._allowed(w) for w in words):
                 for variant in _deletions(words[0], self._allowed(words[0])):
                     self._fuzzy[variant].append((words, tag, term))
@@ -91,16 +94,45 @@ class TermMatcher:
         if not self._exact:
             return []
         folded = fold(text)
-        tokens = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(folded.text)]
+        low = lower(folded.text)
+        hits = self._find_exact(low, folded)
+        if self._fuzzy:
+            hits += self._find_fuzzy(low, folded)
+        return hits
+
+    def _find_exact(self, low: str, folded: Folded) -> list[TermHit]:
+        # One C-speed str.find per distinct first word; the rest is checked where it occurs.
+        hits: list[TermHit] = []
+        n = len(low)
+        if low.isascii():
+            firsts = {f for t in self._gate.keys() & low.translate(_NON_ALNUM).split() for f in self._gate[t]}
+        else:
+            firsts = self._exact.keys()
+        for first in firsts:
+            entries = self._exact[first]
+            i = low.find(first)
+            while i >= 0:
+                if i == 0 or not low[i - 1].isalnum():
+                    for words, tag, term in entries:
+                        pos = i + len(first)
+                        for word in words[1:]:
+                            while pos < n and not low[pos].isalnum():
+                                pos += 1
+                            if not low.startswith(word, pos):
+                                break
+                            pos += len(word)
+                        else:
+                            if pos == n or not low[pos].isalnum():
+                                hits.append(TermHit(*folded.span(i, pos), tag, term))
+                i = low.find(first, i + 1)
+        return hits
+
+    def _find_fuzzy(self, low: str, folded: Folded) -> list[TermHit]:
+        tokens = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(low)]
         hits: list[TermHit] = []
         candidates: dict[str, list[Entry]] = {}
         limit = self._max_distance
         for i, (start, _, token) in enumerate(tokens):
-            for words, tag, term in self._exact.get(token, ()):
-                if all(i + k < len(tokens) and tokens[i + k][2] == w for k, w in enumerate(words[1:], 1)):
-                    hits.append(TermHit(*folded.span(start, tokens[i + len(words) - 1][1]), tag, term))
-            if not self._fuzzy:
-                continue
             if token not in candidates:
                 depth = min(limit, len(token) // 3, MAX_WORD_EDITS)  # a word allowing a edits has >= 4a letters
                 found = {id(e): e for v in _deletions(token, depth) for e in self._fuzzy.get(v, ())}
@@ -116,7 +148,7 @@ class TermMatcher:
                         break
                     budget -= d
                 else:
-                    if budget < limit:  # exact matches were found above
+                    if budget < limit:  # exact matches are _find_exact's
                         hits.append(TermHit(*folded.span(start, tokens[i + len(words) - 1][1]), tag, term))
         return hits
 

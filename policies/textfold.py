@@ -88,6 +88,14 @@ def fold_str(text: str, normalize: bool = True, homoglyphs: bool = True) -> str:
     return fold(text, normalize, homoglyphs).text
 
 
+def lower(text: str) -> str:
+    """Lower-case `text` without changing its length (offsets into it must stay valid)."""
+    low = text.lower()
+    if len(low) == len(text):
+        return low
+    return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+
+
 _B64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}")
 
 
@@ -96,6 +104,8 @@ def base64_segments(text: str, limit: int = 64, max_len: int = 1 << 20) -> Itera
 
     Bounded: at most `limit` segments and runs of at most `max_len` characters are tried.
     """
+    if max(map(len, text.split()), default=0) < 16:  # cheap: no run long enough
+        return
     tried = 0
     for m in _B64.finditer(text):
         if tried >= limit:

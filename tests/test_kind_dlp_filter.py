@@ -99,3 +99,11 @@ def test_invalid_regex_is_a_clear_error() -> None:
     with pytest.raises(re.error, match=r"policy\.dlp-filter\.detect_patterns\[1\]: invalid regex") as info:
         dlp(detect_patterns=["ok", "(unclosed"])
     assert info.value.pattern == "(unclosed"
+
+
+def test_terms_sharing_a_joined_prefix() -> None:
+    policy = dlp(blocked_terms=["projectblue", "project blue bird"], action="block")
+    assert run_input(policy, user("the projectblue plan")).blocked
+    assert run_input(policy, user("the projectbluebird plan")).blocked
+    assert run_input(policy, user("the « project blue bird » plan")).blocked  # non-ASCII text
+    assert not run_input(policy, user("the project blue plan")).blocked

@@ -9,7 +9,7 @@ numbers and NPIs (labelled, NPI Luhn-checked). Checksums keep near-misses out.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,10 @@ class Entity:
     regex: re.Pattern[str]
     check: Callable[[str], bool] | None = None
     group: int = 0  # the regex group that is the PII (the rest is context such as a label)
+    # Number-shaped entities are looked for only around runs of digits (see `_CLUSTER`):
+    min_digits: int = 0  # digits the run needs
+    before: int = 0  # characters of the match that may precede the run (a "+", a label)
+    needs: str = ""  # a character the run must contain
 
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -81,11 +85,21 @@ ENTITIES: dict[str, Entity] = {
         "EMAIL",
         re.compile(r"(?<![\w.%+-])[\w.%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
     ),
-    "credit_card": Entity("CREDIT_CARD", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)"), _card_ok),
-    "iban": Entity(
-        "IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b"), iban_ok
+    "credit_card": Entity(
+        "CREDIT_CARD", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)"), _card_ok, min_digits=13
     ),
-    "ssn": Entity("SSN", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-])")),
+    "iban": Entity(
+        "IBAN",
+        re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b"),
+        iban_ok,
+        min_digits=4,
+        before=2,
+    ),
+    "ssn": Entity(
+        "SSN",
+        re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-])"),
+        min_digits=9,
+    ),
     "phone": Entity(
         "PHONE",
         re.compile(
@@ -93,13 +107,28 @@ ENTITIES: dict[str, Entity] = {
             r"|(?<![\w+(])(?:\(\d{3}\)[ ]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\d)"
         ),
         _phone_ok,
+        min_digits=7,
+        before=2,
     ),
-    "ipv4": Entity("IPV4", re.compile(rf"(?<![\d.])(?:{_OCTET}\.){{3}}{_OCTET}(?!\d|\.\d)")),
+    "ipv4": Entity(
+        "IPV4", re.compile(rf"(?<![\d.])(?:{_OCTET}\.){{3}}{_OCTET}(?!\d|\.\d)"), min_digits=4, needs="."
+    ),
     # Healthcare identifiers are recognised by their label; the number is what gets redacted.
     "mrn": Entity(
-        "MRN", re.compile(r"\b(?:MRN|medical\s+record\s+(?:number|no\.?|#))[\s:#]*(\d{6,10})\b", re.I), group=1
+        "MRN",
+        re.compile(r"\b(?:MRN|medical\s+record\s+(?:number|no\.?|#))[\s:#]*(\d{6,10})\b", re.I),
+        group=1,
+        min_digits=6,
+        before=40,
     ),
-    "npi": Entity("NPI", re.compile(r"\bNPI[\s:#]*(\d{10})\b", re.I), lambda npi: luhn_ok("80840" + npi), 1),
+    "npi": Entity(
+        "NPI",
+        re.compile(r"\bNPI[\s:#]*(\d{10})\b", re.I),
+        lambda npi: luhn_ok("80840" + npi),
+        group=1,
+        min_digits=10,
+        before=16,
+    ),
 }
 BASE_ENTITIES = ("email", "phone", "credit_card", "iban", "ssn", "ipv4")
 HEALTHCARE_ENTITIES = ("mrn", "npi")
@@ -159,9 +188,11 @@ class PiiDetector(Policy):
             names += HEALTHCARE_ENTITIES
         if not options.get("pci_mode", True):
             names = [n for n in names if n != "credit_card"]
-        self.entities = [ENTITIES[n] for n in dict.fromkeys(names)]
+        builtin = [ENTITIES[n] for n in dict.fromkeys(names)]
+        self.email = next((e for e in builtin if e.label == "EMAIL"), None)
+        self.numeric = [e for e in builtin if e.label != "EMAIL"]
         custom = compile_regexes(self.kind, "detect_patterns", options.get("detect_patterns") or [])
-        self.entities += [Entity("CUSTOM", rx) for rx in custom]
+        self.custom = [Entity("CUSTOM", rx) for rx in custom]
         redaction = options.get("redaction") or {}
         self.marker_format = redaction.get("marker_format", "label")
         self.preserve_length = redaction.get("preserve_length", True)
@@ -179,14 +210,58 @@ class PiiDetector(Policy):
         return f"[REDACTED:{label}]"
 
     def scan_text(self, text: str, phase: Phase) -> list[Hit]:
+        # The built-in entities are only looked for near an '@' or a run of 4+ digits, so
+        # ordinary prose costs one fast scan instead of a regex pass per entity.
         hits: list[Hit] = []
-        for entity in self.entities:
-            for m in entity.regex.finditer(text):
-                group = entity.group
-                value = m.group(group)
-                if entity.check is not None and not entity.check(value):
-                    continue
-                message = f"PII detected: {entity.label}" if self.include_metadata else "PII detected"
-                replacement = self.marker(entity.label, value) if self.verdict is Verdict.REDACT else ""
-                hits.append(Hit(m.start(group), m.end(group), self.verdict, REASON, replacement, message))
+        if self.email is not None and "@" in text:
+            for lo, hi in _merge((at - 65, at + 256) for at in _find_all(text, "@")):
+                self._scan(self.email, text, lo, hi, hits)
+        if self.numeric:
+            clusters = []
+            for m in _CLUSTER.finditer(text):
+                run = m.group()
+                digits = sum(c.isdigit() for c in run)
+                if digits >= 4:
+                    clusters.append((m.start(), m.end(), digits, run))
+            for entity in self.numeric:
+                windows = (
+                    (start - entity.before, end + 2)
+                    for start, end, digits, run in clusters
+                    if digits >= entity.min_digits and entity.needs in run
+                )
+                for lo, hi in _merge(windows):
+                    self._scan(entity, text, lo, hi, hits)
+        for entity in self.custom:
+            self._scan(entity, text, 0, len(text), hits)
         return hits
+
+    def _scan(self, entity: Entity, text: str, lo: int, hi: int, hits: list[Hit]) -> None:
+        for m in entity.regex.finditer(text, max(lo, 0), hi):
+            value = m.group(entity.group)
+            if entity.check is not None and not entity.check(value):
+                continue
+            message = f"PII detected: {entity.label}" if self.include_metadata else "PII detected"
+            replacement = self.marker(entity.label, value) if self.verdict is Verdict.REDACT else ""
+            hits.append(Hit(m.start(entity.group), m.end(entity.group), self.verdict, REASON, replacement, message))
+
+
+# A run that may hold a number-shaped entity (IBANs have capitals inside).
+_CLUSTER = re.compile(r"\d[\dA-Z .()/+-]*")
+
+
+def _find_all(text: str, needle: str) -> Iterator[int]:
+    i = text.find(needle)
+    while i >= 0:
+        yield i
+        i = text.find(needle, i + 1)
+
+
+def _merge(windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Overlapping (lo, hi) windows, in order, merged."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in windows:
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged

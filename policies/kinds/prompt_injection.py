@@ -17,7 +17,7 @@ from policies.kinds import register
 from policies.kinds.base import Decision, Hit, Policy, compile_regexes
 from policies.model import Exchange, Phase, Verdict
 from policies.state import PolicyState
-from policies.textfold import base64_segments, fold
+from policies.textfold import base64_segments, fold, lower
 
 REASON = "prompt_injection_detected"
 TRUSTED_ROLES = frozenset({"system", "developer"})
@@ -49,13 +49,33 @@ FAKE_BOUNDARIES = (
 # Chat-template control tokens (enforce_delimiters): <|im_start|>, [INST], <<SYS>>, ...
 DELIMITER_TOKENS = (
     r"<\|(?:im_start|im_end|im_sep|endoftext|system|user|assistant|eot_id|start_header_id|end_header_id)\|>",
-    r"\[/?INST\]",
-    r"<</?SYS>>",
+    r"\[/?inst\]",
+    r"<</?sys>>",
 )
+# Every built-in attack pattern starts with one of these words, every fake boundary holds
+# a role word, every delimiter one of the hints: patterns run only where those occur.
+ATTACK_TRIGGERS = (
+    "ignore", "disregard", "forget", "override", "bypass", "skip", "drop", "reveal", "print", "show", "output",
+    "repeat", "leak", "display", "dump", "tell", "what", "you", "enable", "enter", "activate", "switch", "do",
+    "pretend", "act", "new", "updated", "real",
+)  # fmt: skip
+_TRIGGER_SET = frozenset(ATTACK_TRIGGERS)
+# Maps every ASCII non-letter to a space, so `.split()` yields the words of lower-cased text.
+_LETTERS_ONLY = {c: " " for c in range(128) if not chr(c).isalpha()}
+ROLE_WORDS = ("system", "assistant", "developer")
+DELIMITER_HINTS = ("<|", "inst]", "sys>>")
 
 
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE | re.MULTILINE)
+    """One regex for lower-cased text."""
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.MULTILINE)
+
+
+def _find_all(text: str, needle: str) -> Iterator[int]:
+    i = text.find(needle)
+    while i >= 0:
+        yield i
+        i = text.find(needle, i + 1)
 
 
 @register
@@ -104,7 +124,8 @@ class PromptInjection(Policy):
         custom = list(detection.get("attack_patterns") or [])
         flags = re.IGNORECASE | re.MULTILINE
         custom_rx = compile_regexes(self.kind, "detection.attack_patterns", custom, flags)
-        self.attacks = [_compile(ATTACK_PATTERNS), *custom_rx]
+        self.attacks = _compile(ATTACK_PATTERNS)
+        self.custom = custom_rx
         self.boundaries = _compile(FAKE_BOUNDARIES) if boundaries.get("reject_fake_boundaries", True) else None
         self.delimiters = _compile(DELIMITER_TOKENS) if boundaries.get("enforce_delimiters", True) else None
         self.decode_base64 = encoding.get("decode_base64", True)
@@ -118,17 +139,43 @@ class PromptInjection(Policy):
     def _find(self, text: str, depth: int = 0) -> tuple[int, int, str] | None:
         """The first finding in `text` as (start, end, what), or None."""
         folded = fold(text, self.normalize, self.homoglyphs)
-        checks = [(rx, "instruction override") for rx in self.attacks]
-        checks += [(self.boundaries, "fake role boundary"), (self.delimiters, "chat template delimiter")]
-        for regex, what in checks:
-            m = regex.search(folded.text) if regex is not None else None
-            if m is not None and folded.text:
-                return (*folded.span(m.start(), max(m.end(), m.start() + 1)), what)
+        found = self._search(folded.text, lower(folded.text))
+        if found is not None:
+            start, end, what = found
+            return (*folded.span(start, max(end, start + 1)), what)
         if self.decode_base64 and depth < 2:
             for start, end, decoded in base64_segments(text):
-                found = self._find(decoded, depth + 1)
-                if found is not None:
-                    return start, end, f"{found[2]} (base64-encoded)"
+                inner = self._find(decoded, depth + 1)
+                if inner is not None:
+                    return start, end, f"{inner[2]} (base64-encoded)"
+        return None
+
+    def _search(self, text: str, low: str) -> tuple[int, int, str] | None:
+        # Which trigger words occur at all: one C-speed pass (non-ASCII text checks them all).
+        present = _TRIGGER_SET.intersection(low.translate(_LETTERS_ONLY).split()) if low.isascii() else ATTACK_TRIGGERS
+        for word in present:
+            for i in _find_all(low, word):
+                m = self.attacks.match(low, i)
+                if m is not None:
+                    return m.start(), m.end(), "instruction override"
+        for rx in self.custom:
+            m = rx.search(text)
+            if m is not None:
+                return m.start(), m.end(), "instruction override"
+        if self.boundaries is not None:
+            for word in ROLE_WORDS:
+                for i in _find_all(low, word):
+                    line = low.rfind("\n", 0, i) + 1
+                    line_end = low.find("\n", i)
+                    lo = line if i - line <= 64 else i - 64
+                    hi = min(len(low) if line_end < 0 else line_end, i + 64)
+                    m = self.boundaries.search(low, lo, hi)
+                    if m is not None:
+                        return m.start(), m.end(), "fake role boundary"
+        if self.delimiters is not None and any(hint in low for hint in DELIMITER_HINTS):
+            m = self.delimiters.search(low)
+            if m is not None:
+                return m.start(), m.end(), "chat template delimiter"
         return None
 
     def scan_text(self, text: str, phase: Phase) -> list[Hit]:
