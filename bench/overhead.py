@@ -42,7 +42,9 @@ BODY = orjson.dumps({"model": "gpt-4o-mini", "messages": [
     {"role": "system", "content": "You are a helpful support assistant."},
     {"role": "user", "content": "Hello, my email is jane.doe@example.com. Please summarise my last order."}]})
 STREAM_BODY = orjson.dumps({**orjson.loads(BODY), "stream": True})
-HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-client-key"}
+# The client's key: ignored by the pass-through, never forwarded by the gateway; compare-litellm sets its master key.
+CLIENT_KEY = os.environ.get("BENCH_CLIENT_KEY", "sk-client")
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
 TARGETS = {"added_p50_ms": 0.5, "added_p99_ms": 1.5, "rps": 3000, "rps_vs_passthrough": 0.75, "ttft_added_ms": 1.0}
 
 
@@ -66,11 +68,17 @@ class Path_:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def cpus() -> tuple[str | None, str | None]:
-    """(CPU list for the proxy under test, CPU list for upstream and load), or Nones without pinning."""
+def cpus(layout: str) -> tuple[str | None, str | None]:
+    """(CPUs of the proxy under test, CPUs of the upstream and load generators); Nones without pinning.
+
+    split: the proxy alone on CPU 0, the rest on the others (the issue's setup). shared: all on CPU 0,
+    for VMs where a wake-up across vCPUs costs milliseconds (c=1 latency only; RPS is then shared).
+    """
     n = os.cpu_count() or 1
-    if n < 2 or not shutil.which("taskset"):
+    if layout == "none" or not shutil.which("taskset") or (layout == "split" and n < 2):
         return None, None
+    if layout == "shared":
+        return "0", "0"
     return "0", f"1-{n - 1}" if n > 2 else "1"
 
 
@@ -251,6 +259,37 @@ async def _load_asyncio(p: Path_, concurrency: int, duration: float) -> None:
     p.load_p50_ms, p.load_p99_ms = q[49] / 1e6, q[98] / 1e6
 
 
+def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
+    """Sample `pid` with py-spy (raw collapsed stacks) while it is under load; None without py-spy."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
+        return None
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
+                             "--format", "raw", "--function", "--output", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def hot_spots(raw: Path, top: int = 15) -> str:
+    """Self and inclusive time per function from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames, n = stack.split(";"), int(count)
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + n
+    ours = {k: v for k, v in incl.items() if any(f"({d}/" in k for d in ("gateway", "policies", "sync"))}
+    lines = [f"py-spy: {total} samples", "", "self time:"]
+    lines += [f"  {v / total:6.1%}  {k}" for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
+    lines += ["", "inclusive time, kt code:"]
+    lines += [f"  {v / total:6.1%}  {k}" for k, v in sorted(ours.items(), key=lambda kv: -kv[1])[:top]]
+    return "\n".join(lines)
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -317,6 +356,8 @@ def machine(args: argparse.Namespace, client: str, load_tool: str) -> dict[str, 
     return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": str(os.cpu_count()),
             "cpu": model, "python": platform.python_version(), "tornado": tornado.version,
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+            "layout": "{} (proxy on CPUs {}, upstream and load on CPUs {})".format(args.layout, *cpus(args.layout)),
+            "niceness": str(os.getpriority(os.PRIO_PROCESS, 0)),
             "upstream client (gateway and pass-through)": client, "load generator": load_tool,
             "concurrency": str(args.concurrency),
             "runs": f"c=1: {args.rounds} rounds x {args.per_round} req/path (+{args.warmup} warmup); "
@@ -328,32 +369,46 @@ def machine(args: argparse.Namespace, client: str, load_tool: str) -> dict[str, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--per-round", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=200)
-    parser.add_argument("--stream-rounds", type=int, default=5)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of c=32 load per path")
+    parser.add_argument("--rounds", type=int, help="c=1 interleaved rounds (default 9)")
+    parser.add_argument("--per-round", type=int, help="requests per path per round (default 50)")
+    parser.add_argument("--warmup", type=int, help="discarded requests per path first (default 200)")
+    parser.add_argument("--stream-rounds", type=int, help="streaming rounds (default 5)")
+    parser.add_argument("--duration", type=float, help="seconds of c=32 load per path (default 10)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers not meaningful)")
     parser.add_argument("--no-gateway", action="store_true", help="measure only direct and pass-through")
     parser.add_argument("--client", choices=["curl", "aiohttp", "simple"], help="pass-through upstream client")
+    parser.add_argument("--upstream-port", type=int, default=0, help="fixed port for the fake upstream")
+    parser.add_argument("--extra", action="append", default=[], metavar="NAME=URL",
+                        help="also measure an already running proxy (e.g. LiteLLM; see compare-litellm.sh)")
+    parser.add_argument("--layout", choices=["split", "shared", "none"], default="split",
+                        help="CPU pinning: proxy alone on CPU 0 (split), everything on CPU 0 (shared), or none")
+    parser.add_argument("--nice", type=int, default=0,
+                        help="niceness for the bench and everything it starts (negative needs root): on a shared "
+                             "machine, -10 keeps other work from distorting the numbers")
+    parser.add_argument("--profile", action="store_true", help="py-spy the gateway during its c=32 run")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()) / "kt-bench",
                         help="where the processes' logs go")
     args = parser.parse_args()
-    if args.quick:
-        args.rounds, args.per_round, args.warmup, args.stream_rounds, args.duration = 3, 20, 20, 2, 2
+    defaults = (3, 20, 20, 2, 2.0) if args.quick else (9, 50, 200, 5, 10.0)
+    for name, value in zip(("rounds", "per_round", "warmup", "stream_rounds", "duration"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
-    server_cpu, other_cpu = cpus()
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every process started below
+    server_cpu, other_cpu = cpus(args.layout)
     if other_cpu:
-        os.sched_setaffinity(0, {int(c) for c in range(1, os.cpu_count() or 2)})
+        first, _, last = other_cpu.partition("-")
+        os.sched_setaffinity(0, set(range(int(first), int(last or first) + 1)))
     args.logs.mkdir(parents=True, exist_ok=True)
     client = args.client or gateway_client()
     wrk = ensure_wrk()
     py = sys.executable
     procs: list[subprocess.Popen] = []
     try:
-        up_port = free_port()
+        up_port = args.upstream_port or free_port()
         fake = start(pinned([py, "-m", "tests.fake_upstream", "--fast", "--port", str(up_port), "--chunks", "8",
                              "--text", "Hello! Your last order, #4411, shipped on Monday and arrives Thursday."],
                             other_cpu), log=args.logs / "fake-upstream.log")
@@ -384,6 +439,9 @@ def main() -> int:
                 print(f"gateway did not start ({err}); see {args.logs / 'gateway.log'}", file=sys.stderr)
         wait_http(paths[1].url + "/healthz", 10, pt)
 
+        for extra in args.extra:
+            name, _, url = extra.partition("=")
+            paths.append(Path_(name, url.rstrip("/")))
         print(f"c=1 latency: {args.rounds} interleaved rounds ...", flush=True)
         interleaved(paths, args.rounds, args.per_round, args.warmup, stream=False)
         print(f"c=1 streaming TTFT: {args.stream_rounds} interleaved rounds ...", flush=True)
@@ -391,20 +449,25 @@ def main() -> int:
         lua = wrk_lua() if wrk else None
         for p in paths:
             print(f"c={args.concurrency} throughput: {p.name} for {args.duration:g} s ...", flush=True)
+            spy = profile(p.proc.pid, args.duration - 1, args.logs / "gateway.pyspy") \
+                if args.profile and p.name == "gateway" and p.proc else None
             if wrk and lua:
                 load_wrk(wrk, p, args.concurrency, args.duration, other_cpu, lua)
             else:
                 asyncio.run(_load_asyncio(p, args.concurrency, args.duration))
+            if spy:
+                spy.wait(30)
             p.rss_mb = rss_mb(p.proc) if p.name != "direct" else 0.0
         text, data = report(paths, machine(args, client, "wrk (1 thread)" if wrk else "asyncio client"))
         print("\n" + text)
+        if args.profile and (args.logs / "gateway.pyspy").exists():
+            print("\n" + hot_spots(args.logs / "gateway.pyspy"))
         if args.json:
             args.json.write_text(json.dumps(data, indent=2))
         return 0
     finally:
-        for proc in procs:
+        for proc in reversed(procs):  # proxies first, then the upstream they talk to
             proc.terminate()
-        for proc in procs:
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
