@@ -1,10 +1,218 @@
-"""`kt sync` (not built yet)."""
+"""`kt sync`: run the Git sync agent, trigger it, and show what it applied and whether it drifted."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
 import click
+
+DEFAULT_STATE_DIR = os.environ.get("KEEPTRUSTS_STATE_DIR") or str(Path("~/.local/state/kt").expanduser())
+state_dir_option = click.option(
+    "--state-dir", type=click.Path(file_okay=False), default=DEFAULT_STATE_DIR, show_default=True,
+    help="State directory (default $KEEPTRUSTS_STATE_DIR or ~/.local/state/kt).",
+)
 
 
 @click.group(name="sync")
 def sync() -> None:
-    """Not built yet."""
+    """Deploy the policy config from a Git branch into a state directory the gateway reads."""
+
+
+@sync.command(name="run")
+@click.option("--repo", required=True, help="Repository URL (https://, ssh://, git://, file:// or a path).")
+@click.option("--branch", default="main", show_default=True)
+@click.option("--path", "config_path", default="policy-config.yaml", show_default=True,
+              help="Config file, or a directory whose *.yaml files must all validate, relative to the repo root.")
+@state_dir_option
+@click.option("--interval", type=click.FloatRange(min=0.05), default=60.0, show_default=True,
+              help="Seconds between polls (+-10% jitter).")
+@click.option("--once", is_flag=True, help="Sync once and exit (0 applied or unchanged, 1 otherwise).")
+@click.option("--depth", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Fetch depth; 0 = full history.")
+@click.option("--max-failures", type=click.IntRange(min=1), default=None,
+              help="Exit 1 after this many consecutive failed or refused syncs (default: retry forever).")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="HTTPS token, re-read before every fetch (default: $KEEPTRUSTS_GIT_TOKEN).")
+@click.option("--username", help="Username sent with the token (default: from the URL, else x-access-token).")
+@click.option("--ssh-key", type=click.Path(dir_okay=False), help="SSH private key file.")
+@click.option("--known-hosts", type=click.Path(dir_okay=False), help="known_hosts file (host keys are always checked).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+              help="Per-sync deadline in seconds; a git still running then is killed.")
+@click.option("--keep", type=click.IntRange(min=1), default=5, show_default=True, help="Published revisions to keep.")
+def run(repo: str, branch: str, config_path: str, state_dir: str, interval: float, once: bool, depth: int,
+        max_failures: int | None, token_file: str | None, username: str | None, ssh_key: str | None,
+        known_hosts: str | None, timeout: float, keep: int) -> None:
+    """Run the sync agent: fetch, validate and publish every --interval; SIGHUP syncs now, SIGTERM stops."""
+    import logging
+
+    from sync.agent import AgentLocked, SyncAgent, SyncSettings
+    from sync.credentials import Credentials
+    from sync.repo import Remote, check_branch_name
+    from sync.scheduler import SyncScheduler
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        check_branch_name(branch)
+        creds = Credentials(token_file=token_file, ssh_key=ssh_key, known_hosts=known_hosts, username=username)
+        settings = SyncSettings(Remote(repo, branch, depth, creds), Path(state_dir), config_path, timeout, keep)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    agent = SyncAgent(settings)
+    try:
+        agent.acquire()
+    except (AgentLocked, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        if once:
+            result = agent.sync_once()
+            _echo_result(result)
+            sys.exit(0 if result.ok else 1)
+        from gateway import sdnotify
+
+        def on_result(result) -> None:
+            _echo_result(result)
+            line = f"sync {result.result}, applied {(result.applied or 'none')[:12]}"
+            if ready.is_set():
+                sdnotify.status(line)
+            else:  # READY=1 after the first sync attempt, whatever its result
+                sdnotify.ready(line)
+                ready.set()
+
+        ready = threading.Event()
+        scheduler = SyncScheduler(agent, interval=interval, max_failures=max_failures, on_result=on_result)
+        stop = threading.Event()
+        signal.signal(signal.SIGHUP, lambda *_: scheduler.trigger())
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        click.echo(f"kt sync: {settings.remote.masked_url} branch {branch} path {settings.path} -> {settings.state_dir}"
+                   f" every {interval:g}s (pid {os.getpid()})", err=True)
+        scheduler.start()
+        watchdog = sdnotify.watchdog_interval()
+        while not stop.is_set() and not scheduler.done.is_set():
+            stop.wait(min(0.5, watchdog or 0.5))
+            if watchdog:
+                sdnotify.watchdog()
+        sdnotify.stopping("stopping")
+        scheduler.stop(wait=True)
+        sys.exit(1 if scheduler.failed else 0)
+    finally:
+        agent.release()
+
+
+def _echo_result(result) -> None:
+    head = (result.head or "-")[:12]
+    line = f"sync {result.result} head {head} applied {(result.applied or '-')[:12]} in {result.duration:.2f}s"
+    click.echo(line + (f": {result.error}" if result.error else ""), err=not result.ok)
+
+
+@sync.command(name="now")
+@state_dir_option
+def now(state_dir: str) -> None:
+    """Ask the agent running on --state-dir to sync immediately (SIGHUP to the pid in sync.pid)."""
+    from sync.agent import PID, lock_is_held
+
+    state = Path(state_dir)
+    if not lock_is_held(state):
+        raise click.ClickException(f"no sync agent is running for {state} (start one with `kt sync run`)")
+    try:
+        pid = int((state / PID).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot signal the sync agent of {state}: {exc}") from exc
+    click.echo(f"sync triggered (agent pid {pid})")
+
+
+@sync.command(name="status")
+@state_dir_option
+@click.option("--gateway", help="Ask a running gateway (GET <URL>/keeptrusts/status) instead of reading the state dir.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status object (DESIGN Contract 3) as JSON.")
+def status(state_dir: str, gateway: str | None, as_json: bool) -> None:
+    """Applied vs attempted revision, remote head, last fetch/success, last error, age and drift."""
+    if gateway:
+        data = _gateway_status(gateway)
+    else:
+        from sync.status import report
+
+        data = report(Path(state_dir), time.time())
+        if data["sync"] is None:
+            raise click.ClickException(f"no sync status in {state_dir} (has `kt sync run` run there?)")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    _render(data)
+
+
+def _gateway_status(url: str) -> dict:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url.rstrip("/") + "/keeptrusts/status")
+    token = os.environ.get("KEEPTRUSTS_ADMIN_TOKEN")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        raise click.ClickException(f"{url} answered HTTP {exc.code} for /keeptrusts/status") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot read status from {url}: {exc}") from exc
+
+
+def _ago(age: float | None) -> str:
+    if age is None:
+        return "never"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if age >= size:
+            return f"{age / size:.1f}{unit} ago"
+    return f"{age:.0f}s ago"
+
+
+def _render(data: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sync.status import parse_time
+
+    console = Console(highlight=False)
+    s = data.get("sync") or {}
+    drift = data.get("drift") or {}
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    now_ts = time.time()
+
+    def when(key: str) -> str:
+        ts = parse_time(s.get(key))
+        return "never" if ts is None else f"{s[key]} ({_ago(now_ts - ts)})"
+
+    rows = [
+        ("Repository", f"{s.get('repo')}  branch {s.get('branch')}  path {s.get('path')}"),
+        ("Applied", s.get("applied_revision") or "none"),
+        ("Attempted", s.get("attempted_revision") or "none"),
+        ("Remote head", s.get("remote_head") or "unknown"),
+        ("Last fetch", when("last_fetch_at")),
+        ("Last success", when("last_success_at")),
+        ("Config age", _ago(data.get("age_seconds")).removesuffix(" ago") if data.get("age_seconds") is not None
+         else "unknown"),
+        ("Failures", str(s.get("consecutive_failures", 0))),
+        ("Last error", s.get("last_error") or "none"),
+        ("Drift", f"[red]drifted: {drift.get('reason')}[/red]" if drift.get("drifted") else "[green]in sync[/green]"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value if key == "Drift" else _escape(value))
+    console.print(table)
+    for f in (s.get("findings") or [])[:20]:
+        console.print(_escape(f"  {f.get('file')}: error[{f.get('code')}] {f.get('path') or ''} {f.get('message')}"))
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(str(text))

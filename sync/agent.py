@@ -1,0 +1,252 @@
+"""One sync: fetch -> export -> validate -> publish, recorded in status.json and metrics.
+
+`SyncAgent.sync_once()` never raises for anything the outside world can cause (remote down,
+bad credentials, invalid config, full disk); it returns a `SyncResult` and leaves `current`
+on the last good revision. One agent per state directory, enforced by a lock file that the
+kernel releases when the process dies (so kill -9 never leaves a stale lock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from policies import load_config
+from sync import metrics
+from sync.publish import (
+    check_config_path,
+    cleanup,
+    content_digest,
+    current_dir,
+    flip,
+    install,
+    new_tmp_dir,
+    prune,
+    revision_of,
+    validate,
+)
+from sync.repo import GitError, Mirror, Remote
+from sync.status import parse_time, read_status, rfc3339, write_status
+
+log = logging.getLogger("kt.sync")
+LOCK = ".lock"
+PID = "sync.pid"
+
+
+class AgentLocked(Exception):
+    """Another agent (pid in the message when known) already owns this state directory."""
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Everything one agent needs; validated once at start."""
+
+    remote: Remote
+    state_dir: Path
+    path: str = "policy-config.yaml"
+    timeout: float = 120.0  # per sync: a git command still running at the deadline is killed
+    keep: int = 5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", check_config_path(self.path))
+        object.__setattr__(self, "state_dir", Path(self.state_dir).absolute())
+        if self.keep < 1:
+            raise ValueError("--keep must be at least 1")
+        if self.timeout <= 0:
+            raise ValueError("--timeout must be positive")
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """The outcome of one sync. `result`: success | noop | error | rejected."""
+
+    result: str
+    head: str | None = None
+    applied: str | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    findings: tuple[dict, ...] = field(default_factory=tuple)
+    duration: float = 0.0
+    consecutive_failures: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.result in ("success", "noop")
+
+
+def lock_is_held(state: Path) -> bool:
+    """True while some agent process holds the lock of `state`."""
+    try:
+        fd = os.open(Path(state) / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class SyncAgent:
+    """Syncs one branch/path of one repository into one state directory."""
+
+    def __init__(self, settings: SyncSettings) -> None:
+        self.settings = settings
+        self.state = settings.state_dir
+        self.mirror = Mirror(self.state / "repo", self.state / ".askpass.sh")
+        self._lock_fd: int | None = None
+        self._rejected: str | None = None  # head already refused in this process: not re-exported
+
+    def acquire(self) -> None:
+        """Take the state-directory lock and write the pid file; AgentLocked if another agent runs."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            pid = _read_pid(self.state)
+            who = f" (pid {pid})" if pid else ""
+            raise AgentLocked(f"another sync agent{who} is already running for {self.state}") from None
+        self._lock_fd = fd
+        (self.state / PID).write_text(f"{os.getpid()}\n")
+
+    def release(self) -> None:
+        """Give the lock back (also happens when the process dies)."""
+        if self._lock_fd is not None:
+            (self.state / PID).unlink(missing_ok=True)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def sync_once(self) -> SyncResult:
+        """Run one sync and record it; never raises for remote, config or disk problems."""
+        started = time.monotonic()
+        deadline = started + self.settings.timeout
+        s = self.settings
+        status = read_status(self.state) or {}
+        status.update(repo=s.remote.masked_url, branch=s.remote.branch, path=s.path)
+        status["last_attempt_at"] = rfc3339(time.time())
+        try:
+            result = self._sync(status, deadline)
+        except GitError as exc:
+            result = SyncResult("error", error=str(exc), error_kind=exc.kind)
+        except OSError as exc:
+            where = exc.filename or self.state
+            result = SyncResult("error", error=f"cannot write the state directory ({where}): {exc.strerror}",
+                                error_kind="publish")
+        except Exception as exc:  # a bug must not stop the schedule
+            log.exception("sync failed unexpectedly")
+            result = SyncResult("error", error=f"internal error: {exc!r}", error_kind="internal")
+        failures = 0 if result.ok else int(status.get("consecutive_failures") or 0) + 1
+        status.update(last_result=result.result, consecutive_failures=failures)
+        if result.ok:
+            status.update(last_error=None, error_kind=None, findings=[], last_success_at=rfc3339(time.time()))
+        else:
+            status.update(last_error=result.error, error_kind=result.error_kind)
+            if result.result == "rejected":
+                status["findings"] = list(result.findings)
+        try:
+            write_status(self.state, status)
+        except OSError as exc:
+            log.error("cannot write %s/status.json: %s", self.state, exc.strerror)
+        duration = time.monotonic() - started
+        metrics.record(result.result, duration, parse_time(status.get("last_success_at")), failures)
+        result = SyncResult(result.result, result.head, status.get("applied_revision"), result.error,
+                            result.error_kind, result.findings, duration, failures)
+        level = logging.INFO if result.ok else logging.WARNING
+        log.log(level, "sync %s head=%s applied=%s%s", result.result, (result.head or "-")[:12],
+                (result.applied or "-")[:12], f" error={result.error}" if result.error else "")
+        return result
+
+    def _sync(self, status: dict, deadline: float) -> SyncResult:
+        s = self.settings
+        cleanup(self.state)
+        head = self._fetch(deadline)
+        status.update(remote_head=head, last_fetch_at=rfc3339(time.time()))
+        if head == status.get("applied_revision") and self._published_intact(status):
+            return SyncResult("noop", head)
+        if head == self._rejected and status.get("attempted_revision") == head:
+            return SyncResult("rejected", head, error=status.get("last_error"), error_kind="rejected",
+                              findings=tuple(status.get("findings") or ()))
+        status["attempted_revision"] = head
+        kept = self.state / str(status.get("applied_dir") or "-")
+        digest = status.get("applied_digest")
+        if head == status.get("applied_revision") and digest and content_digest(kept, s.path) == digest:
+            flip(self.state, kept)  # `current` was lost but the published copy is intact
+            return SyncResult("success", head)
+        tmp = new_tmp_dir(self.state, head)
+        try:
+            self._export(head, tmp, deadline)
+            findings = validate(tmp, s.path)
+            if findings:
+                self._rejected = head
+                first = "; ".join(f"{f['file']}: {f['code']} {f['message']}" for f in findings[:3])
+                more = f" (+{len(findings) - 3} more)" if len(findings) > 3 else ""
+                return SyncResult("rejected", head, error=f"revision {head[:12]} refused: {first}{more}",
+                                  error_kind="rejected", findings=tuple(findings))
+            digest = content_digest(tmp, s.path)
+            sha256, pack = _config_identity(tmp / s.path)
+            final = install(self.state, tmp, head)
+            flip(self.state, final)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._rejected = None
+        status.update(applied_revision=head, applied_at=rfc3339(time.time()), applied_digest=digest,
+                      applied_sha256=sha256, applied_pack=pack, applied_dir=f"revisions/{final.name}")
+        removed = prune(self.state, s.keep)
+        if removed:
+            log.info("pruned old revisions: %s", ", ".join(r[:12] for r in removed))
+        return SyncResult("success", head)
+
+    def _fetch(self, deadline: float) -> str:
+        rebuilt = self.mirror.ensure()
+        if rebuilt:
+            log.info("sync repository at %s (re)initialised", self.mirror.path)
+        try:
+            return self.mirror.fetch(self.settings.remote, deadline - time.monotonic())
+        except GitError as exc:
+            if rebuilt or exc.kind not in ("repo", "unreachable") or self.mirror.intact():
+                raise
+            log.warning("sync repository is damaged (%s); re-cloning", exc)
+            self.mirror.reset()
+            return self.mirror.fetch(self.settings.remote, deadline - time.monotonic())
+
+    def _export(self, head: str, tmp: Path, deadline: float) -> None:
+        try:
+            self.mirror.export(head, tmp, deadline - time.monotonic())
+        except GitError as exc:
+            log.warning("cannot export %s (%s); re-cloning", head[:12], exc)
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.mirror.reset()
+            if self.mirror.fetch(self.settings.remote, deadline - time.monotonic()) != head:
+                raise GitError("repo", "the branch moved while the clone was repaired; next run retries") from None
+            self.mirror.export(head, tmp, deadline - time.monotonic())
+
+    def _published_intact(self, status: dict) -> bool:
+        live = current_dir(self.state)
+        return (live is not None and revision_of(live.name) == status.get("applied_revision")
+                and content_digest(live, self.settings.path) == status.get("applied_digest"))
+
+
+def _config_identity(path: Path) -> tuple[str | None, dict | None]:
+    """(sha256 of the config bytes, {name, version} of its pack) for a single-file config."""
+    if not path.is_file():
+        return None, None
+    config = load_config(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest(), {"name": config.pack.name, "version": config.pack.version}
+
+
+def _read_pid(state: Path) -> int | None:
+    try:
+        return int((state / PID).read_text().strip())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,181 @@
+"""The agent's private clone: fetch one branch shallowly, export one commit's tree, repair itself.
+
+The clone is a bare repository at `<state>/repo`; nothing is ever checked out inside it, so the
+only state is objects and one ref (`refs/kt/head`). Git runs with `LC_ALL=C` (GitPython sets it),
+a timeout that kills it and its children, and credentials only in its environment.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import git
+
+from sync.credentials import CredentialError, Credentials, mask_url, redact
+
+HEAD_REF = "refs/kt/head"
+_SHA = re.compile(r"^[0-9a-f]{40,64}$")
+_AUTH = re.compile(
+    r"authentication failed|could not read (username|password)|terminal prompts disabled|permission denied"
+    r"|host key verification failed|returned error: 40[13]|http 40[13]|access denied|invalid credentials",
+    re.IGNORECASE,
+)
+
+
+class GitError(Exception):
+    """A git step that failed. `kind`: unreachable, auth, branch_missing, timeout, repo."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Remote:
+    """What to fetch: the URL (may carry credentials; always printed masked), branch and depth."""
+
+    url: str
+    branch: str = "main"
+    depth: int = 1  # 0 = full history
+    credentials: Credentials = field(default_factory=Credentials)
+
+    def __post_init__(self) -> None:
+        head = self.url.split("/", 1)[0]
+        if "://" not in self.url and ":" not in head:  # a local path: absolute, since git runs inside the clone
+            object.__setattr__(self, "url", str(Path(self.url).expanduser().absolute()))
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+
+def check_branch_name(branch: str) -> None:
+    """Raise ValueError for a branch name git would refuse (or that could pass for an option)."""
+    if not branch or branch.startswith("-") or not re.fullmatch(r"[A-Za-z0-9._/-]+", branch) or ".." in branch:
+        raise ValueError(f"invalid branch name {branch!r}")
+
+
+class Mirror:
+    """The bare clone at `path`; `askpass` is where the credential helper script is written."""
+
+    def __init__(self, path: Path, askpass: Path) -> None:
+        self.path = Path(path)
+        self.askpass = Path(askpass)
+
+    def _git(self, args: list[str], timeout: float, env: dict[str, str] | None = None,
+             secrets: list[str] | None = None, output_stream=None) -> str:
+        cmd = git.Git(str(self.path))
+        try:
+            out = cmd.execute(["git", "-c", "credential.helper=", "-c", "core.askPass=", *args],
+                              kill_after_timeout=max(timeout, 0.1), env=env or {}, output_stream=output_stream)
+        except git.GitCommandError as exc:
+            stderr = redact(str(exc.stderr or "").strip(), secrets or [])
+            if "Timeout:" in stderr or "timed out" in stderr:
+                raise GitError("timeout", f"git {args[0]} did not finish within {timeout:g} s (killed)") from None
+            raise GitError("repo", f"git {args[0]} failed: {_last_lines(stderr)}") from None
+        except OSError as exc:
+            raise GitError("repo", f"cannot run git: {exc.strerror}") from None
+        return out if isinstance(out, str) else ""
+
+    def healthy(self) -> bool:
+        """Quick check: a bare repo we can open, with no lock file left by a killed git."""
+        if not (self.path / "HEAD").is_file() or not (self.path / "objects").is_dir():
+            return False
+        locks = [*self.path.glob("*.lock"), *(self.path / "refs").rglob("*.lock")]
+        if locks:
+            return False
+        try:
+            return self._git(["rev-parse", "--is-bare-repository"], 30) == "true"
+        except GitError:
+            return False
+
+    def intact(self, timeout: float = 60) -> bool:
+        """Deep check after a failure: every object reachable from our ref is present."""
+        try:
+            self._git(["fsck", "--connectivity-only", "--no-progress", "--no-dangling"], timeout)
+            return True
+        except GitError:
+            return False
+
+    def reset(self) -> None:
+        """Throw the clone away and start an empty one (the next fetch re-clones)."""
+        if self.path.exists() or self.path.is_symlink():
+            if self.path.is_dir() and not self.path.is_symlink():
+                shutil.rmtree(self.path)
+            else:
+                self.path.unlink()
+        self.path.mkdir(parents=True)
+        self._git(["init", "--bare", "--quiet"], 30)
+        self._git(["config", "gc.auto", "0"], 30)
+
+    def ensure(self) -> bool:
+        """Make the clone usable; True if it had to be rebuilt."""
+        if self.healthy():
+            return False
+        self.reset()
+        return True
+
+    def fetch(self, remote: Remote, timeout: float) -> str:
+        """Fetch `remote.branch` into our ref (following force-pushes); return the commit sha."""
+        try:
+            url, env, secrets = remote.credentials.git_env(remote.url, self.askpass)
+        except CredentialError as exc:
+            raise GitError("auth", str(exc)) from None
+        args = ["fetch", "--no-tags", "--no-auto-gc", "--no-write-fetch-head", "--quiet"]
+        if remote.depth > 0:
+            args.append(f"--depth={remote.depth}")
+        elif (self.path / "shallow").exists():
+            args.append("--unshallow")
+        args += ["--", url, f"+refs/heads/{remote.branch}:{HEAD_REF}"]
+        try:
+            self._git(args, timeout, env, secrets)
+        except GitError as exc:
+            raise _classify(exc, remote) from None
+        sha = self._git(["rev-parse", "--verify", f"{HEAD_REF}^{{commit}}"], 30)
+        if not _SHA.match(sha):
+            raise GitError("repo", f"unexpected revision {sha!r} after fetch")
+        return sha
+
+    def export(self, sha: str, dest: Path, timeout: float) -> None:
+        """Write the tree of commit `sha` into the new directory `dest` (no .git, no index)."""
+        dest.mkdir(parents=True)
+        with tempfile.TemporaryFile(dir=dest.parent) as tar:
+            self._git(["archive", "--format=tar", sha], timeout, output_stream=tar)
+            tar.seek(0)
+            try:
+                with tarfile.open(fileobj=tar, mode="r:") as archive:
+                    archive.extractall(dest, filter="data")
+            except tarfile.TarError as exc:
+                raise GitError("repo", f"cannot unpack commit {sha[:12]}: {exc}") from None
+
+    def tree_files(self, sha: str, path: str, timeout: float = 60) -> dict[str, str]:
+        """{relative path: git blob id} of the files at `path` in commit `sha`."""
+        out = self._git(["ls-tree", "-r", "--full-tree", sha, "--", path or "."], timeout)
+        files = {}
+        for line in out.splitlines():
+            meta, _, name = line.partition("\t")
+            files[name] = meta.split()[2]
+        return files
+
+
+def _classify(exc: GitError, remote: Remote) -> GitError:
+    msg = str(exc)
+    where = remote.masked_url
+    if exc.kind == "timeout":
+        return GitError("timeout", f"fetch from {where} timed out: {msg}")
+    if "couldn't find remote ref" in msg or "could not find remote ref" in msg.lower():
+        return GitError("branch_missing", f"branch '{remote.branch}' does not exist on {where}")
+    if _AUTH.search(msg):
+        return GitError("auth", f"authentication to {where} failed (check the token or SSH key): {msg}")
+    return GitError("unreachable", f"cannot fetch {where}: {msg}")
+
+
+def _last_lines(text: str, n: int = 3) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("cmdline:")]
+    lines = [ln.removeprefix("stderr: ").strip("'") for ln in lines]
+    return " | ".join(lines[-n:]) or "no output"

@@ -1,0 +1,135 @@
+"""Scheduling: triggers collapse into one run that applies the newest head, backoff, max failures; webhooks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from sync import webhook
+from sync.agent import SyncAgent, SyncResult, SyncSettings
+from sync.repo import Remote
+from sync.scheduler import SyncScheduler, next_delay
+from sync.status import read_status
+from tests.gitserve import Upstream, config_yaml
+from tests.waiting import wait_for
+
+CFG = "policy-config.yaml"
+
+
+class GatedAgent(SyncAgent):
+    """An agent whose first run holds after syncing until released (so triggers arrive mid-run)."""
+
+    def __init__(self, settings: SyncSettings) -> None:
+        super().__init__(settings)
+        self.runs: list[SyncResult] = []
+        self.in_first_run = threading.Event()
+        self.release_first = threading.Event()
+
+    def sync_once(self) -> SyncResult:
+        result = super().sync_once()
+        self.runs.append(result)
+        if len(self.runs) == 1:
+            self.in_first_run.set()
+            assert self.release_first.wait(30)
+        return result
+
+
+def test_trigger_burst_applies_only_the_newest_head(tmp_path: Path):
+    up = Upstream(tmp_path / "remote")
+    up.commit({CFG: config_yaml("1.0.0")})
+    state = tmp_path / "state"
+    agent = GatedAgent(SyncSettings(Remote(up.url), state, CFG))
+    agent.acquire()
+    sched = SyncScheduler(agent, interval=3600)
+    sched.start()
+    try:
+        wait_for(agent.in_first_run.is_set, timeout=10)
+        heads = [up.commit({CFG: config_yaml(f"{i}.0.0")}) for i in range(2, 6)]
+        for _ in range(25):
+            sched.trigger()
+        agent.release_first.set()
+        wait_for(lambda: len(agent.runs) == 2 and read_status(state)["applied_revision"] == heads[-1], timeout=10)
+        assert agent.runs[1].result == "success" and agent.runs[1].head == heads[-1]
+        names = [p.name for p in (state / "revisions").iterdir()]
+        assert not any(n.startswith(h) for h in heads[:-1] for n in names)  # intermediate heads never published
+        wait_for(lambda: not sched._running, timeout=5)
+        job = sched._sched.get_job("sync")
+        assert job is not None and (job.next_run_time.timestamp() - __import__("time").time()) > 3000
+        sched.trigger()  # an idle agent runs a trigger at once
+        wait_for(lambda: len(agent.runs) == 3, timeout=10)
+        assert agent.runs[2].result == "noop"
+    finally:
+        agent.release_first.set()
+        sched.stop()
+
+
+def test_polling_picks_up_commits_and_max_failures_stops(tmp_path: Path):
+    up = Upstream(tmp_path / "remote")
+    up.commit({CFG: config_yaml("1.0.0")})
+    state = tmp_path / "state"
+    agent = SyncAgent(SyncSettings(Remote(up.url), state, CFG))
+    agent.acquire()
+    sched = SyncScheduler(agent, interval=0.05, max_failures=3, max_backoff=0.1)
+    sched.start()
+    try:
+        sha = up.commit({CFG: config_yaml("2.0.0")})
+        wait_for(lambda: (read_status(state) or {}).get("applied_revision") == sha, timeout=10)
+        up.bare.rename(up.bare.with_name("gone.git"))
+        assert sched.done.wait(20)
+        assert sched.failed and read_status(state)["consecutive_failures"] == 3
+    finally:
+        sched.stop()
+
+
+def test_backoff_grows_with_jitter_and_is_capped():
+    rng = random.Random(1)
+    ok = SyncResult("success")
+    assert all(54 <= next_delay(ok, 60, 600, rng) <= 66 for _ in range(100))
+    rejected = SyncResult("rejected", consecutive_failures=7)
+    assert next_delay(rejected, 60, 600, rng) <= 66  # a refused commit: the remote is fine, keep polling
+    delays = [next_delay(SyncResult("error", consecutive_failures=n), 10, 100, rng) for n in range(1, 9)]
+    assert 5 <= delays[0] <= 10 and 10 <= delays[1] <= 20 and 20 <= delays[2] <= 40
+    assert all(50 <= d <= 100 for d in delays[4:])
+
+
+SECRET = b"hook-secret"
+BODY = b'{"ref": "refs/heads/main", "after": "abc"}'
+
+
+def test_github_signature():
+    good = "sha256=" + hmac.new(SECRET, BODY, hashlib.sha256).hexdigest()
+    assert webhook.verify(SECRET, {"X-Hub-Signature-256": good}, BODY)
+    assert webhook.verify(SECRET, {"x-hub-signature-256": good}, BODY)
+    assert not webhook.verify(SECRET, {"X-Hub-Signature-256": good}, BODY + b" ")
+    assert not webhook.verify(b"other", {"X-Hub-Signature-256": good}, BODY)
+    assert not webhook.verify(SECRET, {"X-Hub-Signature-256": good.replace("sha256=", "sha1=")}, BODY)
+    assert not webhook.verify(SECRET, {}, BODY)
+
+
+def test_gitlab_token():
+    assert webhook.verify(SECRET, {"X-Gitlab-Token": "hook-secret"}, BODY)
+    assert not webhook.verify(SECRET, {"X-Gitlab-Token": "hook-secreT"}, BODY)
+    assert not webhook.verify(SECRET, {"X-Gitlab-Token": ""}, BODY)
+
+
+def test_payload_branch_is_only_a_hint():
+    assert webhook.concerns_branch(BODY, "main")
+    assert not webhook.concerns_branch(b'{"ref": "refs/heads/dev"}', "main")
+    assert webhook.concerns_branch(b'{"zen": "ping"}', "main") and webhook.concerns_branch(b"not json", "main")
+
+
+def test_webhook_secret_sources(tmp_path, monkeypatch):
+    monkeypatch.delenv(webhook.SECRET_ENV, raising=False)
+    assert webhook.load_secret() is None
+    monkeypatch.setenv(webhook.SECRET_ENV, "from-env")
+    assert webhook.load_secret() == b"from-env"
+    f = tmp_path / "secret"
+    f.write_text("from-file\n")
+    assert webhook.load_secret(str(f)) == b"from-file"
+    with pytest.raises(webhook.WebhookSecretError, match="cannot read"):
+        webhook.load_secret(str(tmp_path / "missing"))
