@@ -279,9 +279,14 @@ def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def hot_spots(raw: Path, top: int = 15) -> str:
-    """Self and inclusive time per function from py-spy's collapsed stacks."""
+def hot_spots(raw: Path, top: int = 20) -> str:
+    """Where the gateway's CPU goes, from py-spy's collapsed stacks.
+
+    Three views: self time per function; time per innermost kt function (its library calls
+    included, so `UpstreamClient.post_json` holds aiohttp's request work); inclusive time of kt functions.
+    """
     own: dict[str, int] = {}
+    innermost: dict[str, int] = {}
     incl: dict[str, int] = {}
     total = 0
     for line in raw.read_text().splitlines():
@@ -289,14 +294,19 @@ def hot_spots(raw: Path, top: int = 15) -> str:
         frames, n = stack.split(";"), int(count)
         total += n
         own[frames[-1]] = own.get(frames[-1], 0) + n
-        for frame in set(frames):
+        ours = [f for f in frames if "(gateway/" in f or "(policies/" in f or "(sync/" in f]
+        key = ours[-1] if ours else f"(no kt frame: {frames[-1].partition('(')[2].split('/')[0] or '?'})"
+        innermost[key] = innermost.get(key, 0) + n
+        for frame in set(ours):
             incl[frame] = incl.get(frame, 0) + n
-    ours = {k: v for k, v in incl.items() if any(f"({d}/" in k for d in ("gateway", "policies", "sync"))}
-    lines = [f"py-spy: {total} samples", "", "self time:"]
-    lines += [f"  {v / total:6.1%}  {k}" for k, v in sorted(own.items(), key=lambda kv: -kv[1])[:top]]
-    lines += ["", "inclusive time, kt code:"]
-    lines += [f"  {v / total:6.1%}  {k}" for k, v in sorted(ours.items(), key=lambda kv: -kv[1])[:top]]
-    return "\n".join(lines)
+
+    def block(title: str, counts: dict[str, int]) -> list[str]:
+        best = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return ["", title, *(f"  {v / total:6.1%}  {k}" for k, v in best)]
+
+    return "\n".join([f"py-spy: {total} samples", *block("self time:", own),
+                      *block("innermost kt function (library calls included):", innermost),
+                      *block("inclusive time, kt functions:", incl)])
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -362,7 +372,9 @@ def machine(args: argparse.Namespace, client: str, load_tool: str) -> dict[str, 
                   if line.startswith("model name")), platform.processor() or "?")
     import tornado
 
-    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "nproc": str(os.cpu_count()),
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                            check=False).stdout.strip() or "?"
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": commit, "nproc": str(os.cpu_count()),
             "cpu": model, "python": platform.python_version(), "tornado": tornado.version,
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "layout": "{} (proxy on CPUs {}, upstream and load on CPUs {})".format(args.layout, *cpus(args.layout)),
