@@ -18,7 +18,7 @@ from typing import Any
 from gateway import metrics
 from gateway.forwarder import Forwarder
 from gateway.logs import log_request
-from gateway.reload import Reloader
+from gateway.reload import Reloader, sync_state_of
 from gateway.runtime import Runtime, Snapshot
 from gateway.store import DB_NAME, EventStore, StoreWriter, default_state_dir, rfc3339
 
@@ -100,13 +100,7 @@ class Ops:
         if self.sync_state_dir is not None:
             return Path(self.sync_state_dir)
         snap = self.runtime.snapshot
-        if snap is None or snap.source != "git":
-            return None
-        parts = Path(os.path.realpath(snap.path)).parts
-        for i in range(1, len(parts) - 1):
-            if parts[i] == "revisions" and parts[i + 1] == snap.revision:
-                return Path(*parts[:i])
-        return None
+        return sync_state_of(snap.path) if snap is not None and snap.source == "git" else None
 
     def sync_report(self) -> SyncReport | None:
         """The agent's status, drift and age (None without an agent's `status.json`)."""
