@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,13 +74,18 @@ class Ops:
 
     async def start(self) -> None:
         """Open the store and start the background tasks (reload watcher, writer, pruner, forwarder)."""
-        self.store = EventStore(self.state_dir / DB_NAME)
+        self.reloader.start(watch=self.watch)
+        try:
+            self.store = EventStore(self.state_dir / DB_NAME)
+        except (OSError, sqlite3.Error) as exc:  # serve anyway: events queue in memory, then drop (counted)
+            log.error("cannot open the event store; decision events will not be kept",
+                      extra={"path": str(self.state_dir / DB_NAME), "error": str(exc)})
+            return
         self.writer = StoreWriter(self.runtime, self.store)
         self.writer.start()
         if self.api_url:
             self.forwarder = Forwarder(self.writer, self.api_url, self.gateway_token)
             self.forwarder.start()
-        self.reloader.start(watch=self.watch)
 
     async def stop(self) -> None:
         """Stop the watcher and forwarder, flush queued events to the store, close it."""
