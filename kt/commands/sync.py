@@ -73,7 +73,8 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
             result = agent.sync_once()
             _echo_result(result)
             sys.exit(0 if result.ok else 1)
-        scheduler = SyncScheduler(agent, interval=interval, max_failures=max_failures, on_result=_echo_result)
+        notifier = _Notifier()
+        scheduler = SyncScheduler(agent, interval=interval, max_failures=max_failures, on_result=notifier)
         stop = threading.Event()
         signal.signal(signal.SIGHUP, lambda *_: scheduler.trigger())
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -82,11 +83,43 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
                    f" every {interval:g}s (pid {os.getpid()})", err=True)
         scheduler.start()
         while not stop.is_set() and not scheduler.done.is_set():
-            stop.wait(0.5)
+            stop.wait(notifier.tick)
+            notifier.alive()
+        notifier.sd.stopping("stopping")
         scheduler.stop(wait=True)
         sys.exit(1 if scheduler.failed else 0)
     finally:
         agent.release()
+
+
+class _Notifier:
+    """Tell systemd (Type=notify) about the agent: READY=1 after the first sync attempt, STATUS= with the
+    applied revision after each, WATCHDOG=1 from the main loop while `$WATCHDOG_USEC` is set."""
+
+    def __init__(self) -> None:
+        from gateway import sdnotify  # not at import time: `kt policy lint` must not import gateway/
+
+        self.sd = sdnotify
+        self.ready = False
+        self.watchdog = sdnotify.watchdog_interval()
+        self.tick = min(0.5, self.watchdog or 0.5)
+        self.next_ping = 0.0
+
+    def __call__(self, result) -> None:
+        _echo_result(result)
+        text = f"applied {(result.applied or 'nothing yet')[:12]}; last sync {result.result}"
+        if result.error:
+            text += f": {result.error}"
+        if self.ready:
+            self.sd.status(text)
+        else:
+            self.sd.ready(text)
+            self.ready = True
+
+    def alive(self) -> None:
+        if self.watchdog and time.monotonic() >= self.next_ping:
+            self.sd.watchdog()
+            self.next_ping = time.monotonic() + self.watchdog
 
 
 def _echo_result(result) -> None:
