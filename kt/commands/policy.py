@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from policies.findings import Finding
+if TYPE_CHECKING:  # importing `policies` compiles every kind: only the commands that need it do
+    from policies.findings import Finding
 
 EXIT_OK, EXIT_IO, EXIT_INVALID = 0, 1, 2
 
