@@ -23,6 +23,7 @@ def test_pattern_redacted() -> None:
     policy = dlp(detect_patterns=["AKIA[0-9A-Z]{16}"])
     assert redacted(policy, "key AKIAIOSFODNN7EXAMPLE here") == "key [REDACTED:DLP] here"
     assert redacted(policy, "key akiaiosfodnn7example") == "key akiaiosfodnn7example"  # patterns as written
+    assert redacted(policy, "key AKIA\u200bIOSFODNN7EXAMPLE.") == "key [REDACTED:DLP]."  # folded first
 
 
 @pytest.mark.parametrize(

@@ -126,3 +126,21 @@ def test_stream_redacts_unsent_part() -> None:
     sent, outcome = stream(pii(), ["write to ", "ann@example.org", " please"])
     assert sent == "write to [REDACTED:EMAIL] please"
     assert outcome.verdict is Verdict.REDACT and outcome.redactions == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "card ４１１１ １１１１ １１１１ １１１１",  # fullwidth digits
+        "card 4111\u200b1111\u200b1111\u200b1111",  # zero-width separators
+        "mail ann\u200b@example.org",
+    ],
+)
+def test_evasions_are_folded_and_redacted_in_the_original(text: str) -> None:
+    out = redacted(pii(), text)
+    assert out.startswith(("card [REDACTED:CREDIT_CARD]", "mail [REDACTED:EMAIL]")) and out.count("[") == 1
+
+
+def test_other_script_digits_are_not_mistaken() -> None:
+    text = "رقم ٤١١١١١١١١١١١١١١١"  # Arabic-Indic digits: not folded, not checked with Luhn
+    assert redacted(pii(), text) == text

@@ -1,6 +1,7 @@
 """dlp-filter: secrets and confidential terms, redacted or blocked, in requests and responses.
 
-`detect_patterns` are regexes matched as written (add `(?i)` for case-insensitivity).
+`detect_patterns` are regexes matched as written (add `(?i)` for case-insensitivity), on
+text folded like the terms' (so a zero-width space inside a key does not hide it).
 `blocked_terms` match case-insensitively as whole words, after folding zero-width
 characters, Unicode compatibility forms and look-alike letters (see policies.termmatch);
 with `fuzzy_matching` also misspellings within `max_distance` edits.
@@ -18,6 +19,7 @@ from policies.kinds.base import Hit, Policy, compile_regexes
 from policies.model import Phase, Verdict
 from policies.state import PolicyState
 from policies.termmatch import TermMatcher
+from policies.textfold import fold
 
 PATTERN_REASON = "dlp_pattern_detected"
 TERM_REASON = "dlp_term_detected"
@@ -68,10 +70,11 @@ class DlpFilter(Policy):
 
     def scan_text(self, text: str, phase: Phase) -> list[Hit]:
         marker = MARKER if self.verdict is Verdict.REDACT else ""
+        folded = fold(text) if self.patterns else None
         hits = [
-            Hit(m.start(), m.end(), self.verdict, PATTERN_REASON, marker, "DLP pattern detected")
+            Hit(*folded.span(m.start(), m.end()), self.verdict, PATTERN_REASON, marker, "DLP pattern detected")
             for rx in self.patterns
-            for m in rx.finditer(text)
+            for m in rx.finditer(folded.text)
             if m.end() > m.start()
         ]
         hits += [

@@ -17,6 +17,7 @@ from policies.kinds import register
 from policies.kinds.base import Hit, Policy, compile_regexes
 from policies.model import Phase, Verdict
 from policies.state import PolicyState
+from policies.textfold import Folded, fold
 
 REASON = "pii_detected"
 
@@ -86,44 +87,45 @@ ENTITIES: dict[str, Entity] = {
         re.compile(r"(?<![\w.%+-])[\w.%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
     ),
     "credit_card": Entity(
-        "CREDIT_CARD", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)"), _card_ok, min_digits=13
+        "CREDIT_CARD", re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)", re.A), _card_ok, min_digits=13
     ),
     "iban": Entity(
         "IBAN",
-        re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b"),
+        re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,3})?\b", re.A),
         iban_ok,
         min_digits=4,
         before=2,
     ),
     "ssn": Entity(
         "SSN",
-        re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-])"),
+        re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}([- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d-])", re.A),
         min_digits=9,
     ),
     "phone": Entity(
         "PHONE",
         re.compile(
             r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}(?!\d)"
-            r"|(?<![\w+(])(?:\(\d{3}\)[ ]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\d)"
+            r"|(?<![\w+(])(?:\(\d{3}\)[ ]?|\d{3}[ .-])\d{3}[ .-]\d{4}(?!\d)",
+            re.A,
         ),
         _phone_ok,
         min_digits=7,
         before=2,
     ),
     "ipv4": Entity(
-        "IPV4", re.compile(rf"(?<![\d.])(?:{_OCTET}\.){{3}}{_OCTET}(?!\d|\.\d)"), min_digits=4, needs="."
+        "IPV4", re.compile(rf"(?<![\d.])(?:{_OCTET}\.){{3}}{_OCTET}(?!\d|\.\d)", re.A), min_digits=4, needs="."
     ),
     # Healthcare identifiers are recognised by their label; the number is what gets redacted.
     "mrn": Entity(
         "MRN",
-        re.compile(r"\b(?:MRN|medical\s+record\s+(?:number|no\.?|#))[\s:#]*(\d{6,10})\b", re.I),
+        re.compile(r"\b(?:MRN|medical\s+record\s+(?:number|no\.?|#))[\s:#]*(\d{6,10})\b", re.I | re.A),
         group=1,
         min_digits=6,
         before=40,
     ),
     "npi": Entity(
         "NPI",
-        re.compile(r"\bNPI[\s:#]*(\d{10})\b", re.I),
+        re.compile(r"\bNPI[\s:#]*(\d{10})\b", re.I | re.A),
         lambda npi: luhn_ok("80840" + npi),
         group=1,
         min_digits=10,
@@ -210,12 +212,15 @@ class PiiDetector(Policy):
         return f"[REDACTED:{label}]"
 
     def scan_text(self, text: str, phase: Phase) -> list[Hit]:
-        # The built-in entities are only looked for near an '@' or a run of 4+ digits, so
-        # ordinary prose costs one fast scan instead of a regex pass per entity.
+        # Matching runs on folded text (fullwidth digits, zero-width characters inside a
+        # number); spans map back to the original. The built-in entities are only looked
+        # for near an '@' or a run of 4+ digits, so prose costs one fast scan, not one per entity.
+        folded = fold(text)
+        text = folded.text
         hits: list[Hit] = []
         if self.email is not None and "@" in text:
             for lo, hi in _merge((at - 65, at + 256) for at in _find_all(text, "@")):
-                self._scan(self.email, text, lo, hi, hits)
+                self._scan(self.email, folded, lo, hi, hits)
         if self.numeric:
             clusters = []
             for m in _CLUSTER.finditer(text):
@@ -230,23 +235,25 @@ class PiiDetector(Policy):
                     if digits >= entity.min_digits and entity.needs in run
                 )
                 for lo, hi in _merge(windows):
-                    self._scan(entity, text, lo, hi, hits)
+                    self._scan(entity, folded, lo, hi, hits)
         for entity in self.custom:
-            self._scan(entity, text, 0, len(text), hits)
+            self._scan(entity, folded, 0, len(text), hits)
         return hits
 
-    def _scan(self, entity: Entity, text: str, lo: int, hi: int, hits: list[Hit]) -> None:
-        for m in entity.regex.finditer(text, max(lo, 0), hi):
+    def _scan(self, entity: Entity, folded: Folded, lo: int, hi: int, hits: list[Hit]) -> None:
+        for m in entity.regex.finditer(folded.text, max(lo, 0), hi):
             value = m.group(entity.group)
             if entity.check is not None and not entity.check(value):
                 continue
             message = f"PII detected: {entity.label}" if self.include_metadata else "PII detected"
             replacement = self.marker(entity.label, value) if self.verdict is Verdict.REDACT else ""
-            hits.append(Hit(m.start(entity.group), m.end(entity.group), self.verdict, REASON, replacement, message))
+            start, end = folded.span(m.start(entity.group), m.end(entity.group))
+            hits.append(Hit(start, end, self.verdict, REASON, replacement, message))
 
 
-# A run that may hold a number-shaped entity (IBANs have capitals inside).
-_CLUSTER = re.compile(r"\d[\dA-Z .()/+-]*")
+# A run that may hold a number-shaped entity (IBANs have capitals inside). ASCII digits:
+# folding has turned other digit forms into them.
+_CLUSTER = re.compile(r"[0-9][0-9A-Z .()/+-]*")
 
 
 def _find_all(text: str, needle: str) -> Iterator[int]:
