@@ -73,8 +73,19 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
             result = agent.sync_once()
             _echo_result(result)
             sys.exit(0 if result.ok else 1)
-        notifier = _Notifier()
-        scheduler = SyncScheduler(agent, interval=interval, max_failures=max_failures, on_result=notifier)
+        from gateway import sdnotify
+
+        def on_result(result) -> None:
+            _echo_result(result)
+            line = f"sync {result.result}, applied {(result.applied or 'none')[:12]}"
+            if ready.is_set():
+                sdnotify.status(line)
+            else:  # READY=1 after the first sync attempt, whatever its result
+                sdnotify.ready(line)
+                ready.set()
+
+        ready = threading.Event()
+        scheduler = SyncScheduler(agent, interval=interval, max_failures=max_failures, on_result=on_result)
         stop = threading.Event()
         signal.signal(signal.SIGHUP, lambda *_: scheduler.trigger())
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -82,44 +93,16 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
         click.echo(f"kt sync: {settings.remote.masked_url} branch {branch} path {settings.path} -> {settings.state_dir}"
                    f" every {interval:g}s (pid {os.getpid()})", err=True)
         scheduler.start()
+        watchdog = sdnotify.watchdog_interval()
         while not stop.is_set() and not scheduler.done.is_set():
-            stop.wait(notifier.tick)
-            notifier.alive()
-        notifier.sd.stopping("stopping")
+            stop.wait(min(0.5, watchdog or 0.5))
+            if watchdog:
+                sdnotify.watchdog()
+        sdnotify.stopping("stopping")
         scheduler.stop(wait=True)
         sys.exit(1 if scheduler.failed else 0)
     finally:
         agent.release()
-
-
-class _Notifier:
-    """Tell systemd (Type=notify) about the agent: READY=1 after the first sync attempt, STATUS= with the
-    applied revision after each, WATCHDOG=1 from the main loop while `$WATCHDOG_USEC` is set."""
-
-    def __init__(self) -> None:
-        from gateway import sdnotify  # not at import time: `kt policy lint` must not import gateway/
-
-        self.sd = sdnotify
-        self.ready = False
-        self.watchdog = sdnotify.watchdog_interval()
-        self.tick = min(0.5, self.watchdog or 0.5)
-        self.next_ping = 0.0
-
-    def __call__(self, result) -> None:
-        _echo_result(result)
-        text = f"applied {(result.applied or 'nothing yet')[:12]}; last sync {result.result}"
-        if result.error:
-            text += f": {result.error}"
-        if self.ready:
-            self.sd.status(text)
-        else:
-            self.sd.ready(text)
-            self.ready = True
-
-    def alive(self) -> None:
-        if self.watchdog and time.monotonic() >= self.next_ping:
-            self.sd.watchdog()
-            self.next_ping = time.monotonic() + self.watchdog
 
 
 def _echo_result(result) -> None:
