@@ -28,3 +28,9 @@ def record(result: str, duration: float, last_success: float | None, failures: i
     if last_success is not None:
         SYNC_LAST_SUCCESS.set(last_success)
     SYNC_FAILURES.set(failures)
+
+WEBHOOKS = Counter(
+    "keeptrusts_sync_webhooks", "Webhook deliveries by result (accepted|ignored|refused).", ["result"]
+)
+for _result in ("accepted", "ignored", "refused"):
+    WEBHOOKS.labels(result=_result)

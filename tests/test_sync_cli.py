@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,9 +44,17 @@ def upstream(tmp_path: Path) -> Upstream:
 
 def test_daemon_trigger_and_clean_exit(upstream, tmp_path):
     state = tmp_path / "state"
-    proc = start_agent(upstream, state, "--interval", "3600")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(20)
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+    proc = start_agent(upstream, state, "--interval", "3600", env=env)
     try:
         wait_for(lambda: applied(state) == upstream.head(), timeout=20)
+        message = ""
+        while "READY=1" not in message:
+            message = notify.recv(4096).decode()
+        assert "READY=1" in message and f"applied {upstream.head()[:12]}" in message  # systemd Type=notify
         sha = upstream.commit({CFG: config_yaml("2.0.0")})
         now = kt("sync", "now", "--state-dir", str(state))
         assert now.returncode == 0, now.stderr
@@ -59,6 +68,7 @@ def test_daemon_trigger_and_clean_exit(upstream, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+        notify.close()
     gone = kt("sync", "now", "--state-dir", str(state))
     assert gone.returncode == 1 and "no sync agent is running" in gone.stderr
 

@@ -73,7 +73,19 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
             result = agent.sync_once()
             _echo_result(result)
             sys.exit(0 if result.ok else 1)
-        scheduler = SyncScheduler(agent, interval=interval, max_failures=max_failures, on_result=_echo_result)
+        from gateway import sdnotify
+
+        def on_result(result) -> None:
+            _echo_result(result)
+            line = f"sync {result.result}, applied {(result.applied or 'none')[:12]}"
+            if ready.is_set():
+                sdnotify.status(line)
+            else:  # READY=1 after the first sync attempt, whatever its result
+                sdnotify.ready(line)
+                ready.set()
+
+        ready = threading.Event()
+        scheduler = SyncScheduler(agent, interval=interval, max_failures=max_failures, on_result=on_result)
         stop = threading.Event()
         signal.signal(signal.SIGHUP, lambda *_: scheduler.trigger())
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -81,8 +93,12 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
         click.echo(f"kt sync: {settings.remote.masked_url} branch {branch} path {settings.path} -> {settings.state_dir}"
                    f" every {interval:g}s (pid {os.getpid()})", err=True)
         scheduler.start()
+        watchdog = sdnotify.watchdog_interval()
         while not stop.is_set() and not scheduler.done.is_set():
-            stop.wait(0.5)
+            stop.wait(min(0.5, watchdog or 0.5))
+            if watchdog:
+                sdnotify.watchdog()
+        sdnotify.stopping("stopping")
         scheduler.stop(wait=True)
         sys.exit(1 if scheduler.failed else 0)
     finally:
