@@ -22,6 +22,7 @@ from typing import Any
 
 from policies.chain import summarize
 from policies.config import Config, compile_document
+from policies.lint import finding_from_error
 from policies.model import Exchange, PolicyResult
 from policies.schema import CASE, validate, validator_for
 from policies.state import PolicyState
@@ -70,8 +71,6 @@ def _broken(name: str, source: str, error: str) -> CaseResult:
 
 
 def _check_case(raw: Any, name: str, source: str) -> GoldenCase | CaseResult:
-    from policies.lint import finding_from_error  # the same messages as lint
-
     if not isinstance(raw, dict):
         return _broken(name, source, "a golden case must be a JSON object {name, input, expected}")
     errs = validate(validator_for(("case",), lambda: CASE), raw)
