@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -15,3 +16,30 @@ def fake_upstream() -> Iterator[FakeUpstream]:
     fake = FakeUpstream().start()
     yield fake
     fake.stop()
+
+
+@pytest.fixture
+def test_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the test-only policy kinds (test-term, test-boom, test-tool) for one test."""
+    from policies.kinds import KINDS
+    from tests.gateway_harness import TEST_KINDS
+
+    for name, cls in TEST_KINDS.items():
+        monkeypatch.setitem(KINDS, name, cls)
+
+
+@pytest.fixture
+def start_gateway() -> Iterator[Any]:
+    """`start_gateway(config_path, **settings)` -> a running in-process `GatewayThread`; all stopped after."""
+    from tests.gateway_harness import GatewayThread
+
+    started: list[GatewayThread] = []
+
+    def start(config_path: Any, **settings: Any) -> GatewayThread:
+        gw = GatewayThread(config_path, **settings).start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()

@@ -1,8 +1,49 @@
-"""`kt gateway` (not built yet: `make run` lints and shows the bundled default config)."""
+"""`kt gateway run`: the proxy in the foreground (flags in docs/gateway.md)."""
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import click
+
+DEFAULT_LISTEN = "0.0.0.0:41002"
+
+
+def parse_listen(value: str, port: int | None) -> tuple[str, int]:
+    """`HOST:PORT` (or `[v6]:PORT`, or `:PORT`) plus the `--port` shorthand, checked."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep:
+        raise click.BadParameter(f"{value!r}: expected HOST:PORT, e.g. 0.0.0.0:41002", param_hint="--listen")
+    host = host.strip("[]")
+    try:
+        listen_port = int(port_text) if port is None else port
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: the port must be a number", param_hint="--listen") from None
+    if not 0 <= listen_port <= 65535:
+        raise click.BadParameter(f"port {listen_port} is out of range 0-65535", param_hint="--port")
+    return host, listen_port
+
+
+def parse_size(value: str) -> int:
+    """`10485760`, `10MiB`, `512KiB`, `10MB` -> bytes."""
+    text = value.strip().lower().replace(" ", "")
+    units = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+             "k": 1024, "m": 1024**2, "g": 1024**3, "b": 1}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            text, mult = text[: -len(unit)], factor
+            break
+    else:
+        mult = 1
+    try:
+        size = int(float(text) * mult)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected a size such as 10MiB or 1048576",
+                                 param_hint="--max-body-size") from None
+    if size < 1:
+        raise click.BadParameter("must be at least 1 byte", param_hint="--max-body-size")
+    return size
 
 
 @click.group(name="gateway")
@@ -11,15 +52,49 @@ def gateway() -> None:
 
 
 @gateway.command(name="run")
-@click.option("--policy-config", "--config", "policy_config", required=True, type=click.Path())
-def run(policy_config: str) -> None:
-    """Start the gateway (placeholder until the proxy lands)."""
-    from policies import ConfigError, load_config
+@click.option("--policy-config", "--config", "policy_config", required=True, type=click.Path(dir_okay=False),
+              help="Policy config file (policy-config.yaml).")
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to listen on.")
+@click.option("--port", type=int, default=None, help="Port shorthand; overrides the port of --listen.")
+@click.option("--fail-mode", type=click.Choice(["block", "allow"]), default="block", show_default=True,
+              help="What a policy *error* does: block fails the request closed (503), allow lets it pass.")
+@click.option("--max-body-size", default="10MiB", show_default=True, help="Largest request body; larger gets 413.")
+@click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to let in-flight requests finish after SIGTERM/SIGINT.")
+@click.option("--keys-file", type=click.Path(dir_okay=False), default=None,
+              help="Gateway keys: lines of '<sha256 hex> <label>'. Without it the gateway is open.")
+@click.option("--upstream-connect-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True,
+              help="Seconds to connect to an upstream, per attempt.")
+@click.option("--upstream-read-timeout", type=click.FloatRange(min=0.01), default=120.0, show_default=True,
+              help="Longest silence (s) while reading an upstream answer, per attempt.")
+def run(policy_config: str, listen: str, port: int | None, fail_mode: str, max_body_size: str,
+        drain_timeout: float, keys_file: str | None, upstream_connect_timeout: float,
+        upstream_read_timeout: float) -> None:
+    """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
+    from gateway.app import GatewaySettings
+    from gateway.keys import KeysFileError, load_keys
+    from gateway.server import run as run_gateway
+    from gateway.upstream import Timeouts
+    from policies import ConfigError
 
+    host, listen_port = parse_listen(listen, port)
+    size = parse_size(max_body_size)
     try:
-        config = load_config(policy_config)
-    except ConfigError as exc:
+        keys = load_keys(keys_file) if keys_file else None
+    except KeysFileError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"OK {policy_config} is valid: {config.pack.name} v{config.pack.version}, "
-               f"chain {' -> '.join(config.chain.kinds) or '(empty)'}")
-    click.echo("The gateway itself is not built yet; this only validated the config.")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = GatewaySettings(
+        host=host, port=listen_port, fail_mode=fail_mode, max_body_size=size, drain_timeout=drain_timeout,
+        keys=keys, timeouts=Timeouts(upstream_connect_timeout, upstream_read_timeout),
+    )
+    try:
+        code = run_gateway(settings, policy_config)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{listen_port}: {exc.strerror or exc}") from exc
+    sys.exit(code)

@@ -1,0 +1,80 @@
+"""The Tornado application: the route table and what every handler shares.
+
+`ROUTES` is the one place routes are declared; other parts add theirs through
+`make_app(..., extra_routes=[...])` (admin, metrics, events) without touching the proxy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import tornado.web
+
+from gateway.keys import GatewayKeys
+from gateway.proxy import (
+    ChatHandler,
+    EmbeddingsHandler,
+    HealthzHandler,
+    MessagesHandler,
+    ModelsHandler,
+    NotFoundHandler,
+    ReadyzHandler,
+)
+from gateway.resilience import Breakers, RoundRobin
+from gateway.runtime import Runtime
+from gateway.upstream import Timeouts, UpstreamClient
+
+MIB = 1024 * 1024
+
+ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
+    (r"/v1/chat/completions", ChatHandler),
+    (r"/v1/messages", MessagesHandler),
+    (r"/v1/embeddings", EmbeddingsHandler),
+    (r"/v1/models", ModelsHandler),
+    (r"/healthz", HealthzHandler),
+    (r"/readyz", ReadyzHandler),
+]
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything `kt gateway run` decides at start (flags), as one value."""
+
+    host: str = "0.0.0.0"
+    port: int = 41002
+    fail_mode: str = "block"
+    max_body_size: int = 10 * MIB
+    drain_timeout: float = 30.0
+    keys: GatewayKeys | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    breaker_threshold: int = 5
+    breaker_cooldown_s: float = 30.0
+    max_upstream_connections: int = 1000
+
+
+def make_app(
+    runtime: Runtime,
+    settings: GatewaySettings,
+    upstream: UpstreamClient | None = None,
+    extra_routes: Sequence[tuple[Any, ...]] = (),
+) -> tornado.web.Application:
+    """The application with the proxy routes plus `extra_routes` (matched first)."""
+    return tornado.web.Application(
+        [*extra_routes, *ROUTES],
+        default_handler_class=NotFoundHandler,
+        runtime=runtime,
+        gateway_settings=settings,
+        keys=settings.keys,
+        max_body_size=settings.max_body_size,
+        upstream=upstream or UpstreamClient(settings.timeouts, settings.max_upstream_connections),
+        breakers=Breakers(settings.breaker_threshold, settings.breaker_cooldown_s),
+        round_robin=RoundRobin(),
+        compress_response=False,
+        log_function=_no_access_log,  # one line per request comes from the decision event instead
+    )
+
+
+def _no_access_log(handler: tornado.web.RequestHandler) -> None:
+    return None

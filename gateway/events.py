@@ -1,0 +1,116 @@
+"""Decision events: one plain dict per request, built from what the request path recorded.
+
+Never the prompt text: only its SHA-256. Fields (docs/gateway.md lists them): id (`evt_...`),
+event_type, timestamp, request_id, route, config_revision, pack_name, pack_version,
+policies_enabled, verdict, reason_code, policy, policies[{policy, phase, verdict,
+reason_code, latency_ms, ...}], policy_error, fail_mode, provider, target, model, stream,
+status, error_code, latency_ms, upstream_latency_ms, attempts, input_tokens, output_tokens,
+cost_usd, user_id, agent_id, session_id, user_role, key_label, redactions, prompt_sha256.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from policies.model import ChainOutcome, Verdict
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What one request did, filled in as it goes; turned into the event at the end."""
+
+    request_id: str
+    route: str
+    started: float = field(default_factory=time.perf_counter)
+    timestamp: float = field(default_factory=time.time)
+    revision: str | None = None
+    pack_name: str | None = None
+    pack_version: str | None = None
+    policies_enabled: bool = True
+    fail_mode: str = "block"
+    model: str | None = None
+    provider: str | None = None
+    target: str | None = None
+    stream: bool = False
+    status: int = 0
+    error_code: str | None = None
+    outcomes: list[ChainOutcome] = field(default_factory=list)
+    upstream_ms: float = 0.0
+    attempts: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float | None = None
+    user_id: str | None = None
+    agent_id: str | None = None
+    session_id: str | None = None
+    user_role: str | None = None
+    key_label: str | None = None
+    prompt_sha256: str | None = None
+
+    def to_event(self) -> dict[str, Any]:
+        verdict, reason, policy = _overall(self.outcomes, self.policies_enabled, self.error_code)
+        return {
+            "id": "evt_" + uuid.uuid4().hex,
+            "event_type": "decision",
+            "timestamp": rfc3339(self.timestamp),
+            "request_id": self.request_id,
+            "route": self.route,
+            "config_revision": self.revision,
+            "pack_name": self.pack_name,
+            "pack_version": self.pack_version,
+            "policies_enabled": self.policies_enabled,
+            "verdict": verdict,
+            "reason_code": reason,
+            "policy": policy,
+            "policies": [r.as_dict() for o in self.outcomes for r in o.results],
+            "policy_error": any(o.policy_error for o in self.outcomes),
+            "fail_mode": self.fail_mode,
+            "provider": self.provider,
+            "target": self.target,
+            "model": self.model,
+            "stream": self.stream,
+            "status": self.status,
+            "error_code": self.error_code,
+            "latency_ms": round((time.perf_counter() - self.started) * 1000.0, 3),
+            "upstream_latency_ms": round(self.upstream_ms, 3),
+            "attempts": self.attempts,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+            "user_id": self.user_id,
+            "agent_id": self.agent_id,
+            "session_id": self.session_id,
+            "user_role": self.user_role,
+            "key_label": self.key_label,
+            "redactions": sum(o.redactions for o in self.outcomes),
+            "prompt_sha256": self.prompt_sha256,
+        }
+
+
+def _overall(outcomes: list[ChainOutcome], enabled: bool, error_code: str | None) -> tuple[str, str, str | None]:
+    """The request's verdict, reason code and decisive policy across its phases.
+
+    No chain ran: `policies_disabled` when the pack is off, else verdict `error` with the
+    error code (a request rejected before the policies, e.g. 400/401/413).
+    """
+    for verdict in (Verdict.BLOCK, Verdict.ESCALATE, Verdict.REDACT):
+        for o in outcomes:
+            if o.verdict is verdict:
+                return verdict.value, o.reason_code, o.policy
+    if any(o.redactions for o in outcomes):
+        return Verdict.REDACT.value, "redacted", None
+    if outcomes:
+        return Verdict.ALLOW.value, "all_policies_passed", None
+    if not enabled:
+        return Verdict.ALLOW.value, "policies_disabled", None
+    if error_code:
+        return "error", error_code, None
+    return Verdict.ALLOW.value, "all_policies_passed", None

@@ -1,0 +1,670 @@
+"""The proxy handlers: /v1/chat/completions, /v1/messages, /v1/embeddings, /v1/models.
+
+One request: take the config snapshot once -> check the gateway key and the body -> build
+the canonical (OpenAI chat) request -> input policies (their redactions change what goes
+upstream) -> targets for the model, with fallback, backoff and a breaker per target ->
+output policies on the answer (incrementally on streams) -> answer in the client's format
+-> one decision event to `runtime.record_event` (no I/O).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+import orjson
+import tornado.web
+from tornado.iostream import StreamClosedError
+
+from gateway import adapters, translate
+from gateway.errors import GatewayError, invalid, not_found, not_ready
+from gateway.events import RequestRecord
+from gateway.keys import presented_key
+from gateway.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
+from gateway.runtime import Runtime
+from gateway.upstream import DONE, UpstreamFailure, unavailable_reason
+from policies.model import ChainOutcome, Exchange, Target, Verdict
+
+log = logging.getLogger("kt.gateway")
+T = TypeVar("T")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NOT_IDENTITY = frozenset({"authorization", "x-api-key", "cookie", "proxy-authorization"})
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no"}
+
+
+class ClientGone(Exception):
+    """The client closed the connection while we were answering."""
+
+
+def policy_error(outcome: ChainOutcome, blocked_code: str) -> GatewayError | None:
+    """The error for a blocking/escalating outcome, or None when the request may go on."""
+    if outcome.verdict is Verdict.BLOCK:
+        if outcome.reason_code == "policy_error":
+            return GatewayError(
+                503, "policy_error", "policy_error",
+                f"policy {outcome.policy} failed while checking this request and --fail-mode is block",
+                outcome.policy,
+            )
+        return GatewayError(
+            409, "policy_violation", blocked_code,
+            outcome.message or f"blocked by policy {outcome.policy} ({outcome.reason_code})", outcome.policy,
+        )
+    if outcome.verdict is Verdict.ESCALATE:
+        return GatewayError(
+            409, "policy_violation", "escalation_required",
+            outcome.message or f"policy {outcome.policy} requires human review ({outcome.reason_code})", outcome.policy,
+        )
+    return None
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Every route: request id, config revision header, the error envelope, never a traceback."""
+
+    anthropic_errors = False
+    request_id: str | None = None
+
+    def initialize(self) -> None:
+        self.runtime: Runtime = self.settings["runtime"]
+        self.snap = self.runtime.snapshot
+        self.error: GatewayError | None = None
+
+    def set_default_headers(self) -> None:
+        self.clear_header("Server")
+        if self.request_id:
+            self.set_header("X-Request-ID", self.request_id)
+            self.set_header("X-Keeptrusts-Config-Revision", self.snap.revision if self.snap else "none")
+            if self.snap and not self.snap.config.enabled:
+                self.set_header("X-Keeptrusts-Policies", "disabled")
+
+    def prepare(self) -> None:
+        rid = self.request.headers.get("X-Request-ID")
+        self.request_id = rid if rid and _REQUEST_ID.match(rid) else "req_" + uuid.uuid4().hex
+        self.set_default_headers()
+
+    def check_xsrf_cookie(self) -> None:  # an API: no cookies, no XSRF
+        return
+
+    def send_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(payload if isinstance(payload, bytes) else orjson.dumps(payload))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, GatewayError):
+            err = exc
+        elif isinstance(exc, tornado.web.HTTPError) and exc.status_code < 500:
+            err = GatewayError(exc.status_code, "validation_error", self._reason.lower().replace(" ", "_"),
+                               exc.log_message or self._reason)
+        else:
+            err = GatewayError(500, "internal_error", "internal_error",
+                               f"internal gateway error; the gateway log has the details (request {self.request_id})")
+        self.error = err
+        self.set_status(err.status)
+        for name, value in err.headers.items():
+            self.set_header(name, value)
+        self.set_header("Content-Type", "application/json")
+        self.finish(err.body(self.anthropic_errors))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, GatewayError):
+            return
+        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
+            return
+        log.error("request %s failed", self.request_id, exc_info=(typ, value, tb))
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        raise not_found(self.request.path)
+
+
+class HealthzHandler(BaseHandler):
+    """Liveness: the process answers."""
+
+    def get(self) -> None:
+        self.send_json({"status": "ok"})
+
+
+class ReadyzHandler(BaseHandler):
+    """Readiness: 503 until a config is loaded and while draining."""
+
+    def get(self) -> None:
+        if self.runtime.ready:
+            self.send_json({"status": "ready", "revision": self.snap.revision if self.snap else None})
+        else:
+            reason = "draining" if self.runtime.draining else "no config loaded"
+            self.send_json({"status": "not_ready", "reason": reason}, 503)
+
+
+class AuthedHandler(BaseHandler):
+    """Routes that need the gateway to be ready and, with --keys-file, a gateway key."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        self.record = RequestRecord(self.request_id or "", self.request.path)
+        self.runtime.in_flight += 1
+        self._counted = True
+        if not self.runtime.ready or self.snap is None:
+            raise not_ready()
+        snap = self.snap
+        rec = self.record
+        rec.revision = snap.revision
+        rec.pack_name = snap.config.pack.name
+        rec.pack_version = snap.config.pack.version
+        rec.policies_enabled = snap.config.enabled
+        rec.fail_mode = self.runtime.fail_mode
+        keys = self.settings["keys"]
+        if keys is not None:
+            headers = self.request.headers
+            label = keys.label_for(presented_key(headers.get("Authorization"), headers.get("X-Api-Key")))
+            if label is None:
+                raise GatewayError(401, "authentication_error", "invalid_api_key",
+                                   "missing or invalid gateway key: send it as 'Authorization: Bearer <key>' "
+                                   "or in the 'x-api-key' header")
+            rec.key_label = label
+
+    def on_finish(self) -> None:
+        if getattr(self, "_counted", False):
+            self._counted = False
+            self.runtime.in_flight -= 1
+            rec = self.record
+            rec.status = rec.status or self.get_status()
+            if self.error is not None and rec.error_code is None:
+                rec.error_code = self.error.code
+            if self.emits_event:
+                self.runtime.record_event(rec.to_event())
+
+    emits_event = True
+
+
+class ModelsHandler(AuthedHandler):
+    """GET /v1/models: the configured targets' models, with their availability."""
+
+    emits_event = False
+
+    def get(self) -> None:
+        assert self.snap is not None
+        data: dict[str, dict[str, Any]] = {}
+        for target in self.snap.config.targets:
+            entry = data.get(target.model)
+            if entry is None:
+                entry = data[target.model] = {**adapters.model_entry(target), "targets": [], "available": False}
+            entry["targets"].append(target.id)
+            entry["available"] = entry["available"] or unavailable_reason(target) is None
+        self.send_json({"object": "list", "data": list(data.values())})
+
+
+@tornado.web.stream_request_body
+class ProxyHandler(AuthedHandler):
+    """Base of the POST proxy routes: body limit, JSON parsing, policies, fallback."""
+
+    def initialize(self) -> None:
+        super().initialize()
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self.sent_any = False  # bytes of a streamed answer reached the client
+        self.client_gone = False
+
+    def data_received(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size <= self.settings["max_body_size"]:
+            self._chunks.append(chunk)
+        else:
+            self._chunks.clear()
+
+    def on_connection_close(self) -> None:
+        self.client_gone = True
+        super().on_connection_close()
+
+    def body_json(self) -> dict[str, Any]:
+        limit = self.settings["max_body_size"]
+        if self._size > limit:
+            raise GatewayError(413, "validation_error", "request_too_large",
+                               f"request body is {self._size} bytes; this gateway accepts at most {limit} "
+                               "(--max-body-size)")
+        try:
+            body = orjson.loads(b"".join(self._chunks))
+        except orjson.JSONDecodeError as exc:
+            raise invalid(f"request body is not valid JSON ({exc}); send a JSON object", "invalid_json") from None
+        if not isinstance(body, dict):
+            raise invalid("request body must be a JSON object", "invalid_json")
+        return body
+
+    # --- shared steps ---------------------------------------------------------------------
+    def exchange(self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
+                 max_tokens: int | None) -> tuple[Exchange, list[Target]]:
+        """The Exchange for the chain, and the targets configured for `model` (400 when none)."""
+        assert self.snap is not None
+        config = self.snap.config
+        targets = config.targets_for(model)
+        if not targets:
+            models = sorted({t.model for t in config.targets} | {t.id for t in config.targets})
+            raise invalid(f"model {model!r} is not served by this gateway; available models: "
+                          f"{', '.join(models) or '(none configured)'}", "model_not_found")
+        headers = {k.lower(): v for k, v in self.request.headers.get_all() if k.lower() not in _NOT_IDENTITY}
+        ex = Exchange(model=model, messages=messages, tools=tools, headers=headers, targets=list(targets),
+                      max_tokens=max_tokens)
+        rec = self.record
+        rec.model = model
+        rec.user_id, rec.agent_id = ex.user_id, ex.agent_id
+        rec.session_id, rec.user_role = ex.session_id, ex.user_role
+        rec.prompt_sha256 = hashlib.sha256("\n".join(ex.iter_texts()).encode()).hexdigest()
+        return ex, targets
+
+    def run_input(self, ex: Exchange) -> None:
+        """Input-phase policies; raise the 409/503 envelope on a block."""
+        assert self.snap is not None
+        if not self.snap.config.enabled:
+            return
+        outcome = self.snap.config.chain.run_input(ex, self.runtime.fail_mode)
+        self.record.outcomes.append(outcome)
+        err = policy_error(outcome, "input_blocked")
+        if err is not None:
+            raise err
+
+    def plan(self, ex: Exchange, usable: Callable[[Target], bool] = lambda t: True) -> list[Target]:
+        """The targets of each attempt: available ones (secret present) in strategy order, 1 + max_retries."""
+        assert self.snap is not None
+        fallback = self.snap.config.fallback
+        ok, missing = [], []
+        for target in ex.targets:
+            reason = unavailable_reason(target) if usable(target) else f"provider {target.provider} cannot serve this"
+            (missing.append(f"{target.id}: {reason}") if reason else ok.append(target))
+        if not ok:
+            detail = "; ".join(missing) or "the policies left no target"
+            raise GatewayError(503, "upstream_error", "no_available_target",
+                               f"no target can serve model {ex.model!r} ({detail})")
+        if fallback.strategy == "round-robin":
+            ok = self.settings["round_robin"].rotate(ex.model, ok)
+        return attempt_plan(ok, fallback.max_retries)
+
+    async def with_fallback(self, plan: list[Target], call: Callable[[Target], Awaitable[T]]) -> T | None:
+        """Run `call` on the plan's targets until one succeeds; retries, backoff, breakers.
+
+        Returns None when a stream failed after its first byte (the error event is already sent).
+        """
+        assert self.snap is not None
+        retry_on = self.snap.config.fallback.retry_on
+        breakers = self.settings["breakers"]
+        rec = self.record
+        last: UpstreamFailure | None = None
+        previous: Target | None = None
+        for target in plan:
+            breaker = breakers.get(target.id)
+            if not breaker.allow():
+                continue
+            if rec.attempts:
+                delay = backoff_delay(rec.attempts)
+                if last is not None and last.retry_after is not None and previous is not None \
+                        and previous.id == target.id:
+                    if last.retry_after > MAX_RETRY_AFTER_S:
+                        breaker.release()
+                        break
+                    delay = max(delay, last.retry_after)
+                await asyncio.sleep(delay)
+            rec.attempts += 1
+            rec.target, rec.provider = target.id, target.provider
+            started = time.perf_counter()
+            try:
+                result = await call(target)
+            except UpstreamFailure as failure:
+                rec.upstream_ms += (time.perf_counter() - started) * 1000.0
+                breaker.failure() if failure.target_failed else breaker.success()
+                log.warning("request %s: attempt %d on %s failed: %s", self.request_id, rec.attempts, target.id,
+                            failure.message)
+                if failure.committed:
+                    rec.status, rec.error_code = 200, failure.error().code
+                    return None
+                last, previous = failure, target
+                if not failure.retryable(retry_on):
+                    raise failure.error() from None
+                continue
+            except BaseException:
+                breaker.release()
+                raise
+            rec.upstream_ms += (time.perf_counter() - started) * 1000.0
+            breaker.success()
+            return result
+        if last is None:
+            cooldown = breakers.cooldown_s
+            raise GatewayError(503, "upstream_error", "circuit_open",
+                               f"every target of model {plan[0].model!r} is failing (circuit breaker open); "
+                               f"retry in about {cooldown:g} s", headers={"Retry-After": str(max(1, round(cooldown)))})
+        raise last.error()
+
+    def record_usage(self, ex: Exchange, usage: Any) -> None:
+        if isinstance(usage, dict):
+            ex.input_tokens = int(usage.get("prompt_tokens") or 0)
+            ex.output_tokens = int(usage.get("completion_tokens") or 0)
+            self.record.input_tokens, self.record.output_tokens = ex.input_tokens, ex.output_tokens
+
+
+class ChatHandler(ProxyHandler):
+    """POST /v1/chat/completions (OpenAI format, JSON and SSE)."""
+
+    def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The canonical request: the body itself, checked."""
+        return validate_chat(body)
+
+    # --- client-format hooks (overridden for Anthropic clients) ----------------------------
+    def answer(self, resp: dict[str, Any], raw: bytes | None) -> None:
+        self.send_json(raw if raw is not None else resp)
+
+    def sse(self, chunks: list[dict[str, Any]]) -> bytes:
+        return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+
+    def sse_done(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def sse_error(self, err: GatewayError) -> bytes:
+        return translate.openai_stream_error(err.type, err.message, err.code, err.policy)
+
+    # --- the route -------------------------------------------------------------------------
+    async def post(self) -> None:
+        req = self.canonical(self.body_json())
+        self.client_usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        ex, _ = self.exchange(req["model"], req["messages"], req.get("tools") or [],
+                              req.get("max_completion_tokens") or req.get("max_tokens"))
+        self.run_input(ex)
+        req["messages"] = ex.messages
+        plan = self.plan(ex)
+        client = self.settings["upstream"]
+        if req.get("stream"):
+            self.record.stream = True
+
+            async def call_stream(target: Target) -> bool:
+                async with aclosing(adapters.stream(client, target, req)) as batches:
+                    await self.relay(batches, ex)
+                return True
+
+            await self.with_fallback(plan, call_stream)
+            return
+        result = await self.with_fallback(plan, lambda target: adapters.complete(client, target, req))
+        assert result is not None
+        resp, raw = result
+        self.record_usage(ex, resp.get("usage"))
+        if self.check_output(resp, ex):
+            raw = None
+        self.answer(resp, raw)
+
+    def check_output(self, resp: dict[str, Any], ex: Exchange) -> bool:
+        """Output policies on each choice; True when a redaction changed the answer."""
+        assert self.snap is not None
+        config = self.snap.config
+        if not config.enabled or not config.chain.output_policies:
+            return False
+        changed = False
+        for choice in resp.get("choices") or ():
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict):
+                continue
+            text = message.get("content") if isinstance(message.get("content"), str) else ""
+            ex.response_text = text
+            ex.response_tool_calls = list(message.get("tool_calls") or ())
+            outcome = config.chain.run_output(ex, self.runtime.fail_mode)
+            self.record.outcomes.append(outcome)
+            err = policy_error(outcome, "output_blocked")
+            if err is not None:
+                raise err
+            if ex.response_text != text:
+                message["content"] = ex.response_text
+                changed = True
+        return changed
+
+    # --- streams ---------------------------------------------------------------------------
+    async def write_sse(self, data: bytes) -> None:
+        if not self.sent_any:
+            for name, value in _SSE_HEADERS.items():
+                self.set_header(name, value)
+        if self.client_gone:
+            raise ClientGone
+        self.write(data)
+        try:
+            await self.flush()
+        except StreamClosedError:
+            raise ClientGone from None
+        self.sent_any = True
+
+    async def relay(self, batches: AsyncIterator[adapters.Batch], ex: Exchange) -> None:
+        """Forward a stream chunk by chunk through the stream guard; withhold only the final chunks.
+
+        Content deltas are scanned and forwarded at once. The finish chunk (and usage) is held
+        until `finish()` has checked the whole answer, tool calls included; a block ends the
+        stream with an error event in the client's format (a 409 when nothing was sent yet).
+        """
+        assert self.snap is not None
+        config = self.snap.config
+        active = config.enabled and bool(config.chain.output_policies)
+        guards: dict[int, Any] = {}
+        tools: dict[int, dict[int, dict[str, Any]]] = {}
+        held: list[dict[str, Any]] = []
+        try:
+            async for batch in batches:
+                out: list[dict[str, Any]] = []
+                for chunk in batch:
+                    if chunk is DONE:
+                        break
+                    if "error" in chunk and not chunk.get("choices"):
+                        raise UpstreamFailure("5xx", f"target {self.record.target} failed mid-stream: "
+                                              f"{str((chunk.get('error') or {}).get('message', ''))[:200]}")
+                    if chunk.get("usage"):
+                        self.record_usage(ex, chunk["usage"])
+                    hold = False
+                    for choice in chunk.get("choices") or ():
+                        index = choice.get("index", 0)
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content")
+                        if active and isinstance(text, str) and text:
+                            guard = guards.get(index) or guards.setdefault(
+                                index, config.chain.stream_guard(ex, self.runtime.fail_mode))
+                            forward, blocked = guard.feed(text)
+                            if blocked is not None:
+                                self.record.outcomes.append(blocked)
+                                if out:  # what passed before the match still goes out first
+                                    await self.write_sse(self.sse(out))
+                                await self.end_blocked(blocked)
+                                return
+                            if forward != text:
+                                delta["content"] = forward
+                        if delta.get("tool_calls"):
+                            _merge_tool_calls(tools.setdefault(index, {}), delta["tool_calls"])
+                        if choice.get("finish_reason"):
+                            hold = True
+                    if not self.client_usage and "usage" in chunk:
+                        if not chunk.get("choices"):
+                            continue
+                        del chunk["usage"]
+                    if hold or held:
+                        held.append(chunk)
+                    else:
+                        out.append(chunk)
+                if out:
+                    await self.write_sse(self.sse(out))
+            if active:
+                for index in sorted(set(guards) | set(tools) | {0}):
+                    guard = guards.get(index) or config.chain.stream_guard(ex, self.runtime.fail_mode)
+                    ex.response_tool_calls = list(tools.get(index, {}).values())
+                    outcome = guard.finish()
+                    self.record.outcomes.append(outcome)
+                    if policy_error(outcome, "output_blocked") is not None:
+                        await self.end_blocked(outcome)
+                        return
+                    if len(self.record.outcomes) > 8:  # many choices: keep the event small
+                        break
+            await self.write_sse(self.sse(held) + self.sse_done())
+            self.finish()
+        except ClientGone:
+            self.record.status, self.record.error_code = 499, "client_closed"
+        except UpstreamFailure as failure:
+            if self.sent_any:
+                failure.committed = True
+                err = failure.error()
+                self.error = err
+                with _quiet():
+                    await self.write_sse(self.sse_error(err))
+                    self.finish()
+            raise
+
+    async def end_blocked(self, outcome: ChainOutcome) -> None:
+        err = policy_error(outcome, "output_blocked")
+        assert err is not None
+        if not self.sent_any:
+            raise err  # nothing reached the client yet: a plain 409/503 envelope
+        self.error = err
+        with _quiet():
+            await self.write_sse(self.sse_error(err))
+            self.finish()
+
+
+class _quiet:
+    """Swallow a client that went away while we send the last bytes."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: Any, value: Any, tb: Any) -> bool:
+        return typ is not None and issubclass(typ, (ClientGone, StreamClosedError))
+
+
+def _merge_tool_calls(acc: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    """Accumulate streamed tool-call deltas into whole calls (by their index)."""
+    for d in deltas:
+        if not isinstance(d, dict):
+            continue
+        call = acc.setdefault(d.get("index", 0), {"id": "", "type": "function",
+                                                  "function": {"name": "", "arguments": ""}})
+        if d.get("id"):
+            call["id"] = d["id"]
+        fn = d.get("function") or {}
+        if fn.get("name"):
+            call["function"]["name"] += fn["name"]
+        if fn.get("arguments"):
+            call["function"]["arguments"] += fn["arguments"]
+
+
+class MessagesHandler(ChatHandler):
+    """POST /v1/messages: Anthropic format in and out; canonical OpenAI inside."""
+
+    anthropic_errors = True
+
+    def initialize(self) -> None:
+        super().initialize()
+        self.client_model = ""
+        self.to_anthropic: translate.OpenAIStreamToAnthropic | None = None
+
+    def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            raise invalid("`model` is required and must be a string", "missing_model")
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise invalid("`messages` is required: a non-empty list of {role, content}", "missing_messages")
+        if not isinstance(body.get("max_tokens"), int):
+            raise invalid("`max_tokens` is required and must be an integer", "invalid_max_tokens")
+        try:
+            req = translate.anthropic_request_to_openai(body)
+        except translate.TranslationError as exc:
+            raise invalid(str(exc)) from None
+        self.client_model = body["model"]
+        self.client_usage = True
+        return req
+
+    def answer(self, resp: dict[str, Any], raw: bytes | None) -> None:
+        self.send_json(translate.openai_response_to_anthropic(resp, self.client_model))
+
+    def sse(self, chunks: list[dict[str, Any]]) -> bytes:
+        if self.to_anthropic is None:
+            self.to_anthropic = translate.OpenAIStreamToAnthropic(self.client_model, self.record.input_tokens)
+        events = [e for c in chunks for e in self.to_anthropic.feed(c)]
+        return b"".join(translate.format_sse(e, e["type"]) for e in events)
+
+    def sse_done(self) -> bytes:
+        if self.to_anthropic is None:
+            self.sse([])
+        assert self.to_anthropic is not None
+        return b"".join(translate.format_sse(e, e["type"]) for e in self.to_anthropic.close())
+
+    def sse_error(self, err: GatewayError) -> bytes:
+        return translate.anthropic_stream_error(err.type, err.message, code=err.code, policy=err.policy)
+
+
+class EmbeddingsHandler(ProxyHandler):
+    """POST /v1/embeddings: input policies on the texts, then an OpenAI-format embeddings target."""
+
+    async def post(self) -> None:
+        body = self.body_json()
+        model, inputs = body.get("model"), body.get("input")
+        if not isinstance(model, str) or not model:
+            raise invalid("`model` is required and must be a string", "missing_model")
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if not isinstance(texts, list) or not texts:
+            raise invalid("`input` is required: a string or a non-empty list of strings", "missing_input")
+        strings = [t for t in texts if isinstance(t, str)]
+        messages = [{"role": "user", "content": t} for t in strings]
+        ex, _ = self.exchange(model, messages, [], None)
+        self.run_input(ex)
+        if strings and len(strings) == len(texts):
+            redacted = [m["content"] for m in ex.messages]
+            body["input"] = redacted[0] if isinstance(inputs, str) else redacted
+        plan = self.plan(ex, adapters.supports_embeddings)
+        client = self.settings["upstream"]
+        result = await self.with_fallback(plan, lambda target: adapters.embed(client, target, body))
+        assert result is not None
+        resp, raw = result
+        usage = resp.get("usage") or {}
+        self.record.input_tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+        self.send_json(raw if raw is not None else resp)
+
+
+def validate_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """Check an OpenAI chat request's shape; raise a 400 saying what to fix."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise invalid("`model` is required and must be a non-empty string", "missing_model")
+    messages = body.get("messages")
+    if messages is None:
+        raise invalid("`messages` is required: a non-empty list of {role, content} objects", "missing_messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("`messages` must be a non-empty list of {role, content} objects", "invalid_messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise invalid(f"`messages[{i}]` must be an object with `role` and `content`", "invalid_messages")
+        if not isinstance(message.get("role"), str):
+            raise invalid(f"`messages[{i}].role` is required and must be a string", "invalid_messages")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise invalid(f"`messages[{i}].content` must be a string or a list of content parts", "invalid_messages")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise invalid("`stream` must be true or false", "invalid_stream")
+    if body.get("tools") is not None and not isinstance(body["tools"], list):
+        raise invalid("`tools` must be a list of tool definitions", "invalid_tools")
+    for key in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise invalid(f"`{key}` must be a positive integer", f"invalid_{key}")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise invalid("`stream_options` must be an object", "invalid_stream_options")
+    return body
+
+
+__all__ = [
+    "BaseHandler",
+    "ChatHandler",
+    "EmbeddingsHandler",
+    "HealthzHandler",
+    "MessagesHandler",
+    "ModelsHandler",
+    "NotFoundHandler",
+    "ReadyzHandler",
+    "not_found",
+]

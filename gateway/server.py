@@ -1,0 +1,117 @@
+"""Starting, running and draining one gateway process (what `kt gateway run` calls).
+
+Start: load and validate the config, build the immutable snapshot, bind, serve. SIGTERM or
+SIGINT: /readyz turns 503, the listening socket closes, in-flight requests finish (bounded
+by the drain timeout), then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tornado.web
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+
+from gateway.app import GatewaySettings, make_app
+from gateway.runtime import Runtime, Snapshot
+from gateway.upstream import unavailable_reason
+from policies import load_config
+
+log = logging.getLogger("kt.gateway")
+
+
+def load_snapshot(path: str | Path, runtime: Runtime) -> Snapshot:
+    """Load the config file at `path` into a snapshot (raises `ConfigError`)."""
+    config = load_config(path, runtime.policy_state)
+    return Snapshot(config=config, revision=config.sha256, source="file", path=str(path))
+
+
+def log_config(snapshot: Snapshot) -> None:
+    """Say what runs: pack, revision, chain, and which targets are unavailable and why."""
+    config = snapshot.config
+    log.info("loaded config %s@%s from %s (revision %s); chain: %s", config.pack.name, config.pack.version,
+             snapshot.path, snapshot.revision[:12], " -> ".join(config.chain.kinds) or "(empty)")
+    if not config.enabled:
+        log.warning("pack.enabled is false: traffic passes with NO policies (events say policies_enabled=false)")
+    for target in config.targets:
+        reason = unavailable_reason(target)
+        if reason:
+            log.warning("target %s (%s %s) is unavailable: %s", target.id, target.provider, target.model, reason)
+        elif target.provider == "mock":
+            log.info("target %s serves %s from the built-in mock provider (local demo, no network)",
+                     target.id, target.model)
+
+
+@dataclass
+class RunningGateway:
+    """A started gateway: its runtime, app and the port it listens on."""
+
+    runtime: Runtime
+    app: tornado.web.Application
+    server: HTTPServer
+    settings: GatewaySettings
+    port: int
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), close connections and the upstream pool."""
+        runtime = self.runtime
+        runtime.draining = True
+        self.server.stop()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout
+        while runtime.in_flight > 0 and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if runtime.in_flight > 0:
+            log.warning("drain timeout (%.1f s) reached with %d request(s) still in flight",
+                        self.settings.drain_timeout, runtime.in_flight)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.server.close_all_connections(), 2.0)
+        await self.app.settings["upstream"].close()
+
+
+async def start(settings: GatewaySettings, config_path: str | Path, runtime: Runtime | None = None) -> RunningGateway:
+    """Load the config and listen; returns once the gateway accepts requests."""
+    runtime = runtime or Runtime(fail_mode=settings.fail_mode)
+    runtime.fail_mode = settings.fail_mode
+    runtime.snapshot = load_snapshot(config_path, runtime)
+    log_config(runtime.snapshot)
+    if settings.keys is None:
+        log.warning("no --keys-file: the gateway is open, any client can use it without a key")
+    else:
+        log.info("gateway keys: %d accepted key(s)", len(settings.keys))
+    app = make_app(runtime, settings)
+    # Bodies up to twice the limit are read and answered 413 with the envelope; beyond that
+    # Tornado drops the connection without reading more.
+    server = HTTPServer(app, max_body_size=settings.max_body_size * 2 + 1024 * 1024, idle_connection_timeout=75)
+    sockets = bind_sockets(settings.port, settings.host or None, backlog=1024)
+    server.add_sockets(sockets)
+    return RunningGateway(runtime, app, server, settings, sockets[0].getsockname()[1])
+
+
+async def serve(settings: GatewaySettings, config_path: str | Path) -> int:
+    """Run until SIGTERM/SIGINT, then drain; the exit code."""
+    began = time.perf_counter()
+    gateway = await start(settings, config_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("listening on http://%s:%d (ready in %.2f s)", settings.host or "0.0.0.0", gateway.port,
+             time.perf_counter() - began)
+    await stop.wait()
+    log.info("signal received: draining (up to %.1f s)", settings.drain_timeout)
+    await gateway.drain()
+    log.info("stopped")
+    return 0
+
+
+def run(settings: GatewaySettings, config_path: str | Path) -> int:
+    """Blocking entry point for the CLI."""
+    return asyncio.run(serve(settings, config_path))

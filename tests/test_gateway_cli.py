@@ -1,0 +1,126 @@
+"""`kt gateway run` as a real process: startup log, serving, SIGTERM drain, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.fake_upstream import FakeUpstream
+from tests.gateway_harness import write_config
+from tests.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kt(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "kt", *args], cwd=ROOT, text=True,
+                            env={**os.environ, **(env or {})}, **kw)
+
+
+def status_of(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def test_run_serves_and_drains_on_sigterm(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+    cfg = write_config(tmp_path / "c.yaml", [
+        {"id": "main", "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
+         "secret_key_ref": {"env": "KT_CLI_KEY"}},
+        {"id": "gone", "provider": "anthropic", "model": "claude-x", "secret_key_ref": {"env": "KT_CLI_MISSING"}}])
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    env = {"KT_CLI_KEY": "sk-up"}
+    os.environ.pop("KT_CLI_MISSING", None)
+    with log.open("w") as err:
+        proc = kt("gateway", "run", "--config", str(cfg), "--listen", f"127.0.0.1:{port}", "--drain-timeout", "20",
+                  env=env, stderr=err, stdout=err)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: status_of(base + "/readyz") == 200 or proc.poll() is not None, timeout=15)
+        assert proc.poll() is None, log.read_text()
+        text = log.read_text()
+        assert "target gone (anthropic claude-x) is unavailable: secret env var KT_CLI_MISSING is not set" in text
+        assert "no --keys-file" in text
+        client = openai.OpenAI(base_url=base + "/v1", api_key="client", max_retries=0)
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+
+        fake_upstream.queue_reply("a slow stream that must finish", chunks=6, chunk_delay=0.15)
+        received: list[str] = []
+        done = threading.Event()
+
+        def consume() -> None:
+            for c in client.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                                    messages=[{"role": "user", "content": "y"}]):
+                received.extend(c.choices[0].delta.content or "" for _ in [0] if c.choices)
+            done.set()
+
+        reader = threading.Thread(target=consume, daemon=True)
+        reader.start()
+        wait_for(lambda: received, timeout=10)  # the stream is flowing
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        reader.join(10)
+        assert done.is_set() and "".join(received) == "a slow stream that must finish"
+        assert status_of(base + "/healthz") is None  # no longer listening
+        assert "draining" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_default_config_answers_with_no_provider_key(tmp_path: Path) -> None:
+    port = free_port()
+    proc = kt("gateway", "run", "--policy-config", "policies/examples/default/policy-config.yaml",
+              "--port", str(port), "--listen", "127.0.0.1:0", stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: status_of(base + "/readyz") == 200 or proc.poll() is not None, timeout=15)
+        req = urllib.request.Request(base + "/v1/chat/completions", method="POST", data=json.dumps(
+            {"model": "demo-model", "messages": [{"role": "user", "content": "hello"}]}).encode())
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            body = json.load(resp)
+        assert body["choices"][0]["message"]["content"].startswith("[mock]")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["--config", "missing.yaml"], 2, "cannot read file"),
+    (["--config", "policies/examples/default/policy-config.yaml", "--listen", "nonsense"], 1, "HOST:PORT"),
+    (["--config", "policies/examples/default/policy-config.yaml", "--keys-file", "/nonexistent/keys"], 1,
+     "cannot read keys file"),
+    (["--config", "policies/examples/default/policy-config.yaml", "--max-body-size", "lots"], 1, "10MiB"),
+])
+def test_bad_input_exits_with_a_message(args: list[str], code: int, needle: str) -> None:
+    proc = kt("gateway", "run", *args, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == code
+    assert needle in out + err and "Traceback" not in out + err

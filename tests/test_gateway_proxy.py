@@ -1,0 +1,388 @@
+"""The proxy through real HTTP with the official SDKs: routes, formats, policies, auth, hygiene."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from tests.fake_upstream import FakeUpstream, Reply, ToolCall
+from tests.gateway_harness import GatewayThread, ToolKind, write_config
+from tests.waiting import wait_for
+
+KEY_ENV = "KT_TEST_UPSTREAM_KEY"
+UPSTREAM_KEY = "sk-upstream-secret-123"
+CLIENT_KEY = "kt_gk_client_key_456"
+
+
+@pytest.fixture(autouse=True)
+def upstream_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, UPSTREAM_KEY)
+
+
+def target(fake: FakeUpstream, id: str = "primary", model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
+    return {"id": id, "provider": "openai", "model": model, "base_url": fake.base_url,
+            "secret_key_ref": {"env": KEY_ENV}, **extra}
+
+
+def oai(gw: GatewayThread, **kw: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url, api_key=kw.pop("api_key", CLIENT_KEY), max_retries=0, **kw)
+
+
+def raw(gw: GatewayThread, method: str, path: str, body: bytes | None = None,
+        headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", int(gw.url.rsplit(":", 1)[1]), timeout=10)
+    conn.request(method, path, body=body, headers=headers or {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+
+def chat_body(text: str = "hello", **extra: Any) -> bytes:
+    return json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], **extra}).encode()
+
+
+@pytest.fixture
+def plain(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any) -> GatewayThread:
+    return start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)]))
+
+
+# --- happy paths with the SDKs ------------------------------------------------------------------
+
+
+def test_chat_json_via_openai_sdk(plain: GatewayThread, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.queue_reply("Hi from upstream")
+    resp = oai(plain).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+    completion = resp.parse()
+    assert completion.choices[0].message.content == "Hi from upstream"
+    assert resp.headers["x-request-id"].startswith("req_")
+    assert resp.headers["x-keeptrusts-config-revision"] == plain.runtime.snapshot.revision
+    sent = fake_upstream.requests_to("/v1/chat/completions")[-1]
+    assert sent.header("authorization") == f"Bearer {UPSTREAM_KEY}"
+    assert CLIENT_KEY not in json.dumps(sent.headers)
+    event = wait_for(lambda: plain.events)[-1]
+    assert event["id"].startswith("evt_") and event["verdict"] == "allow" and event["status"] == 200
+    assert event["target"] == "primary" and event["provider"] == "openai" and event["input_tokens"] > 0
+    assert event["prompt_sha256"] == hashlib.sha256(b"hello").hexdigest()
+    assert "hello" not in json.dumps(event).replace(event["prompt_sha256"], "")
+
+
+def test_chat_stream_via_openai_sdk_with_usage(plain: GatewayThread, fake_upstream: FakeUpstream) -> None:
+    fake_upstream.queue_reply("one two three four", chunks=4)
+    stream = oai(plain).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two three four"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    event = wait_for(lambda: plain.events)[-1]
+    assert event["stream"] is True and event["output_tokens"] == 4
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(plain: GatewayThread) -> None:
+    chunks = list(oai(plain).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True))
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+    assert wait_for(lambda: plain.events)[-1]["output_tokens"] > 0  # the gateway still counted
+
+
+def test_async_openai_sdk_json_and_stream(plain: GatewayThread, fake_upstream: FakeUpstream) -> None:
+    async def main() -> tuple[str, str]:
+        client = openai.AsyncOpenAI(base_url=plain.base_url, api_key=CLIENT_KEY, max_retries=0)
+        one = await client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "a"}])
+        stream = await client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "b"}], stream=True)
+        parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
+        await client.close()
+        return one.choices[0].message.content or "", "".join(parts)
+
+    fake_upstream.set_default("async answer")
+    assert asyncio.run(main()) == ("async answer", "async answer")
+
+
+def test_anthropic_sdk_on_openai_target(plain: GatewayThread, fake_upstream: FakeUpstream) -> None:
+    client = anthropic.Anthropic(base_url=plain.url, api_key=CLIENT_KEY, max_retries=0)
+    fake_upstream.queue_reply("bonjour")
+    msg = client.messages.create(model="gpt-4o-mini", max_tokens=50, system="be brief",
+                                 messages=[{"role": "user", "content": "hello"}])
+    assert msg.content[0].text == "bonjour" and msg.stop_reason == "end_turn"
+    sent = fake_upstream.requests_to("/v1/chat/completions")[-1].body
+    assert sent["messages"][0] == {"role": "system", "content": "be brief"}
+    fake_upstream.queue_reply("streamed reply here", chunks=3)
+    with client.messages.stream(model="gpt-4o-mini", max_tokens=50,
+                                messages=[{"role": "user", "content": "hi"}]) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "streamed reply here" and final.usage.output_tokens == 3
+
+
+def test_anthropic_target_for_openai_and_anthropic_clients(
+        tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any) -> None:
+    cfg = write_config(tmp_path / "c.yaml", [
+        {"id": "claude", "provider": "anthropic", "model": "claude-3-5-haiku-latest", "base_url": fake_upstream.url,
+         "secret_key_ref": {"env": KEY_ENV}}])
+    gw = start_gateway(cfg)
+    fake_upstream.set_default("from claude", chunks=2)
+    resp = oai(gw).chat.completions.create(model="claude-3-5-haiku-latest",
+                                           messages=[{"role": "user", "content": "hi"}])
+    assert resp.choices[0].message.content == "from claude"
+    sent = fake_upstream.requests_to("/v1/messages")[-1]
+    assert sent.header("x-api-key") == UPSTREAM_KEY and sent.header("anthropic-version")
+    assert sent.header("authorization") is None
+    parts = [c.choices[0].delta.content or "" for c in oai(gw).chat.completions.create(
+        model="claude-3-5-haiku-latest", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices]
+    assert "".join(parts) == "from claude"
+    client = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    with client.messages.stream(model="claude-3-5-haiku-latest", max_tokens=20,
+                                messages=[{"role": "user", "content": "hi"}]) as stream:
+        assert "".join(stream.text_stream) == "from claude"
+
+
+def test_embeddings_and_models(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KT_TEST_MISSING", raising=False)
+    cfg = write_config(tmp_path / "c.yaml", [
+        target(fake_upstream, "emb", "text-embedding-3-small"),
+        {"id": "demo", "provider": "mock", "model": "demo-model"},
+        {"id": "nokey", "provider": "openai", "model": "gpt-4o", "secret_key_ref": {"env": "KT_TEST_MISSING"}}])
+    gw = start_gateway(cfg)
+    client = oai(gw)
+    emb = client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
+    assert len(emb.data) == 2 and emb.data[0].embedding
+    assert len(client.embeddings.create(model="demo-model", input="x").data[0].embedding) > 0
+    models = {m.id: m for m in client.models.list()}
+    assert set(models) == {"text-embedding-3-small", "demo-model", "gpt-4o"}
+    assert models["demo-model"].owned_by == "kt-mock"
+    assert models["gpt-4o"].model_extra["available"] is False
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 503 and "KT_TEST_MISSING" in err.value.message
+    assert err.value.body["code"] == "no_available_target"
+
+
+# --- errors and hygiene -------------------------------------------------------------------------
+
+
+def test_unknown_model_lists_available(plain: GatewayThread) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        oai(plain).chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    assert err.value.body["code"] == "model_not_found" and "gpt-4o-mini" in err.value.body["message"]
+
+
+@pytest.mark.parametrize(("body", "code", "needle"), [
+    (b"{not json", "invalid_json", "not valid JSON"),
+    (b"[1, 2]", "invalid_json", "JSON object"),
+    (b'{"model": "gpt-4o-mini"}', "missing_messages", "messages"),
+    (b'{"model": "gpt-4o-mini", "messages": "hi"}', "invalid_messages", "list"),
+    (b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', "missing_model", "model"),
+    (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": 5}]}', "invalid_messages", "content"),
+    (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+     "invalid_stream", "stream"),
+])
+def test_malformed_requests_get_400_with_what_to_fix(plain: GatewayThread, body: bytes, code: str,
+                                                    needle: str) -> None:
+    status, headers, data = raw(plain, "POST", "/v1/chat/completions", body)
+    error = json.loads(data)["error"]
+    assert status == 400 and error["code"] == code and needle in error["message"]
+    assert set(error) == {"type", "code", "message", "policy"}
+    assert headers["x-request-id"] and headers["x-keeptrusts-config-revision"]
+    assert b"Traceback" not in data
+
+
+def test_messages_route_errors_are_anthropic_shaped(plain: GatewayThread) -> None:
+    client = anthropic.Anthropic(base_url=plain.url, api_key=CLIENT_KEY, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert err.value.body["type"] == "error" and err.value.body["error"]["code"] == "model_not_found"
+
+
+def test_body_over_limit_is_413(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any) -> None:
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)]), max_body_size=1000)
+    status, _, data = raw(gw, "POST", "/v1/chat/completions", chat_body("x" * 2000))
+    assert status == 413 and json.loads(data)["error"]["code"] == "request_too_large"
+    with pytest.raises(openai.APIStatusError) as err:
+        oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "y" * 5000}])
+    assert err.value.status_code == 413
+    assert raw(gw, "POST", "/v1/chat/completions", chat_body("small"))[0] == 200
+    assert fake_upstream.requests_to("/v1/chat/completions")[-1].body["messages"][0]["content"] == "small"
+
+
+def test_unknown_route_and_request_id_echo(plain: GatewayThread) -> None:
+    status, headers, data = raw(plain, "GET", "/v2/nothing", headers={"X-Request-ID": "abc-123"})
+    assert status == 404 and json.loads(data)["error"]["code"] == "not_found"
+    assert headers["x-request-id"] == "abc-123"
+    assert raw(plain, "GET", "/readyz")[0] == 200 and raw(plain, "GET", "/healthz")[0] == 200
+
+
+def test_gateway_keys(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any) -> None:
+    from gateway.keys import load_keys
+
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# team keys\n{hashlib.sha256(CLIENT_KEY.encode()).hexdigest()}  support-bot\n")
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)]), keys=load_keys(keys_file))
+    with pytest.raises(openai.AuthenticationError) as err:
+        oai(gw, api_key="wrong").chat.completions.create(model="gpt-4o-mini",
+                                                         messages=[{"role": "user", "content": "x"}])
+    assert err.value.body["code"] == "invalid_api_key"
+    assert raw(gw, "POST", "/v1/chat/completions", chat_body())[0] == 401
+    assert raw(gw, "GET", "/v1/models")[0] == 401
+    assert oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0).messages.create(
+        model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    ok = wait_for(lambda: [e for e in gw.events if e["status"] == 200] if len(gw.events) == 4 else None)
+    assert [e["key_label"] for e in ok] == ["support-bot", "support-bot"]
+    for sent in fake_upstream.requests:
+        assert CLIENT_KEY not in json.dumps(sent.headers)
+    assert not fake_upstream.requests_to("/v1/messages")
+
+
+def test_keys_file_errors(tmp_path: Path) -> None:
+    from gateway.keys import KeysFileError, load_keys
+
+    bad = tmp_path / "keys"
+    bad.write_text("not-a-hash label\n")
+    with pytest.raises(KeysFileError, match=r"keys:1: expected"):
+        load_keys(bad)
+    with pytest.raises(KeysFileError, match="cannot read"):
+        load_keys(tmp_path / "missing")
+
+
+# --- policies on the path -----------------------------------------------------------------------
+
+
+def test_input_redaction_changes_what_goes_upstream(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                    start_gateway: Any, test_kinds: None) -> None:
+    cfg = write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-term"],
+                       {"test-term": {"pattern": r"\d{3}-\d{4}", "verdict": "redact"}})
+    gw = start_gateway(cfg)
+    oai(gw).chat.completions.create(model="gpt-4o-mini",
+                                    messages=[{"role": "user", "content": "call me at 555-1234 please"}])
+    sent = fake_upstream.requests_to("/v1/chat/completions")[-1].body
+    assert sent["messages"][0]["content"] == "call me at [REDACTED] please"
+    event = wait_for(lambda: gw.events)[-1]
+    assert event["verdict"] == "redact" and event["redactions"] == 1 and event["policy"] == "test-term"
+
+
+def test_input_block_is_409_and_nothing_goes_upstream(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                      start_gateway: Any, test_kinds: None) -> None:
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-term"]))
+    with pytest.raises(openai.ConflictError) as err:
+        oai(gw).chat.completions.create(model="gpt-4o-mini",
+                                        messages=[{"role": "user", "content": "this is forbidden"}], stream=True)
+    assert err.value.body == {"type": "policy_violation", "code": "input_blocked",
+                              "message": "test term found", "policy": "test-term"}
+    assert not fake_upstream.requests
+    event = wait_for(lambda: gw.events)[-1]
+    assert event["verdict"] == "block" and event["status"] == 409 and event["reason_code"] == "test_term_found"
+
+
+def test_output_block_json_and_redaction(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
+                                         test_kinds: None) -> None:
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-term"]))
+    fake_upstream.queue_reply("the forbidden answer")
+    with pytest.raises(openai.ConflictError) as err:
+        oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "q"}])
+    assert err.value.body["code"] == "output_blocked"
+
+
+def test_output_redaction_rewrites_answer(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
+                                          test_kinds: None) -> None:
+    cfg = write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-term"],
+                       {"test-term": {"pattern": "secret", "verdict": "redact"}})
+    gw = start_gateway(cfg)
+    fake_upstream.queue_reply("a secret word")
+    resp = oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "q"}])
+    assert resp.choices[0].message.content == "a [REDACTED] word"
+
+
+def test_stream_blocks_term_split_across_chunks(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
+                                                test_kinds: None) -> None:
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-term"]))
+    text = "safe words first, then forbidden stuff"
+    fake_upstream.queue_reply(text, chunks=len(text) // 4)  # 4-char chunks: "forbidden" spans three
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as err:
+        for chunk in oai(gw).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "q"}], stream=True):
+            received.append(chunk.choices[0].delta.content or "")
+    got = "".join(received)
+    assert got and text.startswith(got) and "forbidden" not in got
+    assert "test term found" in str(err.value.message) or err.value.body["code"] == "output_blocked"
+    event = wait_for(lambda: gw.events)[-1]
+    assert event["verdict"] == "block" and event["error_code"] == "output_blocked"
+
+
+def test_anthropic_stream_block_ends_with_error_event(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                      start_gateway: Any, test_kinds: None) -> None:
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-term"]))
+    fake_upstream.queue_reply("hello there, forbidden", chunks=6)
+    client = anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0)
+    got: list[str] = []
+    with pytest.raises(anthropic.APIError), client.messages.stream(
+            model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": "q"}]) as stream:
+        for piece in stream.text_stream:
+            got.append(piece)
+    assert "forbidden" not in "".join(got)
+
+
+def test_stream_tool_call_checked_before_final_chunk(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                     start_gateway: Any, test_kinds: None) -> None:
+    ToolKind.seen_usage.clear()
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-tool"],
+                                    {"test-tool": {"blocked": "shell_exec"}}))
+    fake_upstream.queue_reply(Reply(text="", tool_calls=(ToolCall("shell_exec", {"cmd": "rm -rf /"}),)))
+    finish_reasons: list[str | None] = []
+    with pytest.raises(openai.APIError):
+        for chunk in oai(gw).chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "q"}], stream=True):
+            finish_reasons += [c.finish_reason for c in chunk.choices]
+    assert "tool_calls" not in finish_reasons
+    assert ToolKind.seen_usage[-1][0] > 0 and ToolKind.seen_usage[-1][1] > 0  # usage known before the check
+    fake_upstream.queue_reply(Reply(text="", tool_calls=(ToolCall("search", {"q": "x"}),)))
+    chunks = list(oai(gw).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "q"}], stream=True))
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("phase", ["input", "output"])
+def test_fail_mode_block_and_allow(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
+                                   test_kinds: None, phase: str) -> None:
+    cfg = write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-boom"], {"test-boom": {"on": phase}})
+    closed = start_gateway(cfg, fail_mode="block")
+    with pytest.raises(openai.APIStatusError) as err:
+        oai(closed).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "q"}])
+    assert err.value.status_code == 503 and err.value.body["code"] == "policy_error"
+    assert err.value.body["policy"] == "test-boom" and "Traceback" not in err.value.message
+    opened = start_gateway(cfg, fail_mode="allow")
+    assert oai(opened).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "q"}])
+    event = wait_for(lambda: opened.events)[-1]
+    assert event["policy_error"] is True and event["fail_mode"] == "allow" and event["status"] == 200
+
+
+def test_pack_disabled_passes_without_policies(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
+                                               test_kinds: None) -> None:
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-term"], enabled=False))
+    resp = oai(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "forbidden"}])
+    assert resp.headers["x-keeptrusts-policies"] == "disabled"
+    event = wait_for(lambda: gw.events)[-1]
+    assert event["policies_enabled"] is False and event["reason_code"] == "policies_disabled"
+
+
+def test_identity_headers_reach_policies_and_event(plain: GatewayThread) -> None:
+    oai(plain).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+        extra_headers={"X-User-ID": "u-1", "X-Agent-ID": "bot-7", "X-User-Role": "admin", "X-Session-ID": "s-9"})
+    event = wait_for(lambda: plain.events)[-1]
+    assert (event["user_id"], event["agent_id"], event["user_role"], event["session_id"]) == \
+        ("u-1", "bot-7", "admin", "s-9")
