@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -52,6 +53,8 @@ class GatewaySettings:
     breaker_threshold: int = 5
     breaker_cooldown_s: float = 30.0
     max_upstream_connections: int = 1000
+    state_dir: Path | None = None  # events.db lives here; None: $KEEPTRUSTS_STATE_DIR or ~/.local/state/kt
+    watch_config: bool = True  # reload when the config file changes (SIGHUP and the reload API always work)
 
 
 def make_app(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 from gateway import metrics
 from gateway.forwarder import Forwarder
 from gateway.logs import log_request
-from gateway.reload import Reloader
+from gateway.reload import Reloader, sync_state_of
 from gateway.runtime import Runtime, Snapshot
 from gateway.store import DB_NAME, EventStore, StoreWriter, default_state_dir, rfc3339
 
@@ -73,13 +74,18 @@ class Ops:
 
     async def start(self) -> None:
         """Open the store and start the background tasks (reload watcher, writer, pruner, forwarder)."""
-        self.store = EventStore(self.state_dir / DB_NAME)
+        self.reloader.start(watch=self.watch)
+        try:
+            self.store = EventStore(self.state_dir / DB_NAME)
+        except (OSError, sqlite3.Error) as exc:  # serve anyway: events queue in memory, then drop (counted)
+            log.error("cannot open the event store; decision events will not be kept",
+                      extra={"path": str(self.state_dir / DB_NAME), "error": str(exc)})
+            return
         self.writer = StoreWriter(self.runtime, self.store)
         self.writer.start()
         if self.api_url:
             self.forwarder = Forwarder(self.writer, self.api_url, self.gateway_token)
             self.forwarder.start()
-        self.reloader.start(watch=self.watch)
 
     async def stop(self) -> None:
         """Stop the watcher and forwarder, flush queued events to the store, close it."""
@@ -100,13 +106,7 @@ class Ops:
         if self.sync_state_dir is not None:
             return Path(self.sync_state_dir)
         snap = self.runtime.snapshot
-        if snap is None or snap.source != "git":
-            return None
-        parts = Path(os.path.realpath(snap.path)).parts
-        for i in range(1, len(parts) - 1):
-            if parts[i] == "revisions" and parts[i + 1] == snap.revision:
-                return Path(*parts[:i])
-        return None
+        return sync_state_of(snap.path) if snap is not None and snap.source == "git" else None
 
     def sync_report(self) -> SyncReport | None:
         """The agent's status, drift and age (None without an agent's `status.json`)."""

@@ -30,13 +30,25 @@ log = logging.getLogger("kt.gateway.reload")
 _REVISION_DIR = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 
-def revision_of(path: str | Path, sha256: str) -> tuple[str, str]:
-    """(revision, source): the Git sha when `path` resolves inside `<state>/revisions/<sha>/`, else the file hash."""
+def _published(path: str | Path) -> tuple[Path, str] | None:
+    """(state dir, sha) when `path` resolves inside `<state>/revisions/<sha>/`."""
     parts = Path(os.path.realpath(path)).parts
     for i in range(len(parts) - 2, 0, -1):
         if parts[i - 1] == "revisions" and _REVISION_DIR.match(parts[i]):
-            return parts[i], "git"
-    return sha256, "file"
+            return Path(*parts[: i - 1]), parts[i]
+    return None
+
+
+def revision_of(path: str | Path, sha256: str) -> tuple[str, str]:
+    """(revision, source): the Git sha when `path` resolves inside `<state>/revisions/<sha>/`, else the file hash."""
+    published = _published(path)
+    return (published[1], "git") if published else (sha256, "file")
+
+
+def sync_state_of(path: str | Path) -> Path | None:
+    """The sync agent's state dir when `path` resolves inside `<state>/revisions/<sha>/`."""
+    published = _published(path)
+    return published[0] if published else None
 
 
 def read_config(path: str | Path) -> tuple[bytes, str]:

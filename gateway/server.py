@@ -19,18 +19,15 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from gateway.admin import admin_routes
 from gateway.app import GatewaySettings, make_app
+from gateway.ops import Ops
 from gateway.runtime import Runtime, Snapshot
+from gateway.store import default_state_dir
 from gateway.upstream import unavailable_reason
-from policies import load_config
+from kt import __version__
 
 log = logging.getLogger("kt.gateway")
-
-
-def load_snapshot(path: str | Path, runtime: Runtime) -> Snapshot:
-    """Load the config file at `path` into a snapshot (raises `ConfigError`)."""
-    config = load_config(path, runtime.policy_state)
-    return Snapshot(config=config, revision=config.sha256, source="file", path=str(path))
 
 
 def log_config(snapshot: Snapshot) -> None:
@@ -58,6 +55,7 @@ class RunningGateway:
     server: HTTPServer
     settings: GatewaySettings
     port: int
+    ops: Ops
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close connections and the upstream pool."""
@@ -74,25 +72,32 @@ class RunningGateway:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.server.close_all_connections(), 2.0)
         await self.app.settings["upstream"].close()
+        await self.ops.stop()  # stop reloading and forwarding; queued events are flushed to the store
 
 
 async def start(settings: GatewaySettings, config_path: str | Path, runtime: Runtime | None = None) -> RunningGateway:
     """Load the config and listen; returns once the gateway accepts requests."""
     runtime = runtime or Runtime(fail_mode=settings.fail_mode)
     runtime.fail_mode = settings.fail_mode
-    runtime.snapshot = load_snapshot(config_path, runtime)
+    ops = Ops(runtime, str(config_path), state_dir=settings.state_dir or default_state_dir(), version=__version__,
+              watch=settings.watch_config)
+    ops.load_initial()  # raises ConfigError; registers the metrics and request-log observers
     log_config(runtime.snapshot)
     if settings.keys is None:
         log.warning("no --keys-file: the gateway is open, any client can use it without a key")
     else:
         log.info("gateway keys: %d accepted key(s)", len(settings.keys))
-    app = make_app(runtime, settings)
+    app = make_app(runtime, settings, extra_routes=admin_routes(ops))
+    breakers = app.settings["breakers"].by_target
+    ops.providers = lambda: {target_id: breaker.state for target_id, breaker in breakers.items()}
     # Bodies up to twice the limit are read and answered 413 with the envelope; beyond that
     # Tornado drops the connection without reading more.
     server = HTTPServer(app, max_body_size=settings.max_body_size * 2 + 1024 * 1024, idle_connection_timeout=75)
     sockets = bind_sockets(settings.port, settings.host or None, backlog=1024)
     server.add_sockets(sockets)
-    return RunningGateway(runtime, app, server, settings, sockets[0].getsockname()[1])
+    ops.connections = lambda: len(server._connections)
+    await ops.start()  # event store, forwarder, config watcher, SIGHUP
+    return RunningGateway(runtime, app, server, settings, sockets[0].getsockname()[1], ops)
 
 
 async def serve(settings: GatewaySettings, config_path: str | Path) -> int:

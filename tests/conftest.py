@@ -29,13 +29,16 @@ def test_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def start_gateway() -> Iterator[Any]:
-    """`start_gateway(config_path, **settings)` -> a running in-process `GatewayThread`; all stopped after."""
+def start_gateway(tmp_path: Any) -> Iterator[Any]:
+    """`start_gateway(config_path, **settings)` -> a running in-process `GatewayThread`; all stopped after.
+
+    The event store goes to a fresh `state_dir` under `tmp_path` unless the test passes one."""
     from tests.gateway_harness import GatewayThread
 
     started: list[GatewayThread] = []
 
     def start(config_path: Any, **settings: Any) -> GatewayThread:
+        settings.setdefault("state_dir", tmp_path / f"state-{len(started)}")
         gw = GatewayThread(config_path, **settings).start()
         started.append(gw)
         return gw

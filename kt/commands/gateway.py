@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import sys
+from pathlib import Path
 
 import click
 
@@ -67,12 +67,23 @@ def gateway() -> None:
               help="Seconds to connect to an upstream, per attempt.")
 @click.option("--upstream-read-timeout", type=click.FloatRange(min=0.01), default=120.0, show_default=True,
               help="Longest silence (s) while reading an upstream answer, per attempt.")
+@click.option("--state-dir", type=click.Path(file_okay=False), envvar="KEEPTRUSTS_STATE_DIR", default=None,
+              help="Where the event store (events.db) lives (env KEEPTRUSTS_STATE_DIR; default ~/.local/state/kt).")
+@click.option("--watch/--no-watch", "watch_config", default=True, show_default=True,
+              help="Reload when the config file, or a symlink on its path, changes. SIGHUP and "
+                   "POST /keeptrusts/config/reload reload either way.")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True,
+              help="Log lines on stderr: JSON objects or text.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True, help="info logs one line per request; warning drops those.")
 def run(policy_config: str, listen: str, port: int | None, fail_mode: str, max_body_size: str,
         drain_timeout: float, keys_file: str | None, upstream_connect_timeout: float,
-        upstream_read_timeout: float) -> None:
+        upstream_read_timeout: float, state_dir: str | None, watch_config: bool, log_format: str,
+        log_level: str) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
     from gateway.app import GatewaySettings
     from gateway.keys import KeysFileError, load_keys
+    from gateway.logs import setup_logging, shutdown_logging
     from gateway.server import run as run_gateway
     from gateway.upstream import Timeouts
     from policies import ConfigError
@@ -83,12 +94,11 @@ def run(policy_config: str, listen: str, port: int | None, fail_mode: str, max_b
         keys = load_keys(keys_file) if keys_file else None
     except KeysFileError as exc:
         raise click.ClickException(str(exc)) from exc
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_format, log_level)
     settings = GatewaySettings(
         host=host, port=listen_port, fail_mode=fail_mode, max_body_size=size, drain_timeout=drain_timeout,
         keys=keys, timeouts=Timeouts(upstream_connect_timeout, upstream_read_timeout),
+        state_dir=Path(state_dir) if state_dir else None, watch_config=watch_config,
     )
     try:
         code = run_gateway(settings, policy_config)
@@ -97,4 +107,6 @@ def run(policy_config: str, listen: str, port: int | None, fail_mode: str, max_b
         sys.exit(2)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{listen_port}: {exc.strerror or exc}") from exc
+    finally:
+        shutdown_logging()
     sys.exit(code)

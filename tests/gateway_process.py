@@ -1,0 +1,111 @@
+"""A real `kt gateway run` subprocess on a free loopback port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.waiting import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GatewayProcess:
+    """`python -m kt gateway run` with its own state dir; stderr (JSON logs) goes to a file."""
+
+    def __init__(self, config: Path, state_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state_dir = state_dir
+        self.log_path = state_dir.parent / f"gateway-{self.port}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.admin_token = self.env.get("KEEPTRUSTS_ADMIN_TOKEN")
+        cmd = [sys.executable, "-m", "kt", "gateway", "run", "--policy-config", str(config),
+               "--listen", f"127.0.0.1:{self.port}", "--state-dir", str(state_dir), *args]
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=self.env)
+        wait_for(self._ready, timeout=20, message=f"gateway did not become ready; log:\n{self.logs()}")
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {self.proc.returncode}; log:\n{self.logs()}")
+        try:
+            return self.get("/readyz")[0] == 200
+        except OSError:
+            return False
+
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                admin: bool = True) -> tuple[int, dict[str, str], bytes]:
+        """One HTTP request; (status, headers, body) whatever the status."""
+        data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if admin and self.admin_token and path.startswith("/keeptrusts"):
+            req.add_header("Authorization", f"Bearer {self.admin_token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+    def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        status, headers, body = self.request("GET", path, **kw)
+        is_json = headers.get("Content-Type", "").startswith("application/json")
+        return status, json.loads(body) if is_json else body.decode()
+
+    def chat(self, text: str) -> tuple[int, dict[str, str], bytes]:
+        return self.request("POST", "/v1/chat/completions",
+                            {"model": "demo-model", "messages": [{"role": "user", "content": text}]})
+
+    def metric(self, name: str, labels: str = "") -> float:
+        """The value of one sample of /metrics (0 when absent), e.g. metric("x_total", '{result="ok"}')."""
+        wanted = name + labels
+        for line in self.get("/metrics")[1].splitlines():
+            if line.startswith(wanted + " "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.logs().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
