@@ -37,6 +37,7 @@ from sync.status import parse_time, read_status, rfc3339, write_status
 log = logging.getLogger("kt.sync")
 LOCK = ".lock"
 PID = "sync.pid"
+GC_EVERY = 50  # publishes between `git gc` runs of the private clone (fetches never gc: gc.auto=0)
 
 
 class AgentLocked(Exception):
@@ -104,6 +105,7 @@ class SyncAgent:
         self.mirror = Mirror(self.state / "repo", self.state / ".askpass.sh")
         self._lock_fd: int | None = None
         self._rejected: str | None = None  # head already refused in this process: not re-exported
+        self._published = 0
 
     def acquire(self) -> None:
         """Take the state-directory lock and write the pid file; AgentLocked if another agent runs."""
@@ -205,6 +207,9 @@ class SyncAgent:
         removed = prune(self.state, s.keep)
         if removed:
             log.info("pruned old revisions: %s", ", ".join(r[:12] for r in removed))
+        self._published += 1
+        if self._published % GC_EVERY == 0:
+            self.mirror.gc(max(deadline - time.monotonic(), 10))
         return SyncResult("success", head)
 
     def _fetch(self, deadline: float) -> str:

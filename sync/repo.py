@@ -7,6 +7,7 @@ a timeout that kills it and its children, and credentials only in its environmen
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tarfile
@@ -153,14 +154,10 @@ class Mirror:
             except tarfile.TarError as exc:
                 raise GitError("repo", f"cannot unpack commit {sha[:12]}: {exc}") from None
 
-    def tree_files(self, sha: str, path: str, timeout: float = 60) -> dict[str, str]:
-        """{relative path: git blob id} of the files at `path` in commit `sha`."""
-        out = self._git(["ls-tree", "-r", "--full-tree", sha, "--", path or "."], timeout)
-        files = {}
-        for line in out.splitlines():
-            meta, _, name = line.partition("\t")
-            files[name] = meta.split()[2]
-        return files
+    def gc(self, timeout: float = 120) -> None:
+        """Drop objects no longer reachable from our ref (old shallow commits); failures are harmless."""
+        with contextlib.suppress(GitError):
+            self._git(["gc", "--quiet", "--prune=now"], timeout)
 
 
 def _classify(exc: GitError, remote: Remote) -> GitError:

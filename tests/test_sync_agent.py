@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -240,3 +241,19 @@ def test_full_history_depth_zero(upstream, tmp_path):
     agent = make_agent(upstream, state, depth=0)
     assert agent.sync_once().result == "success"
     assert git("-C", str(state / "repo"), "rev-list", "--count", "refs/kt/head") == "2"
+
+
+def test_gc_drops_commits_no_longer_fetched(upstream, tmp_path, monkeypatch):
+    import sync.agent
+
+    monkeypatch.setattr(sync.agent, "GC_EVERY", 1)
+    state = tmp_path / "state"
+    agent = make_agent(upstream, state)
+    first = upstream.head()
+    agent.sync_once()
+    for i in (2, 3):
+        upstream.commit({CFG: config_yaml(f"{i}.0.0")})
+        assert agent.sync_once().result == "success"
+    repo = state / "repo"
+    assert subprocess.run(["git", "-C", str(repo), "cat-file", "-e", first], capture_output=True).returncode != 0
+    assert git("-C", str(repo), "rev-parse", "refs/kt/head") == upstream.head()

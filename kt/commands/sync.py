@@ -54,7 +54,6 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
     from sync.agent import AgentLocked, SyncAgent, SyncSettings
     from sync.credentials import Credentials
     from sync.repo import Remote, check_branch_name
-    from sync.scheduler import SyncScheduler
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
@@ -74,6 +73,7 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
             _echo_result(result)
             sys.exit(0 if result.ok else 1)
         from gateway import sdnotify
+        from sync.scheduler import SyncScheduler
 
         def on_result(result) -> None:
             _echo_result(result)
