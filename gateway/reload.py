@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import metrics
+from gateway import metrics, sdnotify
 from gateway.runtime import Runtime, Snapshot
 from policies import ConfigError, Finding, PolicyState, load_config_bytes
 
@@ -146,10 +146,20 @@ class Reloader:
     async def reload(self, trigger: str) -> ReloadResult:
         """Reload now (serialized with other reloads) and return what happened."""
         async with self._lock:
+            sdnotify.reloading(f"reloading config ({trigger})")
             result = await self._reload(trigger)
-        self.last = result
-        metrics.RELOADS.labels(result.result).inc()
+            self.last = result
+            metrics.RELOADS.labels(result.result).inc()
+            sdnotify.ready(self.describe())
         return result
+
+    def describe(self) -> str:
+        """One line for `systemctl status`: what runs, and a refused reload if any."""
+        snap = self.runtime.snapshot
+        running = f"serving {snap.config.pack.name}@{snap.config.pack.version} revision {snap.revision[:12]}" \
+            if snap else "no config loaded"
+        refused = self.last is not None and self.last.result == "error"
+        return running + ("; last reload refused (see /keeptrusts/status)" if refused else "")
 
     async def _reload(self, trigger: str) -> ReloadResult:
         loop = asyncio.get_running_loop()
