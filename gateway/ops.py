@@ -19,9 +19,10 @@ from typing import Any
 from gateway import metrics
 from gateway.forwarder import Forwarder
 from gateway.logs import log_request
-from gateway.reload import Reloader, sync_state_of
+from gateway.reload import Reloader, ReloadResult, sync_state_of
 from gateway.runtime import Runtime, Snapshot
 from gateway.store import DB_NAME, EventStore, StoreWriter, default_state_dir, rfc3339
+from policies import ConfigError
 
 log = logging.getLogger("kt.gateway")
 
@@ -60,9 +61,21 @@ class Ops:
         self.state_dir = Path(self.state_dir)
         self.reloader = Reloader(self.runtime, self.config_path)
 
-    def load_initial(self) -> Snapshot:
-        """Load the config before serving (raises `policies.ConfigError`) and register the observers."""
-        snap = self.reloader.load_initial()
+    def load_initial(self, required: bool = True) -> Snapshot | None:
+        """Load the config before serving (raises `policies.ConfigError`) and register the observers.
+
+        With `required=False` (the embedded sync agent) a missing or invalid file is not fatal: the
+        gateway serves not-ready (503) until the agent publishes a config and the watcher loads it."""
+        try:
+            snap = self.reloader.load_initial()
+        except ConfigError as exc:
+            if required:
+                raise
+            snap = None
+            if Path(self.config_path).exists():
+                self.reloader.last = ReloadResult("error", "start", None, str(exc), tuple(exc.findings))
+                log.error("config at start refused; not ready until a good one is published",
+                          extra={"path": self.config_path, "error": str(exc)})
         for observer in (metrics.observe_event, log_request):
             if observer not in self.runtime.observers:
                 self.runtime.observers.append(observer)
