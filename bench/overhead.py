@@ -428,7 +428,8 @@ def main() -> int:
             cfg.write_text((ROOT / "bench/policy-config.yaml").read_text().replace("__UPSTREAM__", paths[0].url))
             gw_port = free_port()
             gw = start(pinned([py, "-m", "kt", "gateway", "run", "--policy-config", str(cfg),
-                               "--listen", f"127.0.0.1:{gw_port}"], server_cpu),
+                               "--listen", f"127.0.0.1:{gw_port}", "--state-dir", str(args.logs / "state")],
+                              server_cpu),
                        env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY}, log=args.logs / "gateway.log")
             procs.append(gw)
             gateway = Path_("gateway", f"http://127.0.0.1:{gw_port}", gw, note="5 policies")

@@ -46,3 +46,9 @@ def start_gateway(tmp_path: Any) -> Iterator[Any]:
     yield start
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture(autouse=True)
+def _kt_state_in_tmp(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every `kt` subprocess it starts) keeps its state dir under `tmp_path`, never in ~."""
+    monkeypatch.setenv("KEEPTRUSTS_STATE_DIR", str(tmp_path / "kt-state"))

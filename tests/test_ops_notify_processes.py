@@ -1,0 +1,88 @@
+"""sd_notify from real processes: what systemd (Type=notify) would receive on $NOTIFY_SOCKET."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.gitserve import Upstream, config_yaml
+from tests.waiting import wait_for
+
+WAIT = 20
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket collecting every message as a dict of fields."""
+
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="kt-n-")  # short: sun_path holds 108 bytes
+        self.path = os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.messages: list[dict[str, str]] = []
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            self.messages.append(dict(line.split("=", 1) for line in data.decode().split("\n") if "=" in line))
+
+    def wait(self, predicate, what: str) -> dict[str, str]:
+        """The first message (in order) matching `predicate`, waiting for it."""
+        def find() -> dict[str, str] | None:
+            return next((m for m in list(self.messages) if predicate(m)), None)
+        return wait_for(find, timeout=WAIT, interval=0.02, message=f"no sd_notify message: {what}: {self.messages}")
+
+    def index(self, message: dict[str, str]) -> int:
+        return self.messages.index(message)
+
+    def close(self) -> None:
+        self.sock.close()
+        os.unlink(self.path)
+        os.rmdir(self.dir)
+
+
+@pytest.fixture
+def notify() -> Iterator[NotifySocket]:
+    sock = NotifySocket()
+    yield sock
+    sock.close()
+
+
+def _env(notify: NotifySocket, watchdog_usec: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEPTRUSTS_", "WATCHDOG_", "NOTIFY_"))}
+    return {**env, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(watchdog_usec)}
+
+
+def test_sync_agent_notifies(tmp_path: Path, notify: NotifySocket) -> None:
+    upstream = Upstream(tmp_path / "server")
+    first = upstream.commit({"policy-config.yaml": config_yaml("1.0.0")})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kt", "sync", "run", "--repo", upstream.url, "--state-dir", str(tmp_path / "state"),
+         "--interval", "60"], env=_env(notify, 400_000), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = notify.wait(lambda m: m.get("READY") == "1", "READY=1 after the first sync")
+        assert f"applied {first[:12]}" in ready["STATUS"]
+        notify.wait(lambda m: m.get("WATCHDOG") == "1", "WATCHDOG=1 while WATCHDOG_USEC is set")
+        second = upstream.commit({"policy-config.yaml": config_yaml("1.0.1")})
+        proc.send_signal(signal.SIGHUP)  # what `systemctl reload kt-sync` does: sync now
+        notify.wait(lambda m: f"applied {second[:12]}" in m.get("STATUS", ""), "STATUS with the new revision")
+        proc.terminate()
+        notify.wait(lambda m: m.get("STOPPING") == "1", "STOPPING=1 on SIGTERM")
+        assert proc.wait(timeout=WAIT) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
