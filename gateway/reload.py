@@ -18,11 +18,12 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import metrics
+from gateway import metrics, sdnotify
 from gateway.runtime import Runtime, Snapshot
 from policies import ConfigError, Finding, PolicyState, load_config_bytes
 
@@ -130,6 +131,7 @@ class Reloader:
         self._wake = asyncio.Event()
         self._triggers: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_sighup: list[Callable[[], None]] = []  # also run on SIGHUP (e.g. an embedded sync agent's trigger)
 
     def load_initial(self) -> Snapshot:
         """Load the first snapshot synchronously (before serving); raises `ConfigError`."""
@@ -144,10 +146,20 @@ class Reloader:
     async def reload(self, trigger: str) -> ReloadResult:
         """Reload now (serialized with other reloads) and return what happened."""
         async with self._lock:
+            sdnotify.reloading(f"reloading config ({trigger})")
             result = await self._reload(trigger)
-        self.last = result
-        metrics.RELOADS.labels(result.result).inc()
+            self.last = result
+            metrics.RELOADS.labels(result.result).inc()
+            sdnotify.ready(self.describe())
         return result
+
+    def describe(self) -> str:
+        """One line for `systemctl status`: what runs, and a refused reload if any."""
+        snap = self.runtime.snapshot
+        running = f"serving {snap.config.pack.name}@{snap.config.pack.version} revision {snap.revision[:12]}" \
+            if snap else "no config loaded"
+        refused = self.last is not None and self.last.result == "error"
+        return running + ("; last reload refused (see /keeptrusts/status)" if refused else "")
 
     async def _reload(self, trigger: str) -> ReloadResult:
         loop = asyncio.get_running_loop()
@@ -232,7 +244,12 @@ class Reloader:
             self._tasks.append(loop.create_task(self._watch()))
         if sighup:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGHUP, self.request, "sighup")
+                loop.add_signal_handler(signal.SIGHUP, self._sighup)
+
+    def _sighup(self) -> None:
+        self.request("sighup")
+        for hook in self.on_sighup:
+            hook()
 
     async def stop(self) -> None:
         """Cancel the worker and the watcher."""
