@@ -65,20 +65,22 @@ class Ops:
         self.reloader = Reloader(self.runtime, self.config_path)
 
     def load_initial(self, required: bool = True) -> Snapshot | None:
-        """Load the config before serving (raises `policies.ConfigError`) and register the observers.
+        """Load the config before serving and register the observers.
 
-        With `required=False` (the embedded sync agent) a missing or invalid file is not fatal: the
-        gateway serves not-ready (503) until the agent publishes a config and the watcher loads it."""
+        Raises `policies.ConfigError` when `required`; otherwise a missing or invalid config is
+        logged and the gateway starts not ready (503) until the watcher finds a valid one (an
+        embedded sync agent's first publish).
+        """
         try:
             snap = self.reloader.load_initial()
         except ConfigError as exc:
             if required:
                 raise
             snap = None
-            if Path(self.config_path).exists():
+            if Path(self.config_path).exists():  # missing = nothing published yet, not a failed reload
                 self.reloader.last = ReloadResult("error", "start", None, str(exc), tuple(exc.findings))
-                log.error("config at start refused; not ready until a good one is published",
-                          extra={"path": self.config_path, "error": str(exc)})
+                metrics.RELOADS.labels("error").inc()
+            log.warning("no valid config yet: not ready until one appears", extra={"error": str(exc)})
         for observer in (metrics.observe_event, log_request):
             if observer not in self.runtime.observers:
                 self.runtime.observers.append(observer)

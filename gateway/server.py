@@ -107,7 +107,8 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
     ops = Ops(runtime, config_path, state_dir=settings.state_dir or default_state_dir(), version=__version__,
               watch=settings.watch_config or sync is not None,
               sync_state_dir=sync.settings.state_dir if sync is not None else None)
-    ops.load_initial(required=sync is None)  # raises ConfigError; registers the metrics and request-log observers
+    # Raises ConfigError unless a config may come later; registers the metrics and request-log observers.
+    ops.load_initial(required=sync is None and not settings.wait_for_config)
     if runtime.snapshot is not None:
         log_config(runtime.snapshot)
     else:
