@@ -77,9 +77,8 @@ class Ops:
             if required:
                 raise
             snap = None
-            if Path(self.config_path).exists():  # missing = nothing published yet, not a failed reload
-                self.reloader.last = ReloadResult("error", "start", None, str(exc), tuple(exc.findings))
-                metrics.RELOADS.labels("error").inc()
+            self.reloader.last = ReloadResult("error", "start", None, str(exc), tuple(exc.findings))
+            metrics.RELOADS.labels("error").inc()
             log.warning("no valid config yet: not ready until one appears", extra={"error": str(exc)})
         for observer in (metrics.observe_event, log_request):
             if observer not in self.runtime.observers:
