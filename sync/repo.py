@@ -28,6 +28,10 @@ _AUTH = re.compile(
 )
 
 
+class UnsafeTree(Exception):
+    """The commit's tree cannot be exported safely (e.g. a symlink leaving the tree): refuse it."""
+
+
 class GitError(Exception):
     """A git step that failed. `kind`: unreachable, auth, branch_missing, timeout, repo."""
 
@@ -151,6 +155,8 @@ class Mirror:
             try:
                 with tarfile.open(fileobj=tar, mode="r:") as archive:
                     archive.extractall(dest, filter="data")
+            except tarfile.FilterError as exc:
+                raise UnsafeTree(f"commit {sha[:12]} cannot be published safely: {exc}") from None
             except tarfile.TarError as exc:
                 raise GitError("repo", f"cannot unpack commit {sha[:12]}: {exc}") from None
 

@@ -113,6 +113,9 @@ def test_merge_reaches_the_gateway_by_webhook_and_is_enforced(upstream, tmp_path
         assert gw.chat("hello") == 200
         status = gw.status()
         assert status["sync"]["applied_revision"] == sha and status["drift"] == {"drifted": False, "reason": None}
+        cli = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--gateway", gw.url, "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0 and json.loads(cli.stdout)["config"]["revision"] == sha
         bad_sig = urllib.request.Request(gw.url + "/keeptrusts/sync/webhook", data=b"{}",
                                          headers={"X-Hub-Signature-256": "sha256=" + "0" * 64})
         with pytest.raises(urllib.error.HTTPError) as refused:
