@@ -163,6 +163,16 @@ async def serve(settings: GatewaySettings, config_path: str | Path | None, sync:
     return 0
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (cheaper sockets and callbacks: more requests per core), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 def run(settings: GatewaySettings, config_path: str | Path | None, sync: EmbeddedSync | None = None) -> int:
     """Blocking entry point for the CLI."""
-    return asyncio.run(serve(settings, config_path, sync))
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(serve(settings, config_path, sync))
