@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import metrics
+from gateway import metrics, sdnotify
 from gateway.runtime import Runtime, Snapshot
 from policies import ConfigError, Finding, PolicyState, load_config_bytes
 
@@ -37,6 +37,17 @@ def _published(path: str | Path) -> tuple[Path, str] | None:
         if parts[i - 1] == "revisions" and _REVISION_DIR.match(parts[i]):
             return Path(*parts[: i - 1]), parts[i]
     return None
+
+
+def status_line(snap: Snapshot | None, last: ReloadResult | None = None) -> str:
+    """One line for `systemctl status` (sd_notify STATUS=): what runs, and a refused reload if any."""
+    if snap is None:
+        return "waiting for a first valid config"
+    pack = snap.config.pack
+    line = f"serving revision {snap.revision[:12]} ({pack.name}@{pack.version}, {snap.source})"
+    if last is not None and last.result == "error":
+        line += f"; last reload refused: {(last.error or '').splitlines()[0][:200]}"
+    return line
 
 
 def revision_of(path: str | Path, sha256: str) -> tuple[str, str]:
@@ -126,6 +137,7 @@ class Reloader:
         self.debounce = debounce
         self.last: ReloadResult | None = None
         self.confirmed_at: float | None = None  # last time the file was seen to match what runs
+        self.notify = False  # sd_notify RELOADING=1/READY=1 around reloads, once the server said READY=1
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._triggers: set[str] = set()
@@ -144,8 +156,12 @@ class Reloader:
     async def reload(self, trigger: str) -> ReloadResult:
         """Reload now (serialized with other reloads) and return what happened."""
         async with self._lock:
+            if self.notify:
+                sdnotify.reloading(f"reloading ({trigger})")
             result = await self._reload(trigger)
-        self.last = result
+            self.last = result
+            if self.notify:
+                sdnotify.ready(status_line(self.runtime.snapshot, result))
         metrics.RELOADS.labels(result.result).inc()
         return result
 
