@@ -3,6 +3,9 @@ forwarder, metrics, logs, and what /health and /keeptrusts/status report.
 
 The server creates one `Ops`, calls `load_initial()` before listening, `await start()` on the
 loop, adds `gateway.admin.admin_routes(ops)` to its route table, and `await stop()` on exit.
+SIGHUP reloads the config; an embedded sync agent that also wants it adds its trigger to
+`ops.reloader.on_sighup`. Sync status is read from the agent's state dir, found from the
+config path (`<state>/current/...` -> `<state>/revisions/<sha>/...`) or set as `sync_state_dir`.
 """
 
 from __future__ import annotations

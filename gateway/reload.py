@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,7 @@ class Reloader:
         self._wake = asyncio.Event()
         self._triggers: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self.on_sighup: list[Callable[[], None]] = []  # also run on SIGHUP (e.g. an embedded sync agent's trigger)
 
     def load_initial(self) -> Snapshot:
         """Load the first snapshot synchronously (before serving); raises `ConfigError`."""
@@ -248,7 +250,12 @@ class Reloader:
             self._tasks.append(loop.create_task(self._watch()))
         if sighup:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGHUP, self.request, "sighup")
+                loop.add_signal_handler(signal.SIGHUP, self._sighup)
+
+    def _sighup(self) -> None:
+        self.request("sighup")
+        for hook in self.on_sighup:
+            hook()
 
     async def stop(self) -> None:
         """Cancel the worker and the watcher."""

@@ -133,3 +133,18 @@ def test_writer_keeps_events_in_memory_while_the_store_is_unwritable(tmp_path):
         await writer.stop()
 
     asyncio.run(main())
+
+
+def test_retention_comes_from_audit_logger(tmp_path):
+    from gateway.reload import load_snapshot
+    from gateway.store import retention_days
+    from tests.test_gateway_reload import config
+
+    path = tmp_path / "policy-config.yaml"
+    path.write_text(config("1.0.0", retention=7))
+    assert retention_days(Runtime(snapshot=load_snapshot(path))) == 7
+    no_audit = config("1.0.0").replace("[audit-logger]", "[]")
+    no_audit = no_audit.replace("policy:\n  audit-logger: {retention_days: 30}\n", "")
+    path.write_text(no_audit)
+    assert retention_days(Runtime(snapshot=load_snapshot(path))) == 365
+    assert retention_days(Runtime()) == 365
