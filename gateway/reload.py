@@ -40,17 +40,6 @@ def _published(path: str | Path) -> tuple[Path, str] | None:
     return None
 
 
-def status_line(snap: Snapshot | None, last: ReloadResult | None = None) -> str:
-    """One line for `systemctl status` (sd_notify STATUS=): what runs, and a refused reload if any."""
-    if snap is None:
-        return "waiting for a first valid config"
-    pack = snap.config.pack
-    line = f"serving revision {snap.revision[:12]} ({pack.name}@{pack.version}, {snap.source})"
-    if last is not None and last.result == "error":
-        line += f"; last reload refused: {(last.error or '').splitlines()[0][:200]}"
-    return line
-
-
 def revision_of(path: str | Path, sha256: str) -> tuple[str, str]:
     """(revision, source): the Git sha when `path` resolves inside `<state>/revisions/<sha>/`, else the file hash."""
     published = _published(path)
@@ -138,7 +127,6 @@ class Reloader:
         self.debounce = debounce
         self.last: ReloadResult | None = None
         self.confirmed_at: float | None = None  # last time the file was seen to match what runs
-        self.notify = False  # sd_notify RELOADING=1/READY=1 around reloads, once the server said READY=1
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._triggers: set[str] = set()
@@ -158,14 +146,20 @@ class Reloader:
     async def reload(self, trigger: str) -> ReloadResult:
         """Reload now (serialized with other reloads) and return what happened."""
         async with self._lock:
-            if self.notify:
-                sdnotify.reloading(f"reloading ({trigger})")
+            sdnotify.reloading(f"reloading config ({trigger})")
             result = await self._reload(trigger)
             self.last = result
-            if self.notify:
-                sdnotify.ready(status_line(self.runtime.snapshot, result))
-        metrics.RELOADS.labels(result.result).inc()
+            metrics.RELOADS.labels(result.result).inc()
+            sdnotify.ready(self.describe())
         return result
+
+    def describe(self) -> str:
+        """One line for `systemctl status`: what runs, and a refused reload if any."""
+        snap = self.runtime.snapshot
+        running = f"serving {snap.config.pack.name}@{snap.config.pack.version} revision {snap.revision[:12]}" \
+            if snap else "no config loaded"
+        refused = self.last is not None and self.last.result == "error"
+        return running + ("; last reload refused (see /keeptrusts/status)" if refused else "")
 
     async def _reload(self, trigger: str) -> ReloadResult:
         loop = asyncio.get_running_loop()

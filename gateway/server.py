@@ -23,7 +23,6 @@ from gateway import sdnotify
 from gateway.admin import admin_routes
 from gateway.app import GatewaySettings, make_app
 from gateway.ops import Ops
-from gateway.reload import status_line
 from gateway.runtime import Runtime, Snapshot
 from gateway.store import default_state_dir
 from gateway.upstream import unavailable_reason
@@ -124,12 +123,11 @@ async def serve(settings: GatewaySettings, config_path: str | Path) -> int:
 
 async def tell_systemd(gateway: RunningGateway) -> None:
     """sd_notify (a no-op without $NOTIFY_SOCKET): READY=1 with the revision once a config is loaded and
-    the socket listens, then RELOADING=1/READY=1 around each reload, and WATCHDOG=1 from the event loop."""
-    runtime, reloader = gateway.runtime, gateway.ops.reloader
+    the socket listens, then WATCHDOG=1 from the event loop (the reloader sends RELOADING=1/READY=1)."""
+    runtime = gateway.runtime
     while runtime.snapshot is None:  # a gateway waiting for its first sync is not ready yet
         await asyncio.sleep(0.05)
-    sdnotify.ready(status_line(runtime.snapshot, reloader.last))
-    reloader.notify = True
+    sdnotify.ready(gateway.ops.reloader.describe())
     interval = sdnotify.watchdog_interval()
     while interval:
         sdnotify.watchdog()

@@ -68,6 +68,7 @@ class TermMatcher:
         self._gate: dict[str, set[str]] = defaultdict(set)  # a word that may start a term -> first words
         seen: set[str] = set()
         self.longest = 0
+        self._longest_first = 0
         for term, tag in terms:
             words = tuple(_WORD.findall(lower(fold_str(term))))
             joined = "".join(words)
@@ -79,8 +80,10 @@ class TermMatcher:
             for k in range(1, len(words) + 1):  # "projectbluebird" starts "project bluebird" too
                 self._gate["".join(words[:k])].add(words[0])
             if self._max_distance and any(self._allowed(w) for w in words):
+                self._longest_first = max(self._longest_first, len(words[0]))
+                entry = (words, tag, term)
                 for variant in _deletions(words[0], self._allowed(words[0])):
-                    self._fuzzy[variant].append((words, tag, term))
+                    self._fuzzy[variant].append(entry)
 
     def _allowed(self, word: str) -> int:
         """Edits a text token may differ from term word `word` by: one per four letters, at most 3."""
@@ -131,9 +134,13 @@ class TermMatcher:
         tokens = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(low)]
         hits: list[TermHit] = []
         candidates: dict[str, list[Entry]] = {}
+        distances: dict[tuple[str, str], int] = {}
         limit = self._max_distance
         for i, (start, _, token) in enumerate(tokens):
             if token not in candidates:
+                if len(token) > self._longest_first + limit:  # no term word is that long
+                    candidates[token] = []
+                    continue
                 depth = min(limit, len(token) // 3, MAX_WORD_EDITS)  # a word allowing a edits has >= 4a letters
                 found = {id(e): e for v in _deletions(token, depth) for e in self._fuzzy.get(v, ())}
                 candidates[token] = list(found.values())
@@ -143,7 +150,10 @@ class TermMatcher:
                 budget = limit
                 for word, (_, _, tok) in zip(words, tokens[i : i + len(words)], strict=False):
                     allowed = min(budget, self._allowed(word))
-                    d = bounded_distance(tok, word, allowed)
+                    key = (tok, word)
+                    if key not in distances:
+                        distances[key] = bounded_distance(tok, word, self._allowed(word))
+                    d = distances[key]
                     if d > allowed:
                         break
                     budget -= d

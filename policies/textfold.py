@@ -13,7 +13,7 @@ import base64
 import binascii
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -94,6 +94,26 @@ def lower(text: str) -> str:
     if len(low) == len(text):
         return low
     return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+
+
+def find_all(text: str, needle: str) -> Iterator[int]:
+    """Every index where `needle` occurs in `text` (C-speed `str.find`)."""
+    i = text.find(needle)
+    while i >= 0:
+        yield i
+        i = text.find(needle, i + 1)
+
+
+def merge_windows(windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(lo, hi) windows sorted by `lo`, overlapping ones merged, `lo` clipped at 0."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(windows):
+        lo = max(lo, 0)
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+        else:
+            merged.append((lo, hi))
+    return merged
 
 
 _B64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}")

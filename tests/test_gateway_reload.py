@@ -119,3 +119,26 @@ def test_each_trigger_reloads(tmp_path, how):
             await reloader.stop()
 
     asyncio.run(main())
+
+
+def test_a_reload_tells_systemd_reloading_then_ready(tmp_path, monkeypatch):
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify"))
+    sock.settimeout(5)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    path = tmp_path / "policy-config.yaml"
+    path.write_text(config("1.0.0"))
+
+    async def main():
+        reloader = Reloader(Runtime(), path)
+        reloader.load_initial()
+        path.write_text(INVALID)
+        await reloader.reload("sighup")
+
+    asyncio.run(main())
+    first, second = sock.recv(4096).decode(), sock.recv(4096).decode()
+    sock.close()
+    assert first.startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert second.startswith("READY=1\nSTATUS=serving reload-pack@1.0.0") and "last reload refused" in second

@@ -9,7 +9,7 @@ numbers and NPIs (labelled, NPI Luhn-checked). Checksums keep near-misses out.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +17,7 @@ from policies.kinds import register
 from policies.kinds.base import Hit, Policy, compile_regexes
 from policies.model import Phase, Verdict
 from policies.state import PolicyState
-from policies.textfold import Folded, fold
+from policies.textfold import Folded, find_all, fold, merge_windows
 
 REASON = "pii_detected"
 
@@ -219,7 +219,7 @@ class PiiDetector(Policy):
         text = folded.text
         hits: list[Hit] = []
         if self.email is not None and "@" in text:
-            for lo, hi in _merge((at - 65, at + 256) for at in _find_all(text, "@")):
+            for lo, hi in merge_windows((at - 65, at + 256) for at in find_all(text, "@")):
                 self._scan(self.email, folded, lo, hi, hits)
         if self.numeric:
             clusters = []
@@ -234,7 +234,7 @@ class PiiDetector(Policy):
                     for start, end, digits, run in clusters
                     if digits >= entity.min_digits and entity.needs in run
                 )
-                for lo, hi in _merge(windows):
+                for lo, hi in merge_windows(windows):
                     self._scan(entity, folded, lo, hi, hits)
         for entity in self.custom:
             self._scan(entity, folded, 0, len(text), hits)
@@ -254,21 +254,3 @@ class PiiDetector(Policy):
 # A run that may hold a number-shaped entity (IBANs have capitals inside). ASCII digits:
 # folding has turned other digit forms into them.
 _CLUSTER = re.compile(r"[0-9][0-9A-Z .()/+-]*")
-
-
-def _find_all(text: str, needle: str) -> Iterator[int]:
-    i = text.find(needle)
-    while i >= 0:
-        yield i
-        i = text.find(needle, i + 1)
-
-
-def _merge(windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Overlapping (lo, hi) windows, in order, merged."""
-    merged: list[tuple[int, int]] = []
-    for lo, hi in windows:
-        if merged and lo <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
-        else:
-            merged.append((lo, hi))
-    return merged

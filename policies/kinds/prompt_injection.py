@@ -17,7 +17,7 @@ from policies.kinds import register
 from policies.kinds.base import Decision, Hit, Policy, compile_regexes
 from policies.model import Exchange, Phase, Verdict
 from policies.state import PolicyState
-from policies.textfold import base64_segments, fold, lower
+from policies.textfold import base64_segments, find_all, fold, lower, merge_windows
 
 REASON = "prompt_injection_detected"
 TRUSTED_ROLES = frozenset({"system", "developer"})
@@ -69,13 +69,6 @@ DELIMITER_HINTS = ("<|", "inst]", "sys>>")
 def _compile(patterns: tuple[str, ...]) -> re.Pattern[str]:
     """One regex for lower-cased text."""
     return re.compile("|".join(f"(?:{p})" for p in patterns), re.MULTILINE)
-
-
-def _find_all(text: str, needle: str) -> Iterator[int]:
-    i = text.find(needle)
-    while i >= 0:
-        yield i
-        i = text.find(needle, i + 1)
 
 
 @register
@@ -154,7 +147,7 @@ class PromptInjection(Policy):
         # Which trigger words occur at all: one C-speed pass (non-ASCII text checks them all).
         present = _TRIGGER_SET.intersection(low.translate(_LETTERS_ONLY).split()) if low.isascii() else ATTACK_TRIGGERS
         for word in present:
-            for i in _find_all(low, word):
+            for i in find_all(low, word):
                 m = self.attacks.match(low, i)
                 if m is not None:
                     return m.start(), m.end(), "instruction override"
@@ -163,15 +156,18 @@ class PromptInjection(Policy):
             if m is not None:
                 return m.start(), m.end(), "instruction override"
         if self.boundaries is not None:
+            # Around each role word: from its line's start (if near) to its line's end (if near).
+            windows = []
             for word in ROLE_WORDS:
-                for i in _find_all(low, word):
+                for i in find_all(low, word):
                     line = low.rfind("\n", 0, i) + 1
                     line_end = low.find("\n", i)
                     lo = line if i - line <= 64 else i - 64
-                    hi = min(len(low) if line_end < 0 else line_end, i + 64)
-                    m = self.boundaries.search(low, lo, hi)
-                    if m is not None:
-                        return m.start(), m.end(), "fake role boundary"
+                    windows.append((lo, min(len(low) if line_end < 0 else line_end, i + 64)))
+            for lo, hi in merge_windows(windows):
+                m = self.boundaries.search(low, lo, hi)
+                if m is not None:
+                    return m.start(), m.end(), "fake role boundary"
         if self.delimiters is not None and any(hint in low for hint in DELIMITER_HINTS):
             m = self.delimiters.search(low)
             if m is not None:
