@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--listen", default="127.0.0.1:8081")
     parser.add_argument("--upstream", required=True, help="base URL without /v1")
     parser.add_argument("--client", choices=sorted(CLIENTS), default="curl")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install uvloop)")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
 
@@ -118,7 +119,12 @@ def main() -> None:
         print(f"pass-through ({args.client}) listening on http://{host}:{port}", flush=True)
         await asyncio.Event().wait()
 
-    asyncio.run(serve())
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(serve())
+    else:
+        asyncio.run(serve())
 
 
 if __name__ == "__main__":
