@@ -30,7 +30,9 @@ from gateway.keys import presented_key
 from gateway.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
 from gateway.runtime import Runtime
 from gateway.upstream import DONE, UpstreamFailure, unavailable_reason
-from policies.model import ChainOutcome, Exchange, Target, Verdict
+from policies.agents import check_agent_limits, record_agent_usage
+from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Target, Verdict
+from policies.pricing import cost_usd
 
 log = logging.getLogger("kt.gateway")
 T = TypeVar("T")
@@ -39,6 +41,9 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _NOT_IDENTITY = frozenset({"authorization", "x-api-key", "cookie", "proxy-authorization"})
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
+
+
+_BUDGET_REASONS = frozenset({"budget_exceeded", "agent_budget_exceeded"})
 
 
 class ClientGone(Exception):
@@ -54,8 +59,9 @@ def policy_error(outcome: ChainOutcome, blocked_code: str) -> GatewayError | Non
                 f"policy {outcome.policy} failed while checking this request and --fail-mode is block",
                 outcome.policy,
             )
+        code = "budget_exceeded" if outcome.reason_code in _BUDGET_REASONS else blocked_code
         return GatewayError(
-            409, "policy_violation", blocked_code,
+            409, "policy_violation", code,
             outcome.message or f"blocked by policy {outcome.policy} ({outcome.reason_code})", outcome.policy,
         )
     if outcome.verdict is Verdict.ESCALATE:
@@ -214,6 +220,7 @@ class ProxyHandler(AuthedHandler):
         self._chunks: list[bytes] = []
         self._size = 0
         self.sent_any = False  # bytes of a streamed answer reached the client
+        self.target: Target | None = None  # the target of the current (last) attempt
         self.client_gone = False
 
     def data_received(self, chunk: bytes) -> None:
@@ -267,11 +274,42 @@ class ProxyHandler(AuthedHandler):
         assert self.snap is not None
         if not self.snap.config.enabled:
             return
+        self.check_agent(ex)
         outcome = self.snap.config.chain.run_input(ex, self.runtime.fail_mode)
         self.record.outcomes.append(outcome)
         err = policy_error(outcome, "input_blocked")
         if err is not None:
             raise err
+
+    def check_agent(self, ex: Exchange) -> None:
+        """Per-agent limits (`agents:` by X-Agent-ID): 429 + Retry-After on rate, 409 budget_exceeded on spend."""
+        assert self.snap is not None
+        agents = self.snap.config.agents
+        if not agents or not ex.agent_id:
+            return
+        decision = check_agent_limits(agents, ex, self.runtime.policy_state)
+        if decision is None:
+            return
+        result = PolicyResult("agents", Phase.INPUT, decision.verdict, decision.reason_code, decision.message)
+        self.record.outcomes.append(ChainOutcome(decision.verdict, decision.reason_code, (result,), "agents",
+                                                 decision.message))
+        if decision.retry_after_s is not None:
+            raise GatewayError(429, "rate_limit", "rate_limited", decision.message, "agents",
+                               headers={"Retry-After": str(decision.retry_after_s)})
+        raise GatewayError(409, "policy_violation", "budget_exceeded", decision.message, "agents")
+
+    def account(self, ex: Exchange) -> None:
+        """Once usage is known: the cost, and the agent's spend; `ex.model` becomes the model that answered."""
+        assert self.snap is not None
+        target = self.target
+        if target is None:
+            return
+        ex.model = target.model
+        config = self.snap.config
+        prices = ((config.document.get("policy") or {}).get("spend-limit") or {}).get("prices")
+        self.record.cost_usd = round(cost_usd(target.model, ex.input_tokens, ex.output_tokens, prices), 8)
+        if config.agents and ex.agent_id:
+            record_agent_usage(config.agents, ex, self.runtime.policy_state, prices)
 
     def plan(self, ex: Exchange, usable: Callable[[Target], bool] = lambda t: True) -> list[Target]:
         """The targets of each attempt: available ones (secret present) in strategy order, 1 + max_retries."""
@@ -315,6 +353,7 @@ class ProxyHandler(AuthedHandler):
                 await asyncio.sleep(delay)
             rec.attempts += 1
             rec.target, rec.provider = target.id, target.provider
+            self.target = target
             started = time.perf_counter()
             try:
                 result = await call(target)
@@ -394,6 +433,7 @@ class ChatHandler(ProxyHandler):
         assert result is not None
         resp, raw = result
         self.record_usage(ex, resp.get("usage"))
+        self.account(ex)
         if self.check_output(resp, ex):
             raw = None
         self.answer(resp, raw)
@@ -491,6 +531,7 @@ class ChatHandler(ProxyHandler):
                         out.append(chunk)
                 if out:
                     await self.write_sse(self.sse(out))
+            self.account(ex)
             if active:
                 for index in sorted(set(guards) | set(tools) | {0}):
                     guard = guards.get(index) or config.chain.stream_guard(ex, self.runtime.fail_mode)
@@ -620,8 +661,8 @@ class EmbeddingsHandler(ProxyHandler):
         result = await self.with_fallback(plan, lambda target: adapters.embed(client, target, body))
         assert result is not None
         resp, raw = result
-        usage = resp.get("usage") or {}
-        self.record.input_tokens = int(usage.get("prompt_tokens") or 0) if isinstance(usage, dict) else 0
+        self.record_usage(ex, resp.get("usage"))
+        self.account(ex)
         self.send_json(raw if raw is not None else resp)
 
 

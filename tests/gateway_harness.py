@@ -108,7 +108,7 @@ class GatewayThread:
 
 def write_config(path: Path, targets: list[dict[str, Any]], chain: list[str] | None = None,
                  policy: dict[str, Any] | None = None, fallback: dict[str, Any] | None = None,
-                 enabled: bool = True) -> Path:
+                 enabled: bool = True, **extra: Any) -> Path:
     """Write a policy-config.yaml for a test."""
     chain = chain or []
     doc: dict[str, Any] = {
@@ -119,6 +119,7 @@ def write_config(path: Path, targets: list[dict[str, Any]], chain: list[str] | N
     }
     if fallback is not None:
         doc["providers"]["fallback"] = fallback
+    doc.update(extra)
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 

@@ -386,3 +386,45 @@ def test_identity_headers_reach_policies_and_event(plain: GatewayThread) -> None
     event = wait_for(lambda: plain.events)[-1]
     assert (event["user_id"], event["agent_id"], event["user_role"], event["session_id"]) == \
         ("u-1", "bot-7", "admin", "s-9")
+
+
+def test_agent_rate_limit_and_budget(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any) -> None:
+    cfg = write_config(tmp_path / "c.yaml", [target(fake_upstream)],
+                       agents={"bot": {"max_requests_per_hour": 1}, "spender": {"max_cost_usd_per_day": 0.0000001}})
+    gw = start_gateway(cfg)
+
+    def ask(agent: str | None) -> Any:
+        headers = {"X-Agent-ID": agent} if agent else {}
+        return oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                               extra_headers=headers)
+
+    ask("bot")
+    with pytest.raises(openai.RateLimitError) as err:
+        ask("bot")
+    assert err.value.body["policy"] == "agents" and int(err.value.response.headers["retry-after"]) > 0
+    ask(None)  # no agent id: not limited
+    ask("spender")
+    with pytest.raises(openai.ConflictError) as err:
+        ask("spender")
+    assert err.value.body["code"] == "budget_exceeded"
+    events = wait_for(lambda: len(gw.events) == 5 and gw.events)
+    assert events[0]["cost_usd"] > 0 and events[1]["reason_code"] == "agent_rate_limited"
+
+
+def test_real_kinds_on_the_path(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any) -> None:
+    cfg = write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["pii-detector", "dlp-filter"],
+                       {"pii-detector": {"action": "redact"},
+                        "dlp-filter": {"blocked_terms": ["project-bluebird"], "action": "block"}})
+    gw = start_gateway(cfg)
+    oai(gw).chat.completions.create(model="gpt-4o-mini",
+                                    messages=[{"role": "user", "content": "mail jane.doe@example.com now"}])
+    sent = fake_upstream.requests_to("/v1/chat/completions")[-1].body["messages"][0]["content"]
+    assert "jane.doe@example.com" not in sent and sent.startswith("mail ")
+    text = "status of project-bluebird is green"
+    fake_upstream.queue_reply(text, chunks=len(text) // 3)
+    got: list[str] = []
+    with pytest.raises(openai.APIError):
+        for c in oai(gw).chat.completions.create(model="gpt-4o-mini", stream=True,
+                                                 messages=[{"role": "user", "content": "status?"}]):
+            got += [c.choices[0].delta.content or ""] if c.choices else []
+    assert "bluebird" not in "".join(got)
