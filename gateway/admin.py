@@ -114,14 +114,18 @@ class Events(_Admin):
         try:
             since = parse_time(self.get_query_argument("since", None))
             until = parse_time(self.get_query_argument("until", None))
-            limit = int(self.get_query_argument("limit", "50"))
         except ValueError as exc:
-            message = str(exc) if "time" in str(exc) else "limit must be an integer"
-            self.send_error_envelope(400, "validation_error", "invalid_query", message)
+            self.send_error_envelope(400, "validation_error", "invalid_query", str(exc))
             return
+        limit_arg = self.get_query_argument("limit", "50")
+        if not limit_arg.isdigit():
+            self.send_error_envelope(400, "validation_error", "invalid_query",
+                                     f"invalid limit {limit_arg!r}: use a whole number up to {MAX_EVENTS}")
+            return
+        limit = int(limit_arg)
         verdict = self.get_query_argument("verdict", None) or None
         after = self.get_query_argument("after", None) or None
-        limit = max(0, min(limit, MAX_EVENTS))
+        limit = min(limit, MAX_EVENTS)
         events = await writer.call(writer.store.query, since, until, limit, verdict, after)
         next_after = events[-1]["id"] if events else after
         self.send_json({"events": events, "count": len(events), "next_after": next_after})

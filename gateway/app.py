@@ -55,6 +55,7 @@ class GatewaySettings:
     max_upstream_connections: int = 1000
     state_dir: Path | None = None  # events.db lives here; None: $KEEPTRUSTS_STATE_DIR or ~/.local/state/kt
     watch_config: bool = True  # reload when the config file changes (SIGHUP and the reload API always work)
+    wait_for_config: bool = False  # start not ready when the config is missing/invalid (e.g. first sync pending)
 
 
 def make_app(

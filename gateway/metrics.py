@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics, generate_latest
@@ -91,7 +91,6 @@ class Sources:
     store_pending: Callable[[], int | None] | None = None  # events stored but not yet submitted
     drift: Callable[[], tuple[bool, str | None]] | None = None
     age: Callable[[], float | None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _sources = Sources()

@@ -22,9 +22,10 @@ from typing import Any
 from gateway import metrics
 from gateway.forwarder import Forwarder
 from gateway.logs import log_request
-from gateway.reload import Reloader, sync_state_of
+from gateway.reload import Reloader, ReloadResult, sync_state_of
 from gateway.runtime import Runtime, Snapshot
 from gateway.store import DB_NAME, EventStore, StoreWriter, default_state_dir, rfc3339
+from policies import ConfigError
 
 log = logging.getLogger("kt.gateway")
 
@@ -63,9 +64,22 @@ class Ops:
         self.state_dir = Path(self.state_dir)
         self.reloader = Reloader(self.runtime, self.config_path)
 
-    def load_initial(self) -> Snapshot:
-        """Load the config before serving (raises `policies.ConfigError`) and register the observers."""
-        snap = self.reloader.load_initial()
+    def load_initial(self, required: bool = True) -> Snapshot | None:
+        """Load the config before serving and register the observers.
+
+        Raises `policies.ConfigError` when `required`; otherwise a missing or invalid config is
+        logged and the gateway starts not ready (503) until the watcher finds a valid one (an
+        embedded sync agent's first publish).
+        """
+        try:
+            snap = self.reloader.load_initial()
+        except ConfigError as exc:
+            if required:
+                raise
+            snap = None
+            self.reloader.last = ReloadResult("error", "start", None, str(exc), tuple(exc.findings))
+            metrics.RELOADS.labels("error").inc()
+            log.warning("no valid config yet: not ready until one appears", extra={"error": str(exc)})
         for observer in (metrics.observe_event, log_request):
             if observer not in self.runtime.observers:
                 self.runtime.observers.append(observer)

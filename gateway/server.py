@@ -82,8 +82,9 @@ async def start(settings: GatewaySettings, config_path: str | Path, runtime: Run
     runtime.fail_mode = settings.fail_mode
     ops = Ops(runtime, str(config_path), state_dir=settings.state_dir or default_state_dir(), version=__version__,
               watch=settings.watch_config)
-    ops.load_initial()  # raises ConfigError; registers the metrics and request-log observers
-    log_config(runtime.snapshot)
+    ops.load_initial(required=not settings.wait_for_config)  # registers the metrics and request-log observers
+    if runtime.snapshot is not None:
+        log_config(runtime.snapshot)
     if settings.keys is None:
         log.warning("no --keys-file: the gateway is open, any client can use it without a key")
     else:

@@ -119,6 +119,7 @@ class Exchange:
     response_tool_calls: list[dict[str, Any]] = field(default_factory=list)
     input_tokens: int = 0  # usage, known after the upstream answered
     output_tokens: int = 0
+    notes: dict[str, Any] = field(default_factory=dict)  # per-request scratch space of policies
 
     @property
     def user_id(self) -> str | None:

@@ -124,5 +124,7 @@ def test_events_endpoint_filters_and_pages(tmp_path):
         assert [e["id"] for e in page["events"]] == ["evt_2", "evt_3"]
         code, answer = await fetch("/keeptrusts/events?since=yesterday")
         assert code == 400 and "5m" in answer["error"]["message"]
+        code, answer = await fetch("/keeptrusts/events?limit=-3")
+        assert code == 400 and "whole number" in answer["error"]["message"]
 
     run_admin(tmp_path, body)

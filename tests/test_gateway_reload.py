@@ -142,3 +142,23 @@ def test_a_reload_tells_systemd_reloading_then_ready(tmp_path, monkeypatch):
     sock.close()
     assert first.startswith("RELOADING=1\nMONOTONIC_USEC=")
     assert second.startswith("READY=1\nSTATUS=serving reload-pack@1.0.0") and "last reload refused" in second
+
+
+def test_a_gateway_may_start_before_its_first_config_and_becomes_ready_when_it_appears(tmp_path):
+    from gateway.ops import Ops
+
+    state = tmp_path / "state"  # nothing yet: the embedded agent's first sync is pending
+
+    async def main():
+        ops = Ops(Runtime(), str(state / "current" / "policy-config.yaml"), state_dir=tmp_path / "events")
+        assert ops.load_initial(required=False) is None and not ops.runtime.ready
+        assert ops.status()["reload"]["last_result"] == "error"
+        await ops.start()
+        try:
+            publish(state, SHA_A, config("1.0.0"))
+            await async_wait_for(lambda: ops.runtime.ready, timeout=20)
+            assert ops.runtime.snapshot.revision == SHA_A and ops.status()["reload"]["last_result"] == "ok"
+        finally:
+            await ops.stop()
+
+    asyncio.run(main())

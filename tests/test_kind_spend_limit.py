@@ -101,3 +101,13 @@ def test_streamed_response_recorded_at_finish() -> None:
     ex.input_tokens, ex.output_tokens = 1000, 1000
     assert guard.finish().verdict is Verdict.ALLOW
     assert state.spent_today("spend-limit:global") == pytest.approx(0.0125)
+
+
+def test_usage_counted_once_per_exchange() -> None:
+    state = PolicyState()
+    chain = Chain((SpendLimit({}, state),))
+    ex = user("hi", model="gpt-4o")
+    ex.input_tokens, ex.output_tokens = 1000, 1000
+    for _ in range(3):  # e.g. once per choice
+        chain.run_output(ex)
+    assert state.spent_today("spend-limit:global") == pytest.approx(0.0125)

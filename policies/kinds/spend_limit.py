@@ -4,9 +4,9 @@ On input, estimates the request's cost (characters / 4 input tokens plus `max_to
 output tokens, at the price of the dearest model among the requested model and its
 targets) and blocks with `budget_exceeded` when it exceeds `max_request_usd` or would
 take today's spend (UTC day) over `max_daily_usd`. On output, once the gateway has set
-`ex.input_tokens`/`ex.output_tokens`, computes the actual cost and adds it to today's
-spend (kept in PolicyState, so a reload does not reset it). `per` scopes the daily budget
-to the whole gateway, each `X-User-ID` or each `X-Agent-ID`.
+`ex.input_tokens`/`ex.output_tokens`, computes the actual cost and adds it, once per
+exchange, to today's spend (kept in PolicyState, so a reload does not reset it). `per`
+scopes the daily budget to the whole gateway, each `X-User-ID` or each `X-Agent-ID`.
 """
 
 from __future__ import annotations
@@ -88,8 +88,10 @@ class SpendLimit(Policy):
         return None
 
     def check_output(self, ex: Exchange) -> Decision | None:
-        if not (ex.input_tokens or ex.output_tokens):
+        # Usage is per request: the output phase may run once per choice, count it once.
+        if not (ex.input_tokens or ex.output_tokens) or ex.notes.get(self.kind):
             return None
+        ex.notes[self.kind] = True
         price: Price | None = None
         for model in self._models(ex):
             price = lookup(model, self.table)
