@@ -275,7 +275,8 @@ def profile(pid: int, seconds: float, out: Path) -> subprocess.Popen | None:
         print("--profile needs py-spy (pip install py-spy)", file=sys.stderr)
         return None
     return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-                             "--rate", "250", "--format", "raw", "--function", "--output", str(out), "--nonblocking"],
+                             "--rate", "250", "--gil", "--format", "raw", "--function", "--output", str(out),
+                             "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -351,7 +352,7 @@ def report(paths: list[Path_], info: dict[str, str]) -> tuple[str, dict]:
             f"{p.rps:,.0f}", f"{p.load_p50_ms:.1f} / {p.load_p99_ms:.1f} ms",
             "—" if base or p is passthrough else f"{d['rps_vs_passthrough']:.0%}",
             f"{d['ttft_p50_ms']:.3f} ms", "—" if base else f"{d['ttft_added_ms']:+.3f} ms",
-            str(d["errors"]), "—" if base else f"{p.rss_mb:.0f} MB"]) + " |")
+            str(d["errors"]), f"{p.rss_mb:.0f} MB" if p.rss_mb else "—"]) + " |")
     gw = data["paths"].get("gateway")
     checks = []
     if gw:
@@ -378,8 +379,9 @@ def machine(args: argparse.Namespace, client: str, load_tool: str) -> dict[str, 
             "cpu": model, "python": platform.python_version(), "tornado": tornado.version,
             "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
             "layout": "{} (proxy on CPUs {}, upstream and load on CPUs {})".format(args.layout, *cpus(args.layout)),
-            "scheduling": f"nice {os.getpriority(os.PRIO_PROCESS, 0)}"
-                          + (f", SCHED_FIFO {args.realtime}" if args.realtime else ""),
+            "scheduling": f"nice {os.getpriority(os.PRIO_PROCESS, 0)}" + (
+                f", SCHED_FIFO {os.sched_getparam(0).sched_priority}" if os.sched_getscheduler(0) == os.SCHED_FIFO
+                else ""),
             "upstream client (gateway and pass-through)": client + (" on uvloop" if args.uvloop else ""),
             "load generator": load_tool,
             "concurrency": str(args.concurrency),
