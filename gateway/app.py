@@ -22,6 +22,7 @@ from gateway.proxy import (
     ModelsHandler,
     NotFoundHandler,
     ReadyzHandler,
+    request_id_for,
 )
 from gateway.resilience import Breakers, RoundRobin
 from gateway.runtime import Runtime
@@ -77,7 +78,27 @@ def make_app(
         round_robin=RoundRobin(),
         compress_response=False,
         log_function=_no_access_log,  # one line per request comes from the decision event instead
+        transforms=[_stamp(runtime)],
     )
+
+
+def _stamp(runtime: Runtime) -> type[tornado.web.OutputTransform]:
+    """An output transform that gives every response (admin routes too) its request id and config revision."""
+
+    class Stamp(tornado.web.OutputTransform):
+        def __init__(self, request: Any) -> None:
+            self.request = request
+
+        def transform_first_chunk(self, status_code: int, headers: Any, chunk: bytes,
+                                  finishing: bool) -> tuple[int, Any, bytes]:
+            if "X-Request-ID" not in headers:
+                headers["X-Request-ID"] = request_id_for(self.request.headers)
+            if "X-Keeptrusts-Config-Revision" not in headers:
+                snap = runtime.snapshot
+                headers["X-Keeptrusts-Config-Revision"] = snap.revision if snap else "none"
+            return status_code, headers, chunk
+
+    return Stamp
 
 
 def _no_access_log(handler: tornado.web.RequestHandler) -> None:

@@ -72,6 +72,12 @@ def policy_error(outcome: ChainOutcome, blocked_code: str) -> GatewayError | Non
     return None
 
 
+def request_id_for(headers: Any) -> str:
+    """The client's `X-Request-ID` when it is sane, else a new `req_<hex>`."""
+    rid = headers.get("X-Request-ID")
+    return rid if rid and _REQUEST_ID.match(rid) else "req_" + uuid.uuid4().hex
+
+
 class BaseHandler(tornado.web.RequestHandler):
     """Every route: request id, config revision header, the error envelope, never a traceback."""
 
@@ -92,8 +98,7 @@ class BaseHandler(tornado.web.RequestHandler):
                 self.set_header("X-Keeptrusts-Policies", "disabled")
 
     def prepare(self) -> None:
-        rid = self.request.headers.get("X-Request-ID")
-        self.request_id = rid if rid and _REQUEST_ID.match(rid) else "req_" + uuid.uuid4().hex
+        self.request_id = request_id_for(self.request.headers)
         self.set_default_headers()
 
     def check_xsrf_cookie(self) -> None:  # an API: no cookies, no XSRF

@@ -30,9 +30,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def kt(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
+def kt(*args: str, state: Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
+    """`kt ...` as a process, its event store under `state` (never the user's home)."""
     return subprocess.Popen([sys.executable, "-m", "kt", *args], cwd=ROOT, text=True,
-                            env={**os.environ, **(env or {})}, **kw)
+                            env={**os.environ, "KEEPTRUSTS_STATE_DIR": str(state), **(env or {})}, **kw)
 
 
 def status_of(url: str) -> int | None:
@@ -56,7 +57,7 @@ def test_run_serves_and_drains_on_sigterm(tmp_path: Path, fake_upstream: FakeUps
     os.environ.pop("KT_CLI_MISSING", None)
     with log.open("w") as err:
         proc = kt("gateway", "run", "--config", str(cfg), "--listen", f"127.0.0.1:{port}", "--drain-timeout", "20",
-                  env=env, stderr=err, stdout=err)
+                  state=tmp_path, env=env, stderr=err, stdout=err)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: status_of(base + "/readyz") == 200 or proc.poll() is not None, timeout=15)
@@ -95,7 +96,8 @@ def test_run_serves_and_drains_on_sigterm(tmp_path: Path, fake_upstream: FakeUps
 def test_default_config_answers_with_no_provider_key(tmp_path: Path) -> None:
     port = free_port()
     proc = kt("gateway", "run", "--policy-config", "policies/examples/default/policy-config.yaml",
-              "--port", str(port), "--listen", "127.0.0.1:0", stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+              "--port", str(port), "--listen", "127.0.0.1:0", state=tmp_path, stderr=subprocess.PIPE,
+              stdout=subprocess.DEVNULL)
     try:
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: status_of(base + "/readyz") == 200 or proc.poll() is not None, timeout=15)
@@ -119,8 +121,8 @@ def test_default_config_answers_with_no_provider_key(tmp_path: Path) -> None:
      "cannot read keys file"),
     (["--config", "policies/examples/default/policy-config.yaml", "--max-body-size", "lots"], 1, "10MiB"),
 ])
-def test_bad_input_exits_with_a_message(args: list[str], code: int, needle: str) -> None:
-    proc = kt("gateway", "run", *args, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+def test_bad_input_exits_with_a_message(args: list[str], code: int, needle: str, tmp_path: Path) -> None:
+    proc = kt("gateway", "run", *args, state=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == code
     assert needle in out + err and "Traceback" not in out + err

@@ -428,3 +428,14 @@ def test_real_kinds_on_the_path(tmp_path: Path, fake_upstream: FakeUpstream, sta
                                                  messages=[{"role": "user", "content": "status?"}]):
             got += [c.choices[0].delta.content or ""] if c.choices else []
     assert "bluebird" not in "".join(got)
+
+
+def test_wrong_method_is_an_envelope(plain: GatewayThread) -> None:
+    status, _, data = raw(plain, "GET", "/v1/chat/completions")
+    assert status == 405 and json.loads(data)["error"]["code"] == "method_not_allowed"
+
+
+def test_every_route_carries_request_id_and_revision(plain: GatewayThread) -> None:
+    for path in ("/metrics", "/health", "/keeptrusts/status", "/readyz", "/nope"):
+        _, headers, _ = raw(plain, "GET", path)
+        assert headers["x-request-id"] and headers["x-keeptrusts-config-revision"] == plain.runtime.snapshot.revision

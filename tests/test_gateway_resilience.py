@@ -190,3 +190,30 @@ def test_stream_retried_before_first_byte_but_not_after(tmp_path: Path, fake_ups
     assert "".join(got) and len(fake_upstream.requests_to(PATH)) == 1  # no second attempt
     event = wait_for(lambda: gw.events[-1]["error_code"] and gw.events)[-1]
     assert event["error_code"] == "upstream_error" and event["attempts"] == 1
+
+
+def test_malformed_upstream_answer_is_retried_then_502(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                      start_gateway: Any) -> None:
+    gw = start_gateway(write_config(tmp_path / "c.yaml", targets(fake_upstream, "a", "b")))
+    fake_upstream.add_fault("malformed")
+    assert ask(gw).choices[0].message.content  # the second target answered
+    fake_upstream.add_fault("malformed", times=3)
+    with pytest.raises(openai.APIStatusError) as err:
+        ask(gw)
+    assert err.value.status_code == 502 and "invalid JSON" in err.value.body["message"]
+
+
+def test_client_leaving_mid_stream_is_recorded(tmp_path: Path, fake_upstream: FakeUpstream,
+                                               start_gateway: Any) -> None:
+    import socket
+
+    gw = start_gateway(write_config(tmp_path / "c.yaml", targets(fake_upstream, "a")))
+    fake_upstream.queue_reply("a long answer " * 20, chunks=20, chunk_delay=0.05)
+    body = b'{"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    with socket.create_connection(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        assert b"data: " in sock.recv(65536)
+    event = wait_for(lambda: gw.events and gw.events[-1], timeout=10)
+    assert event["status"] == 499 and event["error_code"] == "client_closed"
+    assert wait_for(lambda: gw.runtime.in_flight == 0 or None) is True
