@@ -108,9 +108,13 @@ def test_forwarder_delivers_every_event_through_an_outage_and_resumes_from_its_c
     assert sorted(set(state["ids"])) == sorted([f"evt_{n:04d}" for n in range(40)] + ["evt_0099"])
 
 
-def test_writer_keeps_events_in_memory_while_the_store_is_unwritable(tmp_path):
+def test_writer_keeps_events_in_memory_while_the_store_is_unwritable_and_counts_overflow(tmp_path, caplog):
+    from gateway import metrics
+    from gateway.event_queue import EventQueue
+
     async def main():
-        runtime = Runtime()
+        runtime = Runtime(events=EventQueue(maxsize=3))
+        metrics.bind(runtime=runtime)
         store = EventStore(tmp_path / "events.db")
         writer = StoreWriter(runtime, store)
         real_add = store.add
@@ -127,10 +131,16 @@ def test_writer_keeps_events_in_memory_while_the_store_is_unwritable(tmp_path):
         writer.start()
         runtime.record_event(ev(1))
         await async_wait_for(lambda: writer.error is not None, timeout=20)
+        for n in range(2, 12):  # the writer holds evt 1; the queue takes 3 more; 7 are lost, requests unaffected
+            runtime.record_event(ev(n))
+        assert runtime.events.dropped == 7
+        assert metrics.REGISTRY.get_sample_value("keeptrusts_events_dropped_total") == 7
+        await async_wait_for(lambda: "decision events dropped" in caplog.text, timeout=20)
         broken["on"] = False
-        await async_wait_for(lambda: store.count() == 1, timeout=20)
+        await async_wait_for(lambda: store.count() == 4, timeout=20)
         assert writer.error is None
         await writer.stop()
+        metrics.bind()
 
     asyncio.run(main())
 
