@@ -439,3 +439,27 @@ def test_every_route_carries_request_id_and_revision(plain: GatewayThread) -> No
     for path in ("/metrics", "/health", "/keeptrusts/status", "/readyz", "/nope"):
         _, headers, _ = raw(plain, "GET", path)
         assert headers["x-request-id"] and headers["x-keeptrusts-config-revision"] == plain.runtime.snapshot.revision
+
+
+def test_async_anthropic_sdk(plain: GatewayThread, fake_upstream: FakeUpstream) -> None:
+    async def main() -> tuple[str, str]:
+        client = anthropic.AsyncAnthropic(base_url=plain.url, api_key=CLIENT_KEY, max_retries=0)
+        msg = await client.messages.create(model="gpt-4o-mini", max_tokens=20,
+                                           messages=[{"role": "user", "content": "a"}])
+        async with client.messages.stream(model="gpt-4o-mini", max_tokens=20,
+                                          messages=[{"role": "user", "content": "b"}]) as stream:
+            text = "".join([t async for t in stream.text_stream])
+        await client.close()
+        return msg.content[0].text, text
+
+    fake_upstream.set_default("async claude-style", chunks=3)
+    assert asyncio.run(main()) == ("async claude-style", "async claude-style")
+
+
+def test_embeddings_input_redaction(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
+                                    test_kinds: None) -> None:
+    cfg = write_config(tmp_path / "c.yaml", [target(fake_upstream, model="text-embedding-3-small")], ["test-term"],
+                       {"test-term": {"pattern": "secret", "verdict": "redact"}})
+    gw = start_gateway(cfg)
+    oai(gw).embeddings.create(model="text-embedding-3-small", input=["a secret", "plain"])
+    assert fake_upstream.requests_to("/v1/embeddings")[-1].body["input"] == ["a [REDACTED]", "plain"]
