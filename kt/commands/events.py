@@ -16,7 +16,7 @@ import click
 
 DEFAULT_GATEWAY = "http://127.0.0.1:41002"
 Fetch = Callable[[dict[str, Any]], list[dict[str, Any]]]
-_COLUMNS = (("TIME", 20), ("ID", 30), ("VERDICT", 9), ("REASON", 28), ("MODEL", 20), ("LATENCY", 10))
+_COLUMNS = (("TIME", 20), ("ID", 36), ("VERDICT", 9), ("REASON", 28), ("MODEL", 20), ("LATENCY", 10))
 
 
 def _gateway_fetch(url: str, token: str | None) -> Fetch:
