@@ -3,7 +3,8 @@
     .venv/bin/python bench/sync.py [--repeats 20] [--poll-interval 1.0] [--commits 10000] [--files 1000] [--json]
 
 1. Latency: a commit is pushed to a bare repo on disk; we measure until `<state>/current` serves it,
-   once with an immediate trigger (what a webhook, `kt sync now` or SIGHUP do) and once by polling.
+   once with an immediate trigger (what a webhook, `kt sync now` or SIGHUP do) and once by polling;
+   then until a `kt gateway run --git-repo` process serves it (`/keeptrusts/status`), by webhook and polling.
 2. Scale: a repo of `--commits` commits touching `--files` config files (built with `git fast-import`);
    first sync into an empty state dir, then an incremental sync after one more commit, then a noop.
    With a shallow fetch (depth 1, the default) the incremental sync must not grow with history.
@@ -94,6 +95,76 @@ def latency(root: Path, repeats: int, interval: float, use_trigger: bool) -> dic
             "p50_ms": round(pct(samples, 50) * 1000, 1), "p95_ms": round(pct(samples, 95) * 1000, 1)}
 
 
+def serving_latency(root: Path, repeats: int, interval: float, use_webhook: bool) -> dict:
+    """Merge -> a `kt gateway run --git-repo` process serves the new revision (its /keeptrusts/status)."""
+    import hashlib
+    import hmac
+    import os
+    import socket
+    import urllib.request
+
+    root.mkdir(parents=True)
+    bare, work = root / "gw.git", root / "gw-work"
+    git("init", "-q", "--bare", "-b", "main", str(bare))
+    git("init", "-q", "-b", "main", str(work))
+    git("remote", "add", "origin", str(bare), cwd=work)
+
+    def commit(v: int) -> str:
+        (work / "policy-config.yaml").write_text(config(f"{v}.0.0"))
+        git("add", "-A", cwd=work)
+        git("commit", "-qm", f"v{v}", cwd=work)
+        git("push", "-q", "origin", "HEAD:main", cwd=work)
+        return git("rev-parse", "HEAD", cwd=work)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (root / "secret").write_text("bench-secret")
+    first = commit(1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kt", "gateway", "run", "--git-repo", str(bare), "--state-dir", str(root / "state"),
+         "--listen", f"127.0.0.1:{port}", "--sync-interval", str(3600 if use_webhook else interval),
+         "--webhook-secret-file", str(root / "secret"), "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "KEEPTRUSTS_ADMIN_TOKEN": ""})
+    url = f"http://127.0.0.1:{port}"
+
+    def revision() -> str | None:
+        try:
+            with urllib.request.urlopen(url + "/keeptrusts/status", timeout=5) as resp:
+                return (json.loads(resp.read()).get("config") or {}).get("revision")
+        except OSError:
+            return None
+
+    def wait_serving(sha: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while revision() != sha:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit(f"gateway did not serve {sha[:12]}")
+            time.sleep(0.005)
+
+    samples = []
+    try:
+        wait_serving(first)
+        body = b'{"ref": "refs/heads/main"}'
+        sig = "sha256=" + hmac.new(b"bench-secret", body, hashlib.sha256).hexdigest()
+        for v in range(2, repeats + 2):
+            if not use_webhook:
+                time.sleep(random.uniform(0, interval))
+            sha = commit(v)
+            t0 = time.perf_counter()
+            if use_webhook:
+                req = urllib.request.Request(url + "/keeptrusts/sync/webhook", data=body,
+                                             headers={"X-Hub-Signature-256": sig})
+                urllib.request.urlopen(req, timeout=5).close()
+            wait_serving(sha)
+            samples.append(time.perf_counter() - t0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {"mode": "gateway, webhook" if use_webhook else f"gateway, poll every {interval:g}s", "n": len(samples),
+            "p50_ms": round(pct(samples, 50) * 1000, 1), "p95_ms": round(pct(samples, 95) * 1000, 1)}
+
+
 def big_repo(root: Path, commits: int, files: int) -> Path:
     """A bare repo with `commits` commits over `files` config files, built by git fast-import."""
     bare = root / "big.git"
@@ -174,15 +245,17 @@ def main() -> None:
         root = Path(tmp)
         result = {
             "latency": [latency(root / "t", args.repeats, args.poll_interval, True),
-                        latency(root / "p", max(5, args.repeats // 2), args.poll_interval, False)],
+                        latency(root / "p", max(5, args.repeats // 2), args.poll_interval, False),
+                        serving_latency(root / "gw", args.repeats, args.poll_interval, True),
+                        serving_latency(root / "gp", max(5, args.repeats // 2), args.poll_interval, False)],
             "scale": scale(root, args.commits, args.files),
         }
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print("merge-to-publish latency")
+    print("merge latency: to publish (agent in process) and to serving (kt gateway run --git-repo)")
     for row in result["latency"]:
-        print(f"  {row['mode']:<20} n={row['n']:<3} p50 {row['p50_ms']:>8.1f} ms   p95 {row['p95_ms']:>8.1f} ms")
+        print(f"  {row['mode']:<30} n={row['n']:<3} p50 {row['p50_ms']:>8.1f} ms   p95 {row['p95_ms']:>8.1f} ms")
     print(f"sync time ({args.commits} commits, {args.files} files)")
     for row in result["scale"]:
         if "first_s" in row:

@@ -9,6 +9,7 @@ fetches the branch itself); a missing or wrong signature gets 401.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ class EmbeddedSync:
         self.scheduler = SyncScheduler(self.agent, interval=interval, max_failures=max_failures,
                                        on_result=self._on_result)
         self.webhook_secret = webhook_secret
+        self.on_publish: Callable[[], None] | None = None  # the gateway nudges its reloader (no wait for the watcher)
 
     @property
     def config_path(self) -> Path:
@@ -54,10 +56,9 @@ class EmbeddedSync:
         """Sync as soon as possible (webhook, SIGHUP); bursts collapse into one run."""
         self.scheduler.trigger()
 
-    @staticmethod
-    def _on_result(result: SyncResult) -> None:
-        if result.result == "success":
-            log.info("sync published %s", (result.head or "")[:12])
+    def _on_result(self, result: SyncResult) -> None:
+        if result.result == "success" and self.on_publish is not None:
+            self.on_publish()
 
 
 class SyncWebhook(tornado.web.RequestHandler):

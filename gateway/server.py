@@ -14,6 +14,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import tornado.web
 from tornado.httpserver import HTTPServer
@@ -27,6 +28,9 @@ from gateway.runtime import Runtime, Snapshot
 from gateway.store import default_state_dir
 from gateway.upstream import unavailable_reason
 from kt import __version__
+
+if TYPE_CHECKING:
+    from gateway.gitsync import EmbeddedSync
 
 log = logging.getLogger("kt.gateway")
 
@@ -57,6 +61,7 @@ class RunningGateway:
     settings: GatewaySettings
     port: int
     ops: Ops
+    sync: EmbeddedSync | None = None
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close connections and the upstream pool."""
@@ -74,22 +79,51 @@ class RunningGateway:
             await asyncio.wait_for(self.server.close_all_connections(), 2.0)
         await self.app.settings["upstream"].close()
         await self.ops.stop()  # stop reloading and forwarding; queued events are flushed to the store
+        if self.sync is not None:
+            self.sync.stop()
 
 
-async def start(settings: GatewaySettings, config_path: str | Path, runtime: Runtime | None = None) -> RunningGateway:
-    """Load the config and listen; returns once the gateway accepts requests."""
+async def start(settings: GatewaySettings, config_path: str | Path | None, runtime: Runtime | None = None,
+                sync: EmbeddedSync | None = None) -> RunningGateway:
+    """Load the config and listen; returns once the gateway accepts requests.
+
+    With `sync` (the embedded Git agent) the config is `<state>/current/<path>`: served at once
+    when a revision was published before (warm start), else not ready (503) until the first
+    good sync publishes one; the file watcher reloads on every publish either way."""
     runtime = runtime or Runtime(fail_mode=settings.fail_mode)
     runtime.fail_mode = settings.fail_mode
-    ops = Ops(runtime, str(config_path), state_dir=settings.state_dir or default_state_dir(), version=__version__,
-              watch=settings.watch_config)
-    ops.load_initial(required=not settings.wait_for_config)  # registers the metrics and request-log observers
+    if sync is not None:
+        sync.start()  # raises AgentLocked when another agent owns the state dir
+        config_path = sync.config_path
+    try:
+        return await _start(settings, str(config_path), runtime, sync)
+    except BaseException:
+        if sync is not None:
+            sync.stop()
+        raise
+
+
+async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
+                 sync: EmbeddedSync | None) -> RunningGateway:
+    ops = Ops(runtime, config_path, state_dir=settings.state_dir or default_state_dir(), version=__version__,
+              watch=settings.watch_config or sync is not None,
+              sync_state_dir=sync.settings.state_dir if sync is not None else None)
+    # Raises ConfigError unless a config may come later; registers the metrics and request-log observers.
+    ops.load_initial(required=sync is None and not settings.wait_for_config)
     if runtime.snapshot is not None:
         log_config(runtime.snapshot)
+    else:
+        log.warning("no published config yet in %s: not ready until the first good sync", config_path)
     if settings.keys is None:
         log.warning("no --keys-file: the gateway is open, any client can use it without a key")
     else:
         log.info("gateway keys: %d accepted key(s)", len(settings.keys))
-    app = make_app(runtime, settings, extra_routes=admin_routes(ops))
+    routes = admin_routes(ops)
+    if sync is not None:
+        from gateway.gitsync import webhook_routes
+
+        routes += webhook_routes(sync)
+    app = make_app(runtime, settings, extra_routes=routes)
     breakers = app.settings["breakers"].by_target
     ops.providers = lambda: {target_id: breaker.state for target_id, breaker in breakers.items()}
     # Bodies up to twice the limit are read and answered 413 with the envelope; beyond that
@@ -99,13 +133,24 @@ async def start(settings: GatewaySettings, config_path: str | Path, runtime: Run
     server.add_sockets(sockets)
     ops.connections = lambda: len(server._connections)
     await ops.start()  # event store, forwarder, config watcher, SIGHUP
-    return RunningGateway(runtime, app, server, settings, sockets[0].getsockname()[1], ops)
+    if sync is not None:
+        loop = asyncio.get_running_loop()
+        # A publish flips `current`; the watcher would see it too, this only skips its debounce.
+        sync.on_publish = lambda: loop.call_soon_threadsafe(ops.reloader.request, "sync")
+
+        def on_sighup() -> None:  # sync now, and reload (one handler per signal on the loop)
+            sync.trigger()
+            ops.reloader.request("sighup")
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    return RunningGateway(runtime, app, server, settings, sockets[0].getsockname()[1], ops, sync)
 
 
-async def serve(settings: GatewaySettings, config_path: str | Path) -> int:
+async def serve(settings: GatewaySettings, config_path: str | Path | None, sync: EmbeddedSync | None = None) -> int:
     """Run until SIGTERM/SIGINT, then drain; the exit code."""
     began = time.perf_counter()
-    gateway = await start(settings, config_path)
+    gateway = await start(settings, config_path, sync=sync)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,6 +180,6 @@ async def tell_systemd(gateway: RunningGateway) -> None:
         await asyncio.sleep(interval)
 
 
-def run(settings: GatewaySettings, config_path: str | Path) -> int:
+def run(settings: GatewaySettings, config_path: str | Path | None, sync: EmbeddedSync | None = None) -> int:
     """Blocking entry point for the CLI."""
-    return asyncio.run(serve(settings, config_path))
+    return asyncio.run(serve(settings, config_path, sync))

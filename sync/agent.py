@@ -31,7 +31,7 @@ from sync.publish import (
     revision_of,
     validate,
 )
-from sync.repo import GitError, Mirror, Remote
+from sync.repo import GitError, Mirror, Remote, UnsafeTree
 from sync.status import parse_time, read_status, rfc3339, write_status
 
 log = logging.getLogger("kt.sync")
@@ -186,8 +186,12 @@ class SyncAgent:
             return SyncResult("success", head)
         tmp = new_tmp_dir(self.state, head)
         try:
-            self._export(head, tmp, deadline)
-            findings = validate(tmp, s.path)
+            try:
+                self._export(head, tmp, deadline)
+                findings = validate(tmp, s.path)
+            except UnsafeTree as exc:
+                findings = [{"file": s.path, "code": "E101", "path": "", "message": str(exc),
+                             "suggestion": "remove symlinks that point outside the repository", "line": None}]
             if findings:
                 self._rejected = head
                 first = "; ".join(f"{f['file']}: {f['code']} {f['message']}" for f in findings[:3])

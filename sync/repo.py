@@ -12,6 +12,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,10 @@ _AUTH = re.compile(
     r"|host key verification failed|returned error: 40[13]|http 40[13]|access denied|invalid credentials",
     re.IGNORECASE,
 )
+
+
+class UnsafeTree(Exception):
+    """The commit's tree cannot be exported safely (e.g. a symlink leaving the tree): refuse it."""
 
 
 class GitError(Exception):
@@ -71,12 +76,14 @@ class Mirror:
     def _git(self, args: list[str], timeout: float, env: dict[str, str] | None = None,
              secrets: list[str] | None = None, output_stream=None) -> str:
         cmd = git.Git(str(self.path))
+        started = time.monotonic()
         try:
             out = cmd.execute(["git", "-c", "credential.helper=", "-c", "core.askPass=", *args],
                               kill_after_timeout=max(timeout, 0.1), env=env or {}, output_stream=output_stream)
         except git.GitCommandError as exc:
             stderr = redact(str(exc.stderr or "").strip(), secrets or [])
-            if "Timeout:" in stderr or "timed out" in stderr:
+            # GitPython marks a kill in stderr, but not when the process died first; the clock decides too.
+            if "Timeout:" in stderr or time.monotonic() - started >= timeout * 0.95:
                 raise GitError("timeout", f"git {args[0]} did not finish within {timeout:g} s (killed)") from None
             raise GitError("repo", f"git {args[0]} failed: {_last_lines(stderr)}") from None
         except OSError as exc:
@@ -151,6 +158,8 @@ class Mirror:
             try:
                 with tarfile.open(fileobj=tar, mode="r:") as archive:
                     archive.extractall(dest, filter="data")
+            except tarfile.FilterError as exc:
+                raise UnsafeTree(f"commit {sha[:12]} cannot be published safely: {exc}") from None
             except tarfile.TarError as exc:
                 raise GitError("repo", f"cannot unpack commit {sha[:12]}: {exc}") from None
 

@@ -69,11 +69,14 @@ def read_status(state: Path) -> dict[str, Any] | None:
 
 
 def drift(state: Path, status: dict[str, Any] | None, reload_failed: bool = False) -> tuple[bool, str | None]:
-    """(drifted, reason): whether what is published differs from what should run, and why."""
-    if reload_failed:
-        return True, "reload_failed"
+    """(drifted, reason): whether what is published differs from what should run, and why.
+
+    `reload_failed` (the gateway refused its config) wins once a revision was published; before
+    that the gateway has nothing to load and the agent's state says why."""
     if status is None:
-        return True, "pending"
+        return True, "reload_failed" if reload_failed else "pending"
+    if reload_failed and status.get("applied_revision"):
+        return True, "reload_failed"
     applied = status.get("applied_revision")
     digest = status.get("applied_digest")
     if applied and digest:

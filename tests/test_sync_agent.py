@@ -257,3 +257,14 @@ def test_gc_drops_commits_no_longer_fetched(upstream, tmp_path, monkeypatch):
     repo = state / "repo"
     assert subprocess.run(["git", "-C", str(repo), "cat-file", "-e", first], capture_output=True).returncode != 0
     assert git("-C", str(repo), "rev-parse", "refs/kt/head") == upstream.head()
+
+
+def test_symlink_out_of_the_tree_is_refused(upstream, tmp_path):
+    state = tmp_path / "state"
+    agent = make_agent(upstream, state)
+    agent.sync_once()
+    os.symlink("/etc/passwd", upstream.work / "leak.yaml")
+    upstream.commit({}, "symlink out")
+    result = agent.sync_once()
+    assert result.result == "rejected" and result.findings[0]["code"] == "E101"
+    assert "version: 1.0.0" in served(state) and not (state / "current" / "leak.yaml").exists()

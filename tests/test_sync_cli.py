@@ -50,7 +50,7 @@ def test_daemon_trigger_and_clean_exit(upstream, tmp_path):
     env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
     proc = start_agent(upstream, state, "--interval", "3600", env=env)
     try:
-        wait_for(lambda: applied(state) == upstream.head(), timeout=20)
+        wait_for(lambda: applied(state) == upstream.head(), timeout=30)
         message = ""
         while "READY=1" not in message:
             message = notify.recv(4096).decode()
@@ -77,9 +77,9 @@ def test_polling_interval_picks_up_a_merge(upstream, tmp_path):
     state = tmp_path / "state"
     proc = start_agent(upstream, state, "--interval", "0.2")
     try:
-        wait_for(lambda: applied(state) == upstream.head(), timeout=20)
+        wait_for(lambda: applied(state) == upstream.head(), timeout=30)
         sha = upstream.commit({CFG: config_yaml("2.0.0")})
-        wait_for(lambda: applied(state) == sha, timeout=20)
+        wait_for(lambda: applied(state) == sha, timeout=30)
         second = start_agent(upstream, state, "--once")
         assert second.wait(timeout=30) == 1 and "already running" in second.stderr.read()
     finally:
@@ -129,12 +129,13 @@ def reached(point: str, proc: subprocess.Popen, state: Path, head: str) -> bool:
     if proc.poll() is not None:
         return True
     names = [p.name for p in (state / "revisions").iterdir()]
-    if point == "export":
-        return any(n.startswith(".tmp-") for n in names)
-    if point == "install":
-        return head in names
     live = current_dir(state)
-    return live is not None and live.name == head
+    flipped = live is not None and live.name == head
+    if point == "export":  # or later: a loaded machine may not see the short-lived temp dir
+        return any(n.startswith(".tmp-") for n in names) or head in names or flipped
+    if point == "install":
+        return head in names or flipped
+    return flipped
 
 
 @pytest.mark.parametrize("point", ["export", "install", "flip"])

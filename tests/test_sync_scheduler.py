@@ -48,12 +48,12 @@ def test_trigger_burst_applies_only_the_newest_head(tmp_path: Path):
     sched = SyncScheduler(agent, interval=3600)
     sched.start()
     try:
-        wait_for(agent.in_first_run.is_set, timeout=10)
+        wait_for(agent.in_first_run.is_set, timeout=30)
         heads = [up.commit({CFG: config_yaml(f"{i}.0.0")}) for i in range(2, 6)]
         for _ in range(25):
             sched.trigger()
         agent.release_first.set()
-        wait_for(lambda: len(agent.runs) == 2 and read_status(state)["applied_revision"] == heads[-1], timeout=10)
+        wait_for(lambda: len(agent.runs) == 2 and read_status(state)["applied_revision"] == heads[-1], timeout=30)
         assert agent.runs[1].result == "success" and agent.runs[1].head == heads[-1]
         names = [p.name for p in (state / "revisions").iterdir()]
         assert not any(n.startswith(h) for h in heads[:-1] for n in names)  # intermediate heads never published
@@ -61,7 +61,7 @@ def test_trigger_burst_applies_only_the_newest_head(tmp_path: Path):
         job = sched._sched.get_job("sync")
         assert job is not None and (job.next_run_time.timestamp() - __import__("time").time()) > 3000
         sched.trigger()  # an idle agent runs a trigger at once
-        wait_for(lambda: len(agent.runs) == 3, timeout=10)
+        wait_for(lambda: len(agent.runs) == 3, timeout=30)
         assert agent.runs[2].result == "noop"
     finally:
         agent.release_first.set()
@@ -78,7 +78,7 @@ def test_polling_picks_up_commits_and_max_failures_stops(tmp_path: Path):
     sched.start()
     try:
         sha = up.commit({CFG: config_yaml("2.0.0")})
-        wait_for(lambda: (read_status(state) or {}).get("applied_revision") == sha, timeout=10)
+        wait_for(lambda: (read_status(state) or {}).get("applied_revision") == sha, timeout=30)
         up.bare.rename(up.bare.with_name("gone.git"))
         assert sched.done.wait(20)
         assert sched.failed and read_status(state)["consecutive_failures"] == 3

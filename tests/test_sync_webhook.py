@@ -48,7 +48,7 @@ class Server:
     def post(self, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
         req = urllib.request.Request(f"http://127.0.0.1:{self.port}{WEBHOOK_PATH}", data=body, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
+            with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read())
@@ -65,7 +65,7 @@ def env(tmp_path: Path):
     sync = EmbeddedSync(SyncSettings(Remote(up.url), tmp_path / "state", CFG), interval=3600, webhook_secret=SECRET)
     sync.start()
     server = Server(sync)
-    wait_for(lambda: (read_status(sync.settings.state_dir) or {}).get("applied_revision") == up.head(), timeout=10)
+    wait_for(lambda: (read_status(sync.settings.state_dir) or {}).get("applied_revision") == up.head(), timeout=30)
     yield up, sync, server
     server.stop()
     sync.stop()
@@ -85,7 +85,7 @@ def test_github_push_triggers_a_sync(env):
     sha = up.commit({CFG: config_yaml("2.0.0")})
     body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
     assert server.post(body, github(body)) == (202, {"triggered": True})
-    wait_for(lambda: applied(sync) == sha, timeout=10)
+    wait_for(lambda: applied(sync) == sha, timeout=30)
     assert "2.0.0" in sync.config_path.read_text()
 
 
@@ -95,7 +95,7 @@ def test_gitlab_token_triggers_a_sync(env):
     body = json.dumps({"object_kind": "push", "ref": "refs/heads/main"}).encode()
     status, _ = server.post(body, {"X-Gitlab-Token": SECRET.decode(), "X-Gitlab-Event": "Push Hook"})
     assert status == 202
-    wait_for(lambda: applied(sync) == sha, timeout=10)
+    wait_for(lambda: applied(sync) == sha, timeout=30)
 
 
 def test_wrong_or_missing_signature_is_refused(env):
@@ -129,7 +129,7 @@ def test_webhook_storm_applies_only_the_newest_head(env):
     body = b'{"ref": "refs/heads/main"}'
     for _ in range(30):
         assert server.post(body, github(body))[0] == 202
-    wait_for(lambda: applied(sync) == heads[-1], timeout=15)
+    wait_for(lambda: applied(sync) == heads[-1], timeout=30)
     names = {p.name for p in (sync.settings.state_dir / "revisions").iterdir()}
     assert not names & set(heads[:-1])
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
+
+from kt.commands.sync import build_embedded_sync, embedded_sync_options
 
 DEFAULT_LISTEN = "0.0.0.0:41002"
 
@@ -52,8 +55,8 @@ def gateway() -> None:
 
 
 @gateway.command(name="run")
-@click.option("--policy-config", "--config", "policy_config", required=True, type=click.Path(dir_okay=False),
-              help="Policy config file (policy-config.yaml).")
+@click.option("--policy-config", "--config", "policy_config", type=click.Path(dir_okay=False),
+              help="Policy config file (policy-config.yaml); required unless --git-repo is given.")
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to listen on.")
 @click.option("--port", type=int, default=None, help="Port shorthand; overrides the port of --listen.")
 @click.option("--fail-mode", type=click.Choice(["block", "allow"]), default="block", show_default=True,
@@ -76,10 +79,11 @@ def gateway() -> None:
               help="Log lines on stderr: JSON objects or text.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="info logs one line per request; warning drops those.")
-def run(policy_config: str, listen: str, port: int | None, fail_mode: str, max_body_size: str,
+@embedded_sync_options
+def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str, max_body_size: str,
         drain_timeout: float, keys_file: str | None, upstream_connect_timeout: float,
         upstream_read_timeout: float, state_dir: str | None, watch_config: bool, log_format: str,
-        log_level: str) -> None:
+        log_level: str, **git: Any) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
     from gateway.app import GatewaySettings
     from gateway.keys import KeysFileError, load_keys
@@ -88,6 +92,14 @@ def run(policy_config: str, listen: str, port: int | None, fail_mode: str, max_b
     from gateway.upstream import Timeouts
     from policies import ConfigError
 
+    if bool(policy_config) == bool(git["git_repo"]):
+        raise click.UsageError("give either --policy-config FILE or --git-repo URL (the embedded sync agent)")
+    sync = build_embedded_sync(state_dir, **git)
+    locked: tuple[type[Exception], ...] = ()
+    if sync is not None:
+        from sync.agent import AgentLocked
+
+        locked = (AgentLocked,)
     host, listen_port = parse_listen(listen, port)
     size = parse_size(max_body_size)
     try:
@@ -101,7 +113,9 @@ def run(policy_config: str, listen: str, port: int | None, fail_mode: str, max_b
         state_dir=Path(state_dir) if state_dir else None, watch_config=watch_config,
     )
     try:
-        code = run_gateway(settings, policy_config)
+        code = run_gateway(settings, policy_config, sync)
+    except locked as exc:
+        raise click.ClickException(str(exc)) from exc
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)

@@ -216,3 +216,59 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(str(text))
+
+
+def embedded_sync_options(f):
+    """The `kt gateway run` flags of the embedded agent (`--git-repo` switches it on)."""
+    options = [
+        click.option("--git-repo", help="Deploy the config from this Git repository (embedded sync agent); "
+                                        "replaces --policy-config. URL forms as for `kt sync run --repo`."),
+        click.option("--git-branch", default="main", show_default=True, help="Branch to deploy."),
+        click.option("--git-path", default="policy-config.yaml", show_default=True,
+                     help="Config file in the repository (relative to its root)."),
+        click.option("--sync-interval", type=click.FloatRange(min=0.05), default=60.0, show_default=True,
+                     help="Seconds between polls (+-10% jitter)."),
+        click.option("--git-depth", type=click.IntRange(min=0), default=1, show_default=True,
+                     help="Fetch depth; 0 = full history."),
+        click.option("--sync-timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
+                     help="Per-sync deadline (s); a hung git is killed."),
+        click.option("--sync-keep", type=click.IntRange(min=1), default=5, show_default=True,
+                     help="Published revisions kept on disk."),
+        click.option("--git-token-file", type=click.Path(dir_okay=False),
+                     help="HTTPS token, re-read before every fetch (default: $KEEPTRUSTS_GIT_TOKEN)."),
+        click.option("--git-username", help="Username sent with the token."),
+        click.option("--git-ssh-key", type=click.Path(dir_okay=False), help="SSH private key file."),
+        click.option("--git-known-hosts", type=click.Path(dir_okay=False), help="known_hosts file."),
+        click.option("--webhook-secret-file", type=click.Path(dir_okay=False),
+                     help="Secret of POST /keeptrusts/sync/webhook (default: $KEEPTRUSTS_WEBHOOK_SECRET)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_branch: str, git_path: str,
+                        sync_interval: float, git_depth: int, sync_timeout: float, sync_keep: int,
+                        git_token_file: str | None, git_username: str | None, git_ssh_key: str | None,
+                        git_known_hosts: str | None, webhook_secret_file: str | None):
+    """The `EmbeddedSync` for `kt gateway run --git-repo ...`, or None without `--git-repo`."""
+    if not git_repo:
+        return None
+    from gateway.gitsync import EmbeddedSync
+    from sync.agent import SyncSettings
+    from sync.credentials import Credentials
+    from sync.repo import Remote, check_branch_name
+    from sync.webhook import WebhookSecretError, load_secret
+
+    try:
+        check_branch_name(git_branch)
+        creds = Credentials(token_file=git_token_file, ssh_key=git_ssh_key, known_hosts=git_known_hosts,
+                            username=git_username)
+        settings = SyncSettings(Remote(git_repo, git_branch, git_depth, creds), Path(state_dir or DEFAULT_STATE_DIR),
+                                git_path, sync_timeout, sync_keep)
+        secret = load_secret(webhook_secret_file)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    except WebhookSecretError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return EmbeddedSync(settings, interval=sync_interval, webhook_secret=secret)

@@ -1,0 +1,169 @@
+"""`kt gateway run --git-repo`: the embedded agent end to end, over real processes and real HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.gitserve import Upstream, config_yaml, free_port
+from tests.waiting import wait_for
+
+CFG = "policy-config.yaml"
+SECRET = "gateway-hook-secret"
+
+
+def dlp_config(version: str) -> str:
+    """A config whose dlp-filter blocks 'project-bluebird'."""
+    return (f"pack: {{name: sync-e2e, version: {version}, enabled: true}}\n"
+            "providers:\n  targets:\n    - {id: demo, provider: mock, model: demo-model}\n"
+            "policies:\n  chain: [dlp-filter, audit-logger]\n"
+            "policy:\n  dlp-filter: {blocked_terms: [project-bluebird], action: block}\n"
+            "  audit-logger: {retention_days: 30}\n")
+
+
+class Gateway:
+    """A `kt gateway run --git-repo` subprocess."""
+
+    def __init__(self, up: Upstream, state: Path, *extra: str) -> None:
+        self.port = free_port()
+        secret = state.parent / "hook-secret"
+        secret.write_text(SECRET + "\n")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kt", "gateway", "run", "--git-repo", up.url, "--git-path", CFG,
+             "--state-dir", str(state), "--port", str(self.port), "--listen", "127.0.0.1:0",
+             "--webhook-secret-file", str(secret), "--log-format", "text", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "KEEPTRUSTS_ADMIN_TOKEN": ""},
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_for(lambda: self.proc.poll() is not None or self.get("/healthz")[0] == 200, timeout=30)
+        assert self.proc.poll() is None, self.proc.stderr.read()
+
+    def get(self, path: str) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+        except OSError:
+            return 0, {}
+
+    def status(self) -> dict:
+        return self.get("/keeptrusts/status")[1]
+
+    def revision(self) -> str | None:
+        return (self.status().get("config") or {}).get("revision")
+
+    def webhook(self, body: bytes = b'{"ref": "refs/heads/main"}') -> int:
+        sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        req = urllib.request.Request(self.url + "/keeptrusts/sync/webhook", data=body,
+                                     headers={"X-Hub-Signature-256": sig, "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def chat(self, text: str) -> int:
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
+        try:
+            client.chat.completions.create(model="demo-model", messages=[{"role": "user", "content": text}])
+            return 200
+        except openai.APIStatusError as exc:
+            return exc.status_code
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Upstream:
+    up = Upstream(tmp_path / "remote")
+    up.commit({CFG: config_yaml("1.0.0")}, "first")
+    return up
+
+
+def test_merge_reaches_the_gateway_by_webhook_and_is_enforced(upstream, tmp_path):
+    gw = Gateway(upstream, tmp_path / "state", "--sync-interval", "3600")
+    try:
+        wait_for(lambda: gw.revision() == upstream.head(), timeout=30)
+        assert gw.get("/readyz")[0] == 200
+        assert gw.chat("status of project-bluebird?") == 200
+        sha = upstream.commit({CFG: dlp_config("2.0.0")}, "block bluebird")
+        assert gw.webhook() == 202
+        wait_for(lambda: gw.revision() == sha, timeout=30, message="webhook merge did not reach the gateway")
+        assert gw.chat("status of project-bluebird?") == 409
+        assert gw.chat("hello") == 200
+        status = gw.status()
+        assert status["sync"]["applied_revision"] == sha and status["drift"] == {"drifted": False, "reason": None}
+        cli = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--gateway", gw.url, "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 0 and json.loads(cli.stdout)["config"]["revision"] == sha
+        bad_sig = urllib.request.Request(gw.url + "/keeptrusts/sync/webhook", data=b"{}",
+                                         headers={"X-Hub-Signature-256": "sha256=" + "0" * 64})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad_sig, timeout=5)
+        assert refused.value.code == 401
+        reverted = upstream.revert()  # rollback by revert
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: gw.revision() == reverted, timeout=30)
+        assert gw.chat("status of project-bluebird?") == 200
+    finally:
+        gw.stop()
+
+
+def test_polling_picks_up_a_merge_and_refuses_a_bad_one(upstream, tmp_path):
+    gw = Gateway(upstream, tmp_path / "state", "--sync-interval", "0.2")
+    try:
+        wait_for(lambda: gw.revision() == upstream.head(), timeout=30)
+        good = upstream.commit({CFG: dlp_config("2.0.0")})
+        wait_for(lambda: gw.revision() == good, timeout=30)
+        upstream.commit({CFG: "pack: {name: broken"})
+        wait_for(lambda: gw.status()["drift"]["reason"] == "rejected", timeout=30)
+        status = gw.status()
+        assert status["config"]["revision"] == good and status["sync"]["last_error"]
+        assert gw.get("/readyz")[0] == 200 and gw.chat("project-bluebird") == 409
+    finally:
+        gw.stop()
+
+
+def test_cold_and_warm_start_with_the_remote_down(upstream, tmp_path):
+    state = tmp_path / "state"
+    away = upstream.bare.with_name("away.git")
+    upstream.bare.rename(away)
+    gw = Gateway(upstream, state, "--sync-interval", "3600")
+    try:  # cold start: nothing published, remote down -> not ready, status says why
+        wait_for(lambda: (gw.status().get("sync") or {}).get("last_error"), timeout=30)
+        assert gw.get("/readyz")[0] == 503
+        assert gw.status()["drift"] == {"drifted": True, "reason": "unreachable"}
+        away.rename(upstream.bare)
+        gw.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: gw.get("/readyz")[0] == 200, timeout=30)
+        assert gw.revision() == upstream.head()
+    finally:
+        gw.stop()
+    upstream.bare.rename(away)
+    gw = Gateway(upstream, state, "--sync-interval", "3600")
+    try:  # warm start: the last published revision serves at once, age comes from the recorded success
+        assert gw.get("/readyz")[0] == 200 and gw.revision() == upstream.head()
+        wait_for(lambda: gw.status()["drift"]["reason"] == "unreachable", timeout=30)
+        assert gw.chat("hello") == 200
+    finally:
+        gw.stop()
