@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import subprocess
@@ -52,8 +53,14 @@ class Gateway:
 
     def admin(self, path: str) -> dict:
         req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {ADMIN}"})
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())
+        for attempt in range(3):  # an idempotent GET: retry a dropped connection (seen once under heavy load)
+            try:
+                with urllib.request.urlopen(req, timeout=5) as resp:
+                    return json.loads(resp.read())
+            except (http.client.RemoteDisconnected, ConnectionResetError):
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def status(self) -> dict:
         return self.admin("/keeptrusts/status")
