@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -154,6 +155,8 @@ def tail_events(since: str | None, until: str | None, limit: int, verdict: str |
         click.echo(_row([name for name, _ in _COLUMNS]))
     _print(found, as_json)
     cursor = found[-1]["id"] if found else None
+    # Ctrl-C ends the follow loop even when SIGINT was inherited as ignored (a background job).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             time.sleep(interval)  # polling pace of a follow loop, not synchronisation
