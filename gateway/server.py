@@ -20,6 +20,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
+from gateway import sdnotify
 from gateway.admin import admin_routes
 from gateway.app import GatewaySettings, make_app
 from gateway.ops import Ops
@@ -156,11 +157,27 @@ async def serve(settings: GatewaySettings, config_path: str | Path | None, sync:
         loop.add_signal_handler(sig, stop.set)
     log.info("listening on http://%s:%d (ready in %.2f s)", settings.host or "0.0.0.0", gateway.port,
              time.perf_counter() - began)
+    notifier = loop.create_task(tell_systemd(gateway))
     await stop.wait()
     log.info("signal received: draining (up to %.1f s)", settings.drain_timeout)
+    notifier.cancel()
+    sdnotify.stopping(f"draining (up to {settings.drain_timeout:g} s)")
     await gateway.drain()
     log.info("stopped")
     return 0
+
+
+async def tell_systemd(gateway: RunningGateway) -> None:
+    """sd_notify (a no-op without $NOTIFY_SOCKET): READY=1 with the revision once a config is loaded and
+    the socket listens, then WATCHDOG=1 from the event loop (the reloader sends RELOADING=1/READY=1)."""
+    runtime = gateway.runtime
+    while runtime.snapshot is None:  # a gateway waiting for its first sync is not ready yet
+        await asyncio.sleep(0.05)
+    sdnotify.ready(gateway.ops.reloader.describe())
+    interval = sdnotify.watchdog_interval()
+    while interval:
+        sdnotify.watchdog()
+        await asyncio.sleep(interval)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
