@@ -17,11 +17,9 @@ from gateway.keys import GatewayKeys
 from gateway.proxy import (
     ChatHandler,
     EmbeddingsHandler,
-    HealthzHandler,
     MessagesHandler,
     ModelsHandler,
     NotFoundHandler,
-    ReadyzHandler,
     request_id_for,
 )
 from gateway.resilience import Breakers, RoundRobin
@@ -35,8 +33,6 @@ ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
     (r"/v1/messages", MessagesHandler),
     (r"/v1/embeddings", EmbeddingsHandler),
     (r"/v1/models", ModelsHandler),
-    (r"/healthz", HealthzHandler),
-    (r"/readyz", ReadyzHandler),
 ]
 
 

@@ -140,24 +140,6 @@ class NotFoundHandler(BaseHandler):
         raise not_found(self.request.path)
 
 
-class HealthzHandler(BaseHandler):
-    """Liveness: the process answers."""
-
-    def get(self) -> None:
-        self.send_json({"status": "ok"})
-
-
-class ReadyzHandler(BaseHandler):
-    """Readiness: 503 until a config is loaded and while draining."""
-
-    def get(self) -> None:
-        if self.runtime.ready:
-            self.send_json({"status": "ready", "revision": self.snap.revision if self.snap else None})
-        else:
-            reason = "draining" if self.runtime.draining else "no config loaded"
-            self.send_json({"status": "not_ready", "reason": reason}, 503)
-
-
 class AuthedHandler(BaseHandler):
     """Routes that need the gateway to be ready and, with --keys-file, a gateway key."""
 
@@ -707,10 +689,8 @@ __all__ = [
     "BaseHandler",
     "ChatHandler",
     "EmbeddingsHandler",
-    "HealthzHandler",
     "MessagesHandler",
     "ModelsHandler",
     "NotFoundHandler",
-    "ReadyzHandler",
     "not_found",
 ]
