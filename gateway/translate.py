@@ -214,6 +214,21 @@ def _anthropic_tool_choice_to_openai(choice: dict[str, Any]) -> Any:
     return {"auto": "auto", "any": "required", "none": "none"}.get(kind, "auto")
 
 
+def _text_and_tool_calls(blocks: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """The joined text blocks and the tool_use blocks as OpenAI `tool_calls` of Anthropic content."""
+    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+    calls = [
+        {
+            "id": b.get("id", ""),
+            "type": "function",
+            "function": {"name": b.get("name", ""), "arguments": _dumps(b.get("input") or {})},
+        }
+        for b in blocks
+        if b.get("type") == "tool_use"
+    ]
+    return text, calls
+
+
 @_guarded("request body")
 def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     """Translate an Anthropic Messages request body into the canonical OpenAI chat request."""
@@ -234,16 +249,7 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
             continue
         blocks = _blocks(content, f"messages[{i}]")
         if role == "assistant":
-            text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-            calls = [
-                {
-                    "id": b.get("id", ""),
-                    "type": "function",
-                    "function": {"name": b.get("name", ""), "arguments": _dumps(b.get("input") or {})},
-                }
-                for b in blocks
-                if b.get("type") == "tool_use"
-            ]
+            text, calls = _text_and_tool_calls(blocks)
             out: dict[str, Any] = {"role": "assistant", "content": text or (None if calls else "")}
             if calls:
                 out["tool_calls"] = calls
@@ -470,16 +476,7 @@ def _openai_usage_to_anthropic(usage: dict[str, Any] | None) -> dict[str, Any]:
 def anthropic_response_to_openai(resp: dict[str, Any]) -> dict[str, Any]:
     """Translate an Anthropic Message into an OpenAI `chat.completion`."""
     blocks = resp.get("content") or []
-    text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
-    calls = [
-        {
-            "id": b.get("id", ""),
-            "type": "function",
-            "function": {"name": b.get("name", ""), "arguments": _dumps(b.get("input") or {})},
-        }
-        for b in blocks
-        if b.get("type") == "tool_use"
-    ]
+    text, calls = _text_and_tool_calls(blocks)
     message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
     if calls:
         message["tool_calls"] = calls
