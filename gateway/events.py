@@ -24,25 +24,28 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class _EventIds:
-    """`evt_` + 32 hex digits: a random per-process prefix and a counter (a uuid4 costs a syscall each).
+class _Ids:
+    """`<kind>_` + 32 hex digits: a random per-process prefix and a counter (a uuid4 costs a syscall each).
 
     Unique across processes and restarts (64 random bits per process), ordered within one;
     a forked child draws its own prefix.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
         self._pid = 0
         self._prefix = ""
         self._count = itertools.count()
 
     def next(self) -> str:
         if self._pid != os.getpid():
-            self._pid, self._prefix, self._count = os.getpid(), "evt_" + os.urandom(8).hex(), itertools.count()
+            self._pid, self._count = os.getpid(), itertools.count()
+            self._prefix = f"{self.kind}_{os.urandom(8).hex()}"
         return f"{self._prefix}{next(self._count):016x}"
 
 
-new_event_id = _EventIds().next
+new_event_id = _Ids("evt").next
+new_request_id = _Ids("req").next
 
 
 @dataclass(slots=True)
