@@ -40,6 +40,7 @@ import httptools
 
 KEEPALIVE_S = 60.0  # an idle connection older than this is closed rather than reused
 HIGH_WATER = 256 * 1024  # unread bytes of a stream above which the socket is not read
+DRAIN_S, DRAIN_BYTES = 5.0, 64 * 1024  # the most silence / bytes awaited after a stream's logical end
 _FRAMING = (b"content-length", b"transfer-encoding")
 
 
@@ -106,6 +107,7 @@ class Connection(asyncio.Protocol):
         self.usable = False  # connected, no EOF or error seen: may carry a request
         self.lost = False
         self.busy = False
+        self.draining = False  # released after its logical end: awaiting the body's last bytes to be pooled
         self.reused = False
         self.pooled = False  # sits in the pool's idle deque
         self.idle_since = 0.0
@@ -131,8 +133,9 @@ class Connection(asyncio.Protocol):
         self._reset(stream)
         self.busy = True
         self.transport.write(data)
-        self.last_io = now = self.loop.time()
-        self.timer = self.loop.call_at(now + self.read_s, self._on_timer)
+        self.last_io = self.loop.time()
+        if self.timer is None:  # an armed timer stays armed across requests and re-checks `last_io`
+            self.timer = self.loop.call_at(self.last_io + self.read_s, self._on_timer)
 
     async def wait(self) -> None:
         """Until the headers (stream) or the whole response arrived; raise the connection's error."""
@@ -161,8 +164,25 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    def drain(self) -> None:
+        """Await the rest of a body in the background (bounded); the pool takes the connection at its end."""
+        self.draining = True
+        self.chunks = []
+        self.buffered = 0
+        self.waiter = None
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        self._cancel_timer()
+        self.last_io = self.loop.time()
+        self.timer = self.loop.call_at(self.last_io + DRAIN_S, self._on_timer)
+
     def close(self, exc: BaseException | None = None) -> None:
         """Close the socket; a response being read fails with `exc` (or `ConnectionAbortedError`)."""
+        if self.draining:
+            self.draining = False
+            self.pool.done(self)  # incomplete: closes the connection and frees its slot
+            return
         self.usable = False
         self._cancel_timer()
         if self.busy and not self.complete and self.error is None:
@@ -188,7 +208,7 @@ class Connection(asyncio.Protocol):
         if not self.busy or self.complete or self.error is not None:
             return
         now = self.loop.time()
-        deadline = now + self.read_s if self.paused else self.last_io + self.read_s
+        deadline = now + self.read_s if self.paused else self.last_io + (DRAIN_S if self.draining else self.read_s)
         if deadline - now > 0.005:
             self.timer = self.loop.call_at(deadline, self._on_timer)
         else:
@@ -262,6 +282,11 @@ class Connection(asyncio.Protocol):
             self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.draining:
+            self.buffered += len(body)
+            if self.buffered > DRAIN_BYTES:
+                raise ProtocolError("the upstream kept sending after the end of its stream")
+            return
         if self.decoder is not None:
             try:
                 body = self.decoder.decompress(body)
@@ -284,8 +309,10 @@ class Connection(asyncio.Protocol):
             self.chunks.append(rest)
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
-        self._cancel_timer()
-        self._wake()
+        if self.draining:
+            self.pool.done(self)
+        else:
+            self._wake()
 
 
 class Response:
@@ -327,11 +354,16 @@ class Response:
             size += len(data)
         return b"".join(parts)
 
-    def release(self) -> None:
-        """Give the connection back (pooled if the response ended cleanly, else closed)."""
+    def release(self, finished: bool = False) -> None:
+        """Give the connection back: pooled if the response ended cleanly, else closed.
+
+        `finished`: the caller saw the stream's logical end (an SSE `[DONE]`); the last bytes of
+        the HTTP body may still be on their way, so they are awaited in the background (at most
+        `DRAIN_S` of silence, `DRAIN_BYTES`) and the connection pooled after them.
+        """
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._pool.done(conn)
+            self._pool.done(conn, finished)
 
 
 class Pool:
@@ -396,9 +428,12 @@ class Pool:
             resp.release()
         return resp
 
-    def done(self, conn: Connection) -> None:
+    def done(self, conn: Connection, finished: bool = False) -> None:
         """The exchange on `conn` is over: pool it if it may carry another request, else close it."""
-        conn.busy = False
+        if finished and not conn.complete and conn.error is None and conn.usable:
+            conn.drain()  # back here at the body's end (pooled) or on error/timeout (closed)
+            return
+        conn.busy = conn.draining = False
         conn.waiter = None
         transport = conn.transport
         if conn.complete and conn.keep_alive and conn.usable and not transport.is_closing() \

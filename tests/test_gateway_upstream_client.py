@@ -270,7 +270,45 @@ def test_early_release_closes_the_connection() -> None:
             assert await resp.read_chunk() == b"first"
             resp.release()
             await async_wait_for(lambda: up.ended == 1)
-            assert not up_client.pool.idle.get(("http", "127.0.0.1", up.port))
+            assert not up_client.pool.idle.get(("http", "127.0.0.1", up.port)) and up_client.pool._active == 0
+            await up_client.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("tail", ["in time", "never"])
+def test_a_stream_released_at_its_logical_end_is_pooled_when_its_body_ends(
+        tail: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httpclient, "DRAIN_S", 0.2)
+    go_on = asyncio.Event()
+
+    async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if req.body == b"plain":
+            writer.write(reply())
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\ne\r\ndata: [DONE]\n\n\r\n")
+        await writer.drain()
+        if tail == "never":  # the body never ends: the client gives up waiting and closes
+            assert await reader.read(1) == b""
+            return False
+        await go_on.wait()  # the last chunk comes only after the client released the stream
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"{}")
+            assert await resp.read_chunk() == b"data: [DONE]\n\n"
+            resp.release(finished=True)
+            go_on.set()
+            if tail == "never":
+                await async_wait_for(lambda: up.ended == 1)
+            else:
+                await async_wait_for(lambda: up_client.pool.idle.get(("http", "127.0.0.1", up.port)))
+            await up_client.post_json(TARGET, up.url(), HEADERS, b"plain")
+            assert up.connections == (2 if tail == "never" else 1)
+            assert up_client.pool._active == 0  # every slot given back
             await up_client.close()
 
     run(main())
@@ -326,6 +364,7 @@ def test_read_timeout_before_the_answer_and_mid_stream() -> None:
             assert failure.value.kind == "timeout"
             resp.release()
             await async_wait_for(lambda: up.ended == 2)  # both timed-out connections were closed
+            assert up_client.pool._active == 0
             await up_client.close()
 
     run(main())
@@ -387,7 +426,7 @@ def test_max_connections_queues_the_request_beyond_the_limit() -> None:
             assert await resp.read() == b'{"n": 2}'
             resp.release()
             assert await second == b'{"n": 2}'
-            assert up.connections == 1
+            assert up.connections == 1 and up_client.pool._active == 0
             await up_client.close()
 
     run(main())
