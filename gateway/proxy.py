@@ -14,7 +14,6 @@ import hashlib
 import logging
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, TypeVar
@@ -25,7 +24,7 @@ from tornado.iostream import StreamClosedError
 
 from gateway import adapters, translate
 from gateway.errors import GatewayError, invalid, not_found, not_ready
-from gateway.events import RequestRecord
+from gateway.events import RequestRecord, new_request_id
 from gateway.keys import presented_key
 from gateway.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
 from gateway.runtime import Runtime
@@ -75,7 +74,7 @@ def policy_error(outcome: ChainOutcome, blocked_code: str) -> GatewayError | Non
 def request_id_for(headers: Any) -> str:
     """The client's `X-Request-ID` when it is sane, else a new `req_<hex>`."""
     rid = headers.get("X-Request-ID")
-    return rid if rid and _REQUEST_ID.match(rid) else "req_" + uuid.uuid4().hex
+    return rid if rid and _REQUEST_ID.match(rid) else new_request_id()
 
 
 class BaseHandler(tornado.web.RequestHandler):

@@ -76,8 +76,14 @@ def parse_time(value: str | float | None, now: float | None = None) -> float | N
 
 def event_time(event: dict[str, Any]) -> float:
     """The event's timestamp as epoch seconds (now when missing or unreadable)."""
+    ts = event.get("timestamp")
+    if isinstance(ts, str) and ts.endswith("Z"):  # the gateway's own RFC 3339 UTC stamps: the fast path
+        try:
+            return datetime.fromisoformat(ts).timestamp()
+        except ValueError:
+            pass
     try:
-        return parse_time(event.get("timestamp")) or time.time()
+        return parse_time(ts) or time.time()
     except ValueError:
         return time.time()
 

@@ -84,10 +84,10 @@ class PolicyResult:
     error: str | None = None  # set when the policy raised instead of deciding
 
     def as_dict(self) -> dict[str, Any]:
-        d = {
+        d = {  # `_value_`: the plain string, without Enum's (slow) `value` descriptor
             "policy": self.policy,
-            "phase": self.phase.value,
-            "verdict": self.verdict.value,
+            "phase": self.phase._value_,
+            "verdict": self.verdict._value_,
             "reason_code": self.reason_code,
             "latency_ms": round(self.latency_ms, 3),
         }

@@ -110,10 +110,11 @@ class Policy:
             return None
         hits: list[Hit] = []
         redactions = 0
+        scanned: dict[str, list[Hit]] = {}  # text -> its findings, so no text is scanned twice
 
         def redact(text: str) -> str:
             nonlocal redactions
-            found = self.scan_text(text, Phase.INPUT)
+            found = scanned[text] if text in scanned else self.scan_text(text, Phase.INPUT)
             if not found:
                 return text
             hits.extend(found)
@@ -123,7 +124,7 @@ class Policy:
 
         # Scan first without changing anything, so a block leaves the request untouched.
         for text in ex.iter_texts():
-            found = self.scan_text(text, Phase.INPUT)
+            found = scanned[text] = self.scan_text(text, Phase.INPUT)
             if any(h.verdict is not Verdict.REDACT for h in found):
                 return _decide(found, 0)
             if found:

@@ -221,7 +221,7 @@ class PiiDetector(Policy):
         if self.email is not None and "@" in text:
             for lo, hi in merge_windows((at - 65, at + 256) for at in find_all(text, "@")):
                 self._scan(self.email, folded, lo, hi, hits)
-        if self.numeric:
+        if self.numeric and _DIGITS4.search(text) is not None:
             clusters = []
             for m in _CLUSTER.finditer(text):
                 run = m.group()
@@ -254,3 +254,4 @@ class PiiDetector(Policy):
 # A run that may hold a number-shaped entity (IBANs have capitals inside). ASCII digits:
 # folding has turned other digit forms into them.
 _CLUSTER = re.compile(r"[0-9][0-9A-Z .()/+-]*")
+_DIGITS4 = re.compile(r"[0-9](?:[0-9A-Z .()/+-]*?[0-9]){3}")  # some cluster has 4+ digits (cheap pre-check)
