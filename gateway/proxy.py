@@ -218,7 +218,11 @@ class ProxyHandler(AuthedHandler):
 
     def on_connection_close(self) -> None:
         self.client_gone = True
+        reading = not self.request._body_future.done()
         super().on_connection_close()
+        if reading and getattr(self, "_counted", False):  # gone mid-body: Tornado never runs post() nor on_finish()
+            self.record.status, self.record.error_code = 499, "client_closed"
+            self.on_finish()
 
     def body_json(self) -> dict[str, Any]:
         limit = self.settings["max_body_size"]
