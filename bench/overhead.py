@@ -120,8 +120,8 @@ def start(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = 
 
 def gateway_client() -> str:
     """The upstream client the gateway uses, so the pass-through baseline uses the same one."""
-    src = " ".join(p.read_text(errors="ignore") for p in (ROOT / "gateway").rglob("*.py"))
-    return "aiohttp" if "import aiohttp" in src else "curl"
+    src = (ROOT / "gateway" / "upstream.py").read_text(errors="ignore")
+    return "kt" if "gateway.httpclient" in src else "aiohttp" if "import aiohttp" in src else "curl"
 
 
 def rss_mb(proc: subprocess.Popen | None) -> float:
@@ -284,7 +284,7 @@ def hot_spots(raw: Path, top: int = 20) -> str:
     """Where the gateway's CPU goes, from py-spy's collapsed stacks.
 
     Three views: self time per function; time per innermost kt function (its library calls
-    included, so `UpstreamClient.post_json` holds aiohttp's request work); inclusive time of kt functions.
+    included, so `UpstreamClient.post_json` holds the HTTP client's request work); inclusive time of kt functions.
     """
     own: dict[str, int] = {}
     innermost: dict[str, int] = {}
@@ -406,7 +406,8 @@ def main() -> int:
     parser.add_argument("--no-gateway", action="store_true", help="measure only direct and pass-through")
     parser.add_argument("--uvloop", action="store_true",
                         help="run the pass-through on uvloop too (the gateway uses uvloop whenever it is installed)")
-    parser.add_argument("--client", choices=["curl", "aiohttp", "simple"], help="pass-through upstream client")
+    parser.add_argument("--client", choices=["kt", "curl", "aiohttp", "simple"],
+                        help="pass-through upstream client (default: the gateway's own, kt)")
     parser.add_argument("--upstream-port", type=int, default=0, help="fixed port for the fake upstream")
     parser.add_argument("--extra", action="append", default=[], metavar="NAME=URL",
                         help="also measure an already running proxy (e.g. LiteLLM; see compare-litellm.sh)")

@@ -4,7 +4,7 @@ It does the least a proxy must: parse the JSON body once (orjson), swap the clie
 the upstream key, re-serialise, forward over a pooled keep-alive client, and stream SSE chunks
 back as they arrive (write + flush per chunk). No policies, events or metrics.
 
-    python bench/passthrough.py --listen 127.0.0.1:8081 --upstream http://127.0.0.1:8089 --client curl
+    python bench/passthrough.py --listen 127.0.0.1:8081 --upstream http://127.0.0.1:8089 --client kt
 """
 
 from __future__ import annotations
@@ -43,8 +43,29 @@ class SimpleClient(CurlClient):
         self.http = tornado.httpclient.AsyncHTTPClient()
 
 
+class KtClient:
+    """The gateway's own upstream client (gateway/httpclient.py), with the gateway's pool size."""
+
+    def __init__(self) -> None:
+        from gateway.httpclient import Pool
+
+        self.pool = Pool(connect_s=5, read_s=60, max_connections=1000)
+
+    async def post(self, url: str, body: bytes, headers: dict[str, str],
+                   on_chunk: Callable[[bytes], Any] | None) -> tuple[int, bytes]:
+        resp = await self.pool.request(url, headers, body, stream=on_chunk is not None)
+        if on_chunk is None:
+            return resp.status, resp.body
+        try:
+            while chunk := await resp.read_chunk():
+                await on_chunk(chunk)
+        finally:
+            resp.release()
+        return resp.status, b""
+
+
 class AiohttpClient:
-    """aiohttp on Tornado's asyncio loop, unlimited keep-alive pool."""
+    """aiohttp on Tornado's asyncio loop, unlimited keep-alive pool (`pip install aiohttp`)."""
 
     def __init__(self) -> None:
         import aiohttp
@@ -67,7 +88,7 @@ class Health(tornado.web.RequestHandler):
         self.finish("ok")
 
 
-CLIENTS = {"curl": CurlClient, "aiohttp": AiohttpClient, "simple": SimpleClient}
+CLIENTS = {"kt": KtClient, "curl": CurlClient, "aiohttp": AiohttpClient, "simple": SimpleClient}
 
 
 class Proxy(tornado.web.RequestHandler):
@@ -105,7 +126,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen", default="127.0.0.1:8081")
     parser.add_argument("--upstream", required=True, help="base URL without /v1")
-    parser.add_argument("--client", choices=sorted(CLIENTS), default="curl")
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="kt",
+                        help="upstream client: kt (the gateway's own, default), curl (pycurl), aiohttp, simple")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install uvloop)")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")

@@ -100,8 +100,10 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
                     if isinstance(event, dict) and event.get("type") == "message_stop":
                         batch.append(DONE)
                 if batch:
+                    if ended := batch[-1] is DONE:
+                        resp.release(finished=True)  # pooled once the body's last bytes arrive
                     yield batch
-                    if batch[-1] is DONE:
+                    if ended:
                         return
             yield [*converter.close(), DONE]
         finally:
@@ -120,8 +122,10 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
                 if isinstance(chunk, dict):
                     batch.append(chunk)
             if batch:
+                if ended := batch[-1] is DONE:
+                    resp.release(finished=True)  # pooled once the body's last bytes arrive
                 yield batch
-                if batch[-1] is DONE:
+                if ended:
                     return
         yield [DONE]  # the upstream ended without [DONE]: treat the end of the body as the end
     finally:

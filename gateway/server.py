@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import tornado.web
-from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from gateway import sdnotify
 from gateway.admin import admin_routes
 from gateway.app import GatewaySettings, make_app
+from gateway.http1 import HTTP1Server
 from gateway.ops import Ops
 from gateway.runtime import Runtime, Snapshot
 from gateway.store import default_state_dir
@@ -57,7 +57,7 @@ class RunningGateway:
 
     runtime: Runtime
     app: tornado.web.Application
-    server: HTTPServer
+    server: HTTP1Server
     settings: GatewaySettings
     port: int
     ops: Ops
@@ -126,12 +126,12 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
     app = make_app(runtime, settings, extra_routes=routes)
     breakers = app.settings["breakers"].by_target
     ops.providers = lambda: {target_id: breaker.state for target_id, breaker in breakers.items()}
-    # Bodies up to twice the limit are read and answered 413 with the envelope; beyond that
-    # Tornado drops the connection without reading more.
-    server = HTTPServer(app, max_body_size=settings.max_body_size * 2 + 1024 * 1024, idle_connection_timeout=75)
+    # Bodies up to twice the limit are read and answered 413 with the envelope (by the handler); beyond
+    # that the server answers 413 and closes without reading on (Content-Length) or drops the connection.
+    server = HTTP1Server(app, max_body_size=settings.max_body_size * 2 + 1024 * 1024, idle_timeout=75)
     sockets = bind_sockets(settings.port, settings.host or None, backlog=1024)
-    server.add_sockets(sockets)
-    ops.connections = lambda: len(server._connections)
+    await server.add_sockets(sockets)
+    ops.connections = lambda: len(server.connections)
     await ops.start()  # event store, forwarder, config watcher, SIGHUP
     if sync is not None:
         loop = asyncio.get_running_loop()

@@ -1,27 +1,29 @@
 """Talking to upstream providers: the pooled HTTP client, credentials, failures, adapters.
 
-Why aiohttp and not Tornado's clients: Tornado's default `simple_httpclient` sends
-`Connection: close` on every request and queues beyond 10 concurrent fetches. We measured
-the two pooled options on this 2-core box (gateway pinned to one core, loopback upstream,
-c=32): `CurlAsyncHTTPClient(max_clients=1000)` 1.1-1.8k RPS, aiohttp `ClientSession` on the
-same asyncio loop 2.2-2.4k RPS, with equal c=1 latency. aiohttp also gives per-attempt
-connect and *read* (idle) timeouts natively — curl only has a total timeout, wrong for long
-streams — and streams with awaitable reads, so a slow client back-pressures the upstream.
-See docs/gateway.md ("Upstream connections").
+Why our own client (`gateway.httpclient`: asyncio protocol + httptools' llhttp parser) and not
+aiohttp: the upstream call is on every request's path and the gateway's budget is ~330 us of
+CPU per request (3,000 RPS on one core, issue 3). On this machine (uvloop, one core, 32
+concurrent keep-alive POSTs to a trivial local server) aiohttp's `ClientSession.post` + `read()`
+costs 65-68 us a request, a bare protocol with httptools 11 us: aiohttp alone was ~17 % of the
+budget. The client does what the gateway needs and no more: http/https (verified, SNI),
+keep-alive pool per host with a total limit, per-attempt connect and read (idle) timeouts,
+Content-Length/chunked/until-close bodies, streaming with back-pressure, one transparent retry
+when a kept-alive connection turns out to be closed. Tornado's clients were slower still (see
+docs/gateway.md, "Upstream connections").
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.errors import GatewayError
+from gateway.httpclient import Pool, ProtocolError, Response
 from gateway.resilience import parse_retry_after
 from policies.model import Target
 
@@ -115,10 +117,10 @@ def _error_message(data: bytes) -> str:
 
 
 def failure_for_status(target: Target, status: int, headers: Any, data: bytes) -> UpstreamFailure:
-    """Classify a non-2xx upstream answer."""
+    """Classify a non-2xx upstream answer (`headers`: lower-case names, or a case-insensitive mapping)."""
     detail = _error_message(data)
     where = f"target {target.id} ({target.provider}) answered {status}"
-    retry_after = parse_retry_after(headers.get("Retry-After"))
+    retry_after = parse_retry_after(headers.get("retry-after"))
     if status == 429:
         return UpstreamFailure("rate_limit", f"{where}: rate limited", status, retry_after)
     if status >= 500:
@@ -129,75 +131,65 @@ def failure_for_status(target: Target, status: int, headers: Any, data: bytes) -
 
 
 def failure_for_exception(target: Target, exc: BaseException) -> UpstreamFailure:
-    """Classify a transport error of one attempt."""
-    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return UpstreamFailure("timeout", f"target {target.id} ({target.provider}) timed out")
-    reason = type(exc).__name__
-    return UpstreamFailure("connect", f"target {target.id} ({target.provider}) is unreachable: {reason}")
+    """Classify a transport error of one attempt (the message names the error's type, never a header)."""
+    where = f"target {target.id} ({target.provider})"
+    if isinstance(exc, TimeoutError):
+        return UpstreamFailure("timeout", f"{where} timed out")
+    if isinstance(exc, ProtocolError):
+        return UpstreamFailure("bad_response", f"{where} sent an invalid HTTP response: {exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return UpstreamFailure("connect", f"{where} is unreachable: TLS certificate not trusted ({exc.verify_message})")
+    if isinstance(exc, ValueError) and not isinstance(exc, OSError):  # ours: an unusable base_url or header
+        return UpstreamFailure("client_error", f"{where} cannot be called: {exc}")
+    return UpstreamFailure("connect", f"{where} is unreachable: {type(exc).__name__}")
+
+
+_TRANSPORT_ERRORS = (OSError, ProtocolError, ValueError)  # TimeoutError and ssl errors are OSErrors
 
 
 class UpstreamClient:
-    """One pooled keep-alive aiohttp session for all upstream calls of a process."""
+    """The process's pooled keep-alive connections to every upstream (`gateway.httpclient.Pool`)."""
 
-    def __init__(self, timeouts: Timeouts = Timeouts(), max_connections: int = 1000) -> None:
+    def __init__(self, timeouts: Timeouts = Timeouts(), max_connections: int = 1000,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.timeouts = timeouts
         self.max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created lazily, on the running loop
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=self.max_connections, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300
-                ),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.timeouts.connect_s, sock_read=self.timeouts.read_s
-                ),
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
+        self.pool = Pool(timeouts.connect_s, timeouts.read_s, max_connections, ssl_context)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.pool.close()
 
     async def post_json(self, target: Target, url: str, headers: dict[str, str], body: bytes) -> bytes:
         """POST and return the 2xx body; raise `UpstreamFailure` otherwise."""
         try:
-            async with self.session.post(url, data=body, headers=headers) as resp:
-                data = await resp.read()
-                if resp.status >= 300:
-                    raise failure_for_status(target, resp.status, resp.headers, data)
-                return data
-        except UpstreamFailure:
-            raise
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            resp = await self.pool.request(url, headers, body)
+        except _TRANSPORT_ERRORS as exc:
             raise failure_for_exception(target, exc) from None
+        if resp.status >= 300:
+            raise failure_for_status(target, resp.status, resp.headers, resp.body)
+        return resp.body
 
-    async def open_stream(
-        self, target: Target, url: str, headers: dict[str, str], body: bytes
-    ) -> aiohttp.ClientResponse:
-        """POST and return the open 2xx response to read as a stream; the caller releases it."""
+    async def open_stream(self, target: Target, url: str, headers: dict[str, str], body: bytes) -> Response:
+        """POST and return the open 2xx response to read with `iter_stream`; the caller releases it."""
         try:
-            resp = await self.session.post(url, data=body, headers=headers)
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            resp = await self.pool.request(url, headers, body, stream=True)
+        except _TRANSPORT_ERRORS as exc:
             raise failure_for_exception(target, exc) from None
         if resp.status >= 300:
             try:
-                data = await resp.content.read(65536)
-            except (TimeoutError, aiohttp.ClientError, OSError):
+                data = await resp.read(65536)
+            except _TRANSPORT_ERRORS:
                 data = b""
-            resp.release()
+            finally:
+                resp.release()
             raise failure_for_status(target, resp.status, resp.headers, data)
         return resp
 
 
-async def iter_stream(target: Target, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+async def iter_stream(target: Target, resp: Response) -> AsyncIterator[bytes]:
     """The raw bytes of a streamed response as they arrive; transport errors become `UpstreamFailure`."""
     try:
-        async for data in resp.content.iter_any():
+        while data := await resp.read_chunk():
             yield data
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+    except _TRANSPORT_ERRORS as exc:
         raise failure_for_exception(target, exc) from None

@@ -1,0 +1,640 @@
+"""The gateway's HTTP/1.1 server: httptools parses, the unchanged Tornado application answers.
+
+Tornado's HTTP1Connection and IOStream cost about 150 us of CPU per request on the benchmark
+machine, more than the rest of a proxied request (docs/benchmarks.md). This server reads and
+writes on an asyncio transport (uvloop in production) with httptools' C parser (llhttp, what
+Node.js and uvicorn use) and hands every request to the `tornado.web.Application` through
+Tornado's documented interfaces: `HTTPServerConnectionDelegate.start_request` gets a `Request`,
+which implements `tornado.httputil.HTTPConnection` (`write_headers`, `write`, `finish`, plus the
+`set_close_callback`, `set_max_body_size`, `set_body_timeout` and `context` that handlers use).
+
+What clients get: keep-alive (HTTP/1.1 by default, HTTP/1.0 when asked), `Connection: close`
+honoured both ways, pipelined requests answered one at a time in order, Content-Length and
+chunked request bodies, `Expect: 100-continue`, a Content-Length response when a handler
+finishes in one go and a chunked one when it flushes first (each flush written at once), no
+body for HEAD/204/304, write flow control (a write's future resolves once the transport's
+buffer is below its high-water mark), on_connection_close when the client goes away, 431 for
+oversized heads, 413 and close for a Content-Length beyond the hard body cap (a chunked body
+crossing it drops the connection), 400 with the JSON error envelope for malformed requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httptools
+from tornado import gen, httputil
+from tornado.iostream import StreamClosedError
+from tornado.log import app_log
+
+from gateway.errors import GatewayError
+
+log = logging.getLogger("kt.gateway")
+
+MAX_HEADER_SIZE = 64 * 1024  # request line + headers, as Tornado's default
+IDLE_TIMEOUT = 75.0  # seconds a keep-alive connection may wait for (the head of) its next request
+_BACKLOG_LIMIT = 256 * 1024  # parsed body bytes not yet taken by a handler before reading pauses
+_SWEEP_INTERVAL = 1.0
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_HEADERS, _BODY, _END = 0, 1, 2
+
+
+class _Reject(Exception):
+    """Raised in a parser callback: answer this status with the error envelope, then close."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class _Drop(Exception):
+    """Raised in a parser callback: a body beyond the hard cap; drop the connection unread."""
+
+
+def error_response(status: int, code: str, message: str) -> bytes:
+    """A complete `Connection: close` response carrying the gateway's JSON error envelope."""
+    body = GatewayError(status, "validation_error", code, message).body()
+    reason = httputil.responses.get(status, "Error")
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n").encode("latin1") + body
+
+
+def _closed_future() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_exception(StreamClosedError())
+    future.exception()  # retrieved: a handler that does not await its write must not log an error
+    return future
+
+
+class Context:
+    """`request.connection.context`: where `HTTPServerRequest` reads `remote_ip` and `protocol`."""
+
+    __slots__ = ("address", "address_family", "protocol", "remote_ip")
+
+    def __init__(self, address: Any, family: int | None) -> None:
+        self.address = address
+        self.address_family = family
+        inet = family in (socket.AF_INET, socket.AF_INET6) and isinstance(address, tuple)
+        self.remote_ip = address[0] if inet else "0.0.0.0"
+        self.protocol = "http"
+
+    def __str__(self) -> str:
+        return self.remote_ip
+
+
+class HTTP1Server:
+    """Serves `delegate` (a `tornado.web.Application`) on listening sockets.
+
+    `max_body_size` is the hard cap: a Content-Length beyond it is answered 413 and the
+    connection closed without reading the body; a chunked body crossing it drops the connection."""
+
+    def __init__(self, delegate: httputil.HTTPServerConnectionDelegate, *, max_body_size: int,
+                 idle_timeout: float = IDLE_TIMEOUT, max_header_size: int = MAX_HEADER_SIZE) -> None:
+        self.delegate = delegate
+        self.max_body_size = max_body_size
+        self.idle_timeout = idle_timeout
+        self.max_header_size = max_header_size
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self._servers: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._empty: asyncio.Future[None] | None = None
+
+    async def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
+        """Accept connections on these bound, listening sockets (`tornado.netutil.bind_sockets`)."""
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            self._servers.append(await loop.create_server(lambda: Connection(self), sock=sock))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
+
+    def stop(self) -> None:
+        """Stop accepting. Idle connections close now; busy ones after their current response."""
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
+        for conn in list(self.connections):
+            if conn.idle_since:
+                conn.close()
+
+    async def close_all_connections(self) -> None:
+        """Close every connection (a handler still answering sees on_connection_close); wait until all are gone."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.connections):
+            if conn.idle_since:
+                conn.close()  # flushes what a finished response left in the buffer
+            else:
+                conn.abort()
+        if self.connections:
+            self._empty = asyncio.get_running_loop().create_future()
+            await self._empty
+
+    def _lost(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._empty is not None and not self._empty.done():
+            self._empty.set_result(None)
+
+    def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
+        self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: parses requests and answers them one at a time, in order.
+
+    Parser events go straight to the handler of the request being answered; events of a
+    pipelined request (or of one whose handler is still preparing) wait in its queue, and
+    reading pauses while the queue holds a pipelined request or much body."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, server: HTTP1Server) -> None:
+        self.server = server
+        self.parser = httptools.HttpRequestParser(self)
+        self.current: Request | None = None  # the request being answered
+        self.parsing: Request | None = None  # the request being parsed: `current` or the last queued one
+        self.last: Request | None = None  # the last request the parser began
+        self.queue: deque[Request] = deque()  # pipelined requests waiting for `current`
+        self.closing = False
+        self.idle_since = 0.0  # loop time since no request head is being answered; 0.0 while busy
+        self.backlog = 0  # queued body bytes
+        self.reading_paused = False
+        self.write_paused = False
+        self.waiters: list[asyncio.Future[None]] = []
+        self._error: bytes | None = None  # answered (then close) once the requests before it are answered
+        self._advancing = False
+        self._feeding = False
+        self._check_unread = False
+        self._advance_on_resume = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        sock = transport.get_extra_info("socket")
+        family = sock.family if sock is not None else None
+        if family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.context = Context(transport.get_extra_info("peername"), family)
+        self.ready: asyncio.Future[None] = loop.create_future()  # what writes return while not paused
+        self.ready.set_result(None)
+        self.idle_since = loop.time()
+        self.server.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self._feeding = True
+        try:
+            while True:
+                try:
+                    self.parser.feed_data(data)
+                    break
+                except httptools.HttpParserUpgrade as exc:
+                    # An Upgrade (h2c, websocket) this server does not speak: the request was answered as
+                    # plain HTTP/1.1 (no 101), so the client goes on in HTTP/1.1 after it.
+                    data = data[int(exc.args[0]):]
+                    if not data:
+                        break
+        except httptools.HttpParserError as exc:
+            self._parser_error(exc)
+        finally:
+            self._feeding = False
+        req = self.parsing
+        if req is not None and not req.head_done and not self.closing:
+            req.head_seen += len(data)  # a head line still incomplete is buffered by httptools: bound it
+            if req.head_seen > 2 * self.server.max_header_size:
+                self._reject(req, 431, "request_header_fields_too_large", self._head_message())
+        if self._check_unread:
+            self._check_unread = False
+            req = self.current
+            if req is not None and req.write_finished and not req.parsed_done:
+                self.close()  # answered before its body arrived: closing is the only way not to read it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server._lost(self)
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(StreamClosedError())
+                waiter.exception()
+        req = self.current
+        self.current = self.parsing = self.last = None
+        self.queue.clear()
+        if req is not None and req.delegate is not None and not req.write_finished:
+            try:
+                if not req.read_done:
+                    req.delegate.on_connection_close()
+                elif req.close_callback is not None:
+                    callback, req.close_callback = req.close_callback, None
+                    callback()
+            except Exception:
+                app_log.error("Uncaught exception in on_connection_close", exc_info=True)
+        self.server.delegate.on_close(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._advance_on_resume:
+            self._advance_on_resume = False
+            self._advance()
+
+    # --- httptools callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        req = self.parsing = self.last = Request(self)
+        if self.current is None:
+            self.current = req
+        else:
+            self.queue.append(req)  # pipelined: answered after the ones before it
+
+    def on_url(self, url: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.url += url
+        req.head_size += len(url)
+        if req.head_size > self.server.max_header_size:
+            raise _Reject(431, "request_header_fields_too_large", self._head_message())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.head_size += len(name) + len(value) + 4
+        if req.head_size > self.server.max_header_size:
+            raise _Reject(431, "request_header_fields_too_large", self._head_message())
+        key, text = name.decode("latin1"), value.decode("latin1")
+        headers = req.headers
+        if key in headers:
+            headers.add(key, text)
+        else:
+            headers[key] = text
+
+    def on_headers_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        parser = self.parser
+        req.head_done = True
+        version = "HTTP/" + parser.get_http_version()
+        req.start_line = httputil.RequestStartLine(parser.get_method().decode("latin1"), req.url.decode("latin1"),
+                                                   version)
+        req.keep_alive = parser.should_keep_alive()
+        headers = req.headers
+        length = headers.get("Content-Length")
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                raise _Reject(400, "bad_request", f"invalid Content-Length {length!r}") from None
+            if size > req.max_body_size:
+                raise _Reject(413, "request_too_large",
+                              f"request body is {size} bytes, far beyond what this gateway accepts "
+                              "(--max-body-size); it was not read")
+        if version == "HTTP/1.1" and "Expect" in headers and headers["Expect"].lower() == "100-continue":
+            req.expect_continue = True
+        req.push(_HEADERS, None)
+
+    def on_body(self, body: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        req.body_size += len(body)
+        if req.body_size > req.max_body_size:
+            raise _Drop
+        req.push(_BODY, body)
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        req.parsed_done = True
+        self.parsing = None
+        req.push(_END, None)
+
+    # --- serving ------------------------------------------------------------------------------
+    def _advance(self) -> None:
+        """Deliver what waits for the current request; when it is answered, move to the next."""
+        if self._advancing:
+            return  # the outer call's loop goes on
+        self._advancing = True
+        try:
+            while not self.closing:
+                req = self.current
+                if req is None:
+                    if self._error is not None:
+                        self.transport.write(self._error)
+                        self.close()
+                    break
+                if req.write_finished and req.read_done:
+                    if not req.keep_alive or self.server.draining:
+                        self.close()
+                        break
+                    if self.write_paused:  # the next answer waits until the client reads this one
+                        self._advance_on_resume = True
+                        break
+                    self.current = self.queue.popleft() if self.queue else None
+                    self.idle_since = self.loop.time()
+                    continue
+                if req.blocked or not req.events:
+                    break
+                kind, data = req.events.popleft()
+                if data is not None:
+                    self.backlog -= len(data)
+                req.deliver(kind, data)
+            if self.reading_paused and not self.queue and self.backlog <= _BACKLOG_LIMIT and self._error is None:
+                self.reading_paused = False
+                if not self.closing:
+                    self.transport.resume_reading()
+        finally:
+            self._advancing = False
+
+    def response_finished(self, req: Request) -> None:
+        if not req.read_done and not req.parsed_done:
+            if self._feeding:
+                self._check_unread = True  # the rest of the body may be in this very read
+            else:
+                self.close()
+                return
+        self._advance()
+
+    def written(self) -> asyncio.Future[None]:
+        """The future a write returns: done now, or once the transport's buffer drained below its high-water mark."""
+        if self.closing:
+            return _closed_future()
+        if not self.write_paused:
+            return self.ready
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self.waiters.append(waiter)
+        return waiter
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and not self.closing:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def close(self) -> None:
+        """Close after what is buffered has been written."""
+        if not self.closing:
+            self.closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping anything unwritten."""
+        self.closing = True
+        self.transport.abort()
+
+    def check_timeouts(self, now: float) -> None:
+        if self.idle_since and now - self.idle_since > self.server.idle_timeout:
+            self.close()
+        req = self.current
+        if req is not None and req.body_deadline and not req.read_done and now > req.body_deadline:
+            log.info("closing a connection from %s: request body timeout", self.context)
+            self.abort()
+
+    def _head_message(self) -> str:
+        return f"request line and headers exceed {self.server.max_header_size} bytes"
+
+    def _parser_error(self, exc: httptools.HttpParserError) -> None:
+        cause = exc.__context__
+        if isinstance(cause, _Drop):
+            log.info("dropping a connection from %s: request body beyond %d bytes", self.context,
+                     self.parsing.max_body_size if self.parsing else self.server.max_body_size)
+            self.abort()
+        elif isinstance(cause, _Reject):
+            self._reject(self.parsing, cause.status, cause.code, cause.message)
+        elif cause is not None:
+            app_log.error("Uncaught exception while reading a request", exc_info=cause)
+            self.abort()
+        elif self.parsing is None and self.last is not None and not self.last.keep_alive:
+            pass  # bytes after a `Connection: close` request: ignored (reading goes on to notice a hang-up)
+        else:
+            self._reject(self.parsing, 400, "bad_request", f"malformed HTTP/1.1 request: {exc}")
+
+    def _reject(self, req: Request | None, status: int, code: str, message: str) -> None:
+        """Answer `req` (the request being parsed) with an error and close, after the requests before it."""
+        log.info("rejecting a request from %s with %d: %s", self.context, status, message)
+        response = error_response(status, code, message)
+        self.pause_reading()
+        self.parsing = None
+        if req is not None and req.delegate is not None:  # its handler runs: it learns of the close
+            if not req.headers_written:
+                self.transport.write(response)
+            self.close()
+            return
+        if req is self.current:
+            self.current = None
+        elif req is not None and req in self.queue:
+            self.queue.remove(req)
+        self._error = response
+        self._advance()
+
+
+class Request(httputil.HTTPConnection):
+    """One request/response exchange on a `Connection`: the `HTTPConnection` Tornado's handlers write to."""
+
+    # Defaults as class attributes: a request sets only what differs (this is the per-request path).
+    url = b""
+    head_size = 0
+    head_seen = 0
+    head_done = False
+    start_line: httputil.RequestStartLine
+    keep_alive = True
+    expect_continue = False
+    body_size = 0
+    body_deadline = 0.0
+    parsed_done = False  # the parser saw the end of the request
+    read_done = False  # ... and the handler was told (delegate.finish)
+    events: deque[tuple[int, bytes | None]] | None = None
+    blocked = False  # the handler's headers_received/data_received future is pending
+    delegate: httputil.HTTPMessageDelegate | None = None
+    close_callback: Callable[[], None] | None = None
+    headers_written = False
+    write_finished = False
+    chunked = False
+    no_body = False
+    remaining: int | None = None  # bytes still owed to a Content-Length
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.context = conn.context
+        self.headers = httputil.HTTPHeaders()
+        self.max_body_size = conn.server.max_body_size
+
+    # --- reading: parser events to the delegate ----------------------------------------------
+    def push(self, kind: int, data: bytes | None) -> None:
+        conn = self.conn
+        if conn.closing:
+            return
+        if self is conn.current and not self.blocked and not self.events:
+            self.deliver(kind, data)
+            return
+        if self.events is None:
+            self.events = deque()
+        self.events.append((kind, data))
+        if data is not None:
+            conn.backlog += len(data)
+        if self is not conn.current or conn.backlog > _BACKLOG_LIMIT:
+            conn.pause_reading()
+
+    def deliver(self, kind: int, data: bytes | None) -> None:
+        conn = self.conn
+        try:
+            if kind == _BODY:
+                if self.write_finished or self.delegate is None:
+                    return  # answered already: the rest of the body is read and dropped
+                ret = self.delegate.data_received(data)  # type: ignore[arg-type]
+            elif kind == _HEADERS:
+                conn.idle_since = 0.0
+                self.delegate = conn.server.delegate.start_request(conn, self)
+                ret = self.delegate.headers_received(self.start_line, self.headers)
+            else:
+                self.read_done = True
+                if self.write_finished:
+                    conn._advance()
+                    return
+                assert self.delegate is not None
+                ret = self.delegate.finish()  # type: ignore[func-returns-value]
+        except httputil.HTTPInputError as exc:  # e.g. a missing or invalid Host header
+            self.delegate = None
+            conn._reject(self, 400, "bad_request", str(exc))
+            return
+        except Exception:
+            app_log.error("Uncaught exception", exc_info=True)
+            conn.abort()
+            return
+        if ret is not None:
+            future = gen.convert_yielded(ret)
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                self.blocked = True
+                future.add_done_callback(self._unblock)
+                return
+        if kind == _HEADERS and self.expect_continue:
+            self._send_continue()
+
+    def _unblock(self, future: asyncio.Future[Any]) -> None:
+        self.blocked = False
+        conn = self.conn
+        if conn.closing:
+            return
+        if future.cancelled() or future.exception() is not None:
+            if not future.cancelled():
+                app_log.error("Uncaught exception", exc_info=future.exception())
+            conn.abort()
+            return
+        if self.expect_continue:
+            self._send_continue()
+        conn._advance()
+
+    def _send_continue(self) -> None:
+        self.expect_continue = False
+        if not self.headers_written and not self.parsed_done and not self.conn.closing:
+            self.conn.transport.write(_CONTINUE)
+
+    # --- tornado.httputil.HTTPConnection --------------------------------------------------------
+    def write_headers(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                      headers: httputil.HTTPHeaders, chunk: bytes | None = None) -> asyncio.Future[None]:
+        """Send the status line and headers (and the first chunk) in one write."""
+        conn = self.conn
+        if conn.closing:
+            return _closed_future()
+        assert isinstance(start_line, httputil.ResponseStartLine)
+        code = start_line.code
+        request = self.start_line
+        http11 = request.version == "HTTP/1.1"
+        self.headers_written = True
+        if request.method == "HEAD" or code in (204, 304) or code < 200:
+            self.no_body = True
+        elif "Content-Length" in headers:
+            self.remaining = int(headers["Content-Length"])
+        elif http11:
+            self.chunked = True
+        else:
+            self.keep_alive = False  # HTTP/1.0 and no length: the body ends when the connection closes
+        connection = headers.get("Connection")
+        if (connection is not None and connection.lower() == "close") or conn.server.draining:
+            self.keep_alive = False
+        lines = [f"HTTP/1.1 {code} {start_line.reason}"]
+        lines.extend(f"{name}: {value}" for name, value in headers.get_all())
+        if self.chunked:
+            lines.append("Transfer-Encoding: chunked")
+        if connection is None:
+            if not self.keep_alive:
+                if http11:
+                    lines.append("Connection: close")
+            elif not http11:
+                lines.append("Connection: keep-alive")
+        head = "\r\n".join(lines)
+        breaks = len(lines) - 1
+        if head.count("\n") != breaks or head.count("\r") != breaks:
+            raise ValueError(f"illegal characters (CR or LF) in a response header: {head!r}")
+        data = (head + "\r\n\r\n").encode("latin1")
+        if chunk and not self.no_body:
+            data += self._frame(chunk)
+        conn.transport.write(data)
+        return conn.written()
+
+    def write(self, chunk: bytes) -> asyncio.Future[None]:
+        """Send a body chunk now (a chunk of the chunked encoding unless a Content-Length was given)."""
+        conn = self.conn
+        if conn.closing:
+            return _closed_future()
+        if chunk and not self.no_body:
+            conn.transport.write(self._frame(chunk))
+        return conn.written()
+
+    def finish(self) -> None:
+        """End the response; the next request on the connection is answered after it."""
+        conn = self.conn
+        self.write_finished = True
+        self.close_callback = None
+        if conn.closing:
+            return
+        if self.chunked:
+            conn.transport.write(_LAST_CHUNK)
+        elif self.remaining:
+            conn.abort()
+            raise httputil.HTTPOutputError(f"Tried to write {self.remaining} bytes less than Content-Length")
+        conn.response_finished(self)
+
+    def _frame(self, chunk: bytes) -> bytes:
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(chunk), chunk)
+        if self.remaining is not None:
+            self.remaining -= len(chunk)
+            if self.remaining < 0:
+                self.conn.abort()
+                raise httputil.HTTPOutputError("Tried to write more data than Content-Length")
+        return chunk
+
+    def set_close_callback(self, callback: Callable[[], None] | None) -> None:
+        """Called when the client goes away after the request was read and before the answer finished."""
+        self.close_callback = callback
+
+    def set_max_body_size(self, max_body_size: int) -> None:
+        """This request's body cap (for `@stream_request_body` handlers, from `prepare`)."""
+        self.max_body_size = max_body_size
+
+    def set_body_timeout(self, timeout: float) -> None:
+        """Drop the connection when this request's body is not complete within `timeout` seconds from now."""
+        self.body_deadline = self.conn.loop.time() + timeout
+
+    def close(self) -> None:
+        """Close the connection (what `HTTP1Connection.close` does)."""
+        self.conn.abort()

@@ -1,0 +1,477 @@
+"""The upstream HTTP/1.1 client (gateway/httpclient.py via gateway/upstream.py) against real loopback servers.
+
+Each test runs one event loop holding both a scripted asyncio server and the client, so the
+server side (connections accepted, requests seen, sockets closed) can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+import subprocess
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway import httpclient
+from gateway.upstream import Timeouts, UpstreamClient, UpstreamFailure, iter_stream
+from policies.model import Target
+from tests.waiting import async_wait_for
+
+TARGET = Target("up", "openai", "m")
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-secret-upstream-key"}
+
+
+@dataclass
+class Request:
+    conn: int  # which server-side connection (1, 2, ...) carried it
+    line: str
+    headers: dict[str, str]
+    body: bytes
+
+
+Answer = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool]]
+
+
+class Upstream:
+    """A scripted HTTP/1.1 server: `answer(request, reader, writer)` replies; False closes the connection."""
+
+    def __init__(self, answer: Answer, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.answer = answer
+        self.ssl_context = ssl_context
+        self.connections = 0
+        self.ended = 0  # connections whose client side went away (or that we closed)
+        self.requests: list[Request] = []
+
+    async def __aenter__(self) -> Upstream:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ssl_context)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    def url(self, host: str = "127.0.0.1", scheme: str = "http") -> str:
+        return f"{scheme}://{host}:{self.port}/v1/chat/completions"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn = self.connections
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+                headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
+                body = await reader.readexactly(int(headers.get("content-length", 0)))
+                request = Request(conn, head[0], headers, body)
+                self.requests.append(request)
+                if not await self.answer(request, reader, writer):
+                    break
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.ended += 1
+            writer.close()
+
+
+def reply(body: bytes = b'{"ok": true}', status: str = "200 OK", headers: str = "") -> bytes:
+    return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{headers}\r\n".encode() + body
+
+
+async def answer_ok(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+    writer.write(reply(b'{"n": %d}' % len(req.body)))
+    return True
+
+
+RUNNERS: dict[str, Callable[[Any], Any]] = {"asyncio": asyncio.run}
+try:
+    import uvloop
+
+    RUNNERS["uvloop"] = uvloop.run  # what `kt gateway run` uses
+except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+    pass
+_runner: list[Callable[[Any], Any]] = [asyncio.run]
+
+
+@pytest.fixture(autouse=True, params=sorted(RUNNERS))
+def _event_loop(request: pytest.FixtureRequest) -> None:
+    """Every test runs on asyncio's loop and on uvloop (their transports differ in EOF, TLS and pausing)."""
+    _runner[0] = RUNNERS[request.param]
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return _runner[0](coro)
+
+
+def client(**timeouts: float) -> UpstreamClient:
+    return UpstreamClient(Timeouts(**{"connect_s": 2.0, "read_s": 5.0, **timeouts}))
+
+
+def test_keep_alive_reuses_one_connection_and_sends_a_correct_head() -> None:
+    async def main() -> None:
+        async with Upstream(answer_ok) as up:
+            up_client = client()
+            for body in (b"{}", b'{"a": 1}', b'{"bb": 22}'):
+                assert await up_client.post_json(TARGET, up.url(), HEADERS, body) == b'{"n": %d}' % len(body)
+            assert up.connections == 1 and up_client.pool.opened == 1 and len(up.requests) == 3
+            first = up.requests[0]
+            assert first.line == "POST /v1/chat/completions HTTP/1.1"
+            assert first.headers["host"] == f"127.0.0.1:{up.port}"  # non-default port kept
+            assert first.headers["authorization"] == HEADERS["Authorization"] and first.body == b"{}"
+            await up_client.close()
+            await async_wait_for(lambda: up.ended == 1)
+
+    run(main())
+
+
+def test_an_idle_connection_closed_by_the_server_is_not_reused() -> None:
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply())
+        return False  # keep-alive promised, but the server closes right after (as idle timeouts do)
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            await async_wait_for(lambda: not any(c.usable for q in up_client.pool.idle.values() for c in q))
+            assert not up_client.pool.idle[("http", "127.0.0.1", up.port)]  # dropped when the EOF came
+            await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert up.connections == 2 and len(up.requests) == 2  # a new connection, no failed attempt
+            await up_client.close()
+
+    run(main())
+
+
+def test_a_reused_connection_dropped_before_any_answer_is_retried_once_on_a_new_one() -> None:
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        if len(up.requests) == 2:  # the server had timed the idle connection out just as the request came
+            return False
+        writer.write(reply())
+        return True
+
+    async def main() -> None:
+        nonlocal up
+        async with Upstream(answer) as up:
+            up_client = client()
+            await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert await up_client.post_json(TARGET, up.url(), HEADERS, b"{}") == b'{"ok": true}'
+            assert [r.conn for r in up.requests] == [1, 1, 2]
+            await up_client.close()
+
+    up: Upstream
+    run(main())
+
+
+def test_a_fresh_connection_dropped_before_any_answer_fails_without_retry() -> None:
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        return False
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            with pytest.raises(UpstreamFailure) as failure:
+                await client().post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert failure.value.kind == "connect" and "ServerDisconnected" in failure.value.message
+            assert len(up.requests) == 1
+
+    run(main())
+
+
+def test_connection_close_answers_are_not_reused() -> None:
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply(headers="Connection: close\r\n"))
+        return True  # the server even keeps its end open: the client must not reuse it
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            for _ in range(2):
+                await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert up.connections == 2
+            await async_wait_for(lambda: up.ended == 2)  # the client closed both
+            await up_client.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("framing", ["chunked", "until-close", "gzip"])
+def test_chunked_read_until_close_and_gzip_bodies(framing: str) -> None:
+    text = b'{"choices": [], "pad": "' + b"x" * 5000 + b'"}'
+
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        if framing == "chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for i in range(0, len(text), 1000):
+                writer.write(b"%x\r\n%s\r\n" % (len(text[i:i + 1000]), text[i:i + 1000]))
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            return True
+        if framing == "gzip":
+            writer.write(reply(gzip.compress(text), headers="Content-Encoding: gzip\r\n"))
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + text[:100])
+        await writer.drain()
+        writer.write(text[100:])
+        return False  # the end of the body is the end of the connection
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            for _ in range(2):
+                assert await up_client.post_json(TARGET, up.url(), HEADERS, b"{}") == text
+            assert up.connections == (2 if framing == "until-close" else 1)
+            await up_client.close()
+
+    run(main())
+
+
+def test_streaming_yields_chunks_as_they_arrive_and_the_pool_keeps_a_finished_stream() -> None:
+    go_on = asyncio.Event()
+
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        writer.write(b"d\r\ndata: first\n\n\r\n")
+        await writer.drain()
+        await go_on.wait()  # the client must have the first chunk before the server sends more
+        writer.write(b"e\r\ndata: second\n\n\r\n0\r\n\r\n")
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"{}")
+            assert resp.status == 200 and resp.headers["content-type"] == "text/event-stream"
+            chunks = iter_stream(TARGET, resp)
+            assert await anext(chunks) == b"data: first\n\n"
+            go_on.set()
+            assert [c async for c in chunks] == [b"data: second\n\n"]
+            resp.release()
+            await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert up.connections == 1  # a stream read to its end returns its connection
+            await up_client.close()
+
+    run(main())
+
+
+def test_early_release_closes_the_connection() -> None:
+    async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        assert await reader.read(1) == b""  # the client went away mid-stream
+        return False
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"{}")
+            assert await resp.read_chunk() == b"first"
+            resp.release()
+            await async_wait_for(lambda: up.ended == 1)
+            assert not up_client.pool.idle.get(("http", "127.0.0.1", up.port)) and up_client.pool._active == 0
+            await up_client.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("tail", ["in time", "never"])
+def test_a_stream_released_at_its_logical_end_is_pooled_when_its_body_ends(
+        tail: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(httpclient, "DRAIN_S", 0.2)
+    go_on = asyncio.Event()
+
+    async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if req.body == b"plain":
+            writer.write(reply())
+            return True
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\ne\r\ndata: [DONE]\n\n\r\n")
+        await writer.drain()
+        if tail == "never":  # the body never ends: the client gives up waiting and closes
+            assert await reader.read(1) == b""
+            return False
+        await go_on.wait()  # the last chunk comes only after the client released the stream
+        writer.write(b"0\r\n\r\n")
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"{}")
+            assert await resp.read_chunk() == b"data: [DONE]\n\n"
+            resp.release(finished=True)
+            go_on.set()
+            if tail == "never":
+                await async_wait_for(lambda: up.ended == 1)
+            else:
+                await async_wait_for(lambda: up_client.pool.idle.get(("http", "127.0.0.1", up.port)))
+            await up_client.post_json(TARGET, up.url(), HEADERS, b"plain")
+            assert up.connections == (2 if tail == "never" else 1)
+            assert up_client.pool._active == 0  # every slot given back
+            await up_client.close()
+
+    run(main())
+
+
+def test_a_lagging_reader_pauses_the_socket_instead_of_buffering() -> None:
+    piece = b"y" * 65536
+    total = 64 * len(piece)  # 4 MiB
+
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n".encode())
+        for _ in range(64):
+            writer.write(piece)
+            await writer.drain()
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"{}")
+            conn = resp._conn
+            await async_wait_for(lambda: conn.paused)
+            assert conn.buffered < httpclient.HIGH_WATER + 2 * len(piece)
+            got = 0
+            async for data in iter_stream(TARGET, resp):
+                got += len(data)
+            assert got == total
+            resp.release()
+            await up_client.close()
+
+    run(main())
+
+
+def test_read_timeout_before_the_answer_and_mid_stream() -> None:
+    async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if req.body == b"stream":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            await writer.drain()
+        await reader.read(1)  # silence until the client gives up
+        return False
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client(read_s=0.2)
+            with pytest.raises(UpstreamFailure) as failure:
+                await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert failure.value.kind == "timeout"
+            resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"stream")
+            chunks = iter_stream(TARGET, resp)
+            assert await anext(chunks) == b"first"
+            with pytest.raises(UpstreamFailure) as failure:
+                await anext(chunks)
+            assert failure.value.kind == "timeout"
+            resp.release()
+            await async_wait_for(lambda: up.ended == 2)  # both timed-out connections were closed
+            assert up_client.pool._active == 0
+            await up_client.close()
+
+    run(main())
+
+
+def test_connect_timeout_covers_a_tls_handshake_that_never_answers(tls: dict[str, Any]) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # accepts TCP, never speaks TLS
+        writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        up_client = UpstreamClient(Timeouts(connect_s=0.2, read_s=5), ssl_context=tls["client"])
+        with pytest.raises(UpstreamFailure) as failure:
+            await up_client.post_json(TARGET, f"https://localhost:{port}/v1/x", HEADERS, b"{}")
+        assert failure.value.kind == "timeout"
+        server.close()
+
+    run(main())
+
+
+def test_refused_connection_and_error_status_are_classified_without_secrets() -> None:
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply(b'{"error": {"message": "slow down"}}', "429 Too Many Requests", "Retry-After: 7\r\n"))
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            with pytest.raises(UpstreamFailure) as failure:
+                await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert failure.value.kind == "rate_limit" and failure.value.retry_after == 7
+            with pytest.raises(UpstreamFailure) as failure:
+                await up_client.open_stream(TARGET, up.url(), HEADERS, b"{}")
+            assert failure.value.kind == "rate_limit" and failure.value.retry_after == 7
+            assert up.connections == 1  # error answers read to their end keep the connection
+            port = up.port
+        await up_client.close()  # the pooled connection goes; the port is closed now
+        with pytest.raises(UpstreamFailure) as failure:
+            await up_client.post_json(TARGET, f"http://127.0.0.1:{port}/v1/x", HEADERS, b"{}")
+        assert failure.value.kind == "connect"
+        with pytest.raises(UpstreamFailure) as failure:
+            await up_client.post_json(TARGET, up.url(), {"Authorization": "Bearer sk-secret\r\nX: y"}, b"{}")
+        assert failure.value.kind == "client_error" and "sk-secret" not in failure.value.message
+        await up_client.close()
+
+    run(main())
+
+
+def test_max_connections_queues_the_request_beyond_the_limit() -> None:
+    async def main() -> None:
+        async with Upstream(answer_ok) as up:
+            up_client = UpstreamClient(Timeouts(connect_s=2, read_s=5), max_connections=1)
+            resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"{}")
+            second = asyncio.ensure_future(up_client.post_json(TARGET, up.url(), HEADERS, b"{}"))
+            await asyncio.sleep(0)  # let it start (and queue), not a synchronisation
+            assert not second.done() and len(up.requests) == 1
+            assert await resp.read() == b'{"n": 2}'
+            resp.release()
+            assert await second == b'{"n": 2}'
+            assert up.connections == 1 and up_client.pool._active == 0
+            await up_client.close()
+
+    run(main())
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A self-signed certificate for localhost/127.0.0.1: the server context and a client context trusting it."""
+    d: Path = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", d / "key.pem", "-out", d / "cert.pem", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(d / "cert.pem", d / "key.pem")
+    return {"server": server, "client": ssl.create_default_context(cafile=d / "cert.pem")}
+
+
+def test_https_verifies_the_certificate_and_the_host_name(tls: dict[str, Any]) -> None:
+    async def main() -> None:
+        async with Upstream(answer_ok, tls["server"]) as up:
+            trusting = UpstreamClient(Timeouts(connect_s=2, read_s=5), ssl_context=tls["client"])
+            for _ in range(2):
+                assert await trusting.post_json(TARGET, up.url("localhost", "https"), HEADERS, b"{}") == b'{"n": 2}'
+            assert up.connections == 1 and up.requests[0].headers["host"] == f"localhost:{up.port}"
+            await trusting.close()
+
+            default = client()  # the system CAs do not know our self-signed certificate
+            with pytest.raises(UpstreamFailure) as failure:
+                await default.post_json(TARGET, up.url("localhost", "https"), HEADERS, b"{}")
+            assert failure.value.kind == "connect" and "certificate" in failure.value.message
+            await default.close()
+            assert len(up.requests) == 2  # nothing sent over the untrusted connection
+
+    run(main())
+
+
+def test_destination_parsing() -> None:
+    d = httpclient.destination("https://api.example.com/v1/chat/completions")
+    assert d.key == ("https", "api.example.com", 443) and d.tls
+    assert d.head == "POST /v1/chat/completions HTTP/1.1\r\nHost: api.example.com\r\n"
+    d = httpclient.destination("http://[::1]:8080/v1/x?a=1")
+    assert d.key == ("http", "::1", 8080) and d.head == "POST /v1/x?a=1 HTTP/1.1\r\nHost: [::1]:8080\r\n"
+    for bad in ("ftp://h/x", "http:///x", "http://h:99999/x"):
+        with pytest.raises(ValueError):
+            httpclient.destination(bad)
