@@ -13,6 +13,7 @@ from typing import Any
 
 import tornado.web
 
+from gateway.handler import Handler, LeanRoute
 from gateway.keys import GatewayKeys
 from gateway.proxy import (
     ChatHandler,
@@ -28,7 +29,7 @@ from gateway.upstream import Timeouts, UpstreamClient
 
 MIB = 1024 * 1024
 
-ROUTES: list[tuple[str, type[tornado.web.RequestHandler]]] = [
+ROUTES: list[tuple[str, type[Handler]]] = [  # lean handlers (gateway/handler.py), served through `LeanRoute`
     (r"/v1/chat/completions", ChatHandler),
     (r"/v1/messages", MessagesHandler),
     (r"/v1/embeddings", EmbeddingsHandler),
@@ -62,8 +63,9 @@ def make_app(
     extra_routes: Sequence[tuple[Any, ...]] = (),
 ) -> tornado.web.Application:
     """The application with the proxy routes plus `extra_routes` (matched first)."""
-    return tornado.web.Application(
-        [*extra_routes, *ROUTES],
+    lean = [(path, LeanRoute(handler)) for path, handler in ROUTES]
+    app = tornado.web.Application(
+        [*extra_routes, *lean],
         default_handler_class=NotFoundHandler,
         runtime=runtime,
         gateway_settings=settings,
@@ -76,10 +78,13 @@ def make_app(
         log_function=_no_access_log,  # one line per request comes from the decision event instead
         transforms=[_stamp(runtime)],
     )
+    for _, route in lean:
+        route.settings = app.settings
+    return app
 
 
 def _stamp(runtime: Runtime) -> type[tornado.web.OutputTransform]:
-    """An output transform that gives every response (admin routes too) its request id and config revision."""
+    """An output transform that gives every RequestHandler response (admin, 404) its request id and revision."""
 
     class Stamp(tornado.web.OutputTransform):
         def __init__(self, request: Any) -> None:

@@ -40,7 +40,7 @@ log = logging.getLogger("kt.gateway")
 MAX_HEADER_SIZE = 64 * 1024  # request line + headers, as Tornado's default
 IDLE_TIMEOUT = 75.0  # seconds a keep-alive connection may wait for (the head of) its next request
 _BACKLOG_LIMIT = 256 * 1024  # parsed body bytes not yet taken by a handler before reading pauses
-_SWEEP_INTERVAL = 1.0
+_SWEEP_INTERVAL = 1.0  # seconds between checks for idle connections and body timeouts (at most)
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _HEADERS, _BODY, _END = 0, 1, 2
@@ -106,6 +106,7 @@ class HTTP1Server:
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._empty: asyncio.Future[None] | None = None
+        self._sweep_interval = min(_SWEEP_INTERVAL, idle_timeout / 2)
 
     async def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         """Accept connections on these bound, listening sockets (`tornado.netutil.bind_sockets`)."""
@@ -113,7 +114,7 @@ class HTTP1Server:
         for sock in sockets:
             self._servers.append(await loop.create_server(lambda: Connection(self), sock=sock))
         if self._sweeper is None:
-            self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
+            self._sweeper = loop.call_later(self._sweep_interval, self._sweep)
 
     def stop(self) -> None:
         """Stop accepting. Idle connections close now; busy ones after their current response."""
@@ -148,7 +149,7 @@ class HTTP1Server:
         now = loop.time()
         for conn in list(self.connections):
             conn.check_timeouts(now)
-        self._sweeper = loop.call_later(_SWEEP_INTERVAL, self._sweep)
+        self._sweeper = loop.call_later(self._sweep_interval, self._sweep)
 
 
 class Connection(asyncio.Protocol):
@@ -299,8 +300,8 @@ class Connection(asyncio.Protocol):
                                                    version)
         req.keep_alive = parser.should_keep_alive()
         headers = req.headers
-        length = headers.get("Content-Length")
-        if length is not None:
+        if "Content-Length" in headers:
+            length = headers["Content-Length"]
             try:
                 size = int(length)
             except ValueError:

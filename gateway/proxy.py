@@ -19,12 +19,14 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 import orjson
+import tornado.httputil
 import tornado.web
 from tornado.iostream import StreamClosedError
 
 from gateway import adapters, translate
 from gateway.errors import GatewayError, invalid, not_found, not_ready
 from gateway.events import RequestRecord, new_request_id
+from gateway.handler import Handler
 from gateway.keys import presented_key
 from gateway.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
 from gateway.runtime import Runtime
@@ -77,19 +79,38 @@ def request_id_for(headers: Any) -> str:
     return rid if rid and _REQUEST_ID.match(rid) else new_request_id()
 
 
-class BaseHandler(tornado.web.RequestHandler):
-    """Every route: request id, config revision header, the error envelope, never a traceback."""
+def error_for(exc: BaseException, request_id: str | None) -> GatewayError:
+    """The client-facing error for whatever a handler raised (never a traceback)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, tornado.web.HTTPError) and exc.status_code < 500:
+        reason = exc.reason or tornado.httputil.responses.get(exc.status_code, "error")
+        return GatewayError(exc.status_code, "validation_error", reason.lower().replace(" ", "_"),
+                            exc.log_message or reason)
+    return GatewayError(500, "internal_error", "internal_error",
+                        f"internal gateway error; the gateway log has the details (request {request_id})")
+
+
+def log_unexpected(exc: BaseException, request_id: str | None) -> None:
+    """Log a handler's exception with its traceback unless it is an expected client error."""
+    if isinstance(exc, GatewayError) or (isinstance(exc, tornado.web.HTTPError) and exc.status_code < 500):
+        return
+    log.error("request %s failed", request_id, exc_info=(type(exc), exc, exc.__traceback__))
+
+
+class BaseHandler(Handler):
+    """Every proxy route: request id, config revision header, the error envelope, never a traceback."""
 
     anthropic_errors = False
     request_id: str | None = None
 
-    def initialize(self) -> None:
-        self.runtime: Runtime = self.settings["runtime"]
+    def __init__(self, settings: dict[str, Any], connection: Any) -> None:
+        super().__init__(settings, connection)
+        self.runtime: Runtime = settings["runtime"]
         self.snap = self.runtime.snapshot
         self.error: GatewayError | None = None
 
     def set_default_headers(self) -> None:
-        self.clear_header("Server")
         if self.request_id:
             self.set_header("X-Request-ID", self.request_id)
             self.set_header("X-Keeptrusts-Config-Revision", self.snap.revision if self.snap else "none")
@@ -100,43 +121,47 @@ class BaseHandler(tornado.web.RequestHandler):
         self.request_id = request_id_for(self.request.headers)
         self.set_default_headers()
 
-    def check_xsrf_cookie(self) -> None:  # an API: no cookies, no XSRF
-        return
+    def method_not_allowed(self) -> Exception:
+        allowed = ", ".join(sorted(self.methods))
+        return GatewayError(405, "validation_error", "method_not_allowed",
+                            f"{self.request.method} is not supported on {self.request.path}; use {allowed}",
+                            headers={"Allow": allowed})
 
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(payload if isinstance(payload, bytes) else orjson.dumps(payload))
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, GatewayError):
-            err = exc
-        elif isinstance(exc, tornado.web.HTTPError) and exc.status_code < 500:
-            err = GatewayError(exc.status_code, "validation_error", self._reason.lower().replace(" ", "_"),
-                               exc.log_message or self._reason)
-        else:
-            err = GatewayError(500, "internal_error", "internal_error",
-                               f"internal gateway error; the gateway log has the details (request {self.request_id})")
+    def handle_error(self, exc: BaseException) -> None:
+        log_unexpected(exc, self.request_id)
+        err = error_for(exc, self.request_id)
         self.error = err
-        self.set_status(err.status)
+        self.set_default_headers()
         for name, value in err.headers.items():
             self.set_header(name, value)
+        self.send_json(err.body(self.anthropic_errors), err.status)
+
+
+class NotFoundHandler(tornado.web.RequestHandler):
+    """Any path no route serves: 404 with the envelope (the Application's default handler)."""
+
+    def prepare(self) -> None:
+        raise not_found(self.request.path)
+
+    def check_xsrf_cookie(self) -> None:  # an API: no cookies, no XSRF
+        return
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        err = error_for(exc, None) if exc is not None else not_found(self.request.path)
+        self.clear_header("Server")
+        self.set_status(err.status)
         self.set_header("Content-Type", "application/json")
-        self.finish(err.body(self.anthropic_errors))
+        self.finish(err.body(False))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
-        if isinstance(value, GatewayError):
-            return
-        if isinstance(value, tornado.web.HTTPError) and value.status_code < 500:
-            return
-        log.error("request %s failed", self.request_id, exc_info=(typ, value, tb))
-
-
-class NotFoundHandler(BaseHandler):
-    def prepare(self) -> None:
-        super().prepare()
-        raise not_found(self.request.path)
+        if value is not None:
+            log_unexpected(value, None)
 
 
 class AuthedHandler(BaseHandler):
@@ -172,6 +197,8 @@ class AuthedHandler(BaseHandler):
             self.runtime.in_flight -= 1
             rec = self.record
             rec.status = rec.status or self.get_status()
+            if rec.status == 499 and rec.error_code is None:
+                rec.error_code = "client_closed"
             if self.error is not None and rec.error_code is None:
                 rec.error_code = self.error.code
             if self.emits_event:
@@ -184,6 +211,7 @@ class ModelsHandler(AuthedHandler):
     """GET /v1/models: the configured targets' models, with their availability."""
 
     emits_event = False
+    methods = frozenset({"GET"})
 
     def get(self) -> None:
         assert self.snap is not None
@@ -197,19 +225,20 @@ class ModelsHandler(AuthedHandler):
         self.send_json({"object": "list", "data": list(data.values())})
 
 
-@tornado.web.stream_request_body
 class ProxyHandler(AuthedHandler):
     """Base of the POST proxy routes: body limit, JSON parsing, policies, fallback."""
 
-    def initialize(self) -> None:
-        super().initialize()
+    methods = frozenset({"POST"})
+
+    def __init__(self, settings: dict[str, Any], connection: Any) -> None:
+        super().__init__(settings, connection)
         self._chunks: list[bytes] = []
         self._size = 0
         self.sent_any = False  # bytes of a streamed answer reached the client
         self.target: Target | None = None  # the target of the current (last) attempt
         self.client_gone = False
 
-    def data_received(self, chunk: bytes) -> None:
+    def body_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
         if self._size <= self.settings["max_body_size"]:
             self._chunks.append(chunk)
@@ -218,11 +247,6 @@ class ProxyHandler(AuthedHandler):
 
     def on_connection_close(self) -> None:
         self.client_gone = True
-        reading = not self.request._body_future.done()
-        super().on_connection_close()
-        if reading and getattr(self, "_counted", False):  # gone mid-body: Tornado never runs post() nor on_finish()
-            self.record.status, self.record.error_code = 499, "client_closed"
-            self.on_finish()
 
     def body_json(self) -> dict[str, Any]:
         limit = self.settings["max_body_size"]
@@ -589,8 +613,8 @@ class MessagesHandler(ChatHandler):
 
     anthropic_errors = True
 
-    def initialize(self) -> None:
-        super().initialize()
+    def __init__(self, settings: dict[str, Any], connection: Any) -> None:
+        super().__init__(settings, connection)
         self.client_model = ""
         self.to_anthropic: translate.OpenAIStreamToAnthropic | None = None
 

@@ -284,9 +284,9 @@ def test_body_beyond_the_hard_cap_drops_the_connection_unread(gw: GatewayThread)
 
 def test_304_and_head_carry_no_body(gw: GatewayThread) -> None:
     wire = Wire(port_of(gw))
-    wire.send(request("GET", "/v1/models"))
+    wire.send(request("GET", "/healthz"))  # a RequestHandler route: Tornado adds an Etag to GET answers
     etag = wire.response().headers["etag"]
-    wire.send(request("GET", "/v1/models", If_None_Match=etag) + request("HEAD", "/healthz")
+    wire.send(request("GET", "/healthz", If_None_Match=etag) + request("HEAD", "/healthz")
               + request("GET", "/v1/models"))
     assert wire.response().status == 304
     head = wire.response(head=True)
@@ -399,11 +399,11 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[int, Probe, asyncio
     probe = Probe()
     app = tornado.web.Application([(r"/stream", Stream, {"probe": probe}), (r"/flood", Flood, {"probe": probe})])
     loop = asyncio.new_event_loop() if request.param == "asyncio" else pytest.importorskip("uvloop").new_event_loop()
-    server = HTTP1Server(app, max_body_size=2**20)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
     sock.setblocking(False)
+    server = HTTP1Server(app, max_body_size=2**20, idle_timeout=0.5)
     loop.run_until_complete(server.add_sockets([sock]))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -456,6 +456,18 @@ def test_a_slow_reader_back_pressures_the_handler(served: tuple[int, Probe, asyn
     assert probe.sent < 64 * 262144
     resp = wire.response()  # reading lets it finish
     assert len(resp.body) == 64 * 262144 and probe.sent == 64 * 262144
+
+
+def test_idle_keep_alive_connections_are_closed(served: tuple[int, Probe, asyncio.AbstractEventLoop]) -> None:
+    port, probe, loop = served  # idle timeout 0.5 s here (75 s in the gateway)
+    wire = Wire(port)
+    wire.send(request("GET", "/stream"))
+    wire.head()
+    wire.chunk()
+    loop.call_soon_threadsafe(probe.release.set)  # type: ignore[union-attr]
+    assert wire.chunk() == b"second" and wire.chunk() == b""
+    assert wire.closed()  # nothing more sent: the server closes it
+    assert Wire(port).closed()  # a connection that never sends a request too
 
 
 async def _poll(predicate: Any) -> bool:
