@@ -19,9 +19,19 @@ from typing import Any
 
 from policies.model import ChainOutcome, Verdict
 
+_second: tuple[int, str] = (-1, "")
+
 
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """`2026-11-27T14:00:00.123Z`, as `datetime.isoformat` writes it (the date and time formatted once a second)."""
+    global _second
+    whole = int(ts)
+    micros = round((ts - whole) * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    if _second[0] != whole:
+        _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 class _Ids:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 from email.utils import formatdate
 from typing import Any
 
@@ -33,6 +34,14 @@ class Request:
         self.path, _, self.query = start_line.path.partition("?")
         self.headers = headers
         self.connection = connection
+
+
+class ResponseHeaders(dict[str, str]):
+    """Response headers as the connection reads them (`in`, `[]`, `get`, `get_all`), without
+    `HTTPHeaders`' per-name normalisation: the handler writes canonical names itself."""
+
+    def get_all(self) -> Iterable[tuple[str, str]]:
+        return self.items()
 
 
 _date: tuple[int, str] = (0, "")
@@ -132,7 +141,7 @@ class Handler:
         return httputil.ResponseStartLine("HTTP/1.1", self._status, httputil.responses.get(self._status, "Unknown"))
 
     def _header_block(self) -> httputil.HTTPHeaders:
-        return httputil.HTTPHeaders({"Date": http_date(), **self._headers})
+        return ResponseHeaders({"Date": http_date(), **self._headers})  # type: ignore[return-value]
 
     def _done(self) -> None:
         if not self._finished:

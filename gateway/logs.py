@@ -18,6 +18,8 @@ from typing import Any, TextIO
 
 import orjson
 
+from gateway.events import rfc3339
+
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 _REQUEST_FIELDS = ("request_id", "route", "status", "verdict", "reason_code", "latency_ms", "config_revision",
                    "model", "provider", "event_id")
@@ -111,7 +113,7 @@ class _Writer(threading.Thread):
 
 
 def _utc(created: float) -> str:
-    return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return rfc3339(created)
 
 
 def setup_logging(fmt: str = "json", level: str | int = "info", stream: TextIO | None = None) -> None:

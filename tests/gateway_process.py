@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ class GatewayProcess:
             return False
 
     def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
-                admin: bool = True) -> tuple[int, dict[str, str], bytes]:
-        """One HTTP request; (status, headers, body) whatever the status."""
+                admin: bool = True) -> tuple[int, Message, bytes]:
+        """One HTTP request; (status, headers (case-insensitive), body) whatever the status."""
         data = json.dumps(body).encode() if body is not None else (b"" if method == "POST" else None)
         req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers or {})
         if data is not None:
@@ -57,16 +58,16 @@ class GatewayProcess:
             req.add_header("Authorization", f"Bearer {self.admin_token}")
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, dict(resp.headers), resp.read()
+                return resp.status, resp.headers, resp.read()
         except urllib.error.HTTPError as exc:
-            return exc.code, dict(exc.headers), exc.read()
+            return exc.code, exc.headers, exc.read()
 
     def get(self, path: str, **kw: Any) -> tuple[int, Any]:
         status, headers, body = self.request("GET", path, **kw)
         is_json = headers.get("Content-Type", "").startswith("application/json")
         return status, json.loads(body) if is_json else body.decode()
 
-    def chat(self, text: str) -> tuple[int, dict[str, str], bytes]:
+    def chat(self, text: str) -> tuple[int, Message, bytes]:
         return self.request("POST", "/v1/chat/completions",
                             {"model": "demo-model", "messages": [{"role": "user", "content": text}]})
 
