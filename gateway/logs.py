@@ -97,6 +97,7 @@ class _Writer(threading.Thread):
                     self.stream.flush()
             if stop:
                 return
+            time.sleep(0.02)  # let lines gather: one wake-up and write per 20 ms, not one per request
 
     def _format(self, item: Any) -> str:
         try:

@@ -408,7 +408,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[int, Probe, asyncio
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     yield sock.getsockname()[1], probe, loop
-    server.stop()
+    loop.call_soon_threadsafe(server.stop)  # the loop's own thread only: libuv is not thread-safe
     asyncio.run_coroutine_threadsafe(server.close_all_connections(), loop).result(5)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
