@@ -10,7 +10,9 @@ bytes as they arrive, `b""` at the end) and must be `release()`d.
 - One keep-alive pool per (scheme, host, port); at most `max_connections` in use at once (a
   request beyond that waits for a free one, within the connect timeout). A connection goes
   back to the pool only after a complete response that allows keep-alive; after
-  `Connection: close`, an error, a timeout or a stream released before its end it is closed.
+  `Connection: close`, an error, a timeout or a stream released before its end it is closed
+  (one released at its logical end with `release(finished=True)` is pooled if the rest of its
+  body follows soon).
   An idle connection the server closed is noticed (EOF/loss) and dropped before reuse; if a
   reused connection still fails before any byte of the answer, the request is sent once more
   on a new connection. Idle connections older than `KEEPALIVE_S` are closed.

@@ -415,6 +415,34 @@ def test_refused_connection_and_error_status_are_classified_without_secrets() ->
     run(main())
 
 
+def test_close_closes_idle_and_busy_connections() -> None:
+    async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if req.body == b"stream":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            await writer.drain()
+            await reader.read(1)
+            return False
+        writer.write(reply())
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"stream")
+            await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")  # a second connection, now idle
+            assert up.connections == 2
+            await up_client.close()
+            await async_wait_for(lambda: up.ended == 2)
+            chunks = iter_stream(TARGET, resp)
+            assert await anext(chunks) == b"first"
+            with pytest.raises(UpstreamFailure):
+                await anext(chunks)
+            resp.release()
+            assert up_client.pool._active == 0
+
+    run(main())
+
+
 def test_max_connections_queues_the_request_beyond_the_limit() -> None:
     async def main() -> None:
         async with Upstream(answer_ok) as up:
