@@ -8,8 +8,9 @@ costs 65-68 us a request, a bare protocol with httptools 11 us: aiohttp alone wa
 budget. The client does what the gateway needs and no more: http/https (verified, SNI),
 keep-alive pool per host with a total limit, per-attempt connect and read (idle) timeouts,
 Content-Length/chunked/until-close bodies, streaming with back-pressure, one transparent retry
-when a kept-alive connection turns out to be closed. Tornado's clients were slower still (see
-docs/gateway.md, "Upstream connections").
+when a kept-alive connection turns out to be closed. Measured with bench/overhead.py in two
+interleaved before/after runs: gateway +14 % / +28 % RPS at c=32, ~0.13 ms less at c=1 p50.
+Tornado's clients were slower still (docs/gateway.md "Upstream connections", docs/benchmarks.md).
 """
 
 from __future__ import annotations
