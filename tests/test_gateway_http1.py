@@ -7,6 +7,7 @@ HTTP/1.0, `Connection: close`, limits, malformed input, streaming, back-pressure
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import threading
@@ -199,6 +200,27 @@ def test_expect_100_continue(gw: GatewayThread) -> None:
     resp = wire.response()
     assert resp.status == 413 and resp.json()["error"]["code"] == "request_too_large"
     assert resp.headers["connection"] == "close" and wire.closed()
+
+
+def test_expect_100_continue_refused_before_the_body(tmp_path: Path, start_gateway: Any) -> None:
+    from gateway.keys import load_keys
+
+    keys = tmp_path / "keys"
+    keys.write_text(hashlib.sha256(b"good-key").hexdigest() + "  team\n")
+    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
+    gw = start_gateway(cfg, keys=load_keys(keys))
+    wire = Wire(port_of(gw))
+    wire.send(request("POST", "/v1/chat/completions", None, Content_Length=str(len(CHAT)), Expect="100-continue",
+                      Authorization="Bearer wrong-key"))
+    resp = wire.response()  # no 100 Continue first: the client need not send the body
+    assert resp.status == 401 and resp.json()["error"]["code"] == "invalid_api_key"
+    assert wire.closed()  # the body was announced but not read: closing is the only way to skip it
+    wire = Wire(port_of(gw))
+    wire.send(request("POST", "/v1/chat/completions", None, Content_Length=str(len(CHAT)), Expect="100-continue",
+                      Authorization="Bearer good-key"))
+    assert wire.head()[0] == 100
+    wire.send(CHAT)
+    assert wire.response().status == 200
 
 
 def test_http10_closes_unless_keep_alive_was_asked(gw: GatewayThread) -> None:
