@@ -135,9 +135,9 @@ def failure_for_exception(target: Target, exc: BaseException) -> UpstreamFailure
     """Classify a transport error of one attempt (the message names the error's type, never a header)."""
     where = f"target {target.id} ({target.provider})"
     if isinstance(exc, TimeoutError):
-        return UpstreamFailure("timeout", f"{where} timed out")
+        return UpstreamFailure("timeout", f"{where} timed out" + (f": {exc}" if str(exc) else ""))
     if isinstance(exc, ProtocolError):
-        return UpstreamFailure("bad_response", f"{where} sent an invalid HTTP response: {exc}")
+        return UpstreamFailure("bad_response", f"{where} {exc}")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return UpstreamFailure("connect", f"{where} is unreachable: TLS certificate not trusted ({exc.verify_message})")
     if isinstance(exc, ValueError) and not isinstance(exc, OSError):  # ours: an unusable base_url or header
