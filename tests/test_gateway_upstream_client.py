@@ -197,7 +197,7 @@ def test_connection_close_answers_are_not_reused() -> None:
     run(main())
 
 
-@pytest.mark.parametrize("framing", ["chunked", "until-close", "gzip"])
+@pytest.mark.parametrize("framing", ["chunked", "until-close", "gzip", "after-100-continue"])
 def test_chunked_read_until_close_and_gzip_bodies(framing: str) -> None:
     text = b'{"choices": [], "pad": "' + b"x" * 5000 + b'"}'
 
@@ -211,6 +211,9 @@ def test_chunked_read_until_close_and_gzip_bodies(framing: str) -> None:
             return True
         if framing == "gzip":
             writer.write(reply(gzip.compress(text), headers="Content-Encoding: gzip\r\n"))
+            return True
+        if framing == "after-100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + reply(text))
             return True
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + text[:100])
         await writer.drain()
@@ -355,7 +358,7 @@ def test_read_timeout_before_the_answer_and_mid_stream() -> None:
             up_client = client(read_s=0.2)
             with pytest.raises(UpstreamFailure) as failure:
                 await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
-            assert failure.value.kind == "timeout"
+            assert failure.value.message == "target up (openai) timed out: no data within the read timeout"
             resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"stream")
             chunks = iter_stream(TARGET, resp)
             assert await anext(chunks) == b"first"
@@ -381,7 +384,7 @@ def test_connect_timeout_covers_a_tls_handshake_that_never_answers(tls: dict[str
         up_client = UpstreamClient(Timeouts(connect_s=0.2, read_s=5), ssl_context=tls["client"])
         with pytest.raises(UpstreamFailure) as failure:
             await up_client.post_json(TARGET, f"https://localhost:{port}/v1/x", HEADERS, b"{}")
-        assert failure.value.kind == "timeout"
+        assert failure.value.kind == "timeout" and "connect timeout" in failure.value.message
         server.close()
 
     run(main())
@@ -443,6 +446,27 @@ def test_close_closes_idle_and_busy_connections() -> None:
     run(main())
 
 
+@pytest.mark.parametrize("answer_bytes", [b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\n"
+                                          b"Content-Length: 2\r\n\r\n{}"])
+def test_an_answer_that_is_not_usable_http_is_a_bad_response(answer_bytes: bytes) -> None:
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer_bytes)
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            with pytest.raises(UpstreamFailure) as failure:
+                await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert failure.value.kind == "bad_response" and up_client.pool._active == 0
+            assert failure.value.message in ("target up (openai) sent an invalid HTTP response",
+                                             "target up (openai) answered with an unsupported content encoding")
+            await async_wait_for(lambda: up.ended == 1)  # not kept
+            await up_client.close()
+
+    run(main())
+
+
 def test_max_connections_queues_the_request_beyond_the_limit() -> None:
     async def main() -> None:
         async with Upstream(answer_ok) as up:
@@ -500,6 +524,6 @@ def test_destination_parsing() -> None:
     assert d.head == "POST /v1/chat/completions HTTP/1.1\r\nHost: api.example.com\r\n"
     d = httpclient.destination("http://[::1]:8080/v1/x?a=1")
     assert d.key == ("http", "::1", 8080) and d.head == "POST /v1/x?a=1 HTTP/1.1\r\nHost: [::1]:8080\r\n"
-    for bad in ("ftp://h/x", "http:///x", "http://h:99999/x"):
+    for bad in ("ftp://h/x", "http:///x", "http://h:99999/x", "https://u:secret@h/x"):
         with pytest.raises(ValueError):
             httpclient.destination(bad)
