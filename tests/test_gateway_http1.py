@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import tornado.web
+from tornado.iostream import StreamClosedError
 
 from gateway.http1 import HTTP1Server
 from tests.fake_upstream import FakeUpstream
@@ -377,6 +378,7 @@ class Probe:
         self.closed = threading.Event()
         self.pending: asyncio.Future[None] | None = None
         self.sent = 0
+        self.write_failed = threading.Event()
 
 
 class Stream(tornado.web.RequestHandler):
@@ -407,11 +409,15 @@ class Flood(tornado.web.RequestHandler):
 
     async def get(self) -> None:
         block = b"z" * 262144
-        for _ in range(64):
-            self.write(block)
-            self.probe.pending = self.flush()
-            await self.probe.pending
-            self.probe.sent += len(block)
+        try:
+            for _ in range(64):
+                self.write(block)
+                self.probe.pending = self.flush()
+                await self.probe.pending
+                self.probe.sent += len(block)
+        except StreamClosedError:
+            self.probe.write_failed.set()
+            return
         self.finish()
 
 
@@ -490,6 +496,17 @@ def test_idle_keep_alive_connections_are_closed(served: tuple[int, Probe, asynci
     assert wire.chunk() == b"second" and wire.chunk() == b""
     assert wire.closed()  # nothing more sent: the server closes it
     assert Wire(port).closed()  # a connection that never sends a request too
+
+
+def test_a_client_leaving_fails_the_pending_write(served: tuple[int, Probe, asyncio.AbstractEventLoop]) -> None:
+    port, probe, loop = served
+    wire = Wire(port)
+    wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    wire.send(request("GET", "/flood"))
+    assert asyncio.run_coroutine_threadsafe(
+        _poll(lambda: probe.pending is not None and not probe.pending.done()), loop).result(10)
+    wire.close()
+    assert probe.write_failed.wait(5)  # the awaited flush raised StreamClosedError
 
 
 async def _poll(predicate: Any) -> bool:
