@@ -436,8 +436,12 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[int, Probe, asyncio
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     yield sock.getsockname()[1], probe, loop
-    server.stop()
-    asyncio.run_coroutine_threadsafe(server.close_all_connections(), loop).result(5)
+
+    async def shutdown() -> None:  # on the loop's own thread: closing a uvloop server from another one can crash
+        server.stop()
+        await server.close_all_connections()
+
+    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     loop.close()
