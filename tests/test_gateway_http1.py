@@ -437,7 +437,7 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[int, Probe, asyncio
     thread.start()
     yield sock.getsockname()[1], probe, loop
 
-    async def shutdown() -> None:  # on the server's own loop (neither is thread-safe)
+    async def shutdown() -> None:  # on the loop's own thread: closing a uvloop server from another one can crash
         server.stop()
         await server.close_all_connections()
 

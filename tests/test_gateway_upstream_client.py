@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from gateway import httpclient
+from gateway import adapters, httpclient
 from gateway.upstream import Timeouts, UpstreamClient, UpstreamFailure, iter_stream
-from policies.model import Target
+from policies.model import SecretRef, Target
+from tests.fake_upstream import FakeUpstream
 from tests.waiting import async_wait_for
 
 TARGET = Target("up", "openai", "m")
@@ -313,6 +314,30 @@ def test_a_stream_released_at_its_logical_end_is_pooled_when_its_body_ends(
             assert up.connections == (2 if tail == "never" else 1)
             assert up_client.pool._active == 0  # every slot given back
             await up_client.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_streams_through_the_adapters_keep_their_connection(
+        provider: str, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test upstream (Tornado) writes the chunked terminator after `[DONE]`: the connection still gets pooled."""
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-fake")
+    key = SecretRef(env="FAKE_UPSTREAM_KEY")
+    target = Target("fake", provider, "m", base_url=fake_upstream.url, secret_key_ref=key,
+                    **({"api_key_header": "x-api-key", "api_key_prefix": ""} if provider == "anthropic" else {}))
+    req = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    async def main() -> None:
+        up_client = client()
+        pool_key = ("http", "127.0.0.1", fake_upstream.port)
+        for _ in range(3):
+            fake_upstream.queue_reply("one two three", chunks=3)
+            batches = [b async for b in adapters.stream(up_client, target, req)]
+            assert batches[-1][-1] is None  # DONE
+            await async_wait_for(lambda: up_client.pool.idle.get(pool_key))
+        assert up_client.pool.opened == 1 and up_client.pool._active == 0
+        await up_client.close()
 
     run(main())
 
