@@ -492,6 +492,22 @@ def test_an_answer_that_is_not_usable_http_is_a_bad_response(answer_bytes: bytes
     run(main())
 
 
+def test_an_unasked_second_answer_drops_the_connection() -> None:
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply(b'{"first": 1}') + reply(b'{"second": 2}'))
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            for _ in range(2):
+                assert await up_client.post_json(TARGET, up.url(), HEADERS, b"{}") == b'{"first": 1}'
+            assert up.connections == 2
+            await up_client.close()
+
+    run(main())
+
+
 def test_max_connections_queues_the_request_beyond_the_limit() -> None:
     async def main() -> None:
         async with Upstream(answer_ok) as up:
