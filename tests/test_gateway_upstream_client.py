@@ -537,10 +537,10 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(d / "cert.pem", d / "key.pem")
-    return {"server": server, "client": ssl.create_default_context(cafile=d / "cert.pem")}
+    return {"server": server, "client": ssl.create_default_context(cafile=d / "cert.pem"), "cert": d / "cert.pem"}
 
 
-def test_https_verifies_the_certificate_and_the_host_name(tls: dict[str, Any]) -> None:
+def test_https_verifies_the_certificate_and_the_host_name(tls: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with Upstream(answer_ok, tls["server"]) as up:
             trusting = UpstreamClient(Timeouts(connect_s=2, read_s=5), ssl_context=tls["client"])
@@ -555,6 +555,11 @@ def test_https_verifies_the_certificate_and_the_host_name(tls: dict[str, Any]) -
             assert failure.value.kind == "connect" and "certificate" in failure.value.message
             await default.close()
             assert len(up.requests) == 2  # nothing sent over the untrusted connection
+
+            monkeypatch.setenv("SSL_CERT_FILE", str(tls["cert"]))  # a private CA, as docs/gateway.md says
+            private_ca = client()
+            assert await private_ca.post_json(TARGET, up.url("localhost", "https"), HEADERS, b"{}") == b'{"n": 2}'
+            await private_ca.close()
 
     run(main())
 
