@@ -292,6 +292,8 @@ def hot_spots(raw: Path, top: int = 20) -> str:
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():  # py-spy writes the odd torn line under load
+            continue
         frames, n = stack.split(";"), int(count)
         total += n
         own[frames[-1]] = own.get(frames[-1], 0) + n

@@ -73,6 +73,8 @@ def destination(url: str, method: str = "POST") -> Destination:
     scheme, host = parts.scheme.lower(), parts.hostname
     if scheme not in ("http", "https") or not host:
         raise ValueError("upstream URL must be http:// or https:// with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("upstream URL must not carry credentials (use secret_key_ref)")
     tls = scheme == "https"
     port = port or (443 if tls else 80)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -214,7 +216,7 @@ class Connection(asyncio.Protocol):
         if deadline - now > 0.005:
             self.timer = self.loop.call_at(deadline, self._on_timer)
         else:
-            self.close(TimeoutError("no data from the upstream within the read timeout"))
+            self.close(TimeoutError("no data within the read timeout"))
 
     def _ended(self) -> None:
         """The socket ended (EOF or loss): the end of a read-until-close body, or an error."""
@@ -242,7 +244,7 @@ class Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             cause = exc.__context__ if isinstance(exc.__context__, ProtocolError) else None
-            self.close(cause or ProtocolError("the upstream sent an invalid HTTP response"))
+            self.close(cause or ProtocolError("sent an invalid HTTP response"))
 
     def eof_received(self) -> bool:
         self._ended()
@@ -260,6 +262,10 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks ----------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: keep the first, drop the connection
+            raise ProtocolError("sent more than one answer")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.raw_headers.append((name, value))
         lower = name.lower()
@@ -270,7 +276,7 @@ class Connection(asyncio.Protocol):
             if coding in (b"gzip", b"x-gzip", b"deflate"):
                 self.decoder = zlib.decompressobj(wbits=47)  # zlib or gzip header, detected
             elif coding not in (b"", b"identity"):
-                raise ProtocolError("the upstream answered with an unsupported content encoding")
+                raise ProtocolError("answered with an unsupported content encoding")
 
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
@@ -287,13 +293,13 @@ class Connection(asyncio.Protocol):
         if self.draining:
             self.buffered += len(body)
             if self.buffered > DRAIN_BYTES:
-                raise ProtocolError("the upstream kept sending after the end of its stream")
+                raise ProtocolError("kept sending after the end of its stream")
             return
         if self.decoder is not None:
             try:
                 body = self.decoder.decompress(body)
             except zlib.error:
-                raise ProtocolError("the upstream sent a body that does not decompress") from None
+                raise ProtocolError("sent a body that does not decompress") from None
             if not body:
                 return
         self.chunks.append(body)
@@ -402,8 +408,11 @@ class Pool:
             self._active += 1
             conn = self._idle(dest.key)
         else:
-            async with asyncio.timeout(self.connect_s):
-                await self._wait_slot()
+            try:
+                async with asyncio.timeout(self.connect_s):
+                    await self._wait_slot()
+            except TimeoutError:
+                raise TimeoutError(f"all {self.max_connections} upstream connections stayed busy") from None
             conn = self._idle(dest.key)
         try:
             for attempt in (0, 1):
@@ -482,8 +491,11 @@ class Pool:
     async def _connect(self, dest: Destination) -> Connection:
         conn = Connection(self, dest.key)
         tls: dict[str, Any] = {"ssl": self.ssl_context, "server_hostname": dest.host} if dest.tls else {}
-        async with asyncio.timeout(self.connect_s):
-            await self.loop.create_connection(lambda: conn, dest.host, dest.port, **tls)
+        try:
+            async with asyncio.timeout(self.connect_s):
+                await self.loop.create_connection(lambda: conn, dest.host, dest.port, **tls)
+        except TimeoutError:
+            raise TimeoutError("no connection within the connect timeout") from None
         self.opened += 1
         return conn
 

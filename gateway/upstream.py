@@ -8,8 +8,9 @@ costs 65-68 us a request, a bare protocol with httptools 11 us: aiohttp alone wa
 budget. The client does what the gateway needs and no more: http/https (verified, SNI),
 keep-alive pool per host with a total limit, per-attempt connect and read (idle) timeouts,
 Content-Length/chunked/until-close bodies, streaming with back-pressure, one transparent retry
-when a kept-alive connection turns out to be closed. Tornado's clients were slower still (see
-docs/gateway.md, "Upstream connections").
+when a kept-alive connection turns out to be closed. Measured with bench/overhead.py in two
+interleaved before/after runs: gateway +14 % / +28 % RPS at c=32, ~0.13 ms less at c=1 p50.
+Tornado's clients were slower still (docs/gateway.md "Upstream connections", docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -134,9 +135,9 @@ def failure_for_exception(target: Target, exc: BaseException) -> UpstreamFailure
     """Classify a transport error of one attempt (the message names the error's type, never a header)."""
     where = f"target {target.id} ({target.provider})"
     if isinstance(exc, TimeoutError):
-        return UpstreamFailure("timeout", f"{where} timed out")
+        return UpstreamFailure("timeout", f"{where} timed out" + (f": {exc}" if str(exc) else ""))
     if isinstance(exc, ProtocolError):
-        return UpstreamFailure("bad_response", f"{where} sent an invalid HTTP response: {exc}")
+        return UpstreamFailure("bad_response", f"{where} {exc}")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return UpstreamFailure("connect", f"{where} is unreachable: TLS certificate not trusted ({exc.verify_message})")
     if isinstance(exc, ValueError) and not isinstance(exc, OSError):  # ours: an unusable base_url or header

@@ -7,6 +7,7 @@ HTTP/1.0, `Connection: close`, limits, malformed input, streaming, back-pressure
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 import threading
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import tornado.web
+from tornado.iostream import StreamClosedError
 
 from gateway.http1 import HTTP1Server
 from tests.fake_upstream import FakeUpstream
@@ -201,6 +203,27 @@ def test_expect_100_continue(gw: GatewayThread) -> None:
     assert resp.headers["connection"] == "close" and wire.closed()
 
 
+def test_expect_100_continue_refused_before_the_body(tmp_path: Path, start_gateway: Any) -> None:
+    from gateway.keys import load_keys
+
+    keys = tmp_path / "keys"
+    keys.write_text(hashlib.sha256(b"good-key").hexdigest() + "  team\n")
+    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
+    gw = start_gateway(cfg, keys=load_keys(keys))
+    wire = Wire(port_of(gw))
+    wire.send(request("POST", "/v1/chat/completions", None, Content_Length=str(len(CHAT)), Expect="100-continue",
+                      Authorization="Bearer wrong-key"))
+    resp = wire.response()  # no 100 Continue first: the client need not send the body
+    assert resp.status == 401 and resp.json()["error"]["code"] == "invalid_api_key"
+    assert wire.closed()  # the body was announced but not read: closing is the only way to skip it
+    wire = Wire(port_of(gw))
+    wire.send(request("POST", "/v1/chat/completions", None, Content_Length=str(len(CHAT)), Expect="100-continue",
+                      Authorization="Bearer good-key"))
+    assert wire.head()[0] == 100
+    wire.send(CHAT)
+    assert wire.response().status == 200
+
+
 def test_http10_closes_unless_keep_alive_was_asked(gw: GatewayThread) -> None:
     wire = Wire(port_of(gw))
     wire.send(b"GET /v1/models HTTP/1.0\r\n\r\n")
@@ -355,6 +378,7 @@ class Probe:
         self.closed = threading.Event()
         self.pending: asyncio.Future[None] | None = None
         self.sent = 0
+        self.write_failed = threading.Event()
 
 
 class Stream(tornado.web.RequestHandler):
@@ -385,11 +409,15 @@ class Flood(tornado.web.RequestHandler):
 
     async def get(self) -> None:
         block = b"z" * 262144
-        for _ in range(64):
-            self.write(block)
-            self.probe.pending = self.flush()
-            await self.probe.pending
-            self.probe.sent += len(block)
+        try:
+            for _ in range(64):
+                self.write(block)
+                self.probe.pending = self.flush()
+                await self.probe.pending
+                self.probe.sent += len(block)
+        except StreamClosedError:
+            self.probe.write_failed.set()
+            return
         self.finish()
 
 
@@ -408,8 +436,12 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[int, Probe, asyncio
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     yield sock.getsockname()[1], probe, loop
-    loop.call_soon_threadsafe(server.stop)  # the loop's own thread only: libuv is not thread-safe
-    asyncio.run_coroutine_threadsafe(server.close_all_connections(), loop).result(5)
+
+    async def shutdown() -> None:  # on the loop's own thread: closing a uvloop server from another one can crash
+        server.stop()
+        await server.close_all_connections()
+
+    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(5)
     loop.close()
@@ -468,6 +500,17 @@ def test_idle_keep_alive_connections_are_closed(served: tuple[int, Probe, asynci
     assert wire.chunk() == b"second" and wire.chunk() == b""
     assert wire.closed()  # nothing more sent: the server closes it
     assert Wire(port).closed()  # a connection that never sends a request too
+
+
+def test_a_client_leaving_fails_the_pending_write(served: tuple[int, Probe, asyncio.AbstractEventLoop]) -> None:
+    port, probe, loop = served
+    wire = Wire(port)
+    wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    wire.send(request("GET", "/flood"))
+    assert asyncio.run_coroutine_threadsafe(
+        _poll(lambda: probe.pending is not None and not probe.pending.done()), loop).result(10)
+    wire.close()
+    assert probe.write_failed.wait(5)  # the awaited flush raised StreamClosedError
 
 
 async def _poll(predicate: Any) -> bool:

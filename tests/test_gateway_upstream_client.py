@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from gateway import httpclient
+from gateway import adapters, httpclient
 from gateway.upstream import Timeouts, UpstreamClient, UpstreamFailure, iter_stream
-from policies.model import Target
+from policies.model import SecretRef, Target
+from tests.fake_upstream import FakeUpstream
 from tests.waiting import async_wait_for
 
 TARGET = Target("up", "openai", "m")
@@ -197,7 +198,7 @@ def test_connection_close_answers_are_not_reused() -> None:
     run(main())
 
 
-@pytest.mark.parametrize("framing", ["chunked", "until-close", "gzip"])
+@pytest.mark.parametrize("framing", ["chunked", "until-close", "gzip", "after-100-continue"])
 def test_chunked_read_until_close_and_gzip_bodies(framing: str) -> None:
     text = b'{"choices": [], "pad": "' + b"x" * 5000 + b'"}'
 
@@ -211,6 +212,9 @@ def test_chunked_read_until_close_and_gzip_bodies(framing: str) -> None:
             return True
         if framing == "gzip":
             writer.write(reply(gzip.compress(text), headers="Content-Encoding: gzip\r\n"))
+            return True
+        if framing == "after-100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + reply(text))
             return True
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + text[:100])
         await writer.drain()
@@ -314,6 +318,30 @@ def test_a_stream_released_at_its_logical_end_is_pooled_when_its_body_ends(
     run(main())
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_streams_through_the_adapters_keep_their_connection(
+        provider: str, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test upstream (Tornado) writes the chunked terminator after `[DONE]`: the connection still gets pooled."""
+    monkeypatch.setenv("FAKE_UPSTREAM_KEY", "sk-fake")
+    key = SecretRef(env="FAKE_UPSTREAM_KEY")
+    target = Target("fake", provider, "m", base_url=fake_upstream.url, secret_key_ref=key,
+                    **({"api_key_header": "x-api-key", "api_key_prefix": ""} if provider == "anthropic" else {}))
+    req = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    async def main() -> None:
+        up_client = client()
+        pool_key = ("http", "127.0.0.1", fake_upstream.port)
+        for _ in range(3):
+            fake_upstream.queue_reply("one two three", chunks=3)
+            batches = [b async for b in adapters.stream(up_client, target, req)]
+            assert batches[-1][-1] is None  # DONE
+            await async_wait_for(lambda: up_client.pool.idle.get(pool_key))
+        assert up_client.pool.opened == 1 and up_client.pool._active == 0
+        await up_client.close()
+
+    run(main())
+
+
 def test_a_lagging_reader_pauses_the_socket_instead_of_buffering() -> None:
     piece = b"y" * 65536
     total = 64 * len(piece)  # 4 MiB
@@ -355,7 +383,7 @@ def test_read_timeout_before_the_answer_and_mid_stream() -> None:
             up_client = client(read_s=0.2)
             with pytest.raises(UpstreamFailure) as failure:
                 await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
-            assert failure.value.kind == "timeout"
+            assert failure.value.message == "target up (openai) timed out: no data within the read timeout"
             resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"stream")
             chunks = iter_stream(TARGET, resp)
             assert await anext(chunks) == b"first"
@@ -381,7 +409,7 @@ def test_connect_timeout_covers_a_tls_handshake_that_never_answers(tls: dict[str
         up_client = UpstreamClient(Timeouts(connect_s=0.2, read_s=5), ssl_context=tls["client"])
         with pytest.raises(UpstreamFailure) as failure:
             await up_client.post_json(TARGET, f"https://localhost:{port}/v1/x", HEADERS, b"{}")
-        assert failure.value.kind == "timeout"
+        assert failure.value.kind == "timeout" and "connect timeout" in failure.value.message
         server.close()
 
     run(main())
@@ -443,6 +471,43 @@ def test_close_closes_idle_and_busy_connections() -> None:
     run(main())
 
 
+@pytest.mark.parametrize("answer_bytes", [b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\n"
+                                          b"Content-Length: 2\r\n\r\n{}"])
+def test_an_answer_that_is_not_usable_http_is_a_bad_response(answer_bytes: bytes) -> None:
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer_bytes)
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            with pytest.raises(UpstreamFailure) as failure:
+                await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert failure.value.kind == "bad_response" and up_client.pool._active == 0
+            assert failure.value.message in ("target up (openai) sent an invalid HTTP response",
+                                             "target up (openai) answered with an unsupported content encoding")
+            await async_wait_for(lambda: up.ended == 1)  # not kept
+            await up_client.close()
+
+    run(main())
+
+
+def test_an_unasked_second_answer_drops_the_connection() -> None:
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply(b'{"first": 1}') + reply(b'{"second": 2}'))
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            up_client = client()
+            for _ in range(2):
+                assert await up_client.post_json(TARGET, up.url(), HEADERS, b"{}") == b'{"first": 1}'
+            assert up.connections == 2
+            await up_client.close()
+
+    run(main())
+
+
 def test_max_connections_queues_the_request_beyond_the_limit() -> None:
     async def main() -> None:
         async with Upstream(answer_ok) as up:
@@ -472,10 +537,10 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                     "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(d / "cert.pem", d / "key.pem")
-    return {"server": server, "client": ssl.create_default_context(cafile=d / "cert.pem")}
+    return {"server": server, "client": ssl.create_default_context(cafile=d / "cert.pem"), "cert": d / "cert.pem"}
 
 
-def test_https_verifies_the_certificate_and_the_host_name(tls: dict[str, Any]) -> None:
+def test_https_verifies_the_certificate_and_the_host_name(tls: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         async with Upstream(answer_ok, tls["server"]) as up:
             trusting = UpstreamClient(Timeouts(connect_s=2, read_s=5), ssl_context=tls["client"])
@@ -491,6 +556,11 @@ def test_https_verifies_the_certificate_and_the_host_name(tls: dict[str, Any]) -
             await default.close()
             assert len(up.requests) == 2  # nothing sent over the untrusted connection
 
+            monkeypatch.setenv("SSL_CERT_FILE", str(tls["cert"]))  # a private CA, as docs/gateway.md says
+            private_ca = client()
+            assert await private_ca.post_json(TARGET, up.url("localhost", "https"), HEADERS, b"{}") == b'{"n": 2}'
+            await private_ca.close()
+
     run(main())
 
 
@@ -500,6 +570,6 @@ def test_destination_parsing() -> None:
     assert d.head == "POST /v1/chat/completions HTTP/1.1\r\nHost: api.example.com\r\n"
     d = httpclient.destination("http://[::1]:8080/v1/x?a=1")
     assert d.key == ("http", "::1", 8080) and d.head == "POST /v1/x?a=1 HTTP/1.1\r\nHost: [::1]:8080\r\n"
-    for bad in ("ftp://h/x", "http:///x", "http://h:99999/x"):
+    for bad in ("ftp://h/x", "http:///x", "http://h:99999/x", "https://u:secret@h/x"):
         with pytest.raises(ValueError):
             httpclient.destination(bad)
