@@ -43,6 +43,9 @@ class ResponseHeaders(dict[str, str]):
     def get_all(self) -> Iterable[tuple[str, str]]:
         return self.items()
 
+    def get_list(self, name: str) -> list[str]:
+        return [self[name]] if name in self else []
+
 
 _date: tuple[int, str] = (0, "")
 
