@@ -514,13 +514,22 @@ def test_max_connections_queues_the_request_beyond_the_limit() -> None:
             up_client = UpstreamClient(Timeouts(connect_s=2, read_s=5), max_connections=1)
             resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"{}")
             second = asyncio.ensure_future(up_client.post_json(TARGET, up.url(), HEADERS, b"{}"))
-            await asyncio.sleep(0)  # let it start (and queue), not a synchronisation
+            await async_wait_for(lambda: up_client.pool._waiters)  # it waits for the one connection
             assert not second.done() and len(up.requests) == 1
             assert await resp.read() == b'{"n": 2}'
             resp.release()
             assert await second == b'{"n": 2}'
             assert up.connections == 1 and up_client.pool._active == 0
             await up_client.close()
+
+            busy = UpstreamClient(Timeouts(connect_s=0.2, read_s=5), max_connections=1)
+            resp = await busy.open_stream(TARGET, up.url(), HEADERS, b"{}")
+            with pytest.raises(UpstreamFailure) as failure:  # the wait for a connection is bounded
+                await busy.post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert failure.value.kind == "timeout" and "all 1 upstream connections stayed busy" in failure.value.message
+            resp.release()
+            assert busy.pool._active == 0 and not busy.pool._waiters
+            await busy.close()
 
     run(main())
 
