@@ -63,9 +63,10 @@ def read_config(path: str | Path) -> tuple[bytes, str]:
 
 def load_snapshot(path: str | Path, state: PolicyState | None = None) -> Snapshot:
     """Read, validate and compile the config at `path` into a new `Snapshot` (blocking)."""
-    data, sha = read_config(path)
+    real = os.path.realpath(path)  # resolve `<state>/current` once: the bytes and the revision from one tree
+    data, sha = read_config(real)
     config = load_config_bytes(data, str(path), state)
-    revision, source = revision_of(path, sha)
+    revision, source = revision_of(real, sha)
     return Snapshot(config=config, revision=revision, source=source, path=str(path))
 
 
@@ -165,8 +166,11 @@ class Reloader:
         loop = asyncio.get_running_loop()
         current = self.runtime.snapshot
         try:
-            data, sha = await loop.run_in_executor(None, read_config, self.path)
-            revision, source = revision_of(self.path, sha)
+            # Resolve `<state>/current` once: a publish flipping it between reading the bytes and naming
+            # the revision would otherwise label the old config with the new revision.
+            real = os.path.realpath(self.path)
+            data, sha = await loop.run_in_executor(None, read_config, real)
+            revision, source = revision_of(real, sha)
             if current is not None and current.sha256 == sha:
                 self.confirmed_at = time.time()
                 if current.revision == revision and current.path == self.path:

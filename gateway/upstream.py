@@ -16,6 +16,7 @@ Tornado's clients were slower still (docs/gateway.md "Upstream connections", doc
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -142,7 +143,8 @@ def failure_for_exception(target: Target, exc: BaseException) -> UpstreamFailure
         return UpstreamFailure("connect", f"{where} is unreachable: TLS certificate not trusted ({exc.verify_message})")
     if isinstance(exc, ValueError) and not isinstance(exc, OSError):  # ours: an unusable base_url or header
         return UpstreamFailure("client_error", f"{where} cannot be called: {exc}")
-    return UpstreamFailure("connect", f"{where} is unreachable: {type(exc).__name__}")
+    reason = "DNS lookup failed" if isinstance(exc, socket.gaierror) else type(exc).__name__
+    return UpstreamFailure("connect", f"{where} is unreachable: {reason}")
 
 
 _TRANSPORT_ERRORS = (OSError, ProtocolError, ValueError)  # TimeoutError and ssl errors are OSErrors

@@ -162,3 +162,30 @@ def test_a_gateway_may_start_before_its_first_config_and_becomes_ready_when_it_a
             await ops.stop()
 
     asyncio.run(main())
+
+
+def test_a_publish_during_a_reload_never_labels_old_bytes_with_the_new_revision(tmp_path, monkeypatch):
+    import gateway.reload as reload_mod
+
+    state = tmp_path / "state"
+    path = state / "current" / "policy-config.yaml"
+    publish(state, SHA_A, config("1.0.0"))
+    real_read = reload_mod.read_config
+    next_publish = [(SHA_B, "2.0.0")]
+
+    def read_then_publish(p):  # the sync agent flips `current` right after the bytes were read
+        data = real_read(p)
+        if next_publish:
+            sha, version = next_publish.pop()
+            publish(state, sha, config(version))
+        return data
+
+    monkeypatch.setattr(reload_mod, "read_config", read_then_publish)
+    snap = load_snapshot(path)  # read A, then B is published
+    assert (snap.revision, snap.config.pack.version) == (SHA_A, "1.0.0")
+
+    runtime = Runtime(snapshot=snap)
+    next_publish.append(("c" * 40, "3.0.0"))
+    result = asyncio.run(Reloader(runtime, path).reload("test"))  # reads B, then C is published
+    assert result.result == "ok" and runtime.snapshot is not None
+    assert (runtime.snapshot.revision, runtime.snapshot.config.pack.version) == (SHA_B, "2.0.0")

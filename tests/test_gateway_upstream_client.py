@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
 import ssl
 import subprocess
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from gateway import adapters, httpclient
-from gateway.upstream import Timeouts, UpstreamClient, UpstreamFailure, iter_stream
+from gateway.upstream import Timeouts, UpstreamClient, UpstreamFailure, failure_for_exception, iter_stream
 from policies.model import SecretRef, Target
 from tests.fake_upstream import FakeUpstream
 from tests.waiting import async_wait_for
@@ -434,7 +435,9 @@ def test_refused_connection_and_error_status_are_classified_without_secrets() ->
         await up_client.close()  # the pooled connection goes; the port is closed now
         with pytest.raises(UpstreamFailure) as failure:
             await up_client.post_json(TARGET, f"http://127.0.0.1:{port}/v1/x", HEADERS, b"{}")
-        assert failure.value.kind == "connect"
+        assert failure.value.kind == "connect" and failure.value.message.endswith("ConnectionRefusedError")
+        dns = failure_for_exception(TARGET, socket.gaierror(-2, "Name or service not known"))  # no resolver in tests
+        assert dns.kind == "connect" and dns.message == "target up (openai) is unreachable: DNS lookup failed"
         with pytest.raises(UpstreamFailure) as failure:
             await up_client.post_json(TARGET, up.url(), {"Authorization": "Bearer sk-secret\r\nX: y"}, b"{}")
         assert failure.value.kind == "client_error" and "sk-secret" not in failure.value.message
