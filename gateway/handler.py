@@ -237,3 +237,46 @@ class _Delegate(httputil.HTTPMessageDelegate):
 
     def on_connection_close(self) -> None:
         self.handler._connection_closed()
+
+
+class Dispatcher(httputil.HTTPServerConnectionDelegate):
+    """The server's delegate: exact paths of lean routes go straight to their handler, the rest to `app`.
+
+    Skips, for the hot routes, the Application's per-request `HTTPServerRequest` and regex
+    routing (~13 us); `app` alone serves the same routes (through `LeanRoute`) when used directly.
+    """
+
+    def __init__(self, app: Any, routes: Iterable[tuple[str, type[Handler]]]) -> None:
+        self.app = app
+        self.routes = dict(routes)
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return _Dispatch(self, server_conn, request_conn)
+
+
+class _Dispatch(httputil.HTTPMessageDelegate):
+    __slots__ = ("delegate", "dispatcher", "request_conn", "server_conn")
+
+    def __init__(self, dispatcher: Dispatcher, server_conn: object, request_conn: httputil.HTTPConnection) -> None:
+        self.dispatcher, self.server_conn, self.request_conn = dispatcher, server_conn, request_conn
+        self.delegate: httputil.HTTPMessageDelegate | None = None
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
+        handler = self.dispatcher.routes.get(start_line.path.partition("?")[0])
+        if handler is not None:
+            self.delegate = _Delegate(handler(self.dispatcher.app.settings, self.request_conn))
+        else:
+            self.delegate = self.dispatcher.app.start_request(self.server_conn, self.request_conn)
+        return self.delegate.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Any:
+        assert self.delegate is not None
+        return self.delegate.data_received(chunk)
+
+    def finish(self) -> None:
+        assert self.delegate is not None
+        self.delegate.finish()
+
+    def on_connection_close(self) -> None:
+        if self.delegate is not None:
+            self.delegate.on_connection_close()
