@@ -5,6 +5,7 @@ zero delay, it starts three paths and measures them in one run:
 
 - direct       client -> fake upstream
 - passthrough  client -> bench/passthrough.py (minimal Tornado proxy, same upstream client as the gateway) -> fake
+- passthrough-kt  the same pass-through served by the gateway's HTTP layer (gateway/http1.py) on uvloop
 - gateway      client -> `kt gateway run` with bench/policy-config.yaml (five policies) -> fake
 
 The proxy under test is pinned to CPU 0; the fake upstream and the load generators to the other
@@ -367,6 +368,14 @@ def report(paths: list[Path_], info: dict[str, str]) -> tuple[str, dict]:
     data["targets"] = dict(checks)
     lines = [f"- {k}: {v}" for k, v in info.items()] + ["", *rows, ""]
     lines += [f"{'PASS' if ok else 'MISS'}  {name}" for name, ok in checks]
+    own = data["paths"].get("passthrough-kt")
+    if gw and own and own["rps"]:
+        gw["rps_vs_passthrough_kt"] = gw["rps"] / own["rps"]
+        p50 = gw["added_p50_ms"] - own["added_p50_ms"]
+        ttft = gw["ttft_added_ms"] - own["ttft_added_ms"]
+        lines.append(f"\ngateway vs the same pass-through on kt's HTTP layer (passthrough-kt): "
+                     f"{gw['rps_vs_passthrough_kt']:.0%} of its RPS, {p50:+.3f} ms at c=1 p50, "
+                     f"{ttft:+.3f} ms to the first token")
     return "\n".join(lines), data
 
 
@@ -460,6 +469,14 @@ def main() -> int:
                    log=args.logs / "passthrough.log")
         procs.append(pt)
         paths.append(Path_("passthrough", f"http://127.0.0.1:{pt_port}", pt))
+        # The same pass-through on the gateway's own stack (gateway/http1.py on uvloop): what is left
+        # between it and the gateway is the gateway's own work (policies, events, metrics, logs).
+        ptk_port = free_port()
+        ptk = start(pinned([py, "bench/passthrough.py", "--listen", f"127.0.0.1:{ptk_port}", "--upstream",
+                            paths[0].url, "--client", client, "--server", "kt", "--uvloop"], server_cpu),
+                    log=args.logs / "passthrough-kt.log")
+        procs.append(ptk)
+        paths.append(Path_("passthrough-kt", f"http://127.0.0.1:{ptk_port}", ptk, note="kt's HTTP layer"))
 
         if not args.no_gateway:
             cfg = args.logs / "policy-config.yaml"
@@ -478,6 +495,7 @@ def main() -> int:
             except RuntimeError as err:
                 print(f"gateway did not start ({err}); see {args.logs / 'gateway.log'}", file=sys.stderr)
         wait_http(paths[1].url + "/healthz", 10, pt)
+        wait_http(paths[2].url + "/healthz", 10, ptk)
 
         for extra in args.extra:
             name, _, url = extra.partition("=")

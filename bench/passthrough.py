@@ -129,6 +129,9 @@ def main() -> None:
     parser.add_argument("--client", choices=sorted(CLIENTS), default="kt",
                         help="upstream client: kt (the gateway's own, default), curl (pycurl), aiohttp, simple")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install uvloop)")
+    parser.add_argument("--server", choices=["tornado", "kt"], default="tornado",
+                        help="the HTTP/1.1 server: Tornado's HTTPServer (the issue's baseline, default) or the "
+                             "gateway's own (gateway/http1.py), i.e. the gateway's stack without its policies")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
 
@@ -137,8 +140,16 @@ def main() -> None:
         routes = [(r"/healthz", Health), (r"/v1/(.*)", Proxy, {"client": client, "upstream": args.upstream})]
         app = tornado.web.Application(routes,
                                       log_function=lambda handler: None)
-        app.listen(int(port), host)
-        print(f"pass-through ({args.client}) listening on http://{host}:{port}", flush=True)
+        if args.server == "kt":
+            from tornado.netutil import bind_sockets
+
+            from gateway.http1 import HTTP1Server
+
+            await HTTP1Server(app, max_body_size=64 * 2**20).add_sockets(bind_sockets(int(port), host))
+        else:
+            app.listen(int(port), host)
+        print(f"pass-through ({args.server} server, {args.client} client) listening on http://{host}:{port}",
+              flush=True)
         await asyncio.Event().wait()
 
     if args.uvloop:
