@@ -264,6 +264,8 @@ class _Dispatch(httputil.HTTPMessageDelegate):
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         handler = self.dispatcher.routes.get(start_line.path.partition("?")[0])
         if handler is not None:
+            if start_line.version == "HTTP/1.1" and "Host" not in headers:  # as HTTPServerRequest refuses it
+                raise httputil.HTTPInputError("Missing Host header")
             self.delegate = _Delegate(handler(self.dispatcher.app.settings, self.request_conn))
         else:
             self.delegate = self.dispatcher.app.start_request(self.server_conn, self.request_conn)
