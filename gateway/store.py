@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_INSERT = "INSERT OR IGNORE INTO events (id, ts, verdict, body) VALUES "
+_ROWS_PER_INSERT = 200  # 800 parameters: below SQLite's oldest limit of 999
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -125,7 +127,12 @@ class EventStore:
             self._db.execute("BEGIN")
             try:
                 before = self._db.total_changes
-                self._db.executemany("INSERT OR IGNORE INTO events (id, ts, verdict, body) VALUES (?, ?, ?, ?)", rows)
+                # Multi-row INSERTs, not executemany: sqlite3 gives up and retakes the GIL around every
+                # statement it steps, and each retake from this thread stalls the event loop's thread.
+                for start in range(0, len(rows), _ROWS_PER_INSERT):
+                    chunk = rows[start:start + _ROWS_PER_INSERT]
+                    self._db.execute(_INSERT + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
+                                     [value for row in chunk for value in row])
                 added = self._db.total_changes - before
                 self._db.execute("COMMIT")
             except BaseException:
