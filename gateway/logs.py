@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import orjson
 
 from gateway.events import rfc3339
+from gateway.store import background_thread
 
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 _REQUEST_FIELDS = ("request_id", "route", "status", "verdict", "reason_code", "latency_ms", "config_revision",
@@ -84,6 +85,7 @@ class _Writer(threading.Thread):
         self.formatter: logging.Formatter = JsonFormatter() if self.json else TextFormatter()
 
     def run(self) -> None:
+        background_thread()
         while True:
             batch = [self.records.get()]
             with contextlib.suppress(queue.Empty):
