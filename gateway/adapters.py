@@ -11,7 +11,8 @@ dicts as they arrive (one list per upstream read); `DONE` (None) marks the end.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from functools import lru_cache
 from typing import Any
 
@@ -91,43 +92,56 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
         wire = orjson.dumps(translate.openai_request_to_anthropic(body, target.model))
         resp = await client.open_stream(target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), wire)
         converter = translate.AnthropicStreamToOpenAI(target.model, include_usage=True)
-        try:
-            async for data in iter_stream(target, resp):
-                batch: Batch = []
-                for _event, payload in parser.feed(data):
-                    event = _loads(target, payload)
-                    batch.extend(converter.feed(event) if isinstance(event, dict) else ())
-                    if isinstance(event, dict) and event.get("type") == "message_stop":
-                        batch.append(DONE)
-                if batch:
-                    if ended := batch[-1] is DONE:
-                        resp.release(finished=True)  # pooled once the body's last bytes arrive
-                    yield batch
-                    if ended:
-                        return
-            yield [*converter.close(), DONE]
-        finally:
-            resp.release()
+
+        def from_anthropic(data: bytes) -> Batch:
+            batch: Batch = []
+            for _event, payload in parser.feed(data):
+                event = _loads(target, payload)
+                batch.extend(converter.feed(event) if isinstance(event, dict) else ())
+                if isinstance(event, dict) and event.get("type") == "message_stop":
+                    batch.append(DONE)
+            return batch
+
+        async with aclosing(_batches(target, resp, from_anthropic, lambda: [*converter.close(), DONE])) as batches:
+            async for batch in batches:
+                yield batch
         return
     url = _url(target.base_url, "https://api.openai.com", "/chat/completions")
     resp = await client.open_stream(target, url, _headers(target), orjson.dumps(body))
+
+    def from_openai(data: bytes) -> Batch:
+        batch: Batch = []
+        for _event, payload in parser.feed(data):
+            if payload == "[DONE]":
+                batch.append(DONE)
+                break
+            chunk = _loads(target, payload)
+            if isinstance(chunk, dict):
+                batch.append(chunk)
+        return batch
+
+    # The upstream ended without [DONE]: the end of the body is the end.
+    async with aclosing(_batches(target, resp, from_openai, lambda: [DONE])) as batches:
+        async for batch in batches:
+            yield batch
+
+
+async def _batches(target: Target, resp: Any, parse: Callable[[bytes], Batch],
+                   end: Callable[[], Batch]) -> AsyncIterator[Batch]:
+    """The batches `parse` makes of a streamed response's bytes, up to the one ending in DONE (else `end()`).
+
+    The response is released when the caller stops; once DONE arrived, its connection goes back
+    to the pool when the body's last bytes follow."""
     try:
         async for data in iter_stream(target, resp):
-            batch = []
-            for _event, payload in parser.feed(data):
-                if payload == "[DONE]":
-                    batch.append(DONE)
-                    break
-                chunk = _loads(target, payload)
-                if isinstance(chunk, dict):
-                    batch.append(chunk)
+            batch = parse(data)
             if batch:
                 if ended := batch[-1] is DONE:
-                    resp.release(finished=True)  # pooled once the body's last bytes arrive
+                    resp.release(finished=True)
                 yield batch
                 if ended:
                     return
-        yield [DONE]  # the upstream ended without [DONE]: treat the end of the body as the end
+        yield end()
     finally:
         resp.release()
 
