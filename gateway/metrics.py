@@ -168,6 +168,9 @@ def _bounded(value: Any, allowed: frozenset[str], empty: str = "none") -> str:
     return value if value in allowed else "other"
 
 
+_NUMBER = (int, float)  # a tuple, not `int | float`: that builds a union object on every call
+
+
 def observe_event(event: dict[str, Any]) -> None:
     """Count one decision event (an observer for `runtime.observers`). Never raises on odd input."""
     runtime = _sources.runtime
@@ -181,10 +184,10 @@ def observe_event(event: dict[str, Any]) -> None:
     status = event.get("status")
     REQUESTS.inc((route, provider, model, str(status) if isinstance(status, int) else "0", verdict))
     latency = event.get("latency_ms")
-    if isinstance(latency, int | float):
+    if isinstance(latency, _NUMBER):
         REQUEST_DURATION.observe((route, provider), latency / 1000.0)
     upstream = event.get("upstream_latency_ms")
-    if isinstance(upstream, int | float) and event.get("provider"):
+    if isinstance(upstream, _NUMBER) and event.get("provider"):
         UPSTREAM_DURATION.observe((provider,), upstream / 1000.0)
     for result in event.get("policies") or ():
         policy = result.get("policy")
@@ -192,7 +195,7 @@ def observe_event(event: dict[str, Any]) -> None:
         outcome = "error" if result.get("error") else result.get("verdict") or "allow"
         POLICY_RESULTS.inc((policy, outcome if outcome in VERDICTS else "other"))
         spent = result.get("latency_ms")
-        if isinstance(spent, int | float):
+        if isinstance(spent, _NUMBER):
             phase = result.get("phase")
             POLICY_DURATION.observe((policy, phase if phase in PHASES else "other"), spent / 1000.0)
     for direction in ("input", "output"):

@@ -47,15 +47,24 @@ def _error_result(policy: Policy, phase: Phase, exc: Exception, started: float, 
 
 
 def summarize(results: Sequence[PolicyResult]) -> ChainOutcome:
-    """Fold per-policy results into the phase's outcome."""
+    """Fold per-policy results into the phase's outcome (the first BLOCK, else ESCALATE, else REDACT decides)."""
     results = tuple(results)
-    errored = any(r.error for r in results)
-    redactions = sum(r.redactions for r in results)
-    for verdict in (Verdict.BLOCK, Verdict.ESCALATE, Verdict.REDACT):
-        for r in results:
-            if r.verdict is verdict:
-                return ChainOutcome(verdict, r.reason_code, results, r.policy, r.message, redactions, errored)
-    return ChainOutcome(Verdict.ALLOW, "all_policies_passed", results, None, "", redactions, errored)
+    decisive: PolicyResult | None = None
+    rank = 0
+    redactions = 0
+    errored = False
+    for r in results:  # one pass: this runs twice per request
+        redactions += r.redactions
+        errored = errored or bool(r.error)
+        verdict = r.verdict
+        this = 3 if verdict is Verdict.BLOCK else 2 if verdict is Verdict.ESCALATE else 1 \
+            if verdict is Verdict.REDACT else 0
+        if this > rank:
+            decisive, rank = r, this
+    if decisive is None:
+        return ChainOutcome(Verdict.ALLOW, "all_policies_passed", results, None, "", redactions, errored)
+    return ChainOutcome(decisive.verdict, decisive.reason_code, results, decisive.policy, decisive.message,
+                        redactions, errored)
 
 
 @dataclass(frozen=True)
