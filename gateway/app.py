@@ -1,7 +1,9 @@
 """The Tornado application: the route table and what every handler shares.
 
-`ROUTES` is the one place routes are declared; other parts add theirs through
-`make_app(..., extra_routes=[...])` (admin, metrics, events) without touching the proxy.
+`ROUTES` is the one place the proxy routes are declared: exact paths the server's
+`gateway.handler.Dispatcher` sends to their lean handlers. Other parts add their
+RequestHandler routes through `make_app(..., extra_routes=[...])` (admin, metrics, events)
+without touching the proxy; any other path is a 404 with the envelope.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import tornado.web
 
-from gateway.handler import Handler, LeanRoute
+from gateway.handler import Handler
 from gateway.keys import GatewayKeys
 from gateway.proxy import (
     ChatHandler,
@@ -29,11 +31,11 @@ from gateway.upstream import Timeouts, UpstreamClient
 
 MIB = 1024 * 1024
 
-ROUTES: list[tuple[str, type[Handler]]] = [  # lean handlers (gateway/handler.py), served through `LeanRoute`
-    (r"/v1/chat/completions", ChatHandler),
-    (r"/v1/messages", MessagesHandler),
-    (r"/v1/embeddings", EmbeddingsHandler),
-    (r"/v1/models", ModelsHandler),
+ROUTES: list[tuple[str, type[Handler]]] = [  # exact paths -> lean handlers (gateway/handler.py)
+    ("/v1/chat/completions", ChatHandler),
+    ("/v1/messages", MessagesHandler),
+    ("/v1/embeddings", EmbeddingsHandler),
+    ("/v1/models", ModelsHandler),
 ]
 
 
@@ -62,10 +64,9 @@ def make_app(
     upstream: UpstreamClient | None = None,
     extra_routes: Sequence[tuple[Any, ...]] = (),
 ) -> tornado.web.Application:
-    """The application with the proxy routes plus `extra_routes` (matched first)."""
-    lean = [(path, LeanRoute(handler)) for path, handler in ROUTES]
-    app = tornado.web.Application(
-        [*extra_routes, *lean],
+    """The application for every route but the proxy ones: `extra_routes`, then a 404 envelope for any other path."""
+    return tornado.web.Application(
+        list(extra_routes),
         default_handler_class=NotFoundHandler,
         runtime=runtime,
         gateway_settings=settings,
@@ -78,9 +79,6 @@ def make_app(
         log_function=_no_access_log,  # one line per request comes from the decision event instead
         transforms=[_stamp(runtime)],
     )
-    for _, route in lean:
-        route.settings = app.settings
-    return app
 
 
 def _stamp(runtime: Runtime) -> type[tornado.web.OutputTransform]:

@@ -6,8 +6,9 @@ header bookkeeping, a Date header through `email.utils`, output transforms, XSRF
 hooks, argument parsing. The proxy routes need none of that, so they are
 `httputil.HTTPMessageDelegate`s with the small part of RequestHandler's surface the proxy
 uses (`set_status`, `set_header`, `write`/`flush`/`finish`, `prepare`, `on_finish`,
-`on_connection_close`). They are still routed by the Tornado `Application` (see
-`LeanRoute`), next to the admin routes, which stay RequestHandlers.
+`on_connection_close`). The server's `Dispatcher` sends their exact paths to them and
+everything else (admin, health, metrics, webhook, 404) to the Tornado `Application`, whose
+routes stay RequestHandlers.
 """
 
 from __future__ import annotations
@@ -202,20 +203,6 @@ class Handler:
             self._done()
 
 
-class LeanRoute(httputil.HTTPServerConnectionDelegate):
-    """A route target for `tornado.web.Application`: starts a `Handler` per request.
-
-    `settings` is filled in with the application's settings once the app exists.
-    """
-
-    def __init__(self, handler: type[Handler]) -> None:
-        self.handler = handler
-        self.settings: dict[str, Any] = {}
-
-    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        return _Delegate(self.handler(self.settings, request_conn))
-
-
 class _Delegate(httputil.HTTPMessageDelegate):
     """The connection's side of a `Handler` (the delegate's `finish` means "request body complete")."""
 
@@ -242,8 +229,8 @@ class _Delegate(httputil.HTTPMessageDelegate):
 class Dispatcher(httputil.HTTPServerConnectionDelegate):
     """The server's delegate: exact paths of lean routes go straight to their handler, the rest to `app`.
 
-    Skips, for the hot routes, the Application's per-request `HTTPServerRequest` and regex
-    routing (~13 us); `app` alone serves the same routes (through `LeanRoute`) when used directly.
+    The hot routes skip the Application's per-request `HTTPServerRequest` and regex routing
+    (~13 us); their handlers get the Application's settings.
     """
 
     def __init__(self, app: Any, routes: Iterable[tuple[str, type[Handler]]]) -> None:
