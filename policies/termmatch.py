@@ -18,12 +18,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from policies.textfold import Folded, fold, fold_str, lower
+from policies.textfold import Folded, ascii_words, fold, fold_str, lower, words_table
 
 _WORD = re.compile(r"[^\W_]+")
 MAX_WORD_EDITS = 3
-# Maps every ASCII character that is not a letter or digit to a space (for a quick `.split()`).
-_NON_ALNUM = {c: " " for c in range(128) if not chr(c).isalnum()}
+_ALNUM_ONLY = words_table(str.isalnum)
 
 
 def bounded_distance(a: str, b: str, limit: int) -> int:
@@ -108,7 +107,7 @@ class TermMatcher:
         hits: list[TermHit] = []
         n = len(low)
         if low.isascii():
-            firsts = {f for t in self._gate.keys() & low.translate(_NON_ALNUM).split() for f in self._gate[t]}
+            firsts = {f for t in self._gate.keys() & ascii_words(low, _ALNUM_ONLY) for f in self._gate[t]}
         else:
             firsts = self._exact.keys()
         for first in firsts:

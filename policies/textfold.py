@@ -13,7 +13,7 @@ import base64
 import binascii
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -96,6 +96,19 @@ def lower(text: str) -> str:
     return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
+def words_table(keep: Callable[[str], bool]) -> bytes:
+    """A `bytes.translate` table mapping every ASCII character that `keep` rejects to a space."""
+    return bytes(c if c < 128 and keep(chr(c)) else 32 for c in range(256))
+
+
+def ascii_words(text: str, table: bytes) -> list[str]:
+    """The words of ASCII `text`, split where `table` (from `words_table`) maps to a space.
+
+    `bytes.translate` with a table: about three times faster than `str.translate` with a dict.
+    """
+    return text.encode("ascii").translate(table).decode("ascii").split()
+
+
 def find_all(text: str, needle: str) -> Iterator[int]:
     """Every index where `needle` occurs in `text` (C-speed `str.find`)."""
     i = text.find(needle)
@@ -117,6 +130,7 @@ def merge_windows(windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 _B64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}")
+_LONG_RUN = re.compile(r"\S{16}")
 
 
 def base64_segments(text: str, limit: int = 64, max_len: int = 1 << 20) -> Iterator[tuple[int, int, str]]:
@@ -124,7 +138,7 @@ def base64_segments(text: str, limit: int = 64, max_len: int = 1 << 20) -> Itera
 
     Bounded: at most `limit` segments and runs of at most `max_len` characters are tried.
     """
-    if max(map(len, text.split()), default=0) < 16:  # cheap: no run long enough
+    if _LONG_RUN.search(text) is None:  # cheap: no run long enough
         return
     tried = 0
     for m in _B64.finditer(text):

@@ -17,7 +17,7 @@ from policies.kinds import register
 from policies.kinds.base import Decision, Hit, Policy, compile_regexes
 from policies.model import Exchange, Phase, Verdict
 from policies.state import PolicyState
-from policies.textfold import base64_segments, find_all, fold, lower, merge_windows
+from policies.textfold import ascii_words, base64_segments, find_all, fold, lower, merge_windows, words_table
 
 REASON = "prompt_injection_detected"
 TRUSTED_ROLES = frozenset({"system", "developer"})
@@ -60,8 +60,7 @@ ATTACK_TRIGGERS = (
     "pretend", "act", "new", "updated", "real",
 )  # fmt: skip
 _TRIGGER_SET = frozenset(ATTACK_TRIGGERS)
-# Maps every ASCII non-letter to a space, so `.split()` yields the words of lower-cased text.
-_LETTERS_ONLY = {c: " " for c in range(128) if not chr(c).isalpha()}
+_LETTERS_ONLY = words_table(str.isalpha)
 ROLE_WORDS = ("system", "assistant", "developer")
 DELIMITER_HINTS = ("<|", "inst]", "sys>>")
 
@@ -145,7 +144,7 @@ class PromptInjection(Policy):
 
     def _search(self, text: str, low: str) -> tuple[int, int, str] | None:
         # Which trigger words occur at all: one C-speed pass (non-ASCII text checks them all).
-        present = _TRIGGER_SET.intersection(low.translate(_LETTERS_ONLY).split()) if low.isascii() else ATTACK_TRIGGERS
+        present = _TRIGGER_SET.intersection(ascii_words(low, _LETTERS_ONLY)) if low.isascii() else ATTACK_TRIGGERS
         for word in present:
             for i in find_all(low, word):
                 m = self.attacks.match(low, i)
@@ -159,6 +158,8 @@ class PromptInjection(Policy):
             # Around each role word: from its line's start (if near) to its line's end (if near).
             windows = []
             for word in ROLE_WORDS:
+                if word not in low:
+                    continue
                 for i in find_all(low, word):
                     line = low.rfind("\n", 0, i) + 1
                     line_end = low.find("\n", i)
