@@ -91,11 +91,12 @@ class TermMatcher:
     def __bool__(self) -> bool:
         return bool(self._exact)
 
-    def find(self, text: str) -> list[TermHit]:
-        """All matches in `text`, as spans of the original (unfolded) text."""
+    def find(self, text: str, folded: Folded | None = None) -> list[TermHit]:
+        """All matches in `text` (or its `fold(text)`, when the caller has it), as spans of the original text."""
         if not self._exact:
             return []
-        folded = fold(text)
+        if folded is None:
+            folded = fold(text)
         low = lower(folded.text)
         hits = self._find_exact(low, folded)
         if self._fuzzy:

@@ -52,9 +52,12 @@ def _fold_char(ch: str, normalize: bool, homoglyphs: bool) -> str:
     return out
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Folded:
-    """Folded text; `offsets[i]` is the index in the original of folded character `i`."""
+    """Folded text; `offsets[i]` is the index in the original of folded character `i`.
+
+    Not frozen: several are built per request, and a frozen dataclass costs twice as much to build.
+    """
 
     text: str
     offsets: tuple[int, ...] | None = None  # None: identical to the original
@@ -130,7 +133,7 @@ def merge_windows(windows: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 _B64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}")
-_LONG_RUN = re.compile(r"\S{16}")
+_B64_RUN = re.compile(r"[A-Za-z0-9+/_-]{16}")  # the cheap pre-check: some run is long enough
 
 
 def base64_segments(text: str, limit: int = 64, max_len: int = 1 << 20) -> Iterator[tuple[int, int, str]]:
@@ -138,7 +141,7 @@ def base64_segments(text: str, limit: int = 64, max_len: int = 1 << 20) -> Itera
 
     Bounded: at most `limit` segments and runs of at most `max_len` characters are tried.
     """
-    if _LONG_RUN.search(text) is None:  # cheap: no run long enough
+    if _B64_RUN.search(text) is None:
         return
     tried = 0
     for m in _B64.finditer(text):

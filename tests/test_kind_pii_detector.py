@@ -54,6 +54,21 @@ def test_near_misses_are_not_pii(text: str) -> None:
     assert redacted(pii(), text) == text
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a@b.io, c.d@e.org", "[REDACTED:EMAIL], [REDACTED:EMAIL]"),
+        ("x@y.com@z.com", "[REDACTED:EMAIL]@z.com"),  # matches do not overlap
+        ("@@ a@@b.com @", "@@ a@@b.com @"),
+        ("<" + "l" * 65 + "@ex.com>", "<[REDACTED:EMAIL]>"),  # the longest local part looked for
+        ("<" + "l" * 66 + "@ex.com>", "<" + "l" * 66 + "@ex.com>"),
+        ("x" * 66 + "@ex.com a@b.io", "x" * 66 + "@ex.com [REDACTED:EMAIL]"),
+    ],
+)
+def test_email_edges(text: str, expected: str) -> None:
+    assert redacted(pii(), text) == expected
+
+
 def test_checksums() -> None:
     assert luhn_ok("4111111111111111") and not luhn_ok("4111111111111112")
     assert iban_ok("DE89370400440532013000") and not iban_ok("DE89370400440532013001")

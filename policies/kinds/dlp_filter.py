@@ -70,7 +70,7 @@ class DlpFilter(Policy):
 
     def scan_text(self, text: str, phase: Phase) -> list[Hit]:
         marker = MARKER if self.verdict is Verdict.REDACT else ""
-        folded = fold(text) if self.patterns else None
+        folded = fold(text)
         hits = [
             Hit(*folded.span(m.start(), m.end()), self.verdict, PATTERN_REASON, marker, "DLP pattern detected")
             for rx in self.patterns
@@ -79,6 +79,6 @@ class DlpFilter(Policy):
         ]
         hits += [
             Hit(t.start, t.end, self.verdict, TERM_REASON, marker, "DLP blocked term detected")
-            for t in self.terms.find(text)
+            for t in self.terms.find(text, folded)
         ]
         return hits

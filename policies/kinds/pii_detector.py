@@ -9,7 +9,7 @@ numbers and NPIs (labelled, NPI Luhn-checked). Checksums keep near-misses out.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,8 +219,7 @@ class PiiDetector(Policy):
         text = folded.text
         hits: list[Hit] = []
         if self.email is not None and "@" in text:
-            for lo, hi in merge_windows((at - 65, at + 256) for at in find_all(text, "@")):
-                self._scan(self.email, folded, lo, hi, hits)
+            self._found(self.email, folded, _emails(self.email.regex, text), hits)
         if self.numeric and _DIGITS4.search(text) is not None:
             clusters = []
             for m in _CLUSTER.finditer(text):
@@ -241,7 +240,10 @@ class PiiDetector(Policy):
         return hits
 
     def _scan(self, entity: Entity, folded: Folded, lo: int, hi: int, hits: list[Hit]) -> None:
-        for m in entity.regex.finditer(folded.text, max(lo, 0), hi):
+        self._found(entity, folded, entity.regex.finditer(folded.text, max(lo, 0), hi), hits)
+
+    def _found(self, entity: Entity, folded: Folded, matches: Iterable[re.Match[str]], hits: list[Hit]) -> None:
+        for m in matches:
             value = m.group(entity.group)
             if entity.check is not None and not entity.check(value):
                 continue
@@ -249,6 +251,25 @@ class PiiDetector(Policy):
             replacement = self.marker(entity.label, value) if self.verdict is Verdict.REDACT else ""
             start, end = folded.span(m.start(entity.group), m.end(entity.group))
             hits.append(Hit(start, end, self.verdict, REASON, replacement, message))
+
+
+def _emails(regex: re.Pattern[str], text: str) -> Iterator[re.Match[str]]:
+    """E-mail matches, tried once at each '@' from where its local part starts (at most 65 back).
+
+    One anchored attempt per '@' instead of a search through the text around it, which tried
+    the pattern at every position. Matches do not overlap, as a search's would not.
+    """
+    end = 0
+    for at in find_all(text, "@"):
+        if at < end:
+            continue
+        start, floor = at, max(at - 65, end)
+        while start > floor and (text[start - 1].isalnum() or text[start - 1] in "_.%+-"):  # the class of \w.%+-
+            start -= 1
+        m = regex.match(text, start, at + 256)
+        if m is not None:
+            end = m.end()
+            yield m
 
 
 # A run that may hold a number-shaped entity (IBANs have capitals inside). ASCII digits:
