@@ -508,6 +508,7 @@ class Request(httputil.HTTPConnection):
             else:
                 self.read_done = True
                 if self.write_finished:
+                    self.delegate = None  # read and answered (see `finish`)
                     conn._advance()
                     return
                 assert self.delegate is not None
@@ -605,6 +606,11 @@ class Request(httputil.HTTPConnection):
         conn = self.conn
         self.write_finished = True
         self.close_callback = None
+        if self.read_done:
+            # Read and answered: let go of the handler. It holds this request as its connection,
+            # so keeping it would leave a cycle (~30 objects a request) for the cyclic GC, whose
+            # collections then cost ~13 us a request and stalled the loop ~8 ms each.
+            self.delegate = None
         if conn.closing:
             return
         if self.chunked:

@@ -51,26 +51,34 @@ class ClientGone(Exception):
     """The client closed the connection while we were answering."""
 
 
-def policy_error(outcome: ChainOutcome, blocked_code: str) -> GatewayError | None:
-    """The error for a blocking/escalating outcome, or None when the request may go on."""
-    if outcome.verdict is Verdict.BLOCK:
-        if outcome.reason_code == "policy_error":
-            return GatewayError(
-                503, "policy_error", "policy_error",
-                f"policy {outcome.policy} failed while checking this request and --fail-mode is block",
-                outcome.policy,
-            )
-        code = "budget_exceeded" if outcome.reason_code in _BUDGET_REASONS else blocked_code
-        return GatewayError(
-            409, "policy_violation", code,
-            outcome.message or f"blocked by policy {outcome.policy} ({outcome.reason_code})", outcome.policy,
-        )
+def blocks(outcome: ChainOutcome) -> bool:
+    """Whether the outcome stops the request (a block, or an escalation to a human)."""
+    return outcome.verdict is Verdict.BLOCK or outcome.verdict is Verdict.ESCALATE
+
+
+def policy_error(outcome: ChainOutcome, blocked_code: str) -> GatewayError:
+    """The error for an outcome that `blocks`.
+
+    Raise it straight from the call (`raise policy_error(...)`), not from a local variable:
+    a frame holding the exception it raised is a cycle (exception, traceback, frame) that
+    only the cyclic GC frees, with the handler and the whole request attached.
+    """
     if outcome.verdict is Verdict.ESCALATE:
         return GatewayError(
             409, "policy_violation", "escalation_required",
             outcome.message or f"policy {outcome.policy} requires human review ({outcome.reason_code})", outcome.policy,
         )
-    return None
+    if outcome.reason_code == "policy_error":
+        return GatewayError(
+            503, "policy_error", "policy_error",
+            f"policy {outcome.policy} failed while checking this request and --fail-mode is block",
+            outcome.policy,
+        )
+    code = "budget_exceeded" if outcome.reason_code in _BUDGET_REASONS else blocked_code
+    return GatewayError(
+        409, "policy_violation", code,
+        outcome.message or f"blocked by policy {outcome.policy} ({outcome.reason_code})", outcome.policy,
+    )
 
 
 def request_id_for(headers: Any) -> str:
@@ -108,7 +116,9 @@ class BaseHandler(Handler):
         super().__init__(settings, connection)
         self.runtime: Runtime = settings["runtime"]
         self.snap = self.runtime.snapshot
-        self.error: GatewayError | None = None
+        # The code of the error answered, not the exception: its traceback's frames hold this
+        # handler, a cycle per failed request that only the cyclic GC would free.
+        self.error_code: str | None = None
 
     def set_default_headers(self) -> None:
         if self.request_id:
@@ -135,7 +145,7 @@ class BaseHandler(Handler):
     def handle_error(self, exc: BaseException) -> None:
         log_unexpected(exc, self.request_id)
         err = error_for(exc, self.request_id)
-        self.error = err
+        self.error_code = err.code
         self.set_default_headers()
         for name, value in err.headers.items():
             self.set_header(name, value)
@@ -199,8 +209,8 @@ class AuthedHandler(BaseHandler):
             rec.status = rec.status or self.get_status()
             if rec.status == 499 and rec.error_code is None:
                 rec.error_code = "client_closed"
-            if self.error is not None and rec.error_code is None:
-                rec.error_code = self.error.code
+            if rec.error_code is None:
+                rec.error_code = self.error_code
             if self.emits_event:
                 self.runtime.record_event(rec.to_event())
 
@@ -291,9 +301,8 @@ class ProxyHandler(AuthedHandler):
         self.check_agent(ex)
         outcome = self.snap.config.chain.run_input(ex, self.runtime.fail_mode)
         self.record.outcomes.append(outcome)
-        err = policy_error(outcome, "input_blocked")
-        if err is not None:
-            raise err
+        if blocks(outcome):
+            raise policy_error(outcome, "input_blocked")
 
     def check_agent(self, ex: Exchange) -> None:
         """Per-agent limits (`agents:` by X-Agent-ID): 429 + Retry-After on rate, 409 budget_exceeded on spend."""
@@ -379,7 +388,7 @@ class ProxyHandler(AuthedHandler):
                 if failure.committed:
                     rec.status, rec.error_code = 200, failure.error().code
                     return None
-                last, previous = failure, target
+                last, previous = failure.with_traceback(None), target  # no frame cycle (see policy_error)
                 if not failure.retryable(retry_on):
                     raise failure.error() from None
                 continue
@@ -468,9 +477,8 @@ class ChatHandler(ProxyHandler):
             ex.response_tool_calls = list(message.get("tool_calls") or ())
             outcome = config.chain.run_output(ex, self.runtime.fail_mode)
             self.record.outcomes.append(outcome)
-            err = policy_error(outcome, "output_blocked")
-            if err is not None:
-                raise err
+            if blocks(outcome):
+                raise policy_error(outcome, "output_blocked")
             if ex.response_text != text:
                 message["content"] = ex.response_text
                 changed = True
@@ -552,7 +560,7 @@ class ChatHandler(ProxyHandler):
                     ex.response_tool_calls = list(tools.get(index, {}).values())
                     outcome = guard.finish()
                     self.record.outcomes.append(outcome)
-                    if policy_error(outcome, "output_blocked") is not None:
+                    if blocks(outcome):
                         await self.end_blocked(outcome)
                         return
                     if len(self.record.outcomes) > 8:  # many choices: keep the event small
@@ -565,18 +573,17 @@ class ChatHandler(ProxyHandler):
             if self.sent_any:
                 failure.committed = True
                 err = failure.error()
-                self.error = err
+                self.error_code = err.code
                 with _quiet():
                     await self.write_sse(self.sse_error(err))
                     self.finish()
             raise
 
     async def end_blocked(self, outcome: ChainOutcome) -> None:
-        err = policy_error(outcome, "output_blocked")
-        assert err is not None
         if not self.sent_any:
-            raise err  # nothing reached the client yet: a plain 409/503 envelope
-        self.error = err
+            raise policy_error(outcome, "output_blocked")  # nothing reached the client yet: a plain 409/503
+        err = policy_error(outcome, "output_blocked")
+        self.error_code = err.code
         with _quiet():
             await self.write_sse(self.sse_error(err))
             self.finish()

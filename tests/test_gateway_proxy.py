@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import http.client
 import json
@@ -463,3 +464,43 @@ def test_embeddings_input_redaction(tmp_path: Path, fake_upstream: FakeUpstream,
     gw = start_gateway(cfg)
     oai(gw).embeddings.create(model="text-embedding-3-small", input=["a secret", "plain"])
     assert fake_upstream.requests_to("/v1/embeddings")[-1].body["input"] == ["a [REDACTED]", "plain"]
+
+
+def test_requests_leave_no_reference_cycles(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
+                                            test_kinds: None) -> None:
+    """A finished request is freed by reference counting: a cycle would hand the handler and all it
+    holds to the cyclic GC, whose collections cost every request time and stall the loop."""
+    from gateway.handler import Handler
+
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-term"],
+                                    fallback={"strategy": "ordered", "max_retries": 0}))
+
+    def traffic() -> None:
+        fake_upstream.add_fault("status", status=500)
+        with pytest.raises(openai.APIStatusError):  # the upstream failed
+            oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        list(oai(gw).chat.completions.create(model="gpt-4o-mini", stream=True,
+                                             messages=[{"role": "user", "content": "hi"}]))
+        with pytest.raises(openai.ConflictError):  # blocked by a policy
+            oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "forbidden"}])
+        assert raw(gw, "POST", "/v1/chat/completions", b"{nope")[0] == 400
+        assert raw(gw, "POST", "/v1/messages", chat_body(model="nope"))[0] == 400
+        anthropic.Anthropic(base_url=gw.url, api_key=CLIENT_KEY, max_retries=0).messages.create(
+            model="gpt-4o-mini", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+
+    traffic()  # first requests: one-time caches, the pool's connections
+    wait_for(lambda: len(gw.events) >= 7)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        traffic()
+        wait_for(lambda: len(gw.events) >= 14)
+        gc.collect()
+        leaked = [type(o).__name__ for o in gc.garbage if isinstance(o, Handler)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert leaked == []
