@@ -187,9 +187,10 @@ async def tell_systemd(gateway: RunningGateway) -> None:
 def tune_gc() -> None:
     """Keep the cyclic garbage collector off the request path's back.
 
-    Requests allocate a few hundred objects each, almost none in cycles (reference counting
-    frees them), yet with the default thresholds a young collection runs every couple of
-    requests and the full ones walk every long-lived object (modules, the compiled config).
+    Requests allocate a few hundred objects each and leave none in a cycle (reference counting
+    frees them; tests/test_gateway_proxy.py checks it), yet with the default thresholds a young
+    collection runs every couple of requests and the full ones walk every long-lived object
+    (modules, the compiled config).
     `gc.freeze()` moves what exists after start-up out of the collector's view, and a larger
     first threshold makes young collections rarer (docs/benchmarks.md has the measurement).
     """
