@@ -159,7 +159,39 @@ def _label_bounds(snapshot: Snapshot | None) -> tuple[frozenset[str], frozenset[
         targets = snapshot.config.targets
         models = frozenset(t.model for t in targets) | frozenset(t.id for t in targets)
         _bounds = (key, models, frozenset(t.provider for t in targets), frozenset(snapshot.config.chain.kinds))
+        _policy_keys.clear()
     return _bounds[1], _bounds[2], _bounds[3]
+
+
+# A policy result's (policy, phase, verdict, errored) -> its labels in POLICY_RESULTS and POLICY_DURATION,
+# worked out once per combination (a request has eight results; the cache is cleared with the config).
+_policy_keys: dict[tuple[Any, ...], tuple[tuple[str, str], tuple[str, str]]] = {}
+
+
+def _policy_labels(result: dict[str, Any], kinds: frozenset[str]) -> tuple[tuple[str, str], tuple[str, str]]:
+    policy, phase = result.get("policy"), result.get("phase")
+    policy = policy if policy in kinds else "other"
+    outcome = "error" if result.get("error") else result.get("verdict") or "allow"
+    return (policy, outcome if outcome in VERDICTS else "other"), (policy, phase if phase in PHASES else "other")
+
+
+def _observe_policies(results: Any, kinds: frozenset[str]) -> None:
+    cache = _policy_keys
+    counts = POLICY_RESULTS.values
+    for result in results:
+        try:
+            raw = (result.get("policy"), result.get("phase"), result.get("verdict"), bool(result.get("error")))
+            keys = cache.get(raw)
+        except (AttributeError, TypeError):  # not a dict, or an unhashable value
+            continue
+        if keys is None:
+            keys = _policy_labels(result, kinds)
+            if len(cache) < 4096:
+                cache[raw] = keys
+        counts[keys[0]] = counts.get(keys[0], 0) + 1
+        spent = result.get("latency_ms")
+        if isinstance(spent, _NUMBER):
+            POLICY_DURATION.observe(keys[1], spent / 1000.0)
 
 
 def _bounded(value: Any, allowed: frozenset[str], empty: str = "none") -> str:
@@ -189,15 +221,9 @@ def observe_event(event: dict[str, Any]) -> None:
     upstream = event.get("upstream_latency_ms")
     if isinstance(upstream, _NUMBER) and event.get("provider"):
         UPSTREAM_DURATION.observe((provider,), upstream / 1000.0)
-    for result in event.get("policies") or ():
-        policy = result.get("policy")
-        policy = policy if policy in kinds else "other"
-        outcome = "error" if result.get("error") else result.get("verdict") or "allow"
-        POLICY_RESULTS.inc((policy, outcome if outcome in VERDICTS else "other"))
-        spent = result.get("latency_ms")
-        if isinstance(spent, _NUMBER):
-            phase = result.get("phase")
-            POLICY_DURATION.observe((policy, phase if phase in PHASES else "other"), spent / 1000.0)
+    results = event.get("policies")
+    if results:
+        _observe_policies(results, kinds)
     for direction in ("input", "output"):
         tokens = event.get(f"{direction}_tokens")
         if isinstance(tokens, int) and tokens > 0:
