@@ -43,14 +43,14 @@ class _Ids:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._pid = 0
-        self._prefix = ""
+        self._restart()
+        os.register_at_fork(after_in_child=self._restart)  # not a getpid() per id: that is a syscall
+
+    def _restart(self) -> None:
+        self._prefix = f"{self.kind}_{os.urandom(8).hex()}"
         self._count = itertools.count()
 
     def next(self) -> str:
-        if self._pid != os.getpid():
-            self._pid, self._count = os.getpid(), itertools.count()
-            self._prefix = f"{self.kind}_{os.urandom(8).hex()}"
         return f"{self._prefix}{next(self._count):016x}"
 
 

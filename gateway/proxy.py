@@ -83,8 +83,8 @@ def policy_error(outcome: ChainOutcome, blocked_code: str) -> GatewayError:
 
 def request_id_for(headers: Any) -> str:
     """The client's `X-Request-ID` when it is sane, else a new `req_<hex>`."""
-    rid = headers.get("X-Request-ID")
-    return rid if rid and _REQUEST_ID.match(rid) else new_request_id()
+    rid = headers.get_list("X-Request-ID")  # not .get(): a missing header costs a KeyError inside
+    return rid[0] if rid and _REQUEST_ID.match(rid[0]) else new_request_id()
 
 
 def error_for(exc: BaseException, request_id: str | None) -> GatewayError:

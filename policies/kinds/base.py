@@ -89,6 +89,12 @@ class Policy:
     # Dotted paths (in the `policy.<kind>` block) of options that hold regexes or lists of
     # regexes, so lint can report an invalid one with its own code.
     regex_fields: ClassVar[tuple[str, ...]] = ()
+    # Whether the kind overrides `scan_text` (a text kind); set for each subclass as it is defined.
+    scans_text: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.scans_text = cls.scan_text is not Policy.scan_text
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:
         self.options = options
@@ -98,10 +104,6 @@ class Policy:
     def scan_text(self, text: str, phase: Phase) -> list[Hit]:
         """Findings in `text`. Text kinds override this; structural kinds don't."""
         return []
-
-    @property
-    def scans_text(self) -> bool:
-        return type(self).scan_text is not Policy.scan_text
 
     # --- the two phases ---------------------------------------------------------------
     def check_input(self, ex: Exchange) -> Decision | None:
