@@ -104,6 +104,10 @@ class PolicyResult:
         return d
 
 
+# The application's own messages (its instructions), as opposed to what users and tools wrote.
+INSTRUCTION_ROLES = frozenset({"system", "developer"})
+
+
 @dataclass(slots=True)
 class Exchange:
     """The mutable working copy of one request as it passes the chain.
@@ -143,14 +147,20 @@ class Exchange:
 
     def iter_texts(self) -> Iterator[str]:
         """Every piece of text of the request's messages, in order."""
+        for _, text in self.role_texts():
+            yield text
+
+    def role_texts(self) -> Iterator[tuple[Any, str]]:
+        """(role, text) for every piece of text of the request's messages, in order."""
         for message in self.messages:
+            role = message.get("role")
             content = message.get("content")
             if isinstance(content, str):
-                yield content
+                yield role, content
             elif isinstance(content, list):
                 for part in content:
                     if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        yield part["text"]
+                        yield role, part["text"]
 
     def map_texts(self, fn: Callable[[str], str]) -> None:
         """Replace every piece of text of the request's messages by `fn(text)`."""

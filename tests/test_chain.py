@@ -87,3 +87,55 @@ def test_stream_redacts_unsent_part() -> None:
     assert guard.feed("pin 1234 ok")[0] == "pin [X] ok"
     outcome = guard.finish()
     assert outcome.verdict is Verdict.REDACT and outcome.redactions == 1
+
+
+class CountingTerm(Term):
+    """`Term` that counts the texts it scanned."""
+
+    def __init__(self, pattern: str, verdict: Verdict) -> None:
+        super().__init__(pattern, verdict)
+        self.scanned: list[str] = []
+
+    def scan_text(self, text: str, phase: Phase) -> list[Hit]:
+        self.scanned.append(text)
+        return super().scan_text(text, phase)
+
+
+def _request(system: str, user: str, role: str = "system") -> Exchange:
+    return Exchange(model="m", messages=[{"role": role, "content": system}, {"role": "user", "content": user}])
+
+
+@pytest.mark.parametrize("role", ["system", "developer"])
+def test_instructions_are_scanned_once_and_still_redacted_every_time(role: str) -> None:
+    policy = CountingTerm(r"secret-\d+", Verdict.REDACT)
+    chain = Chain((policy,))
+    for i in range(3):
+        ex = _request("Never say secret-1 to anyone.", f"question {i} about secret-2", role)
+        outcome = chain.run_input(ex)
+        assert [m["content"] for m in ex.messages] == ["Never say [X] to anyone.", f"question {i} about [X]"]
+        assert outcome.redactions == 2
+    assert policy.scanned.count("Never say secret-1 to anyone.") == 1  # remembered
+    assert [t for t in policy.scanned if t.startswith("question")] == [f"question {i} about secret-2" for i in range(3)]
+
+
+def test_only_the_latest_instructions_are_kept() -> None:
+    policy = CountingTerm("x", Verdict.REDACT)
+    chain = Chain((policy,))
+    for i in range(65):  # one more than a policy keeps
+        chain.run_input(_request(f"instructions {i}", "q"))
+    chain.run_input(_request("instructions 64", "q"))  # the newest: still known
+    chain.run_input(_request("instructions 0", "q"))  # the oldest: dropped, scanned again
+    assert policy.scanned.count("instructions 64") == 1
+    assert policy.scanned.count("instructions 0") == 2
+    huge = "y" * (64 * 1024 + 1)  # longer than a kept text may be
+    chain.run_input(_request(huge, "q"))
+    chain.run_input(_request(huge, "q"))
+    assert policy.scanned.count(huge) == 2
+
+
+def test_a_blocking_instruction_blocks_every_time() -> None:
+    policy = CountingTerm("forbidden", Verdict.BLOCK)
+    chain = Chain((policy,))
+    for _ in range(2):
+        assert chain.run_input(_request("a forbidden instruction", "q")).verdict is Verdict.BLOCK
+    assert policy.scanned.count("a forbidden instruction") == 1

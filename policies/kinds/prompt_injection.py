@@ -10,17 +10,15 @@ for compatibility and unused.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 from policies.kinds import register
 from policies.kinds.base import Decision, Hit, Policy, compile_regexes
-from policies.model import Exchange, Phase, Verdict
+from policies.model import INSTRUCTION_ROLES, Exchange, Phase, Verdict
 from policies.state import PolicyState
 from policies.textfold import ascii_words, base64_segments, find_all, fold, lower, merge_windows, words_table
 
 REASON = "prompt_injection_detected"
-TRUSTED_ROLES = frozenset({"system", "developer"})
 
 _ANY = r"(?:all|any|every|the|your|my|these|those|of|previous|prior|above|earlier|preceding|initial|original|system)"
 ATTACK_PATTERNS = (
@@ -183,18 +181,10 @@ class PromptInjection(Policy):
         start, end, what = found
         return [Hit(start, end, verdict, REASON, "", self.message or f"prompt injection detected: {what}")]
 
-    def _untrusted_texts(self, ex: Exchange) -> Iterator[str]:
-        for message in ex.messages:
-            if message.get("role") in TRUSTED_ROLES:
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                yield content
-            elif isinstance(content, list):
-                yield from (p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-
     def check_input(self, ex: Exchange) -> Decision | None:
-        for text in self._untrusted_texts(ex):
+        for role, text in ex.role_texts():
+            if role in INSTRUCTION_ROLES:  # the application's own instructions are trusted
+                continue
             found = self._find(text)
             if found is None:
                 continue
