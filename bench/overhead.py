@@ -62,6 +62,7 @@ class Path_:
     ttft_ns: list[int] = field(default_factory=list)
     errors: int = 0
     rps: float = 0.0
+    round_rps: list[float] = field(default_factory=list)  # c=32, one per load round
     load_p50_ms: float = 0.0
     load_p99_ms: float = 0.0
     load_errors: int = 0
@@ -316,6 +317,17 @@ def hot_spots(raw: Path, top: int = 20) -> str:
 # -- report ------------------------------------------------------------------------------------
 
 
+def rps_ratio(p: Path_, base: Path_ | None) -> float:
+    """The median over load rounds of p's RPS / base's RPS in the same round (paired, like added p50).
+
+    A ratio of the two medians would pair measurements up to a whole round apart; on a shared VM
+    the machine's speed drifts within that time.
+    """
+    if base is None or not base.round_rps or len(p.round_rps) != len(base.round_rps):
+        return float("nan")
+    return statistics.median(a / b for a, b in zip(p.round_rps, base.round_rps, strict=True) if b)
+
+
 def pct(values: list[int], q: int) -> float:
     """q-th percentile in ms (NaN without samples)."""
     return statistics.quantiles(values, n=100)[q - 1] / 1e6 if len(values) > 1 else float("nan")
@@ -344,7 +356,7 @@ def report(paths: list[Path_], info: dict[str, str]) -> tuple[str, dict]:
         d = {"p50_ms": pct(p.latency_ns, 50), "p99_ms": pct(p.latency_ns, 99), "added_p50_ms": med,
              "added_p50_iqr_ms": iqr, "added_p99_ms": pct(p.latency_ns, 99) - pct(direct.latency_ns, 99),
              "rps": p.rps, "load_p50_ms": p.load_p50_ms, "load_p99_ms": p.load_p99_ms,
-             "rps_vs_passthrough": p.rps / passthrough.rps if passthrough and passthrough.rps else float("nan"),
+             "rps_vs_passthrough": rps_ratio(p, passthrough),
              "ttft_p50_ms": pct(p.ttft_ns, 50), "ttft_added_ms": pct(p.ttft_ns, 50) - pct(direct.ttft_ns, 50),
              "errors": p.errors + p.load_errors, "rss_mb": p.rss_mb}
         data["paths"][p.name] = d
@@ -412,7 +424,7 @@ def main() -> int:
     parser.add_argument("--stream-rounds", type=int, help="streaming rounds (default 5)")
     parser.add_argument("--duration", type=float, help="seconds of c=32 load per path (default 15)")
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--load-rounds", type=int, default=3, help="the c=32 time is cut into interleaved rounds")
+    parser.add_argument("--load-rounds", type=int, default=5, help="the c=32 time is cut into interleaved rounds")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers not meaningful)")
     parser.add_argument("--no-gateway", action="store_true", help="measure only direct and pass-through")
     parser.add_argument("--uvloop", action="store_true",
@@ -515,6 +527,7 @@ def main() -> int:
                 else:
                     runs[p.name].append(asyncio.run(load_asyncio(p, args.concurrency, seconds)))
         for p in paths:  # the median of the rounds, errors summed
+            p.round_rps = [x[0] for x in runs[p.name]]
             p.rps, p.load_p50_ms, p.load_p99_ms = (statistics.median(x[i] for x in runs[p.name]) for i in range(3))
             p.load_errors = sum(x[3] for x in runs[p.name])
             p.rss_mb = rss_mb(p.proc) if p.name != "direct" else 0.0
