@@ -159,13 +159,13 @@ def _label_bounds(snapshot: Snapshot | None) -> tuple[frozenset[str], frozenset[
         targets = snapshot.config.targets
         models = frozenset(t.model for t in targets) | frozenset(t.id for t in targets)
         _bounds = (key, models, frozenset(t.provider for t in targets), frozenset(snapshot.config.chain.kinds))
-        _policy_keys.clear()
     return _bounds[1], _bounds[2], _bounds[3]
 
 
-# A policy result's (policy, phase, verdict, errored) -> its labels in POLICY_RESULTS and POLICY_DURATION,
-# worked out once per combination (a request has eight results; the cache is cleared with the config).
-_policy_keys: dict[tuple[Any, ...], tuple[tuple[str, str], tuple[str, str]]] = {}
+# For the running config's kinds: a policy result's (policy, phase, verdict, errored) -> its labels in
+# POLICY_RESULTS and POLICY_DURATION, worked out once per combination (a request has eight results).
+_policy_keys: tuple[frozenset[str], dict[tuple[Any, ...], tuple[tuple[str, str], tuple[str, str]]]] = (
+    frozenset(), {})
 
 
 def _policy_labels(result: dict[str, Any], kinds: frozenset[str]) -> tuple[tuple[str, str], tuple[str, str]]:
@@ -176,7 +176,10 @@ def _policy_labels(result: dict[str, Any], kinds: frozenset[str]) -> tuple[tuple
 
 
 def _observe_policies(results: Any, kinds: frozenset[str]) -> None:
-    cache = _policy_keys
+    global _policy_keys
+    if _policy_keys[0] is not kinds:
+        _policy_keys = (kinds, {})
+    cache = _policy_keys[1]
     counts = POLICY_RESULTS.values
     for result in results:
         try:

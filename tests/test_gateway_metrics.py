@@ -73,6 +73,20 @@ def test_unknown_values_collapse_to_bounded_labels(runtime):
     assert "user-chosen-123" not in metrics.render().decode()
 
 
+def test_policy_labels_follow_the_running_config(runtime, tmp_path):
+    def count(policy: str) -> float:
+        return _value("keeptrusts_gateway_policy_evaluations_total", {"policy": policy, "result": "allow"})
+
+    known, other = count("audit-logger"), count("other")
+    metrics.observe_event(_event())
+    assert (count("audit-logger"), count("other")) == (known + 1, other)
+    path = tmp_path / "next.yaml"  # a config without audit-logger: its results are now "other"
+    path.write_text(CONFIG.replace("chain: [audit-logger]", "chain: []"))
+    runtime.snapshot = load_snapshot(path)
+    metrics.observe_event(_event())
+    assert (count("audit-logger"), count("other")) == (known + 1, other + 1)
+
+
 def test_scrape_time_gauges_follow_the_runtime(runtime):
     runtime.in_flight = 3
     runtime.events.put({"id": "evt_q"})
