@@ -237,6 +237,9 @@ class StoreWriter:
         self.stored = asyncio.Event()  # set after each commit (the forwarder waits on it)
         self.error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # The batch taken from the queue and not yet committed: kept here, not in `_drain`'s frame,
+        # so a stop while it lingers or retries stores it rather than losing it (ids deduplicate).
+        self._held: list[dict[str, Any]] = []
         self._dropped_logged = 0
 
     async def call(self, fn: Any, *args: Any) -> Any:
@@ -245,18 +248,17 @@ class StoreWriter:
 
     async def _drain(self) -> None:
         delay = 0.1
-        batch: list[dict[str, Any]] = []
         while True:
-            if not batch:
-                batch = await self.runtime.events.get_batch(self.batch)
-                if batch and len(batch) < self.batch and self.linger:
+            if not self._held:
+                self._held = await self.runtime.events.get_batch(self.batch)
+                if self._held and len(self._held) < self.batch and self.linger:
                     await asyncio.sleep(self.linger)
-                    batch += await self.runtime.events.get_batch(self.batch - len(batch), timeout=0)
+                    self._held += await self.runtime.events.get_batch(self.batch - len(self._held), timeout=0)
             self._log_drops()
-            if not batch:
+            if not self._held:
                 continue
             try:
-                added = await self.call(self.store.add, batch)
+                added = await self.call(self.store.add, self._held)
             except sqlite3.Error as exc:
                 if self.error is None:
                     log.error("event store write failed; events wait in memory", extra={"error": str(exc)})
@@ -266,7 +268,7 @@ class StoreWriter:
                 continue
             if self.error is not None:
                 log.info("event store writable again", extra={"path": str(self.store.path)})
-            self.error, delay, batch = None, 0.1, []
+            self.error, delay, self._held = None, 0.1, []
             metrics.EVENTS_STORED.inc(added)
             self.stored.set()
 
@@ -295,10 +297,10 @@ class StoreWriter:
         self._tasks = [loop.create_task(self._drain()), loop.create_task(self._prune())]
 
     async def flush(self, timeout: float = 5.0) -> None:
-        """Store what is queued now (used at shutdown)."""
+        """Store what is held and queued now (used at shutdown, after `_drain` stopped)."""
         deadline = time.monotonic() + timeout
-        while len(self.runtime.events) and time.monotonic() < deadline:
-            batch = await self.runtime.events.get_batch(self.batch, timeout=0)
+        while (self._held or len(self.runtime.events)) and time.monotonic() < deadline:
+            batch, self._held = self._held or await self.runtime.events.get_batch(self.batch, timeout=0), []
             with contextlib.suppress(sqlite3.Error):
                 metrics.EVENTS_STORED.inc(await self.call(self.store.add, batch))
 

@@ -24,6 +24,21 @@ def ev(n: int, verdict: str = "allow", ts: float | None = None) -> dict:
 
 
 
+def test_writer_stop_stores_the_batch_it_was_lingering_on(tmp_path):
+    async def main():
+        runtime = Runtime()
+        store = EventStore(tmp_path / "events.db")
+        writer = StoreWriter(runtime, store, linger=3600.0)
+        writer.start()
+        runtime.record_event(ev(1))
+        runtime.record_event(ev(2))
+        await async_wait_for(lambda: len(runtime.events) == 0)  # taken from the queue, waiting for more
+        await writer.stop()
+        assert store.count() == 2
+
+    asyncio.run(main())
+
+
 def test_parse_time_accepts_durations_rfc3339_and_epoch():
     now = 1_000_000.0
     assert parse_time("5m", now) == now - 300
