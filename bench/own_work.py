@@ -111,7 +111,7 @@ async def measure(off: tuple[str, ...], requests: int) -> list[float]:
     if "queue" in off:
         runtime.events.put = lambda event: True  # type: ignore[method-assign]
     if "event" in off:
-        runtime.record_event = lambda event: None  # type: ignore[method-assign]
+        runtime.record = lambda record: None  # type: ignore[method-assign]
     if "chain" in off:
         assert runtime.snapshot is not None
         object.__setattr__(runtime.snapshot.config, "chain", Chain(()))

@@ -65,6 +65,7 @@ class RequestRecord:
     request_id: str
     route: str
     started: float = field(default_factory=time.perf_counter)
+    finished: float = 0.0  # perf_counter when the response ended (0: not yet)
     timestamp: float = field(default_factory=time.time)
     revision: str | None = None
     pack_name: str | None = None
@@ -114,7 +115,7 @@ class RequestRecord:
             "stream": self.stream,
             "status": self.status,
             "error_code": self.error_code,
-            "latency_ms": round((time.perf_counter() - self.started) * 1000.0, 3),
+            "latency_ms": round(((self.finished or time.perf_counter()) - self.started) * 1000.0, 3),
             "upstream_latency_ms": round(self.upstream_ms, 3),
             "attempts": self.attempts,
             "input_tokens": self.input_tokens,

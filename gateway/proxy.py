@@ -4,7 +4,7 @@ One request: take the config snapshot once -> check the gateway key and the body
 the canonical (OpenAI chat) request -> input policies (their redactions change what goes
 upstream) -> targets for the model, with fallback, backoff and a breaker per target ->
 output policies on the answer (incrementally on streams) -> answer in the client's format
--> one decision event to `runtime.record_event` (no I/O).
+-> its record to `runtime.record`, which makes the decision event (no I/O).
 """
 
 from __future__ import annotations
@@ -212,7 +212,8 @@ class AuthedHandler(BaseHandler):
             if rec.error_code is None:
                 rec.error_code = self.error_code
             if self.emits_event:
-                self.runtime.record_event(rec.to_event())
+                rec.finished = time.perf_counter()
+                self.runtime.record(rec)
 
     emits_event = True
 

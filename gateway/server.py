@@ -80,6 +80,7 @@ class RunningGateway:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.server.close_all_connections(), 2.0)
         await self.app.settings["upstream"].close()
+        runtime.flush_records()
         await self.ops.stop()  # stop reloading and forwarding; queued events are flushed to the store
         if self.sync is not None:
             self.sync.stop()

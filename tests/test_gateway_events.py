@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import openai
 import orjson
 import pytest
 import tornado.httpserver
@@ -24,6 +25,51 @@ def ev(n: int, verdict: str = "allow", ts: float | None = None) -> dict:
 
 
 
+class Rec:
+    """A finished request's record, as the runtime sees one: it only knows its event."""
+
+    made = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def to_event(self) -> dict:
+        Rec.made += 1
+        return ev(self.n)
+
+
+def test_records_become_events_in_one_batch_after_the_batch_delay():
+    async def main():
+        runtime = Runtime()
+        seen: list[str] = []
+        runtime.observers.append(lambda e: seen.append(e["id"]))
+        Rec.made = 0
+        for n in range(3):
+            runtime.record(Rec(n))
+        assert Rec.made == 0 and seen == [] and len(runtime.events) == 0  # nothing on the request path
+        await async_wait_for(lambda: len(runtime.events) == 3)
+        assert Rec.made == 3 and seen == ["evt_0000", "evt_0001", "evt_0002"]  # observed, then queued, in order
+        runtime.record(Rec(3))
+        runtime.flush_records()  # at shutdown: at once
+        assert seen[-1] == "evt_0003" and len(runtime.events) == 4
+
+    asyncio.run(main())
+
+
+def test_an_observer_that_raises_costs_no_event(caplog):
+    async def main():
+        runtime = Runtime()
+        seen: list[dict] = []
+        runtime.observers[:] = [lambda e: 1 / 0, seen.append]
+        runtime.record(Rec(1))
+        runtime.record(Rec(2))
+        await async_wait_for(lambda: len(runtime.events) == 2)
+        assert [e["id"] for e in seen] == ["evt_0001", "evt_0002"]
+
+    asyncio.run(main())
+    assert "event observer" in caplog.text and "ZeroDivisionError" in caplog.text
+
+
 def test_writer_stop_stores_the_batch_it_was_lingering_on(tmp_path):
     async def main():
         runtime = Runtime()
@@ -37,6 +83,23 @@ def test_writer_stop_stores_the_batch_it_was_lingering_on(tmp_path):
         assert store.count() == 2
 
     asyncio.run(main())
+
+
+def test_drain_stores_the_events_of_requests_that_just_finished(tmp_path, start_gateway, monkeypatch):
+    from gateway import runtime as runtime_module
+    from tests.gateway_harness import write_config
+
+    monkeypatch.setattr(runtime_module, "RECORD_BATCH_S", 3600.0)  # only the drain can publish them
+    config = write_config(tmp_path / "policy-config.yaml", [{"id": "demo", "provider": "mock", "model": "demo-model"}])
+    gw = start_gateway(config, state_dir=tmp_path / "state")
+    client = openai.OpenAI(base_url=gw.base_url, api_key="sk-client", max_retries=0)
+    chat = client.chat.completions.with_raw_response.create
+    ids = [chat(model="demo-model", messages=[{"role": "user", "content": "hi"}]).headers["x-request-id"]
+           for _ in range(3)]
+    assert len(gw.runtime.events) == 0
+    gw.stop()
+    stored = EventStore(tmp_path / "state" / "events.db", readonly=True).query(limit=10)
+    assert sorted(e["request_id"] for e in stored) == sorted(ids)
 
 
 def test_parse_time_accepts_durations_rfc3339_and_epoch():

@@ -302,7 +302,7 @@ def test_body_beyond_the_hard_cap_drops_the_connection_unread(gw: GatewayThread)
             wire.send(chunk)
     wait_for(lambda: connections(gw) == 0)
     wait_for(lambda: gw.runtime.in_flight == 0)  # the handler that was reading the body is accounted for
-    assert [e for e in gw.events if e["status"] == 499]
+    assert wait_for(lambda: [e for e in gw.events if e["status"] == 499])
 
 
 def test_304_and_head_carry_no_body(gw: GatewayThread) -> None:
