@@ -14,7 +14,7 @@ set -euo pipefail
 OLD=$(cd "$1" && pwd); NEW=$(cd "$2" && pwd); SECS=${3:-8}; ROUNDS=${4:-3}
 HERE=$(cd "$(dirname "$0")/.." && pwd); PY=$HERE/.venv/bin/python
 WORK=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-UP=$((46000 + RANDOM % 500))
+UP=$((20000 + RANDOM % 5000))  # below the ephemeral range (32768+): no clash with client sockets
 cat > "$WORK/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = [[{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful support assistant."},{"role":"user","content":"Hello, my email is jane.doe@example.com. Please summarise my last order."}]}]]
