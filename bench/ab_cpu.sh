@@ -6,7 +6,8 @@
 #
 # Both gateways run at once on CPU 0 with the bench config, each under its own `wrk -c16`
 # (on CPU 1, with the test upstream), so whatever else the machine does slows both alike;
-# each prints its process CPU time per request (/proc/<pid>/stat over the run). Two runs of
+# each prints its process CPU time per request (/proc/<pid>/stat from the start of the load
+# until the process is idle again: work a build defers, e.g. a backlog, is counted). Two runs of
 # the same tree differ by about +-4 us; separate `make bench` runs drift by 10-20 %.
 # Absolute numbers are higher than alone (the two share one core and its caches).
 # Needs wrk and taskset; uses this tree's .venv for both (the trees' own code is what runs).
@@ -45,9 +46,16 @@ for round in $(seq "$ROUNDS"); do
     done
     wait "${w[@]}"
   }
-  load 2  # warm-up
+  settle() {  # until both gateways are idle again (at most 5 s): work a build defers past the load counts too
+    local a b
+    for _ in $(seq 20); do
+      a=($(cpu "${pids[0]}") $(cpu "${pids[1]}")); sleep 0.25; b=($(cpu "${pids[0]}") $(cpu "${pids[1]}"))
+      (( b[0] - a[0] <= 2 && b[1] - a[1] <= 2 )) && return
+    done
+  }
+  load 2; settle  # warm-up
   before=($(cpu "${pids[0]}") $(cpu "${pids[1]}"))
-  load "$SECS"
+  load "$SECS"; settle
   after=($(cpu "${pids[0]}") $(cpu "${pids[1]}"))
   line="round $round:"
   for i in 0 1; do
