@@ -7,6 +7,8 @@ bytes as they arrive, `b""` at the end) and must be `release()`d.
 
 - http and https (certificate verification with the system CAs and SNI by default); DNS
   through the loop's getaddrinfo; `Host` with the port when it is not the scheme's default.
+- https upstreams through an HTTP proxy (`HTTPS_PROXY`, see `Proxy`): a `CONNECT` tunnel per
+  connection, TLS to the upstream inside it; `NO_PROXY` and loopback hosts go direct.
 - One keep-alive pool per (scheme, host, port); at most `max_connections` in use at once (a
   request beyond that waits for a free one, within the connect timeout). A connection goes
   back to the pool only after a complete response that allows keep-alive; after
@@ -31,12 +33,18 @@ and other `OSError`s from the socket, `ProtocolError` for an answer that is not 
 from __future__ import annotations
 
 import asyncio
+import base64
+import ipaddress
+import os
 import ssl
+import urllib.request
 import zlib
 from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httptools
 
@@ -52,6 +60,78 @@ class ServerDisconnected(ConnectionError):
 
 class ProtocolError(Exception):
     """The server's answer is not valid HTTP/1.1 (or uses an encoding we cannot decode)."""
+
+
+class ProxyError(ConnectionError):
+    """The proxy did not open a tunnel (its message names the proxy without credentials)."""
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """An HTTP proxy for https upstreams, from `HTTPS_PROXY` (`http://[user:password@]host:port`)."""
+
+    host: str
+    port: int
+    authorization: str | None = field(repr=False)  # the Proxy-Authorization value (Basic, from the URL)
+    shown: str  # the proxy's URL without credentials: what messages may print
+    no_proxy: str  # NO_PROXY: hosts (and domain suffixes, `*` for all) that go direct
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Proxy | None:
+        """The proxy `HTTPS_PROXY`/`https_proxy` names, or None; ValueError for one we cannot use."""
+        raw = environ.get("HTTPS_PROXY") or environ.get("https_proxy")
+        if not raw:
+            return None
+        try:
+            parts = urlsplit(raw if "://" in raw else f"http://{raw}")
+            port = parts.port or 80
+        except ValueError:
+            raise ValueError("HTTPS_PROXY is not a valid URL") from None
+        if parts.scheme.lower() != "http" or not parts.hostname:
+            raise ValueError("HTTPS_PROXY must be an http:// proxy (http://[user:password@]host:port)")
+        authorization = None
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        no_proxy = environ.get("NO_PROXY") or environ.get("no_proxy") or ""
+        return cls(parts.hostname, port, authorization, f"http://{host}:{port}", no_proxy)
+
+    def serves(self, host: str) -> bool:
+        """Whether a connection to `host` goes through this proxy (not loopback, not in NO_PROXY)."""
+        if host == "localhost" or host.endswith(".localhost"):
+            return False
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                return False
+        except ValueError:
+            pass
+        return not urllib.request.proxy_bypass_environment(host, {"no": self.no_proxy})
+
+
+class _TunnelReply(asyncio.Protocol):
+    """Reads the proxy's answer to CONNECT: `status` resolves to its status code."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.status: asyncio.Future[int] = loop.create_future()
+        self.data = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        if self.status.done():
+            return
+        if b"\r\n\r\n" in self.data:
+            line = self.data.split(b"\r\n", 1)[0].split()
+            if len(line) >= 2 and line[0].startswith(b"HTTP/1.") and line[1].isdigit():
+                self.status.set_result(int(line[1]))
+            else:
+                self.status.set_exception(ProxyError("the proxy's answer to CONNECT is not HTTP/1.1"))
+        elif len(self.data) > 16384:
+            self.status.set_exception(ProxyError("the proxy's answer to CONNECT is too long"))
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.status.done():
+            self.status.set_exception(ProxyError("the proxy closed the connection before answering CONNECT"))
 
 
 class Destination(NamedTuple):
@@ -378,7 +458,8 @@ class Pool:
     """Keep-alive connections per (scheme, host, port), at most `max_connections` in use."""
 
     def __init__(self, connect_s: float, read_s: float, max_connections: int = 1000,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, proxy: Proxy | None = None) -> None:
+        self.proxy = proxy  # for https upstreams
         self.connect_s = connect_s
         self.read_s = read_s
         self.max_connections = max_connections
@@ -490,14 +571,41 @@ class Pool:
 
     async def _connect(self, dest: Destination) -> Connection:
         conn = Connection(self, dest.key)
+        proxy = self.proxy if dest.tls and self.proxy is not None and self.proxy.serves(dest.host) else None
         tls: dict[str, Any] = {"ssl": self.ssl_context, "server_hostname": dest.host} if dest.tls else {}
         try:
             async with asyncio.timeout(self.connect_s):
-                await self.loop.create_connection(lambda: conn, dest.host, dest.port, **tls)
+                if proxy is None:
+                    await self.loop.create_connection(lambda: conn, dest.host, dest.port, **tls)
+                else:
+                    await self._tunnel(conn, dest, proxy)
         except TimeoutError:
             raise TimeoutError("no connection within the connect timeout") from None
         self.opened += 1
         return conn
+
+    async def _tunnel(self, conn: Connection, dest: Destination, proxy: Proxy) -> None:
+        """Connect `conn` to `dest` through a CONNECT tunnel of `proxy`, TLS inside it."""
+        reply = _TunnelReply(self.loop)
+        transport, _ = await self.loop.create_connection(lambda: reply, proxy.host, proxy.port)
+        try:
+            host = dest.host if dest.host.isascii() else dest.host.encode("idna").decode()
+            authority = f"[{host}]:{dest.port}" if ":" in host else f"{host}:{dest.port}"
+            head = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n"
+            if proxy.authorization:
+                head += f"Proxy-Authorization: {proxy.authorization}\r\n"
+            transport.write(f"{head}\r\n".encode("latin-1"))
+            status = await reply.status
+            if status != 200:
+                hint = " (proxy authentication required: give it in HTTPS_PROXY)" if status == 407 else ""
+                raise ProxyError(f"the proxy {proxy.shown} refused a tunnel to {authority}: HTTP {status}{hint}")
+            if reply.data.split(b"\r\n\r\n", 1)[1]:
+                raise ProxyError(f"the proxy {proxy.shown} sent bytes before the tunnel's TLS handshake")
+            inner = await self.loop.start_tls(transport, conn, self.ssl_context, server_hostname=dest.host)
+        except BaseException:
+            transport.close()
+            raise
+        conn.connection_made(inner)  # start_tls does not call it
 
     async def _wait_slot(self) -> None:
         waiter = self.loop.create_future()

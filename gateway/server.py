@@ -126,7 +126,11 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
         from gateway.gitsync import webhook_routes
 
         routes += webhook_routes(sync)
-    app = make_app(runtime, settings, extra_routes=routes)
+    app = make_app(runtime, settings, extra_routes=routes)  # ValueError: an unusable HTTPS_PROXY
+    proxy = app.settings["upstream"].pool.proxy
+    if proxy is not None:
+        log.info("https upstreams go through the proxy %s (CONNECT)%s", proxy.shown,
+                 f"; direct: loopback and NO_PROXY={proxy.no_proxy}" if proxy.no_proxy else "; direct: loopback")
     breakers = app.settings["breakers"].by_target
     ops.providers = lambda: {target_id: breaker.state for target_id, breaker in breakers.items()}
     # Bodies up to twice the limit are read and answered 413 with the envelope (by the handler); beyond

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError
-from gateway.httpclient import Pool, ProtocolError, Response
+from gateway.httpclient import Pool, ProtocolError, Proxy, ProxyError, Response
 from gateway.resilience import parse_retry_after
 from policies.model import Target
 
@@ -139,6 +139,8 @@ def failure_for_exception(target: Target, exc: BaseException) -> UpstreamFailure
         return UpstreamFailure("timeout", f"{where} timed out" + (f": {exc}" if str(exc) else ""))
     if isinstance(exc, ProtocolError):
         return UpstreamFailure("bad_response", f"{where} {exc}")
+    if isinstance(exc, ProxyError):
+        return UpstreamFailure("connect", f"{where} is unreachable: {exc}")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return UpstreamFailure("connect", f"{where} is unreachable: TLS certificate not trusted ({exc.verify_message})")
     if isinstance(exc, ValueError) and not isinstance(exc, OSError):  # ours: an unusable base_url or header
@@ -157,7 +159,7 @@ class UpstreamClient:
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.timeouts = timeouts
         self.max_connections = max_connections
-        self.pool = Pool(timeouts.connect_s, timeouts.read_s, max_connections, ssl_context)
+        self.pool = Pool(timeouts.connect_s, timeouts.read_s, max_connections, ssl_context, Proxy.from_env())
 
     async def close(self) -> None:
         await self.pool.close()

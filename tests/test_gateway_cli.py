@@ -126,3 +126,25 @@ def test_bad_input_exits_with_a_message(args: list[str], code: int, needle: str,
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == code
     assert needle in out + err and "Traceback" not in out + err
+
+
+def test_https_proxy_is_named_at_start_without_its_credentials(tmp_path: Path) -> None:
+    bad = kt("gateway", "run", "--config", "policies/examples/default/policy-config.yaml", state=tmp_path,
+             env={"HTTPS_PROXY": "socks5://u:s3cret@proxy:1080"}, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    out, err = bad.communicate(timeout=30)
+    assert bad.returncode == 1 and "HTTPS_PROXY must be an http:// proxy" in err
+    assert "s3cret" not in out + err and "Traceback" not in out + err
+
+    port, log = free_port(), tmp_path / "gateway.log"
+    with log.open("w") as stderr:
+        proc = kt("gateway", "run", "--config", "policies/examples/default/policy-config.yaml", "--port", str(port),
+                  "--listen", "127.0.0.1:0", state=tmp_path, stderr=stderr, stdout=subprocess.DEVNULL,
+                  env={"HTTPS_PROXY": "http://u:s3cret@127.0.0.1:9", "NO_PROXY": "internal.corp"})
+    try:
+        wait_for(lambda: status_of(f"http://127.0.0.1:{port}/readyz") == 200 or proc.poll() is not None, timeout=15)
+        text = log.read_text()
+        assert "https upstreams go through the proxy http://127.0.0.1:9 (CONNECT)" in text
+        assert "NO_PROXY=internal.corp" in text and "s3cret" not in text
+    finally:
+        proc.kill()
+        proc.wait()

@@ -7,6 +7,7 @@ server side (connections accepted, requests seen, sockets closed) can be checked
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import socket
 import ssl
@@ -542,11 +543,13 @@ def test_max_connections_queues_the_request_beyond_the_limit() -> None:
 
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A self-signed certificate for localhost/127.0.0.1: the server context and a client context trusting it."""
+    """A self-signed certificate for localhost, upstream.test and 127.0.0.1: the server context and a client
+    context trusting it."""
     d: Path = tmp_path_factory.mktemp("tls")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", d / "key.pem", "-out", d / "cert.pem", "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+                    "-addext", "subjectAltName=DNS:localhost,DNS:upstream.test,IP:127.0.0.1"],
+                   check=True, capture_output=True)
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server.load_cert_chain(d / "cert.pem", d / "key.pem")
     return {"server": server, "client": ssl.create_default_context(cafile=d / "cert.pem"), "cert": d / "cert.pem"}
@@ -574,6 +577,120 @@ def test_https_verifies_the_certificate_and_the_host_name(tls: dict[str, Any], m
             await private_ca.close()
 
     run(main())
+
+
+# -- through an HTTP proxy (HTTPS_PROXY) ------------------------------------------------------------
+
+
+class ConnectProxy:
+    """An HTTP proxy on loopback that opens CONNECT tunnels to `port` on 127.0.0.1, whatever host is asked.
+
+    `tunnels` records each CONNECT's target and Proxy-Authorization; with `require` set, a request
+    without that Proxy-Authorization gets 407; with `hang_up` the proxy closes without answering.
+    """
+
+    def __init__(self, port: int, require: str | None = None, hang_up: bool = False) -> None:
+        self.target_port, self.require, self.hang_up = port, require, hang_up
+        self.tunnels: list[tuple[str, str | None]] = []
+
+    async def __aenter__(self) -> ConnectProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:] if h)}
+        method, target, _ = head[0].split(" ")
+        auth = headers.get("proxy-authorization")
+        self.tunnels.append((target, auth))
+        if self.hang_up or method != "CONNECT":
+            writer.close()
+            return
+        if self.require is not None and auth != self.require:
+            writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+def basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def test_https_upstream_through_a_proxy_tunnel_with_credentials(tls: dict[str, Any],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        async with Upstream(answer_ok, tls["server"]) as up, \
+                ConnectProxy(up.port, require=basic("us@r:p:ss")) as proxy:
+            monkeypatch.setenv("HTTPS_PROXY", f"http://us%40r:p%3Ass@127.0.0.1:{proxy.port}")
+            via_proxy = UpstreamClient(Timeouts(connect_s=2, read_s=5), ssl_context=tls["client"])
+            for _ in range(2):  # the proxy resolves upstream.test (to our loopback server); we never do
+                url = "https://upstream.test/v1/chat/completions"
+                assert await via_proxy.post_json(TARGET, url, HEADERS, b"{}") == b'{"n": 2}'
+            assert proxy.tunnels == [("upstream.test:443", basic("us@r:p:ss"))]  # one tunnel, kept alive
+            assert up.connections == 1 and up.requests[0].headers["host"] == "upstream.test"
+            assert "proxy-authorization" not in up.requests[0].headers  # the proxy's credentials stay with it
+            # loopback goes direct, as it would with NO_PROXY
+            assert await via_proxy.post_json(TARGET, up.url("localhost", "https"), HEADERS, b"{}") == b'{"n": 2}'
+            assert len(proxy.tunnels) == 1 and up.connections == 2
+            await via_proxy.close()
+
+    run(main())
+
+
+def test_a_proxy_that_refuses_or_hangs_up_is_a_clear_connect_failure(tls: dict[str, Any],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    async def main() -> None:
+        async with Upstream(answer_ok, tls["server"]) as up, ConnectProxy(up.port, require=basic("a:b")) as proxy:
+            monkeypatch.setenv("HTTPS_PROXY", f"http://a:wrong-s3cret@127.0.0.1:{proxy.port}")
+            refused = UpstreamClient(Timeouts(connect_s=2, read_s=5), ssl_context=tls["client"])
+            with pytest.raises(UpstreamFailure) as failure:
+                await refused.post_json(TARGET, "https://upstream.test/v1/x", HEADERS, b"{}")
+            message = failure.value.message
+            assert failure.value.kind == "connect"
+            assert f"the proxy http://127.0.0.1:{proxy.port} refused a tunnel to upstream.test:443: HTTP 407" in message
+            assert "wrong-s3cret" not in message and "a:" not in message
+            await refused.close()
+        async with ConnectProxy(1, hang_up=True) as proxy:
+            monkeypatch.setenv("HTTPS_PROXY", f"127.0.0.1:{proxy.port}")  # scheme-less, as curl takes it
+            dropped = UpstreamClient(Timeouts(connect_s=2, read_s=5), ssl_context=tls["client"])
+            with pytest.raises(UpstreamFailure) as failure:
+                await dropped.post_json(TARGET, "https://upstream.test/v1/x", HEADERS, b"{}")
+            assert "closed the connection before answering CONNECT" in failure.value.message
+            assert up.requests == []  # nothing reached the upstream either way
+            await dropped.close()
+
+    run(main())
+
+
+def test_proxy_settings_from_the_environment() -> None:
+    proxy = httpclient.Proxy.from_env({"https_proxy": "http://u:pw@proxy.corp:3128", "NO_PROXY": "internal.corp,.svc"})
+    assert proxy is not None and proxy.shown == "http://proxy.corp:3128" and "pw" not in repr(proxy)
+    assert proxy.serves("api.openai.com") and proxy.serves("api.anthropic.com")
+    for direct in ("internal.corp", "llm.internal.corp", "vllm.ns.svc", "127.0.0.1", "::1", "localhost"):
+        assert not proxy.serves(direct), direct
+    assert httpclient.Proxy.from_env({}) is None and httpclient.Proxy.from_env({"HTTP_PROXY": "http://p:1"}) is None
+    for bad in ("https://proxy:443", "socks5://proxy:1080", "http://", "http://proxy:99999"):
+        with pytest.raises(ValueError, match="HTTPS_PROXY"):
+            httpclient.Proxy.from_env({"HTTPS_PROXY": bad})
 
 
 def test_destination_parsing() -> None:

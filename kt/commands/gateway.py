@@ -86,6 +86,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         log_level: str, **git: Any) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
     from gateway.app import GatewaySettings
+    from gateway.httpclient import Proxy
     from gateway.keys import KeysFileError, load_keys
     from gateway.logs import setup_logging, shutdown_logging
     from gateway.server import run as run_gateway
@@ -104,7 +105,8 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
     size = parse_size(max_body_size)
     try:
         keys = load_keys(keys_file) if keys_file else None
-    except KeysFileError as exc:
+        Proxy.from_env()
+    except (KeysFileError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     setup_logging(log_format, log_level)
     settings = GatewaySettings(
