@@ -596,7 +596,7 @@ class Pool:
                 head += f"Proxy-Authorization: {proxy.authorization}\r\n"
             transport.write(f"{head}\r\n".encode("latin-1"))
             status = await reply.status
-            if status != 200:
+            if not 200 <= status < 300:  # any 2xx opens the tunnel (RFC 9110 §9.3.6)
                 hint = " (proxy authentication required: give it in HTTPS_PROXY)" if status == 407 else ""
                 raise ProxyError(f"the proxy {proxy.shown} refused a tunnel to {authority}: HTTP {status}{hint}")
             if reply.data.split(b"\r\n\r\n", 1)[1]:
