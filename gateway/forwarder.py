@@ -12,26 +12,16 @@ import contextlib
 import logging
 import random
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from gateway import metrics
 from gateway.store import StoreWriter
+from sync.credentials import mask_url
 
 log = logging.getLogger("kt.gateway.forwarder")
 CURSOR_KEY = "forward_cursor"
-
-
-def mask_url(url: str) -> str:
-    """`url` with any user:password replaced by `***`."""
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def backoff(attempt: int, base: float, cap: float) -> float:

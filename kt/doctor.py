@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sync.credentials import mask_url
+
 DEFAULT_GATEWAY = "http://127.0.0.1:41002"
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
 MAX_CONFIG_AGE = 24 * 3600.0
@@ -64,11 +66,6 @@ class Probe:
     name: str
     run: Callable[[], list[Check]]
     fix: str = ""
-
-
-def mask_url(url: str) -> str:
-    """`url` with any user:password replaced by `***`."""
-    return re.sub(r"(://)[^/@]*@", r"\1***@", url)
 
 
 def _ok(name: str, detail: str) -> list[Check]:

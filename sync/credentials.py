@@ -14,7 +14,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 TOKEN_ENV = "KEEPTRUSTS_GIT_TOKEN"
 DEFAULT_USERNAME = "x-access-token"
@@ -25,7 +25,8 @@ case "$1" in
   *) printf '%s\\n' "$KT_GIT_PASSWORD" ;;
 esac
 """
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@]*)@")
+# The userinfo runs to the LAST `@` of the authority (a raw `@` in a password must not leak its tail).
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s]*@")
 
 
 class CredentialError(Exception):
@@ -33,18 +34,22 @@ class CredentialError(Exception):
 
 
 def mask_url(url: str) -> str:
-    """`url` with any user/password replaced by `***` (for logs, status and errors)."""
+    """`url` (or any text holding URLs) with the whole userinfo of each URL replaced by `***`.
+
+    The one URL-masking helper of kt: sync status, the gateway's forwarder and `kt doctor` use it."""
     return _USERINFO.sub(lambda m: f"{m['scheme']}***@", url)
 
 
 def split_url(url: str) -> tuple[str, str | None, str | None]:
-    """(url without credentials, username, password) for http(s) URLs; other URLs unchanged."""
+    """(url without credentials, username, password) for http(s) URLs; other URLs unchanged.
+
+    User and password are percent-decoded, as git decodes them (`p%40ss` is the password `p@ss`)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
         return url, None, None
     userinfo, host = parts.netloc.rsplit("@", 1)
     user, _, password = userinfo.partition(":")
-    return urlunsplit(parts._replace(netloc=host)), user or None, password or None
+    return urlunsplit(parts._replace(netloc=host)), unquote(user) or None, unquote(password) or None
 
 
 @dataclass(frozen=True)

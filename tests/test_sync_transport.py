@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,6 +109,39 @@ def test_credentials_in_url_are_masked_everywhere(upstream, http, tmp_path):
     no_secret_anywhere(state, result.error)
 
 
+def test_password_with_a_raw_at_is_masked_whole_in_status_and_cli(upstream, tmp_path):
+    """`http://ci:p@ss%word@host` must never print `ss%word` (the userinfo ends at the last `@`)."""
+    server = GitHttpServer(upstream.root, users={("ci", "p@ss%word")})
+    try:
+        url = server.url("policies.git", auth="ci:p@ss%word")
+        state = tmp_path / "state"
+        assert agent_for(url, state).sync_once().result == "success"
+        masked = f"http://***@127.0.0.1:{server.server_address[1]}/policies.git"
+        assert read_status(state)["repo"] == masked
+        assert report(state, time.time())["sync"]["repo"] == masked
+        for args in ([], ["--json"]):
+            out = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--state-dir", str(state), *args],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+            assert "ss%word" not in out.stdout and "p@ss" not in out.stdout and "***@127.0.0.1" in out.stdout
+    finally:
+        server.stop()
+
+
+def test_percent_encoded_credentials_in_the_url_are_decoded_as_git_does(upstream, tmp_path):
+    server = GitHttpServer(upstream.root, users={("ci@corp", "p@ss:/w")})
+    try:
+        url = server.url("policies.git", auth="ci%40corp:p%40ss%3A%2Fw")
+        state = tmp_path / "state"
+        result = agent_for(url, state).sync_once()
+        assert result.result == "success", result.error
+        assert read_status(state)["repo"] == f"http://***@127.0.0.1:{server.server_address[1]}/policies.git"
+        blob = (state / "status.json").read_text()
+        assert "p%40ss" not in blob and "p@ss" not in blob
+    finally:
+        server.stop()
+
+
 def test_hung_fetch_hits_the_timeout(tmp_path):
     hang = HangingServer()
     try:
@@ -125,6 +160,10 @@ def test_url_helpers():
     assert mask_url("https://user:pw@host/r.git") == "https://***@host/r.git"
     assert mask_url("https://tok@host/r.git") == "https://***@host/r.git"
     assert mask_url("git@github.com:org/r.git") == "git@github.com:org/r.git"
+    assert mask_url("http://u:p@ss%word@host:8/r.git") == "http://***@host:8/r.git"
+    assert mask_url("see https://u:p@w@h/x and ssh://git@h/y") == "see https://***@h/x and ssh://***@h/y"
+    assert mask_url("https://u:p@w@h?q=a@b") == "https://***@h?q=a@b"
+    assert split_url("https://u%40c:p%40ss@h/x") == ("https://h/x", "u@c", "p@ss")
     assert split_url("https://u:p@h:1/x") == ("https://h:1/x", "u", "p")
     assert split_url("ssh://git@h/x") == ("ssh://git@h/x", None, None)
 
