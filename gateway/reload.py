@@ -1,10 +1,11 @@
 """Hot reload: load a config path into a `Snapshot` off the request path and swap it atomically.
 
 Triggers (all funnel into `Reloader.request`, which debounces bursts): watchfiles on the
-directories along the config path (edit in place, rename over it, a symlink flip of any
-component such as `<state>/current`), SIGHUP, and `POST /keeptrusts/config/reload` (which
+directories along the config path, reacting only to the config file and the symlinks on its
+path (edit in place, rename over it, a flip of `<state>/current`), SIGHUP, and `POST /keeptrusts/config/reload` (which
 awaits `Reloader.reload`). Parsing, validation and compilation run in a thread; an invalid
-config is refused whole and the old snapshot keeps serving. Unchanged content is a no-op.
+config is refused whole and the old snapshot keeps serving. Unchanged content is a no-op, and
+a watch event that finds the very bytes already refused is not counted again.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class ReloadResult:
     error: str | None = None
     findings: tuple[Finding, ...] = ()
     at: float = field(default_factory=time.time)
+    sha256: str | None = None  # of the bytes this attempt read (None when unreadable)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -91,13 +93,14 @@ class ReloadResult:
         }
 
 
-def watch_dirs(path: str | Path) -> set[str]:
-    """Directories whose changes can change what `path` resolves to or contains.
+def watch_names(path: str | Path) -> set[str]:
+    """The absolute names whose change can change what `path` resolves to or contains.
 
-    The file's own directory, the directory of its real target, and the parent of every
-    symlink met while resolving it (a rename over `<state>/current` shows in `<state>`).
+    The path itself, every symlink met while resolving it (e.g. `<state>/current`, a ConfigMap's
+    `..data`), the path as rewritten through each link, and its real target. Anything else in
+    their directories (a log file, `status.json`, an editor's swap file) is not the config.
     """
-    dirs: set[str] = set()
+    names: set[str] = set()
     pending = [os.path.abspath(path)]
     seen: set[str] = set()
     while pending:
@@ -105,18 +108,23 @@ def watch_dirs(path: str | Path) -> set[str]:
         if current in seen or len(seen) > 40:
             continue
         seen.add(current)
-        dirs.add(os.path.dirname(current))
+        names.add(current)
         prefix = Path(current).anchor
         for part in Path(current).parts[1:]:
             prefix = os.path.join(prefix, part)
             if os.path.islink(prefix):
-                dirs.add(os.path.dirname(prefix))
+                names.add(prefix)
                 target = os.path.join(os.path.dirname(prefix), os.readlink(prefix))
                 rest = os.path.relpath(current, prefix)
                 pending.append(os.path.normpath(os.path.join(target, rest)))
                 break
-    dirs.add(os.path.dirname(os.path.realpath(path)))
-    return {d for d in dirs if os.path.isdir(d)}
+    names.add(os.path.realpath(path))
+    return names
+
+
+def watch_dirs(path: str | Path) -> set[str]:
+    """Directories to watch for `path`: those holding one of its `watch_names`."""
+    return {d for d in map(os.path.dirname, watch_names(path)) if os.path.isdir(d)}
 
 
 class Reloader:
@@ -149,6 +157,11 @@ class Reloader:
         async with self._lock:
             sdnotify.reloading(f"reloading config ({trigger})")
             result = await self._reload(trigger)
+            last = self.last
+            if (trigger == "watch" and result.result == "error" and last is not None and last.result == "error"
+                    and (last.sha256, last.error) == (result.sha256, result.error)):
+                sdnotify.ready(self.describe())
+                return last  # the same refused bytes seen again (a re-watch): one bad edit is one error
             self.last = result
             metrics.RELOADS.labels(result.result).inc()
             sdnotify.ready(self.describe())
@@ -165,6 +178,7 @@ class Reloader:
     async def _reload(self, trigger: str) -> ReloadResult:
         loop = asyncio.get_running_loop()
         current = self.runtime.snapshot
+        sha: str | None = None
         try:
             # Resolve `<state>/current` once: a publish flipping it between reading the bytes and naming
             # the revision would otherwise label the old config with the new revision.
@@ -190,11 +204,11 @@ class Reloader:
                              "findings": [f.as_dict() for f in exc.findings],
                              "revision": current.revision if current else None})
             return ReloadResult("error", trigger, current.revision if current else None, str(exc),
-                                tuple(exc.findings))
+                                tuple(exc.findings), sha256=sha)
         except Exception as exc:  # a bug in a policy constructor must not kill the watcher
             log.exception("config reload failed", extra={"trigger": trigger, "path": self.path})
             return ReloadResult("error", trigger, current.revision if current else None,
-                                f"{type(exc).__name__}: {exc}")
+                                f"{type(exc).__name__}: {exc}", sha256=sha)
         self.runtime.snapshot = snap
         log.info("config reloaded", extra=self._fields(snap, trigger))
         return ReloadResult("ok", trigger, snap.revision)
@@ -222,7 +236,8 @@ class Reloader:
         import watchfiles
 
         while True:
-            dirs = watch_dirs(self.path)
+            names = watch_names(self.path)
+            dirs = {d for d in map(os.path.dirname, names) if os.path.isdir(d)}
             if not dirs:  # nothing to watch yet (e.g. state dir not created): look again later
                 await asyncio.sleep(1.0)
                 continue
@@ -231,10 +246,10 @@ class Reloader:
                 async for changes in watchfiles.awatch(*sorted(dirs), recursive=False, debounce=400, step=30,
                                                        force_polling=force_polling, rust_timeout=500,
                                                        yield_on_timeout=True):
-                    if changes or first:
+                    if first or any(changed in names for _, changed in changes):
                         self.request("watch")
                     first = False
-                    if watch_dirs(self.path) != dirs:  # a symlink moved or a directory appeared: re-watch
+                    if watch_names(self.path) != names:  # a symlink moved or a directory appeared: re-watch
                         break
             except (FileNotFoundError, RuntimeError, OSError) as exc:
                 log.warning("config watcher restarting", extra={"error": str(exc), "path": self.path})

@@ -189,3 +189,68 @@ def test_a_publish_during_a_reload_never_labels_old_bytes_with_the_new_revision(
     result = asyncio.run(Reloader(runtime, path).reload("test"))  # reads B, then C is published
     assert result.result == "ok" and runtime.snapshot is not None
     assert (runtime.snapshot.revision, runtime.snapshot.config.pack.version) == (SHA_B, "2.0.0")
+
+
+def _reloads(result: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("keeptrusts_config_reloads_total", {"result": result}) or 0.0
+
+
+async def _write_beside(path, seconds: float = 1.5) -> None:
+    """Load, not synchronisation: append to `path` every 10 ms for a while (a busy log file)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    with open(path, "a") as fh:
+        while loop.time() < end:
+            fh.write("log line\n")
+            fh.flush()
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("layout", ["plain", "state_dir"])
+def test_writes_beside_the_config_never_reload_and_a_bad_edit_is_one_error(tmp_path, layout):
+    state = tmp_path / "state"
+    if layout == "state_dir":
+        publish(state, SHA_A, config("1.0.0"))
+        path = state / "current" / "policy-config.yaml"
+        beside = state / "agent.log"  # beside `current`, where the agent also rewrites status.json
+    else:
+        state.mkdir()
+        path = state / "policy-config.yaml"
+        path.write_text(config("1.0.0"))
+        beside = state / "gateway.log"
+
+    async def main():
+        runtime = Runtime()
+        reloader = Reloader(runtime, path)
+        reloader.load_initial()
+        reloader.start(sighup=False)
+        try:
+            # the watcher's first tick re-checks the file once (a change missed while it started)
+            await async_wait_for(lambda: reloader.last.trigger == "watch", timeout=20)
+            before = {r: _reloads(r) for r in ("ok", "noop", "error")}
+            await _write_beside(beside)
+            if layout == "state_dir":
+                publish(state, SHA_B, config("2.0.0"))  # a flip of `current` still reloads
+            else:
+                path.write_text(config("2.0.0"))
+            await async_wait_for(lambda: runtime.snapshot.config.pack.version == "2.0.0", timeout=20)
+            assert {r: _reloads(r) - before[r] for r in before} == {"ok": 1, "noop": 0, "error": 0}
+
+            if layout == "state_dir":
+                publish(state, "c" * 40, INVALID)  # what a hand-moved `current` could show
+            else:
+                path.write_text(INVALID)
+            await async_wait_for(lambda: reloader.last.result == "error", timeout=20)
+            await _write_beside(beside)
+            if layout == "state_dir":
+                publish(state, "d" * 40, config("3.0.0"))
+            else:
+                path.write_text(config("3.0.0"))
+            await async_wait_for(lambda: runtime.snapshot.config.pack.version == "3.0.0", timeout=20)
+            assert {r: _reloads(r) - before[r] for r in before} == {"ok": 2, "noop": 0, "error": 1}
+        finally:
+            await reloader.stop()
+
+    asyncio.run(main())
