@@ -96,7 +96,7 @@ class SyncWebhook(tornado.web.RequestHandler):
             WEBHOOKS.labels(result="ignored").inc()
             self._answer(200, {"triggered": False, "reason": "ping"})
             return
-        if not webhook.concerns_branch(self.request.body, self.sync.settings.remote.branch):
+        if not webhook.concerns_branch(self.request.body, self.sync.settings.remote.ref):
             WEBHOOKS.labels(result="ignored").inc()
             self._answer(202, {"triggered": False, "reason": "push to another branch"})
             return

@@ -31,7 +31,7 @@ from sync.publish import (
     revision_of,
     validate,
 )
-from sync.repo import GitError, Mirror, Remote, UnsafeTree
+from sync.repo import GitError, Mirror, Remote, UnsafeTree, ref_kind
 from sync.status import parse_time, read_status, rfc3339, write_status
 
 log = logging.getLogger("kt.sync")
@@ -97,7 +97,7 @@ def lock_is_held(state: Path) -> bool:
 
 
 class SyncAgent:
-    """Syncs one branch/path of one repository into one state directory."""
+    """Syncs one ref/path of one repository into one state directory."""
 
     def __init__(self, settings: SyncSettings) -> None:
         self.settings = settings
@@ -134,7 +134,7 @@ class SyncAgent:
         deadline = started + self.settings.timeout
         s = self.settings
         status = read_status(self.state) or {}
-        status.update(repo=s.remote.masked_url, branch=s.remote.branch, path=s.path)
+        status.update(repo=s.remote.masked_url, branch=s.remote.ref, ref=s.remote.ref, path=s.path)
         status["last_attempt_at"] = rfc3339(time.time())
         try:
             result = self._sync(status, deadline)
@@ -172,7 +172,8 @@ class SyncAgent:
         s = self.settings
         cleanup(self.state)
         head = self._fetch(deadline)
-        status.update(remote_head=head, last_fetch_at=rfc3339(time.time()))
+        status.update(remote_head=head, ref_kind=ref_kind(self.mirror.source or s.remote.ref),
+                      last_fetch_at=rfc3339(time.time()))
         if head == status.get("applied_revision") and self._published_intact(status):
             return SyncResult("noop", head)
         if head == self._rejected and status.get("attempted_revision") == head:

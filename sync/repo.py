@@ -1,4 +1,4 @@
-"""The agent's private clone: fetch one branch shallowly, export one commit's tree, repair itself.
+"""The agent's private clone: fetch one ref (branch, tag or commit) shallowly, export one commit's tree, repair itself.
 
 The clone is a bare repository at `<state>/repo`; nothing is ever checked out inside it, so the
 only state is objects and one ref (`refs/kt/head`). Git runs with `LC_ALL=C` (GitPython sets it),
@@ -8,6 +8,7 @@ a timeout that kills it and its children, and credentials only in its environmen
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import shutil
 import tarfile
@@ -20,8 +21,12 @@ import git
 
 from sync.credentials import CredentialError, Credentials, mask_url, redact
 
+log = logging.getLogger("kt.sync")
 HEAD_REF = "refs/kt/head"
-_SHA = re.compile(r"^[0-9a-f]{40,64}$")
+_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+SCAN_REFS = "refs/kt/scan/"  # all branches and tags, fetched only to look up a SHA the server will not serve by SHA
+_MISSING_REF = re.compile(r"couldn't find remote ref|could not find remote ref", re.IGNORECASE)
+_REFUSED_SHA = re.compile(r"not our ref|unadvertised object|allow request for unadvertised", re.IGNORECASE)
 _AUTH = re.compile(
     r"authentication failed|could not read (username|password)|terminal prompts disabled|permission denied"
     r"|host key verification failed|returned error: 40[13]|http 40[13]|access denied|invalid credentials",
@@ -43,10 +48,13 @@ class GitError(Exception):
 
 @dataclass(frozen=True)
 class Remote:
-    """What to fetch: the URL (may carry credentials; always printed masked), branch and depth."""
+    """What to fetch: the URL (may carry credentials; always printed masked), the ref and the depth.
+
+    `ref` is a branch, a tag (lightweight or annotated), a full ref name (`refs/heads/x`,
+    `refs/tags/x`) or a full commit SHA; a short name is looked up as a branch, then as a tag."""
 
     url: str
-    branch: str = "main"
+    ref: str = "main"
     depth: int = 1  # 0 = full history
     credentials: Credentials = field(default_factory=Credentials)
 
@@ -59,11 +67,32 @@ class Remote:
     def masked_url(self) -> str:
         return mask_url(self.url)
 
+    @property
+    def pinned(self) -> bool:
+        """True when `ref` is a commit SHA (nothing to follow)."""
+        return bool(_SHA.match(self.ref))
 
-def check_branch_name(branch: str) -> None:
-    """Raise ValueError for a branch name git would refuse (or that could pass for an option)."""
-    if not branch or branch.startswith("-") or not re.fullmatch(r"[A-Za-z0-9._/-]+", branch) or ".." in branch:
-        raise ValueError(f"invalid branch name {branch!r}")
+    def sources(self) -> list[str]:
+        """The remote refs `ref` may name, in the order they are tried."""
+        if self.ref.startswith("refs/"):
+            return [self.ref]
+        return [f"refs/heads/{self.ref}", f"refs/tags/{self.ref}"]
+
+
+def ref_kind(source: str) -> str:
+    """`branch`, `tag`, `commit` or `ref` for a resolved source (a full ref name or a SHA)."""
+    if _SHA.match(source):
+        return "commit"
+    if source.startswith("refs/heads/"):
+        return "branch"
+    return "tag" if source.startswith("refs/tags/") else "ref"
+
+
+def check_ref_name(ref: str) -> None:
+    """Raise ValueError for a ref git would refuse (or that could pass for an option)."""
+    if (not ref or ref.startswith(("-", "/")) or ref.endswith(("/", ".", ".lock")) or ".." in ref or "//" in ref
+            or not re.fullmatch(r"[A-Za-z0-9._/-]+", ref)):
+        raise ValueError(f"invalid ref {ref!r}: give a branch, a tag or a full 40-hex commit SHA")
 
 
 class Mirror:
@@ -72,6 +101,7 @@ class Mirror:
     def __init__(self, path: Path, askpass: Path) -> None:
         self.path = Path(path)
         self.askpass = Path(askpass)
+        self.source: str | None = None  # what the last fetch resolved the ref to (`refs/tags/v1`, a SHA)
 
     def _git(self, args: list[str], timeout: float, env: dict[str, str] | None = None,
              secrets: list[str] | None = None, output_stream=None) -> str:
@@ -129,25 +159,73 @@ class Mirror:
         return True
 
     def fetch(self, remote: Remote, timeout: float) -> str:
-        """Fetch `remote.branch` into our ref (following force-pushes); return the commit sha."""
+        """Fetch `remote.ref` into our ref (following force-pushes and moved tags); return the commit sha."""
         try:
             url, env, secrets = remote.credentials.git_env(remote.url, self.askpass)
         except CredentialError as exc:
             raise GitError("auth", str(exc)) from None
-        args = ["fetch", "--no-tags", "--no-auto-gc", "--no-write-fetch-head", "--quiet"]
-        if remote.depth > 0:
-            args.append(f"--depth={remote.depth}")
-        elif (self.path / "shallow").exists():
-            args.append("--unshallow")
-        args += ["--", url, f"+refs/heads/{remote.branch}:{HEAD_REF}"]
-        try:
-            self._git(args, timeout, env, secrets)
-        except GitError as exc:
-            raise _classify(exc, remote) from None
+        deadline = time.monotonic() + timeout
+        if remote.pinned:
+            self._fetch_commit(remote, url, env, secrets, deadline)
+        else:
+            sources = remote.sources()
+            if self.source in sources:  # the kind found last time first: one round trip per poll
+                sources.remove(self.source)
+                sources.insert(0, self.source)
+            for i, source in enumerate(sources):
+                try:
+                    self._fetch_refspecs(remote, url, env, secrets, [f"+{source}:{HEAD_REF}"], deadline)
+                    self.source = source
+                    break
+                except GitError as exc:
+                    if not _MISSING_REF.search(str(exc)) or i == len(sources) - 1:
+                        raise _classify(exc, remote) from None
         sha = self._git(["rev-parse", "--verify", f"{HEAD_REF}^{{commit}}"], 30)
         if not _SHA.match(sha):
             raise GitError("repo", f"unexpected revision {sha!r} after fetch")
         return sha
+
+    def _fetch_refspecs(self, remote: Remote, url: str, env: dict[str, str], secrets: list[str],
+                        refspecs: list[str], deadline: float, depth: int | None = None) -> None:
+        depth = remote.depth if depth is None else depth
+        args = ["fetch", "--no-tags", "--no-auto-gc", "--no-write-fetch-head", "--quiet"]
+        if depth > 0:
+            args.append(f"--depth={depth}")
+        elif (self.path / "shallow").exists():
+            args.append("--unshallow")
+        self._git([*args, "--", url, *refspecs], deadline - time.monotonic(), env, secrets)
+
+    def _fetch_commit(self, remote: Remote, url: str, env: dict[str, str], secrets: list[str],
+                      deadline: float) -> None:
+        """A pinned SHA: nothing to do when it is already our ref; else fetch it by SHA, and if the
+        server refuses unadvertised objects, fetch every branch and tag and look it up there."""
+        sha = remote.ref
+        self.source = sha
+        with contextlib.suppress(GitError):
+            if self._git(["rev-parse", "--verify", "--quiet", f"{HEAD_REF}^{{commit}}"], 30) == sha:
+                return
+        try:
+            self._fetch_refspecs(remote, url, env, secrets, [f"+{sha}:{HEAD_REF}"], deadline)
+            return
+        except GitError as exc:
+            if exc.kind == "timeout" or not _REFUSED_SHA.search(str(exc)):
+                raise _classify(exc, remote) from None
+            log.info("%s does not serve commits by SHA; looking %s up in its branches and tags",
+                     remote.masked_url, sha[:12])
+        try:
+            self._fetch_refspecs(remote, url, env, secrets, [f"+refs/heads/*:{SCAN_REFS}heads/*",
+                                                             f"+refs/tags/*:{SCAN_REFS}tags/*"], deadline, depth=0)
+            try:
+                self._git(["cat-file", "-e", f"{sha}^{{commit}}"], 30)
+            except GitError:
+                raise GitError("branch_missing",
+                               f"commit {sha} is not on any branch or tag of {remote.masked_url}") from None
+            self._git(["update-ref", "--no-deref", HEAD_REF, sha], 30)
+        except GitError as exc:
+            raise exc if exc.kind == "branch_missing" else _classify(exc, remote) from None
+        finally:
+            for scanned in self._git(["for-each-ref", "--format=%(refname)", SCAN_REFS], 30).split():
+                self._git(["update-ref", "-d", scanned], 30)  # only HEAD_REF keeps objects alive
 
     def export(self, sha: str, dest: Path, timeout: float) -> None:
         """Write the tree of commit `sha` into the new directory `dest` (no .git, no index)."""
@@ -174,8 +252,12 @@ def _classify(exc: GitError, remote: Remote) -> GitError:
     where = remote.masked_url
     if exc.kind == "timeout":
         return GitError("timeout", f"fetch from {where} timed out: {msg}")
-    if "couldn't find remote ref" in msg or "could not find remote ref" in msg.lower():
-        return GitError("branch_missing", f"branch '{remote.branch}' does not exist on {where}")
+    if _MISSING_REF.search(msg):
+        what = f"'{remote.ref}'" if remote.ref.startswith("refs/") else f"branch '{remote.ref}'"
+        nor = "" if remote.ref.startswith("refs/") else " (nor a tag of that name)"
+        return GitError("branch_missing", f"{what} does not exist on {where}{nor}")
+    if _REFUSED_SHA.search(msg):
+        return GitError("branch_missing", f"commit {remote.ref} is not available from {where}: {msg}")
     if _AUTH.search(msg):
         return GitError("auth", f"authentication to {where} failed (check the token or SSH key): {msg}")
     return GitError("unreachable", f"cannot fetch {where}: {msg}")

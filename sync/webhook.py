@@ -63,7 +63,10 @@ def verify(secret: bytes, headers: Mapping[str, str], body: bytes) -> bool:
 
 
 def concerns_branch(body: bytes, branch: str) -> bool:
-    """False only when the payload clearly names another branch (`ref: refs/heads/x`); a hint, never trusted."""
+    """False only when the payload clearly names another branch (`ref: refs/heads/x`); a hint, never trusted.
+
+    `branch` is the agent's ref (`main`, `refs/heads/main`, a tag or a SHA)."""
+    branch = branch.removeprefix("refs/heads/")
     try:
         ref = json.loads(body).get("ref")
     except (ValueError, AttributeError):

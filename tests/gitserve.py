@@ -89,6 +89,11 @@ class Upstream:
         self.push(force=True)
         return self.head()
 
+    def tag(self, name: str, rev: str = "HEAD", annotated: bool = False) -> None:
+        """Create or move tag `name` to `rev` and force-push it."""
+        git("tag", "-f", *(["-a", "-m", f"tag {name}"] if annotated else []), name, rev, cwd=self.work)
+        git("push", "--quiet", "--force", "origin", f"refs/tags/{name}", cwd=self.work)
+
     def revert(self) -> str:
         """`git revert HEAD` and push; return the new head."""
         git("revert", "--no-edit", "HEAD", cwd=self.work)
@@ -160,7 +165,7 @@ class _CgiHandler(BaseHTTPRequestHandler):
             "GIT_HTTP_EXPORT_ALL": "1", "PATH_INFO": path, "QUERY_STRING": query,
             "REQUEST_METHOD": self.command, "CONTENT_TYPE": self.headers.get("Content-Type", ""),
             "CONTENT_LENGTH": str(len(body)), "REMOTE_USER": user or "", "REMOTE_ADDR": "127.0.0.1",
-            "GIT_PROTOCOL": self.headers.get("Git-Protocol", ""),
+            "GIT_PROTOCOL": self.headers.get("Git-Protocol", "") if self.server.protocol_v2 else "",
             "HTTP_CONTENT_ENCODING": self.headers.get("Content-Encoding", ""),
         }
         out = subprocess.run([HTTP_BACKEND], input=body, env=env, capture_output=True, timeout=60).stdout
@@ -207,9 +212,10 @@ class GitHttpServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, root: Path, users: set[tuple[str, str]] | None = None) -> None:
+    def __init__(self, root: Path, users: set[tuple[str, str]] | None = None, protocol_v2: bool = True) -> None:
         super().__init__(("127.0.0.1", 0), _CgiHandler)
         self.root = root
+        self.protocol_v2 = protocol_v2  # False: protocol v0 only, where a server refuses unadvertised SHAs
         self.users = users if users is not None else set()
         self.requests = 0
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)

@@ -26,7 +26,9 @@ def sync() -> None:
 
 @sync.command(name="run")
 @click.option("--repo", required=True, help="Repository URL (https://, ssh://, git://, file:// or a path).")
-@click.option("--branch", default="main", show_default=True)
+@click.option("--ref", "--branch", "ref", envvar="KEEPTRUSTS_GIT_REF", default="main", show_default=True,
+              help="Branch, tag (lightweight or annotated) or full commit SHA to deploy (env KEEPTRUSTS_GIT_REF; "
+                   "--branch is an alias). A short name is looked up as a branch, then as a tag.")
 @click.option("--path", "config_path", default="policy-config.yaml", show_default=True,
               help="Config file, or a directory whose *.yaml files must all validate, relative to the repo root.")
 @state_dir_option
@@ -45,7 +47,7 @@ def sync() -> None:
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
               help="Per-sync deadline in seconds; a git still running then is killed.")
 @click.option("--keep", type=click.IntRange(min=1), default=5, show_default=True, help="Published revisions to keep.")
-def run(repo: str, branch: str, config_path: str, state_dir: str, interval: float, once: bool, depth: int,
+def run(repo: str, ref: str, config_path: str, state_dir: str, interval: float, once: bool, depth: int,
         max_failures: int | None, token_file: str | None, username: str | None, ssh_key: str | None,
         known_hosts: str | None, timeout: float, keep: int) -> None:
     """Run the sync agent: fetch, validate and publish every --interval; SIGHUP syncs now, SIGTERM stops."""
@@ -53,13 +55,13 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
 
     from sync.agent import AgentLocked, SyncAgent, SyncSettings
     from sync.credentials import Credentials
-    from sync.repo import Remote, check_branch_name
+    from sync.repo import Remote, check_ref_name
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        check_branch_name(branch)
+        check_ref_name(ref)
         creds = Credentials(token_file=token_file, ssh_key=ssh_key, known_hosts=known_hosts, username=username)
-        settings = SyncSettings(Remote(repo, branch, depth, creds), Path(state_dir), config_path, timeout, keep)
+        settings = SyncSettings(Remote(repo, ref, depth, creds), Path(state_dir), config_path, timeout, keep)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     agent = SyncAgent(settings)
@@ -90,7 +92,7 @@ def run(repo: str, branch: str, config_path: str, state_dir: str, interval: floa
         signal.signal(signal.SIGHUP, lambda *_: scheduler.trigger())
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-        click.echo(f"kt sync: {settings.remote.masked_url} branch {branch} path {settings.path} -> {settings.state_dir}"
+        click.echo(f"kt sync: {settings.remote.masked_url} ref {ref} path {settings.path} -> {settings.state_dir}"
                    f" every {interval:g}s (pid {os.getpid()})", err=True)
         scheduler.start()
         watchdog = sdnotify.watchdog_interval()
@@ -193,7 +195,8 @@ def _render(data: dict) -> None:
         return "never" if ts is None else f"{s[key]} ({_ago(now_ts - ts)})"
 
     rows = [
-        ("Repository", f"{s.get('repo')}  branch {s.get('branch')}  path {s.get('path')}"),
+        ("Repository", f"{s.get('repo')}  {s.get('ref_kind') or 'branch'} {s.get('ref') or s.get('branch')}"
+                       f"  path {s.get('path')}"),
         ("Applied", s.get("applied_revision") or "none"),
         ("Attempted", s.get("attempted_revision") or "none"),
         ("Remote head", s.get("remote_head") or "unknown"),
@@ -223,7 +226,9 @@ def embedded_sync_options(f):
     options = [
         click.option("--git-repo", help="Deploy the config from this Git repository (embedded sync agent); "
                                         "replaces --policy-config. URL forms as for `kt sync run --repo`."),
-        click.option("--git-branch", default="main", show_default=True, help="Branch to deploy."),
+        click.option("--git-ref", "--git-branch", "git_ref", envvar="KEEPTRUSTS_GIT_REF", default="main",
+                     show_default=True, help="Branch, tag or full commit SHA to deploy (env KEEPTRUSTS_GIT_REF; "
+                                             "--git-branch is an alias)."),
         click.option("--git-path", default="policy-config.yaml", show_default=True,
                      help="Config file in the repository (relative to its root)."),
         click.option("--sync-interval", type=click.FloatRange(min=0.05), default=60.0, show_default=True,
@@ -247,7 +252,7 @@ def embedded_sync_options(f):
     return f
 
 
-def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_branch: str, git_path: str,
+def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_ref: str, git_path: str,
                         sync_interval: float, git_depth: int, sync_timeout: float, sync_keep: int,
                         git_token_file: str | None, git_username: str | None, git_ssh_key: str | None,
                         git_known_hosts: str | None, webhook_secret_file: str | None):
@@ -257,14 +262,14 @@ def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_branch:
     from gateway.gitsync import EmbeddedSync
     from sync.agent import SyncSettings
     from sync.credentials import Credentials
-    from sync.repo import Remote, check_branch_name
+    from sync.repo import Remote, check_ref_name
     from sync.webhook import WebhookSecretError, load_secret
 
     try:
-        check_branch_name(git_branch)
+        check_ref_name(git_ref)
         creds = Credentials(token_file=git_token_file, ssh_key=git_ssh_key, known_hosts=git_known_hosts,
                             username=git_username)
-        settings = SyncSettings(Remote(git_repo, git_branch, git_depth, creds), Path(state_dir or DEFAULT_STATE_DIR),
+        settings = SyncSettings(Remote(git_repo, git_ref, git_depth, creds), Path(state_dir or DEFAULT_STATE_DIR),
                                 git_path, sync_timeout, sync_keep)
         secret = load_secret(webhook_secret_file)
     except ValueError as exc:
