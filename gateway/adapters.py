@@ -53,6 +53,14 @@ def is_anthropic(target: Target) -> bool:
     return target.format == "anthropic" or target.provider == "anthropic"
 
 
+def models_request(target: Target) -> tuple[str, dict[str, str]]:
+    """(URL, headers) of `GET /v1/models` on `target` with its credential: proves the key, spends no token."""
+    if is_anthropic(target):
+        return _url(target.base_url, "https://api.anthropic.com", "/models"), _headers(
+            target, {"anthropic-version": ANTHROPIC_VERSION})
+    return _url(target.base_url, "https://api.openai.com", "/models"), _headers(target)
+
+
 def supports_embeddings(target: Target) -> bool:
     return not is_anthropic(target)
 

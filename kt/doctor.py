@@ -1,8 +1,15 @@
-"""`kt doctor`: diagnose a local config and a running gateway; each check says how to fix a failure.
+"""`kt doctor`: diagnose a local config and a running gateway; each check says how to fix a problem.
+
+A health check, run as a container's liveness/readiness probe: a check *fails* only when the
+gateway cannot serve correctly (no valid config, gateway down or not ready, every provider
+target unusable, the event store not writable); drift, a refused head, a slow or rejecting
+control plane, one unusable target or an unset optional variable are *warnings*, which fail
+only under `strict`. A bad merge must not take every replica out at once.
 
 Every probe runs in its own daemon thread with a hard deadline (network calls also carry a
 socket timeout), so a diagnosis finishes within `timeout` seconds even when every remote hangs.
-No provider request is sent and no token is spent: providers get a TCP connect only.
+Providers get one authenticated `GET /v1/models` (no token spent); the control plane gets an
+empty event batch (nothing stored).
 """
 
 from __future__ import annotations
@@ -11,20 +18,21 @@ import http.client
 import json
 import os
 import re
-import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from importlib import import_module
 from pathlib import Path
 from typing import Any
+from urllib.error import HTTPError
 from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
 
 from sync.credentials import mask_url
 
 DEFAULT_GATEWAY = "http://127.0.0.1:41002"
-DEFAULT_BASE_URLS = {"openai": "https://api.openai.com", "anthropic": "https://api.anthropic.com"}
 MAX_CONFIG_AGE = 24 * 3600.0
 SEE_LIVENESS = "see the gateway liveness line"
 DRIFT_FIXES = {
@@ -42,7 +50,7 @@ class Check:
     """One line of the diagnosis."""
 
     name: str
-    status: str  # "ok" | "fail" | "skip"
+    status: str  # "ok" | "warn" | "fail" | "skip"
     detail: str
     fix: str = ""
 
@@ -50,13 +58,19 @@ class Check:
 @dataclass(frozen=True)
 class Report:
     checks: tuple[Check, ...]
+    strict: bool = False  # warnings fail too
 
     @property
     def ok(self) -> bool:
-        return all(c.status != "fail" for c in self.checks)
+        bad = ("fail", "warn") if self.strict else ("fail",)
+        return all(c.status not in bad for c in self.checks)
+
+    def count(self, status: str) -> int:
+        return sum(c.status == status for c in self.checks)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+        return {"ok": self.ok, "strict": self.strict, "failures": self.count("fail"),
+                "warnings": self.count("warn"), "checks": [asdict(c) for c in self.checks]}
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,10 @@ def _ok(name: str, detail: str) -> list[Check]:
 
 def _fail(name: str, detail: str, fix: str) -> list[Check]:
     return [Check(name, "fail", detail, fix)]
+
+
+def _warn(name: str, detail: str, fix: str) -> list[Check]:
+    return [Check(name, "warn", detail, fix)]
 
 
 # --- local config
@@ -108,7 +126,7 @@ def config_checks(path: str) -> list[Check]:
 
 
 def provider_probes(path: str, env: Mapping[str, str], timeout: float) -> list[Probe]:
-    """One probe per target: its secret is set and its base_url accepts a TCP connection."""
+    """One probe per target: its secret is set and the provider accepts it (`GET /v1/models`)."""
     from policies import ConfigError, load_config
 
     try:
@@ -122,32 +140,52 @@ def provider_probes(path: str, env: Mapping[str, str], timeout: float) -> list[P
 
 
 def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[Check]:
+    """Ask the provider for its model list with the target's key: reachable, answering, key accepted.
+
+    A `fail` here is one unusable target; `grade_providers` turns it into a warning while another
+    target is usable."""
+    from gateway.adapters import models_request
+
     name = f"provider {target.id}"
     if target.provider == "mock":
         return _ok(name, "mock: built-in demo upstream, no network or key needed")
     ref = target.secret_key_ref
-    secret = ""
+    if ref is not None and ref.store:
+        return _fail(name, f"secret_key_ref store:{ref.store} cannot be resolved by the gateway",
+                     f"use secret_key_ref {{env: VAR}} on target {target.id}")
     if ref is not None and ref.env and not env.get(ref.env):
         return _fail(name, f"secret {ref.env} is not set",
                      f"set {ref.env} in the gateway's environment (kt.env, .env or the Kubernetes Secret)")
-    if ref is not None and ref.store:
-        secret = f", secret from store '{ref.store}' (not checked)"
-    elif ref is not None:
-        secret = f", secret {ref.env} set"
-    url = target.base_url or DEFAULT_BASE_URLS.get(target.provider)
-    if not url:
-        return _fail(name, f"provider {target.provider} has no base_url",
-                     f"set base_url on target {target.id} in providers.targets")
-    parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    url, headers = models_request(target)
+    where = mask_url(url)
     started = time.monotonic()
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        return _fail(name, f"{host}:{port} unreachable ({exc.strerror or exc})",
-                     f"check DNS, firewall and egress proxy from this host to {host}:{port}")
+        with urlopen(Request(url, headers={**headers, "User-Agent": "kt-doctor"}), timeout=timeout) as resp:
+            status = resp.status
+    except HTTPError as exc:
+        status = exc.code
+        exc.close()
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        cause = getattr(exc, "reason", exc)
+        reason = f"no answer within {timeout:g}s" if isinstance(cause, TimeoutError) else \
+            getattr(cause, "strerror", None) or cause
+        return _fail(name, f"GET {where}: {reason}",
+                     f"check DNS, firewall and egress proxy from this host to {urlsplit(url).netloc}")
     ms = (time.monotonic() - started) * 1000
-    return _ok(name, f"{target.provider} {host}:{port} reachable ({ms:.0f} ms){secret}")
+    key = f" with {ref.env}" if ref is not None and ref.env else ""
+    if status in (401, 403):
+        return _fail(name, f"key rejected: GET {where}{key} answered HTTP {status}",
+                     f"put a valid {target.provider} key in {ref.env if ref and ref.env else 'the target secret'}")
+    if 200 <= status < 300:
+        return _ok(name, f"{target.provider} GET {where} HTTP {status} ({ms:.0f} ms), key accepted")
+    if status in (404, 405):
+        return _ok(name, f"{target.provider} GET {where} HTTP {status} ({ms:.0f} ms): reachable, "
+                   "no model list here, key not verified")
+    if status == 429:
+        return _warn(name, f"{target.provider} GET {where} HTTP 429: key accepted but rate-limited",
+                     "check the provider account's rate limits and quota")
+    return _fail(name, f"{target.provider} GET {where} answered HTTP {status}",
+                 "the provider is failing: check its status page; the gateway falls back to other targets")
 
 
 # --- HTTP
@@ -180,22 +218,48 @@ def _unreachable(name: str, url: str, exc: OSError, fix: str) -> list[Check]:
     return _fail(name, f"{mask_url(url)} unreachable: {reason}", fix)
 
 
+def http_post_json(url: str, path: str, body: Any, timeout: float, token: str | None) -> int:
+    """POST `body` as JSON to `path` on `url`; the status. Raises OSError on network failure."""
+    parts = urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "", parts.port, timeout=timeout)
+    headers = {"Content-Type": "application/json", "User-Agent": "kt-doctor"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request("POST", parts.path.rstrip("/") + path, body=json.dumps(body).encode(), headers=headers)
+        resp = conn.getresponse()
+        resp.read(1 << 16)
+        return resp.status
+    except (http.client.HTTPException, ValueError) as exc:
+        raise OSError(f"bad HTTP answer: {exc}") from exc
+    finally:
+        conn.close()
+
+
 def control_plane_check(env: Mapping[str, str], timeout: float) -> list[Check]:
-    """KEEPTRUSTS_API_URL answers and accepts the gateway token (a read of one event, nothing written)."""
+    """KEEPTRUSTS_API_URL accepts the gateway token for event submission.
+
+    Sends what the forwarder sends, `POST /v1/events {"events": []}`: an empty batch, so no
+    event is stored. Problems here are warnings: events wait in the gateway's local store."""
     url = env.get("KEEPTRUSTS_API_URL", "")
     token = env.get("KEEPTRUSTS_GATEWAY_TOKEN") or env.get("KEEPTRUSTS_API_TOKEN")
     name = "control plane"
+    waiting = "; events wait in the gateway's local store meanwhile"
     try:
-        status, _ = http_get(url, "/v1/events?limit=1", timeout, token)
+        status = http_post_json(url, "/v1/events", {"events": []}, timeout, token)
     except OSError as exc:
-        return _unreachable(name, url, exc, "check KEEPTRUSTS_API_URL and the network path to it")
+        down = _unreachable(name, url, exc, "check KEEPTRUSTS_API_URL and the network path to it" + waiting)
+        return [Check(name, "warn", c.detail, c.fix) for c in down]
     if status in (401, 403):
-        return _fail(name, f"{mask_url(url)} rejected the token (HTTP {status})",
-                     "set KEEPTRUSTS_GATEWAY_TOKEN to a valid gateway token" if token
-                     else "set KEEPTRUSTS_GATEWAY_TOKEN (the control plane requires one)")
-    if status >= 500:
-        return _fail(name, f"{mask_url(url)} answered HTTP {status}", "the control plane is failing: check its status")
-    return _ok(name, f"{mask_url(url)} reachable, token accepted (HTTP {status})")
+        return _warn(name, f"{mask_url(url)} token rejected for event submission (HTTP {status})",
+                     ("set KEEPTRUSTS_GATEWAY_TOKEN to a valid gateway token" if token
+                      else "set KEEPTRUSTS_GATEWAY_TOKEN (the control plane requires one)") + waiting)
+    if 200 <= status < 300:
+        return _ok(name, f"{mask_url(url)} accepts the gateway token for event submission "
+                   f"(empty batch, HTTP {status})")
+    return _warn(name, f"{mask_url(url)} answered HTTP {status} to an empty event batch (token not proven)",
+                 "check that KEEPTRUSTS_API_URL is the control plane's base URL and that it is healthy" + waiting)
 
 
 # --- events
@@ -237,10 +301,30 @@ def gateway_events_check(url: str, timeout: float) -> list[Check]:
         return _fail(name, f"event store error: {events['store_error']}; {detail}",
                      "make the gateway's state directory writable and check its disk space")
     if failures and backlog:
-        return _fail(name, f"events are not reaching the control plane: {detail}",
+        return _warn(name, f"events are not reaching the control plane: {detail}",
                      "check KEEPTRUSTS_API_URL reachability and KEEPTRUSTS_GATEWAY_TOKEN from the gateway host; "
                      "events wait in the local store meanwhile")
     return _ok(name, detail)
+
+
+def gateway_providers_check(url: str, timeout: float) -> list[Check]:
+    """The running gateway's targets (`/health`): every circuit open is a failure, some open a warning."""
+    name = "gateway providers"
+    try:
+        _, health = http_get(url, "/health", timeout)
+    except OSError as exc:
+        return _unreachable(name, url, exc, SEE_LIVENESS)
+    providers = health.get("providers") if isinstance(health, dict) else None
+    if not providers:
+        return [Check(name, "skip", "no targets reported (no config loaded)")]
+    down = sorted(t for t, p in providers.items() if isinstance(p, dict) and p.get("circuit") == "open")
+    fix = "the upstream keeps failing: check the provider's status, the key and egress (`kt doctor --config`)"
+    if len(down) == len(providers):
+        return _fail(name, f"every target's circuit is open: {', '.join(down)}", fix)
+    if down:
+        return _warn(name, f"circuit open for {', '.join(down)} ({len(providers) - len(down)} of "
+                     f"{len(providers)} targets usable)", fix)
+    return _ok(name, f"{len(providers)} target(s), no circuit open")
 
 
 def _metric(text: Any, name: str) -> float:
@@ -290,7 +374,7 @@ def status_checks(url: str, token: str | None, timeout: float, max_age: float) -
     except OSError as exc:
         return _unreachable("running config", url, exc, SEE_LIVENESS)
     if code == 401:
-        return _fail("running config", "/keeptrusts/status needs the admin token (HTTP 401)",
+        return _warn("running config", "/keeptrusts/status needs the admin token (HTTP 401): drift not checked",
                      "set KEEPTRUSTS_ADMIN_TOKEN to the gateway's admin token")
     if code != 200 or not isinstance(body, dict):
         return _fail("running config", f"/keeptrusts/status answered HTTP {code}", "check the gateway log")
@@ -308,7 +392,7 @@ def status_checks(url: str, token: str | None, timeout: float, max_age: float) -
     elif not body.get("sync"):
         checks += _ok("config age", f"plain file loaded {_duration(age)} ago (no Git sync to confirm it against)")
     elif age > max_age:
-        checks += _fail("config age", f"{_duration(age)} since the config was last confirmed against its source "
+        checks += _warn("config age", f"{_duration(age)} since the config was last confirmed against its source "
                         f"(limit {_duration(max_age)})", "the sync is not confirming the remote: `kt sync status`")
     else:
         checks += _ok("config age", f"{_duration(age)} since last confirmed against its source")
@@ -316,10 +400,10 @@ def status_checks(url: str, token: str | None, timeout: float, max_age: float) -
     reload = body.get("reload") or {}
     if drift.get("drifted"):
         reason = drift.get("reason") or "unknown"
-        checks += _fail("drift", f"running config differs from the desired one: {reason}",
+        checks += _warn("drift", f"running config differs from the desired one: {reason}",
                         DRIFT_FIXES.get(reason, "see /keeptrusts/status"))
     elif reload.get("last_result") == "error":
-        checks += _fail("drift", f"last reload failed: {reload.get('last_error')}",
+        checks += _warn("drift", f"last reload failed: {reload.get('last_error')}",
                         "fix the config; the previous one keeps serving")
     else:
         checks += _ok("drift", "none: the running config is the desired one")
@@ -328,7 +412,7 @@ def status_checks(url: str, token: str | None, timeout: float, max_age: float) -
         where = f"{sync.get('repo')} {sync.get('branch')}:{sync.get('path')}"
         failures = sync.get("consecutive_failures") or 0
         if failures:
-            checks += _fail("sync", f"{where}: {failures} failures in a row, last error: {sync.get('last_error')}",
+            checks += _warn("sync", f"{where}: {failures} failures in a row, last error: {sync.get('last_error')}",
                             "check the Git remote, credentials and network; the last good revision keeps serving")
         else:
             checks += _ok("sync", f"{where}, applied {str(sync.get('applied_revision') or '-')[:12]}")
@@ -350,7 +434,9 @@ def _duration(seconds: float) -> str:
 def plan(config: str | None, gateway: str | None, state_dir: str | None, env: Mapping[str, str],
          timeout: float, max_age: float = MAX_CONFIG_AGE) -> list[Probe]:
     """The probes for what was asked: a local config, a state directory, a gateway, the control plane."""
-    import policies  # noqa: F401  (imported here, not in a probe thread, so that it does not eat the deadline)
+    # imported here, not in a probe thread, so that importing does not eat the deadline
+    import_module("gateway.adapters")
+    import_module("policies")
 
     net = max(0.2, min(2.0, timeout / 2))
     probes: list[Probe] = []
@@ -361,8 +447,9 @@ def plan(config: str | None, gateway: str | None, state_dir: str | None, env: Ma
         probes.append(Probe("control plane", lambda: control_plane_check(env, net),
                             "check KEEPTRUSTS_API_URL and the network path to it"))
     else:
-        probes.append(Probe("control plane", lambda: [Check(
-            "control plane", "skip", "KEEPTRUSTS_API_URL not set: events stay in the gateway's local store")]))
+        probes.append(Probe("control plane", lambda: _warn(
+            "control plane", "KEEPTRUSTS_API_URL not set: events stay in the gateway's local store",
+            "set KEEPTRUSTS_API_URL (and KEEPTRUSTS_GATEWAY_TOKEN) to ship events to the control plane")))
     if state_dir:
         probes.append(Probe("event store", lambda: state_dir_check(state_dir)))
     if gateway:
@@ -372,12 +459,13 @@ def plan(config: str | None, gateway: str | None, state_dir: str | None, env: Ma
             Probe("gateway liveness", lambda: liveness_check(gateway, net), down),
             Probe("gateway readiness", lambda: readiness_check(gateway, net), down),
             Probe("running config", lambda: status_checks(gateway, token, net, max_age), down),
+            Probe("gateway providers", lambda: gateway_providers_check(gateway, net), down),
             Probe("event pipeline", lambda: gateway_events_check(gateway, net), down),
         ]
     return probes
 
 
-def run(probes: list[Probe], timeout: float) -> Report:
+def run(probes: list[Probe], timeout: float, strict: bool = False) -> Report:
     """Run every probe concurrently; a probe still running at the deadline fails as timed out."""
     results: dict[int, list[Check]] = {}
 
@@ -398,7 +486,15 @@ def run(probes: list[Probe], timeout: float) -> Report:
     for i, probe in enumerate(probes):
         done = results.get(i)
         checks += done if done is not None else _fail(probe.name, f"no answer within {timeout:g}s", probe.fix)
-    return Report(tuple(_fold_unreachable(checks)))
+    return Report(tuple(grade_providers(_fold_unreachable(checks))), strict)
+
+
+def grade_providers(checks: list[Check]) -> list[Check]:
+    """An unusable target is a warning while another target is usable (the gateway falls back to it)."""
+    targets = [c for c in checks if c.name.startswith("provider ")]
+    if not any(c.status in ("ok", "warn") for c in targets):
+        return checks
+    return [Check(c.name, "warn", c.detail, c.fix) if c in targets and c.status == "fail" else c for c in checks]
 
 
 def _fold_unreachable(checks: list[Check]) -> list[Check]:
@@ -411,7 +507,8 @@ def _fold_unreachable(checks: list[Check]) -> list[Check]:
 
 
 def diagnose(config: str | None = None, gateway: str | None = None, state_dir: str | None = None,
-             env: Mapping[str, str] | None = None, timeout: float = 4.0, max_age: float = MAX_CONFIG_AGE) -> Report:
-    """Plan and run the checks (see `plan`)."""
+             env: Mapping[str, str] | None = None, timeout: float = 4.0, max_age: float = MAX_CONFIG_AGE,
+             strict: bool = False) -> Report:
+    """Plan and run the checks (see `plan`); `strict` makes warnings fail the report."""
     env = os.environ if env is None else env
-    return run(plan(config, gateway, state_dir, env, timeout, max_age), timeout)
+    return run(plan(config, gateway, state_dir, env, timeout, max_age), timeout, strict)

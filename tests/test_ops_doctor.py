@@ -79,15 +79,28 @@ def dripping_server() -> Iterator[str]:
 
 
 class ControlPlane(BaseHTTPRequestHandler):
-    """A stand-in control plane: GET /v1/events accepts only `Bearer good-token`."""
+    """A stand-in control plane: POST /v1/events stores the batch, only for `Bearer good-token`."""
 
-    def do_GET(self) -> None:
-        ok = self.path.startswith("/v1/events") and self.headers.get("Authorization") == "Bearer good-token"
-        body = b'{"events": []}' if ok else b'{"error": "unauthorized"}'
-        self.send_response(200 if ok else 401)
+    stored: list[dict] = []
+    requests: list[tuple[str, str]] = []
+
+    def _answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self.requests.append(("GET", self.path))
+        self._answer(200, b'{"events": []}')
+
+    def do_POST(self) -> None:
+        batch = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        self.requests.append(("POST", self.path))
+        if self.path != "/v1/events" or self.headers.get("Authorization") != "Bearer good-token":
+            return self._answer(401, b'{"error": "unauthorized"}')
+        self.stored.extend(batch["events"])
+        self._answer(202, b'{"accepted": %d}' % len(batch["events"]))
 
     def log_message(self, *args: object) -> None:
         pass
@@ -95,7 +108,43 @@ class ControlPlane(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def control_plane() -> Iterator[str]:
+    ControlPlane.stored, ControlPlane.requests = [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), ControlPlane)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+class Provider(BaseHTTPRequestHandler):
+    """A stand-in provider: GET /v1/models with an OpenAI (`Bearer`) or Anthropic (`x-api-key`) key."""
+
+    seen: list[tuple[str, str]] = []
+
+    def do_GET(self) -> None:
+        key = self.headers.get("x-api-key") if self.headers.get("anthropic-version") else \
+            (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+        self.seen.append((self.command, self.path))
+        ok = self.path == "/v1/models" and key == "sk-good-secret-value"
+        body = b'{"data": [{"id": "m"}]}' if ok else b'{"error": {"message": "invalid x-api-key"}}'
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:  # a completion would spend tokens: never expected
+        self.seen.append((self.command, self.path))
+        self.send_response(500)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def provider() -> Iterator[str]:
+    Provider.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Provider)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -124,8 +173,12 @@ def test_valid_config_passes(tmp_path: Path) -> None:
     assert checks["chain"]["status"] == "ok" and "audit-logger" in checks["chain"]["detail"]
     assert checks["provider demo"]["status"] == "ok"
     assert checks["event store"]["status"] == "ok"
-    assert checks["control plane"]["status"] == "skip"
+    # an unset optional variable is a warning: exit 0, and 1 only with --strict
+    assert checks["control plane"]["status"] == "warn" and "KEEPTRUSTS_API_URL" in checks["control plane"]["fix"]
+    assert report["warnings"] == 1 and report["failures"] == 0
     assert not any(name.startswith("gateway") for name in checks), "no gateway is checked unless asked"
+    code, report = kt_doctor("--config", str(DEFAULT_CONFIG), "--state-dir", str(tmp_path / "state"), "--strict")
+    assert code == 1 and report["ok"] is False and report["strict"] is True
 
 
 def test_human_output_has_header_marks_and_fixes(tmp_path: Path) -> None:
@@ -148,45 +201,79 @@ def test_invalid_config_fails_with_findings(tmp_path: Path) -> None:
     assert checks["chain"]["status"] == "skip"
 
 
-def test_provider_secret_and_reachability(tmp_path: Path, hanging_listener: str) -> None:
+def test_providers_are_asked_for_their_models_with_their_key(tmp_path: Path, provider: str,
+                                                          hanging_listener: str) -> None:
     closed = free_port()
-    config = write_config(tmp_path, f"""    - id: no-secret
+    config = write_config(tmp_path, f"""    - id: good-openai
       provider: openai
       model: a
-      base_url: {hanging_listener}
-      secret_key_ref: {{env: KT_DOCTOR_TEST_MISSING_KEY}}
-    - id: reachable
+      base_url: {provider}
+      secret_key_ref: {{env: KT_DOCTOR_GOOD_KEY}}
+    - id: good-anthropic
+      provider: anthropic
+      model: claude
+      base_url: {provider}/v1
+      secret_key_ref: {{env: KT_DOCTOR_GOOD_KEY}}
+    - id: bad-key
       provider: openai
       model: b
+      base_url: {provider}
+      secret_key_ref: {{env: KT_DOCTOR_BAD_KEY}}
+    - id: silent
+      provider: openai
+      model: c
       base_url: {hanging_listener}
-      secret_key_ref: {{env: KT_DOCTOR_TEST_KEY}}
+      secret_key_ref: {{env: KT_DOCTOR_GOOD_KEY}}
     - id: refused
       provider: anthropic
-      model: c
+      model: d
       base_url: http://127.0.0.1:{closed}
-      secret_key_ref: {{env: KT_DOCTOR_TEST_KEY}}""")
-    code, report = kt_doctor("--config", str(config), env={"KT_DOCTOR_TEST_KEY": "sk-test-secret-value"})
+      secret_key_ref: {{env: KT_DOCTOR_GOOD_KEY}}
+    - id: no-secret
+      provider: openai
+      model: e
+      base_url: {provider}
+      secret_key_ref: {{env: KT_DOCTOR_TEST_MISSING_KEY}}""")
+    env = {"KT_DOCTOR_GOOD_KEY": "sk-good-secret-value", "KT_DOCTOR_BAD_KEY": "sk-bad-secret-value"}
+    code, report = kt_doctor("--config", str(config), "--state-dir", str(tmp_path / "s"), "--timeout", "3", env=env)
     checks = by_name(report)
-    assert code == 1
-    assert checks["provider no-secret"]["status"] == "fail"
+    good = checks["provider good-openai"]
+    assert good["status"] == "ok" and "key accepted" in good["detail"]
+    assert checks["provider good-anthropic"]["status"] == "ok"
+    bad = checks["provider bad-key"]
+    assert "key rejected" in bad["detail"] and "401" in bad["detail"] and "KT_DOCTOR_BAD_KEY" in bad["fix"]
+    assert "no answer within" in checks["provider silent"]["detail"], "an accepting listener that never answers"
+    assert "refused" in checks["provider refused"]["detail"].lower()
     assert "KT_DOCTOR_TEST_MISSING_KEY" in checks["provider no-secret"]["detail"]
-    assert checks["provider reachable"]["status"] == "ok", "a TCP connect is enough: no request, no token spent"
-    assert checks["provider refused"]["status"] == "fail" and "unreachable" in checks["provider refused"]["detail"]
-    assert f":{closed}" in checks["provider refused"]["fix"]
-    assert "sk-test-secret-value" not in json.dumps(report)
+    # one unusable target is a warning while others serve: exit 0
+    assert {checks[f"provider {t}"]["status"] for t in ("bad-key", "silent", "refused", "no-secret")} == {"warn"}
+    assert code == 0, report
+    assert set(Provider.seen) == {("GET", "/v1/models")}, "only the model list: no token spent"
+    assert "secret-value" not in json.dumps(report)
+
+    # every target unusable: the gateway cannot serve, whatever --strict says
+    env["KT_DOCTOR_GOOD_KEY"] = "sk-other-secret-value"
+    code, report = kt_doctor("--config", str(config), "--state-dir", str(tmp_path / "s"), "--timeout", "3", env=env)
+    checks = by_name(report)
+    assert code == 1 and checks["provider good-openai"]["status"] == "fail"
+    assert "key rejected" in checks["provider good-anthropic"]["detail"]
+    assert "secret-value" not in json.dumps(report)
 
 
-def test_control_plane_token_accepted_and_rejected(control_plane: str) -> None:
-    code, report = kt_doctor("--gateway", "http://127.0.0.1:1", env={
+def test_control_plane_token_proven_by_an_empty_batch(control_plane: str) -> None:
+    _, report = kt_doctor("--gateway", "http://127.0.0.1:1", env={
         "KEEPTRUSTS_API_URL": control_plane, "KEEPTRUSTS_GATEWAY_TOKEN": "good-token"})
-    assert by_name(report)["control plane"]["status"] == "ok", report
-    code, report = kt_doctor("--gateway", "http://127.0.0.1:1", env={
+    check = by_name(report)["control plane"]
+    assert check["status"] == "ok" and "event submission" in check["detail"], report
+    assert ControlPlane.requests == [("POST", "/v1/events")] and ControlPlane.stored == [], "nothing stored"
+    _, report = kt_doctor("--gateway", "http://127.0.0.1:1", env={
         "KEEPTRUSTS_API_URL": control_plane.replace("http://", "http://user:pw@"),
         "KEEPTRUSTS_GATEWAY_TOKEN": "bad-token"})
     check = by_name(report)["control plane"]
-    assert code == 1 and check["status"] == "fail" and "rejected the token" in check["detail"]
+    assert check["status"] == "warn" and "token rejected" in check["detail"] and "401" in check["detail"]
     assert "KEEPTRUSTS_GATEWAY_TOKEN" in check["fix"]
     assert "pw@" not in json.dumps(report) and "bad-token" not in json.dumps(report)
+    assert ControlPlane.stored == []
 
 
 def test_unwritable_state_dir(tmp_path: Path) -> None:
@@ -225,6 +312,29 @@ def test_every_remote_hanging_still_finishes(tmp_path: Path, hanging_listener: s
     assert "no answer within 2.5s" in checks["gateway liveness"]["detail"]
     assert "no answer within 2.5s" in checks["running config"]["detail"]
     # a listener that never answers trips the socket timeout
-    assert checks["control plane"]["status"] == "fail"
+    assert checks["control plane"]["status"] == "warn"
     assert "timed out" in checks["control plane"]["detail"] or "no answer" in checks["control plane"]["detail"]
     assert checks["config"]["status"] == "ok"
+
+
+def test_a_refused_reload_on_a_running_gateway_is_a_warning(tmp_path: Path) -> None:
+    from tests.gateway_process import GatewayProcess
+    from tests.waiting import wait_for
+
+    config = write_config(tmp_path, "    - {id: demo, provider: mock, model: demo-model}")
+    gw = GatewayProcess(config, tmp_path / "state")
+    try:
+        code, report = kt_doctor("--gateway", gw.url)
+        checks = by_name(report)
+        assert code == 0 and checks["drift"]["status"] == "ok" and checks["gateway providers"]["status"] == "ok"
+        config.write_text("pack: {name: doctor-test, version: 2.0.0, enabled: true}\npolicies: {chain: [nope]}\n")
+        wait_for(lambda: gw.get("/keeptrusts/status")[1]["reload"]["last_result"] == "error", timeout=20)
+        code, report = kt_doctor("--gateway", gw.url)
+        checks = by_name(report)
+        assert code == 0, report  # the last good config keeps serving: the probe must not fail every replica
+        assert checks["drift"]["status"] == "warn" and "reload_failed" in checks["drift"]["detail"]
+        assert checks["gateway readiness"]["status"] == "ok"
+        code, report = kt_doctor("--gateway", gw.url, "--strict")
+        assert code == 1 and report["failures"] == 0 and report["warnings"] >= 1
+    finally:
+        gw.stop()
