@@ -48,6 +48,8 @@ class GatewaySettings:
     fail_mode: str = "block"
     max_body_size: int = 10 * MIB
     drain_timeout: float = 30.0
+    client_timeout: float = 30.0  # longest silence of a client sending a request, or not reading an answer
+    max_connections: int | None = None  # None: what the open-file limit allows (gateway.http1.default_max_connections)
     keys: GatewayKeys | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     breaker_threshold: int = 5

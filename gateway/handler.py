@@ -198,8 +198,8 @@ class Handler:
 
     def _connection_closed(self) -> None:
         self.on_connection_close()
-        if self._task is None and not self._finished:  # gone before the request was complete
-            self._status = 499
+        if self._task is None and not self._finished:  # gone (or timed out) before the request was complete
+            self._status = 408 if getattr(self.connection, "timed_out", False) else 499
             self._done()
 
 
@@ -250,9 +250,7 @@ class _Dispatch(httputil.HTTPMessageDelegate):
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         handler = self.dispatcher.routes.get(start_line.path.partition("?")[0])
-        if handler is not None:
-            if start_line.version == "HTTP/1.1" and "Host" not in headers:  # as HTTPServerRequest refuses it
-                raise httputil.HTTPInputError("Missing Host header")
+        if handler is not None:  # (the server refused a request without exactly one Host header)
             self.delegate = _Delegate(handler(self.dispatcher.app.settings, self.request_conn))
         else:
             self.delegate = self.dispatcher.app.start_request(self.server_conn, self.request_conn)

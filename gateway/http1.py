@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import resource
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -39,11 +41,17 @@ log = logging.getLogger("kt.gateway")
 
 MAX_HEADER_SIZE = 64 * 1024  # request line + headers, as Tornado's default
 IDLE_TIMEOUT = 75.0  # seconds a keep-alive connection may wait for (the head of) its next request
+CLIENT_TIMEOUT = 30.0  # seconds a client may stay silent while sending a request, or not read a response
 _BACKLOG_LIMIT = 256 * 1024  # parsed body bytes not yet taken by a handler before reading pauses
 _SWEEP_INTERVAL = 1.0  # seconds between checks for idle connections and body timeouts (at most)
+_FD_RESERVE = 128  # open files kept for what is not a client connection (listeners, event store, logs, git)
+_LINGER = 1.0  # seconds a connection refused over --max-connections stays open for its client to read the 503
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _HEADERS, _BODY, _END = 0, 1, 2
+_CHUNKED = -1  # `Request.upgrade_body` of a chunked body
+# absolute-form (RFC 9112 3.2.2): scheme, optional userinfo, the authority, then the path and query
+_ABSOLUTE = re.compile(rb"https?://(?:[^/?#@]*@)?([^/?#@]+)([/?][^#]*)?(?:#.*)?", re.IGNORECASE | re.DOTALL)
 
 
 class _Reject(Exception):
@@ -58,12 +66,64 @@ class _Drop(Exception):
     """Raised in a parser callback: a body beyond the hard cap; drop the connection unread."""
 
 
-def error_response(status: int, code: str, message: str) -> bytes:
-    """A complete `Connection: close` response carrying the gateway's JSON error envelope."""
-    body = GatewayError(status, "validation_error", code, message).body()
+class _Halt(Exception):
+    """Raised in a parser callback: the connection is being closed; parse nothing more."""
+
+
+class _Primed:
+    """Parser callbacks after an Upgrade request with a body (kt does not upgrade).
+
+    llhttp treats the bytes after an Upgrade request's head as another protocol, so the body
+    would be parsed as a request of its own. A fresh parser is primed with a head that carries
+    the same framing (Content-Length or chunked): its callbacks are swallowed, then the body
+    and every later request go to the connection as usual."""
+
+    __slots__ = ("conn", "priming")
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.priming = True
+
+    def on_message_begin(self) -> None:
+        if not self.priming:
+            self.conn.on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        if not self.priming:
+            self.conn.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.priming:
+            self.conn.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.priming:
+            self.priming = False
+        else:
+            self.conn.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.conn.on_message_complete()
+
+
+def error_response(status: int, code: str, message: str, type_: str = "validation_error", extra: str = "") -> bytes:
+    """A complete `Connection: close` response carrying the gateway's JSON error envelope (`extra`: header lines)."""
+    body = GatewayError(status, type_, code, message).body()
     reason = httputil.responses.get(status, "Error")
     return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            "Connection: close\r\n\r\n").encode("latin1") + body
+            f"{extra}Connection: close\r\n\r\n").encode("latin1") + body
+
+
+def default_max_connections() -> int:
+    """Client connections the open-file limit allows: each may hold an upstream connection too, and a
+    reserve of files stays for the rest of the process."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, (soft - _FD_RESERVE) // 2)
 
 
 def _closed_future() -> asyncio.Future[None]:
@@ -96,17 +156,25 @@ class HTTP1Server:
     connection closed without reading the body; a chunked body crossing it drops the connection."""
 
     def __init__(self, delegate: httputil.HTTPServerConnectionDelegate, *, max_body_size: int,
-                 idle_timeout: float = IDLE_TIMEOUT, max_header_size: int = MAX_HEADER_SIZE) -> None:
+                 idle_timeout: float = IDLE_TIMEOUT, max_header_size: int = MAX_HEADER_SIZE,
+                 client_timeout: float = CLIENT_TIMEOUT, max_connections: int | None = None) -> None:
         self.delegate = delegate
+        self.max_connections = max_connections or default_max_connections()
+        self.refused = 0  # connections answered 503 over max_connections
+        self._refused_logged = -60.0
+        self._unavailable = error_response(
+            503, "too_many_connections", f"the gateway serves at most {self.max_connections} connections at once "
+            "(--max-connections); retry shortly", "unavailable", "Retry-After: 1\r\n")
         self.max_body_size = max_body_size
         self.idle_timeout = idle_timeout
         self.max_header_size = max_header_size
+        self.client_timeout = client_timeout
         self.connections: set[Connection] = set()
         self.draining = False
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
         self._empty: asyncio.Future[None] | None = None
-        self._sweep_interval = min(_SWEEP_INTERVAL, idle_timeout / 2)
+        self._sweep_interval = min(_SWEEP_INTERVAL, idle_timeout / 2, client_timeout / 2)
 
     async def add_sockets(self, sockets: Iterable[socket.socket]) -> None:
         """Accept connections on these bound, listening sockets (`tornado.netutil.bind_sockets`)."""
@@ -173,6 +241,8 @@ class Connection(asyncio.Protocol):
         self.backlog = 0  # queued body bytes
         self.reading_paused = False
         self.write_paused = False
+        self.write_paused_at = 0.0  # loop time of the last pause_writing
+        self.last_read = 0.0  # loop time of the last bytes received (or reading resumed)
         self.waiters: list[asyncio.Future[None]] = []
         self._error: bytes | None = None  # answered (then close) once the requests before it are answered
         self._advancing = False
@@ -191,14 +261,18 @@ class Connection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.context = Context(transport.get_extra_info("peername"), family)
+        if len(self.server.connections) >= self.server.max_connections:
+            self._refuse()
+            return
         self.ready: asyncio.Future[None] = loop.create_future()  # what writes return while not paused
         self.ready.set_result(None)
-        self.idle_since = loop.time()
+        self.idle_since = self.last_read = loop.time()
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.last_read = self.loop.time()
         self._feeding = True
         try:
             while True:
@@ -206,9 +280,12 @@ class Connection(asyncio.Protocol):
                     self.parser.feed_data(data)
                     break
                 except httptools.HttpParserUpgrade as exc:
-                    # An Upgrade (h2c, websocket) this server does not speak: the request was answered as
-                    # plain HTTP/1.1 (no 101), so the client goes on in HTTP/1.1 after it.
+                    # kt does not upgrade (h2c, websocket; RFC 9110 7.8): the request is answered as plain
+                    # HTTP/1.1 (no 101), its body read by its framing, and the client goes on in HTTP/1.1.
                     data = data[int(exc.args[0]):]
+                    req = self.parsing
+                    if req is not None and req.upgrade_body:
+                        self._prime(req)
                     if not data:
                         break
         except httptools.HttpParserError as exc:
@@ -250,6 +327,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_paused_at = self.loop.time()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -263,6 +341,8 @@ class Connection(asyncio.Protocol):
 
     # --- httptools callbacks ------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self.closing or self._error is not None:
+            raise _Halt  # a request before this one was refused: nothing after it is read
         req = self.parsing = self.last = Request(self)
         if self.current is None:
             self.current = req
@@ -296,11 +376,34 @@ class Connection(asyncio.Protocol):
         parser = self.parser
         req.head_done = True
         version = "HTTP/" + parser.get_http_version()
-        req.start_line = httputil.RequestStartLine(parser.get_method().decode("latin1"), req.url.decode("latin1"),
-                                                   version)
-        req.keep_alive = parser.should_keep_alive()
+        method = parser.get_method().decode("latin1")
+        if version != "HTTP/1.1" and version != "HTTP/1.0":
+            raise _Reject(505, "http_version_not_supported", f"{version} is not served here; send HTTP/1.1")
         headers = req.headers
-        if "Content-Length" in headers:
+        hosts = headers.get_list("Host")
+        if len(hosts) != 1 and (hosts or version == "HTTP/1.1"):  # RFC 9112 3.2
+            raise _Reject(400, "bad_request", "a request needs exactly one Host header (HTTP/1.1 requires it); "
+                          f"this one has {len(hosts)}")
+        upgrade = parser.should_upgrade()
+        if upgrade and method == "CONNECT":
+            raise _Reject(405, "method_not_allowed", "CONNECT is not served: kt is an API gateway, not a forward "
+                          "proxy; send requests such as POST /v1/chat/completions")
+        url = req.url
+        if url[:1] != b"/":
+            url = self._origin_form(req, method)
+        req.start_line = httputil.RequestStartLine(method, url.decode("latin1"), version)
+        req.keep_alive = parser.should_keep_alive()
+        size = 0
+        if "Transfer-Encoding" in headers:
+            codings = headers.get_list("Transfer-Encoding")
+            if len(codings) != 1 or codings[0].strip().lower() != "chunked":
+                raise _Reject(501, "unsupported_transfer_encoding",
+                              f"Transfer-Encoding {', '.join(codings)!r} is not supported: send the body with "
+                              "Content-Length, or with 'Transfer-Encoding: chunked' alone")
+            if version != "HTTP/1.1":  # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding is faulty
+                raise _Reject(400, "bad_request", "Transfer-Encoding needs HTTP/1.1; send Content-Length")
+            size = _CHUNKED
+        elif "Content-Length" in headers:
             length = headers["Content-Length"]
             try:
                 size = int(length)
@@ -310,13 +413,16 @@ class Connection(asyncio.Protocol):
                 raise _Reject(413, "request_too_large",
                               f"request body is {size} bytes, far beyond what this gateway accepts "
                               "(--max-body-size); it was not read")
+        if upgrade:
+            req.upgrade_body = size  # llhttp would read what follows the head as the upgraded protocol
         if version == "HTTP/1.1" and "Expect" in headers and headers["Expect"].lower() == "100-continue":
             req.expect_continue = True
         req.push(_HEADERS, None)
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing
-        assert req is not None
+        if req is None:
+            raise _Halt
         req.body_size += len(body)
         if req.body_size > req.max_body_size:
             raise _Drop
@@ -324,7 +430,10 @@ class Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         req = self.parsing
-        assert req is not None
+        if req is None:
+            raise _Halt
+        if req.upgrade_body:
+            return  # the body follows: see `_prime`
         req.parsed_done = True
         self.parsing = None
         req.push(_END, None)
@@ -362,6 +471,7 @@ class Connection(asyncio.Protocol):
             if self.reading_paused and not self.queue and self.backlog <= _BACKLOG_LIMIT and self._error is None:
                 self.reading_paused = False
                 if not self.closing:
+                    self.last_read = self.loop.time()  # silence while not reading is not the client's
                     self.transport.resume_reading()
         finally:
             self._advancing = False
@@ -401,20 +511,85 @@ class Connection(asyncio.Protocol):
         self.closing = True
         self.transport.abort()
 
+    def _refuse(self) -> None:
+        """Over --max-connections: a 503 at once, then close (after a short linger, so the client reads it)."""
+        self.closing = True  # what arrives is dropped unread
+        server, transport = self.server, self.transport
+        server.refused += 1
+        now = self.loop.time()
+        if now - server._refused_logged >= 10:
+            server._refused_logged = now
+            log.warning("refusing connections with 503: %d open, --max-connections %d (%d refused so far)",
+                        len(server.connections), server.max_connections, server.refused)
+        transport.write(server._unavailable)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self.loop.call_later(_LINGER, transport.close)
+
     def check_timeouts(self, now: float) -> None:
-        if self.idle_since and now - self.idle_since > self.server.idle_timeout:
+        if self.closing:
+            return
+        server = self.server
+        if self.idle_since and now - self.idle_since > server.idle_timeout:
             self.close()
+            return
+        if self.write_paused:
+            if now - self.write_paused_at > server.client_timeout:
+                log.info("closing a connection from %s: the client read nothing of the response for %g s "
+                         "(--client-timeout)", self.context, server.client_timeout)
+                self.abort()
+            return
         req = self.current
         if req is not None and req.body_deadline and not req.read_done and now > req.body_deadline:
             log.info("closing a connection from %s: request body timeout", self.context)
             self.abort()
+            return
+        req = self.parsing
+        if req is not None and not self.reading_paused and now - self.last_read > server.client_timeout:
+            self._timed_out(req)
+
+    def _timed_out(self, req: Request) -> None:
+        """The client went silent in the middle of a request: 408 while an answer can still be written, then close."""
+        part = "body" if req.head_done else "head"
+        timeout = self.server.client_timeout
+        log.info("closing a connection from %s: no bytes of the request %s for %g s (--client-timeout)",
+                 self.context, part, timeout)
+        req.timed_out = True
+        if req is self.current and not req.headers_written:
+            self.transport.write(error_response(408, "request_timeout",
+                                                f"the request {part} stalled: nothing arrived for {timeout:g} s; "
+                                                "send the whole request without pausing"))
+        self.close()
+
+    def _prime(self, req: Request) -> None:
+        """Read the body of an Upgrade request by its framing: a fresh parser, primed with that framing."""
+        size, req.upgrade_body = req.upgrade_body, 0
+        framing = b"Transfer-Encoding: chunked" if size == _CHUNKED else b"Content-Length: %d" % size
+        self.parser = httptools.HttpRequestParser(_Primed(self))
+        self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+
+    def _origin_form(self, req: Request, method: str) -> bytes:
+        """The path of a target that is not origin-form: absolute-form is served like it (its authority
+        is the Host, RFC 9112 3.2.2), `OPTIONS *` stays; anything else is refused."""
+        url = req.url
+        if url == b"*" and method == "OPTIONS":
+            return url
+        match = _ABSOLUTE.fullmatch(url)
+        if match is None:
+            raise _Reject(400, "bad_request", "the request target must be a path such as /v1/chat/completions "
+                          "(or an absolute http:// URL)")
+        req.headers["Host"] = match[1].decode("latin1")
+        path = match[2] or b"/"
+        return path if path[:1] == b"/" else b"/" + path
 
     def _head_message(self) -> str:
         return f"request line and headers exceed {self.server.max_header_size} bytes"
 
     def _parser_error(self, exc: httptools.HttpParserError) -> None:
         cause = exc.__context__
-        if isinstance(cause, _Drop):
+        if isinstance(cause, _Halt):
+            pass
+        elif isinstance(cause, _Drop):
             log.info("dropping a connection from %s: request body beyond %d bytes", self.context,
                      self.parsing.max_body_size if self.parsing else self.server.max_body_size)
             self.abort()
@@ -460,6 +635,8 @@ class Request(httputil.HTTPConnection):
     expect_continue = False
     body_size = 0
     body_deadline = 0.0
+    upgrade_body = 0  # an Upgrade request's body still to read: its Content-Length, or _CHUNKED
+    timed_out = False  # closed by --client-timeout while this request was being received
     parsed_done = False  # the parser saw the end of the request
     read_done = False  # ... and the handler was told (delegate.finish)
     events: deque[tuple[int, bytes | None]] | None = None
@@ -546,8 +723,10 @@ class Request(httputil.HTTPConnection):
 
     def _send_continue(self) -> None:
         self.expect_continue = False
-        if not self.headers_written and not self.parsed_done and not self.conn.closing:
-            self.conn.transport.write(_CONTINUE)
+        conn = self.conn
+        if not self.headers_written and not self.parsed_done and not conn.closing:
+            conn.last_read = conn.loop.time()  # the client waited for this: its silence starts now
+            conn.transport.write(_CONTINUE)
 
     # --- tornado.httputil.HTTPConnection --------------------------------------------------------
     def write_headers(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,

@@ -44,6 +44,7 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contr
                 "X-Accel-Buffering": "no"}
 
 
+_CLIENT_FAULTS = {499: "client_closed", 408: "request_timeout"}  # error codes of requests the client left unfinished
 _BUDGET_REASONS = frozenset({"budget_exceeded", "agent_budget_exceeded"})
 
 
@@ -207,8 +208,8 @@ class AuthedHandler(BaseHandler):
             self.runtime.in_flight -= 1
             rec = self.record
             rec.status = rec.status or self.get_status()
-            if rec.status == 499 and rec.error_code is None:
-                rec.error_code = "client_closed"
+            if rec.error_code is None and rec.status in _CLIENT_FAULTS:
+                rec.error_code = _CLIENT_FAULTS[rec.status]
             if rec.error_code is None:
                 rec.error_code = self.error_code
             if self.emits_event:

@@ -136,7 +136,10 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
     # Bodies up to twice the limit are read and answered 413 with the envelope (by the handler); beyond
     # that the server answers 413 and closes without reading on (Content-Length) or drops the connection.
     limit = settings.max_body_size * 2 + 1024 * 1024
-    server = HTTP1Server(Dispatcher(app, ROUTES), max_body_size=limit, idle_timeout=75)
+    server = HTTP1Server(Dispatcher(app, ROUTES), max_body_size=limit, idle_timeout=75,
+                         client_timeout=settings.client_timeout, max_connections=settings.max_connections)
+    log.info("client connections: at most %d at once (--max-connections), --client-timeout %g s",
+             server.max_connections, settings.client_timeout)
     sockets = bind_sockets(settings.port, settings.host or None, backlog=1024)
     await server.add_sockets(sockets)
     ops.connections = lambda: len(server.connections)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ def free_port() -> int:
 class GatewayProcess:
     """`python -m kt gateway run` with its own state dir; stderr (JSON logs) goes to a file."""
 
-    def __init__(self, config: Path, state_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, config: Path, state_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 preexec: Callable[[], None] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state_dir = state_dir
@@ -36,7 +38,8 @@ class GatewayProcess:
         cmd = [sys.executable, "-m", "kt", "gateway", "run", "--policy-config", str(config),
                "--listen", f"127.0.0.1:{self.port}", "--state-dir", str(state_dir), *args]
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=self.env)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=self.env,
+                                     preexec_fn=preexec)  # e.g. a lower open-file limit
         wait_for(self._ready, timeout=20, message=f"gateway did not become ready; log:\n{self.logs()}")
 
     def _ready(self) -> bool:

@@ -64,6 +64,14 @@ def gateway() -> None:
 @click.option("--max-body-size", default="10MiB", show_default=True, help="Largest request body; larger gets 413.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds to let in-flight requests finish after SIGTERM/SIGINT.")
+@click.option("--client-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
+              envvar="KEEPTRUSTS_GATEWAY_CLIENT_TIMEOUT",
+              help="Longest silence (s) of a client sending a request head or body, or not reading its "
+                   "answer; past it the connection closes (408 when an answer can still be sent).")
+@click.option("--max-connections", type=click.IntRange(min=1), default=None,
+              envvar="KEEPTRUSTS_GATEWAY_MAX_CONNECTIONS",
+              help="Client connections at once; past it a new one gets 503 and is closed. "
+                   "[default: (open-file limit - 128) / 2]")
 @click.option("--keys-file", type=click.Path(dir_okay=False), default=None,
               help="Gateway keys: lines of '<sha256 hex> <label>'. Without it the gateway is open.")
 @click.option("--upstream-connect-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True,
@@ -81,9 +89,9 @@ def gateway() -> None:
               show_default=True, help="info logs one line per request; warning drops those.")
 @embedded_sync_options
 def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str, max_body_size: str,
-        drain_timeout: float, keys_file: str | None, upstream_connect_timeout: float,
-        upstream_read_timeout: float, state_dir: str | None, watch_config: bool, log_format: str,
-        log_level: str, **git: Any) -> None:
+        drain_timeout: float, client_timeout: float, max_connections: int | None, keys_file: str | None,
+        upstream_connect_timeout: float, upstream_read_timeout: float, state_dir: str | None,
+        watch_config: bool, log_format: str, log_level: str, **git: Any) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
     from gateway.app import GatewaySettings
     from gateway.httpclient import Proxy
@@ -111,6 +119,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
     setup_logging(log_format, log_level)
     settings = GatewaySettings(
         host=host, port=listen_port, fail_mode=fail_mode, max_body_size=size, drain_timeout=drain_timeout,
+        client_timeout=client_timeout, max_connections=max_connections,
         keys=keys, timeouts=Timeouts(upstream_connect_timeout, upstream_read_timeout),
         state_dir=Path(state_dir) if state_dir else None, watch_config=watch_config,
     )
