@@ -1,4 +1,4 @@
-"""`kt gateway run`: the proxy in the foreground (flags in docs/gateway.md)."""
+"""`kt gateway run`: the proxy in the foreground (flags in docs/gateway.md); `kt gateway status`: the fleet."""
 
 from __future__ import annotations
 
@@ -135,3 +135,79 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
     finally:
         shutdown_logging()
     sys.exit(code)
+
+
+@gateway.command(name="status")
+@click.option("--gateway", "urls", multiple=True, metavar="URL", envvar="KEEPTRUSTS_GATEWAY_URL",
+              help="A gateway to ask (repeatable) [env KEEPTRUSTS_GATEWAY_URL, space-separated; "
+                   "default http://127.0.0.1:41002]. Sends $KEEPTRUSTS_ADMIN_TOKEN when set.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: {ok, revisions, problems, gateways[{url, reachable, error, status}]}.")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True,
+              help="Seconds to wait for each gateway (they are asked concurrently).")
+def status(urls: tuple[str, ...], as_json: bool, timeout: float) -> None:
+    """The fleet at a glance: each gateway's revision, pack, config age, drift and last sync.
+
+    Exit 0 when every gateway answers, none is drifted and all run the same revision; 1 otherwise.
+    """
+    import json
+    import os
+
+    from kt import fleet
+    from kt.doctor import DEFAULT_GATEWAY
+
+    members = fleet.survey(list(urls) or [DEFAULT_GATEWAY], os.environ.get("KEEPTRUSTS_ADMIN_TOKEN") or None, timeout)
+    result = fleet.report(members)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        _render_fleet(members, result)
+    sys.exit(0 if result["ok"] else 1)
+
+
+def _render_fleet(members: list[Any], result: dict[str, Any]) -> None:
+    import time
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from kt.commands.sync import _ago
+    from sync.credentials import mask_url
+    from sync.status import parse_time
+
+    now = time.time()
+    majority = max(result["revisions"], key=lambda r: sum(m.revision == r for m in members), default=None)
+    table = Table(title="kt gateways", title_justify="left")
+    for column in ("GATEWAY", "REVISION", "PACK", "CONFIG AGE", "DRIFT", "LAST SYNC"):
+        table.add_column(column)
+    for m in members:
+        url = escape(mask_url(m.url))
+        if m.error:
+            table.add_row(url, f"[red]{escape(m.error)}[/red]", "", "", "", "")
+            continue
+        s = m.status or {}
+        config = s.get("config") or {}
+        pack = config.get("pack") or {}
+        revision = (m.revision or "none")[:12]
+        color = "green" if m.revision and (m.revision == majority and len(result["revisions"]) == 1) else "red"
+        age = s.get("age_seconds")
+        drifted, reason = m.drift
+        sync = s.get("sync")
+        if sync:
+            success = parse_time(sync.get("last_success_at"))
+            last = "never" if success is None else _ago(now - success)
+            if sync.get("consecutive_failures"):
+                last += f", {sync['consecutive_failures']} failing"
+        else:
+            last = "- (plain file)"
+        table.add_row(url, f"[{color}]{escape(revision)}[/{color}] ({escape(str(config.get('source') or '?'))})",
+                      escape(f"{pack.get('name')}@{pack.get('version')}") if pack else "-",
+                      "unknown" if age is None else _ago(age).removesuffix(" ago"),
+                      f"[red]{escape(str(reason))}[/red]" if drifted else "[green]none[/green]", escape(last))
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)  # a pipe gets whole lines
+    console.print(table)
+    for problem in result["problems"]:
+        console.print(f"[red]✗[/red] {escape(problem)}")
+    if result["ok"]:
+        console.print(f"[green]✓[/green] {len(members)} gateway(s) agree on revision {escape(majority or '')[:12]}")

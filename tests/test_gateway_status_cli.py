@@ -1,0 +1,96 @@
+"""`kt gateway status`: the fleet at a glance, over real gateway processes and an unreachable URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.gateway_process import GatewayProcess, free_port
+from tests.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN = "fleet-admin-token"
+
+
+def config_text(version: str) -> str:
+    return (f"pack: {{name: fleet-pack, version: {version}, enabled: true}}\n"
+            "providers:\n  targets:\n    - {id: demo, provider: mock, model: demo-model}\n"
+            "policies:\n  chain: [audit-logger]\npolicy:\n  audit-logger: {retention_days: 30}\n")
+
+
+def kt_status(*urls: str, as_json: bool = True, token: str | None = ADMIN) -> tuple[int, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPTRUSTS_")}
+    if token:
+        env["KEEPTRUSTS_ADMIN_TOKEN"] = token
+    args = [a for url in urls for a in ("--gateway", url)] + (["--json"] if as_json else [])
+    proc = subprocess.run([sys.executable, "-m", "kt", "gateway", "status", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, proc.stdout
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[GatewayProcess, GatewayProcess, Path, Path]]:
+    configs = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
+    for path in configs:
+        path.write_text(config_text("1.0.0"))
+    gateways = []
+    try:
+        for i, path in enumerate(configs):
+            gateways.append(GatewayProcess(path, tmp_path / f"state-{i}", env={"KEEPTRUSTS_ADMIN_TOKEN": ADMIN}))
+        yield gateways[0], gateways[1], configs[0], configs[1]
+    finally:
+        for gw in gateways:
+            gw.stop()
+
+
+def test_fleet_agrees_then_disagrees_drifts_and_loses_a_member(fleet) -> None:
+    a, b, config_a, config_b = fleet
+    code, out = kt_status(a.url, b.url)
+    report = json.loads(out)
+    assert code == 0 and report["ok"] is True and report["problems"] == [], report
+    assert len(report["revisions"]) == 1 and [g["reachable"] for g in report["gateways"]] == [True, True]
+    status = report["gateways"][0]["status"]
+    assert status["config"]["pack"] == {"name": "fleet-pack", "version": "1.0.0"} and "drift" in status
+
+    code, out = kt_status(a.url, b.url, as_json=False)
+    assert code == 0 and "fleet-pack@1.0.0" in out and "agree on revision" in out, out
+
+    # b runs another config: the fleet disagrees on the revision
+    config_b.write_text(config_text("2.0.0"))
+    wait_for(lambda: b.get("/keeptrusts/status")[1]["config"]["pack"]["version"] == "2.0.0", timeout=20)
+    down = f"http://127.0.0.1:{free_port()}"
+    code, out = kt_status(a.url, b.url, down)
+    report = json.loads(out)
+    assert code == 1 and report["ok"] is False and len(report["revisions"]) == 2
+    assert any("disagree on the revision" in p for p in report["problems"])
+    assert any(p.startswith(down) and "unreachable" in p for p in report["problems"])
+    assert report["gateways"][2] == {"url": down, "reachable": False, "error": report["gateways"][2]["error"],
+                                     "status": None}
+
+    code, out = kt_status(a.url, b.url, down, as_json=False)
+    assert code == 1 and "fleet-pack@2.0.0" in out and "unreachable" in out and "disagree" in out, out
+
+    # same revision again, but a drifts (a refused edit): still not in agreement
+    config_b.write_text(config_text("1.0.0"))
+    wait_for(lambda: b.get("/keeptrusts/status")[1]["config"]["pack"]["version"] == "1.0.0", timeout=20)
+    assert kt_status(a.url, b.url)[0] == 0
+    config_a.write_text("pack: {name: fleet-pack, version: 3.0.0, enabled: true}\npolicies: {chain: [nope]}\n")
+    wait_for(lambda: a.get("/keeptrusts/status")[1]["drift"]["drifted"], timeout=20)
+    code, out = kt_status(a.url, b.url)
+    report = json.loads(out)
+    assert code == 1 and report["problems"] == [f"{a.url}: drifted (reload_failed)"], report
+
+
+def test_the_admin_token_is_needed_and_sent(fleet) -> None:
+    a, _, _, _ = fleet
+    code, out = kt_status(a.url, token=None)
+    report = json.loads(out)
+    assert code == 1 and "KEEPTRUSTS_ADMIN_TOKEN" in report["gateways"][0]["error"]
+    assert kt_status(a.url)[0] == 0
