@@ -27,6 +27,7 @@ from typing import Any
 from gateway import metrics, sdnotify
 from gateway.runtime import Runtime, Snapshot
 from policies import ConfigError, Finding, PolicyState, load_config_bytes
+from sync import manifest
 
 log = logging.getLogger("kt.gateway.reload")
 _REVISION_DIR = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -53,6 +54,54 @@ def sync_state_of(path: str | Path) -> Path | None:
     return published[0] if published else None
 
 
+def _current_link(path: str | Path) -> Path | None:
+    """The `<state>/current` symlink on the (unresolved) config path, when it is read through a sync state dir."""
+    p = Path(os.path.abspath(path))
+    for anc in p.parents:
+        if anc.name == "current" and anc.is_symlink() and (anc.parent / "revisions").is_dir():
+            return anc
+    return None
+
+
+def resolve_config(path: str | Path) -> tuple[str, str | None]:
+    """(file to read, sha256 it must have): for a config read through `<state>/current`, the file inside
+    the published revision, checked against the digest the agent recorded; else the real path and None.
+
+    Refused with `ConfigError`: `current` not pointing at `<state>/revisions/<sha>` or the config's real
+    path leaving that revision (E110), a revision that no longer matches its digest (E111)."""
+    link = _current_link(path)
+    if link is None:
+        return os.path.realpath(path), None
+    revisions = os.path.realpath(link.parent / "revisions")
+    rev = os.path.realpath(link)  # resolved once: a flip while loading cannot mix two revisions
+    if os.path.dirname(rev) != revisions or not _REVISION_DIR.match(os.path.basename(rev)):
+        raise ConfigError(str(path), [Finding("E110", "", f"{link} points at {rev}, not at a revision "
+                                              f"published in {revisions}")])
+    inside = os.path.relpath(os.path.abspath(path), link)
+    try:
+        real = os.path.realpath(os.path.join(rev, inside), strict=True)
+    except OSError as exc:
+        raise ConfigError(str(path), [Finding("E100", "", f"cannot read file: {exc.strerror or exc}")]) from exc
+    if not real.startswith(rev + os.sep):
+        raise ConfigError(str(path), [Finding("E110", "", f"{path} resolves to {real}, outside the published "
+                                              f"revision {os.path.basename(rev)[:12]}")])
+    try:
+        recorded = manifest.verify(Path(rev))
+    except manifest.Tampered as exc:
+        raise ConfigError(str(path), [Finding("E111", "", f"published revision refused: {exc}")]) from None
+    return real, recorded.get(os.path.relpath(real, rev))
+
+
+def read_verified(path: str | Path) -> tuple[str, bytes, str]:
+    """(real path, bytes, sha256) of the config at `path`, checked as `resolve_config` says."""
+    real, expected = resolve_config(path)
+    data, sha = read_config(real)
+    if expected is not None and sha != expected:
+        raise ConfigError(str(path), [Finding("E111", "", f"{real} changed after it was published "
+                                              f"(sha256 {sha[:12]}, recorded {expected[:12]})")])
+    return real, data, sha
+
+
 def read_config(path: str | Path) -> tuple[bytes, str]:
     """The config bytes and their sha256; `ConfigError` when unreadable."""
     try:
@@ -64,8 +113,7 @@ def read_config(path: str | Path) -> tuple[bytes, str]:
 
 def load_snapshot(path: str | Path, state: PolicyState | None = None) -> Snapshot:
     """Read, validate and compile the config at `path` into a new `Snapshot` (blocking)."""
-    real = os.path.realpath(path)  # resolve `<state>/current` once: the bytes and the revision from one tree
-    data, sha = read_config(real)
+    real, data, sha = read_verified(path)  # `<state>/current` resolved once: bytes and revision from one tree
     config = load_config_bytes(data, str(path), state)
     revision, source = revision_of(real, sha)
     return Snapshot(config=config, revision=revision, source=source, path=str(path))
@@ -182,8 +230,7 @@ class Reloader:
         try:
             # Resolve `<state>/current` once: a publish flipping it between reading the bytes and naming
             # the revision would otherwise label the old config with the new revision.
-            real = os.path.realpath(self.path)
-            data, sha = await loop.run_in_executor(None, read_config, real)
+            real, data, sha = await loop.run_in_executor(None, read_verified, self.path)
             revision, source = revision_of(real, sha)
             if current is not None and current.sha256 == sha:
                 self.confirmed_at = time.time()

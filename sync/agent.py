@@ -19,7 +19,9 @@ from pathlib import Path
 
 from policies import load_config
 from sync import metrics
+from sync.manifest import Tampered, verify, write_manifest
 from sync.publish import (
+    REVISIONS,
     check_config_path,
     cleanup,
     content_digest,
@@ -28,7 +30,6 @@ from sync.publish import (
     install,
     new_tmp_dir,
     prune,
-    revision_of,
     validate,
 )
 from sync.repo import GitError, Mirror, Remote, UnsafeTree, ref_kind
@@ -37,6 +38,7 @@ from sync.status import parse_time, read_status, rfc3339, write_status
 log = logging.getLogger("kt.sync")
 LOCK = ".lock"
 PID = "sync.pid"
+UNSAFE_CODE = "E110"  # finding: the commit cannot be published safely (a link leaving it)
 GC_EVERY = 50  # publishes between `git gc` runs of the private clone (fetches never gc: gc.auto=0)
 
 
@@ -171,28 +173,33 @@ class SyncAgent:
     def _sync(self, status: dict, deadline: float) -> SyncResult:
         s = self.settings
         cleanup(self.state)
+        # A tampered publication is put back first, whether or not the head is valid or the remote is up;
+        # if its commit is not in the clone yet (re-clone, old state dir), it is tried again after the fetch.
+        try:
+            restored, missed = self._restore_applied(status, deadline), None
+        except GitError as exc:
+            restored, missed = False, exc
         head = self._fetch(deadline)
         status.update(remote_head=head, ref_kind=ref_kind(self.mirror.source or s.remote.ref),
                       last_fetch_at=rfc3339(time.time()))
-        if head == status.get("applied_revision") and self._published_intact(status):
-            return SyncResult("noop", head)
+        if missed is not None:
+            restored = self._restore_applied(status, deadline)
+        if head == status.get("applied_revision"):
+            return SyncResult("success" if restored else "noop", head)
         if head == self._rejected and status.get("attempted_revision") == head:
             return SyncResult("rejected", head, error=status.get("last_error"), error_kind="rejected",
                               findings=tuple(status.get("findings") or ()))
         status["attempted_revision"] = head
-        kept = self.state / str(status.get("applied_dir") or "-")
-        digest = status.get("applied_digest")
-        if head == status.get("applied_revision") and digest and content_digest(kept, s.path) == digest:
-            flip(self.state, kept)  # `current` was lost but the published copy is intact
-            return SyncResult("success", head)
         tmp = new_tmp_dir(self.state, head)
         try:
             try:
-                self._export(head, tmp, deadline)
+                files = self._export(head, tmp, deadline)
                 findings = validate(tmp, s.path)
             except UnsafeTree as exc:
-                findings = [{"file": s.path, "code": "E101", "path": "", "message": str(exc),
-                             "suggestion": "remove symlinks that point outside the repository", "line": None}]
+                findings = [{"file": s.path, "code": UNSAFE_CODE, "path": "",
+                             "message": f"commit {head[:12]} cannot be published safely: {exc}",
+                             "suggestion": "commit the config as plain files; symlinks may only point at files "
+                                           "of the same commit", "line": None}]
             if findings:
                 self._rejected = head
                 first = "; ".join(f"{f['file']}: {f['code']} {f['message']}" for f in findings[:3])
@@ -201,8 +208,7 @@ class SyncAgent:
                                   error_kind="rejected", findings=tuple(findings))
             digest = content_digest(tmp, s.path)
             sha256, pack = _config_identity(tmp / s.path)
-            final = install(self.state, tmp, head)
-            flip(self.state, final)
+            final = self._publish(head, tmp, files)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -217,6 +223,47 @@ class SyncAgent:
             self.mirror.gc(max(deadline - time.monotonic(), 10))
         return SyncResult("success", head)
 
+    def _publish(self, sha: str, tmp: Path, files: dict[str, str]) -> Path:
+        """Record the manifest, install `tmp` as `revisions/<sha>`, flip `current`, keep its commit."""
+        final = self.state / REVISIONS / sha
+        write_manifest(final, sha, files)
+        install(self.state, tmp, sha)
+        flip(self.state, final)
+        self.mirror.pin(sha)
+        return final
+
+    def _restore_applied(self, status: dict, deadline: float) -> bool:
+        """Put the applied revision back when `current` or its files no longer match what was published:
+        reuse the kept copy if it still verifies, else re-export it from its Git objects. True if restored."""
+        applied = status.get("applied_revision")
+        if not applied:
+            return False
+        live = current_dir(self.state)
+        kept = self.state / REVISIONS / applied
+        try:
+            if live is None or live.resolve() != kept.resolve():
+                raise Tampered("`current` does not point at the applied revision" if live else "`current` is missing")
+            verify(live)
+            return False
+        except Tampered as exc:
+            log.warning("published revision %s is not what was published (%s); restoring it from Git",
+                        applied[:12], exc)
+        try:
+            verify(kept)
+            flip(self.state, kept)
+            return True
+        except Tampered:
+            pass
+        self.mirror.ensure_commit(self.settings.remote, applied, max(deadline - time.monotonic(), 1))
+        tmp = new_tmp_dir(self.state, applied)
+        try:
+            files = self.mirror.export(applied, self.settings.path, tmp, max(deadline - time.monotonic(), 1))
+            self._publish(applied, tmp, files)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return True
+
     def _fetch(self, deadline: float) -> str:
         rebuilt = self.mirror.ensure()
         if rebuilt:
@@ -230,21 +277,19 @@ class SyncAgent:
             self.mirror.reset()
             return self.mirror.fetch(self.settings.remote, deadline - time.monotonic())
 
-    def _export(self, head: str, tmp: Path, deadline: float) -> None:
+    def _export(self, head: str, tmp: Path, deadline: float) -> dict[str, str]:
+        path = self.settings.path
         try:
-            self.mirror.export(head, tmp, deadline - time.monotonic())
+            return self.mirror.export(head, path, tmp, deadline - time.monotonic())
         except GitError as exc:
+            if exc.kind == "timeout":
+                raise
             log.warning("cannot export %s (%s); re-cloning", head[:12], exc)
             shutil.rmtree(tmp, ignore_errors=True)
             self.mirror.reset()
             if self.mirror.fetch(self.settings.remote, deadline - time.monotonic()) != head:
                 raise GitError("repo", "the branch moved while the clone was repaired; next run retries") from None
-            self.mirror.export(head, tmp, deadline - time.monotonic())
-
-    def _published_intact(self, status: dict) -> bool:
-        live = current_dir(self.state)
-        return (live is not None and revision_of(live.name) == status.get("applied_revision")
-                and content_digest(live, self.settings.path) == status.get("applied_digest"))
+            return self.mirror.export(head, path, tmp, deadline - time.monotonic())
 
 
 def _config_identity(path: Path) -> tuple[str | None, dict | None]:

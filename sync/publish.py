@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path, PurePosixPath
 
 from policies import ConfigError, load_config
+from sync.manifest import SUFFIX, manifest_path
 
 REVISIONS = "revisions"
 CURRENT = "current"
@@ -114,7 +115,7 @@ def prune(state: Path, keep: int) -> list[str]:
     if not revisions.is_dir():
         return []
     live = current_dir(state)
-    dirs = [d for d in revisions.iterdir() if not d.name.startswith(".")]
+    dirs = [d for d in revisions.iterdir() if not d.name.startswith(".") and d.is_dir() and not d.is_symlink()]
     dirs.sort(key=lambda d: d.lstat().st_mtime, reverse=True)
     removed = []
     kept = 0
@@ -125,7 +126,11 @@ def prune(state: Path, keep: int) -> list[str]:
             kept += 1
             continue
         _remove(d)
+        manifest_path(d).unlink(missing_ok=True)
         removed.append(d.name)
+    for orphan in revisions.glob(f"*{SUFFIX}"):  # a manifest whose revision is gone
+        if not (revisions / orphan.name.removesuffix(SUFFIX)).is_dir():
+            orphan.unlink(missing_ok=True)
     return removed
 
 

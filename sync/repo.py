@@ -1,25 +1,30 @@
 """The agent's private clone: fetch one ref (branch, tag or commit) shallowly, export one commit's tree, repair itself.
 
 The clone is a bare repository at `<state>/repo`; nothing is ever checked out inside it, so the
-only state is objects and one ref (`refs/kt/head`). Git runs with `LC_ALL=C` (GitPython sets it),
-a timeout that kills it and its children, and credentials only in its environment.
+only state is objects and two refs (`refs/kt/head`, the fetched head; `refs/kt/applied`, the
+published commit). Git runs isolated from the host's git setup (sync.gitenv), under a timeout
+that kills it and its children, with credentials only in its environment.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 import shutil
-import tarfile
-import tempfile
+import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import git
-
 from sync.credentials import CredentialError, Credentials, mask_url, redact
+from sync.errors import GitError, UnsafeTree
+from sync.export import export_config
+from sync.gitenv import git_command, git_environment, git_home
+
+__all__ = ["GitError", "Mirror", "Remote", "UnsafeTree", "check_ref_name", "ref_kind"]
 
 log = logging.getLogger("kt.sync")
 HEAD_REF = "refs/kt/head"
@@ -27,23 +32,12 @@ _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 SCAN_REFS = "refs/kt/scan/"  # all branches and tags, fetched only to look up a SHA the server will not serve by SHA
 _MISSING_REF = re.compile(r"couldn't find remote ref|could not find remote ref", re.IGNORECASE)
 _REFUSED_SHA = re.compile(r"not our ref|unadvertised object|allow request for unadvertised", re.IGNORECASE)
+APPLIED_REF = "refs/kt/applied"  # keeps the applied commit's objects (restores after tampering) through gc
 _AUTH = re.compile(
     r"authentication failed|could not read (username|password)|terminal prompts disabled|permission denied"
     r"|host key verification failed|returned error: 40[13]|http 40[13]|access denied|invalid credentials",
     re.IGNORECASE,
 )
-
-
-class UnsafeTree(Exception):
-    """The commit's tree cannot be exported safely (e.g. a symlink leaving the tree): refuse it."""
-
-
-class GitError(Exception):
-    """A git step that failed. `kind`: unreachable, auth, branch_missing, timeout, repo."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -102,23 +96,28 @@ class Mirror:
         self.path = Path(path)
         self.askpass = Path(askpass)
         self.source: str | None = None  # what the last fetch resolved the ref to (`refs/tags/v1`, a SHA)
+        self.home = self.path.parent  # git's private HOME lives in the state dir (sync.gitenv.git_home)
 
     def _git(self, args: list[str], timeout: float, env: dict[str, str] | None = None,
-             secrets: list[str] | None = None, output_stream=None) -> str:
-        cmd = git.Git(str(self.path))
-        started = time.monotonic()
+             secrets: list[str] | None = None, input: bytes | None = None) -> str:
+        """Run one isolated git command (see sync.gitenv) in the clone; its stdout, stripped of the last newline."""
+        cmd = git_command(args)
+        full_env = git_environment(git_home(self.home), env)
         try:
-            out = cmd.execute(["git", "-c", "credential.helper=", "-c", "core.askPass=", *args],
-                              kill_after_timeout=max(timeout, 0.1), env=env or {}, output_stream=output_stream)
-        except git.GitCommandError as exc:
-            stderr = redact(str(exc.stderr or "").strip(), secrets or [])
-            # GitPython marks a kill in stderr, but not when the process died first; the clock decides too.
-            if "Timeout:" in stderr or time.monotonic() - started >= timeout * 0.95:
-                raise GitError("timeout", f"git {args[0]} did not finish within {timeout:g} s (killed)") from None
-            raise GitError("repo", f"git {args[0]} failed: {_last_lines(stderr)}") from None
+            proc = subprocess.Popen(cmd, cwd=self.path, env=full_env,
+                                    stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         except OSError as exc:
             raise GitError("repo", f"cannot run git: {exc.strerror}") from None
-        return out if isinstance(out, str) else ""
+        try:
+            out, err = proc.communicate(input, timeout=max(timeout, 0.1))
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            raise GitError("timeout", f"git {args[0]} did not finish within {timeout:g} s (killed)") from None
+        if proc.returncode:
+            stderr = redact(err.decode("utf-8", "replace").strip(), secrets or [])
+            raise GitError("repo", f"git {args[0]} failed: {_last_lines(stderr)}")
+        return out.decode("utf-8", "surrogateescape").removesuffix("\n")
 
     def healthy(self) -> bool:
         """Quick check: a bare repo we can open, with no lock file left by a killed git."""
@@ -227,24 +226,54 @@ class Mirror:
             for scanned in self._git(["for-each-ref", "--format=%(refname)", SCAN_REFS], 30).split():
                 self._git(["update-ref", "-d", scanned], 30)  # only HEAD_REF keeps objects alive
 
-    def export(self, sha: str, dest: Path, timeout: float) -> None:
-        """Write the tree of commit `sha` into the new directory `dest` (no .git, no index)."""
-        dest.mkdir(parents=True)
-        with tempfile.TemporaryFile(dir=dest.parent) as tar:
-            self._git(["archive", "--format=tar", sha], timeout, output_stream=tar)
-            tar.seek(0)
-            try:
-                with tarfile.open(fileobj=tar, mode="r:") as archive:
-                    archive.extractall(dest, filter="data")
-            except tarfile.FilterError as exc:
-                raise UnsafeTree(f"commit {sha[:12]} cannot be published safely: {exc}") from None
-            except tarfile.TarError as exc:
-                raise GitError("repo", f"cannot unpack commit {sha[:12]}: {exc}") from None
+    def pin(self, sha: str) -> None:
+        """Point `refs/kt/applied` at the commit just published."""
+        self._git(["update-ref", APPLIED_REF, sha], 30)
+
+    def ensure_commit(self, remote: Remote, sha: str, timeout: float) -> None:
+        """Make sure commit `sha` is in the clone, fetching it by id if it was lost (re-clone, old state)."""
+        if self._has_commit(sha):
+            return
+        try:
+            url, env, secrets = remote.credentials.git_env(remote.url, self.askpass)
+        except CredentialError as exc:
+            raise GitError("auth", str(exc)) from None
+        with contextlib.suppress(GitError):
+            self._git(["fetch", "--no-tags", "--no-auto-gc", "--no-write-fetch-head", "--quiet", "--depth=1",
+                       "--", url, f"+{sha}:{APPLIED_REF}"], timeout, env, secrets)
+        if not self._has_commit(sha):
+            raise GitError("repo", f"the applied commit {sha[:12]} is no longer in the clone and the remote "
+                                   "does not serve it by id; it cannot be restored")
+
+    def _has_commit(self, sha: str) -> bool:
+        try:
+            self._git(["cat-file", "-e", f"{sha}^{{commit}}"], 30)
+            return True
+        except GitError:
+            return False
+
+    def export(self, sha: str, path: str, dest: Path, timeout: float) -> dict[str, str]:
+        """Write the config at `path` of commit `sha` into the new directory `dest` (see sync.export);
+        {repo-relative path: sha256} of the files written."""
+        return export_config(self, sha, path, dest, timeout)
+
+    def popen(self, args: list[str]) -> subprocess.Popen[bytes]:
+        """A long-running isolated git command in the clone with stdin/stdout pipes (the caller reaps it)."""
+        return subprocess.Popen(git_command(args), cwd=self.path, env=git_environment(git_home(self.home)),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
 
     def gc(self, timeout: float = 120) -> None:
         """Drop objects no longer reachable from our ref (old shallow commits); failures are harmless."""
         with contextlib.suppress(GitError):
             self._git(["gc", "--quiet", "--prune=now"], timeout)
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a git command and everything it started (its own session), then reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
 
 
 def _classify(exc: GitError, remote: Remote) -> GitError:

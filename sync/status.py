@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sync.manifest import Tampered, verify
 from sync.publish import TMP, content_digest, current_dir
 
 STATUS = "status.json"
@@ -71,18 +72,16 @@ def read_status(state: Path) -> dict[str, Any] | None:
 def drift(state: Path, status: dict[str, Any] | None, reload_failed: bool = False) -> tuple[bool, str | None]:
     """(drifted, reason): whether what is published differs from what should run, and why.
 
-    `reload_failed` (the gateway refused its config) wins once a revision was published; before
-    that the gateway has nothing to load and the agent's state says why."""
+    `modified` (what `current` shows no longer matches the digest recorded at publish) comes first;
+    then `reload_failed` (the gateway refused its config) once a revision was published; before that
+    the gateway has nothing to load and the agent's state says why."""
     if status is None:
         return True, "reload_failed" if reload_failed else "pending"
+    if status.get("applied_revision") and _modified(Path(state), status):
+        return True, "modified"  # checked first: it is also why a gateway refuses its reload
     if reload_failed and status.get("applied_revision"):
         return True, "reload_failed"
     applied = status.get("applied_revision")
-    digest = status.get("applied_digest")
-    if applied and digest:
-        live = current_dir(Path(state))
-        if live is None or content_digest(live, status.get("path") or ".") != digest:
-            return True, "modified"
     if status.get("last_result") == "rejected":
         return True, "rejected"
     if status.get("last_result") == "error" and status.get("error_kind") in FETCH_ERRORS:
@@ -90,6 +89,19 @@ def drift(state: Path, status: dict[str, Any] | None, reload_failed: bool = Fals
     if not applied or (status.get("remote_head") and status["remote_head"] != applied):
         return True, "pending"
     return False, None
+
+
+def _modified(state: Path, status: dict[str, Any]) -> bool:
+    """True when what `current` shows is not the applied revision as it was published."""
+    live = current_dir(state)
+    if live is None:
+        return True
+    try:
+        verify(live)
+    except Tampered:
+        return True
+    digest = status.get("applied_digest")
+    return bool(digest) and content_digest(live, status.get("path") or ".") != digest
 
 
 def age_seconds(status: dict[str, Any] | None, now: float) -> float | None:

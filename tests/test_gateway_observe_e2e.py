@@ -19,6 +19,7 @@ import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
+from sync import manifest
 from tests.gateway_process import GatewayProcess
 from tests.waiting import wait_for
 
@@ -54,6 +55,7 @@ def publish(state, commit: str, text: str) -> None:
     rev = state / "revisions" / commit
     rev.mkdir(parents=True)
     (rev / "policy-config.yaml").write_text(text)
+    manifest.record(rev)  # the digest the agent records before it flips `current`
     tmp = state / f".tmp-current-{commit}"
     os.symlink(f"revisions/{commit}", tmp)
     os.replace(tmp, state / "current")

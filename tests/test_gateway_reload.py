@@ -10,6 +10,7 @@ import pytest
 
 from gateway.reload import Reloader, load_snapshot, revision_of, watch_dirs
 from gateway.runtime import Runtime
+from sync import manifest
 from tests.waiting import async_wait_for
 
 SHA_A = "a" * 40
@@ -34,6 +35,7 @@ def publish(state, sha: str, text: str) -> None:
     rev = state / "revisions" / sha
     rev.mkdir(parents=True)
     (rev / "policy-config.yaml").write_text(text)
+    manifest.record(rev)  # the digest the agent records before it flips `current`
     tmp = state / f".current-{sha}"
     os.symlink(f"revisions/{sha}", tmp)
     os.replace(tmp, state / "current")

@@ -172,9 +172,9 @@ def test_full_state_dir_keeps_the_old_revision(upstream, tmp_path):
     args = ["sync", "run", "--repo", upstream.url, "--state-dir", str(state), "--once"]
     assert kt(*args).returncode == 0
     before = os.readlink(state / "current")
-    upstream.commit({CFG: config_yaml("2.0.0")})
+    upstream.commit({CFG: config_yaml("2.0.0") + "#" * 9000 + "\n"})  # compresses to a small git object
 
-    def small_disk() -> None:  # files may not grow past 8 KB: git's small objects fit, the export does not
+    def small_disk() -> None:  # files may not grow past 8 KB: git's small objects fit, the exported config does not
         resource.setrlimit(resource.RLIMIT_FSIZE, (8000, 8000))
 
     full = kt(*args, preexec_fn=small_disk)
