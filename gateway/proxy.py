@@ -31,6 +31,7 @@ from gateway.keys import presented_key
 from gateway.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
 from gateway.runtime import Runtime
 from gateway.upstream import DONE, UpstreamFailure, unavailable_reason
+from gateway.validate import validate_chat, validate_messages
 from policies.agents import check_agent_limits, record_agent_usage
 from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Target, Verdict
 from policies.pricing import cost_usd
@@ -628,14 +629,8 @@ class MessagesHandler(ChatHandler):
         self.to_anthropic: translate.OpenAIStreamToAnthropic | None = None
 
     def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
-        if not isinstance(body.get("model"), str) or not body["model"]:
-            raise invalid("`model` is required and must be a string", "missing_model")
-        if not isinstance(body.get("messages"), list) or not body["messages"]:
-            raise invalid("`messages` is required: a non-empty list of {role, content}", "missing_messages")
-        if not isinstance(body.get("max_tokens"), int):
-            raise invalid("`max_tokens` is required and must be an integer", "invalid_max_tokens")
         try:
-            req = translate.anthropic_request_to_openai(body)
+            req = translate.anthropic_request_to_openai(validate_messages(body))
         except translate.TranslationError as exc:
             raise invalid(str(exc)) from None
         self.client_model = body["model"]
@@ -687,38 +682,6 @@ class EmbeddingsHandler(ProxyHandler):
         self.record_usage(ex, resp.get("usage"))
         self.account(ex)
         self.send_json(raw if raw is not None else resp)
-
-
-def validate_chat(body: dict[str, Any]) -> dict[str, Any]:
-    """Check an OpenAI chat request's shape; raise a 400 saying what to fix."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid("`model` is required and must be a non-empty string", "missing_model")
-    messages = body.get("messages")
-    if messages is None:
-        raise invalid("`messages` is required: a non-empty list of {role, content} objects", "missing_messages")
-    if not isinstance(messages, list) or not messages:
-        raise invalid("`messages` must be a non-empty list of {role, content} objects", "invalid_messages")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise invalid(f"`messages[{i}]` must be an object with `role` and `content`", "invalid_messages")
-        if not isinstance(message.get("role"), str):
-            raise invalid(f"`messages[{i}].role` is required and must be a string", "invalid_messages")
-        content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise invalid(f"`messages[{i}].content` must be a string or a list of content parts", "invalid_messages")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise invalid("`stream` must be true or false", "invalid_stream")
-    if body.get("tools") is not None and not isinstance(body["tools"], list):
-        raise invalid("`tools` must be a list of tool definitions", "invalid_tools")
-    for key in ("max_tokens", "max_completion_tokens", "n"):
-        value = body.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise invalid(f"`{key}` must be a positive integer", f"invalid_{key}")
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise invalid("`stream_options` must be an object", "invalid_stream_options")
-    return body
 
 
 __all__ = [
