@@ -30,11 +30,16 @@ from urllib.error import HTTPError
 from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
-from sync.credentials import mask_url
-
 DEFAULT_GATEWAY = "http://127.0.0.1:41002"
 MAX_CONFIG_AGE = 24 * 3600.0
 SEE_LIVENESS = "see the gateway liveness line"
+
+
+def mask_url(url: str) -> str:
+    """`sync.credentials.mask_url`, imported on first use: `kt policy lint` imports this module and no sync code."""
+    from sync.credentials import mask_url as mask
+
+    return mask(url)
 DRIFT_FIXES = {
     "rejected": "the newest commit failed validation: fix it in a new commit or `git revert` it "
     "(`kt sync status` lists the lint findings); the last good revision keeps serving",
