@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any
 
-from prometheus_client import REGISTRY, Counter, disable_created_metrics, generate_latest
+from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 from gateway.runtime import Runtime, Snapshot
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# seconds to hours: a deploy is a webhook (seconds), a poll (a minute), or a review queue (hours)
+DEPLOY_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0,
+                  86400.0)
 POLICY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 ROUTES = frozenset({"/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/v1/responses"})
 PHASES = frozenset({"input", "output"})
@@ -112,6 +115,12 @@ RELOADS = Counter(
     "keeptrusts_config_reloads_total",
     "Config reload attempts by result: ok (swapped), noop (content unchanged), error (refused).",
     ["result"],
+)
+DEPLOY_SECONDS = Histogram(
+    "keeptrusts_config_deploy_seconds",
+    "Seconds from the committer time of a Git revision to this gateway serving it; observed once per "
+    "revision a running gateway moves to.",
+    buckets=DEPLOY_BUCKETS,
 )
 EVENTS_STORED = Counter("keeptrusts_events_stored_total", "Decision events committed to the local event store.")
 EVENTS_SUBMITTED = Counter(

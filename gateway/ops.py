@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import metrics
+from gateway.deploy_time import DeployClock
 from gateway.forwarder import Forwarder
 from gateway.logs import log_request
 from gateway.reload import Reloader, ReloadResult, sync_state_of
@@ -59,10 +60,13 @@ class Ops:
     writer: StoreWriter | None = None
     forwarder: Forwarder | None = None
     reloader: Reloader = field(init=False)
+    deploy_clock: DeployClock = field(init=False)
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir)
         self.reloader = Reloader(self.runtime, self.config_path)
+        self.deploy_clock = DeployClock(self.sync_state)
+        self.reloader.on_new_revision.append(self.deploy_clock.served)
 
     def load_initial(self, required: bool = True) -> Snapshot | None:
         """Load the config before serving and register the observers.
@@ -107,6 +111,7 @@ class Ops:
     async def stop(self) -> None:
         """Stop the watcher and forwarder, flush queued events to the store, close it."""
         await self.reloader.stop()
+        await self.deploy_clock.stop()
         if self.forwarder:
             await self.forwarder.stop()
         if self.writer:

@@ -189,6 +189,8 @@ class Reloader:
         self._triggers: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.on_sighup: list[Callable[[], None]] = []  # also run on SIGHUP (e.g. an embedded sync agent's trigger)
+        # run on the loop when a reload moves a serving gateway to another revision (not on the first load)
+        self.on_new_revision: list[Callable[[Snapshot], None]] = []
 
     def load_initial(self) -> Snapshot:
         """Load the first snapshot synchronously (before serving); raises `ConfigError`."""
@@ -204,6 +206,7 @@ class Reloader:
         """Reload now (serialized with other reloads) and return what happened."""
         async with self._lock:
             sdnotify.reloading(f"reloading config ({trigger})")
+            before = self.runtime.snapshot
             result = await self._reload(trigger)
             last = self.last
             if (trigger == "watch" and result.result == "error" and last is not None and last.result == "error"
@@ -213,6 +216,10 @@ class Reloader:
             self.last = result
             metrics.RELOADS.labels(result.result).inc()
             sdnotify.ready(self.describe())
+            now = self.runtime.snapshot
+            if result.result == "ok" and before is not None and now is not None and now.revision != before.revision:
+                for hook in self.on_new_revision:
+                    hook(now)
         return result
 
     def describe(self) -> str:

@@ -206,6 +206,7 @@ class SyncAgent:
                 more = f" (+{len(findings) - 3} more)" if len(findings) > 3 else ""
                 return SyncResult("rejected", head, error=f"revision {head[:12]} refused: {first}{more}",
                                   error_kind="rejected", findings=tuple(findings))
+            committed = self.mirror.committed_at(head, deadline - time.monotonic())  # for the deploy-time metric
             digest = content_digest(tmp, s.path)
             sha256, pack = _config_identity(tmp / s.path)
             final = self._publish(head, tmp, files)
@@ -214,7 +215,8 @@ class SyncAgent:
                 shutil.rmtree(tmp, ignore_errors=True)
         self._rejected = None
         status.update(applied_revision=head, applied_at=rfc3339(time.time()), applied_digest=digest,
-                      applied_sha256=sha256, applied_pack=pack, applied_dir=f"revisions/{final.name}")
+                      applied_sha256=sha256, applied_pack=pack, applied_dir=f"revisions/{final.name}",
+                      applied_committed_at=rfc3339(committed) if committed is not None else None)
         removed = prune(self.state, s.keep)
         if removed:
             log.info("pruned old revisions: %s", ", ".join(r[:12] for r in removed))

@@ -263,6 +263,13 @@ class Mirror:
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 start_new_session=True)
 
+    def committed_at(self, sha: str, timeout: float = 30) -> float | None:
+        """The committer time of commit `sha` (seconds since the epoch), None when unknown."""
+        try:
+            return float(self._git(["show", "-s", "--format=%ct", sha], max(timeout, 1)))
+        except (GitError, ValueError):
+            return None
+
     def gc(self, timeout: float = 120) -> None:
         """Drop objects no longer reachable from our ref (old shallow commits); failures are harmless."""
         with contextlib.suppress(GitError):

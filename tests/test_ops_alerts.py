@@ -58,6 +58,9 @@ def test_the_seed_table_is_covered() -> None:
     assert "> 86400" in alerts["KtConfigNotRefreshed"]["expr"]
     assert alerts["KtFleetConfigDrift"]["for"] == "15m" and "sha256" in alerts["KtFleetConfigDrift"]["expr"]
     assert "keeptrusts_sync_" in alerts["KtSyncFailing"]["expr"]
+    # the seed's "mean time to deploy a config change: under 15 minutes"
+    deploy = alerts["KtConfigDeploySlow"]["expr"]
+    assert "keeptrusts_config_deploy_seconds_sum" in deploy and "_count" in deploy and "> 900" in deploy
     for rule in alerts.values():
         assert rule["labels"]["severity"] in {"page", "ticket"}
         assert rule["annotations"]["runbook"].startswith("docs/operations.md#")
