@@ -19,8 +19,9 @@ from typing import Any
 import orjson
 
 from gateway import translate
-from gateway.providers import mock
-from gateway.upstream import DONE, UpstreamClient, UpstreamFailure, auth_headers, iter_stream
+from gateway.httpclient import Response
+from gateway.providers import checks, mock
+from gateway.upstream import DONE, UpstreamClient, UpstreamFailure, auth_headers, read_chunk, upstream_text
 from policies.model import Target
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -65,6 +66,15 @@ def supports_embeddings(target: Target) -> bool:
     return not is_anthropic(target)
 
 
+def _malformed(target: Target, exc: Exception) -> UpstreamFailure:
+    """The failure for an answer the checks or the translation refused (`exc` names what, not upstream text)."""
+    return UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) sent a malformed answer: "
+                           f"{upstream_text(target, str(exc), 200)}")
+
+
+_MALFORMED = (translate.TranslationError, checks.Malformed, RecursionError)
+
+
 async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
     """One non-streaming chat completion from `target`."""
     if target.provider == "mock":
@@ -73,20 +83,31 @@ async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) 
         body = orjson.dumps(translate.openai_request_to_anthropic({**req, "stream": False}, target.model))
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
         data = await client.post_json(target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), body)
-        resp = _loads(target, data)
-        if not isinstance(resp, dict):
-            raise UpstreamFailure("bad_response", f"target {target.id} sent a non-object answer")
-        return translate.anthropic_response_to_openai(resp), None
+        return _from_anthropic(target, _loads(target, data)), None
     url = _url(target.base_url, "https://api.openai.com", "/chat/completions")
     data = await client.post_json(target, url, _headers(target), orjson.dumps({**req, "model": target.model}))
-    resp = _loads(target, data)
-    if not isinstance(resp, dict) or not isinstance(resp.get("choices"), list):
-        raise UpstreamFailure("bad_response", f"target {target.id} sent an answer without `choices`")
-    return resp, data
+    try:
+        return checks.completion(_loads(target, data)), data
+    except _MALFORMED as exc:
+        raise _malformed(target, exc) from None
+
+
+def _from_anthropic(target: Target, resp: Any) -> dict[str, Any]:
+    """An Anthropic Message as a checked canonical completion."""
+    try:
+        if not isinstance(resp, dict):
+            raise checks.Malformed("the answer is not a JSON object")
+        return checks.completion(translate.anthropic_response_to_openai(resp))
+    except _MALFORMED as exc:
+        raise _malformed(target, exc) from None
 
 
 async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) -> AsyncIterator[Batch]:
-    """A streamed chat completion from `target` as batches of canonical chunks (usage always asked for)."""
+    """A streamed chat completion from `target` as batches of canonical chunks (usage always asked for).
+
+    An upstream that answers the stream request with one JSON document (plain, gzip, HTTP/1.0)
+    instead of SSE is relayed as the stream of that answer; one whose stream ends without any
+    event is a `bad_response` (never an empty 200)."""
     body = {**req, "model": target.model, "stream": True,
             "stream_options": {**(req.get("stream_options") or {}), "include_usage": True}}
     if target.provider == "mock":
@@ -95,63 +116,122 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
         yield [DONE]
         return
     parser = translate.SSEParser()
-    if is_anthropic(target):
+    anthropic = is_anthropic(target)
+    if anthropic:
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
         wire = orjson.dumps(translate.openai_request_to_anthropic(body, target.model))
         resp = await client.open_stream(target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), wire)
         converter = translate.AnthropicStreamToOpenAI(target.model, include_usage=True)
 
-        def from_anthropic(data: bytes) -> Batch:
+        def parse(data: bytes) -> Batch:
             batch: Batch = []
             for _event, payload in parser.feed(data):
                 event = _loads(target, payload)
-                batch.extend(converter.feed(event) if isinstance(event, dict) else ())
-                if isinstance(event, dict) and event.get("type") == "message_stop":
+                if not isinstance(event, dict):
+                    raise checks.Malformed("a stream event is not a JSON object")
+                batch.extend(_checked(target, c) for c in converter.feed(event))
+                if event.get("type") == "message_stop":
                     batch.append(DONE)
             return batch
 
-        async with aclosing(_batches(target, resp, from_anthropic, lambda: [*converter.close(), DONE])) as batches:
-            async for batch in batches:
-                yield batch
-        return
-    url = _url(target.base_url, "https://api.openai.com", "/chat/completions")
-    resp = await client.open_stream(target, url, _headers(target), orjson.dumps(body))
+        def end() -> Batch:
+            return [*converter.close(), DONE]
+    else:
+        url = _url(target.base_url, "https://api.openai.com", "/chat/completions")
+        resp = await client.open_stream(target, url, _headers(target), orjson.dumps(body))
 
-    def from_openai(data: bytes) -> Batch:
-        batch: Batch = []
-        for _event, payload in parser.feed(data):
-            if payload == "[DONE]":
-                batch.append(DONE)
-                break
-            chunk = _loads(target, payload)
-            if isinstance(chunk, dict):
-                batch.append(chunk)
-        return batch
+        def parse(data: bytes) -> Batch:
+            batch: Batch = []
+            for _event, payload in parser.feed(data):
+                if payload == "[DONE]":
+                    batch.append(DONE)
+                    break
+                batch.append(_checked(target, _loads(target, payload)))
+            return batch
 
-    # The upstream ended without [DONE]: the end of the body is the end.
-    async with aclosing(_batches(target, resp, from_openai, lambda: [DONE])) as batches:
+        def end() -> Batch:  # the upstream ended without [DONE]: the end of the body is the end
+            return [DONE]
+
+    async with aclosing(_batches(client, target, resp, parse, end)) as batches:
         async for batch in batches:
             yield batch
 
 
-async def _batches(target: Target, resp: Any, parse: Callable[[bytes], Batch],
+def _checked(target: Target, chunk: Any) -> dict[str, Any]:
+    """A canonical stream chunk, checked; an error chunk's message scrubbed of credentials."""
+    chunk = checks.chunk(chunk)
+    error = chunk.get("error") if not chunk.get("choices") else None
+    if isinstance(error, dict):
+        error["message"] = upstream_text(target, error.get("message") or "")
+    return chunk
+
+
+def _json_answer(resp: Response, first: bytes) -> bool:
+    """Whether a response to a stream request is one JSON document rather than SSE."""
+    kind = resp.headers.get("content-type", "").lower()
+    if "json" in kind:
+        return True
+    return "event-stream" not in kind and first.lstrip()[:1] == b"{"
+
+
+async def _batches(client: UpstreamClient, target: Target, resp: Response, parse: Callable[[bytes], Batch],
                    end: Callable[[], Batch]) -> AsyncIterator[Batch]:
     """The batches `parse` makes of a streamed response's bytes, up to the one ending in DONE (else `end()`).
 
     The response is released when the caller stops; once DONE arrived, its connection goes back
     to the pool when the body's last bytes follow."""
     try:
-        async for data in iter_stream(target, resp):
-            batch = parse(data)
+        first = await read_chunk(target, resp)
+        if _json_answer(resp, first):
+            yield await _json_stream(client, target, resp, first)
+            return
+        seen = False
+        data = first
+        while data:
+            try:
+                batch = parse(data)
+            except (*_MALFORMED, translate.SSEError) as exc:
+                raise _malformed(target, exc) from None
             if batch:
+                seen = True
                 if ended := batch[-1] is DONE:
                     resp.release(finished=True)
                 yield batch
                 if ended:
                     return
+            data = await read_chunk(target, resp)
+        if not seen:
+            raise UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) ended its stream "
+                                  "without sending any event")
         yield end()
     finally:
         resp.release()
+
+
+async def _json_stream(client: UpstreamClient, target: Target, resp: Response, first: bytes) -> Batch:
+    """A whole JSON answer to a stream request, as the canonical chunks of that answer and DONE."""
+    limit = client.pool.max_response_size
+    parts, size = [first], len(first)
+    while data := await read_chunk(target, resp):
+        parts.append(data)
+        size += len(data)
+        if size > limit:
+            raise UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) sent an answer larger "
+                                  f"than {limit} bytes (--max-response-size)")
+    answer = _loads(target, b"".join(parts))
+    if isinstance(answer, dict) and isinstance(answer.get("error"), (dict, str)) and not answer.get("choices"):
+        error = answer["error"]
+        message = error.get("message") if isinstance(error, dict) else error
+        raise UpstreamFailure("5xx", f"target {target.id} ({target.provider}) answered the stream with an error: "
+                              f"{upstream_text(target, str(message or ''))}")
+    if is_anthropic(target):
+        completion = _from_anthropic(target, answer)
+    else:
+        try:
+            completion = checks.completion(answer)
+        except _MALFORMED as exc:
+            raise _malformed(target, exc) from None
+    return [*translate.completion_to_chunks(completion), DONE]
 
 
 async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
@@ -163,10 +243,10 @@ async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) ->
             raise UpstreamFailure("client_error", str(exc), 400) from None
     url = _url(target.base_url, "https://api.openai.com", "/embeddings")
     data = await client.post_json(target, url, _headers(target), orjson.dumps({**body, "model": target.model}))
-    resp = _loads(target, data)
-    if not isinstance(resp, dict):
-        raise UpstreamFailure("bad_response", f"target {target.id} sent a non-object answer")
-    return resp, data
+    try:
+        return checks.embeddings(_loads(target, data)), data
+    except _MALFORMED as exc:
+        raise _malformed(target, exc) from None
 
 
 def model_entry(target: Target) -> dict[str, Any]:

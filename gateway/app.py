@@ -47,6 +47,7 @@ class GatewaySettings:
     port: int = 41002
     fail_mode: str = "block"
     max_body_size: int = 10 * MIB
+    max_response_size: int = 64 * MIB  # the largest upstream answer (decoded) read; larger is a 502
     drain_timeout: float = 30.0
     client_timeout: float = 30.0  # longest silence of a client sending a request, or not reading an answer
     max_connections: int | None = None  # None: what the open-file limit allows (gateway.http1.default_max_connections)
@@ -74,7 +75,8 @@ def make_app(
         gateway_settings=settings,
         keys=settings.keys,
         max_body_size=settings.max_body_size,
-        upstream=upstream or UpstreamClient(settings.timeouts, settings.max_upstream_connections),
+        upstream=upstream or UpstreamClient(settings.timeouts, settings.max_upstream_connections,
+                                            max_response_size=settings.max_response_size),
         breakers=Breakers(settings.breaker_threshold, settings.breaker_cooldown_s),
         round_robin=RoundRobin(),
         compress_response=False,

@@ -64,6 +64,7 @@ class Handler:
     """One request. Subclasses implement `get`/`post` (sync or async) and may override the hooks."""
 
     methods: frozenset[str] = frozenset()  # e.g. {"POST"}; others get 405 from `method_not_allowed`
+    cancel_on_close = True  # a client that goes away cancels the work it asked for (upstream calls included)
 
     def __init__(self, settings: dict[str, Any], connection: httputil.HTTPConnection) -> None:
         self.settings = settings
@@ -177,6 +178,10 @@ class Handler:
             result = getattr(self, self.request.method.lower())()
             if result is not None:
                 await result
+        except asyncio.CancelledError:  # the client went away (`_connection_closed`): nobody to answer
+            self._status = 499
+            self._done()
+            return
         except Exception as exc:
             if not self._finished:
                 self._answer_error(exc)
@@ -201,6 +206,8 @@ class Handler:
         if self._task is None and not self._finished:  # gone (or timed out) before the request was complete
             self._status = 408 if getattr(self.connection, "timed_out", False) else 499
             self._done()
+        elif self._task is not None and not self._task.done() and self.cancel_on_close:
+            self._task.cancel()  # `_run` ends it as 499; an upstream call in flight closes its connection
 
 
 class _Delegate(httputil.HTTPMessageDelegate):

@@ -15,11 +15,17 @@ bytes as they arrive, `b""` at the end) and must be `release()`d.
   `Connection: close`, an error, a timeout or a stream released before its end it is closed
   (one released at its logical end with `release(finished=True)` is pooled if the rest of its
   body follows soon).
-  An idle connection the server closed is noticed (EOF/loss) and dropped before reuse; if a
-  reused connection still fails before any byte of the answer, the request is sent once more
-  on a new connection. Idle connections older than `KEEPALIVE_S` are closed.
+  An idle connection the server closed is noticed (EOF/loss, and a non-blocking peek at the
+  socket when it sat idle for more than `PEEK_AFTER_S`) and dropped before reuse: that is the
+  only case where a request goes to another connection, because it provably never left. Once
+  a request was written, no failure resends it (a POST that reached the upstream may have
+  been billed); the caller's fallback decides. Idle connections older than `KEEPALIVE_S` are
+  closed rather than reused.
 - Bodies framed by Content-Length, chunked, or read until the server closes; gzip/deflate
-  content encodings are decoded.
+  content encodings are decoded (inflated in bounded steps).
+- Limits: a response head of at most `MAX_HEAD_SIZE`; a whole (non-streamed) body, and the
+  unread bytes of a stream, of at most `max_response_size` after decoding. Past a limit the
+  request fails with `ProtocolError` and the connection is dropped.
 - Per attempt: a connect timeout (pool wait, DNS, TCP and TLS handshake) and a read timeout
   (the longest silence while an answer is awaited; not a total time, streams may last minutes).
 - A stream's unread bytes are bounded: reading from the socket pauses above `HIGH_WATER`
@@ -36,6 +42,7 @@ import asyncio
 import base64
 import ipaddress
 import os
+import socket
 import ssl
 import urllib.request
 import zlib
@@ -48,7 +55,14 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
-KEEPALIVE_S = 60.0  # an idle connection older than this is closed rather than reused
+# An idle connection older than this is closed rather than reused: below the shortest idle
+# timeouts of common upstream servers (uvicorn and Node.js close after 5 s, gunicorn 2 s with
+# keep-alive off by default, nginx 75 s, AWS ALB 60 s), so kt does not write a request into a
+# connection the server is closing at that moment.
+KEEPALIVE_S = 4.0
+PEEK_AFTER_S = 1.0  # an idle connection reused after longer is first checked for EOF with a peek
+MAX_HEAD_SIZE = 64 * 1024  # status line and headers of one response (interim 1xx answers included)
+DEFAULT_MAX_RESPONSE_SIZE = 64 * 1024 * 1024
 HIGH_WATER = 256 * 1024  # unread bytes of a stream above which the socket is not read
 DRAIN_S, DRAIN_BYTES = 5.0, 64 * 1024  # the most silence / bytes awaited after a stream's logical end
 _FRAMING = (b"content-length", b"transfer-encoding")
@@ -186,6 +200,7 @@ class Connection(asyncio.Protocol):
         self.key = key
         self.loop = pool.loop
         self.read_s = pool.read_s
+        self.max_body = pool.max_response_size
         self.parser = httptools.HttpResponseParser(self)
         self.transport: Any = None
         self.usable = False  # connected, no EOF or error seen: may carry a request
@@ -205,6 +220,8 @@ class Connection(asyncio.Protocol):
         self.raw_headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.buffered = 0
+        self.head_size = 0  # bytes received before the (final) headers were complete
+        self.body_size = 0  # decoded body bytes received
         self.headers_done = self.complete = self.got_bytes = self.framed = self.paused = False
         self.keep_alive = False
         self.error: BaseException | None = None
@@ -325,6 +342,11 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             cause = exc.__context__ if isinstance(exc.__context__, ProtocolError) else None
             self.close(cause or ProtocolError("sent an invalid HTTP response"))
+            return
+        if not self.headers_done:  # httptools buffers an unfinished head line: bound what it may hold
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD_SIZE:
+                self.close(ProtocolError(f"sent response headers larger than {MAX_HEAD_SIZE // 1024} KiB"))
 
     def eof_received(self) -> bool:
         self._ended()
@@ -375,13 +397,17 @@ class Connection(asyncio.Protocol):
             if self.buffered > DRAIN_BYTES:
                 raise ProtocolError("kept sending after the end of its stream")
             return
+        room = self.max_body - (self.buffered if self.stream else self.body_size)
         if self.decoder is not None:
             try:
-                body = self.decoder.decompress(body)
+                body = self.decoder.decompress(body, room + 1)  # never inflates more than the room left
             except zlib.error:
                 raise ProtocolError("sent a body that does not decompress") from None
             if not body:
                 return
+        if len(body) > room:
+            raise ProtocolError(f"sent a response body larger than {self.max_body} bytes (--max-response-size)")
+        self.body_size += len(body)
         self.chunks.append(body)
         if self.stream:
             self.buffered += len(body)
@@ -393,7 +419,7 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if not self.headers_done:  # the end of an informational answer
             return
-        if self.decoder is not None and (rest := self.decoder.flush()):
+        if self.decoder is not None and (rest := self.decoder.flush()):  # at most what the last step held back
             self.chunks.append(rest)
         self.complete = True
         self.keep_alive = self.parser.should_keep_alive()
@@ -401,6 +427,23 @@ class Connection(asyncio.Protocol):
             self.pool.done(self)
         else:
             self._wake()
+
+
+def _open(transport: Any) -> bool:
+    """Whether an idle connection's socket has neither an EOF nor unasked bytes waiting (a peek, ~2 us)."""
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return True
+    sock = socket.socket(fileno=raw.fileno())  # the loop's transport sockets cannot recv(); detached below
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return False  # EOF (b"") or bytes nobody asked for: either way, not a connection to reuse
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.detach()
 
 
 class Response:
@@ -458,8 +501,10 @@ class Pool:
     """Keep-alive connections per (scheme, host, port), at most `max_connections` in use."""
 
     def __init__(self, connect_s: float, read_s: float, max_connections: int = 1000,
-                 ssl_context: ssl.SSLContext | None = None, proxy: Proxy | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, proxy: Proxy | None = None,
+                 max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE) -> None:
         self.proxy = proxy  # for https upstreams
+        self.max_response_size = max_response_size
         self.connect_s = connect_s
         self.read_s = read_s
         self.max_connections = max_connections
@@ -496,18 +541,10 @@ class Pool:
                 raise TimeoutError(f"all {self.max_connections} upstream connections stayed busy") from None
             conn = self._idle(dest.key)
         try:
-            for attempt in (0, 1):
-                if conn is None:
-                    conn = await self._connect(dest)
-                conn.send(data, stream)
-                try:
-                    await conn.wait()
-                    break
-                except ConnectionError:
-                    if attempt or not conn.reused or conn.got_bytes:
-                        raise
-                    conn.close()  # a kept-alive connection the server had closed: once more on a new one
-                    conn = None
+            if conn is None:
+                conn = await self._connect(dest)
+            conn.send(data, stream)  # from here on, never sent again (it may have reached the upstream)
+            await conn.wait()
         except BaseException:
             if conn is not None:
                 conn.busy = False
@@ -559,11 +596,15 @@ class Pool:
         await asyncio.sleep(0)  # let the transports report their loss
 
     def _idle(self, key: tuple[str, str, int]) -> Connection | None:
+        """The most recently pooled connection to `key` that is still open, else None (closed ones dropped)."""
         idle = self.idle.get(key)
+        now = self.loop.time()
         while idle:
             conn = idle.pop()
             conn.pooled = False
-            if conn.usable and not conn.transport.is_closing() and self.loop.time() - conn.idle_since < KEEPALIVE_S:
+            age = now - conn.idle_since
+            if conn.usable and not conn.transport.is_closing() and age < KEEPALIVE_S \
+                    and (age < PEEK_AFTER_S or _open(conn.transport)):
                 conn.reused = True
                 return conn
             conn.close()

@@ -395,7 +395,8 @@ class ProxyHandler(AuthedHandler):
                 if not failure.retryable(retry_on):
                     raise failure.error() from None
                 continue
-            except BaseException:
+            except BaseException:  # cancelled (the client went away) or a bug: the time spent still counts
+                rec.upstream_ms += (time.perf_counter() - started) * 1000.0
                 breaker.release()
                 raise
             rec.upstream_ms += (time.perf_counter() - started) * 1000.0

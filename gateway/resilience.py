@@ -27,20 +27,28 @@ def backoff_delay(attempt: int, rng: Callable[[], float] = random.random) -> flo
     return rng() * min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** (attempt - 1)))
 
 
+MAX_RETRY_AFTER_HEADER_S = 86400.0  # a Retry-After beyond a day is taken as a day (and `inf`, `1e400` too)
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP date), or None."""
+    """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP date), or None.
+
+    Whatever the upstream sent, the answer is None or a finite number in [0, one day]
+    (`nan` is None; `inf`, `1e400` and far dates are a day)."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value).timestamp()
+        except (TypeError, ValueError, OverflowError, IndexError):
+            return None
+        seconds = when - (now if now is not None else time.time())
+    if seconds != seconds:  # nan
         return None
-    return max(0.0, when - (now if now is not None else time.time()))
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_HEADER_S)
 
 
 @dataclass

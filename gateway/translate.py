@@ -754,9 +754,39 @@ class OpenAIStreamToAnthropic:
         return out
 
 
+def completion_to_chunks(resp: dict[str, Any]) -> list[dict[str, Any]]:
+    """A whole `chat.completion` as the `chat.completion.chunk`s a stream of it would carry.
+
+    Per choice: one delta with its role, text, refusal and tool calls, then its finish chunk;
+    then a usage chunk (`choices: []`) when the completion has usage. For an upstream that
+    answered a stream request with plain JSON."""
+    base = {"id": resp.get("id") or "chatcmpl-", "object": "chat.completion.chunk",
+            "created": resp.get("created") or int(time.time()), "model": resp.get("model") or ""}
+    out: list[dict[str, Any]] = []
+    for choice in resp.get("choices") or ():
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+        delta: dict[str, Any] = {"role": "assistant", "content": _text_of(message.get("content")) or None}
+        if message.get("refusal"):
+            delta["refusal"] = message["refusal"]
+        if message.get("tool_calls"):
+            delta["tool_calls"] = [{**call, "index": i} for i, call in enumerate(message["tool_calls"])]
+        out.append({**base, "choices": [{"index": index, "delta": delta, "finish_reason": None, "logprobs": None}]})
+        finish = choice.get("finish_reason") or ("tool_calls" if message.get("tool_calls") else "stop")
+        out.append({**base, "choices": [{"index": index, "delta": {}, "finish_reason": finish, "logprobs": None}]})
+    if isinstance(resp.get("usage"), dict):
+        out.append({**base, "choices": [], "usage": resp["usage"]})
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- SSE
 
-_LINE_END = re.compile(rb"\r\n|\n|\r(?=[^\n])")
+_LINE_END = re.compile(rb"\r\n|\n|\r")
+MAX_SSE_EVENT = 1024 * 1024  # the longest SSE line, and the most `data` one event may carry
+
+
+class SSEError(ValueError):
+    """The stream is not SSE kt will read (a line or an event beyond `MAX_SSE_EVENT`)."""
 
 
 class SSEParser:
@@ -765,44 +795,69 @@ class SSEParser:
     Follows the WHATWG rules: lines end in CRLF, LF or CR (also when split across chunks);
     `:` lines are comments; several `data:` lines join with "\\n"; a blank line dispatches;
     `event` is None when not given; `id`/`retry` are ignored. `data` is a str (e.g. "[DONE]").
+
+    Linear in the bytes fed, whatever the split: only new bytes are searched for line ends and
+    an unfinished line is kept in pieces. A line, or the data of one event, longer than
+    `max_size` bytes raises `SSEError` (memory stays bounded by it).
     """
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, max_size: int = MAX_SSE_EVENT) -> None:
+        self.max_size = max_size
+        self._pending: list[bytes] = []  # pieces of the unfinished line
+        self._pending_size = 0
+        self._cr = False  # the last chunk ended in CR: an LF starting the next one belongs to it
         self._event: str | None = None
         self._data: list[str] = []
+        self._data_size = 0
+        self._head = b""  # the first bytes while they may still be a BOM
         self._first = True
 
     def feed(self, chunk: bytes) -> list[tuple[str | None, str]]:
         """Consume `chunk`; return the events completed by it."""
-        buf = self._buf + chunk
-        if self._first and buf:
-            if len(buf) < 3 and b"\xef\xbb\xbf".startswith(buf):
-                self._buf = buf
+        if self._first:
+            chunk = self._head + chunk
+            if len(chunk) < 3 and b"\xef\xbb\xbf".startswith(chunk):
+                self._head = chunk
                 return []
             self._first = False
-            buf = buf.removeprefix(b"\xef\xbb\xbf")
+            self._head = b""
+            chunk = chunk.removeprefix(b"\xef\xbb\xbf")
+        if self._cr:
+            self._cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
         out: list[tuple[str | None, str]] = []
         pos = 0
-        for match in _LINE_END.finditer(buf):
-            self._line(buf[pos : match.start()], out)
+        for match in _LINE_END.finditer(chunk):
+            piece = chunk[pos : match.start()]
+            if self._pending:
+                self._pending.append(piece)
+                piece = b"".join(self._pending)
+                self._pending, self._pending_size = [], 0
+            if len(piece) > self.max_size:
+                raise SSEError(f"an SSE line is longer than {self.max_size} bytes")
+            self._line(piece, out)
             pos = match.end()
-        self._buf = buf[pos:]
+        if pos < len(chunk):
+            self._pending.append(chunk[pos:])
+            self._pending_size += len(chunk) - pos
+            if self._pending_size > self.max_size:
+                raise SSEError(f"an SSE line is longer than {self.max_size} bytes")
+        elif chunk[-1:] == b"\r":
+            self._cr = True
         return out
 
     def close(self) -> list[tuple[str | None, str]]:
-        """End of stream: a pending CR ends its line; an event without its blank line is dropped."""
-        out: list[tuple[str | None, str]] = []
-        if self._buf.endswith(b"\r"):
-            self._line(self._buf[:-1], out)
-        self._buf = b""
-        return out
+        """End of stream: an unfinished line, and an event without its blank line, are dropped."""
+        self._pending, self._pending_size = [], 0
+        self._event, self._data, self._data_size = None, [], 0
+        return []
 
     def _line(self, raw: bytes, out: list[tuple[str | None, str]]) -> None:
         if not raw:
             if self._data:
                 out.append((self._event, "\n".join(self._data)))
-            self._event, self._data = None, []
+            self._event, self._data, self._data_size = None, [], 0
             return
         line = raw.decode("utf-8", "replace")
         if line[0] == ":":
@@ -811,6 +866,9 @@ class SSEParser:
         if sep and value[:1] == " ":
             value = value[1:]
         if name == "data":
+            self._data_size += len(raw)
+            if self._data_size > self.max_size:
+                raise SSEError(f"an SSE event carries more than {self.max_size} bytes of data")
             self._data.append(value)
         elif name == "event":
             self._event = value or None

@@ -25,8 +25,9 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError
-from gateway.httpclient import Pool, ProtocolError, Proxy, ProxyError, Response
+from gateway.httpclient import DEFAULT_MAX_RESPONSE_SIZE, Pool, ProtocolError, Proxy, ProxyError, Response
 from gateway.resilience import parse_retry_after
+from gateway.scrub import scrub
 from policies.model import Target
 
 DONE = None  # marks the end of a canonical chunk stream
@@ -84,7 +85,8 @@ class UpstreamFailure(Exception):
         if self.kind == "rate_limit":
             headers = {"Retry-After": str(max(1, round(self.retry_after)))} if self.retry_after is not None else {}
             return GatewayError(429, "rate_limit", "rate_limited", self.message, headers=headers)
-        if self.kind == "client_error" and self.status and self.status not in (401, 403, 407):
+        if self.kind == "client_error" and self.status and 400 <= self.status < 500 \
+                and self.status not in (401, 403, 407):
             return GatewayError(self.status, "upstream_error", f"upstream_{self.status}", self.message)
         return GatewayError(502, "upstream_error", "upstream_error", self.message)
 
@@ -99,11 +101,22 @@ def unavailable_reason(target: Target) -> str | None:
     return f"secret_key_ref store:{ref.store} cannot be resolved by this gateway; use {{env: VAR}}"
 
 
+def secret_value(target: Target) -> str | None:
+    """The credential the gateway sends to `target` (from its `secret_key_ref`), or None."""
+    ref = target.secret_key_ref
+    return os.environ.get(ref.env) if ref is not None and ref.env else None
+
+
 def auth_headers(target: Target) -> dict[str, str]:
     """The upstream credential header of `target` (never the client's own key)."""
-    ref = target.secret_key_ref
-    key = os.environ.get(ref.env) if ref is not None and ref.env else None
+    key = secret_value(target)
     return {target.api_key_header: f"{target.api_key_prefix}{key}"} if key else {}
+
+
+def upstream_text(target: Target, text: str, limit: int = 300) -> str:
+    """A text an upstream sent (an error message) as kt may pass it on, log or store it:
+    at most `limit` characters, the target's secret and anything key-like scrubbed."""
+    return scrub(text[: limit + 200], (secret_value(target),))[:limit]
 
 
 def _error_message(data: bytes) -> str:
@@ -112,21 +125,25 @@ def _error_message(data: bytes) -> str:
         err = body.get("error") if isinstance(body, dict) else None
         msg = err.get("message") if isinstance(err, dict) else err
         if isinstance(msg, str) and msg:
-            return msg[:300]
+            return msg
     except orjson.JSONDecodeError:
         pass
-    return data[:200].decode("utf-8", "replace")
+    return data[:500].decode("utf-8", "replace")
 
 
 def failure_for_status(target: Target, status: int, headers: Any, data: bytes) -> UpstreamFailure:
-    """Classify a non-2xx upstream answer (`headers`: lower-case names, or a case-insensitive mapping)."""
-    detail = _error_message(data)
+    """Classify a non-2xx upstream answer (`headers`: lower-case names, or a case-insensitive mapping).
+
+    The upstream's message is scrubbed of credentials (`upstream_text`) before it goes anywhere."""
+    detail = upstream_text(target, _error_message(data))
     where = f"target {target.id} ({target.provider}) answered {status}"
     retry_after = parse_retry_after(headers.get("retry-after"))
     if status == 429:
         return UpstreamFailure("rate_limit", f"{where}: rate limited", status, retry_after)
     if status >= 500:
         return UpstreamFailure("5xx", f"{where}: {detail}", status, retry_after)
+    if status < 400:  # a redirect or another status we do not follow: the upstream is misconfigured
+        return UpstreamFailure("bad_response", f"{where}, which kt does not follow: {detail}", status)
     if status in (401, 403, 407):
         return UpstreamFailure("client_error", f"{where}: the gateway's key for this target was refused", status)
     return UpstreamFailure("client_error", f"{where}: {detail}", status)
@@ -156,10 +173,12 @@ class UpstreamClient:
     """The process's pooled keep-alive connections to every upstream (`gateway.httpclient.Pool`)."""
 
     def __init__(self, timeouts: Timeouts = Timeouts(), max_connections: int = 1000,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 max_response_size: int = DEFAULT_MAX_RESPONSE_SIZE) -> None:
         self.timeouts = timeouts
         self.max_connections = max_connections
-        self.pool = Pool(timeouts.connect_s, timeouts.read_s, max_connections, ssl_context, Proxy.from_env())
+        self.pool = Pool(timeouts.connect_s, timeouts.read_s, max_connections, ssl_context, Proxy.from_env(),
+                         max_response_size)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -191,10 +210,15 @@ class UpstreamClient:
         return resp
 
 
-async def iter_stream(target: Target, resp: Response) -> AsyncIterator[bytes]:
-    """The raw bytes of a streamed response as they arrive; transport errors become `UpstreamFailure`."""
+async def read_chunk(target: Target, resp: Response) -> bytes:
+    """The next bytes of a streamed response (`b""` at its end); transport errors become `UpstreamFailure`."""
     try:
-        while data := await resp.read_chunk():
-            yield data
+        return await resp.read_chunk()
     except _TRANSPORT_ERRORS as exc:
         raise failure_for_exception(target, exc) from None
+
+
+async def iter_stream(target: Target, resp: Response) -> AsyncIterator[bytes]:
+    """The raw bytes of a streamed response as they arrive; transport errors become `UpstreamFailure`."""
+    while data := await read_chunk(target, resp):
+        yield data

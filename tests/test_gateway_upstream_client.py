@@ -149,9 +149,10 @@ def test_an_idle_connection_closed_by_the_server_is_not_reused() -> None:
     run(main())
 
 
-def test_a_reused_connection_dropped_before_any_answer_is_retried_once_on_a_new_one() -> None:
+def test_a_request_written_on_a_reused_connection_is_never_sent_again() -> None:
+    """A POST that reached the upstream may have been billed: a drop after the write is a failure, not a resend."""
     async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
-        if len(up.requests) == 2:  # the server had timed the idle connection out just as the request came
+        if len(up.requests) == 2:  # the server read the request (a generation started), then the connection broke
             return False
         writer.write(reply())
         return True
@@ -161,12 +162,43 @@ def test_a_reused_connection_dropped_before_any_answer_is_retried_once_on_a_new_
         async with Upstream(answer) as up:
             up_client = client()
             await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
-            assert await up_client.post_json(TARGET, up.url(), HEADERS, b"{}") == b'{"ok": true}'
-            assert [r.conn for r in up.requests] == [1, 1, 2]
+            with pytest.raises(UpstreamFailure) as failure:
+                await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            assert failure.value.kind == "connect"
+            assert [r.conn for r in up.requests] == [1, 1]  # sent once, not again on a new connection
             await up_client.close()
 
     up: Upstream
     run(main())
+
+
+def test_a_pooled_connection_found_closed_before_the_write_is_replaced() -> None:
+    """The one case a request moves to another connection: the pooled one is closed before anything is written.
+
+    The client's loop has not seen the server's FIN yet (reading paused); the peek at reuse finds it."""
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        writer.write(reply())
+        return len(up.requests) != 1  # the first connection is closed by the server after its answer
+
+    async def main() -> None:
+        nonlocal up
+        async with Upstream(answer) as up:
+            up_client = client()
+            await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
+            (conn,) = up_client.pool.idle[("http", "127.0.0.1", up.port)]
+            conn.transport.pause_reading()  # the FIN stays unread in the socket
+            await async_wait_for(lambda: up.ended == 1)
+            conn.idle_since -= httpclient.PEEK_AFTER_S  # idle long enough to be checked before reuse
+            assert await up_client.post_json(TARGET, up.url(), HEADERS, b"{}") == b'{"ok": true}'
+            assert [r.conn for r in up.requests] == [1, 2] and up_client.pool.opened == 2
+            await up_client.close()
+
+    up: Upstream
+    run(main())
+
+
+def test_keep_alive_reuse_stays_below_common_upstream_idle_timeouts() -> None:
+    assert httpclient.KEEPALIVE_S < 5.0  # uvicorn's and Node.js's default keep-alive timeout
 
 
 def test_a_fresh_connection_dropped_before_any_answer_fails_without_retry() -> None:

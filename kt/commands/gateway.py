@@ -28,7 +28,7 @@ def parse_listen(value: str, port: int | None) -> tuple[str, int]:
     return host, listen_port
 
 
-def parse_size(value: str) -> int:
+def parse_size(value: str, flag: str = "--max-body-size") -> int:
     """`10485760`, `10MiB`, `512KiB`, `10MB` -> bytes."""
     text = value.strip().lower().replace(" ", "")
     units = {"kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
@@ -43,9 +43,9 @@ def parse_size(value: str) -> int:
         size = int(float(text) * mult)
     except ValueError:
         raise click.BadParameter(f"{value!r}: expected a size such as 10MiB or 1048576",
-                                 param_hint="--max-body-size") from None
+                                 param_hint=flag) from None
     if size < 1:
-        raise click.BadParameter("must be at least 1 byte", param_hint="--max-body-size")
+        raise click.BadParameter("must be at least 1 byte", param_hint=flag)
     return size
 
 
@@ -62,6 +62,9 @@ def gateway() -> None:
 @click.option("--fail-mode", type=click.Choice(["block", "allow"]), default="block", show_default=True,
               help="What a policy *error* does: block fails the request closed (503), allow lets it pass.")
 @click.option("--max-body-size", default="10MiB", show_default=True, help="Largest request body; larger gets 413.")
+@click.option("--max-response-size", default="64MiB", show_default=True,
+              envvar="KEEPTRUSTS_GATEWAY_MAX_RESPONSE_SIZE",
+              help="Largest upstream answer (decoded) the gateway reads; a larger one is a 502.")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds to let in-flight requests finish after SIGTERM/SIGINT.")
 @click.option("--client-timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True,
@@ -89,9 +92,9 @@ def gateway() -> None:
               show_default=True, help="info logs one line per request; warning drops those.")
 @embedded_sync_options
 def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str, max_body_size: str,
-        drain_timeout: float, client_timeout: float, max_connections: int | None, keys_file: str | None,
-        upstream_connect_timeout: float, upstream_read_timeout: float, state_dir: str | None,
-        watch_config: bool, log_format: str, log_level: str, **git: Any) -> None:
+        max_response_size: str, drain_timeout: float, client_timeout: float, max_connections: int | None,
+        keys_file: str | None, upstream_connect_timeout: float, upstream_read_timeout: float,
+        state_dir: str | None, watch_config: bool, log_format: str, log_level: str, **git: Any) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
     from gateway.app import GatewaySettings
     from gateway.httpclient import Proxy
@@ -111,6 +114,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         locked = (AgentLocked,)
     host, listen_port = parse_listen(listen, port)
     size = parse_size(max_body_size)
+    response_size = parse_size(max_response_size, "--max-response-size")
     try:
         keys = load_keys(keys_file) if keys_file else None
         Proxy.from_env()
@@ -121,6 +125,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         host=host, port=listen_port, fail_mode=fail_mode, max_body_size=size, drain_timeout=drain_timeout,
         client_timeout=client_timeout, max_connections=max_connections,
         keys=keys, timeouts=Timeouts(upstream_connect_timeout, upstream_read_timeout),
+        max_response_size=response_size,
         state_dir=Path(state_dir) if state_dir else None, watch_config=watch_config,
     )
     try:

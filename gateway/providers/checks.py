@@ -1,0 +1,132 @@
+"""What an upstream answer must look like before the proxy reads it (a canonical completion or chunk).
+
+An upstream that answers junk (`usage.prompt_tokens: "x"`, a choice that is a string, a
+content part nested hundreds deep, a stream error that is not an object) gets a 502
+`upstream_error` from the adapters, never a 500 from deep inside the proxy or a policy. The
+checks are a few `isinstance` per choice; only list contents (rare) are walked, to bound
+their depth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_PART_DEPTH = 32  # nesting inside one content part (real ones are < 6 deep)
+_USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class Malformed(ValueError):
+    """The answer is not what the OpenAI format allows; the message says what (no upstream text)."""
+
+
+def _count(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+
+
+def usage(value: Any) -> None:
+    """`usage` is absent or an object whose token counts are non-negative integers."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise Malformed("`usage` is not an object")
+    for key in _USAGE_COUNTS:
+        if not _count(value.get(key)):
+            raise Malformed(f"`usage.{key}` is not a token count")
+
+
+def _depth_ok(value: Any) -> bool:
+    """Whether `value` nests at most MAX_PART_DEPTH deep (iterative: no recursion to exhaust)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_PART_DEPTH:
+            return False
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return True
+
+
+def _content(value: Any, where: str) -> None:
+    if value is None or isinstance(value, str):
+        return
+    if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
+        raise Malformed(f"`{where}` is neither text nor a list of content parts")
+    if not _depth_ok(value):
+        raise Malformed(f"`{where}` nests deeper than {MAX_PART_DEPTH} levels")
+
+
+def _tool_calls(value: Any, where: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list):
+        raise Malformed(f"`{where}.tool_calls` is not a list")
+    for call in value:
+        if not isinstance(call, dict):
+            raise Malformed(f"`{where}.tool_calls[]` is not an object")
+        function = call.get("function")
+        if function is None:
+            continue
+        if not isinstance(function, dict) or not all(
+                v is None or isinstance(v, str) for v in (function.get("name"), function.get("arguments"))):
+            raise Malformed(f"`{where}.tool_calls[].function` is not {{name, arguments}} text")
+
+
+def _message(value: Any, where: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise Malformed(f"`{where}` is not an object")
+    _content(value.get("content"), f"{where}.content")
+    if not (value.get("refusal") is None or isinstance(value["refusal"], str)):
+        raise Malformed(f"`{where}.refusal` is not text")
+    _tool_calls(value.get("tool_calls"), where)
+
+
+def _choices(resp: dict[str, Any], key: str) -> None:
+    choices = resp.get("choices")
+    if choices is None and key == "delta":
+        return
+    if not isinstance(choices, list):
+        raise Malformed("the answer has no `choices` list")
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise Malformed("a choice is not an object")
+        index = choice.get("index", 0)
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise Malformed("a choice's `index` is not an integer")
+        if not (choice.get("finish_reason") is None or isinstance(choice["finish_reason"], str)):
+            raise Malformed("a choice's `finish_reason` is not text")
+        _message(choice.get(key), f"choices[{index}].{key}")
+
+
+def completion(resp: Any) -> dict[str, Any]:
+    """`resp` when it is a chat completion the proxy can read; else `Malformed`."""
+    if not isinstance(resp, dict):
+        raise Malformed("the answer is not a JSON object")
+    _choices(resp, "message")
+    usage(resp.get("usage"))
+    return resp
+
+
+def chunk(value: Any) -> dict[str, Any]:
+    """`value` when it is a stream chunk the proxy can read (an `error` chunk gets an object `error`)."""
+    if not isinstance(value, dict):
+        raise Malformed("a stream event is not a JSON object")
+    if "error" in value and not value.get("choices"):
+        error = value["error"]
+        if not isinstance(error, dict) or not isinstance(error.get("message", ""), str):
+            value["error"] = {"message": str(error)[:300] if not isinstance(error, dict) else ""}
+        return value
+    _choices(value, "delta")
+    usage(value.get("usage"))
+    return value
+
+
+def embeddings(resp: Any) -> dict[str, Any]:
+    """`resp` when it is an embeddings answer the proxy can read; else `Malformed`."""
+    if not isinstance(resp, dict):
+        raise Malformed("the answer is not a JSON object")
+    usage(resp.get("usage"))
+    return resp
