@@ -3,7 +3,9 @@
 The agent publishes into its state directory exactly as `kt sync run` does; the gateway loads
 `<state>/current/<path>` and reloads through its file watcher when `current` flips, so there is
 one reload path either way. The webhook only triggers a sync (the payload is a hint; the agent
-fetches the branch itself); a missing or wrong signature gets 401.
+fetches the branch itself); a missing or wrong signature gets 401; a replayed delivery (same
+`X-GitHub-Delivery` / `X-Gitlab-Event-UUID`) is answered 200 and triggers nothing; bursts are
+debounced by the scheduler (`SyncScheduler.trigger`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class EmbeddedSync:
         self.scheduler = SyncScheduler(self.agent, interval=interval, max_failures=max_failures,
                                        on_result=self._on_result)
         self.webhook_secret = webhook_secret
+        self.deliveries = webhook.RecentDeliveries()  # replayed deliveries are answered, never acted on
         self.on_publish: Callable[[], None] | None = None  # the gateway nudges its reloader (no wait for the watcher)
 
     @property
@@ -91,6 +94,12 @@ class SyncWebhook(tornado.web.RequestHandler):
             WEBHOOKS.labels(result="refused").inc()
             log.warning("webhook refused: missing or wrong signature", extra={"remote": self.request.remote_ip})
             self._error(401, "invalid_signature", "missing or wrong X-Hub-Signature-256 / X-Gitlab-Token")
+            return
+        delivery = webhook.delivery_id(headers)
+        if delivery is not None and not self.sync.deliveries.first_time(delivery):
+            WEBHOOKS.labels(result="duplicate").inc()
+            log.info("webhook delivery replayed; ignored", extra={"delivery": delivery})
+            self._answer(200, {"triggered": False, "duplicate": True, "reason": "duplicate delivery"})
             return
         if self.request.headers.get("X-GitHub-Event") == "ping":
             WEBHOOKS.labels(result="ignored").inc()

@@ -30,7 +30,7 @@ def record(result: str, duration: float, last_success: float | None, failures: i
     SYNC_FAILURES.set(failures)
 
 WEBHOOKS = Counter(
-    "keeptrusts_sync_webhooks", "Webhook deliveries by result (accepted|ignored|refused).", ["result"]
+    "keeptrusts_sync_webhooks", "Webhook deliveries by result (accepted|ignored|duplicate|refused).", ["result"]
 )
-for _result in ("accepted", "ignored", "refused"):
+for _result in ("accepted", "ignored", "duplicate", "refused"):
     WEBHOOKS.labels(result=_result)

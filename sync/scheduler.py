@@ -3,8 +3,14 @@
 The next run is always one date job (`id="sync"`, `max_instances=1`, `coalesce=True`) that each
 run replaces when it ends: the normal interval (+-10 % jitter) after a success, noop or rejected
 commit (the remote is healthy: a fix must land within one interval), and exponential backoff with
-jitter after errors, capped at `max_backoff`. `trigger()` runs a sync now; triggers that arrive
-while a run is in progress collapse into exactly one follow-up run, which fetches the newest head.
+jitter after errors, capped at `max_backoff`.
+
+`trigger()` (webhook, SIGHUP) is debounced: on an idle agent the first trigger runs a sync at once
+(leading edge); every trigger after it, while that run is queued or in flight or until it is over,
+collapses into one trailing run, held until no trigger came for `quiet` seconds (at most `max_wait`
+after the first held one) and never started while another run is in flight. A burst of pushes thus
+costs two fetches (one in flight plus one trailing, which fetches the newest head); a continuous
+stream, two per `max_wait`.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -36,9 +43,14 @@ class SyncScheduler:
     """Drives one `SyncAgent`. `done` is set when `--max-failures` is reached or after `stop()`."""
 
     def __init__(self, agent: SyncAgent, interval: float = 60.0, max_failures: int | None = None,
-                 max_backoff: float | None = None, on_result: Callable[[SyncResult], None] | None = None) -> None:
+                 max_backoff: float | None = None, on_result: Callable[[SyncResult], None] | None = None,
+                 quiet: float = 1.0, max_wait: float = 10.0) -> None:
         if interval <= 0:
             raise ValueError("--interval must be positive")
+        if quiet < 0 or max_wait < quiet:
+            raise ValueError("trigger debounce: need 0 <= quiet <= max_wait")
+        self.quiet = quiet
+        self.max_wait = max_wait
         self.agent = agent
         self.interval = interval
         self.max_failures = max_failures
@@ -49,7 +61,11 @@ class SyncScheduler:
         self.last: SyncResult | None = None
         self._lock = threading.Lock()
         self._running = False
-        self._pending = False
+        self._pending = False  # triggers held for one trailing run
+        self._lead_queued = False  # a leading run is scheduled but has not started yet
+        self._first_held = 0.0  # monotonic time of the first held trigger
+        self._last_trigger = 0.0
+        self._due: float | None = None  # monotonic time the trailing run is scheduled for
         self._rng = random.Random()
         self._sched = BackgroundScheduler(
             timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
@@ -63,14 +79,29 @@ class SyncScheduler:
             self._schedule(first_delay)
 
     def trigger(self) -> None:
-        """Sync as soon as possible (safe from any thread and from signal handlers' helper threads)."""
+        """Sync soon, debounced as the module says (safe from any thread)."""
         with self._lock:
             if self.done.is_set():
                 return
-            if self._running:
-                self._pending = True
-            else:
+            now = time.monotonic()
+            self._last_trigger = now
+            if not (self._running or self._pending or self._lead_queued):
+                self._lead_queued = True
                 self._schedule(0.0)
+                return
+            if not self._pending:
+                self._pending, self._first_held, self._due = True, now, None
+            if not (self._running or self._lead_queued):
+                self._schedule_trailing(now)
+
+    def _trailing_at(self) -> float:
+        return min(self._last_trigger + self.quiet, self._first_held + self.max_wait)
+
+    def _schedule_trailing(self, now: float) -> None:
+        due = self._trailing_at()
+        if self._due is None or due - self._due > 0.05:  # move it later only in steps (a storm is many triggers)
+            self._due = due
+            self._schedule(max(due - now, 0.0))
 
     def stop(self, wait: bool = True) -> None:
         """Stop scheduling; with `wait`, let a running sync finish (bounded by the sync timeout)."""
@@ -88,7 +119,9 @@ class SyncScheduler:
             if self.done.is_set():
                 return
             self._running = True
-            self._pending = False
+            self._pending = False  # this run fetches the newest head: it serves every trigger so far
+            self._lead_queued = False
+            self._due = None
         self.last = SyncResult("error", error="sync did not finish", error_kind="internal")
         self.last = self.agent.sync_once()
         if self.on_result is not None:
@@ -114,6 +147,8 @@ class SyncScheduler:
                 self.failed = True
                 self.done.set()
             elif not self.done.is_set():
-                delay = 0.0 if self._pending else next_delay(result, self.interval, self.max_backoff, self._rng)
-                self._pending = False
-                self._schedule(delay)
+                if self._pending:
+                    self._due = None
+                    self._schedule_trailing(time.monotonic())
+                else:
+                    self._schedule(next_delay(result, self.interval, self.max_backoff, self._rng))

@@ -10,10 +10,14 @@ import hashlib
 import hmac
 import json
 import os
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
 SECRET_ENV = "KEEPTRUSTS_WEBHOOK_SECRET"
+DELIVERY_HEADERS = ("X-GitHub-Delivery", "X-Gitlab-Event-UUID")
+REMEMBERED_DELIVERIES = 4096
 
 
 class WebhookSecretError(Exception):
@@ -72,3 +76,32 @@ def concerns_branch(body: bytes, branch: str) -> bool:
     except (ValueError, AttributeError):
         return True
     return not (isinstance(ref, str) and ref.startswith("refs/heads/") and ref != f"refs/heads/{branch}")
+
+
+def delivery_id(headers: Mapping[str, str]) -> str | None:
+    """The delivery's unique id (GitHub `X-GitHub-Delivery`, GitLab `X-Gitlab-Event-UUID`), if it has one."""
+    for name in DELIVERY_HEADERS:
+        value = _header(headers, name)
+        if value and value.strip():
+            return f"{name.lower()}:{value.strip()[:200]}"
+    return None
+
+
+class RecentDeliveries:
+    """A bounded memory of the delivery ids already acted on (the oldest is forgotten first)."""
+
+    def __init__(self, size: int = REMEMBERED_DELIVERIES) -> None:
+        self.size = size
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def first_time(self, delivery: str) -> bool:
+        """True, and remember it, the first time `delivery` is seen; False for a replay."""
+        with self._lock:
+            if delivery in self._seen:
+                self._seen.move_to_end(delivery)
+                return False
+            self._seen[delivery] = None
+            if len(self._seen) > self.size:
+                self._seen.popitem(last=False)
+            return True

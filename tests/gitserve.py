@@ -149,6 +149,8 @@ class _CgiHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.requests += 1
+        if self.command == "GET" and self.path.partition("?")[0].endswith("/info/refs"):
+            self.server.fetches += 1  # every fetch (or clone) starts with one ref advertisement
         user = self._user()
         if self.server.users and user is None:
             body = b"authentication required\n"
@@ -218,6 +220,7 @@ class GitHttpServer(ThreadingHTTPServer):
         self.protocol_v2 = protocol_v2  # False: protocol v0 only, where a server refuses unadvertised SHAs
         self.users = users if users is not None else set()
         self.requests = 0
+        self.fetches = 0
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
 

@@ -10,6 +10,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from gateway.gitsync import WEBHOOK_PATH, EmbeddedSync, webhook_routes
 from sync.agent import SyncSettings
 from sync.repo import Remote
 from sync.status import read_status
-from tests.gitserve import Upstream, config_yaml
+from tests.gitserve import GitHttpServer, Upstream, config_yaml
 from tests.waiting import wait_for
 
 CFG = "policy-config.yaml"
@@ -71,9 +73,16 @@ def env(tmp_path: Path):
     sync.stop()
 
 
-def github(body: bytes, secret: bytes = SECRET) -> dict[str, str]:
+def github(body: bytes, secret: bytes = SECRET, delivery: str | None = None) -> dict[str, str]:
     sig = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return {"X-Hub-Signature-256": sig, "X-GitHub-Event": "push", "Content-Type": "application/json"}
+    return {"X-Hub-Signature-256": sig, "X-GitHub-Event": "push", "Content-Type": "application/json",
+            "X-GitHub-Delivery": delivery or str(uuid.uuid4())}
+
+
+def no_sync_due(sync: EmbeddedSync) -> bool:
+    """Nothing runs and the next run is the far-away poll: no trigger is pending."""
+    job = sync.scheduler._sched.get_job("sync")
+    return not sync.scheduler._running and job is not None and job.next_run_time.timestamp() > time.time() + 3000
 
 
 def applied(sync: EmbeddedSync) -> str | None:
@@ -144,3 +153,51 @@ def test_webhook_disabled_without_secret(tmp_path):
         assert status == 404 and "KEEPTRUSTS_WEBHOOK_SECRET" in answer["error"]["message"]
     finally:
         server.stop()
+
+
+def test_replayed_delivery_is_answered_but_triggers_nothing(env):
+    up, sync, server = env
+    sha = up.commit({CFG: config_yaml("2.0.0")})
+    body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+    delivery = str(uuid.uuid4())
+    assert server.post(body, github(body, delivery=delivery)) == (202, {"triggered": True})
+    wait_for(lambda: applied(sync) == sha and no_sync_due(sync), timeout=30)
+    runs_before = sync.scheduler.last
+    replay = server.post(body, github(body, delivery=delivery))
+    assert replay == (200, {"triggered": False, "duplicate": True, "reason": "duplicate delivery"})
+    assert no_sync_due(sync) and sync.scheduler.last is runs_before  # nothing scheduled, nothing ran
+    assert server.post(body, github(body, b"wrong", delivery=str(uuid.uuid4())))[0] == 401
+    gitlab = {"X-Gitlab-Token": SECRET.decode(), "X-Gitlab-Event": "Push Hook", "X-Gitlab-Event-UUID": delivery}
+    assert server.post(body, gitlab)[0] == 202  # the same id under GitLab's header is another delivery
+    wait_for(lambda: no_sync_due(sync), timeout=30)
+    assert server.post(body, gitlab)[1].get("duplicate") is True and no_sync_due(sync)
+
+
+def test_signed_burst_runs_one_fetch_in_flight_plus_one_trailing(tmp_path: Path):
+    up = Upstream(tmp_path / "remote")
+    up.commit({CFG: config_yaml("1.0.0")})
+    http = GitHttpServer(up.root)
+    sync = EmbeddedSync(SyncSettings(Remote(http.url(up.bare.name)), tmp_path / "state", CFG), interval=3600,
+                        webhook_secret=SECRET)
+    sync.start()
+    server = Server(sync)
+    try:
+        wait_for(lambda: applied(sync) == up.head() and no_sync_due(sync), timeout=30)
+        before = http.fetches
+        head = up.commit({CFG: config_yaml("2.0.0")})
+        body = json.dumps({"ref": "refs/heads/main", "after": head}).encode()
+        started = time.monotonic()
+
+        def deliver(i: int) -> int:  # 200 deliveries spread over 2 s (the load's shape, not a synchronisation)
+            time.sleep(max(0.0, started + i * 0.01 - time.monotonic()))
+            return server.post(body, github(body))[0]
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(deliver, range(200)))
+        assert answers.count(202) == 200 and time.monotonic() - started < 10
+        wait_for(lambda: applied(sync) == head and no_sync_due(sync), timeout=30)
+        assert 1 <= http.fetches - before <= 2, f"{http.fetches - before} fetches for one burst"
+    finally:
+        server.stop()
+        sync.stop()
+        http.stop()
