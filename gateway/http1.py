@@ -460,7 +460,7 @@ class Connection(asyncio.Protocol):
                         self._advance_on_resume = True
                         break
                     self.current = self.queue.popleft() if self.queue else None
-                    self.idle_since = self.loop.time()
+                    self.idle_since = self.last_read = self.loop.time()
                     continue
                 if req.blocked or not req.events:
                     break
@@ -545,8 +545,9 @@ class Connection(asyncio.Protocol):
             self.abort()
             return
         req = self.parsing
-        if req is not None and not self.reading_paused and now - self.last_read > server.client_timeout:
-            self._timed_out(req)
+        if (req is not None and req is self.current and not self.reading_paused
+                and now - self.last_read > server.client_timeout):
+            self._timed_out(req)  # (a pipelined request's turn comes once the answers before it are sent)
 
     def _timed_out(self, req: Request) -> None:
         """The client went silent in the middle of a request: 408 while an answer can still be written, then close."""

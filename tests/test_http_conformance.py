@@ -9,6 +9,7 @@ docs/gateway.md ("HTTP/1.1 conformance", "Limits and timeouts") says what each c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -355,30 +356,39 @@ class Flood(tornado.web.RequestHandler):
             self.seen["failed"].set()
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def flood_server(request: pytest.FixtureRequest) -> Iterator[tuple[int, dict[str, Any], HTTP1Server,
-                                                                   asyncio.AbstractEventLoop]]:
+@contextlib.contextmanager
+def h1_server(loop_kind: str, **settings: Any) -> Iterator[tuple[int, dict[str, Any], HTTP1Server,
+                                                                  asyncio.AbstractEventLoop]]:
+    """HTTP1Server with the Flood app in a thread, on asyncio's loop or on uvloop (what production runs)."""
     seen: dict[str, Any] = {"failed": threading.Event()}
     app = tornado.web.Application([(r"/flood", Flood, {"seen": seen})])
-    loop = asyncio.new_event_loop() if request.param == "asyncio" else pytest.importorskip("uvloop").new_event_loop()
+    loop = asyncio.new_event_loop() if loop_kind == "asyncio" else pytest.importorskip("uvloop").new_event_loop()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(16)
     sock.setblocking(False)
-    server = HTTP1Server(app, max_body_size=2**20, client_timeout=0.5)
+    server = HTTP1Server(app, max_body_size=2**20, **settings)
     loop.run_until_complete(server.add_sockets([sock]))
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    yield sock.getsockname()[1], seen, server, loop
+    try:
+        yield sock.getsockname()[1], seen, server, loop
+    finally:
+        async def shutdown() -> None:  # on the loop's own thread
+            server.stop()
+            await server.close_all_connections()
 
-    async def shutdown() -> None:
-        server.stop()
-        await server.close_all_connections()
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
 
-    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def flood_server(request: pytest.FixtureRequest) -> Iterator[tuple[int, dict[str, Any], HTTP1Server,
+                                                                   asyncio.AbstractEventLoop]]:
+    with h1_server(request.param, client_timeout=0.5) as served:
+        yield served
 
 
 def test_a_client_that_stops_reading_is_closed_by_the_write_timeout(flood_server: Any) -> None:
@@ -420,6 +430,21 @@ def test_over_max_connections_a_new_connection_gets_503_and_the_others_live_on(
     assert fresh.response().status == 200
 
 
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_the_503_over_max_connections_reaches_the_client_on_both_loops(loop_kind: str) -> None:
+    with h1_server(loop_kind, max_connections=1) as (port, _, server, _loop):
+        held = Wire(port)
+        held.send(request("GET", "/nowhere"))
+        assert held.response().status == 404
+        for _ in range(3):
+            extra = Wire(port)
+            extra.send(request("POST", "/flood", b"x" * 100_000))  # unread by the server: still a clean 503
+            assert extra.response().status == 503 and extra.closed()
+        held.send(request("GET", "/nowhere"))
+        assert held.response().status == 404
+        assert server.refused == 3
+
+
 def test_accept_failing_with_emfile_neither_spins_nor_crashes(tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
     limit = 96
@@ -459,3 +484,23 @@ def _healthy(port: int) -> bool:
         return wire.response().status == 200
     except OSError:
         return False
+
+
+def test_a_stream_the_client_stops_reading_frees_the_connection_and_the_upstream_slot(
+        tmp_path: Path, fake_upstream: Any, start_gateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KT_CONF_KEY", "sk-up")
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [
+        {"id": "up", "provider": "openai", "model": "demo-model", "base_url": fake_upstream.base_url,
+         "secret_key_ref": {"env": "KT_CONF_KEY"}}]), client_timeout=0.5)
+    fake_upstream.queue_reply("word " * 2_000_000, chunks=4000)  # ~10 MB of SSE: more than the socket buffers
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port_of(gw)))
+    body = json.dumps({"model": "demo-model", "stream": True, "messages": [{"role": "user", "content": "go"}]})
+    sock.sendall(raw("POST", "/v1/chat/completions", body.encode()))  # and never read
+    event = wait_for(lambda: gw.events, timeout=20)[0]
+    assert event["status"] == 499 and event["error_code"] == "client_closed"
+    pool = gw.app_settings()["upstream"].pool
+    wait_for(lambda: gw.call(lambda: pool._active) == 0)  # the upstream slot is free again
+    assert connections(gw) == 0
+    sock.close()
