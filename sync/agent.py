@@ -33,6 +33,7 @@ from sync.publish import (
     validate,
 )
 from sync.repo import GitError, Mirror, Remote, UnsafeTree, ref_kind
+from sync.signature import SignersError, TrustedSigners
 from sync.status import parse_time, read_status, rfc3339, write_status
 
 log = logging.getLogger("kt.sync")
@@ -55,6 +56,7 @@ class SyncSettings:
     path: str = "policy-config.yaml"
     timeout: float = 120.0  # per sync: a git command still running at the deadline is killed
     keep: int = 5
+    verify_signers: str | None = None  # apply only commits signed by a key in this file (sync.signature)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", check_config_path(self.path))
@@ -108,6 +110,10 @@ class SyncAgent:
         self._lock_fd: int | None = None
         self._rejected: str | None = None  # head already refused in this process: not re-exported
         self._published = 0
+        # Loaded now, so a bad file is a startup error (SignersError); re-read when it changes.
+        self._signers = TrustedSigners(settings.verify_signers) if settings.verify_signers else None
+        self._verified: tuple[str, str] | None = None  # (head, signers digest) whose signature passed
+        self._signer: dict | None = None  # who signed the commit in `_verified`
 
     def acquire(self) -> None:
         """Take the state-directory lock and write the pid file; AgentLocked if another agent runs."""
@@ -129,6 +135,8 @@ class SyncAgent:
             (self.state / PID).unlink(missing_ok=True)
             os.close(self._lock_fd)
             self._lock_fd = None
+        if self._signers is not None:
+            self._signers.close()
 
     def sync_once(self) -> SyncResult:
         """Run one sync and record it; never raises for remote, config or disk problems."""
@@ -136,12 +144,15 @@ class SyncAgent:
         deadline = started + self.settings.timeout
         s = self.settings
         status = read_status(self.state) or {}
-        status.update(repo=s.remote.masked_url, branch=s.remote.ref, ref=s.remote.ref, path=s.path)
+        status.update(repo=s.remote.masked_url, branch=s.remote.ref, ref=s.remote.ref, path=s.path,
+                      verify_signers=self._signers.describe() if self._signers else {"enabled": False})
         status["last_attempt_at"] = rfc3339(time.time())
         try:
             result = self._sync(status, deadline)
         except GitError as exc:
             result = SyncResult("error", error=str(exc), error_kind=exc.kind)
+        except SignersError as exc:
+            result = SyncResult("error", error=str(exc), error_kind="verify")
         except OSError as exc:
             where = exc.filename or self.state
             result = SyncResult("error", error=f"cannot write the state directory ({where}): {exc.strerror}",
@@ -185,11 +196,19 @@ class SyncAgent:
         if missed is not None:
             restored = self._restore_applied(status, deadline)
         if head == status.get("applied_revision"):
-            return SyncResult("success" if restored else "noop", head)
+            # Checked once per process and signers file, so turning verification on (or removing a
+            # key) also judges what already runs.
+            refused = self._untrusted(head, status, deadline)
+            if refused is None and self._signers is not None:
+                status["applied_signer"] = self._signer
+            return refused or SyncResult("success" if restored else "noop", head)
         if head == self._rejected and status.get("attempted_revision") == head:
             return SyncResult("rejected", head, error=status.get("last_error"), error_kind="rejected",
                               findings=tuple(status.get("findings") or ()))
         status["attempted_revision"] = head
+        refused = self._untrusted(head, status, deadline)
+        if refused is not None:
+            return refused
         tmp = new_tmp_dir(self.state, head)
         try:
             try:
@@ -201,11 +220,7 @@ class SyncAgent:
                              "suggestion": "commit the config as plain files; symlinks may only point at files "
                                            "of the same commit", "line": None}]
             if findings:
-                self._rejected = head
-                first = "; ".join(f"{f['file']}: {f['code']} {f['message']}" for f in findings[:3])
-                more = f" (+{len(findings) - 3} more)" if len(findings) > 3 else ""
-                return SyncResult("rejected", head, error=f"revision {head[:12]} refused: {first}{more}",
-                                  error_kind="rejected", findings=tuple(findings))
+                return self._refuse(head, findings)
             committed = self.mirror.committed_at(head, deadline - time.monotonic())  # for the deploy-time metric
             digest = content_digest(tmp, s.path)
             sha256, pack = _config_identity(tmp / s.path)
@@ -214,6 +229,7 @@ class SyncAgent:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         self._rejected = None
+        status.update(applied_signer=self._signer if self._signers is not None else None)
         status.update(applied_revision=head, applied_at=rfc3339(time.time()), applied_digest=digest,
                       applied_sha256=sha256, applied_pack=pack, applied_dir=f"revisions/{final.name}",
                       applied_committed_at=rfc3339(committed) if committed is not None else None)
@@ -265,6 +281,44 @@ class SyncAgent:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         return True
+
+    def _refuse(self, head: str, findings: list[dict]) -> SyncResult:
+        """A refused head: invalid config or untrusted signature; the last good revision keeps serving."""
+        self._rejected = head
+        first = "; ".join(f"{f['file'] + ': ' if f.get('file') else ''}{f['code']} {f['message']}"
+                          for f in findings[:3])
+        more = f" (+{len(findings) - 3} more)" if len(findings) > 3 else ""
+        return SyncResult("rejected", head, error=f"revision {head[:12]} refused: {first}{more}",
+                          error_kind="rejected", findings=tuple(findings))
+
+    def _untrusted(self, head: str, status: dict, deadline: float) -> SyncResult | None:
+        """None when `head` may be applied (verification off, or its own signature verifies); else its refusal."""
+        signers = self._current_signers(status)
+        if signers is None or self._verified == (head, signers.digest):
+            return None
+        verdict = signers.verify(self.mirror, head, max(deadline - time.monotonic(), 1.0))
+        if not verdict.ok:
+            log.warning("commit %s refused: %s", head[:12], verdict.reason)
+            return self._refuse(head, [verdict.finding(str(signers.path))])
+        self._verified = (head, signers.digest)
+        self._signer = verdict.signer.as_dict() if verdict.signer else None
+        return None
+
+    def _current_signers(self, status: dict) -> TrustedSigners | None:
+        """The trusted signers, re-read when the file changed (a key rotation needs no restart)."""
+        if self._signers is None:
+            return None
+        try:
+            changed = TrustedSigners.digest_of(self._signers.path) != self._signers.digest
+        except SignersError:
+            changed = True
+        if changed:
+            fresh = TrustedSigners(self._signers.path)  # SignersError: this sync fails, nothing is applied
+            self._signers.close()
+            self._signers, self._rejected = fresh, None
+            log.info("trusted signers reloaded from %s (%d keys)", fresh.path, len(fresh.keys))
+        status["verify_signers"] = self._signers.describe()
+        return self._signers
 
     def _fetch(self, deadline: float) -> str:
         rebuilt = self.mirror.ensure()

@@ -270,6 +270,15 @@ class Mirror:
         except (GitError, ValueError):
             return None
 
+    def signature(self, sha: str, fmt: str, config: list[str], env: dict[str, str], timeout: float) -> str:
+        """`git log -1 --format=<fmt>` of commit `sha` with extra `-c` options and environment: git's own
+        signature check (%G? and friends; the same as `git verify-commit`), see sync.signature."""
+        return self._git([*config, "log", "-1", "--no-show-signature", f"--format={fmt}", sha, "--"], timeout, env)
+
+    def commit_object(self, sha: str, timeout: float) -> str:
+        """The raw commit object (headers, signature, message)."""
+        return self._git(["cat-file", "commit", sha], timeout)
+
     def gc(self, timeout: float = 120) -> None:
         """Drop objects no longer reachable from our ref (old shallow commits); failures are harmless."""
         with contextlib.suppress(GitError):

@@ -13,6 +13,10 @@ from pathlib import Path
 import click
 
 DEFAULT_STATE_DIR = os.environ.get("KEEPTRUSTS_STATE_DIR") or str(Path("~/.local/state/kt").expanduser())
+VERIFY_SIGNERS_ENV = "KEEPTRUSTS_GIT_VERIFY_SIGNERS"
+VERIFY_SIGNERS_HELP = ("Apply only commits whose own signature verifies against FILE: an SSH allowed_signers file or "
+                       "an armored OpenPGP public-key file (env KEEPTRUSTS_GIT_VERIFY_SIGNERS). Unsigned or "
+                       "untrusted commits are refused (E120).")
 state_dir_option = click.option(
     "--state-dir", type=click.Path(file_okay=False), default=DEFAULT_STATE_DIR, show_default=True,
     help="State directory (default $KEEPTRUSTS_STATE_DIR or ~/.local/state/kt).",
@@ -47,27 +51,35 @@ def sync() -> None:
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=120.0, show_default=True,
               help="Per-sync deadline in seconds; a git still running then is killed.")
 @click.option("--keep", type=click.IntRange(min=1), default=5, show_default=True, help="Published revisions to keep.")
+@click.option("--verify-signers", "--git-verify-signers", "verify_signers", type=click.Path(dir_okay=False),
+              envvar=VERIFY_SIGNERS_ENV, help=VERIFY_SIGNERS_HELP)
 def run(repo: str, ref: str, config_path: str, state_dir: str, interval: float, once: bool, depth: int,
         max_failures: int | None, token_file: str | None, username: str | None, ssh_key: str | None,
-        known_hosts: str | None, timeout: float, keep: int) -> None:
+        known_hosts: str | None, timeout: float, keep: int, verify_signers: str | None) -> None:
     """Run the sync agent: fetch, validate and publish every --interval; SIGHUP syncs now, SIGTERM stops."""
     import logging
 
     from sync.agent import AgentLocked, SyncAgent, SyncSettings
     from sync.credentials import Credentials
     from sync.repo import Remote, check_ref_name
+    from sync.signature import SignersError
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         check_ref_name(ref)
         creds = Credentials(token_file=token_file, ssh_key=ssh_key, known_hosts=known_hosts, username=username)
-        settings = SyncSettings(Remote(repo, ref, depth, creds), Path(state_dir), config_path, timeout, keep)
+        settings = SyncSettings(Remote(repo, ref, depth, creds), Path(state_dir), config_path, timeout, keep,
+                                verify_signers)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    agent = SyncAgent(settings)
+    try:
+        agent = SyncAgent(settings)
+    except SignersError as exc:
+        raise click.ClickException(f"--verify-signers: {exc}") from exc
     try:
         agent.acquire()
     except (AgentLocked, OSError) as exc:
+        agent.release()
         raise click.ClickException(str(exc)) from exc
     try:
         if once:
@@ -204,6 +216,8 @@ def _render(data: dict) -> None:
         ("Last success", when("last_success_at")),
         ("Config age", _ago(data.get("age_seconds")).removesuffix(" ago") if data.get("age_seconds") is not None
          else "unknown"),
+        ("Signatures", _signatures(s.get("verify_signers"))),
+        ("Signed by", _signer(s.get("applied_signer")) if (s.get("verify_signers") or {}).get("enabled") else "-"),
         ("Failures", str(s.get("consecutive_failures", 0))),
         ("Last error", s.get("last_error") or "none"),
         ("Drift", f"[red]drifted: {drift.get('reason')}[/red]" if drift.get("drifted") else "[green]in sync[/green]"),
@@ -212,7 +226,21 @@ def _render(data: dict) -> None:
         table.add_row(key, value if key == "Drift" else _escape(value))
     console.print(table)
     for f in (s.get("findings") or [])[:20]:
-        console.print(_escape(f"  {f.get('file')}: error[{f.get('code')}] {f.get('path') or ''} {f.get('message')}"))
+        where = f"{f['file']}: " if f.get("file") else ""
+        console.print(_escape(f"  {where}error[{f.get('code')}] {f.get('path') or ''} {f.get('message')}"))
+
+
+def _signatures(verify: dict | None) -> str:
+    if not (verify or {}).get("enabled"):
+        return "not verified (no --verify-signers)"
+    return f"verified: {verify.get('format')} keys from {verify.get('file')} ({verify.get('keys')} trusted)"
+
+
+def _signer(signer: dict | None) -> str:
+    if not signer:
+        return "unknown"
+    who = f"{signer.get('identity')} " if signer.get("identity") else ""
+    return f"{who}{signer.get('format')} key {signer.get('fingerprint')}"
 
 
 def _escape(text: str) -> str:
@@ -244,6 +272,8 @@ def embedded_sync_options(f):
         click.option("--git-username", help="Username sent with the token."),
         click.option("--git-ssh-key", type=click.Path(dir_okay=False), help="SSH private key file."),
         click.option("--git-known-hosts", type=click.Path(dir_okay=False), help="known_hosts file."),
+        click.option("--git-verify-signers", type=click.Path(dir_okay=False), envvar=VERIFY_SIGNERS_ENV,
+                     help=VERIFY_SIGNERS_HELP),
         click.option("--webhook-secret-file", type=click.Path(dir_okay=False),
                      help="Secret of POST /keeptrusts/sync/webhook (default: $KEEPTRUSTS_WEBHOOK_SECRET)."),
     ]
@@ -255,7 +285,7 @@ def embedded_sync_options(f):
 def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_ref: str, git_path: str,
                         sync_interval: float, git_depth: int, sync_timeout: float, sync_keep: int,
                         git_token_file: str | None, git_username: str | None, git_ssh_key: str | None,
-                        git_known_hosts: str | None, webhook_secret_file: str | None):
+                        git_known_hosts: str | None, git_verify_signers: str | None, webhook_secret_file: str | None):
     """The `EmbeddedSync` for `kt gateway run --git-repo ...`, or None without `--git-repo`."""
     if not git_repo:
         return None
@@ -263,6 +293,7 @@ def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_ref: st
     from sync.agent import SyncSettings
     from sync.credentials import Credentials
     from sync.repo import Remote, check_ref_name
+    from sync.signature import SignersError
     from sync.webhook import WebhookSecretError, load_secret
 
     try:
@@ -270,10 +301,13 @@ def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_ref: st
         creds = Credentials(token_file=git_token_file, ssh_key=git_ssh_key, known_hosts=git_known_hosts,
                             username=git_username)
         settings = SyncSettings(Remote(git_repo, git_ref, git_depth, creds), Path(state_dir or DEFAULT_STATE_DIR),
-                                git_path, sync_timeout, sync_keep)
+                                git_path, sync_timeout, sync_keep, git_verify_signers)
         secret = load_secret(webhook_secret_file)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     except WebhookSecretError as exc:
         raise click.ClickException(str(exc)) from exc
-    return EmbeddedSync(settings, interval=sync_interval, webhook_secret=secret)
+    try:
+        return EmbeddedSync(settings, interval=sync_interval, webhook_secret=secret)
+    except SignersError as exc:
+        raise click.ClickException(f"--git-verify-signers: {exc}") from exc
