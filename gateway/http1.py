@@ -242,6 +242,7 @@ class Connection(asyncio.Protocol):
         self.reading_paused = False
         self.write_paused = False
         self.write_paused_at = 0.0  # loop time of the last pause_writing
+        self.closing_since = 0.0  # loop time of `close()`, while what is buffered is still being written
         self.last_read = 0.0  # loop time of the last bytes received (or reading resumed)
         self.waiters: list[asyncio.Future[None]] = []
         self._error: bytes | None = None  # answered (then close) once the requests before it are answered
@@ -501,9 +502,10 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def close(self) -> None:
-        """Close after what is buffered has been written."""
+        """Close after what is buffered has been written (within --client-timeout: see `check_timeouts`)."""
         if not self.closing:
             self.closing = True
+            self.closing_since = self.loop.time()
             self.transport.close()
 
     def abort(self) -> None:
@@ -527,9 +529,13 @@ class Connection(asyncio.Protocol):
         self.loop.call_later(_LINGER, transport.close)
 
     def check_timeouts(self, now: float) -> None:
-        if self.closing:
-            return
         server = self.server
+        if self.closing:
+            if self.closing_since and now - self.closing_since > server.client_timeout:
+                log.info("closing a connection from %s: the client read nothing of the last response for %g s "
+                         "(--client-timeout)", self.context, server.client_timeout)
+                self.abort()  # what it left unread stays unwritten: no connection waits on a client forever
+            return
         if self.idle_since and now - self.idle_since > server.idle_timeout:
             self.close()
             return

@@ -356,12 +356,19 @@ class Flood(tornado.web.RequestHandler):
             self.seen["failed"].set()
 
 
+class Dump(tornado.web.RequestHandler):
+    """Answers 16 MiB in one go (no flush awaited): all of it sits in the server's buffers."""
+
+    def get(self) -> None:
+        self.finish(b"x" * (16 * 2**20))
+
+
 @contextlib.contextmanager
 def h1_server(loop_kind: str, **settings: Any) -> Iterator[tuple[int, dict[str, Any], HTTP1Server,
                                                                   asyncio.AbstractEventLoop]]:
     """HTTP1Server with the Flood app in a thread, on asyncio's loop or on uvloop (what production runs)."""
     seen: dict[str, Any] = {"failed": threading.Event()}
-    app = tornado.web.Application([(r"/flood", Flood, {"seen": seen})])
+    app = tornado.web.Application([(r"/flood", Flood, {"seen": seen}), (r"/dump", Dump)])
     loop = asyncio.new_event_loop() if loop_kind == "asyncio" else pytest.importorskip("uvloop").new_event_loop()
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -402,6 +409,21 @@ def test_a_client_that_stops_reading_is_closed_by_the_write_timeout(flood_server
         return bool(await async_wait_for(lambda: not server.connections, timeout=5))
 
     assert asyncio.run_coroutine_threadsafe(gone(), loop).result(10)
+
+
+def test_a_finished_response_left_unread_does_not_hold_the_connection(flood_server: Any) -> None:
+    port, _, server, loop = flood_server
+    for connection in ("close", "keep-alive"):
+        wire = Wire(port)
+        wire.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        wire.send(request("GET", "/dump", Connection=connection))  # and never read
+
+        async def stuck_then_gone() -> bool:
+            await async_wait_for(lambda: any(c.write_paused for c in server.connections), timeout=5)
+            return bool(await async_wait_for(lambda: not server.connections, timeout=5))
+
+        assert asyncio.run_coroutine_threadsafe(stuck_then_gone(), loop).result(10), connection
+        wire.close()
 
 
 # --- --max-connections ------------------------------------------------------------------------------
