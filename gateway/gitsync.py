@@ -60,7 +60,7 @@ class EmbeddedSync:
         self.scheduler.trigger()
 
     def _on_result(self, result: SyncResult) -> None:
-        if result.result == "success" and self.on_publish is not None:
+        if (result.result == "success" or result.restored) and self.on_publish is not None:
             self.on_publish()
 
 

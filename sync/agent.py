@@ -79,6 +79,7 @@ class SyncResult:
     findings: tuple[dict, ...] = field(default_factory=tuple)
     duration: float = 0.0
     consecutive_failures: int = 0
+    restored: bool = False  # the applied revision was put back (it had been tampered with)
 
     @property
     def ok(self) -> bool:
@@ -114,6 +115,7 @@ class SyncAgent:
         self._signers = TrustedSigners(settings.verify_signers) if settings.verify_signers else None
         self._verified: tuple[str, str] | None = None  # (head, signers digest) whose signature passed
         self._signer: dict | None = None  # who signed the commit in `_verified`
+        self._restored = False  # set by the current run when it restored the applied revision
 
     def acquire(self) -> None:
         """Take the state-directory lock and write the pid file; AgentLocked if another agent runs."""
@@ -147,6 +149,7 @@ class SyncAgent:
         status.update(repo=s.remote.masked_url, branch=s.remote.ref, ref=s.remote.ref, path=s.path,
                       verify_signers=self._signers.describe() if self._signers else {"enabled": False})
         status["last_attempt_at"] = rfc3339(time.time())
+        self._restored = False
         try:
             result = self._sync(status, deadline)
         except GitError as exc:
@@ -160,6 +163,8 @@ class SyncAgent:
         except Exception as exc:  # a bug must not stop the schedule
             log.exception("sync failed unexpectedly")
             result = SyncResult("error", error=f"internal error: {exc!r}", error_kind="internal")
+        if self._restored:
+            status["last_restored_at"] = rfc3339(time.time())  # a tampered publication was put back
         failures = 0 if result.ok else int(status.get("consecutive_failures") or 0) + 1
         status.update(last_result=result.result, consecutive_failures=failures)
         if result.ok:
@@ -175,7 +180,7 @@ class SyncAgent:
         duration = time.monotonic() - started
         metrics.record(result.result, duration, parse_time(status.get("last_success_at")), failures)
         result = SyncResult(result.result, result.head, status.get("applied_revision"), result.error,
-                            result.error_kind, result.findings, duration, failures)
+                            result.error_kind, result.findings, duration, failures, self._restored)
         level = logging.INFO if result.ok else logging.WARNING
         log.log(level, "sync %s head=%s applied=%s%s", result.result, (result.head or "-")[:12],
                 (result.applied or "-")[:12], f" error={result.error}" if result.error else "")
@@ -187,21 +192,21 @@ class SyncAgent:
         # A tampered publication is put back first, whether or not the head is valid or the remote is up;
         # if its commit is not in the clone yet (re-clone, old state dir), it is tried again after the fetch.
         try:
-            restored, missed = self._restore_applied(status, deadline), None
+            self._restored, missed = self._restore_applied(status, deadline), None
         except GitError as exc:
-            restored, missed = False, exc
+            missed = exc
         head = self._fetch(deadline)
         status.update(remote_head=head, ref_kind=ref_kind(self.mirror.source or s.remote.ref),
                       last_fetch_at=rfc3339(time.time()))
         if missed is not None:
-            restored = self._restore_applied(status, deadline)
+            self._restored = self._restore_applied(status, deadline)
         if head == status.get("applied_revision"):
             # Checked once per process and signers file, so turning verification on (or removing a
             # key) also judges what already runs.
             refused = self._untrusted(head, status, deadline)
             if refused is None and self._signers is not None:
                 status["applied_signer"] = self._signer
-            return refused or SyncResult("success" if restored else "noop", head)
+            return refused or SyncResult("success" if self._restored else "noop", head)
         if head == self._rejected and status.get("attempted_revision") == head:
             return SyncResult("rejected", head, error=status.get("last_error"), error_kind="rejected",
                               findings=tuple(status.get("findings") or ()))

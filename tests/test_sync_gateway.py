@@ -167,3 +167,33 @@ def test_cold_and_warm_start_with_the_remote_down(upstream, tmp_path):
         assert gw.chat("hello") == 200
     finally:
         gw.stop()
+
+
+def test_hand_edited_revision_is_refused_and_restored_while_the_head_is_refused(upstream, tmp_path):
+    """A hand edit under `revisions/<sha>/` is never served under the Git revision's name: the gateway
+    refuses it (drift `modified`, the last good config keeps enforcing) and the agent's next run puts
+    the published copy back although the branch head is still refused."""
+    good = upstream.commit({CFG: dlp_config("1.0.0")}, "block bluebird")
+    state = tmp_path / "state"
+    gw = Gateway(upstream, state, "--sync-interval", "3600")
+    try:
+        wait_for(lambda: gw.revision() == good, timeout=30)
+        assert gw.chat("status of project-bluebird?") == 409
+        upstream.commit({CFG: "pack: {name: broken"}, "bad")
+        assert gw.webhook() == 202
+        wait_for(lambda: gw.status()["drift"]["reason"] == "rejected", timeout=30)
+        (state / "revisions" / good / CFG).write_text(config_yaml("6.6.6", name="by-hand"))  # no dlp-filter
+        wait_for(lambda: (gw.status().get("reload") or {}).get("last_result") == "error", timeout=15,
+                 message="the hand edit was loaded (or never noticed)")
+        status = gw.status()
+        assert f"{CFG} in revision {good[:12]} was modified after publishing" in status["reload"]["last_error"]
+        assert status["drift"] == {"drifted": True, "reason": "modified"}
+        assert status["config"]["revision"] == good and status["config"]["pack"]["version"] == "1.0.0"
+        assert gw.chat("status of project-bluebird?") == 409
+        assert gw.webhook() == 202  # the next run: head still refused, publication restored
+        wait_for(lambda: gw.status()["drift"]["reason"] == "rejected", timeout=30)
+        wait_for(lambda: (gw.status().get("reload") or {}).get("last_result") != "error", timeout=15)
+        assert "version: 1.0.0" in (state / "current" / CFG).read_text()
+        assert gw.status()["sync"]["last_restored_at"] and gw.chat("status of project-bluebird?") == 409
+    finally:
+        gw.stop()
