@@ -339,6 +339,9 @@ class Connection(asyncio.Protocol):
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # a 101 (or CONNECT-style answer) to a plain POST
+            self.close(ProtocolError("answered with a protocol switch it was not asked for"))
+            return
         except httptools.HttpParserError as exc:
             cause = exc.__context__ if isinstance(exc.__context__, ProtocolError) else None
             self.close(cause or ProtocolError("sent an invalid HTTP response"))
@@ -373,6 +376,10 @@ class Connection(asyncio.Protocol):
         lower = name.lower()
         if lower in _FRAMING:
             self.framed = True
+            if lower == b"content-length" and not self.stream and value.strip().isdigit() \
+                    and int(value) > self.max_body:  # refused before any byte of it is read
+                raise ProtocolError(f"announced a response body larger than {self.max_body} bytes "
+                                    "(--max-response-size)")
         elif lower == b"content-encoding":
             coding = value.strip().lower()
             if coding in (b"gzip", b"x-gzip", b"deflate"):

@@ -120,6 +120,8 @@ def test_default_config_answers_with_no_provider_key(tmp_path: Path) -> None:
     (["--config", "policies/examples/default/policy-config.yaml", "--keys-file", "/nonexistent/keys"], 1,
      "cannot read keys file"),
     (["--config", "policies/examples/default/policy-config.yaml", "--max-body-size", "lots"], 1, "10MiB"),
+    (["--config", "policies/examples/default/policy-config.yaml", "--max-response-size", "0"], 1,
+     "--max-response-size"),
 ])
 def test_bad_input_exits_with_a_message(args: list[str], code: int, needle: str, tmp_path: Path) -> None:
     proc = kt("gateway", "run", *args, state=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE)

@@ -190,6 +190,46 @@ def test_junk_from_the_upstream_is_a_502_never_a_500(serve: Any, test_kinds: Non
     assert messages.status_code == 502 and messages.body["error"]["type"] == "upstream_error", messages.body
 
 
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\nxxxx",
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{}",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 4000,
+])
+def test_answers_that_are_not_usable_http_are_a_502(serve: Any, answer: bytes) -> None:
+    def respond(req: RawRequest, conn: RawConn) -> bool:
+        conn.send(answer)
+        conn.wait_closed(timeout=30)
+        return False
+
+    gw, up = serve(respond)
+    err = chat_error(gw)
+    assert err.status_code == 502 and err.body["type"] == "upstream_error"
+    assert wait_for(lambda: 1 in up.closed_at)
+
+
+ANTHROPIC_JUNK = {
+    "content that is text": {**ANTHROPIC_MESSAGE, "content": "x"},
+    "a block that is text": {**ANTHROPIC_MESSAGE, "content": ["x"]},
+    "tool input nested too deep": b'{"type": "message", "content": [{"type": "tool_use", "id": "t", "name": "f", '
+                                  b'"input": ' + b'{"a": ' * 400 + b"1" + b"}" * 400 + b"}]}",
+    "not an object": [ANTHROPIC_MESSAGE],
+}
+
+
+@pytest.mark.parametrize("case", sorted(ANTHROPIC_JUNK))
+def test_junk_from_an_anthropic_upstream_is_a_502(serve: Any, case: str) -> None:
+    gw, _ = serve(lambda req, conn: conn.send_json(ANTHROPIC_JUNK[case]), provider="anthropic")
+    assert chat_error(gw).status_code == 502
+    assert messages_error(gw).status_code == 502
+
+
+def test_a_junk_anthropic_stream_event_is_a_502(serve: Any) -> None:
+    events = b"event: message_start\ndata: [1]\n\n"
+    gw, _ = serve(lambda req, conn: conn.send_response(events, headers={"Content-Type": "text/event-stream"}),
+                  provider="anthropic")
+    assert chat_error(gw, stream=True).status_code == 502
+
+
 @pytest.mark.parametrize("value", ["inf", "1e400", "nan", "-1"])
 def test_an_unusable_retry_after_on_a_429_is_a_429_with_a_finite_retry_after(serve: Any, value: str) -> None:
     gw, _ = serve(lambda req, conn: conn.send_json({"error": {"message": "slow down"}}, status=429,
@@ -364,3 +404,28 @@ def test_a_stream_request_answered_with_a_json_error_or_nothing_is_an_error(serv
     gw, _ = serve(lambda req, conn: conn.send_response(b"", headers={"Content-Type": "text/event-stream"}))
     err = chat_error(gw, stream=True)
     assert err.status_code == 502 and "without sending any event" in err.body["message"]
+
+
+# --- the flag, end to end ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_max_response_size_of_kt_gateway_run(tmp_path: Path, how: str) -> None:
+    from tests.gateway_process import GatewayProcess
+
+    big = orjson.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop",
+                                                   "message": {"role": "assistant", "content": "x" * 8000}}]})
+    with RawUpstream(lambda req, conn: conn.send_json(big)) as up:
+        target = {"id": "t", "provider": "openai", "model": "demo-model", "base_url": up.base_url,
+                  "secret_key_ref": {"env": KEY_ENV}}
+        cfg = write_config(tmp_path / "c.yaml", [target], fallback={"strategy": "ordered", "max_retries": 0,
+                                                                   "retry_on": []})
+        args = ("--max-response-size", "4KiB") if how == "flag" else ()
+        env = {KEY_ENV: SECRET, **({"KEEPTRUSTS_GATEWAY_MAX_RESPONSE_SIZE": "4KiB"} if how == "env" else {})}
+        gw = GatewayProcess(cfg, tmp_path / "state", *args, env=env)
+        try:
+            status, _, body = gw.chat("hi")
+            assert status == 502 and b"--max-response-size" in body and b"4096 bytes" in body
+        finally:
+            assert gw.stop() == 0
+        assert "Traceback" not in gw.logs() and SECRET not in gw.logs()
