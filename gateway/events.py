@@ -5,7 +5,8 @@ event_type, timestamp, request_id, route, config_revision, pack_name, pack_versi
 policies_enabled, verdict, reason_code, policy, policies[{policy, phase, verdict,
 reason_code, latency_ms, ...}], policy_error, fail_mode, provider, target, model, stream,
 status, error_code, latency_ms, upstream_latency_ms, attempts, input_tokens, output_tokens,
-cost_usd, user_id, agent_id, session_id, user_role, key_label, redactions, prompt_sha256.
+cost_usd, user_id, agent_id, session_id, user_role, key_label, redactions, prompt_sha256,
+outcomes_unlisted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from typing import Any
 from policies.model import ChainOutcome, Verdict
 
 _second: tuple[int, str] = (-1, "")
+# Phase outcomes an event lists in full (the input phase and the first choices' output phase);
+# past these, only the first outcome of each verdict other than allow is listed, the rest counted.
+OUTCOMES_LISTED = 8
 
 
 def rfc3339(ts: float) -> str:
@@ -90,9 +94,31 @@ class RequestRecord:
     user_role: str | None = None
     key_label: str | None = None
     prompt_sha256: str | None = None
+    outcomes_unlisted: int = 0  # checked, passed or repeating a listed verdict, and not in the event
+    unlisted_redactions: int = 0
+    unlisted_error: bool = False
+
+    def add_outcome(self, outcome: ChainOutcome) -> None:
+        """Keep a phase outcome for the event; every one is counted, what is listed is capped.
+
+        A response with many choices gives one output outcome per choice: the event lists the
+        first `OUTCOMES_LISTED` and then only the first of each verdict other than allow (so the
+        decisive ones always are); the others are counted in `outcomes_unlisted`, their
+        redactions and policy errors still in `redactions` and `policy_error`.
+        """
+        outcomes = self.outcomes
+        verdict = outcome.verdict
+        if len(outcomes) < OUTCOMES_LISTED or (
+                verdict is not Verdict.ALLOW and all(o.verdict is not verdict for o in outcomes)):
+            outcomes.append(outcome)
+            return
+        self.outcomes_unlisted += 1
+        self.unlisted_redactions += outcome.redactions
+        self.unlisted_error = self.unlisted_error or outcome.policy_error
 
     def to_event(self) -> dict[str, Any]:
-        verdict, reason, policy = _overall(self.outcomes, self.policies_enabled, self.error_code)
+        verdict, reason, policy = _overall(self.outcomes, self.policies_enabled, self.error_code,
+                                           self.unlisted_redactions)
         return {
             "id": new_event_id(),
             "event_type": "decision",
@@ -107,7 +133,7 @@ class RequestRecord:
             "reason_code": reason,
             "policy": policy,
             "policies": [r.as_dict() for o in self.outcomes for r in o.results],
-            "policy_error": any(o.policy_error for o in self.outcomes),
+            "policy_error": self.unlisted_error or any(o.policy_error for o in self.outcomes),
             "fail_mode": self.fail_mode,
             "provider": self.provider,
             "target": self.target,
@@ -126,12 +152,14 @@ class RequestRecord:
             "session_id": self.session_id,
             "user_role": self.user_role,
             "key_label": self.key_label,
-            "redactions": sum(o.redactions for o in self.outcomes),
+            "redactions": self.unlisted_redactions + sum(o.redactions for o in self.outcomes),
             "prompt_sha256": self.prompt_sha256,
+            "outcomes_unlisted": self.outcomes_unlisted,
         }
 
 
-def _overall(outcomes: list[ChainOutcome], enabled: bool, error_code: str | None) -> tuple[str, str, str | None]:
+def _overall(outcomes: list[ChainOutcome], enabled: bool, error_code: str | None,
+             unlisted_redactions: int = 0) -> tuple[str, str, str | None]:
     """The request's verdict, reason code and decisive policy across its phases.
 
     No chain ran: `policies_disabled` when the pack is off, else verdict `error` with the
@@ -141,7 +169,7 @@ def _overall(outcomes: list[ChainOutcome], enabled: bool, error_code: str | None
         for o in outcomes:
             if o.verdict is verdict:
                 return verdict.value, o.reason_code, o.policy
-    if any(o.redactions for o in outcomes):
+    if unlisted_redactions or any(o.redactions for o in outcomes):
         return Verdict.REDACT.value, "redacted", None
     if outcomes:
         return Verdict.ALLOW.value, "all_policies_passed", None

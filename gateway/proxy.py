@@ -277,8 +277,8 @@ class ProxyHandler(AuthedHandler):
 
     # --- shared steps ---------------------------------------------------------------------
     def exchange(self, model: str, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                 max_tokens: int | None) -> tuple[Exchange, list[Target]]:
-        """The Exchange for the chain, and the targets configured for `model` (400 when none)."""
+                 max_tokens: int | None, request: dict[str, Any] | None = None) -> tuple[Exchange, list[Target]]:
+        """The Exchange for the chain (on the canonical `request`, rewritten in place), and the targets for `model`."""
         assert self.snap is not None
         config = self.snap.config
         targets = config.targets_for(model)
@@ -288,7 +288,7 @@ class ProxyHandler(AuthedHandler):
                           f"{', '.join(models) or '(none configured)'}", "model_not_found")
         headers = {k.lower(): v for k, v in self.request.headers.get_all() if k.lower() not in _NOT_IDENTITY}
         ex = Exchange(model=model, messages=messages, tools=tools, headers=headers, targets=list(targets),
-                      max_tokens=max_tokens)
+                      max_tokens=max_tokens, request=request or {})
         rec = self.record
         rec.model = model
         rec.user_id, rec.agent_id = ex.user_id, ex.agent_id
@@ -303,7 +303,7 @@ class ProxyHandler(AuthedHandler):
             return
         self.check_agent(ex)
         outcome = self.snap.config.chain.run_input(ex, self.runtime.fail_mode)
-        self.record.outcomes.append(outcome)
+        self.record.add_outcome(outcome)
         if blocks(outcome):
             raise policy_error(outcome, "input_blocked")
 
@@ -317,7 +317,7 @@ class ProxyHandler(AuthedHandler):
         if decision is None:
             return
         result = PolicyResult("agents", Phase.INPUT, decision.verdict, decision.reason_code, decision.message)
-        self.record.outcomes.append(ChainOutcome(decision.verdict, decision.reason_code, (result,), "agents",
+        self.record.add_outcome(ChainOutcome(decision.verdict, decision.reason_code, (result,), "agents",
                                                  decision.message))
         if decision.retry_after_s is not None:
             raise GatewayError(429, "rate_limit", "rate_limited", decision.message, "agents",
@@ -441,9 +441,8 @@ class ChatHandler(ProxyHandler):
         req = self.canonical(self.body_json())
         self.client_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         ex, _ = self.exchange(req["model"], req["messages"], req.get("tools") or [],
-                              req.get("max_completion_tokens") or req.get("max_tokens"))
-        self.run_input(ex)
-        req["messages"] = ex.messages
+                              req.get("max_completion_tokens") or req.get("max_tokens"), req)
+        self.run_input(ex)  # its redactions rewrite `req` where each text stands
         plan = self.plan(ex)
         client = self.settings["upstream"]
         if req.get("stream"):
@@ -466,7 +465,7 @@ class ChatHandler(ProxyHandler):
         self.answer(resp, raw)
 
     def check_output(self, resp: dict[str, Any], ex: Exchange) -> bool:
-        """Output policies on each choice; True when a redaction changed the answer."""
+        """Output policies on every choice (content, refusal, tool calls); True when a redaction changed the answer."""
         assert self.snap is not None
         config = self.snap.config
         if not config.enabled or not config.chain.output_policies:
@@ -476,16 +475,21 @@ class ChatHandler(ProxyHandler):
             message = choice.get("message") if isinstance(choice, dict) else None
             if not isinstance(message, dict):
                 continue
-            text = message.get("content") if isinstance(message.get("content"), str) else ""
-            ex.response_text = text
-            ex.response_tool_calls = list(message.get("tool_calls") or ())
+            content, refusal = message.get("content"), message.get("refusal")
+            ex.response_text = text = content if isinstance(content, str) else _parts_text(content)
+            ex.response_refusal = refusal if isinstance(refusal, str) else ""
+            ex.response_tool_calls = calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
+            if isinstance(message.get("function_call"), dict):  # legacy: checked like a tool call
+                calls.append({"type": "function", "function": message["function_call"]})
             outcome = config.chain.run_output(ex, self.runtime.fail_mode)
-            self.record.outcomes.append(outcome)
+            self.record.add_outcome(outcome)
             if blocks(outcome):
                 raise policy_error(outcome, "output_blocked")
             if ex.response_text != text:
                 message["content"] = ex.response_text
-                changed = True
+            if ex.response_refusal != (refusal if isinstance(refusal, str) else ""):
+                message["refusal"] = ex.response_refusal
+            changed = changed or bool(outcome.redactions) or ex.response_text != text  # tool calls: in place
         return changed
 
     # --- streams ---------------------------------------------------------------------------
@@ -503,11 +507,13 @@ class ChatHandler(ProxyHandler):
         self.sent_any = True
 
     async def relay(self, batches: AsyncIterator[adapters.Batch], ex: Exchange) -> None:
-        """Forward a stream chunk by chunk through the stream guard; withhold only the final chunks.
+        """Forward a stream chunk by chunk through the stream guards; withhold tool calls and the final chunks.
 
-        Content deltas are scanned and forwarded at once. The finish chunk (and usage) is held
-        until `finish()` has checked the whole answer, tool calls included; a block ends the
-        stream with an error event in the client's format (a 409 when nothing was sent yet).
+        Content and refusal deltas are scanned (one guard per choice) and forwarded at once. With
+        output policies, tool-call deltas are withheld and merged: each choice's whole calls are
+        checked (and redacted inside their JSON arguments) by `finish()`, then sent in one chunk
+        per choice before the held finish chunks (and usage). Every choice is checked; a block
+        ends the stream with an error event in the client's format (a 409 when nothing was sent yet).
         """
         assert self.snap is not None
         config = self.snap.config
@@ -515,6 +521,7 @@ class ChatHandler(ProxyHandler):
         guards: dict[int, Any] = {}
         tools: dict[int, dict[int, dict[str, Any]]] = {}
         held: list[dict[str, Any]] = []
+        first: dict[str, Any] | None = None  # a chunk of the stream, for the fields of the tool-call chunks
         try:
             async for batch in batches:
                 out: list[dict[str, Any]] = []
@@ -526,27 +533,38 @@ class ChatHandler(ProxyHandler):
                                               f"{str((chunk.get('error') or {}).get('message', ''))[:200]}")
                     if chunk.get("usage"):
                         self.record_usage(ex, chunk["usage"])
-                    hold = False
-                    for choice in chunk.get("choices") or ():
+                    hold = withheld = False
+                    choices = chunk.get("choices")
+                    for choice in choices or ():
                         index = choice.get("index", 0)
                         delta = choice.get("delta") or {}
-                        text = delta.get("content")
-                        if active and isinstance(text, str) and text:
-                            guard = guards.get(index) or guards.setdefault(
-                                index, config.chain.stream_guard(ex, self.runtime.fail_mode))
-                            forward, blocked = guard.feed(text)
-                            if blocked is not None:
-                                self.record.outcomes.append(blocked)
-                                if out:  # what passed before the match still goes out first
-                                    await self.write_sse(self.sse(out))
-                                await self.end_blocked(blocked)
-                                return
-                            if forward != text:
-                                delta["content"] = forward
-                        if delta.get("tool_calls"):
+                        if active:
+                            for channel in ("content", "refusal"):
+                                text = delta.get(channel)
+                                if not isinstance(text, str) or not text:
+                                    continue
+                                guard = guards.get(index) or guards.setdefault(
+                                    index, config.chain.stream_guard(ex, self.runtime.fail_mode))
+                                forward, blocked = guard.feed(text, channel)
+                                if blocked is not None:
+                                    self.record.add_outcome(blocked)
+                                    if out:  # what passed before the match still goes out first
+                                        await self.write_sse(self.sse(out))
+                                    await self.end_blocked(blocked)
+                                    return
+                                if forward != text:
+                                    delta[channel] = forward
+                            if delta.get("tool_calls"):  # withheld until the choice's calls are whole and checked
+                                _merge_tool_calls(tools.setdefault(index, {}), delta.pop("tool_calls"))
+                                first, withheld = first or chunk, True
+                        elif delta.get("tool_calls"):
                             _merge_tool_calls(tools.setdefault(index, {}), delta["tool_calls"])
                         if choice.get("finish_reason"):
                             hold = True
+                    if withheld:  # drop the choices that only carried tool-call deltas
+                        chunk["choices"] = choices = [c for c in choices if c.get("delta") or c.get("finish_reason")]
+                        if not choices and not chunk.get("usage"):
+                            continue
                     if not self.client_usage and "usage" in chunk:
                         if not chunk.get("choices"):
                             continue
@@ -559,16 +577,16 @@ class ChatHandler(ProxyHandler):
                     await self.write_sse(self.sse(out))
             self.account(ex)
             if active:
-                for index in sorted(set(guards) | set(tools) | {0}):
+                for index in sorted(set(guards) | set(tools) | {0}):  # every choice, however many
                     guard = guards.get(index) or config.chain.stream_guard(ex, self.runtime.fail_mode)
                     ex.response_tool_calls = list(tools.get(index, {}).values())
                     outcome = guard.finish()
-                    self.record.outcomes.append(outcome)
+                    self.record.add_outcome(outcome)
                     if blocks(outcome):
                         await self.end_blocked(outcome)
                         return
-                    if len(self.record.outcomes) > 8:  # many choices: keep the event small
-                        break
+                if tools and first is not None:
+                    held[:0] = [_tool_calls_chunk(first, index, tools[index]) for index in sorted(tools)]
             await self.write_sse(self.sse(held) + self.sse_done())
             self.finish()
         except ClientGone:
@@ -601,6 +619,21 @@ class _quiet:
 
     def __exit__(self, typ: Any, value: Any, tb: Any) -> bool:
         return typ is not None and issubclass(typ, (ClientGone, StreamClosedError))
+
+
+def _tool_calls_chunk(like: dict[str, Any], index: int, calls: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One stream chunk carrying choice `index`'s whole (checked) tool calls, with the fields of chunk `like`."""
+    chunk = {k: v for k, v in like.items() if k not in ("choices", "usage")}
+    deltas = [{"index": i, **call} for i, call in sorted(calls.items())]
+    chunk["choices"] = [{"index": index, "delta": {"tool_calls": deltas}, "finish_reason": None}]
+    return chunk
+
+
+def _parts_text(content: Any) -> str:
+    """The text of an answer whose `content` is a list of parts (some OpenAI-compatible providers)."""
+    if not isinstance(content, list):
+        return ""
+    return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
 
 
 def _merge_tool_calls(acc: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:

@@ -109,7 +109,7 @@ class Chain:
         return summarize(results)
 
     def run_input(self, ex: Exchange, fail_mode: str = "block") -> ChainOutcome:
-        """Run input-phase policies on the request (may redact messages, narrow targets)."""
+        """Run input-phase policies on the request (may redact its texts, narrow targets)."""
         return self._run(self.input_policies, Phase.INPUT, ex, fail_mode)
 
     def run_output(self, ex: Exchange, fail_mode: str = "block") -> ChainOutcome:
@@ -122,7 +122,7 @@ class Chain:
 
 
 class StreamGuard:
-    """Scans a streamed response chunk by chunk with a rolling window.
+    """Scans one choice of a streamed response chunk by chunk with a rolling window.
 
     `feed(delta)` returns the text to forward now (the delta itself, or with the part of a
     match that lies in it redacted) and, when a policy blocks, the blocking outcome: the
@@ -130,7 +130,9 @@ class StreamGuard:
     across chunks is found because each scan sees the last `window` characters already sent
     plus the new delta. Text already forwarded cannot be taken back: in streams, `block` is
     the action that guarantees nothing leaks past a match; `redact` covers what is unsent.
-    `finish()` runs the structural output checks (tool calls) and returns the phase outcome.
+    The content and the refusal are two channels (`feed(delta, "refusal")`), each with its
+    own window. `finish()` scans the choice's whole tool calls (`ex.response_tool_calls`,
+    redacted in place), runs the structural output checks and returns the phase outcome.
     """
 
     def __init__(self, chain: Chain, ex: Exchange, fail_mode: str) -> None:
@@ -138,8 +140,8 @@ class StreamGuard:
         self.ex = ex
         self.fail_mode = fail_mode
         self._text_policies = tuple(p for p in chain.output_policies if p.scans_text)
-        self._tail = ""
-        self._parts: list[str] = []
+        self._tails: dict[str, str] = {}
+        self._parts: dict[str, list[str]] = {"content": [], "refusal": []}
         self._results: dict[str, PolicyResult] = {}
         self._blocked: ChainOutcome | None = None
 
@@ -147,17 +149,19 @@ class StreamGuard:
     def active(self) -> bool:
         return bool(self.chain.output_policies)
 
-    def feed(self, delta: str) -> tuple[str, ChainOutcome | None]:
-        """Scan one content delta; return (text to forward, blocking outcome or None)."""
+    def feed(self, delta: str, channel: str = "content") -> tuple[str, ChainOutcome | None]:
+        """Scan one delta of the content (or `"refusal"`); return (text to forward, blocking outcome or None)."""
         if self._blocked is not None:
             return "", self._blocked
+        parts = self._parts[channel]
         if not delta or not self._text_policies:
-            self._parts.append(delta)
+            parts.append(delta)
             return delta, None
-        offset = len(self._tail)
+        tail = self._tails.get(channel, "")
+        offset = len(tail)
         for policy in self._text_policies:
             started = time.perf_counter()
-            buf = self._tail + delta
+            buf = tail + delta
             try:
                 hits = [h for h in policy.scan_text(buf, Phase.OUTPUT) if h.end > offset]
             except Exception as exc:
@@ -183,14 +187,12 @@ class StreamGuard:
                     for h in hits
                 ]
                 delta, count = apply_hits(delta, clipped)
-                previous = self._results.get(policy.kind)
-                total = count + (previous.redactions if previous else 0)
-                decision = Decision(Verdict.REDACT, hits[0].reason_code, hits[0].message, total)
+                decision = Decision(Verdict.REDACT, hits[0].reason_code, hits[0].message, count)
                 self._record(_result(policy, Phase.OUTPUT, decision, started))
             elif policy.kind not in self._results:
                 self._record(_result(policy, Phase.OUTPUT, None, started))
-        self._parts.append(delta)
-        self._tail = (self._tail + delta)[-self.chain.stream_window :]
+        parts.append(delta)
+        self._tails[channel] = (tail + delta)[-self.chain.stream_window :]
         return delta, None
 
     def _record(self, result: PolicyResult) -> None:
@@ -200,21 +202,25 @@ class StreamGuard:
         if previous is not None:
             result = PolicyResult(
                 result.policy, result.phase, result.verdict, result.reason_code, result.message,
-                result.redactions, previous.latency_ms + result.latency_ms, result.error,
+                previous.redactions + result.redactions, previous.latency_ms + result.latency_ms, result.error,
             )
         self._results[result.policy] = result
 
     def finish(self) -> ChainOutcome:
-        """Run the non-text output checks on the whole streamed response; the phase outcome."""
+        """Check the tool calls and run the structural output checks on the whole choice; the phase outcome."""
         if self._blocked is not None:
             return self._blocked
-        self.ex.response_text = "".join(self._parts)
+        ex = self.ex
+        ex.response_text = "".join(self._parts["content"])
+        ex.response_refusal = "".join(self._parts["refusal"])
         for policy in self.chain.output_policies:
-            if policy.scans_text:
+            if policy.scans_text and not ex.response_tool_calls:
                 continue
             started = time.perf_counter()
             try:
-                result = _result(policy, Phase.OUTPUT, policy.check_output(self.ex), started)
+                decision = policy.check_response_texts(ex, calls_only=True) if policy.scans_text \
+                    else policy.check_output(ex)
+                result = _result(policy, Phase.OUTPUT, decision, started)
             except Exception as exc:
                 result = _error_result(policy, Phase.OUTPUT, exc, started, self.fail_mode)
             self._record(result)

@@ -1,14 +1,16 @@
 """Values that travel between the parts: verdicts, policy results, the per-request exchange.
 
 This module is the contract between `policies/` (which decides) and `gateway/` (which
-carries traffic). It imports nothing of ours and nothing outside the standard library.
+carries traffic). It imports of ours only `policies.texts` (standard library and orjson).
 
 Canonical request form: every request reaches the chain in OpenAI chat format, whatever
 route it came in on. `messages` is a list of `{"role", "content"}` dicts whose `content`
 is a string or a list of parts (`{"type": "text", "text": ...}`); assistant messages may
 carry `tool_calls` (`[{"id", "type": "function", "function": {"name", "arguments"}}]`);
-`tools` is the list of tool definitions (`{"type": "function", "function": {"name", ...}}`).
-The gateway translates Anthropic requests into this form and back.
+`tools` is the list of tool definitions (`{"type": "function", "function": {"name", ...}}`);
+`request` is the whole request body (for `prediction`, `response_format`, `functions`,
+`tool_choice`). The gateway translates Anthropic requests into this form and back.
+Where in it a model reads text is `policies.texts`' business: `Exchange.texts()` and friends.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from policies import texts as where
+from policies.texts import Path, Text, Visit
 
 
 class Verdict(StrEnum):
@@ -108,13 +113,21 @@ class PolicyResult:
 INSTRUCTION_ROLES = frozenset({"system", "developer"})
 
 
+# Tool definitions (with legacy functions and a response JSON schema) of up to this many bytes of
+# JSON are remembered by policies (see `Exchange.definitions_key`).
+DEFINITIONS_KEY_MAX = 256 * 1024
+_UNKNOWN: Any = object()
+
+
 @dataclass(slots=True)
 class Exchange:
     """The mutable working copy of one request as it passes the chain.
 
-    Input-phase policies may rewrite `messages` (redaction) and narrow `targets`
-    (data routing). Output-phase policies read and may rewrite `response_text`
-    and read `response_tool_calls`.
+    Input-phase policies read every text a model reads (`texts()`: the conversation;
+    `definition_texts()`: tools, functions, response schema) and may rewrite them where they
+    stand (`map_texts`), and narrow `targets` (data routing). Output-phase policies read and may
+    rewrite the answer's texts of one choice (`response_texts()` / `map_response`): its
+    `response_text`, `response_refusal` and `response_tool_calls` (rewritten in place).
     """
 
     model: str
@@ -123,11 +136,16 @@ class Exchange:
     headers: dict[str, str] = field(default_factory=dict)  # names lower-cased
     targets: list[Target] = field(default_factory=list)
     max_tokens: int | None = None
+    request: dict[str, Any] = field(default_factory=dict)  # the canonical body: prediction, response_format, ...
     response_text: str = ""
+    response_refusal: str = ""
     response_tool_calls: list[dict[str, Any]] = field(default_factory=list)
     input_tokens: int = 0  # usage, known after the upstream answered
     output_tokens: int = 0
     notes: dict[str, Any] = field(default_factory=dict)  # per-request scratch space of policies
+    _texts: list[Text] | None = field(default=None, init=False, repr=False)
+    _definition_texts: list[Text] | None = field(default=None, init=False, repr=False)
+    _definitions_key: Any = field(default=_UNKNOWN, init=False, repr=False)
 
     @property
     def user_id(self) -> str | None:
@@ -145,38 +163,89 @@ class Exchange:
     def session_id(self) -> str | None:
         return self.headers.get("x-session-id")
 
+    # --- the request's texts ------------------------------------------------------------
+    def texts(self) -> list[Text]:
+        """(where, role, text) of every text of the conversation, in order (see `policies.texts`).
+
+        Built once and shared by the policies of the chain; `map_texts` renews it. Code that
+        changes the request otherwise calls `forget_texts()`.
+
+        The messages' content (strings, text and refusal parts, file names), their `name`,
+        `refusal`, tool calls (name, and every string of the JSON `arguments`) and legacy
+        `function_call`; the request's `prediction` and `tool_choice` name (role None).
+        """
+        found = self._texts
+        if found is None:
+            found = self._texts = where.collect(self._visit_conversation)
+        return found
+
+    def _visit_conversation(self, visit: Visit) -> None:
+        where.visit_messages(self.messages, visit)
+        if self.request:
+            where.visit_request_extras(self.request, visit)
+
+    def definition_texts(self) -> list[Text]:
+        """(where, None, text) of every text the application defines: tools, legacy functions, response schema."""
+        found = self._definition_texts
+        if found is None:
+            found = self._definition_texts = where.collect(self._visit_definitions)
+        return found
+
+    def _visit_definitions(self, visit: Visit) -> None:
+        where.visit_definitions(self.tools, self.request, visit)
+
+    @property
+    def has_definitions(self) -> bool:
+        request = self.request
+        return bool(self.tools) or (bool(request) and bool(request.get("functions") or request.get("response_format")))
+
+    def definitions_key(self) -> bytes | None:
+        """The definitions as JSON: what policies remember their findings by (None: none, or too large)."""
+        key = self._definitions_key
+        if key is _UNKNOWN:
+            key = self._definitions_key = (
+                where.definitions_key(self.tools, self.request, DEFINITIONS_KEY_MAX) if self.has_definitions else None
+            )
+        return key
+
     def iter_texts(self) -> Iterator[str]:
-        """Every piece of text of the request's messages, in order."""
-        for _, text in self.role_texts():
+        """Every text of the conversation, in order (without the definitions)."""
+        for _, _, text in self.texts():
             yield text
 
-    def role_texts(self) -> Iterator[tuple[Any, str]]:
-        """(role, text) for every piece of text of the request's messages, in order."""
-        for message in self.messages:
-            role = message.get("role")
-            content = message.get("content")
-            if isinstance(content, str):
-                yield role, content
-            elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        yield role, part["text"]
+    def map_texts(self, fn: Callable[[Path, Any, str], str], conversation: bool = True,
+                  definitions: bool = False) -> None:
+        """Put `fn(where, role, text)` in place of every text of the conversation and/or the definitions."""
+        if conversation:  # the texts as they are now, listed in the same pass
+            self._texts = where.collect(self._visit_conversation, fn)
+        if definitions:
+            self._definition_texts = where.collect(self._visit_definitions, fn)
+            self._definitions_key = _UNKNOWN
 
-    def map_texts(self, fn: Callable[[str], str]) -> None:
-        """Replace every piece of text of the request's messages by `fn(text)`."""
-        for message in self.messages:
-            content = message.get("content")
-            if isinstance(content, str):
-                message["content"] = fn(content)
-            elif isinstance(content, list):
-                for part in content:
-                    if isinstance(part, dict) and isinstance(part.get("text"), str):
-                        part["text"] = fn(part["text"])
+    def forget_texts(self) -> None:
+        """Drop what `texts()` and the definitions' texts and key remembered (call after changing the request)."""
+        self._texts = self._definition_texts = None
+        self._definitions_key = _UNKNOWN
 
     def tool_calls(self) -> Iterator[dict[str, Any]]:
         """Tool calls present in the request's assistant messages."""
         for message in self.messages:
             yield from message.get("tool_calls") or ()
+
+    # --- the answer's texts (one choice) -----------------------------------------------
+    def response_texts(self, calls_only: bool = False) -> list[Text]:
+        """(where, "assistant", text) of the answer: content, refusal, each tool call's name and arguments."""
+        return where.collect(lambda visit: self.map_response(visit, calls_only))
+
+    def map_response(self, fn: Callable[[Path, Any, str], str], calls_only: bool = False) -> None:
+        """Put `fn(where, role, text)` in place of every text of the answer (tool calls rewritten in place)."""
+        if not calls_only:
+            if self.response_text:
+                self.response_text = fn(("content",), "assistant", self.response_text)
+            if self.response_refusal:
+                self.response_refusal = fn(("refusal",), "assistant", self.response_refusal)
+        for k, call in enumerate(self.response_tool_calls):
+            where.visit_call(call, ("tool_calls", k), "assistant", fn)
 
 
 @dataclass(slots=True)

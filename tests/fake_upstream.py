@@ -76,13 +76,18 @@ class Reply:
     chunk_delay: float = 0.0  # seconds between stream events
     first_byte_delay: float = 0.0  # seconds before anything is sent
     finish_reason: str | None = None  # OpenAI or Anthropic vocabulary; default stop / tool calls
+    refusal: str | None = None  # OpenAI: the message's `refusal` (streamed as `refusal` deltas)
+    # OpenAI: more choices (index 1, 2, ...) after the one this reply describes, each its own Reply
+    # (text, tool_calls, refusal); streamed one choice after the other.
+    choices: tuple[Reply, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Reply:
-        """Build from JSON: keys as the fields; `tool_calls` as [{name, arguments, id?}]."""
+        """Build from JSON: keys as the fields; `tool_calls` as [{name, arguments, id?}]; `choices` as replies."""
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["tool_calls"] = tuple(ToolCall(**t) for t in data.get("tool_calls") or ())
+        kwargs["choices"] = tuple(cls.from_dict(c) for c in data.get("choices") or ())
         return cls(**kwargs)
 
 
@@ -356,48 +361,60 @@ def _embedding(text: str, dims: int) -> list[float]:
 # -- response builders (shared by the Tornado handlers and the fast server) ---------------------
 
 
-def openai_completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
-    """The `chat.completion` object answering `body` with `reply`."""
-    prompt = _tokens(" ".join(_content_text(m.get("content")) for m in body["messages"]))
-    completion = _tokens(reply.text or "") + sum(_tokens(json.dumps(t.arguments)) for t in reply.tool_calls)
+def _openai_choice(index: int, reply: Reply) -> dict[str, Any]:
     finish = _STOP_OPENAI.get(reply.finish_reason or "", reply.finish_reason) or (
         "tool_calls" if reply.tool_calls else "stop")
     calls = [{"id": t.id or _new_id("call_"), "type": "function",
               "function": {"name": t.name, "arguments": json.dumps(t.arguments)}} for t in reply.tool_calls]
     message: dict[str, Any] = {"role": "assistant", "content": reply.text if reply.text or not calls else None,
-                               "refusal": None}
+                               "refusal": reply.refusal}
     if calls:
         message["tool_calls"] = calls
+    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
+
+
+def openai_completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    """The `chat.completion` object answering `body` with `reply` (and its further `choices`)."""
+    prompt = _tokens(" ".join(_content_text(m.get("content")) for m in body["messages"]))
+    replies = (reply, *reply.choices)
+    completion = sum(_tokens(r.text or "") + sum(_tokens(json.dumps(t.arguments)) for t in r.tool_calls)
+                     for r in replies)
     return {
         "id": _new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [_openai_choice(i, r) for i, r in enumerate(replies)],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
         "system_fingerprint": "fp_fake",
     }
 
 
 def openai_events(completion: dict[str, Any], chunks: int, include_usage: bool) -> list[bytes]:
-    """The SSE events streaming `completion`: role, content pieces, tool calls, finish, usage?, [DONE]."""
+    """The SSE events streaming `completion`: per choice role, content (or refusal) pieces, tool calls,
+    finish; then usage?, [DONE]."""
     base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
     base["object"] = "chat.completion.chunk"
     if include_usage:
         base["usage"] = None
-    choice = completion["choices"][0]
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        data = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        data = {**base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                     "finish_reason": finish_reason}]}
         return b"data: " + _dumps(data) + b"\n\n"
 
-    events = [chunk({"role": "assistant", "content": "", "refusal": None})]
-    if choice["message"]["content"]:
-        events += [chunk({"content": piece}) for piece in _split(choice["message"]["content"], chunks)]
-    for index, call in enumerate(choice["message"].get("tool_calls", ())):
-        head = {"index": index, "id": call["id"], "type": "function",
-                "function": {"name": call["function"]["name"], "arguments": ""}}
-        events.append(chunk({"tool_calls": [head]}))
-        for piece in _split(call["function"]["arguments"], chunks):
-            events.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
-    events.append(chunk({}, choice["finish_reason"]))
+    events = []
+    for choice in completion["choices"]:
+        i, message = choice["index"], choice["message"]
+        events.append(chunk(i, {"role": "assistant", "content": "", "refusal": None}))
+        if message["content"]:
+            events += [chunk(i, {"content": piece}) for piece in _split(message["content"], chunks)]
+        if message.get("refusal"):
+            events += [chunk(i, {"refusal": piece}) for piece in _split(message["refusal"], chunks)]
+        for index, call in enumerate(message.get("tool_calls", ())):
+            head = {"index": index, "id": call["id"], "type": "function",
+                    "function": {"name": call["function"]["name"], "arguments": ""}}
+            events.append(chunk(i, {"tool_calls": [head]}))
+            for piece in _split(call["function"]["arguments"], chunks):
+                events.append(chunk(i, {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
+        events.append(chunk(i, {}, choice["finish_reason"]))
     if include_usage:
         events.append(b"data: " + _dumps({**base, "choices": [], "usage": completion["usage"]}) + b"\n\n")
     events.append(b"data: [DONE]\n\n")

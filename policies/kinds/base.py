@@ -25,9 +25,11 @@ from typing import Any, ClassVar
 
 from policies.model import INSTRUCTION_ROLES, Exchange, Phase, Verdict
 from policies.state import PolicyState
+from policies.texts import Path, location
 
 _INSTRUCTIONS_KEPT = 64  # instruction texts whose findings a policy remembers (see `Policy.scan_input`)
 _INSTRUCTION_MAX_CHARS = 64 * 1024
+_DEFINITIONS_KEPT = 64  # sets of tool definitions whose findings a policy remembers (`definition_findings`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +72,27 @@ def apply_hits(text: str, hits: Sequence[Hit]) -> tuple[str, int]:
     return "".join(out), count
 
 
-def _decide(hits: Sequence[Hit], redactions: int) -> Decision | None:
+def _decide(hits: Sequence[Hit], redactions: int, path: Path | None = None) -> Decision | None:
+    """The decision on a text's (or a request's) hits; a block or escalation found outside the
+    messages' content (`path`) names where it was found."""
     for verdict in (Verdict.BLOCK, Verdict.ESCALATE):
         for hit in hits:
             if hit.verdict is verdict:
-                return Decision(verdict, hit.reason_code, hit.message)
+                return Decision(verdict, hit.reason_code, located(hit.message, path))
     if redactions:
         first = next(h for h in hits if h.verdict is Verdict.REDACT)
         return Decision(Verdict.REDACT, first.reason_code, first.message, redactions)
     return None
+
+
+def located(message: str, path: Path | None) -> str:
+    """`message (in tools[2].function.description)` for a text outside the messages' content."""
+    if path is None or path[0] == "content" or (path[0] == "messages" and path[2:3] == ("content",)):
+        return message
+    return f"{message} (in {location(path)})" if message else f"found in {location(path)}"
+
+
+_NOTHING: dict[str, Any] = {}
 
 
 class Policy:
@@ -104,6 +118,7 @@ class Policy:
         self.options = options
         self.state = state
         self._instructions: dict[str, tuple[Hit, ...]] = {}  # see `scan_input`
+        self._definitions: dict[bytes, dict[str, tuple[Path, tuple[Hit, ...]]]] = {}  # see `definition_findings`
 
     # --- text kinds -----------------------------------------------------------------
     def scan_text(self, text: str, phase: Phase) -> list[Hit]:
@@ -130,18 +145,114 @@ class Policy:
             known[text] = found
         return found
 
+    def definition_findings(self, ex: Exchange) -> dict[str, tuple[Path, tuple[Hit, ...]]]:
+        """{text: (where, hits)} for the texts of the request's definitions in which this policy found something.
+
+        Tool definitions (with legacy functions and a response JSON schema) are the same on every
+        request of an application and can be long (20 tools: ~400 texts), so each policy remembers
+        its findings for the last 64 sets of definitions, by their JSON (up to 256 KiB; see
+        `Exchange.definitions_key`): a set seen before costs one dictionary lookup, a set that
+        changed is scanned whole. Do not modify the answer.
+        """
+        if not ex.has_definitions:
+            return _NOTHING
+        key = ex.definitions_key()
+        known = self._definitions
+        found = known.get(key) if key is not None else None
+        if found is None:
+            found = {}
+            for path, _, text in ex.definition_texts():
+                if text not in found:
+                    hits = self.scan_definition(text)
+                    if hits:
+                        found[text] = (path, tuple(hits))
+            if key is not None:
+                if len(known) >= _DEFINITIONS_KEPT:
+                    del known[next(iter(known))]  # the oldest
+                known[key] = found
+        return found
+
+    def scan_definition(self, text: str) -> Sequence[Hit]:
+        """Findings in a text of the definitions (`definition_findings` remembers them)."""
+        return self.scan_text(text, Phase.INPUT)
+
     # --- the two phases ---------------------------------------------------------------
     def check_input(self, ex: Exchange) -> Decision | None:
-        """Decide on the request; may redact `ex.messages` or narrow `ex.targets`."""
+        """Decide on the request; may redact its texts where they stand, or narrow `ex.targets`."""
         if not self.scans_text:
+            return None
+        found_in: dict[str, Sequence[Hit]] = {}  # text -> its findings, so no text is scanned twice
+        redacting = False
+        # Scan first without changing anything, so a block leaves the request untouched.
+        for path, role, text in ex.texts():
+            if text in found_in:
+                continue
+            found = found_in[text] = self.scan_input(text, role)
+            if found:
+                if any(h.verdict is not Verdict.REDACT for h in found):
+                    return _decide(found, 0, path)
+                redacting = True
+        defined = self.definition_findings(ex)
+        for path, found in defined.values():
+            if any(h.verdict is not Verdict.REDACT for h in found):
+                return _decide(found, 0, path)
+        if not redacting and not defined:
             return None
         hits: list[Hit] = []
         redactions = 0
-        scanned: dict[str, Sequence[Hit]] = {}  # text -> its findings, so no text is scanned twice
 
-        def redact(text: str) -> str:
+        def redact(path: Path, role: Any, text: str) -> str:
             nonlocal redactions
-            found = scanned[text] if text in scanned else self.scan_text(text, Phase.INPUT)
+            found = found_in.get(text)
+            if not found:
+                known = defined.get(text)
+                if known is None:
+                    return text
+                found = known[1]
+            hits.extend(found)
+            new, count = apply_hits(text, found)
+            redactions += count
+            return new
+
+        ex.map_texts(redact, conversation=redacting, definitions=bool(defined))
+        return _decide(hits, redactions)
+
+    def check_output(self, ex: Exchange) -> Decision | None:
+        """Decide on one choice of the response; may rewrite its texts (content, refusal, tool calls)."""
+        if not self.scans_text:
+            return None
+        if not ex.response_tool_calls and not ex.response_refusal:  # the usual answer: text only
+            if not ex.response_text:
+                return None
+            hits = self.scan_text(ex.response_text, Phase.OUTPUT)
+            if not hits:
+                return None
+            decision = _decide(hits, 0)
+            if decision is not None:
+                return decision
+            ex.response_text, count = apply_hits(ex.response_text, hits)
+            return _decide(hits, count)
+        return self.check_response_texts(ex)
+
+    def check_response_texts(self, ex: Exchange, calls_only: bool = False) -> Decision | None:
+        """Scan the answer's texts (only its tool calls with `calls_only`); block, or redact them in place."""
+        found_in: dict[str, Sequence[Hit]] = {}
+        for path, _, text in ex.response_texts(calls_only):
+            if text in found_in:
+                continue
+            found = self.scan_text(text, Phase.OUTPUT)
+            if found:
+                if any(h.verdict is not Verdict.REDACT for h in found):
+                    return _decide(found, 0, path)
+                found_in[text] = found
+        if not found_in:
+            return None
+        hits: list[Hit] = []
+        redactions = 0
+
+        def redact(path: Path, role: Any, text: str) -> str:
+            nonlocal redactions
+            found = found_in.get(text)
             if not found:
                 return text
             hits.extend(found)
@@ -149,30 +260,8 @@ class Policy:
             redactions += count
             return new
 
-        # Scan first without changing anything, so a block leaves the request untouched.
-        for role, text in ex.role_texts():
-            found = scanned[text] = self.scan_input(text, role)
-            if any(h.verdict is not Verdict.REDACT for h in found):
-                return _decide(found, 0)
-            if found:
-                break
-        else:
-            return None
-        ex.map_texts(redact)
+        ex.map_response(redact, calls_only)
         return _decide(hits, redactions)
-
-    def check_output(self, ex: Exchange) -> Decision | None:
-        """Decide on the response; may rewrite `ex.response_text`."""
-        if not self.scans_text or not ex.response_text:
-            return None
-        hits = self.scan_text(ex.response_text, Phase.OUTPUT)
-        if not hits:
-            return None
-        decision = _decide(hits, 0)
-        if decision is not None:
-            return decision
-        ex.response_text, count = apply_hits(ex.response_text, hits)
-        return _decide(hits, count)
 
 
 def compile_regexes(kind: str, path: str, patterns: list[str], flags: int = 0) -> list[re.Pattern[str]]:

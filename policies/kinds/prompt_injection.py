@@ -1,6 +1,9 @@
 """prompt-injection: instruction-override attempts and fake role boundaries in requests.
 
-Every message except `system` and `developer` ones (the application's own) is scanned.
+Every text a model reads is scanned (see `Exchange.texts`), except the content of `system` and
+`developer` messages (the application's own instructions): user, assistant and tool messages,
+names, tool-call arguments, and the tool definitions and response schema (they often come from
+third parties, e.g. MCP servers; remembered per set like other kinds do).
 Before matching, text is folded (zero-width characters dropped, NFKC, accents and
 look-alike letters folded; see policies.textfold) and base64 runs are decoded and scanned
 too (two levels deep). Matching is deterministic regex; `embedding_threshold` is accepted
@@ -13,10 +16,11 @@ import re
 from typing import Any
 
 from policies.kinds import register
-from policies.kinds.base import Decision, Hit, Policy, compile_regexes
+from policies.kinds.base import Decision, Hit, Policy, compile_regexes, located
 from policies.model import INSTRUCTION_ROLES, Exchange, Phase, Verdict
 from policies.state import PolicyState
 from policies.textfold import ascii_words, base64_segments, find_all, fold, lower, merge_windows, words_table
+from policies.texts import Path
 
 REASON = "prompt_injection_detected"
 
@@ -181,15 +185,30 @@ class PromptInjection(Policy):
         start, end, what = found
         return [Hit(start, end, verdict, REASON, "", self.message or f"prompt injection detected: {what}")]
 
+    def _hits(self, text: str) -> list[Hit]:
+        """The first finding in `text` as a hit (verdict ALLOW with `response.action: log`)."""
+        found = self._find(text)
+        if found is None:
+            return []
+        verdict = {"log": Verdict.ALLOW, "escalate": Verdict.ESCALATE}.get(self.action, Verdict.BLOCK)
+        start, end, what = found
+        return [Hit(start, end, verdict, REASON, "", self.message or f"prompt injection detected: {what}")]
+
+    def scan_definition(self, text: str) -> list[Hit]:
+        return self._hits(text)
+
     def check_input(self, ex: Exchange) -> Decision | None:
-        for role, text in ex.role_texts():
+        for path, role, text in ex.texts():
             if role in INSTRUCTION_ROLES:  # the application's own instructions are trusted
                 continue
-            found = self._find(text)
-            if found is None:
-                continue
-            message = self.message or f"prompt injection detected: {found[2]}"
-            if self.action == "log":  # recorded in the decision event, request passes
-                return Decision(Verdict.ALLOW, REASON, message)
-            return Decision(Verdict.ESCALATE if self.action == "escalate" else Verdict.BLOCK, REASON, message)
+            found = self._hits(text)
+            if found:
+                return self._decision(found[0], path)
+        for path, found in self.definition_findings(ex).values():  # tool definitions are not: they travel
+            return self._decision(found[0], path)
         return None
+
+    def _decision(self, hit: Hit, path: Path) -> Decision:
+        message = located(hit.message, path)
+        # With `log`, the finding is recorded in the decision event and the request passes.
+        return Decision(hit.verdict, REASON, message)

@@ -1,0 +1,318 @@
+"""Where a model reads text in a canonical (OpenAI chat) request and response, and how to rewrite it there.
+
+One walker per structure visits every model-visible text with its location (a path such as
+`("messages", 2, "tool_calls", 0, "function", "arguments")`, see `location`) and the role of the
+message it stands in, and puts back what the visitor returns: `visit(path, role, text) -> text`.
+Returning the very same string changes nothing; another string replaces the text where it stands.
+
+- JSON that a model reads as data (tool-call `arguments`) is decoded; every string in it (object
+  keys included, and numbers as their text) is visited, and it is re-encoded only when one of
+  them changed, so it stays valid JSON. `arguments` that are not valid JSON are one plain text.
+- JSON schemas (tool `parameters`, `response_format.json_schema.schema`) are walked the way a
+  model reads them: descriptions, titles, `enum`/`const`/`default`/`examples` values, property
+  names and the `required` lists that name them, and any other annotation; never the keywords
+  themselves, nor `type`, `format`, `$ref` or the numeric limits.
+- Deeper than `MAX_DEPTH` levels, a JSON value is visited as one text (its strings and numbers,
+  one per line) and replaced by the (string) result when that changed.
+
+The locations are listed in docs/policies.md ("Which texts each phase sees"). This module
+imports only the standard library and orjson.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+Path = tuple[Any, ...]
+Text = tuple[Path, Any, str]  # (where, role, text)
+Visit = Callable[[Path, Any, str], str]
+
+MAX_DEPTH = 64
+
+# JSON Schema keywords whose values a model does not read as text (types, references, limits).
+_SCHEMA_KEYWORDS = frozenset({
+    "type", "format", "$ref", "$schema", "$id", "$anchor", "$dynamicRef", "$dynamicAnchor", "$vocabulary",
+    "$comment", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength",
+    "maxLength", "minItems", "maxItems", "uniqueItems", "minProperties", "maxProperties", "minContains",
+    "maxContains", "contentEncoding", "contentMediaType", "readOnly", "writeOnly", "deprecated", "nullable",
+    "strict",
+})  # fmt: skip
+_SUBSCHEMA = frozenset({
+    "items", "additionalProperties", "additionalItems", "not", "if", "then", "else", "contains", "propertyNames",
+    "unevaluatedProperties", "unevaluatedItems", "contentSchema",
+})  # fmt: skip
+_SUBSCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
+_NAMED_SUBSCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+_PART_TEXTS = ("text", "refusal")  # content parts: text parts (and any part's `text`), refusal parts
+
+
+def location(path: Path) -> str:
+    """`("messages", 2, "content")` -> `messages[2].content`."""
+    out = ""
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else str(step))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- JSON values
+
+
+def visit_data(value: Any, path: Path, role: Any, visit: Visit, keys: bool = True, depth: int = 0) -> Any:
+    """Every string (object keys too when `keys`) and number of a decoded JSON value.
+
+    Returns `value` itself when nothing changed, else a rebuilt value (a changed number becomes
+    the string that replaced its text)."""
+    if isinstance(value, str):
+        return visit(path, role, value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        text = str(value)
+        new = visit(path, role, text)
+        return value if new == text else new
+    if depth >= MAX_DEPTH and isinstance(value, dict | list):
+        return _as_one_text(value, path, role, visit)
+    if isinstance(value, dict):
+        changed = False
+        items = []
+        for key, item in value.items():
+            new_key = visit(path, role, key) if keys and isinstance(key, str) else key
+            new_item = visit_data(item, path, role, visit, keys, depth + 1)
+            changed = changed or new_key is not key or new_item is not item
+            items.append((new_key, new_item))
+        return dict(items) if changed else value
+    if isinstance(value, list):
+        return _visit_list(value, lambda item: visit_data(item, path, role, visit, keys, depth + 1))
+    return value
+
+
+def _visit_list(items: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
+    """`[fn(item) ...]`, or `items` itself when `fn` returned every item unchanged."""
+    out = [fn(item) for item in items]
+    return items if all(a is b for a, b in zip(out, items, strict=True)) else out
+
+
+def _as_one_text(value: Any, path: Path, role: Any, visit: Visit) -> Any:
+    """A value nested too deep to walk: its strings (keys too) and numbers, one per line, as one text."""
+    texts: list[str] = []
+    stack = [value]
+    while stack:  # no recursion: the value may be nested up to the JSON parser's limit
+        item = stack.pop()
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, dict):
+            texts.extend(k for k in item if isinstance(k, str))
+            stack.extend(reversed(item.values()))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+        elif isinstance(item, int | float) and not isinstance(item, bool):
+            texts.append(str(item))
+    text = "\n".join(texts)
+    new = visit(path, role, text)
+    return value if new == text else new
+
+
+def visit_arguments(arguments: Any, path: Path, role: Any, visit: Visit) -> Any:
+    """A tool call's `arguments`: decoded JSON (re-encoded when changed), else one plain text."""
+    if not isinstance(arguments, str):
+        return visit_data(arguments, path, role, visit) if isinstance(arguments, dict | list) else arguments
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return visit(path, role, arguments)
+    new = visit_data(value, path, role, visit)
+    return arguments if new is value else orjson.dumps(new).decode()
+
+
+def visit_schema(schema: Any, path: Path, role: Any, visit: Visit, depth: int = 0) -> Any:
+    """The texts a model reads in a JSON schema; returns the schema itself when nothing changed."""
+    if not isinstance(schema, dict | list):
+        return schema  # `true` / `false` schemas
+    if depth >= MAX_DEPTH:
+        return _as_one_text(schema, path, role, visit)
+    if isinstance(schema, list):  # a list of schemas (`items: [...]`)
+        return _visit_list(schema, lambda s: visit_schema(s, path, role, visit, depth + 1))
+    changed = False
+    items = []
+    for key, value in schema.items():
+        if key in _SCHEMA_KEYWORDS:
+            new = value
+        elif key in _SUBSCHEMA or key in _SUBSCHEMA_LISTS:
+            new = visit_schema(value, path, role, visit, depth + 1)
+        elif key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
+            new = _visit_named(value, path, role, visit, depth + 1)
+        else:  # description, title, enum, const, default, examples, required, annotations
+            new = visit_data(value, path, role, visit, True, depth + 1)
+        changed = changed or new is not value
+        items.append((key, new))
+    return dict(items) if changed else schema
+
+
+def _visit_named(named: dict[str, Any], path: Path, role: Any, visit: Visit, depth: int) -> dict[str, Any]:
+    changed = False
+    items = []
+    for name, sub in named.items():
+        new_name = visit(path, role, name) if isinstance(name, str) else name
+        new_sub = visit_schema(sub, path, role, visit, depth)
+        changed = changed or new_name is not name or new_sub is not sub
+        items.append((new_name, new_sub))
+    return dict(items) if changed else named
+
+
+def _put(holder: dict[str, Any], key: str, path: Path, role: Any, visit: Visit) -> None:
+    """Visit `holder[key]` when it is a string; store the result when it changed."""
+    text = holder.get(key)
+    if isinstance(text, str):
+        new = visit((*path, key), role, text)
+        if new is not text:
+            holder[key] = new
+
+
+# ---------------------------------------------------------------------------------------------- requests
+
+
+def visit_parts(parts: list[Any], path: Path, role: Any, visit: Visit) -> None:
+    """Content parts: `text` of any part, `refusal` parts, a file part's `filename` (in place)."""
+    for j, part in enumerate(parts):
+        if not isinstance(part, dict):
+            continue
+        for key in _PART_TEXTS:
+            if key in part:
+                _put(part, key, (*path, j), role, visit)
+        file = part.get("file")
+        if isinstance(file, dict):
+            _put(file, "filename", (*path, j, "file"), role, visit)
+
+
+def visit_call(call: Any, path: Path, role: Any, visit: Visit) -> None:
+    """A tool call (or a legacy `function_call`): its function's name and arguments, in place."""
+    if not isinstance(call, dict):
+        return
+    function = call.get("function")
+    if isinstance(function, dict):
+        path = (*path, "function")
+    elif isinstance(call.get("custom"), dict):  # custom tool calls: {"custom": {"name", "input"}}
+        function, path = call["custom"], (*path, "custom")
+        _put(function, "input", path, role, visit)
+    else:
+        function = call  # a legacy `function_call` is the function itself
+    _put(function, "name", path, role, visit)
+    if "arguments" in function:
+        arguments = function["arguments"]
+        new = visit_arguments(arguments, (*path, "arguments"), role, visit)
+        if new is not arguments:
+            function["arguments"] = new
+
+
+def visit_messages(messages: list[Any], visit: Visit) -> None:
+    """Every text of the messages, in order, rewritten in place."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            continue
+        role = message.get("role")
+        content = message.get("content")
+        if isinstance(content, str):
+            new = visit(("messages", i, "content"), role, content)
+            if new is not content:
+                message["content"] = new
+        elif isinstance(content, list):
+            visit_parts(content, ("messages", i, "content"), role, visit)
+        if len(message) > 2:  # beyond role and content: name, refusal, tool calls
+            _put(message, "name", ("messages", i), role, visit)
+            _put(message, "refusal", ("messages", i), role, visit)
+            calls = message.get("tool_calls")
+            if isinstance(calls, list):
+                for k, call in enumerate(calls):
+                    visit_call(call, ("messages", i, "tool_calls", k), role, visit)
+            if "function_call" in message:
+                visit_call(message["function_call"], ("messages", i, "function_call"), role, visit)
+
+
+def visit_request_extras(request: dict[str, Any], visit: Visit) -> None:
+    """The request's texts outside the messages and the definitions: `prediction`, `tool_choice`."""
+    prediction = request.get("prediction")
+    if isinstance(prediction, dict):
+        content = prediction.get("content")
+        if isinstance(content, list):
+            visit_parts(content, ("prediction", "content"), None, visit)
+        else:
+            _put(prediction, "content", ("prediction",), None, visit)
+    choice = request.get("tool_choice")
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        _put(choice["function"], "name", ("tool_choice", "function"), None, visit)
+
+
+def visit_function(function: dict[str, Any], path: Path, visit: Visit) -> None:
+    """A function definition (`tools[].function`, legacy `functions[]`): name, description, parameters."""
+    _put(function, "name", path, None, visit)
+    _put(function, "description", path, None, visit)
+    if "parameters" in function:
+        schema = function["parameters"]
+        new = visit_schema(schema, (*path, "parameters"), None, visit)
+        if new is not schema:
+            function["parameters"] = new
+
+
+def visit_definitions(tools: list[Any], request: dict[str, Any], visit: Visit) -> None:
+    """What the application defines for the model: tools, legacy functions, a response JSON schema."""
+    for k, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            continue
+        function = tool.get("function")
+        if isinstance(function, dict):
+            visit_function(function, ("tools", k, "function"), visit)
+            continue
+        for key, value in tool.items():  # other tool types (e.g. custom): every string value
+            if key != "type":
+                new = visit_data(value, ("tools", k, key), None, visit, keys=False)
+                if new is not value:
+                    tool[key] = new
+    functions = request.get("functions")
+    if isinstance(functions, list):
+        for k, function in enumerate(functions):
+            if isinstance(function, dict):
+                visit_function(function, ("functions", k), visit)
+    response_format = request.get("response_format")
+    if isinstance(response_format, dict) and isinstance(response_format.get("json_schema"), dict):
+        spec = response_format["json_schema"]
+        path = ("response_format", "json_schema")
+        _put(spec, "name", path, None, visit)
+        _put(spec, "description", path, None, visit)
+        if "schema" in spec:
+            schema = spec["schema"]
+            new = visit_schema(schema, (*path, "schema"), None, visit)
+            if new is not schema:
+                spec["schema"] = new
+
+
+def definitions_key(tools: list[Any], request: dict[str, Any], limit: int) -> bytes | None:
+    """The definitions as one JSON text (what a policy remembers them by); None when over `limit` bytes."""
+    try:
+        key = orjson.dumps((tools, request.get("functions"), request.get("response_format")))
+    except TypeError:  # not JSON (a golden case written in YAML with odd values): never remembered
+        return None
+    return key if len(key) <= limit else None
+
+
+def collect(walk: Callable[[Visit], None], fn: Visit | None = None) -> list[Text]:
+    """The (where, role, text) of every text `walk` visits, in order; with `fn`, each text is
+    first replaced by `fn(where, role, text)` and the result listed."""
+    out: list[Text] = []
+    append = out.append
+    if fn is None:
+
+        def keep(path: Path, role: Any, text: str) -> str:
+            append((path, role, text))
+            return text
+    else:
+
+        def keep(path: Path, role: Any, text: str) -> str:
+            new = fn(path, role, text)
+            append((path, role, new))
+            return new
+
+    walk(keep)
+    return out
