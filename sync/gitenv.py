@@ -14,9 +14,11 @@ import os
 from pathlib import Path
 
 PROTOCOLS = ("https", "http", "git", "ssh", "file")
-# Host variables git may still need: where programs are, the outbound proxy, CA bundles, time zone.
+# Host variables git may still need: where programs are, the outbound proxy, CA bundles, time zone,
+# and an ssh-agent socket (SSH remotes without --ssh-key-file).
 PASS_THROUGH = ("PATH", "TZ", "http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
-                "all_proxy", "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH")
+                "all_proxy", "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR", "GIT_SSL_CAINFO", "GIT_SSL_CAPATH",
+                "SSH_AUTH_SOCK")
 CONFIG_ARGS = (
     "-c", "core.hooksPath=/dev/null",
     "-c", "core.attributesFile=/dev/null",

@@ -308,3 +308,16 @@ def test_old_state_dir_without_digests_is_republished(upstream, tmp_path):
     assert agent.sync_once().result == "success"
     assert manifest_path(state / "revisions" / good).is_file()
     assert git("-C", str(state / "repo"), "rev-parse", "refs/kt/applied") == good
+
+
+def test_only_supported_transports_even_if_the_host_allows_more(upstream, tmp_path, monkeypatch):
+    marker = tmp_path / "marker"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text("[protocol]\n\tallow = always\n")  # the host opened every transport
+    monkeypatch.setenv("HOME", str(home))
+    url = f"ext::sh -c touch% {marker}% &&% git-upload-pack% {upstream.bare}"
+    agent = SyncAgent(SyncSettings(Remote(url), tmp_path / "state", CFG))
+    agent.acquire()
+    result = agent.sync_once()
+    assert result.result == "error" and not marker.exists()
