@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
 import signal
 import time
 from dataclasses import dataclass
@@ -161,6 +162,7 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
 async def serve(settings: GatewaySettings, config_path: str | Path | None, sync: EmbeddedSync | None = None) -> int:
     """Run until SIGTERM/SIGINT, then drain; the exit code."""
     began = time.perf_counter()
+    raise_open_file_limit()  # before start(): the default --max-connections follows from it
     gateway = await start(settings, config_path, sync=sync)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -190,6 +192,18 @@ async def tell_systemd(gateway: RunningGateway) -> None:
     while interval:
         sdnotify.watchdog()
         await asyncio.sleep(interval)
+
+
+def raise_open_file_limit(cap: int = 1 << 20) -> None:
+    """Raise the soft open-file limit to the hard one (as Go programs and nginx's worker_rlimit_nofile do):
+    a shell's default soft limit of 1024 would cap the gateway at a few hundred connections."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, target, exc)
 
 
 def tune_gc() -> None:

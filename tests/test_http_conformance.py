@@ -487,6 +487,7 @@ def test_accept_failing_with_emfile_neither_spins_nor_crashes(tmp_path: Path) ->
             sock.close()
         wires.clear()
         wait_for(lambda: _healthy(gw.port), timeout=15)
+        assert "Traceback" not in gw.logs()
     finally:
         for sock in wires:
             sock.close()
@@ -526,3 +527,18 @@ def test_a_stream_the_client_stops_reading_frees_the_connection_and_the_upstream
     wait_for(lambda: gw.call(lambda: pool._active) == 0)  # the upstream slot is free again
     assert connections(gw) == 0
     sock.close()
+
+
+def test_the_default_max_connections_follows_the_raised_open_file_limit(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
+    hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+
+    def shell_like_limit() -> None:  # a low soft limit under a higher hard one, as a login shell has
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    gw = GatewayProcess(cfg, tmp_path / "state", preexec=shell_like_limit)
+    try:
+        expected = f"at most {(hard - 128) // 2} at once"
+        assert any(expected in line.get("msg", "") for line in gw.log_lines()), gw.logs()
+    finally:
+        assert gw.stop() == 0
