@@ -165,7 +165,8 @@ class Mirror:
             raise GitError("auth", str(exc)) from None
         deadline = time.monotonic() + timeout
         if remote.pinned:
-            self._fetch_commit(remote, url, env, secrets, deadline)
+            self.source = remote.ref
+            self._fetch_commit(remote, url, env, secrets, remote.ref, HEAD_REF, deadline)
         else:
             sources = remote.sources()
             if self.source in sources:  # the kind found last time first: one round trip per poll
@@ -194,17 +195,15 @@ class Mirror:
             args.append("--unshallow")
         self._git([*args, "--", url, *refspecs], deadline - time.monotonic(), env, secrets)
 
-    def _fetch_commit(self, remote: Remote, url: str, env: dict[str, str], secrets: list[str],
-                      deadline: float) -> None:
-        """A pinned SHA: nothing to do when it is already our ref; else fetch it by SHA, and if the
-        server refuses unadvertised objects, fetch every branch and tag and look it up there."""
-        sha = remote.ref
-        self.source = sha
+    def _fetch_commit(self, remote: Remote, url: str, env: dict[str, str], secrets: list[str], sha: str,
+                      ref: str, deadline: float) -> None:
+        """Commit `sha` into `ref`: nothing to do when `ref` already holds it; else fetch it by SHA, and if
+        the server refuses unadvertised objects, fetch every branch and tag and look it up there."""
         with contextlib.suppress(GitError):
-            if self._git(["rev-parse", "--verify", "--quiet", f"{HEAD_REF}^{{commit}}"], 30) == sha:
+            if self._git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], 30) == sha:
                 return
         try:
-            self._fetch_refspecs(remote, url, env, secrets, [f"+{sha}:{HEAD_REF}"], deadline)
+            self._fetch_refspecs(remote, url, env, secrets, [f"+{sha}:{ref}"], deadline)
             return
         except GitError as exc:
             if exc.kind == "timeout" or not _REFUSED_SHA.search(str(exc)):
@@ -219,12 +218,12 @@ class Mirror:
             except GitError:
                 raise GitError("branch_missing",
                                f"commit {sha} is not on any branch or tag of {remote.masked_url}") from None
-            self._git(["update-ref", "--no-deref", HEAD_REF, sha], 30)
+            self._git(["update-ref", "--no-deref", ref, sha], 30)
         except GitError as exc:
             raise exc if exc.kind == "branch_missing" else _classify(exc, remote) from None
         finally:
             for scanned in self._git(["for-each-ref", "--format=%(refname)", SCAN_REFS], 30).split():
-                self._git(["update-ref", "-d", scanned], 30)  # only HEAD_REF keeps objects alive
+                self._git(["update-ref", "-d", scanned], 30)  # only `ref` keeps the objects alive
 
     def pin(self, sha: str) -> None:
         """Point `refs/kt/applied` at the commit just published."""
@@ -239,11 +238,10 @@ class Mirror:
         except CredentialError as exc:
             raise GitError("auth", str(exc)) from None
         with contextlib.suppress(GitError):
-            self._git(["fetch", "--no-tags", "--no-auto-gc", "--no-write-fetch-head", "--quiet", "--depth=1",
-                       "--", url, f"+{sha}:{APPLIED_REF}"], timeout, env, secrets)
+            self._fetch_commit(remote, url, env, secrets, sha, APPLIED_REF, time.monotonic() + timeout)
         if not self._has_commit(sha):
             raise GitError("repo", f"the applied commit {sha[:12]} is no longer in the clone and the remote "
-                                   "does not serve it by id; it cannot be restored")
+                                   "does not serve it (by id, or on a branch or tag); it cannot be restored")
 
     def _has_commit(self, sha: str) -> bool:
         try:
