@@ -41,8 +41,8 @@ def mask_url(url: str) -> str:
 
     return mask(url)
 DRIFT_FIXES = {
-    "rejected": "the newest commit failed validation: fix it in a new commit or `git revert` it "
-    "(`kt sync status` lists the lint findings); the last good revision keeps serving",
+    "rejected": "the newest commit failed validation or signature verification (E120): fix it in a new, "
+    "signed commit or `git revert` it (`kt sync status` lists the findings); the last good revision keeps serving",
     "pending": "a newer revision is not applied yet; if this persists, see reload.last_error in /keeptrusts/status",
     "unreachable": "the Git remote cannot be fetched: check credentials and network (`kt sync status`)",
     "modified": "a published config file was edited on disk; the next sync restores it",

@@ -148,6 +148,7 @@ class SyncAgent:
         status = read_status(self.state) or {}
         status.update(repo=s.remote.masked_url, branch=s.remote.ref, ref=s.remote.ref, path=s.path,
                       verify_signers=self._signers.describe() if self._signers else {"enabled": False})
+        status.setdefault("applied_signer", None)
         status["last_attempt_at"] = rfc3339(time.time())
         self._restored = False
         try:

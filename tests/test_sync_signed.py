@@ -4,6 +4,7 @@ Real keys (ssh-keygen, gpg in throwaway homes), real signed commits, git's own v
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -231,6 +232,11 @@ def test_cli_flags_env_and_startup_errors(upstream, alice, tmp_path):
     status = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--state-dir", str(tmp_path / "a")],
                             capture_output=True, text=True, timeout=60)
     assert "verified: ssh keys" in status.stdout and "E120" in status.stdout and "not signed" in status.stdout
+    as_json = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--state-dir", str(tmp_path / "a"),
+                              "--json"], capture_output=True, text=True, timeout=60)
+    sync = json.loads(as_json.stdout)["sync"]
+    assert sync["verify_signers"] == {"enabled": True, "format": "ssh", "file": str(signers), "keys": 1}
+    assert sync["applied_signer"] is None and sync["findings"][0]["code"] == "E120"
     bad = tmp_path / "bad"
     bad.write_text("not a key\n")
     for flag in ("--verify-signers", "--git-verify-signers"):
