@@ -30,7 +30,7 @@ from gateway.handler import Handler
 from gateway.keys import presented_key
 from gateway.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
 from gateway.runtime import Runtime
-from gateway.upstream import DONE, UpstreamFailure, unavailable_reason
+from gateway.upstream import DONE, UpstreamFailure, unavailable_reason, upstream_text
 from gateway.validate import validate_chat, validate_messages
 from policies.agents import check_agent_limits, record_agent_usage
 from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Target, Verdict
@@ -425,10 +425,25 @@ class ChatHandler(ProxyHandler):
 
     # --- client-format hooks (overridden for Anthropic clients) ----------------------------
     def answer(self, resp: dict[str, Any], raw: bytes | None) -> None:
-        self.send_json(raw if raw is not None else resp)
+        try:
+            body = raw if raw is not None else orjson.dumps(resp)
+        except orjson.JSONEncodeError as exc:
+            raise self.unrelayable(exc).error() from None
+        self.send_json(body)
 
     def sse(self, chunks: list[dict[str, Any]]) -> bytes:
-        return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+        try:
+            return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+        except orjson.JSONEncodeError as exc:
+            raise self.unrelayable(exc) from None
+
+    def unrelayable(self, exc: Exception) -> UpstreamFailure:
+        """An answer read but not encodable for the client (nested too deep, untranslatable): a 502, not a 500."""
+        target = self.target
+        if target is None:
+            return UpstreamFailure("bad_response", f"the upstream sent an answer kt cannot relay: {exc}")
+        return UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) sent an answer kt cannot "
+                               f"relay: {upstream_text(target, str(exc), 200)}")
 
     def sse_done(self) -> bytes:
         return b"data: [DONE]\n\n"
@@ -672,13 +687,20 @@ class MessagesHandler(ChatHandler):
         return req
 
     def answer(self, resp: dict[str, Any], raw: bytes | None) -> None:
-        self.send_json(translate.openai_response_to_anthropic(resp, self.client_model))
+        try:
+            body = orjson.dumps(translate.openai_response_to_anthropic(resp, self.client_model))
+        except (translate.TranslationError, orjson.JSONEncodeError) as exc:
+            raise self.unrelayable(exc).error() from None
+        self.send_json(body)
 
     def sse(self, chunks: list[dict[str, Any]]) -> bytes:
         if self.to_anthropic is None:
             self.to_anthropic = translate.OpenAIStreamToAnthropic(self.client_model, self.record.input_tokens)
-        events = [e for c in chunks for e in self.to_anthropic.feed(c)]
-        return b"".join(translate.format_sse(e, e["type"]) for e in events)
+        try:
+            events = [e for c in chunks for e in self.to_anthropic.feed(c)]
+            return b"".join(translate.format_sse(e, e["type"]) for e in events)
+        except (translate.TranslationError, orjson.JSONEncodeError) as exc:
+            raise self.unrelayable(exc) from None
 
     def sse_done(self) -> bytes:
         if self.to_anthropic is None:

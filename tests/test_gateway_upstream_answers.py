@@ -207,6 +207,27 @@ def test_answers_that_are_not_usable_http_are_a_502(serve: Any, answer: bytes) -
     assert wait_for(lambda: 1 in up.closed_at)
 
 
+DEEP_FIELD = b'"extra": ' + b'{"a": ' * 300 + b"1" + b"}" * 300
+
+
+def test_an_answer_that_cannot_be_reencoded_is_a_502(serve: Any, test_kinds: None) -> None:
+    """Fields kt does not read but must re-encode (after a redaction, in a stream, for Anthropic clients)."""
+    completion = (b'{"id": "c", "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", '
+                  b'"content": "a forbidden word", "refusal": null}}], ' + DEEP_FIELD + b"}")
+    gw, _ = serve(lambda req, conn: conn.send_json(completion), chain=["test-term"],
+                  policy={"test-term": {"pattern": "forbidden", "verdict": "redact"}})
+    assert chat_error(gw).status_code == 502
+    chunk = (b'{"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}], '
+             + DEEP_FIELD + b"}")
+    gw, _ = serve(lambda req, conn: conn.send_response(sse(chunk, b"[DONE]"),
+                                                       headers={"Content-Type": "text/event-stream"}))
+    assert chat_error(gw, stream=True).status_code == 502
+    image = {"choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": [{"type": "image_url", "image_url": "not an object"}]}}]}
+    gw, _ = serve(lambda req, conn: conn.send_json(image))
+    assert messages_error(gw).status_code == 502
+
+
 ANTHROPIC_JUNK = {
     "content that is text": {**ANTHROPIC_MESSAGE, "content": "x"},
     "a block that is text": {**ANTHROPIC_MESSAGE, "content": ["x"]},
