@@ -256,3 +256,34 @@ def test_writes_beside_the_config_never_reload_and_a_bad_edit_is_one_error(tmp_p
             await reloader.stop()
 
     asyncio.run(main())
+
+
+def test_a_configmap_style_data_link_flip_reloads_and_its_neighbours_do_not(tmp_path):
+    """Kubernetes mounts a ConfigMap as `file -> ..data/file`, `..data -> ..<timestamp>`; an update
+    writes a new `..<timestamp>` directory and renames a new `..data` link over the old one."""
+    mount = tmp_path / "mount"
+    (mount / "..2026_01").mkdir(parents=True)
+    (mount / "..2026_01" / "policy-config.yaml").write_text(config("1.0.0"))
+    os.symlink("..2026_01", mount / "..data")
+    os.symlink("..data/policy-config.yaml", mount / "policy-config.yaml")
+    path = mount / "policy-config.yaml"
+
+    async def main():
+        runtime = Runtime()
+        reloader = Reloader(runtime, path)
+        reloader.load_initial()
+        reloader.start(sighup=False)
+        try:
+            await async_wait_for(lambda: reloader.last.trigger == "watch", timeout=20)
+            before = _reloads("noop")
+            await _write_beside(mount / "..2026_01" / "other-key.yaml", seconds=1.0)
+            (mount / "..2026_02").mkdir()
+            (mount / "..2026_02" / "policy-config.yaml").write_text(config("2.0.0"))
+            os.symlink("..2026_02", mount / "..data_tmp")
+            os.replace(mount / "..data_tmp", mount / "..data")
+            await async_wait_for(lambda: runtime.snapshot.config.pack.version == "2.0.0", timeout=20)
+            assert _reloads("noop") == before
+        finally:
+            await reloader.stop()
+
+    asyncio.run(main())
