@@ -5,10 +5,10 @@ run replaces when it ends: the normal interval (+-10 % jitter) after a success, 
 commit (the remote is healthy: a fix must land within one interval), and exponential backoff with
 jitter after errors, capped at `max_backoff`.
 
-`trigger()` (webhook, SIGHUP) is debounced: on an idle agent the first trigger runs a sync at once
-(leading edge); every trigger after it, while that run is queued or in flight or until it is over,
-collapses into one trailing run, held until no trigger came for `quiet` seconds (at most `max_wait`
-after the first held one) and never started while another run is in flight. A burst of pushes thus
+`trigger()` (webhook, SIGHUP) is debounced: on an idle agent whose last run started at least
+`quiet` seconds ago the trigger runs a sync at once (leading edge); every other trigger collapses
+into one trailing run, held until no trigger came for `quiet` seconds (at most `max_wait` after
+the first held one) and never started while another run is in flight. A burst of pushes thus
 costs two fetches (one in flight plus one trailing, which fetches the newest head); a continuous
 stream, two per `max_wait`.
 """
@@ -66,6 +66,7 @@ class SyncScheduler:
         self._first_held = 0.0  # monotonic time of the first held trigger
         self._last_trigger = 0.0
         self._due: float | None = None  # monotonic time the trailing run is scheduled for
+        self._last_start = float("-inf")  # monotonic time the last run started
         self._rng = random.Random()
         self._sched = BackgroundScheduler(
             timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
@@ -85,7 +86,7 @@ class SyncScheduler:
                 return
             now = time.monotonic()
             self._last_trigger = now
-            if not (self._running or self._pending or self._lead_queued):
+            if not (self._running or self._pending or self._lead_queued) and now - self._last_start >= self.quiet:
                 self._lead_queued = True
                 self._schedule(0.0)
                 return
@@ -119,6 +120,7 @@ class SyncScheduler:
             if self.done.is_set():
                 return
             self._running = True
+            self._last_start = time.monotonic()
             self._pending = False  # this run fetches the newest head: it serves every trigger so far
             self._lead_queued = False
             self._due = None

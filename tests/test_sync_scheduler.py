@@ -133,3 +133,45 @@ def test_webhook_secret_sources(tmp_path, monkeypatch):
     assert webhook.load_secret(str(f)) == b"from-file"
     with pytest.raises(webhook.WebhookSecretError, match="cannot read"):
         webhook.load_secret(str(tmp_path / "missing"))
+
+
+class CountingAgent(SyncAgent):
+    """Counts the syncs that started."""
+
+    def __init__(self, settings: SyncSettings) -> None:
+        super().__init__(settings)
+        self.started: list[float] = []
+
+    def sync_once(self) -> SyncResult:
+        self.started.append(__import__("time").monotonic())
+        return super().sync_once()
+
+
+def test_trigger_debounce_leading_run_trailing_run_and_max_wait(tmp_path: Path):
+    import time
+
+    up = Upstream(tmp_path / "remote")
+    up.commit({CFG: config_yaml("1.0.0")})
+    agent = CountingAgent(SyncSettings(Remote(up.url), tmp_path / "state", CFG))
+    agent.acquire()
+    sched = SyncScheduler(agent, interval=3600, quiet=0.3, max_wait=0.8)
+    sched.start(first_delay=3600)
+    try:
+        t0 = time.monotonic()
+        sched.trigger()  # idle: runs at once
+        wait_for(lambda: len(agent.started) == 1, timeout=10)
+        assert agent.started[0] - t0 < 0.5
+        for _ in range(10):  # a short burst: one trailing run after 0.3 s of quiet
+            sched.trigger()
+        wait_for(lambda: len(agent.started) == 2 and not sched._running, timeout=10)
+        burst_end = time.monotonic()
+        stream_end = burst_end + 2.0
+        while time.monotonic() < stream_end:  # a steady stream, never quiet: max_wait still lets runs through
+            sched.trigger()
+            time.sleep(0.02)  # the stream's rate, not a synchronisation
+        during = [t for t in agent.started if burst_end < t <= stream_end]
+        assert 2 <= len(during) <= 6, len(during)
+        wait_for(lambda: not sched._running and not sched._pending, timeout=10)
+        assert len(agent.started) - 2 - len(during) <= 1  # at most the one trailing run after the stream
+    finally:
+        sched.stop()
