@@ -247,3 +247,21 @@ def test_cli_flags_env_and_startup_errors(upstream, alice, tmp_path):
                          "--state-dir", str(tmp_path / "c"), "--listen", "127.0.0.1:0",
                          "--git-verify-signers", str(bad)], capture_output=True, text=True, timeout=60)
     assert gw.returncode == 1 and "--git-verify-signers" in gw.stderr and "neither" in gw.stderr
+
+
+@needs_ssh
+@needs_gpg
+def test_a_commit_signed_in_the_other_format_is_untrusted(upstream, alice, gpg_keys, tmp_path, monkeypatch):
+    """SSH keys trusted, an OpenPGP-signed head: git must not fall back to the host's keyring (which has the key)."""
+    carol = gpg_keys("carol")
+    monkeypatch.setenv("GNUPGHOME", str(carol.home))
+    signers = tmp_path / "allowed_signers"
+    signers.write_text(alice.allowed_signers_line())
+    alice.use(upstream)
+    good = upstream.commit({CFG: config_yaml("1.0.0")}, "alice, ssh")
+    state = tmp_path / "state"
+    agent = agent_for(upstream.url, state, signers)
+    assert agent.sync_once().applied == good
+    carol.use(upstream)
+    other = upstream.commit({CFG: disabled(config_yaml("1.0.1"))}, "carol, openpgp")
+    assert_refused(agent, state, good, other, f"is signed by an untrusted key {carol.fingerprint}")
