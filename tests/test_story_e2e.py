@@ -4,7 +4,8 @@ A policy repository on a local Git server (`git daemon`); two gateways, each wit
 sync agent; a merge changes a policy and both gateways enforce it on the same revision; a bad
 merge is refused while both keep serving and report drift `rejected`; `git revert` restores and
 the drift clears; `kt doctor --gateway` warns (exit 0, 1 with --strict) during the refusal and
-passes on both after; `kt events list` shows the decisions.
+passes on both after, and `kt gateway status` shows the fleet drifted, then in agreement;
+`kt events list` shows the decisions.
 The only fake is the LLM provider: the config uses the built-in `mock` provider.
 """
 
@@ -179,6 +180,11 @@ def test_the_whole_story(story: tuple[Upstream, list[Gateway]]) -> None:
         assert "revert" in drift["fix"] and report["warnings"] >= 1
         strict = kt("doctor", "--gateway", gw.url, "--strict", env={"KEEPTRUSTS_ADMIN_TOKEN": ADMIN})
         assert strict.returncode == 1 and "⚠ drift:" in strict.stdout, strict.stdout
+    fleet = kt("gateway", "status", *(a for gw in gateways for a in ("--gateway", gw.url)), "--json",
+               env={"KEEPTRUSTS_ADMIN_TOKEN": ADMIN})
+    report = json.loads(fleet.stdout)
+    assert fleet.returncode == 1 and report["revisions"] == [second], report  # same revision, but drifted
+    assert report["problems"] == [f"{gw.url}: drifted (rejected)" for gw in gateways]
 
     # `git revert` of the bad merge restores: the drift clears, on a new revision.
     git("revert", "--no-edit", "-m", "1", "HEAD", cwd=upstream.work)
@@ -191,6 +197,9 @@ def test_the_whole_story(story: tuple[Upstream, list[Gateway]]) -> None:
         doctor = kt("doctor", "--gateway", gw.url, env={"KEEPTRUSTS_ADMIN_TOKEN": ADMIN})
         assert doctor.returncode == 0, doctor.stdout
         assert doctor.stdout.startswith("Keeptrusts Gateway Diagnostics")
+    fleet = kt("gateway", "status", *(a for gw in gateways for a in ("--gateway", gw.url)),
+               env={"KEEPTRUSTS_ADMIN_TOKEN": ADMIN})
+    assert fleet.returncode == 0 and f"agree on revision {reverted[:12]}" in fleet.stdout, fleet.stdout
 
     # `kt events list` shows every decision of the story, each with the revision that made it.
     def listed(gw: Gateway) -> list[dict]:
