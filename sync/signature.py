@@ -110,6 +110,9 @@ class TrustedSigners:
             else:
                 self.format = SSH
                 self.keys = _ssh_keys(self.path, text)
+                if shutil.which("ssh-keygen") is None:
+                    raise SignersError(f"{self.path} lists SSH keys but ssh-keygen is not installed "
+                                       "(apt install openssh-client)")
         except BaseException:
             self.close()
             raise
@@ -117,7 +120,7 @@ class TrustedSigners:
     def _import_openpgp(self) -> list[str]:
         gpg = shutil.which("gpg")
         if gpg is None:
-            raise SignersError(f"{self.path} holds OpenPGP keys but gpg is not installed (apt install gnupg)")
+            raise SignersError(f"{self.path} holds OpenPGP keys but gpg is not installed (apt install gpg)")
         base = [gpg, "--homedir", str(self.home), "--batch", "--no-autostart", "--no-tty"]
         try:
             subprocess.run([*base, "--import", str(self.path)], capture_output=True, timeout=_GPG_TIMEOUT)
