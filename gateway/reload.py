@@ -71,13 +71,19 @@ def resolve_config(path: str | Path) -> tuple[str, str | None]:
     path leaving that revision (E110), a revision that no longer matches its digest (E111)."""
     link = _current_link(path)
     if link is None:
-        return os.path.realpath(path), None
-    revisions = os.path.realpath(link.parent / "revisions")
-    rev = os.path.realpath(link)  # resolved once: a flip while loading cannot mix two revisions
-    if os.path.dirname(rev) != revisions or not _REVISION_DIR.match(os.path.basename(rev)):
-        raise ConfigError(str(path), [Finding("E110", "", f"{link} points at {rev}, not at a revision "
-                                              f"published in {revisions}")])
-    inside = os.path.relpath(os.path.abspath(path), link)
+        real = os.path.realpath(path)
+        published = _published(real)  # reached through some other link: still a published revision, still checked
+        if published is None:
+            return real, None
+        rev = str(published[0] / "revisions" / published[1])
+        inside = os.path.relpath(real, rev)
+    else:
+        revisions = os.path.realpath(link.parent / "revisions")
+        rev = os.path.realpath(link)  # resolved once: a flip while loading cannot mix two revisions
+        if os.path.dirname(rev) != revisions or not _REVISION_DIR.match(os.path.basename(rev)):
+            raise ConfigError(str(path), [Finding("E110", "", f"{link} points at {rev}, not at a revision "
+                                                  f"published in {revisions}")])
+        inside = os.path.relpath(os.path.abspath(path), link)
     try:
         real = os.path.realpath(os.path.join(rev, inside), strict=True)
     except OSError as exc:

@@ -321,3 +321,18 @@ def test_only_supported_transports_even_if_the_host_allows_more(upstream, tmp_pa
     agent.acquire()
     result = agent.sync_once()
     assert result.result == "error" and not marker.exists()
+
+
+def test_gateway_checks_a_revision_reached_through_another_link(upstream, tmp_path):
+    state = tmp_path / "state"
+    good = upstream.head()
+    make_agent(upstream, state).sync_once()
+    alias = tmp_path / "etc-kt-policy.yaml"
+    os.symlink(state / "current" / CFG, alias)  # e.g. /etc/kt/policy.yaml -> <state>/current/policy-config.yaml
+    runtime = Runtime()
+    reloader = Reloader(runtime, alias)
+    assert reloader.load_initial().revision == good
+    (state / "revisions" / good / CFG).write_text(config_yaml("6.6.6", name="edited-by-hand"))
+    result = asyncio.run(reloader.reload("test"))
+    assert result.result == "error" and result.findings[0].code == "E111"
+    assert runtime.snapshot.config.pack.version == "1.0.0"
