@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from gateway import translate
+from gateway.errors import invalid
 from gateway.httpclient import Response
 from gateway.providers import checks, mock
 from gateway.upstream import DONE, UpstreamClient, UpstreamFailure, auth_headers, read_chunk, upstream_text
@@ -34,6 +35,14 @@ def _url(base_url: str | None, default: str, path: str) -> str:
     if not base.endswith("/v1"):
         base += "/v1"
     return base + path
+
+
+def _to_anthropic(req: dict[str, Any], model: str) -> dict[str, Any]:
+    """The Anthropic request for a canonical one; what it cannot express is the client's to fix (400, not 500)."""
+    try:
+        return translate.openai_request_to_anthropic(req, model)
+    except translate.TranslationError as exc:
+        raise invalid(str(exc)) from None
 
 
 def _headers(target: Target, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -80,7 +89,7 @@ async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) 
     if target.provider == "mock":
         return mock.complete({**req, "model": target.model}), None
     if is_anthropic(target):
-        body = orjson.dumps(translate.openai_request_to_anthropic({**req, "stream": False}, target.model))
+        body = orjson.dumps(_to_anthropic({**req, "stream": False}, target.model))
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
         data = await client.post_json(target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), body)
         return _from_anthropic(target, _loads(target, data)), None
@@ -119,7 +128,7 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
     anthropic = is_anthropic(target)
     if anthropic:
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
-        wire = orjson.dumps(translate.openai_request_to_anthropic(body, target.model))
+        wire = orjson.dumps(_to_anthropic(body, target.model))
         resp = await client.open_stream(target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), wire)
         converter = translate.AnthropicStreamToOpenAI(target.model, include_usage=True)
 

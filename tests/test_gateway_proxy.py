@@ -149,6 +149,22 @@ def test_anthropic_target_for_openai_and_anthropic_clients(
         assert "".join(stream.text_stream) == "from claude"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_request_an_anthropic_target_cannot_take_is_400(
+        tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any, stream: bool) -> None:
+    """Found by the fuzz suite: a content list with a bare string, sent to an anthropic target, was a 500."""
+    cfg = write_config(tmp_path / "c.yaml", [
+        {"id": "claude", "provider": "anthropic", "model": "claude-3-5-haiku-latest", "base_url": fake_upstream.url,
+         "secret_key_ref": {"env": KEY_ENV}}])
+    gw = start_gateway(cfg)
+    body = json.dumps({"model": "claude-3-5-haiku-latest", "stream": stream,
+                       "messages": [{"role": "user", "content": ["hi", {"type": "text", "text": "x"}]}]}).encode()
+    status, _, data = raw(gw, "POST", "/v1/chat/completions", body)
+    error = json.loads(data)["error"]
+    assert status == 400 and error["code"] == "invalid_request" and "messages[0].content" in error["message"]
+    assert fake_upstream.requests_to("/v1/messages") == []
+
+
 def test_embeddings_and_models(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KT_TEST_MISSING", raising=False)
