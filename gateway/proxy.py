@@ -31,7 +31,7 @@ from gateway.keys import presented_key
 from gateway.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
 from gateway.runtime import Runtime
 from gateway.upstream import DONE, UpstreamFailure, unavailable_reason, upstream_text
-from gateway.validate import validate_chat, validate_messages
+from gateway.validate import MAX_JSON_DEPTH, nested_deeper, validate_chat, validate_messages
 from policies.agents import check_agent_limits, record_agent_usage
 from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Target, Verdict
 from policies.pricing import cost_usd
@@ -268,11 +268,14 @@ class ProxyHandler(AuthedHandler):
                                f"request body is {self._size} bytes; this gateway accepts at most {limit} "
                                "(--max-body-size)")
         try:
-            body = orjson.loads(b"".join(self._chunks))
+            data = b"".join(self._chunks)
+            body = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise invalid(f"request body is not valid JSON ({exc}); send a JSON object", "invalid_json") from None
         if not isinstance(body, dict):
             raise invalid("request body must be a JSON object", "invalid_json")
+        if nested_deeper(body, data, MAX_JSON_DEPTH):
+            raise invalid(f"request body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels", "invalid_json")
         return body
 
     # --- shared steps ---------------------------------------------------------------------

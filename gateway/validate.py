@@ -53,6 +53,28 @@ def model_of(body: dict[str, Any]) -> str:
     return model
 
 
+MAX_JSON_DEPTH = 128  # orjson re-serialises at most 255 levels, and translation recurses: deeper is a 400
+
+
+def nested_deeper(body: Any, raw: bytes, limit: int) -> bool:
+    """Whether `body` (parsed from `raw`) nests containers deeper than `limit`.
+
+    A body with no more brackets than `limit` cannot (the common case costs two byte counts);
+    others are walked without recursion."""
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    stack = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def validate_chat(body: dict[str, Any]) -> dict[str, Any]:
     """Check an OpenAI chat request's shape; raise a 400 saying what to fix."""
     model_of(body)
@@ -155,4 +177,5 @@ def _shown(value: Any) -> str:
     return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
 
 
-__all__ = ["ANTHROPIC_BLOCKS", "boolean", "positive_int", "validate_chat", "validate_messages"]
+__all__ = ["ANTHROPIC_BLOCKS", "MAX_JSON_DEPTH", "boolean", "nested_deeper", "positive_int", "validate_chat",
+           "validate_messages"]

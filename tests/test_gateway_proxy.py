@@ -165,6 +165,19 @@ def test_chat_request_an_anthropic_target_cannot_take_is_400(
     assert fake_upstream.requests_to("/v1/messages") == []
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/v1/messages"])
+def test_request_nested_too_deep_is_400(plain: GatewayThread, fake_upstream: FakeUpstream, path: str) -> None:
+    """Found by the fuzz suite: a body 300 levels deep parsed, then failed to re-serialise upstream (a 500)."""
+    deep = "[" * 300 + "1" + "]" * 300
+    body = (b'{"model": "gpt-4o-mini", "max_tokens": 5, "input": "x", "messages": [{"role": "user", "content": "x"}],'
+            b' "metadata": {"deep": ' + deep.encode() + b"}}")
+    status, _, data = raw(plain, "POST", path, body)
+    assert status == 400 and "deeper than 128 levels" in data.decode(), data
+    assert fake_upstream.requests == []
+    shallow = body.replace(deep.encode(), b"[" * 100 + b"1" + b"]" * 100)
+    assert raw(plain, "POST", path, shallow)[0] == 200
+
+
 def test_embeddings_and_models(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KT_TEST_MISSING", raising=False)
