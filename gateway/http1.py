@@ -610,10 +610,19 @@ class Connection(asyncio.Protocol):
         else:
             self._reject(self.parsing, 400, "bad_request", f"malformed HTTP/1.1 request: {exc}")
 
+    def _method(self) -> bytes | None:
+        """The method of the request being parsed, once its request line was read."""
+        try:
+            return self.parser.get_method()
+        except httptools.HttpParserError:
+            return None
+
     def _reject(self, req: Request | None, status: int, code: str, message: str) -> None:
         """Answer `req` (the request being parsed) with an error and close, after the requests before it."""
         log.info("rejecting a request from %s with %d: %s", self.context, status, message)
         response = error_response(status, code, message)
+        if req is not None and self._method() == b"HEAD":  # a response to HEAD carries no content (RFC 9110 9.3.2)
+            response = response[: response.index(b"\r\n\r\n") + 4]
         self.pause_reading()
         self.parsing = None
         if req is not None and req.delegate is not None:  # its handler runs: it learns of the close

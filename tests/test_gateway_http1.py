@@ -226,6 +226,15 @@ def test_304_and_head_carry_no_body(gw: GatewayThread) -> None:
     assert wire.response().json()["object"] == "list"  # framing intact after both
 
 
+def test_head_refused_while_parsing_gets_no_body(gw: GatewayThread) -> None:
+    """Found by the fuzz suite: a HEAD refused by the parser (here a NUL in a header) got the envelope as content."""
+    wire = Wire(port_of(gw))
+    wire.send(b"HEAD /v1/models HTTP/1.1\r\nHost: t\x00x\r\n\r\n")
+    resp = wire.response(head=True)
+    assert resp.status == 400 and int(resp.headers["content-length"]) > 0
+    assert wire.closed()  # and not one byte of content came before the close
+
+
 def test_upgrade_requests_are_answered_as_http11(gw: GatewayThread) -> None:
     wire = Wire(port_of(gw))
     wire.send(request("GET", "/v1/models", Connection="Upgrade, HTTP2-Settings", Upgrade="h2c",
