@@ -26,6 +26,7 @@ from gateway.logs import log_request
 from gateway.reload import Reloader, ReloadResult, sync_state_of
 from gateway.runtime import Runtime, Snapshot
 from gateway.store import DB_NAME, EventStore, StoreWriter, default_state_dir, rfc3339
+from gateway.upstream import unavailable_reason
 from policies import ConfigError
 
 log = logging.getLogger("kt.gateway")
@@ -204,7 +205,8 @@ class Ops:
         snap = runtime.snapshot
         circuits = self.providers() if self.providers else {}
         targets = snap.config.targets if snap else ()
-        providers = {t.id: {"provider": t.provider, "circuit": circuits.get(t.id, "closed")} for t in targets}
+        providers = {t.id: {"provider": t.provider, "circuit": circuits.get(t.id, "closed"),
+                            "unavailable": unavailable_reason(t)} for t in targets}
         sync = self.sync_report()
         drifted, reason = self.drift(sync)
         problems = []
@@ -212,8 +214,8 @@ class Ops:
             problems.append(f"config drift: {reason}")
         if self.writer and self.writer.error:
             problems.append("event store not writable")
-        if providers and all(p["circuit"] == "open" for p in providers.values()):
-            problems.append("every provider circuit is open")
+        if providers and all(p["circuit"] == "open" or p["unavailable"] for p in providers.values()):
+            problems.append("no provider target is usable (circuit open or secret missing)")
         status = "unhealthy" if not runtime.ready else "degraded" if problems else "healthy"
         age = self.age_seconds(sync)
         return {

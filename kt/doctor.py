@@ -313,7 +313,10 @@ def gateway_events_check(url: str, timeout: float) -> list[Check]:
 
 
 def gateway_providers_check(url: str, timeout: float) -> list[Check]:
-    """The running gateway's targets (`/health`): every circuit open is a failure, some open a warning."""
+    """The running gateway's targets (`/health`): none usable is a failure, some unusable a warning.
+
+    A target is unusable when its circuit is open (the upstream keeps failing) or the gateway
+    cannot resolve its secret."""
     name = "gateway providers"
     try:
         _, health = http_get(url, "/health", timeout)
@@ -322,14 +325,21 @@ def gateway_providers_check(url: str, timeout: float) -> list[Check]:
     providers = health.get("providers") if isinstance(health, dict) else None
     if not providers:
         return [Check(name, "skip", "no targets reported (no config loaded)")]
-    down = sorted(t for t, p in providers.items() if isinstance(p, dict) and p.get("circuit") == "open")
-    fix = "the upstream keeps failing: check the provider's status, the key and egress (`kt doctor --config`)"
+    down = []
+    for target, info in sorted(providers.items()):
+        info = info if isinstance(info, dict) else {}
+        if info.get("unavailable"):
+            down.append(f"{target} ({info['unavailable']})")
+        elif info.get("circuit") == "open":
+            down.append(f"{target} (circuit open: the upstream keeps failing)")
+    fix = "set the missing secrets in the gateway's environment; check the provider's status, key and egress " \
+          "(`kt doctor --config`)"
     if len(down) == len(providers):
-        return _fail(name, f"every target's circuit is open: {', '.join(down)}", fix)
+        return _fail(name, f"no target is usable: {'; '.join(down)}", fix)
     if down:
-        return _warn(name, f"circuit open for {', '.join(down)} ({len(providers) - len(down)} of "
-                     f"{len(providers)} targets usable)", fix)
-    return _ok(name, f"{len(providers)} target(s), no circuit open")
+        return _warn(name, f"{len(providers) - len(down)} of {len(providers)} targets usable; unusable: "
+                     f"{'; '.join(down)}", fix)
+    return _ok(name, f"{len(providers)} target(s) usable, no circuit open")
 
 
 def _metric(text: Any, name: str) -> float:

@@ -57,7 +57,7 @@ def test_health_status_config_and_metrics(tmp_path):
         assert code == 200 and ready["revision"] == ops.runtime.snapshot.revision
         code, health = await fetch("/health")
         assert code == 200 and health["status"] == "healthy" and health["version"] == "9.9.9"
-        assert health["providers"] == {"demo": {"provider": "mock", "circuit": "closed"}}
+        assert health["providers"] == {"demo": {"provider": "mock", "circuit": "closed", "unavailable": None}}
         code, status = await fetch("/keeptrusts/status")
         assert code == 200 and set(status) >= {"config", "reload", "sync", "age_seconds", "drift"}
         assert status["config"]["pack"] == {"name": "reload-pack", "version": "1.0.0"}

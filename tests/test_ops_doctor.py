@@ -338,3 +338,32 @@ def test_a_refused_reload_on_a_running_gateway_is_a_warning(tmp_path: Path) -> N
         assert code == 1 and report["failures"] == 0 and report["warnings"] >= 1
     finally:
         gw.stop()
+
+
+def test_a_gateway_with_no_usable_target_fails_and_with_one_warns(tmp_path: Path) -> None:
+    from tests.gateway_process import GatewayProcess
+
+    config = write_config(tmp_path, """    - id: keyless
+      provider: openai
+      model: gpt-4o-mini
+      base_url: http://127.0.0.1:9
+      secret_key_ref: {env: KT_DOCTOR_UNSET_KEY}""")
+    gw = GatewayProcess(config, tmp_path / "state")
+    try:
+        code, report = kt_doctor("--gateway", gw.url)
+        check = by_name(report)["gateway providers"]
+        assert code == 1 and check["status"] == "fail" and "KT_DOCTOR_UNSET_KEY" in check["detail"], report
+    finally:
+        gw.stop()
+    config = write_config(tmp_path, """    - {id: demo, provider: mock, model: demo-model}
+    - id: keyless
+      provider: openai
+      model: gpt-4o-mini
+      secret_key_ref: {env: KT_DOCTOR_UNSET_KEY}""")
+    gw = GatewayProcess(config, tmp_path / "state2")
+    try:
+        code, report = kt_doctor("--gateway", gw.url)
+        check = by_name(report)["gateway providers"]
+        assert code == 0 and check["status"] == "warn" and "1 of 2 targets usable" in check["detail"], report
+    finally:
+        gw.stop()
