@@ -166,6 +166,7 @@ class SyncAgent:
             result = SyncResult("error", error=f"internal error: {exc!r}", error_kind="internal")
         if self._restored:
             status["last_restored_at"] = rfc3339(time.time())  # a tampered publication was put back
+            metrics.SYNC_RESTORES.inc()
         failures = 0 if result.ok else int(status.get("consecutive_failures") or 0) + 1
         status.update(last_result=result.result, consecutive_failures=failures)
         if result.ok:

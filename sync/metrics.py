@@ -16,6 +16,10 @@ SYNC_LAST_SUCCESS = Gauge(
     "Unix time of the last sync that confirmed the remote head is what is published.",
 )
 SYNC_FAILURES = Gauge("keeptrusts_sync_consecutive_failures", "Syncs in a row that did not apply the remote head.")
+SYNC_RESTORES = Counter(
+    "keeptrusts_sync_restores",
+    "Times the agent put the applied revision back because `current` or its files no longer matched their digest.",
+)
 
 for _result in RESULTS:
     SYNC_RUNS.labels(result=_result)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.reload import Reloader
 from gateway.runtime import Runtime
@@ -202,7 +203,9 @@ def test_hand_edit_is_restored_while_the_head_is_refused(upstream, tmp_path):
     published = state / "revisions" / good
     (published / CFG).write_text(config_yaml("6.6.6", name="edited-by-hand"))
     assert report(state, time.time())["drift"] == {"drifted": True, "reason": "modified"}
+    restores = REGISTRY.get_sample_value("keeptrusts_sync_restores_total") or 0
     assert agent.sync_once().result == "rejected"  # the head is still refused ...
+    assert REGISTRY.get_sample_value("keeptrusts_sync_restores_total") == restores + 1
     assert "version: 1.0.0" in served(state) and "edited-by-hand" not in served(state)  # ... and the edit is gone
     assert current_dir(state) == published and read_status(state)["applied_revision"] == good
     assert report(state, time.time())["drift"]["reason"] == "rejected"
