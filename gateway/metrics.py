@@ -142,6 +142,7 @@ class Sources:
     runtime: Runtime | None = None
     version: str = ""
     connections: Callable[[], int] | None = None
+    limits: Callable[[], tuple[int, int] | None] | None = None  # (max connections, connections refused)
     store_pending: Callable[[], int | None] | None = None  # events stored but not yet submitted
     drift: Callable[[], tuple[bool, str | None]] | None = None
     age: Callable[[], float | None] | None = None
@@ -270,6 +271,14 @@ class _StateCollector:
         yield _gauge("keeptrusts_gateway_in_flight_requests", "Requests being handled now.", runtime.in_flight)
         if src.connections is not None:
             yield _gauge("keeptrusts_gateway_active_connections", "Open client connections.", src.connections())
+        limits = src.limits() if src.limits else None
+        if limits is not None:
+            yield _gauge("keeptrusts_gateway_max_connections",
+                         "Client connections allowed at once (--max-connections).", limits[0])
+            refused = CounterMetricFamily("keeptrusts_gateway_connections_refused",
+                                          "Client connections answered 503 over --max-connections.")
+            refused.add_metric([], limits[1])
+            yield refused
         snap = runtime.snapshot
         if snap is not None:
             info = GaugeMetricFamily("keeptrusts_config_info", "The running config (value is always 1).",

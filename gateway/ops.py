@@ -57,6 +57,7 @@ class Ops:
     sync_state_dir: Path | None = None  # the sync agent's state dir; default: found from the config path
     providers: Callable[[], dict[str, str]] | None = None  # target id -> circuit state (closed|open|half_open)
     connections: Callable[[], int] | None = None  # open client connections
+    limits: Callable[[], tuple[int, int]] | None = None  # (--max-connections, connections refused over it so far)
     store: EventStore | None = None
     writer: StoreWriter | None = None
     forwarder: Forwarder | None = None
@@ -90,6 +91,7 @@ class Ops:
                 self.runtime.observers.append(observer)
         metrics.bind(runtime=self.runtime, version=self.version,
                      connections=lambda: self.connections() if self.connections else 0,
+                     limits=lambda: self.limits() if self.limits else None,
                      store_pending=lambda: self.forwarder.pending if self.forwarder else None,
                      drift=self.drift, age=self.age_seconds)
         return snap

@@ -144,6 +144,7 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
     sockets = bind_sockets(settings.port, settings.host or None, backlog=1024)
     await server.add_sockets(sockets)
     ops.connections = lambda: len(server.connections)
+    ops.limits = lambda: (server.max_connections, server.refused)
     await ops.start()  # event store, forwarder, config watcher, SIGHUP
     if sync is not None:
         loop = asyncio.get_running_loop()

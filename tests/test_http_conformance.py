@@ -450,6 +450,10 @@ def test_over_max_connections_a_new_connection_gets_503_and_the_others_live_on(
     fresh = Wire(port_of(gw))  # capacity freed: the health endpoints answer at once
     fresh.send(request("GET", "/readyz"))
     assert fresh.response().status == 200
+    fresh.send(request("GET", "/metrics"))
+    scraped = fresh.response().body.decode()
+    assert "keeptrusts_gateway_max_connections 2.0" in scraped
+    assert "keeptrusts_gateway_connections_refused_total 1.0" in scraped
 
 
 @pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
