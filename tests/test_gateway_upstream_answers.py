@@ -264,6 +264,7 @@ def test_an_unusable_retry_after_on_a_429_is_a_429_with_a_finite_retry_after(ser
     {"choices": [{"index": 0, "delta": {"content": "hi"}}], "usage": {"prompt_tokens": "x"}},
     {"choices": [{"index": [0], "delta": {"content": "hi"}}]},
     {"choices": [{"index": 0, "delta": "hi"}]},
+    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": [1], "function": {"name": "f"}}]}}]},
     [1, 2],
 ])
 def test_a_junk_stream_chunk_is_a_502(serve: Any, chunk: Any) -> None:
@@ -271,6 +272,10 @@ def test_a_junk_stream_chunk_is_a_502(serve: Any, chunk: Any) -> None:
                                                        headers={"Content-Type": "text/event-stream"}))
     err = chat_error(gw, stream=True)
     assert err.status_code == 502 and err.body["type"] == "upstream_error"
+    with pytest.raises(anthropic.APIStatusError) as anthropic_err, \
+            ant(gw).messages.stream(model="gpt-4o-mini", max_tokens=10, messages=MESSAGES) as stream:
+        list(stream.text_stream)
+    assert anthropic_err.value.status_code == 502
 
 
 # --- limits -----------------------------------------------------------------------------------------------

@@ -65,6 +65,9 @@ def _tool_calls(value: Any, where: str) -> None:
     for call in value:
         if not isinstance(call, dict):
             raise Malformed(f"`{where}.tool_calls[]` is not an object")
+        index, call_id = call.get("index", 0), call.get("id")
+        if not isinstance(index, int) or isinstance(index, bool) or not (call_id is None or isinstance(call_id, str)):
+            raise Malformed(f"`{where}.tool_calls[]` has an `index` that is not an integer or an `id` that is not text")
         function = call.get("function")
         if function is None:
             continue
