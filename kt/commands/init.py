@@ -15,6 +15,12 @@ def _examples() -> Path:
     return Path(spec.origin).parent / "examples"
 
 
+SCHEMA_FILE = "policy-config.schema.json"
+# The first line of a config kt init writes: editors with the YAML language server validate and
+# complete the file against the schema written beside it (docs/configuration.md, "Editor support").
+MODELINE = f"# yaml-language-server: $schema=./{SCHEMA_FILE}\n"
+
+
 def template_names() -> list[str]:
     """The bundled templates (policies/examples/<name>/policy-config.yaml)."""
     return sorted(d.name for d in _examples().iterdir() if d.is_dir() and (d / "policy-config.yaml").is_file())
@@ -39,7 +45,7 @@ def _files(node: Path, rel: Path = Path()) -> list[tuple[Path, Path]]:
 def init(template: str, directory: str, force: bool) -> None:
     """Write a starter policy-config.yaml and golden cases (tests/*.json) that pass lint and test."""
     dest = Path(directory)
-    files = _files(_examples() / template)
+    files = [*_files(_examples() / template), (Path(SCHEMA_FILE), _examples().parent / SCHEMA_FILE)]
     existing = [str(dest / rel) for rel, _ in files if (dest / rel).exists()]
     if existing and not force:
         shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
@@ -47,12 +53,16 @@ def init(template: str, directory: str, force: bool) -> None:
     try:
         for rel, src in files:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            (dest / rel).write_bytes(src.read_bytes())
+            data = src.read_bytes()
+            if rel == Path("policy-config.yaml"):
+                data = MODELINE.encode() + data
+            (dest / rel).write_bytes(data)
     except OSError as exc:
         raise click.ClickException(f"cannot write into {dest}: {exc.strerror or exc}") from exc
     cases = sum(1 for rel, _ in files if rel.parts[0] == "tests")
     config = dest / "policy-config.yaml"
     click.echo(f"Wrote {config} ({template}) and {cases} golden case{'s' if cases != 1 else ''} in {dest / 'tests'}")
+    click.echo(f"Wrote {dest / SCHEMA_FILE} (editor completion and validation; see the first line of the config)")
     written = {dest / rel for rel, _ in files}
     others = sorted(p for p in (dest / "tests").glob("*.json") if p not in written)
     if others:

@@ -164,3 +164,21 @@ def _print_results(config_path: Path, cases_dir: Path, results: list) -> None:
     con.print(table)
     failed = sum(not r.passed for r in results)
     con.print(f"{len(results) - failed} passed, {failed} failed")
+
+
+@policy.command(name="schema")
+@click.option("--output", "-o", "output", default=None, metavar="FILE",
+              help="Write the schema to FILE instead of standard output.")
+def schema(output: str | None) -> None:
+    """Print the JSON Schema (draft 2020-12) of policy-config.yaml, for editor completion and validation."""
+    from policies.json_schema import render
+
+    text = render()
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    click.echo(f"Wrote {output}", err=True)

@@ -19,6 +19,7 @@ from policies.model import Exchange, Phase, Verdict
 from policies.state import PolicyState
 
 _GLOBS = {"type": "list", "schema": {"type": "string", "empty": False}}
+_ALLOWED = "Tools (shell-style globs, case-insensitive) that may be offered and called; any other is refused."
 
 
 @register
@@ -26,10 +27,13 @@ class AgentFirewall(Policy):
     kind = "agent-firewall"
     phases = frozenset({Phase.INPUT, Phase.OUTPUT})
     schema = {
-        "allowed_tools": _GLOBS,
-        "blocked_tools": _GLOBS,
-        "max_actions_per_session": {"type": "integer", "min": 1},
-        "action": {"type": "string", "allowed": ["block", "escalate"]},
+        "allowed_tools": {**_GLOBS, "meta": {"description": _ALLOWED}},
+        "blocked_tools": {**_GLOBS, "meta": {
+            "description": "Tools (globs) always refused; they win over allowed_tools."}},
+        "max_actions_per_session": {"type": "integer", "min": 1, "meta": {
+            "description": "Response tool calls allowed per X-Session-ID (unlimited when absent)."}},
+        "action": {"type": "string", "allowed": ["block", "escalate"],
+                   "meta": {"description": "Verdict on a refused tool.", "default": "block"}},
     }
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:

@@ -12,10 +12,13 @@ class AuditLogger(Policy):
     kind = "audit-logger"
     phases = frozenset({Phase.INPUT})
     schema = {
-        "retention_days": {"type": "integer", "min": 1, "max": 36500},
-        "immutable": {"type": "boolean"},
-        "log_all_access": {"type": "boolean"},
-        "hipaa_audit_controls": {"type": "boolean"},
+        "retention_days": {"type": "integer", "min": 1, "max": 36500, "meta": {
+            "description": "Days decision events are kept in the event store.", "default": 365}},
+        "immutable": {"type": "boolean", "meta": {
+            "description": "Accepted for compatibility; events are append-only."}},
+        "log_all_access": {"type": "boolean", "meta": {
+            "description": "Accepted for compatibility; every request is recorded."}},
+        "hipaa_audit_controls": {"type": "boolean", "meta": {"description": "Accepted for compatibility."}},
     }
 
     @property

@@ -21,11 +21,16 @@ class DataRoutingPolicy(Policy):
     kind = "data-routing-policy"
     phases = frozenset({Phase.INPUT})
     schema = {
-        "require_zero_data_retention": {"type": "boolean"},
-        "require_no_training": {"type": "boolean"},
-        "max_retention_days": {"type": "integer", "min": 0, "nullable": True},
-        "on_no_compliant_provider": {"type": "string", "allowed": ["block"]},
-        "log_provider_selection": {"type": "boolean"},
+        "require_zero_data_retention": {"type": "boolean", "meta": {
+            "description": "Only targets with data_policy.zero_data_retention.", "default": False}},
+        "require_no_training": {"type": "boolean", "meta": {
+            "description": "Only targets with data_policy.training_opt_out.", "default": False}},
+        "max_retention_days": {"type": "integer", "min": 0, "nullable": True, "meta": {
+            "description": "Only targets retaining data at most this many days (null: no limit).", "default": None}},
+        "on_no_compliant_provider": {"type": "string", "allowed": ["block"], "meta": {
+            "description": "What happens when no target complies.", "default": "block"}},
+        "log_provider_selection": {"type": "boolean", "meta": {
+            "description": "Record the chosen and dropped targets in the event.", "default": False}},
     }
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:

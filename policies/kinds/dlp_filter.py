@@ -45,12 +45,19 @@ class DlpFilter(Policy):
     regex_fields = ("detect_patterns",)
     window = 512
     schema = {
-        "detect_patterns": {"type": "list", "schema": {"type": "string", "empty": False}},
-        "blocked_terms": {"type": "list", "schema": {"type": "string", "empty": False, "maxlength": 200}},
-        "action": {"type": "string", "allowed": ["redact", "block"]},
-        "fuzzy_matching": {"type": "boolean"},
-        "max_distance": {"type": "integer", "min": 0, "max": 8},
-        "sensitivity_level": {"type": "string", "allowed": ["standard", "high", "restricted"]},
+        "detect_patterns": {"type": "list", "schema": {"type": "string", "empty": False}, "meta": {
+            "description": "Python regexes matched as written (add (?i) to ignore case)."}},
+        "blocked_terms": {"type": "list", "schema": {"type": "string", "empty": False, "maxlength": 200}, "meta": {
+            "description": "Terms matched case-insensitively as whole words, through look-alike evasions."}},
+        "action": {"type": "string", "allowed": ["redact", "block"], "meta": {
+            "description": "Redact the match or block the request.", "default": "redact"}},
+        "fuzzy_matching": {"type": "boolean", "meta": {
+            "description": "Also match misspelled terms within max_distance edits.", "default": False}},
+        "max_distance": {"type": "integer", "min": 0, "max": 8, "meta": {
+            "description": "Edits allowed by fuzzy_matching.", "default": 1}},
+        "sensitivity_level": {"type": "string", "allowed": ["standard", "high", "restricted"], "meta": {
+            "description": "high adds built-in credential patterns; restricted also always blocks.",
+            "default": "standard"}},
     }
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:

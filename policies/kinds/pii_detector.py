@@ -162,21 +162,30 @@ class PiiDetector(Policy):
     regex_fields = ("detect_patterns",)
     window = 320  # longest e-mail address (254) with room to spare
     schema = {
-        "action": {"type": "string", "allowed": ["redact", "block"]},
-        "pci_mode": {"type": "boolean"},
-        "healthcare_mode": {"type": "boolean"},
-        "entities": {"type": "list", "schema": {"type": "string", "allowed": list(ENTITIES)}},
-        "detect_patterns": {"type": "list", "schema": {"type": "string", "empty": False}},
+        "action": {"type": "string", "allowed": ["redact", "block"], "meta": {
+            "description": "Redact personal data or block the request.", "default": "redact"}},
+        "pci_mode": {"type": "boolean", "meta": {"description": "Detect payment card numbers.", "default": True}},
+        "healthcare_mode": {"type": "boolean", "meta": {
+            "description": "Also detect medical record numbers and NPIs.", "default": False}},
+        "entities": {"type": "list", "schema": {"type": "string", "allowed": list(ENTITIES)}, "meta": {
+            "description": "Entity types to detect (default: all but the healthcare ones)."}},
+        "detect_patterns": {"type": "list", "schema": {"type": "string", "empty": False}, "meta": {
+            "description": "Extra Python regexes, redacted as CUSTOM."}},
         "redaction": {
             "type": "dict",
+            "meta": {"description": "How redacted text is marked."},
             "schema": {
-                "marker_format": {"type": "string", "allowed": ["label", "asterisks", "partial"]},
-                "include_metadata": {"type": "boolean"},
-                "preserve_length": {"type": "boolean"},
+                "marker_format": {"type": "string", "allowed": ["label", "asterisks", "partial"], "meta": {
+                    "description": "[REDACTED:EMAIL], ****, or a partly masked value.", "default": "label"}},
+                "include_metadata": {"type": "boolean", "meta": {
+                    "description": "Count redactions in the event.", "default": True}},
+                "preserve_length": {"type": "boolean", "meta": {
+                    "description": "asterisks keep the length of the value.", "default": True}},
                 "custom_markers": {
                     "type": "dict",
                     "keysrules": {"type": "string", "allowed": LABELS},
                     "valuesrules": {"type": "string"},
+                    "meta": {"description": "Replacement text per entity label, e.g. {EMAIL: '<email>'}."},
                 },
             },
         },

@@ -79,32 +79,50 @@ class PromptInjection(Policy):
     regex_fields = ("detection.attack_patterns",)
     window = 512
     schema = {
-        "embedding_threshold": {"type": "number", "min": 0, "max": 1},
+        "embedding_threshold": {"type": "number", "min": 0, "max": 1, "meta": {
+            "description": "Accepted for compatibility; matching is deterministic."}},
         "detection": {
             "type": "dict",
+            "meta": {"description": "What counts as an attack."},
             "schema": {
-                "attack_patterns": {"type": "list", "schema": {"type": "string", "empty": False}},
-                "embedding_threshold": {"type": "number", "min": 0, "max": 1},
+                "attack_patterns": {"type": "list", "schema": {"type": "string", "empty": False}, "meta": {
+                    "description": "Extra Python regexes (matched ignoring case) beside the built-in ones."}},
+                "embedding_threshold": {"type": "number", "min": 0, "max": 1, "meta": {
+                    "description": "Accepted for compatibility; unused."}},
             },
         },
         "encoding": {
             "type": "dict",
+            "meta": {"description": "Evasions undone before matching."},
             "schema": {
-                "decode_base64": {"type": "boolean"},
-                "normalize_unicode": {"type": "boolean"},
-                "detect_homoglyphs": {"type": "boolean"},
+                "decode_base64": {"type": "boolean", "meta": {
+                    "description": "Scan base64 runs decoded (two levels deep).", "default": True}},
+                "normalize_unicode": {"type": "boolean", "meta": {
+                    "description": "Fold Unicode compatibility forms and zero-width characters.", "default": True}},
+                "detect_homoglyphs": {"type": "boolean", "meta": {
+                    "description": "Fold look-alike letters.", "default": True}},
             },
         },
         "boundaries": {
             "type": "dict",
-            "schema": {"enforce_delimiters": {"type": "boolean"}, "reject_fake_boundaries": {"type": "boolean"}},
+            "meta": {"description": "Fake role boundaries in user text."},
+            "schema": {
+                "enforce_delimiters": {"type": "boolean", "meta": {
+                    "description": "Flag chat-template delimiter tokens.", "default": True}},
+                "reject_fake_boundaries": {"type": "boolean", "meta": {
+                    "description": "Flag fake 'system:' style boundaries.", "default": True}},
+            },
         },
         "response": {
             "type": "dict",
+            "meta": {"description": "What a detection does."},
             "schema": {
-                "action": {"type": "string", "allowed": ["block", "escalate", "log"]},
-                "message": {"type": "string", "empty": False, "maxlength": 500},
-                "log_level": {"type": "string", "allowed": ["debug", "info", "warning", "error"]},
+                "action": {"type": "string", "allowed": ["block", "escalate", "log"], "meta": {
+                    "description": "Verdict on a detection.", "default": "block"}},
+                "message": {"type": "string", "empty": False, "maxlength": 500, "meta": {
+                    "description": "Message returned to the client on a block."}},
+                "log_level": {"type": "string", "allowed": ["debug", "info", "warning", "error"], "meta": {
+                    "description": "Log level of a detection.", "default": "warning"}},
             },
         },
     }

@@ -25,13 +25,21 @@ class Rbac(Policy):
     kind = "rbac"
     phases = frozenset({Phase.INPUT, Phase.OUTPUT})
     schema = {
-        "deny_if_missing": {"type": "list", "schema": _HEADER},
-        "require_auth": {"type": "boolean"},
-        "default_role": {"type": "string", "empty": False},
+        "deny_if_missing": {"type": "list", "schema": _HEADER, "meta": {
+            "description": "Headers every request must carry.", "default": ["X-User-ID"]}},
+        "require_auth": {"type": "boolean", "meta": {
+            "description": "Block requests whose role (X-User-Role, else default_role) is not in roles.",
+            "default": False}},
+        "default_role": {"type": "string", "empty": False, "meta": {
+            "description": "Role of requests without X-User-Role."}},
         "roles": {
             "type": "dict",
             "keysrules": {"type": "string", "empty": False},
-            "valuesrules": {"type": "dict", "schema": {"allowed_tools": _GLOBS, "denied_tools": _GLOBS}},
+            "valuesrules": {"type": "dict", "schema": {
+                "allowed_tools": {**_GLOBS, "meta": {"description": "Tools (globs) the role may use; others denied."}},
+                "denied_tools": {**_GLOBS, "meta": {"description": "Tools (globs) the role may not use; these win."}},
+            }},
+            "meta": {"description": "Tool rules per role name."},
         },
     }
 

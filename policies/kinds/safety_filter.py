@@ -80,16 +80,22 @@ class SafetyFilter(Policy):
     kind = "safety-filter"
     phases = frozenset({Phase.INPUT, Phase.OUTPUT})
     schema = {
-        "mode": {"type": "string", "allowed": list(MODES)},
-        "block_if": {"type": "list", "schema": {"type": "string", "allowed": list(CATEGORIES)}},
+        "mode": {"type": "string", "allowed": list(MODES), "meta": {
+            "description": "Picks the default categories.", "default": "general"}},
+        "block_if": {"type": "list", "schema": {"type": "string", "allowed": list(CATEGORIES)}, "meta": {
+            "description": "Built-in categories to check, replacing the mode's."}},
         "categories": {
             "type": "dict",
             "keysrules": {"type": "string", "regex": r"[a-z][a-z0-9_]*"},
             "valuesrules": {"type": "list", "schema": {"type": "string", "empty": False, "maxlength": 200}},
+            "meta": {"description": "Phrases added to a built-in category, or a custom category (always checked)."},
         },
-        "action": {"type": "string", "allowed": ["block", "escalate"]},
-        "fuzzy_matching": {"type": "boolean"},
-        "max_distance": {"type": "integer", "min": 0, "max": 8},
+        "action": {"type": "string", "allowed": ["block", "escalate"], "meta": {
+            "description": "Verdict on a match.", "default": "block"}},
+        "fuzzy_matching": {"type": "boolean", "meta": {
+            "description": "Also match misspellings within max_distance edits.", "default": False}},
+        "max_distance": {"type": "integer", "min": 0, "max": 8, "meta": {
+            "description": "Edits allowed by fuzzy_matching.", "default": 1}},
     }
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:

@@ -28,19 +28,24 @@ class SpendLimit(Policy):
     kind = "spend-limit"
     phases = frozenset({Phase.INPUT, Phase.OUTPUT})
     schema = {
-        "max_daily_usd": _USD,
-        "max_request_usd": _USD,
-        "per": {"type": "string", "allowed": ["global", "user", "agent"]},
+        "max_daily_usd": {**_USD, "meta": {"description": "Budget in USD per UTC day (no limit when absent)."}},
+        "max_request_usd": {**_USD, "meta": {"description": "Largest estimated cost of one request in USD."}},
+        "per": {"type": "string", "allowed": ["global", "user", "agent"], "meta": {
+            "description": "Scope of the daily budget: the gateway, each X-User-ID or each X-Agent-ID.",
+            "default": "global"}},
         "prices": {
             "type": "dict",
             "keysrules": {"type": "string", "empty": False},
             "valuesrules": {
                 "type": "dict",
                 "schema": {
-                    "input_per_mtok": {**_USD, "required": True},
-                    "output_per_mtok": {**_USD, "required": True},
+                    "input_per_mtok": {**_USD, "required": True, "meta": {
+                        "description": "USD per million input tokens."}},
+                    "output_per_mtok": {**_USD, "required": True, "meta": {
+                        "description": "USD per million output tokens."}},
                 },
             },
+            "meta": {"description": "Prices per model name, beside the built-in table."},
         },
     }
 
