@@ -73,7 +73,12 @@ def export_config(git: GitRunner, sha: str, path: str, dest: Path, timeout: floa
             if kind != "blob":
                 raise UnsafeTree(f"{full} {_WHY.get(kind, 'cannot be resolved')}")
             files[full] = blob
-    elif kind != "missing":
+    elif kind == "missing":
+        # Not in the commit (validation says so), unless the clone lost objects: then git fails here or
+        # still lists the path, and the agent re-clones.
+        if git._git(["ls-tree", "-z", sha, "--", path], _left(deadline)):
+            raise GitError("repo", f"the clone lacks objects of {path} in commit {sha[:12]}")
+    else:
         raise UnsafeTree(f"{path} {_WHY.get(kind, 'cannot be resolved')}")
     if len(files) > MAX_FILES:
         raise UnsafeTree(f"{path} holds {len(files)} config files (at most {MAX_FILES})")
@@ -155,6 +160,8 @@ def _write_blobs(git: GitRunner, files: dict[str, str], dest: Path, deadline: fl
             header = proc.stdout.readline().decode("ascii", "replace").split()
             if not header:
                 raise _stopped(deadline)
+            if header[-1] == "missing":
+                raise GitError("repo", f"the clone lacks object {oid} ({rel})")
             if len(header) != 3 or header[1] != "blob":
                 raise UnsafeTree(f"{rel}: object {oid} is not a blob")
             target = dest / rel

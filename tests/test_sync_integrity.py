@@ -339,3 +339,17 @@ def test_gateway_checks_a_revision_reached_through_another_link(upstream, tmp_pa
     result = asyncio.run(reloader.reload("test"))
     assert result.result == "error" and result.findings[0].code == "E111"
     assert runtime.snapshot.config.pack.version == "1.0.0"
+
+
+def test_clone_that_lost_the_config_blob_is_recloned_not_refused(upstream, tmp_path):
+    state = tmp_path / "state"
+    agent = make_agent(upstream, state)
+    assert agent.sync_once().result == "success"
+    sha = upstream.commit({CFG: config_yaml("2.0.0")})
+    agent.mirror.fetch(agent.settings.remote, 30)  # fetched (as loose objects), then the config blob is lost
+    blob = git("-C", str(state / "repo"), "rev-parse", f"{sha}:{CFG}")
+    (state / "repo" / "objects" / blob[:2] / blob[2:]).unlink()
+    agent._fetch = lambda deadline: sha  # this run's fetch does not notice (only a re-clone fetches again)
+    result = agent.sync_once()
+    assert result.result == "success" and read_status(state)["applied_revision"] == sha, result
+    assert "version: 2.0.0" in served(state)
