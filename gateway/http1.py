@@ -51,6 +51,8 @@ _LAST_CHUNK = b"0\r\n\r\n"
 _HEADERS, _BODY, _END = 0, 1, 2
 _CHUNKED = -1  # `Request.upgrade_body` of a chunked body
 # absolute-form (RFC 9112 3.2.2): scheme, optional userinfo, the authority, then the path and query
+# a Host value (RFC 9110 7.2): uri-host [":" port]; uri-host an IP literal or a reg-name (or empty)
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 _ABSOLUTE = re.compile(rb"https?://(?:[^/?#@]*@)?([^/?#@]+)([/?][^#]*)?(?:#.*)?", re.IGNORECASE | re.DOTALL)
 
 
@@ -161,6 +163,7 @@ class HTTP1Server:
         self.delegate = delegate
         self.max_connections = max_connections or default_max_connections()
         self.refused = 0  # connections answered 503 over max_connections
+        self.host_seen = ""  # the last valid Host value: most requests repeat it, so it is checked once
         self._refused_logged = -60.0
         self._unavailable = error_response(
             503, "too_many_connections", f"the gateway serves at most {self.max_connections} connections at once "
@@ -382,9 +385,14 @@ class Connection(asyncio.Protocol):
             raise _Reject(505, "http_version_not_supported", f"{version} is not served here; send HTTP/1.1")
         headers = req.headers
         hosts = headers.get_list("Host")
-        if len(hosts) != 1 and (hosts or version == "HTTP/1.1"):  # RFC 9112 3.2
-            raise _Reject(400, "bad_request", "a request needs exactly one Host header (HTTP/1.1 requires it); "
-                          f"this one has {len(hosts)}")
+        if len(hosts) != 1:
+            if hosts or version == "HTTP/1.1":  # RFC 9112 3.2
+                raise _Reject(400, "bad_request", "a request needs exactly one Host header (HTTP/1.1 requires "
+                              f"it); this one has {len(hosts)}")
+        elif hosts[0] != self.server.host_seen:
+            if _HOST.fullmatch(hosts[0]) is None:
+                raise _Reject(400, "bad_request", f"invalid Host header {hosts[0][:100]!r}: send host[:port]")
+            self.server.host_seen = hosts[0]
         upgrade = parser.should_upgrade()
         if upgrade and method == "CONNECT":
             raise _Reject(405, "method_not_allowed", "CONNECT is not served: kt is an API gateway, not a forward "

@@ -153,6 +153,22 @@ def test_two_host_headers_get_400_and_close(gw: GatewayThread) -> None:
         assert resp.headers["connection"] == "close" and wire.closed()
 
 
+@pytest.mark.parametrize("host", ["a b", "a/b", "a@b", "a:b:c", "[::1", "a\\b", 'a"b'])
+def test_an_invalid_host_value_gets_400_and_close(gw: GatewayThread, host: str) -> None:
+    wire = Wire(port_of(gw))
+    wire.send(raw("GET", "/healthz", None, f"Host: {host}", host=False))
+    resp = wire.response()
+    assert resp.status == 400 and "Host" in resp.json()["error"]["message"] and wire.closed()
+
+
+@pytest.mark.parametrize("host", ["gateway.example", "gateway.example:41002", "10.0.0.1:80", "[::1]:41002", "",
+                                  "xn--bcher-kva.example", "a_b.internal"])
+def test_valid_host_values_are_served(gw: GatewayThread, host: str) -> None:
+    wire = Wire(port_of(gw))
+    wire.send(raw("GET", "/healthz", None, f"Host: {host}", host=False))
+    assert wire.response().status == 200
+
+
 def test_no_host_followed_by_more_bytes_is_400_and_close_without_an_error_log(
         gw: GatewayThread, no_errors_logged: None) -> None:
     for path in ("/healthz", "/v1/chat/completions"):
