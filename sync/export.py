@@ -76,7 +76,10 @@ def export_config(git: GitRunner, sha: str, path: str, dest: Path, timeout: floa
     elif kind == "missing":
         # Not in the commit (validation says so), unless the clone lost objects: then git fails here or
         # still lists the path, and the agent re-clones.
-        if git._git(["ls-tree", "-z", sha, "--", path], _left(deadline)):
+        listed = git._git(["ls-tree", "-z", sha, "--", path], _left(deadline))
+        if listed.split(" ")[1:2] == ["commit"]:
+            raise UnsafeTree(f"{path} {_WHY['commit']}")
+        if listed:
             raise GitError("repo", f"the clone lacks objects of {path} in commit {sha[:12]}")
     else:
         raise UnsafeTree(f"{path} {_WHY.get(kind, 'cannot be resolved')}")

@@ -353,3 +353,16 @@ def test_clone_that_lost_the_config_blob_is_recloned_not_refused(upstream, tmp_p
     result = agent.sync_once()
     assert result.result == "success" and read_status(state)["applied_revision"] == sha, result
     assert "version: 2.0.0" in served(state)
+
+
+def test_submodule_at_the_config_path_is_refused(upstream, tmp_path):
+    state = tmp_path / "state"
+    agent = make_agent(upstream, state)
+    agent.sync_once()
+    other = upstream.head()
+    git("rm", "-q", CFG, cwd=upstream.work)
+    git("update-index", "--add", "--cacheinfo", f"160000,{other},{CFG}", cwd=upstream.work)
+    git("commit", "-q", "-m", "config is a submodule", cwd=upstream.work)
+    upstream.push()
+    result = agent.sync_once()
+    assert result.result == "rejected" and result.findings[0]["code"] == "E110" and "submodule" in result.error
