@@ -155,7 +155,7 @@ def _blocks(content: Any, where: str, types: frozenset[str], code: str) -> None:
             raise invalid(f"`{at}` must be a content block object such as {{\"type\": \"text\", \"text\": \"...\"}}",
                           code)
         kind = block.get("type")
-        if kind not in types:
+        if not isinstance(kind, str) or kind not in types:  # (a list or an object is not hashable)
             raise invalid(f"`{at}.type` must be one of {', '.join(sorted(types))}; got {_shown(kind)}", code)
         for field, kind_of, what in _BLOCK_FIELDS.get(kind, ()):
             if not isinstance(block.get(field), kind_of):

@@ -71,6 +71,10 @@ TOOL_USE = {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q"
     (body(messages=blocks("hi")), "invalid_messages", "`messages[0].content[0]`"),
     (body(messages=blocks({"type": "bogus", "text": "x"})), "invalid_messages", "`messages[0].content[0].type`"),
     (body(messages=blocks({"text": "x"})), "invalid_messages", "`messages[0].content[0].type`"),
+    (body(messages=blocks({"type": {"type": "text"}, "text": "x"})), "invalid_messages",
+     "`messages[0].content[0].type`"),  # found by the fuzz campaign: an unhashable type was a 500
+    (body(messages=blocks({"type": ["text"], "text": "x"})), "invalid_messages", "`messages[0].content[0].type`"),
+    (body(system=[{"type": {}, "text": "x"}]), "invalid_system", "`system[0].type`"),
     (body(messages=blocks({"type": "text", "text": 5})), "invalid_messages", "`messages[0].content[0].text`"),
     (body(messages=blocks({"type": "text"})), "invalid_messages", "`messages[0].content[0].text`"),
     (body(messages=blocks({"type": "image"})), "invalid_messages", "`messages[0].content[0].source`"),

@@ -42,11 +42,7 @@ DEADLINE_S = 20.0  # a case's answer, upstream stalls and Retry-After waits incl
 # family), the kind of its problem, and a text its problems contain ("" for any). Every case is
 # still generated and judged by the whole oracle; a matching finding is reported as known, apart
 # from new ones, and does not fail the bounded test. Remove an entry when its fix lands.
-KNOWN_ISSUES: dict[tuple[str, str, str], str] = {
-    ("body.*", "status_500", "if kind not in types"): (
-        "wire (issue 12 section 5): /v1/messages validation raises TypeError (500) on an unhashable content "
-        "block `type` (a list or an object) in gateway/validate.py _blocks"),
-}
+KNOWN_ISSUES: dict[tuple[str, str, str], str] = {}
 
 
 def known_issue(finding_ops: set[str], kind: str, text: str) -> list[str]:
