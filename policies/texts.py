@@ -46,7 +46,17 @@ _SUBSCHEMA = frozenset({
 })  # fmt: skip
 _SUBSCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
 _NAMED_SUBSCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
-_PART_TEXTS = ("text", "refusal")  # content parts: text parts (and any part's `text`), refusal parts
+_PART_TEXTS = ("text", "refusal")
+# Top-level request fields that hold no text a model reads, or whose texts are walked by name.
+# Any other field (e.g. an OpenAI-compatible server's `documents` or `chat_template`) is forwarded
+# as it is, so every string in it is a text to scan.
+REQUEST_FIELDS = frozenset({
+    "model", "messages", "tools", "functions", "response_format", "prediction", "tool_choice", "function_call",
+    "stream", "stream_options", "temperature", "top_p", "n", "max_tokens", "max_completion_tokens", "stop",
+    "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "seed", "user", "metadata",
+    "store", "parallel_tool_calls", "service_tier", "modalities", "reasoning_effort", "audio", "verbosity",
+    "safety_identifier", "prompt_cache_key", "web_search_options",
+})  # fmt: skip  # content parts: text parts (and any part's `text`), refusal parts
 
 
 def location(path: Path) -> str:
@@ -232,7 +242,8 @@ def visit_messages(messages: list[Any], visit: Visit) -> None:
 
 
 def visit_request_extras(request: dict[str, Any], visit: Visit) -> None:
-    """The request's texts outside the messages and the definitions: `prediction`, `tool_choice`."""
+    """The request's texts outside the messages and the definitions: `prediction`, `tool_choice`, and every
+    string of a field not in `REQUEST_FIELDS`."""
     prediction = request.get("prediction")
     if isinstance(prediction, dict):
         content = prediction.get("content")
@@ -243,6 +254,12 @@ def visit_request_extras(request: dict[str, Any], visit: Visit) -> None:
     choice = request.get("tool_choice")
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         _put(choice["function"], "name", ("tool_choice", "function"), None, visit)
+    if len(request) > 2:  # beyond model and messages
+        for key in [k for k in request if k not in REQUEST_FIELDS]:
+            value = request[key]
+            new = visit_data(value, (key,), None, visit, keys=False)
+            if new is not value:
+                request[key] = new
 
 
 def visit_function(function: dict[str, Any], path: Path, visit: Visit) -> None:

@@ -307,3 +307,13 @@ def test_an_event_lists_a_bounded_number_of_outcomes_and_counts_the_rest() -> No
     assert len(event["policies"]) == OUTCOMES_LISTED + 2  # the first ones, then the first redact and block
     assert event["outcomes_unlisted"] == 100 - OUTCOMES_LISTED + 1
     assert event["redactions"] == 5 and event["verdict"] == "block"
+
+
+def test_fields_the_gateway_does_not_know_are_scanned() -> None:
+    req = {"model": "m", "messages": [{"role": "user", "content": "q"}], "temperature": 0.5, "user": "u1",
+           "documents": [{"title": "doc", "text": f"body {S}"}], "chat_template": f"{{{{ x }}}} {S}"}
+    ex = exchange(req)
+    assert where_found(ex.texts()) == {"documents", "chat_template"}
+    assert "u1" not in [t for _, _, t in ex.texts()] and "0.5" not in [t for _, _, t in ex.texts()]
+    assert Chain((Term(r"secret-\d+", Verdict.REDACT),)).run_input(ex).redactions == 2
+    assert req["documents"] == [{"title": "doc", "text": "body [X]"}]

@@ -75,6 +75,7 @@ CHAT = {
     "prediction": {"prediction": {"type": "content", "content": f"draft {S}"}},
     "response_format": {"response_format": {"type": "json_schema", "json_schema": {
         "name": "answer", "schema": params_schema(S)}}},
+    "a field kt does not know": {"extra_body": {"documents": [{"title": "q3", "text": f"report {S}"}]}},
 }
 
 
@@ -106,6 +107,7 @@ def test_chat_redaction_reaches_the_upstream_where_each_text_stands(
     assert json.loads(arguments) == {"q": "find [REDACTED]"}  # still JSON, redacted inside the string
     assert sent["tools"][1]["function"]["parameters"]["required"] == ["city_[REDACTED]"]
     assert sent["prediction"]["content"] == "draft [REDACTED]"
+    assert sent["documents"] == [{"title": "q3", "text": "report [REDACTED]"}]
     assert sent["response_format"]["json_schema"]["schema"]["properties"]["city_[REDACTED]"]["enum"] == [
         "Paris", "Rome [REDACTED]"]
     event = wait_for(lambda: gw.events)[-1]
