@@ -146,6 +146,7 @@ class Exchange:
     _texts: list[Text] | None = field(default=None, init=False, repr=False)
     _definition_texts: list[Text] | None = field(default=None, init=False, repr=False)
     _definitions_key: Any = field(default=_UNKNOWN, init=False, repr=False)
+    _plain: bool = field(default=False, init=False, repr=False)  # `_texts` came from `plain_texts`
 
     @property
     def user_id(self) -> str | None:
@@ -167,22 +168,28 @@ class Exchange:
     def texts(self) -> list[Text]:
         """(where, role, text) of every text of the conversation, in order (see `policies.texts`).
 
-        Built once and shared by the policies of the chain; `map_texts` renews it. Code that
-        changes the request otherwise calls `forget_texts()`.
-
         The messages' content (strings, text and refusal parts, file names), their `name`,
         `refusal`, tool calls (name, and every string of the JSON `arguments`) and legacy
-        `function_call`; the request's `prediction` and `tool_choice` name (role None).
+        `function_call`; the request's `prediction`, `tool_choice` name and fields kt does not
+        know (role None). Built once and shared by the policies of the chain; `map_texts`
+        renews it. Code that changes the request otherwise calls `forget_texts()`.
         """
         found = self._texts
         if found is None:
-            found = self._texts = where.collect(self._visit_conversation)
+            found = where.plain_texts(self.messages)  # the usual request: no walk
+            self._plain = found is not None
+            if found is None:
+                found = where.collect(self._visit_messages)
+            if len(self.request) > 2:  # beyond model and messages
+                found += where.collect(self._visit_extras)
+            self._texts = found
         return found
 
-    def _visit_conversation(self, visit: Visit) -> None:
+    def _visit_messages(self, visit: Visit) -> None:
         where.visit_messages(self.messages, visit)
-        if self.request:
-            where.visit_request_extras(self.request, visit)
+
+    def _visit_extras(self, visit: Visit) -> None:
+        where.visit_request_extras(self.request, visit)
 
     def definition_texts(self) -> list[Text]:
         """(where, None, text) of every text the application defines: tools, legacy functions, response schema."""
@@ -194,18 +201,17 @@ class Exchange:
     def _visit_definitions(self, visit: Visit) -> None:
         where.visit_definitions(self.tools, self.request, visit)
 
-    @property
-    def has_definitions(self) -> bool:
-        request = self.request
-        return bool(self.tools) or (bool(request) and bool(request.get("functions") or request.get("response_format")))
-
     def definitions_key(self) -> bytes | None:
-        """The definitions as JSON: what policies remember their findings by (None: none, or too large)."""
+        """The definitions as JSON: what policies remember their findings by; b"" when there are none,
+        None when they are too large to remember."""
         key = self._definitions_key
         if key is _UNKNOWN:
-            key = self._definitions_key = (
-                where.definitions_key(self.tools, self.request, DEFINITIONS_KEY_MAX) if self.has_definitions else None
-            )
+            request = self.request
+            if self.tools or (request and (request.get("functions") or request.get("response_format"))):
+                key = where.definitions_key(self.tools, request, DEFINITIONS_KEY_MAX)
+            else:
+                key = b""
+            self._definitions_key = key
         return key
 
     def iter_texts(self) -> Iterator[str]:
@@ -217,7 +223,14 @@ class Exchange:
                   definitions: bool = False) -> None:
         """Put `fn(where, role, text)` in place of every text of the conversation and/or the definitions."""
         if conversation:  # the texts as they are now, listed in the same pass
-            self._texts = where.collect(self._visit_conversation, fn)
+            texts = self._texts
+            if texts is not None and self._plain:
+                texts = where.map_plain(texts, self.messages, fn)
+            else:
+                texts = where.collect(self._visit_messages, fn)
+            if len(self.request) > 2:
+                texts += where.collect(self._visit_extras, fn)
+            self._texts = texts
         if definitions:
             self._definition_texts = where.collect(self._visit_definitions, fn)
             self._definitions_key = _UNKNOWN

@@ -241,6 +241,31 @@ def visit_messages(messages: list[Any], visit: Visit) -> None:
                 visit_call(message["function_call"], ("messages", i, "function_call"), role, visit)
 
 
+def plain_texts(messages: list[Any]) -> list[Text] | None:
+    """The texts of messages that are all `{"role", "content": "<string>"}` (the usual request), else None."""
+    out: list[Text] = []
+    for i, message in enumerate(messages):
+        if type(message) is not dict or len(message) != 2:
+            return None
+        content = message.get("content")
+        if type(content) is not str:
+            return None
+        out.append((("messages", i, "content"), message.get("role"), content))
+    return out
+
+
+def map_plain(texts: list[Text], messages: list[Any], fn: Visit) -> list[Text]:
+    """`fn` over the plain messages' contents (as `plain_texts` listed them); the new list."""
+    out: list[Text] = []
+    for i, message in enumerate(messages):
+        path, role, text = texts[i]
+        new = fn(path, role, text)
+        if new is not text:
+            message["content"] = new
+        out.append((path, role, new))
+    return out
+
+
 def visit_request_extras(request: dict[str, Any], visit: Visit) -> None:
     """The request's texts outside the messages and the definitions: `prediction`, `tool_choice`, and every
     string of a field not in `REQUEST_FIELDS`."""

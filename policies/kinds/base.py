@@ -154,9 +154,9 @@ class Policy:
         `Exchange.definitions_key`): a set seen before costs one dictionary lookup, a set that
         changed is scanned whole. Do not modify the answer.
         """
-        if not ex.has_definitions:
-            return _NOTHING
         key = ex.definitions_key()
+        if key is not None and not key:  # none
+            return _NOTHING
         known = self._definitions
         found = known.get(key) if key is not None else None
         if found is None:
