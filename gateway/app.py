@@ -59,6 +59,8 @@ class GatewaySettings:
     state_dir: Path | None = None  # events.db lives here; None: $KEEPTRUSTS_STATE_DIR or ~/.local/state/kt
     watch_config: bool = True  # reload when the config file changes (SIGHUP and the reload API always work)
     wait_for_config: bool = False  # start not ready when the config is missing/invalid (e.g. first sync pending)
+    state_url: str | None = None  # redis://, rediss://, unix://: shared counters; None: <state dir>/counters.db
+    state_password_file: str | None = None  # the Redis password, when not in the URL
 
 
 def make_app(

@@ -269,6 +269,13 @@ class _StateCollector:
         yield _gauge("keeptrusts_gateway_ready", "1 when a config is loaded and the gateway is not draining.",
                      1 if runtime.ready else 0)
         yield _gauge("keeptrusts_gateway_in_flight_requests", "Requests being handled now.", runtime.in_flight)
+        state = runtime.state
+        yield _gauge("keeptrusts_state_backend_up", "1 when the counter backend (spend, rates, sessions) "
+                     "answers; 0 while it is unreachable.", 1 if state.up else 0, {"backend": state.kind})
+        failures = CounterMetricFamily("keeptrusts_state_backend_errors",
+                                       "Counter-backend calls that failed (Redis unreachable or timed out).")
+        failures.add_metric([], state.failures)
+        yield failures
         if src.connections is not None:
             yield _gauge("keeptrusts_gateway_active_connections", "Open client connections.", src.connections())
         limits = src.limits() if src.limits else None

@@ -218,6 +218,9 @@ class Ops:
             problems.append("event store not writable")
         if providers and all(p["circuit"] == "open" or p["unavailable"] for p in providers.values()):
             problems.append("no provider target is usable (circuit open or secret missing)")
+        state = runtime.state.describe()
+        if not state["up"]:
+            problems.append("counter store unreachable")
         status = "unhealthy" if not runtime.ready else "degraded" if problems else "healthy"
         age = self.age_seconds(sync)
         return {
@@ -234,6 +237,7 @@ class Ops:
                 "age_seconds": None if age is None else round(age, 3),
             },
             "providers": providers,
+            "state": state,
             "events": {
                 "queue": len(runtime.events),
                 "dropped": runtime.events.dropped,

@@ -24,6 +24,7 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from gateway import adapters, translate
+from gateway.control.state_backend import StateUnavailable
 from gateway.errors import GatewayError, invalid, not_found, not_ready
 from gateway.events import RequestRecord, new_request_id
 from gateway.handler import Handler
@@ -32,7 +33,7 @@ from gateway.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
 from gateway.runtime import Runtime
 from gateway.upstream import DONE, UpstreamFailure, unavailable_reason, upstream_text
 from gateway.validate import MAX_JSON_DEPTH, nested_deeper, validate_chat, validate_messages
-from policies.agents import check_agent_limits, record_agent_usage
+from policies.agents import agent_claims, agent_usage, check_agent_limits
 from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Target, Verdict
 from policies.pricing import cost_usd
 
@@ -207,6 +208,11 @@ class AuthedHandler(BaseHandler):
         if getattr(self, "_counted", False):
             self._counted = False
             self.runtime.in_flight -= 1
+            tally = getattr(self, "tally", None)
+            if tally is not None and (tally.queued or tally.holds) and self.snap is not None:
+                # usage settled after the answer, and every reservation the request did not use given back
+                self.runtime.state.apply_later(self.snap.config.chain.namespace, tally.queued + tally.take_undo())
+                tally.queued = []
             rec = self.record
             rec.status = rec.status or self.get_status()
             if rec.error_code is None and rec.status in _CLIENT_FAULTS:
@@ -292,12 +298,39 @@ class ProxyHandler(AuthedHandler):
         headers = {k.lower(): v for k, v in self.request.headers.get_all() if k.lower() not in _NOT_IDENTITY}
         ex = Exchange(model=model, messages=messages, tools=tools, headers=headers, targets=list(targets),
                       max_tokens=max_tokens, request=request or {})
+        self.tally = ex.tally
         rec = self.record
         rec.model = model
         rec.user_id, rec.agent_id = ex.user_id, ex.agent_id
         rec.session_id, rec.user_role = ex.session_id, ex.user_role
         rec.prompt_sha256 = hashlib.sha256("\n".join(ex.iter_texts()).encode()).hexdigest()
         return ex, targets
+
+    async def reserve(self, ex: Exchange, phase: Phase) -> None:
+        """Reserve the counters the phase needs (and, on input, the agent's) in one call to the backend.
+
+        Output claims that only add (settling spend) are queued and sent after the answer
+        (`on_finish`), so they cost the request no round trip."""
+        assert self.snap is not None
+        config = self.snap.config
+        if not config.enabled:
+            return
+        chain = config.chain
+        claims = agent_claims(config.agents, ex) if phase is Phase.INPUT and config.agents and ex.agent_id else []
+        if chain.counting[phase]:
+            claims += chain.claims(ex, phase)
+            ex.tally.ready = phase
+        if not claims:
+            return
+        if phase is Phase.OUTPUT and all(c.limit is None for c in claims):
+            ex.tally.queued += claims
+            return
+        try:
+            ex.tally.record(claims, await self.runtime.state.reserve(chain.namespace, claims))
+        except StateUnavailable as exc:
+            raise GatewayError(503, "api_error", "state_unavailable",
+                               f"{exc}; this request needs a shared counter and --fail-mode is block",
+                               headers={"Retry-After": "1"}) from None
 
     def run_input(self, ex: Exchange) -> None:
         """Input-phase policies; raise the 409/503 envelope on a block."""
@@ -316,7 +349,8 @@ class ProxyHandler(AuthedHandler):
         agents = self.snap.config.agents
         if not agents or not ex.agent_id:
             return
-        decision = check_agent_limits(agents, ex, self.runtime.policy_state)
+        decision = check_agent_limits(agents, ex, self.runtime.policy_state,
+                                      namespace=self.snap.config.chain.namespace)
         if decision is None:
             return
         result = PolicyResult("agents", Phase.INPUT, decision.verdict, decision.reason_code, decision.message)
@@ -338,7 +372,7 @@ class ProxyHandler(AuthedHandler):
         prices = ((config.document.get("policy") or {}).get("spend-limit") or {}).get("prices")
         self.record.cost_usd = round(cost_usd(target.model, ex.input_tokens, ex.output_tokens, prices), 8)
         if config.agents and ex.agent_id:
-            record_agent_usage(config.agents, ex, self.runtime.policy_state, prices)
+            ex.tally.queued += agent_usage(config.agents, ex, prices)[1]
 
     def plan(self, ex: Exchange, usable: Callable[[Target], bool] = lambda t: True) -> list[Target]:
         """The targets of each attempt: available ones (secret present) in strategy order, 1 + max_retries."""
@@ -460,6 +494,7 @@ class ChatHandler(ProxyHandler):
         self.client_usage = bool((req.get("stream_options") or {}).get("include_usage"))
         ex, _ = self.exchange(req["model"], req["messages"], req.get("tools") or [],
                               req.get("max_completion_tokens") or req.get("max_tokens"), req)
+        await self.reserve(ex, Phase.INPUT)
         self.run_input(ex)  # its redactions rewrite `req` where each text stands
         plan = self.plan(ex)
         client = self.settings["upstream"]
@@ -478,11 +513,11 @@ class ChatHandler(ProxyHandler):
         resp, raw = result
         self.record_usage(ex, resp.get("usage"))
         self.account(ex)
-        if self.check_output(resp, ex):
+        if await self.check_output(resp, ex):
             raw = None
         self.answer(resp, raw)
 
-    def check_output(self, resp: dict[str, Any], ex: Exchange) -> bool:
+    async def check_output(self, resp: dict[str, Any], ex: Exchange) -> bool:
         """Output policies on every choice (content, refusal, tool calls); True when a redaction changed the answer."""
         assert self.snap is not None
         config = self.snap.config
@@ -499,6 +534,7 @@ class ChatHandler(ProxyHandler):
             ex.response_tool_calls = calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
             if isinstance(message.get("function_call"), dict):  # legacy: checked like a tool call
                 calls.append({"type": "function", "function": message["function_call"]})
+            await self.reserve(ex, Phase.OUTPUT)
             outcome = config.chain.run_output(ex, self.runtime.fail_mode)
             self.record.add_outcome(outcome)
             if blocks(outcome):
@@ -598,6 +634,7 @@ class ChatHandler(ProxyHandler):
                 for index in sorted(set(guards) | set(tools) | {0}):  # every choice, however many
                     guard = guards.get(index) or config.chain.stream_guard(ex, self.runtime.fail_mode)
                     ex.response_tool_calls = list(tools.get(index, {}).values())
+                    await self.reserve(ex, Phase.OUTPUT)
                     outcome = guard.finish()
                     self.record.add_outcome(outcome)
                     if blocks(outcome):
@@ -729,6 +766,7 @@ class EmbeddingsHandler(ProxyHandler):
         strings = [t for t in texts if isinstance(t, str)]
         messages = [{"role": "user", "content": t} for t in strings]
         ex, _ = self.exchange(model, messages, [], None)
+        await self.reserve(ex, Phase.INPUT)
         self.run_input(ex)
         if strings and len(strings) == len(texts):
             redacted = [m["content"] for m in ex.messages]

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.control.state_backend import StateBackend
 from gateway.event_queue import EventQueue
 from policies import Config, PolicyState
+from policies.counters import MemoryCounters
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ class Runtime:
 
     fail_mode: str = "block"
     snapshot: Snapshot | None = None
-    policy_state: PolicyState = field(default_factory=PolicyState)
+    policy_state: PolicyState = field(default_factory=PolicyState)  # the chain's synchronous counters
+    state: StateBackend = field(default_factory=lambda: StateBackend(MemoryCounters()))  # the request path's
     events: EventQueue = field(default_factory=EventQueue)
     observers: list[EventObserver] = field(default_factory=list)  # e.g. metrics; called per event
     draining: bool = False

@@ -83,6 +83,7 @@ class RunningGateway:
         await self.app.settings["upstream"].close()
         runtime.flush_records()
         await self.ops.stop()  # stop reloading and forwarding; queued events are flushed to the store
+        await runtime.state.close()  # pending counter updates are sent first
         if self.sync is not None:
             self.sync.stop()
 
@@ -107,9 +108,23 @@ async def start(settings: GatewaySettings, config_path: str | Path | None, runti
         raise
 
 
+def open_counters(runtime: Runtime, settings: GatewaySettings, state_dir: Path) -> None:
+    """Give the runtime its counter backend (before the first config compiles against it)."""
+    from gateway.control.state_backend import open_state_backend
+    from policies import PolicyState
+
+    runtime.state = open_state_backend(state_dir, settings.state_url, settings.state_password_file,
+                                       settings.fail_mode)
+    runtime.policy_state = PolicyState(runtime.state.local)
+    shown = runtime.state.describe()
+    log.info("counters (spend, rates, sessions): %s %s", shown["backend"], shown["url"] or shown["path"])
+
+
 async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
                  sync: EmbeddedSync | None) -> RunningGateway:
-    ops = Ops(runtime, config_path, state_dir=settings.state_dir or default_state_dir(), version=__version__,
+    state_dir = settings.state_dir or default_state_dir()
+    open_counters(runtime, settings, state_dir)
+    ops = Ops(runtime, config_path, state_dir=state_dir, version=__version__,
               watch=settings.watch_config or sync is not None,
               sync_state_dir=sync.settings.state_dir if sync is not None else None)
     # Raises ConfigError unless a config may come later; registers the metrics and request-log observers.

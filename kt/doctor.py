@@ -342,6 +342,24 @@ def gateway_providers_check(url: str, timeout: float) -> list[Check]:
     return _ok(name, f"{len(providers)} target(s) usable, no circuit open")
 
 
+def gateway_state_check(url: str, timeout: float) -> list[Check]:
+    """The running gateway's counter store (`/health` "state"): Redis unreachable is a failure."""
+    name = "counter store"
+    try:
+        _, health = http_get(url, "/health", timeout)
+    except OSError as exc:
+        return _unreachable(name, url, exc, SEE_LIVENESS)
+    state = health.get("state") if isinstance(health, dict) else None
+    if not isinstance(state, dict):
+        return [Check(name, "skip", "not reported by this gateway")]
+    where = state.get("url") or state.get("path") or "in memory"
+    if not state.get("up"):
+        return _fail(name, f"{state.get('backend')} {where} unreachable: {state.get('last_error')}",
+                     "check that Redis runs and the gateway can reach it (--state-url, --state-password-file); "
+                     "meanwhile --fail-mode decides: block answers 503 state_unavailable, allow counts per process")
+    return _ok(name, f"{state.get('backend')} {where} up")
+
+
 def _metric(text: Any, name: str) -> float:
     """Sum of the samples of `name` in Prometheus text (0 when absent)."""
     if not isinstance(text, str):
@@ -475,6 +493,7 @@ def plan(config: str | None, gateway: str | None, state_dir: str | None, env: Ma
             Probe("gateway readiness", lambda: readiness_check(gateway, net), down),
             Probe("running config", lambda: status_checks(gateway, token, net, max_age), down),
             Probe("gateway providers", lambda: gateway_providers_check(gateway, net), down),
+            Probe("counter store", lambda: gateway_state_check(gateway, net), down),
             Probe("event pipeline", lambda: gateway_events_check(gateway, net), down),
         ]
     return probes

@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from policies.counters import Claim
 from policies.kinds.base import Decision, Policy, apply_hits
 from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Verdict
 
@@ -75,9 +76,11 @@ class Chain:
     """The compiled, ordered policies of one config."""
 
     policies: tuple[Policy, ...] = ()
+    namespace: str = ""  # counter keys are namespaced by this (the pack name)
     input_policies: tuple[Policy, ...] = field(init=False)
     output_policies: tuple[Policy, ...] = field(init=False)
     stream_window: int = field(init=False)
+    counting: dict[Phase, tuple[Policy, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
         inputs = tuple(p for p in self.policies if Phase.INPUT in p.phases)
@@ -85,6 +88,30 @@ class Chain:
         object.__setattr__(self, "input_policies", inputs)
         object.__setattr__(self, "output_policies", outputs)
         object.__setattr__(self, "stream_window", max((p.window for p in outputs), default=0))
+        object.__setattr__(self, "counting", {Phase.INPUT: tuple(p for p in inputs if p.counts),
+                                              Phase.OUTPUT: tuple(p for p in outputs if p.counts)})
+
+    def claims(self, ex: Exchange, phase: Phase) -> list[Claim]:
+        """Every counter the phase's policies need for `ex`; the caller reserves them and sets
+        `ex.tally.ready = phase` so the chain does not reserve them again."""
+        claims: list[Claim] = []
+        for policy in self.counting[phase]:
+            claims.extend(policy.claims(ex, phase))
+        return claims
+
+    def reserve(self, ex: Exchange, phase: Phase) -> bool:
+        """Reserve the phase's claims through the policies' own (synchronous) state, unless the
+        caller did (`ex.tally.ready`); True when this call reserved them."""
+        tally = ex.tally
+        if tally.ready is phase:
+            tally.ready = None
+            return False
+        if not self.counting[phase]:
+            return False
+        claims = self.claims(ex, phase)
+        if claims:
+            tally.record(claims, self.counting[phase][0].state.reserve(claims, self.namespace))
+        return True
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -110,10 +137,16 @@ class Chain:
 
     def run_input(self, ex: Exchange, fail_mode: str = "block") -> ChainOutcome:
         """Run input-phase policies on the request (may redact its texts, narrow targets)."""
-        return self._run(self.input_policies, Phase.INPUT, ex, fail_mode)
+        own = self.reserve(ex, Phase.INPUT)
+        outcome = self._run(self.input_policies, Phase.INPUT, ex, fail_mode)
+        if own and outcome.blocked and ex.tally.holds:
+            undo = ex.tally.take_undo()  # a blocked request spends nothing; the gateway undoes its own
+            self.counting[Phase.INPUT][0].state.reserve(undo, self.namespace)
+        return outcome
 
     def run_output(self, ex: Exchange, fail_mode: str = "block") -> ChainOutcome:
         """Run output-phase policies on `ex.response_text` / `ex.response_tool_calls`."""
+        self.reserve(ex, Phase.OUTPUT)
         return self._run(self.output_policies, Phase.OUTPUT, ex, fail_mode)
 
     def stream_guard(self, ex: Exchange, fail_mode: str = "block") -> StreamGuard:
@@ -213,6 +246,7 @@ class StreamGuard:
         ex = self.ex
         ex.response_text = "".join(self._parts["content"])
         ex.response_refusal = "".join(self._parts["refusal"])
+        self.chain.reserve(ex, Phase.OUTPUT)
         for policy in self.chain.output_policies:
             if policy.scans_text and not ex.response_tool_calls:
                 continue

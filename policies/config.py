@@ -111,7 +111,7 @@ def compile_document(
     )
     return Config(
         pack=pack,
-        chain=Chain(policies),
+        chain=Chain(policies, pack.name),
         targets=tuple(_target(t) for t in providers.get("targets") or []),
         fallback=fallback,
         document=MappingProxyType(doc),

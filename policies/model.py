@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any
 
 from policies import texts as where
+from policies.counters import Tally
 from policies.texts import Path, Text, Visit
 
 
@@ -143,6 +144,7 @@ class Exchange:
     input_tokens: int = 0  # usage, known after the upstream answered
     output_tokens: int = 0
     notes: dict[str, Any] = field(default_factory=dict)  # per-request scratch space of policies
+    tally: Tally = field(default_factory=Tally)  # counters reserved for this request (policies.counters)
     _texts: list[Text] | None = field(default=None, init=False, repr=False)
     _definition_texts: list[Text] | None = field(default=None, init=False, repr=False)
     _definitions_key: Any = field(default=_UNKNOWN, init=False, repr=False)

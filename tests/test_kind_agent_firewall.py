@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from policies.chain import Chain
+from policies.counters import Claim
 from policies.kinds.agent_firewall import AgentFirewall
 from policies.model import Exchange, Verdict
 from policies.state import PolicyState
@@ -86,9 +87,11 @@ def test_limit_survives_reload_through_shared_state() -> None:
 
 def test_idle_sessions_are_forgotten() -> None:
     state = PolicyState()
-    state.add_session_actions("old", 5, now=1000.0)
-    state.add_session_actions("new", 1, now=1000.0 + 90000)
-    assert state.actions_in_session("old") == 0 and state.actions_in_session("new") == 1
+    state.reserve([Claim("agent-firewall:session:old", "session", 5)], now=1000.0)
+    state.reserve([Claim("agent-firewall:session:new", "session", 1)], now=1000.0 + 90000)
+    value = state.counters.value
+    assert value("", "agent-firewall:session:old", "session", 1000.0 + 90000) == 0
+    assert value("", "agent-firewall:session:new", "session", 1000.0 + 90000) == 1
 
 
 def test_escalate_action() -> None:

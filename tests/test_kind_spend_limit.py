@@ -36,14 +36,19 @@ def answered(policy: SpendLimit, model: str, input_tokens: int, output_tokens: i
     return Chain((policy,)).run_output(ex)
 
 
+def answered_after_input(policy: SpendLimit, ex, input_tokens: int, output_tokens: int):
+    """One exchange through both phases: the input's reserved estimate is settled by the output."""
+    assert run_input(policy, ex).verdict is Verdict.ALLOW
+    ex.input_tokens, ex.output_tokens = input_tokens, output_tokens
+    return Chain((policy,)).run_output(ex)
+
+
 def test_output_records_spend_and_daily_budget_blocks() -> None:
     state = PolicyState()
     policy = SpendLimit({"max_daily_usd": 1.0}, state)
-    assert run_input(policy, user("hi", model="gpt-4o")).verdict is Verdict.ALLOW
-    answered(policy, "gpt-4o", 100_000, 50_000)  # 0.25 + 0.5
+    answered_after_input(policy, user("hi", model="gpt-4o"), 100_000, 50_000)  # 0.25 + 0.5
     assert state.spent_today("spend-limit:global") == pytest.approx(0.75)
-    assert run_input(policy, user("hi", model="gpt-4o")).verdict is Verdict.ALLOW
-    answered(policy, "gpt-4o", 100_000, 0)
+    answered_after_input(policy, user("hi", model="gpt-4o"), 100_000, 0)
     outcome = run_input(policy, user("hi", model="gpt-4o"))
     assert outcome.blocked and outcome.reason_code == "budget_exceeded"
 
@@ -111,3 +116,25 @@ def test_usage_counted_once_per_exchange() -> None:
     for _ in range(3):  # e.g. once per choice
         chain.run_output(ex)
     assert state.spent_today("spend-limit:global") == pytest.approx(0.0125)
+
+
+def test_estimate_is_reserved_so_two_racing_requests_cannot_both_take_the_last_dollar() -> None:
+    state = PolicyState()
+    state.add_spend("spend-limit:global", 0.985)
+    policy = SpendLimit({"max_daily_usd": 1.0}, state)
+    first, second = user("hi", model="gpt-4o", max_tokens=1000), user("hi", model="gpt-4o", max_tokens=1000)
+    assert run_input(policy, first).verdict is Verdict.ALLOW  # reserves ~$0.01: 0.995 held
+    assert run_input(policy, second).blocked  # before the first one answered
+    assert state.spent_today("spend-limit:global") == pytest.approx(0.995, abs=1e-4)
+
+
+def test_reservation_is_settled_by_the_actual_cost_and_given_back_on_a_block() -> None:
+    from policies.kinds.dlp_filter import DlpFilter
+
+    state = PolicyState()
+    policy = SpendLimit({"max_daily_usd": 1.0}, state)
+    answered_after_input(policy, user("hi", model="gpt-4o", max_tokens=10_000), 1000, 0)  # est. 0.1, cost 0.0025
+    assert state.spent_today("spend-limit:global") == pytest.approx(0.0025)
+    chain = Chain((policy, DlpFilter({"blocked_terms": ["bluebird"], "action": "block"}, state)))
+    assert chain.run_input(user("bluebird", model="gpt-4o", max_tokens=10_000)).blocked
+    assert state.spent_today("spend-limit:global") == pytest.approx(0.0025)  # the block gave the estimate back

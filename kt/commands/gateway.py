@@ -54,13 +54,28 @@ def gateway() -> None:
     """Run and inspect the gateway."""
 
 
+def check_state_url(url: str | None, password_file: str | None) -> None:
+    """Refuse a --state-url kt cannot use, or an unreadable password file (ValueError; the URL masked)."""
+    if not url:
+        return
+    from gateway.control.counters_redis import SCHEMES, read_password
+    from sync.credentials import mask_url
+
+    if not url.startswith(SCHEMES):
+        raise ValueError(f"--state-url {mask_url(url)}: use redis://HOST:PORT/DB, rediss://HOST:PORT/DB "
+                         "or unix:///path/to/redis.sock")
+    read_password(password_file)
+
+
 @gateway.command(name="run")
 @click.option("--policy-config", "--config", "policy_config", type=click.Path(dir_okay=False),
               help="Policy config file (policy-config.yaml); required unless --git-repo is given.")
 @click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT to listen on.")
 @click.option("--port", type=int, default=None, help="Port shorthand; overrides the port of --listen.")
 @click.option("--fail-mode", type=click.Choice(["block", "allow"]), default="block", show_default=True,
-              help="What a policy *error* does: block fails the request closed (503), allow lets it pass.")
+              help="What a policy *error* does: block fails the request closed (503), allow lets it pass. "
+                   "Also what an unreachable --state-url does: block answers 503 state_unavailable to requests "
+                   "that need a counter, allow counts them in this process only.")
 @click.option("--max-body-size", default="10MiB", show_default=True, help="Largest request body; larger gets 413.")
 @click.option("--max-response-size", default="64MiB", show_default=True,
               envvar="KEEPTRUSTS_GATEWAY_MAX_RESPONSE_SIZE",
@@ -83,6 +98,12 @@ def gateway() -> None:
               help="Longest silence (s) while reading an upstream answer, per attempt.")
 @click.option("--state-dir", type=click.Path(file_okay=False), envvar="KEEPTRUSTS_STATE_DIR", default=None,
               help="Where the event store (events.db) lives (env KEEPTRUSTS_STATE_DIR; default ~/.local/state/kt).")
+@click.option("--state-url", envvar="KEEPTRUSTS_STATE_URL", default=None, metavar="URL",
+              help="Shared counters (spend, rates, sessions) for every replica: redis://HOST:PORT/DB, rediss://... "
+                   "(TLS) or unix:///path.sock (env KEEPTRUSTS_STATE_URL). Default: <state-dir>/counters.db, "
+                   "shared by the gateways of one host and kept across restarts.")
+@click.option("--state-password-file", type=click.Path(dir_okay=False), envvar="KEEPTRUSTS_STATE_PASSWORD_FILE",
+              default=None, help="File holding the --state-url password (instead of putting it in the URL).")
 @click.option("--watch/--no-watch", "watch_config", default=True, show_default=True,
               help="Reload when the config file, or a symlink on its path, changes. SIGHUP and "
                    "POST /keeptrusts/config/reload reload either way.")
@@ -94,7 +115,8 @@ def gateway() -> None:
 def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str, max_body_size: str,
         max_response_size: str, drain_timeout: float, client_timeout: float, max_connections: int | None,
         keys_file: str | None, upstream_connect_timeout: float, upstream_read_timeout: float,
-        state_dir: str | None, watch_config: bool, log_format: str, log_level: str, **git: Any) -> None:
+        state_dir: str | None, state_url: str | None, state_password_file: str | None, watch_config: bool,
+        log_format: str, log_level: str, **git: Any) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
     from gateway.app import GatewaySettings
     from gateway.httpclient import Proxy
@@ -118,6 +140,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
     try:
         keys = load_keys(keys_file) if keys_file else None
         Proxy.from_env()
+        check_state_url(state_url, state_password_file)
     except (KeysFileError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     setup_logging(log_format, log_level)
@@ -127,6 +150,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         keys=keys, timeouts=Timeouts(upstream_connect_timeout, upstream_read_timeout),
         max_response_size=response_size,
         state_dir=Path(state_dir) if state_dir else None, watch_config=watch_config,
+        state_url=state_url or None, state_password_file=state_password_file,
     )
     try:
         code = run_gateway(settings, policy_config, sync)

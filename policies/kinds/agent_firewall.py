@@ -10,9 +10,10 @@ is blocked, and so is a request offering tools in a session that has reached it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+from policies.counters import Claim
 from policies.kinds import register
 from policies.kinds.base import Decision, Policy, compile_globs, tool_name
 from policies.model import Exchange, Phase, Verdict
@@ -59,23 +60,34 @@ class AgentFirewall(Policy):
             f"session reached max_actions_per_session ({self.max_actions})",
         )
 
+    def _key(self, session: str) -> str:
+        return f"agent-firewall:session:{session}"
+
+    def claims(self, ex: Exchange, phase: Phase) -> Sequence[Claim]:
+        session = ex.session_id
+        if not self.max_actions or not session:
+            return ()
+        if phase is Phase.INPUT:  # a session at its limit may not be offered tools
+            return (Claim(self._key(session), "session", 0, self.max_actions, need=0),) if ex.tools else ()
+        calls = ex.response_tool_calls
+        if not calls or self._check([tool_name(c) for c in calls]) is not None:
+            return ()
+        return (Claim(self._key(session), "session", len(calls), self.max_actions),)
+
+    def _reached(self, ex: Exchange) -> bool:
+        session = ex.session_id
+        result = ex.tally.results.get(self._key(session)) if self.max_actions and session else None
+        return result is not None and not result.ok
+
     def check_input(self, ex: Exchange) -> Decision | None:
         decision = self._check([tool_name(t) for t in ex.tools] + [tool_name(c) for c in ex.tool_calls()])
         if decision is not None:
             return decision
-        session = ex.session_id
-        if self.max_actions and session and ex.tools and self.state.actions_in_session(session) >= self.max_actions:
-            return self._limit()
-        return None
+        return self._limit() if ex.tools and self._reached(ex) else None
 
     def check_output(self, ex: Exchange) -> Decision | None:
         calls = ex.response_tool_calls
         decision = self._check([tool_name(c) for c in calls])
         if decision is not None or not calls:
             return decision
-        session = ex.session_id
-        if self.max_actions and session:
-            if self.state.actions_in_session(session) + len(calls) > self.max_actions:
-                return self._limit()
-            self.state.add_session_actions(session, len(calls))
-        return None
+        return self._limit() if self._reached(ex) else None

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from policies.counters import Claim
 from policies.model import INSTRUCTION_ROLES, Exchange, Phase, Verdict
 from policies.state import PolicyState
 from policies.texts import Path, location
@@ -109,16 +110,27 @@ class Policy:
     regex_fields: ClassVar[tuple[str, ...]] = ()
     # Whether the kind overrides `scan_text` (a text kind); set for each subclass as it is defined.
     scans_text: ClassVar[bool] = False
+    # Whether the kind overrides `claims` (keeps counters); set for each subclass as it is defined.
+    counts: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.scans_text = cls.scan_text is not Policy.scan_text
+        cls.counts = cls.claims is not Policy.claims
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:
         self.options = options
         self.state = state
         self._instructions: dict[str, tuple[Hit, ...]] = {}  # see `scan_input`
         self._definitions: dict[bytes, dict[str, tuple[Path, tuple[Hit, ...]]]] = {}  # see `definition_findings`
+
+    # --- counters ---------------------------------------------------------------------
+    def claims(self, ex: Exchange, phase: Phase) -> Sequence[Claim]:
+        """The counters this policy needs checked or added for `ex` in `phase` (no I/O: only declared).
+
+        Whoever runs the chain reserves them before the phase and leaves the results in
+        `ex.tally.results` (by claim key) for `check_input`/`check_output` to read."""
+        return ()
 
     # --- text kinds -----------------------------------------------------------------
     def scan_text(self, text: str, phase: Phase) -> list[Hit]:

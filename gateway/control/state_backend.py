@@ -1,0 +1,139 @@
+"""The gateway's counter backend, chosen at start, and what it does when Redis is unreachable.
+
+- no `--state-url`: `SqliteCounters` in `<state dir>/counters.db` (shared by the workers of a host,
+  kept across restarts);
+- `--state-url redis://...`: `RedisCounters`, shared by every replica.
+
+Redis unreachable (a call fails or times out): the backend is marked down
+(`keeptrusts_state_backend_up 0`) and a probe reconnects with backoff; until it succeeds no
+request waits on Redis. Meanwhile `--fail-mode block` answers requests that need a counter
+with 503 `state_unavailable`; `allow` counts them in this process's memory (logged once per
+outage) — limits then hold per process only, and those counts are not merged back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from policies.counters import Claim, ClaimResult, Counters, MemoryCounters
+from sync.credentials import mask_url
+
+log = logging.getLogger("kt.gateway.state")
+
+
+class StateUnavailable(Exception):
+    """The shared counters cannot be reached and `--fail-mode block` refuses to guess."""
+
+
+class StateBackend:
+    """Reserve claims on the configured backend; see the module docstring."""
+
+    def __init__(self, local: Counters, fail_mode: str = "block", redis: Any = None, url: str | None = None) -> None:
+        self.local = local  # the sync backend (SQLite, or memory); with Redis: the fail-open fallback
+        self.redis = redis
+        self.url = mask_url(url) if url else None
+        self.fail_mode = fail_mode
+        self.up = True
+        self.last_error: str | None = None
+        self.failures = 0  # calls that found Redis unreachable
+        self._probe: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[Any]] = set()
+
+    @property
+    def kind(self) -> str:
+        if self.redis is not None:
+            return "redis"
+        return "sqlite" if type(self.local).__name__ == "SqliteCounters" else "memory"
+
+    def describe(self) -> dict[str, Any]:
+        """For /health, /keeptrusts/status and `kt doctor` (the URL's credentials masked)."""
+        return {"backend": self.kind, "url": self.url, "up": self.up, "last_error": self.last_error,
+                "path": str(getattr(self.local, "path", "")) or None if self.redis is None else None}
+
+    async def reserve(self, namespace: str, claims: Sequence[Claim]) -> list[ClaimResult]:
+        """Check and add `claims` in one step (one round trip to Redis); raises `StateUnavailable`."""
+        if self.redis is None:
+            return self.local.reserve(namespace, claims)
+        if self.up:
+            try:
+                return await self.redis.reserve(namespace, claims)
+            except Exception as exc:  # ConnectionError, TimeoutError, a Redis error reply
+                self._down(exc)
+        if self.fail_mode == "block":
+            raise StateUnavailable(f"the shared counter store ({self.url}) is unreachable: {self.last_error}")
+        return self.local.reserve(namespace, claims)
+
+    def apply_later(self, namespace: str, claims: Sequence[Claim]) -> None:
+        """Add `claims` (settlements, releases) without making the request wait for it."""
+        if self.redis is None:
+            self.local.reserve(namespace, claims)
+            return
+        task = asyncio.ensure_future(self._apply(namespace, list(claims)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _apply(self, namespace: str, claims: list[Claim]) -> None:
+        try:
+            await self.reserve(namespace, claims)
+        except StateUnavailable:
+            log.warning("state backend down: %d counter update(s) not recorded", len(claims))
+
+    def _down(self, exc: Exception) -> None:
+        self.failures += 1
+        self.last_error = f"{type(exc).__name__}: {mask_url(str(exc))}"[:300]
+        if not self.up:
+            return
+        self.up = False
+        action = "refusing requests that need a counter (503 state_unavailable)" if self.fail_mode == "block" \
+            else "counting in this process only until it is back"
+        log.warning("state backend %s unreachable (%s): %s", self.url, self.last_error, action)
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self, base: float = 0.1, cap: float = 5.0) -> None:
+        from gateway.forwarder import backoff  # (imports the metrics, which import this module)
+
+        attempt = 0
+        while not self.up:
+            await asyncio.sleep(backoff(attempt, base, cap))
+            attempt += 1
+            try:
+                await self.redis.ping()
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {mask_url(str(exc))}"[:300]
+                continue
+            self.up = True
+            log.info("state backend %s reachable again", self.url)
+
+    async def close(self) -> None:
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=2.0)
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+        if self.redis is not None:
+            await self.redis.close()
+        close = getattr(self.local, "close", None)
+        if close is not None:
+            close()
+
+
+def open_state_backend(state_dir: Path | None, url: str | None = None, password_file: str | None = None,
+                       fail_mode: str = "block") -> StateBackend:
+    """The backend `kt gateway run` uses: Redis with `url`, else the SQLite file in `state_dir`
+    (in memory when `state_dir` is None: tests and embedding)."""
+    if url:
+        from gateway.control.counters_redis import RedisCounters, read_password
+
+        return StateBackend(MemoryCounters(), fail_mode, RedisCounters(url, read_password(password_file)), url)
+    if state_dir is None:
+        return StateBackend(MemoryCounters(), fail_mode)
+    from gateway.control.counters_sqlite import DB_NAME, SqliteCounters
+
+    return StateBackend(SqliteCounters(Path(state_dir) / DB_NAME), fail_mode)

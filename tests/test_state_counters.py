@@ -1,0 +1,190 @@
+"""Counters that hold across processes, replicas and restarts: SQLite (default) and Redis (--state-url).
+
+Real parts: `kt gateway run` subprocesses, a real `redis-server` on loopback, the built-in mock
+provider. Each request of `BUDGET_CONFIG` reserves and spends exactly $0.01 (max_tokens 1 at
+$10,000 per output Mtok; input free), so a $0.05 day lets exactly five through, wherever they land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from gateway.control.counters_sqlite import SqliteCounters
+from policies.counters import Claim, storage_key
+from tests.gateway_process import GatewayProcess
+from tests.redis_server import RedisServer
+from tests.waiting import wait_for
+
+BUDGET_CONFIG = """\
+pack: {name: budget, version: 1.0.0, enabled: true}
+providers:
+  targets:
+    - {id: demo, provider: mock, model: demo-model}
+policies:
+  chain: [spend-limit]
+policy:
+  spend-limit:
+    max_daily_usd: 0.05
+    prices: {demo-model: {input_per_mtok: 0, output_per_mtok: 10000}}
+"""
+
+
+def ask(gw: GatewayProcess) -> tuple[int, dict]:
+    status, _, body = gw.request("POST", "/v1/chat/completions", {
+        "model": "demo-model", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
+    return status, json.loads(body)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "policy-config.yaml"
+    path.write_text(BUDGET_CONFIG)
+    return path
+
+
+@pytest.fixture
+def gateways():
+    started: list[GatewayProcess] = []
+
+    def start(config: Path, state: Path, *args: str) -> GatewayProcess:
+        gw = GatewayProcess(config, state, *args)
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        if gw.proc.poll() is None:
+            gw.stop()
+
+
+@pytest.fixture
+def redis(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always").start()
+    yield server
+    server.kill()
+
+
+def race(gws: list[GatewayProcess], n: int) -> list[int]:
+    """`n` requests at once, spread over `gws`; their statuses."""
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(lambda i: ask(gws[i % len(gws)])[0], range(n)))
+
+
+def test_sqlite_counters_are_one_budget_for_two_connections_and_survive_reopening(tmp_path: Path) -> None:
+    a, b = SqliteCounters(tmp_path / "c.db"), SqliteCounters(tmp_path / "c.db")
+    claim = Claim("spend-limit:global", "day", 0.01, 0.02, hold=True)
+    assert [r.applied for r in (a.reserve("p", [claim])[0], b.reserve("p", [claim])[0], a.reserve("p", [claim])[0])] \
+        == [True, True, False]
+    a.close()
+    assert SqliteCounters(tmp_path / "c.db").value("p", "spend-limit:global", "day") == pytest.approx(0.02)
+    assert b.value("other-pack", "spend-limit:global", "day") == 0  # packs never share a budget
+
+
+def test_redis_script_is_all_or_nothing_and_expires_at_the_window_end(redis: RedisServer) -> None:
+    from gateway.control.counters_redis import RedisCounters
+
+    async def go() -> None:
+        counters = RedisCounters(redis.url)
+        ok = await counters.reserve("p", [Claim("a", "day", 0.5, 1.0), Claim("b", "hour", 1, 2)])
+        assert all(r.ok and r.applied for r in ok)
+        refused = await counters.reserve("p", [Claim("a", "day", 0.6, 1.0), Claim("b", "hour", 1, 2),
+                                               Claim("c", "day", 0.25)])
+        assert [(r.ok, r.applied) for r in refused] == [(False, False), (True, False), (True, True)]
+        assert await counters.value("p", "a", "day") == pytest.approx(0.5)
+        assert await counters.value("p", "b", "hour") == 1
+        ttl = await counters.client.ttl(storage_key("p", "b", "hour", time.time())[0])
+        assert 0 < ttl <= 3660
+        await counters.close()
+
+    asyncio.run(go())
+
+
+def test_two_gateways_on_one_redis_share_a_budget_to_the_cent(tmp_path: Path, config: Path, redis: RedisServer,
+                                                              gateways) -> None:
+    gws = [gateways(config, tmp_path / f"state-{i}", "--state-url", redis.url) for i in range(2)]
+    statuses = race(gws, 12)
+    assert statuses.count(200) == 5 and statuses.count(409) == 7
+    assert gws[0].metric("keeptrusts_state_backend_up", '{backend="redis"}') == 1
+
+
+def test_two_gateways_on_one_state_dir_share_a_budget_and_a_restart_keeps_it(tmp_path: Path, config: Path,
+                                                                             gateways) -> None:
+    state = tmp_path / "state"
+    gws = [gateways(config, state) for _ in range(2)]  # the workers of one host: one counters.db
+    assert race(gws, 8).count(200) == 5
+    for gw in gws:
+        gw.stop()
+    again = gateways(config, state)
+    status, body = ask(again)
+    assert status == 409 and body["error"]["code"] == "budget_exceeded"  # a restart forgives nothing
+
+
+def test_a_restart_keeps_the_redis_budget(tmp_path: Path, config: Path, redis: RedisServer, gateways) -> None:
+    gw = gateways(config, tmp_path / "state-a", "--state-url", redis.url)
+    assert [ask(gw)[0] for _ in range(5)] == [200] * 5
+    gw.stop()
+    again = gateways(config, tmp_path / "state-b", "--state-url", redis.url)
+    assert ask(again)[0] == 409
+
+
+def test_redis_down_follows_the_fail_mode_and_a_redis_restart_keeps_the_counts(
+        tmp_path: Path, config: Path, redis: RedisServer, gateways) -> None:
+    closed = gateways(config, tmp_path / "state-a", "--state-url", redis.url)
+    opened = gateways(config, tmp_path / "state-b", "--state-url", redis.url, "--fail-mode", "allow")
+    assert [ask(closed)[0] for _ in range(3)] == [200] * 3
+    redis.kill()  # a crash mid-load: appendfsync always loses nothing that was acknowledged
+    status, body = ask(closed)
+    assert status == 503 and body["error"]["code"] == "state_unavailable"
+    assert f"127.0.0.1:{redis.port}" in body["error"]["message"]  # says which store
+    assert ask(opened)[0] == 200  # allow: counted locally
+    assert opened.metric("keeptrusts_state_backend_up", '{backend="redis"}') == 0
+    assert closed.metric("keeptrusts_state_backend_errors_total") >= 1
+    redis.start()
+    wait_for(lambda: closed.metric("keeptrusts_state_backend_up", '{backend="redis"}') == 1, timeout=15)
+    assert [ask(closed)[0] for _ in range(3)] == [200, 200, 409]  # 3 before the crash + 2 = the $0.05
+
+
+def test_the_password_never_shows(tmp_path: Path, config: Path, gateways) -> None:
+    server = RedisServer(tmp_path / "redis", "--requirepass", "s3cret-pw").start()
+    try:
+        secret_file = tmp_path / "pw"
+        secret_file.write_text("s3cret-pw\n")
+        gw = gateways(config, tmp_path / "state", "--state-url", server.url, "--state-password-file",
+                      str(secret_file))
+        assert ask(gw)[0] == 200
+        url_with_pw = server.url.replace("redis://", "redis://:s3cret-pw@")
+        gw2 = gateways(config, tmp_path / "state2", "--state-url", url_with_pw)
+        assert ask(gw2)[0] == 200
+        server.kill()
+        status, body = ask(gw2)
+        assert status == 503 and "s3cret-pw" not in json.dumps(body)
+        assert "s3cret-pw" not in gw2.logs() and "s3cret-pw" not in gw.logs()
+    finally:
+        server.kill()
+
+
+def test_kt_doctor_reports_an_unreachable_counter_store(tmp_path: Path, config: Path, redis: RedisServer,
+                                                       gateways) -> None:
+    import subprocess
+    import sys
+
+    gw = gateways(config, tmp_path / "state", "--state-url", redis.url)
+
+    def doctor() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "kt", "doctor", "--gateway", gw.url, "--json"],
+                              capture_output=True, text=True, timeout=60)
+
+    checks = {c["name"]: c for c in json.loads(doctor().stdout)["checks"]}
+    assert checks["counter store"]["status"] == "ok" and "redis" in checks["counter store"]["detail"]
+    redis.kill()
+    assert ask(gw)[0] == 503
+    run = doctor()
+    checks = {c["name"]: c for c in json.loads(run.stdout)["checks"]}
+    assert checks["counter store"]["status"] == "fail" and run.returncode != 0
+    assert gw.get("/health")[1]["problems"] == ["counter store unreachable"]
