@@ -19,18 +19,15 @@ class Malformed(ValueError):
     """The answer is not what the OpenAI format allows; the message says what (no upstream text)."""
 
 
-def _count(value: Any) -> bool:
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
-
-
 def usage(value: Any) -> None:
     """`usage` is absent or an object whose token counts are non-negative integers."""
     if value is None:
         return
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         raise Malformed("`usage` is not an object")
     for key in _USAGE_COUNTS:
-        if not _count(value.get(key)):
+        count = value.get(key)
+        if count is not None and (type(count) is not int or count < 0):  # type(): a bool is no count
             raise Malformed(f"`usage.{key}` is not a token count")
 
 
@@ -49,24 +46,20 @@ def _depth_ok(value: Any) -> bool:
 
 
 def _content(value: Any, where: str) -> None:
-    if value is None or isinstance(value, str):
-        return
     if not isinstance(value, list) or not all(isinstance(p, dict) for p in value):
-        raise Malformed(f"`{where}` is neither text nor a list of content parts")
+        raise Malformed(f"`{where}.content` is neither text nor a list of content parts")
     if not _depth_ok(value):
-        raise Malformed(f"`{where}` nests deeper than {MAX_PART_DEPTH} levels")
+        raise Malformed(f"`{where}.content` nests deeper than {MAX_PART_DEPTH} levels")
 
 
 def _tool_calls(value: Any, where: str) -> None:
-    if value is None:
-        return
     if not isinstance(value, list):
         raise Malformed(f"`{where}.tool_calls` is not a list")
     for call in value:
         if not isinstance(call, dict):
             raise Malformed(f"`{where}.tool_calls[]` is not an object")
         index, call_id = call.get("index", 0), call.get("id")
-        if not isinstance(index, int) or isinstance(index, bool) or not (call_id is None or isinstance(call_id, str)):
+        if type(index) is not int or not (call_id is None or isinstance(call_id, str)):
             raise Malformed(f"`{where}.tool_calls[]` has an `index` that is not an integer or an `id` that is not text")
         function = call.get("function")
         if function is None:
@@ -76,37 +69,39 @@ def _tool_calls(value: Any, where: str) -> None:
             raise Malformed(f"`{where}.tool_calls[].function` is not {{name, arguments}} text")
 
 
-def _message(value: Any, where: str) -> None:
-    if value is None:
-        return
-    if not isinstance(value, dict):
-        raise Malformed(f"`{where}` is not an object")
-    _content(value.get("content"), f"{where}.content")
-    if not (value.get("refusal") is None or isinstance(value["refusal"], str)):
-        raise Malformed(f"`{where}.refusal` is not text")
-    _tool_calls(value.get("tool_calls"), where)
-
-
 def _choices(resp: dict[str, Any], key: str) -> None:
+    """Each choice and its `message`/`delta` (`key`); error texts are built only on an error."""
     choices = resp.get("choices")
     if choices is None and key == "delta":
         return
-    if not isinstance(choices, list):
+    if type(choices) is not list:
         raise Malformed("the answer has no `choices` list")
     for choice in choices:
-        if not isinstance(choice, dict):
+        if type(choice) is not dict:
             raise Malformed("a choice is not an object")
         index = choice.get("index", 0)
-        if not isinstance(index, int) or isinstance(index, bool):
+        if type(index) is not int:
             raise Malformed("a choice's `index` is not an integer")
-        if not (choice.get("finish_reason") is None or isinstance(choice["finish_reason"], str)):
+        finish = choice.get("finish_reason")
+        if finish is not None and type(finish) is not str:
             raise Malformed("a choice's `finish_reason` is not text")
-        _message(choice.get(key), f"choices[{index}].{key}")
+        message = choice.get(key)
+        if message is None:
+            continue
+        if type(message) is not dict:
+            raise Malformed(f"`choices[{index}].{key}` is not an object")
+        content, refusal, calls = message.get("content"), message.get("refusal"), message.get("tool_calls")
+        if content is not None and type(content) is not str:
+            _content(content, f"choices[{index}].{key}")
+        if refusal is not None and type(refusal) is not str:
+            raise Malformed(f"`choices[{index}].{key}.refusal` is not text")
+        if calls is not None:
+            _tool_calls(calls, f"choices[{index}].{key}")
 
 
 def completion(resp: Any) -> dict[str, Any]:
     """`resp` when it is a chat completion the proxy can read; else `Malformed`."""
-    if not isinstance(resp, dict):
+    if type(resp) is not dict:
         raise Malformed("the answer is not a JSON object")
     _choices(resp, "message")
     usage(resp.get("usage"))
@@ -115,7 +110,7 @@ def completion(resp: Any) -> dict[str, Any]:
 
 def chunk(value: Any) -> dict[str, Any]:
     """`value` when it is a stream chunk the proxy can read (an `error` chunk gets an object `error`)."""
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         raise Malformed("a stream event is not a JSON object")
     if "error" in value and not value.get("choices"):
         error = value["error"]
