@@ -30,6 +30,10 @@ from gateway.runtime import Runtime
 from gateway.upstream import Timeouts, UpstreamClient
 
 MIB = 1024 * 1024
+# In-flight proxied requests per worker. LLM requests spend seconds waiting on the provider and cost
+# little CPU meanwhile, so a worker holds many; past the upstream pool (max_upstream_connections, 1000)
+# a request would only wait for a connection, so the default stops there.
+DEFAULT_MAX_CONCURRENCY = 1000
 
 ROUTES: list[tuple[str, type[Handler]]] = [  # exact paths -> lean handlers (gateway/handler.py)
     ("/v1/chat/completions", ChatHandler),
@@ -56,6 +60,7 @@ class GatewaySettings:
     breaker_threshold: int = 5
     breaker_cooldown_s: float = 30.0
     max_upstream_connections: int = 1000
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # in-flight proxied requests; past it 503 overloaded at once
     state_dir: Path | None = None  # events.db lives here; None: $KEEPTRUSTS_STATE_DIR or ~/.local/state/kt
     watch_config: bool = True  # reload when the config file changes (SIGHUP and the reload API always work)
     wait_for_config: bool = False  # start not ready when the config is missing/invalid (e.g. first sync pending)

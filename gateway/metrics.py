@@ -269,6 +269,9 @@ class _StateCollector:
         yield _gauge("keeptrusts_gateway_ready", "1 when a config is loaded and the gateway is not draining.",
                      1 if runtime.ready else 0)
         yield _gauge("keeptrusts_gateway_in_flight_requests", "Requests being handled now.", runtime.in_flight)
+        if runtime.max_concurrency:
+            yield _gauge("keeptrusts_gateway_max_concurrency", "Requests allowed in flight (--max-concurrency); "
+                         "past it 503 overloaded.", runtime.max_concurrency)
         state = runtime.state
         yield _gauge("keeptrusts_state_backend_up", "1 when the counter backend (spend, rates, sessions) "
                      "answers; 0 while it is unreachable.", 1 if state.up else 0, {"backend": state.kind})

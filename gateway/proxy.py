@@ -180,11 +180,18 @@ class NotFoundHandler(tornado.web.RequestHandler):
 class AuthedHandler(BaseHandler):
     """Routes that need the gateway to be ready and, with --keys-file, a gateway key."""
 
+    limited = False  # counts against --max-concurrency (the proxy routes)
+
     def prepare(self) -> None:
         super().prepare()
         self.record = RequestRecord(self.request_id or "", self.request.path)
-        self.runtime.in_flight += 1
+        runtime = self.runtime
+        runtime.in_flight += 1
         self._counted = True
+        if self.limited and runtime.max_concurrency and runtime.in_flight > runtime.max_concurrency:
+            raise GatewayError(503, "unavailable", "overloaded",
+                               f"this gateway is at its limit of {runtime.max_concurrency} requests in flight "
+                               "(--max-concurrency); retry shortly", headers={"Retry-After": "1"})
         if not self.runtime.ready or self.snap is None:
             raise not_ready()
         snap = self.snap
@@ -248,6 +255,7 @@ class ProxyHandler(AuthedHandler):
     """Base of the POST proxy routes: body limit, JSON parsing, policies, fallback."""
 
     methods = frozenset({"POST"})
+    limited = True
 
     def __init__(self, settings: dict[str, Any], connection: Any) -> None:
         super().__init__(settings, connection)

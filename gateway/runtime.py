@@ -62,6 +62,7 @@ class Runtime:
     draining: bool = False
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
+    max_concurrency: int = 0  # in-flight proxied requests allowed (--max-concurrency); 0: no limit
     _records: list[Record] = field(default_factory=list, repr=False)
     _flush: asyncio.TimerHandle | None = field(default=None, repr=False)
 

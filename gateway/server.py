@@ -97,6 +97,7 @@ async def start(settings: GatewaySettings, config_path: str | Path | None, runti
     good sync publishes one; the file watcher reloads on every publish either way."""
     runtime = runtime or Runtime(fail_mode=settings.fail_mode)
     runtime.fail_mode = settings.fail_mode
+    runtime.max_concurrency = settings.max_concurrency
     if sync is not None:
         sync.start()  # raises AgentLocked when another agent owns the state dir
         config_path = sync.config_path
@@ -154,8 +155,9 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
     limit = settings.max_body_size * 2 + 1024 * 1024
     server = HTTP1Server(Dispatcher(app, ROUTES), max_body_size=limit, idle_timeout=75,
                          client_timeout=settings.client_timeout, max_connections=settings.max_connections)
-    log.info("client connections: at most %d at once (--max-connections), --client-timeout %g s",
-             server.max_connections, settings.client_timeout)
+    log.info("client connections: at most %d at once (--max-connections), --client-timeout %g s; "
+             "at most %d requests in flight (--max-concurrency)",
+             server.max_connections, settings.client_timeout, settings.max_concurrency)
     sockets = bind_sockets(settings.port, settings.host or None, backlog=1024)
     await server.add_sockets(sockets)
     ops.connections = lambda: len(server.connections)

@@ -58,6 +58,10 @@ def test_the_seed_table_is_covered() -> None:
     assert "> 86400" in alerts["KtConfigNotRefreshed"]["expr"]
     assert alerts["KtFleetConfigDrift"]["for"] == "15m" and "sha256" in alerts["KtFleetConfigDrift"]["expr"]
     assert "keeptrusts_sync_" in alerts["KtSyncFailing"]["expr"]
+    # the seed's "active connections > 80% of capacity", computable since --max-concurrency exists
+    near = alerts["KtGatewayNearCapacity"]["expr"]
+    assert "keeptrusts_gateway_max_concurrency" in near and "> 0.8" in near
+    assert "keeptrusts_state_backend_up" in alerts["KtCounterStoreDown"]["expr"]
     # the seed's "mean time to deploy a config change: under 15 minutes"
     deploy = alerts["KtConfigDeploySlow"]["expr"]
     assert "keeptrusts_config_deploy_seconds_sum" in deploy and "_count" in deploy and "> 900" in deploy

@@ -90,6 +90,10 @@ def check_state_url(url: str | None, password_file: str | None) -> None:
               envvar="KEEPTRUSTS_GATEWAY_MAX_CONNECTIONS",
               help="Client connections at once; past it a new one gets 503 and is closed. "
                    "[default: (open-file limit - 128) / 2]")
+@click.option("--max-concurrency", type=click.IntRange(min=1), default=None,
+              envvar="KEEPTRUSTS_GATEWAY_MAX_CONCURRENCY",
+              help="Proxied requests in flight at once (per worker); past it 503 overloaded with Retry-After, "
+                   "at once (never queued). Health and admin routes are never refused. [default: 1000]")
 @click.option("--keys-file", type=click.Path(dir_okay=False), default=None,
               help="Gateway keys: lines of '<sha256 hex> <label>'. Without it the gateway is open.")
 @click.option("--upstream-connect-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True,
@@ -114,7 +118,8 @@ def check_state_url(url: str | None, password_file: str | None) -> None:
 @embedded_sync_options
 def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str, max_body_size: str,
         max_response_size: str, drain_timeout: float, client_timeout: float, max_connections: int | None,
-        keys_file: str | None, upstream_connect_timeout: float, upstream_read_timeout: float,
+        max_concurrency: int | None, keys_file: str | None, upstream_connect_timeout: float,
+        upstream_read_timeout: float,
         state_dir: str | None, state_url: str | None, state_password_file: str | None, watch_config: bool,
         log_format: str, log_level: str, **git: Any) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
@@ -151,6 +156,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         max_response_size=response_size,
         state_dir=Path(state_dir) if state_dir else None, watch_config=watch_config,
         state_url=state_url or None, state_password_file=state_password_file,
+        **({"max_concurrency": max_concurrency} if max_concurrency else {}),
     )
     try:
         code = run_gateway(settings, policy_config, sync)
