@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -42,8 +42,26 @@ T = TypeVar("T")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _NOT_IDENTITY = frozenset({"authorization", "x-api-key", "cookie", "proxy-authorization"})
+# Headers whose one value policies decide on (rbac roles, per-user and per-agent budgets, sessions).
+_ONE_VALUE = frozenset({"x-user-id", "x-agent-id", "x-user-role", "x-session-id"})
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
+
+
+def identity_headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The request's headers for the policies (names lower-cased, no credentials).
+
+    An identity header given twice is refused: a front proxy that appends its own `X-User-ID`
+    beside the client's must not leave the choice of value to the order of the lines."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower()
+        if key in _NOT_IDENTITY:
+            continue
+        if key in headers and key in _ONE_VALUE:
+            raise invalid(f"header {name} is given more than once; send it once", "duplicate_identity_header")
+        headers[key] = value
+    return headers
 
 
 _CLIENT_FAULTS = {499: "client_closed", 408: "request_timeout"}  # error codes of requests the client left unfinished
@@ -303,7 +321,7 @@ class ProxyHandler(AuthedHandler):
             models = sorted({t.model for t in config.targets} | {t.id for t in config.targets})
             raise invalid(f"model {model!r} is not served by this gateway; available models: "
                           f"{', '.join(models) or '(none configured)'}", "model_not_found")
-        headers = {k.lower(): v for k, v in self.request.headers.get_all() if k.lower() not in _NOT_IDENTITY}
+        headers = identity_headers(self.request.headers.get_all())
         ex = Exchange(model=model, messages=messages, tools=tools, headers=headers, targets=list(targets),
                       max_tokens=max_tokens, request=request or {})
         self.tally = ex.tally

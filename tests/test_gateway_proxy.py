@@ -533,3 +533,20 @@ def test_requests_leave_no_reference_cycles(tmp_path: Path, fake_upstream: FakeU
         gc.garbage.clear()
         gc.enable()
     assert leaked == []
+
+
+@pytest.mark.parametrize("name", ["X-User-ID", "X-Agent-ID", "X-User-Role", "X-Session-ID"])
+def test_identity_header_given_twice_is_refused(plain: GatewayThread, fake_upstream: FakeUpstream, name: str) -> None:
+    """Policies decide on one value: a second line (say, appended by a front proxy) must not pick it."""
+    from tests.http_wire import Wire
+
+    body = chat_body()
+    wire = Wire(int(plain.url.rsplit(":", 1)[1]))
+    wire.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+              + f"{name}: admin\r\n{name.lower()}: viewer\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    resp = wire.response()
+    wire.close()
+    assert resp.status == 400
+    error = resp.json()["error"]
+    assert error["code"] == "duplicate_identity_header" and name.lower() in error["message"].lower()
+    assert not fake_upstream.requests_to("/v1/chat/completions")
