@@ -64,6 +64,7 @@ PEEK_AFTER_S = 1.0  # an idle connection reused after longer is first checked fo
 MAX_HEAD_SIZE = 64 * 1024  # status line and headers of one response (interim 1xx answers included)
 DEFAULT_MAX_RESPONSE_SIZE = 64 * 1024 * 1024
 HIGH_WATER = 256 * 1024  # unread bytes of a stream above which the socket is not read
+STREAM_ROOM = 4 * HIGH_WATER  # the least room a stream's unread (decoded) bytes get, whatever the body limit
 DRAIN_S, DRAIN_BYTES = 5.0, 64 * 1024  # the most silence / bytes awaited after a stream's logical end
 _FRAMING = (b"content-length", b"transfer-encoding")
 
@@ -404,7 +405,9 @@ class Connection(asyncio.Protocol):
             if self.buffered > DRAIN_BYTES:
                 raise ProtocolError("kept sending after the end of its stream")
             return
-        room = self.max_body - (self.buffered if self.stream else self.body_size)
+        # a whole body may not pass the limit; a stream's unread bytes not (but at least STREAM_ROOM: a slow
+        # client lets HIGH_WATER and one more read pile up even under a tiny limit)
+        room = max(self.max_body, STREAM_ROOM) - self.buffered if self.stream else self.max_body - self.body_size
         if self.decoder is not None:
             try:
                 body = self.decoder.decompress(body, room + 1)  # never inflates more than the room left

@@ -404,6 +404,35 @@ def test_a_lagging_reader_pauses_the_socket_instead_of_buffering() -> None:
     run(main())
 
 
+def test_max_response_size_bounds_whole_bodies_and_inflation_not_streams() -> None:
+    """--max-response-size bounds a whole body (decoded, before inflating past it) but not a long stream."""
+    big = b"z" * 300_000
+
+    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
+        if req.body == b"gzip":
+            body = gzip.compress(b" " * 5_000_000)
+            writer.write(reply(body, headers="Content-Encoding: gzip\r\n"))
+        else:
+            writer.write(reply(big))
+        return True
+
+    async def main() -> None:
+        async with Upstream(answer) as up:
+            small = UpstreamClient(Timeouts(connect_s=2.0, read_s=5.0), max_response_size=100_000)
+            for body in (b"{}", b"gzip"):
+                with pytest.raises(UpstreamFailure) as failure:
+                    await small.post_json(TARGET, up.url(), HEADERS, body)
+                assert failure.value.kind == "bad_response" and "--max-response-size" in failure.value.message
+            resp = await small.open_stream(TARGET, up.url(), HEADERS, b"{}")  # a stream read late: not limited
+            await async_wait_for(lambda: resp._conn.complete or resp._conn.paused)
+            assert len(await resp.read()) == len(big)
+            resp.release()
+            assert up.connections == 3  # each body past the limit dropped its connection
+            await small.close()
+
+    run(main())
+
+
 def test_read_timeout_before_the_answer_and_mid_stream() -> None:
     async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         if req.body == b"stream":
