@@ -192,12 +192,34 @@ class EventStore:
         with self._lock:
             return self._db.execute("DELETE FROM events WHERE ts < ?", (before,)).rowcount
 
-    def count(self) -> int:
-        return int(self._scalar("SELECT COUNT(*) FROM events"))
+    def count(self, since: float | None = None, until: float | None = None) -> int:
+        """How many events are stored (with `since`/`until`: within that window)."""
+        where, args = _window(since, until)
+        return int(self._scalar("SELECT COUNT(*) FROM events" + where, args))
+
+    def policy_names(self, since: float | None = None, until: float | None = None) -> list[str]:
+        """The names of the policies in the per-policy results of the events in the window, sorted.
+
+        One pass in SQLite's JSON functions, no event is loaded into Python: `kt events export`
+        knows its CSV columns before it streams the rows.
+        """
+        where, args = _window(since, until)
+        sql = ("SELECT DISTINCT json_extract(p.value, '$.policy') FROM events, "
+               "json_each(CAST(events.body AS TEXT), '$.policies') AS p" + where)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return sorted(name for (name,) in rows if isinstance(name, str))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _window(since: float | None, until: float | None) -> tuple[str, tuple[float, ...]]:
+    """The WHERE clause (and its arguments) of events with `since <= ts <= until`."""
+    where = [clause for clause, bound in (("ts >= ?", since), ("ts <= ?", until)) if bound is not None]
+    args = tuple(bound for bound in (since, until) if bound is not None)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
 def retention_days(runtime: Runtime, default: int = 365) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,8 +11,8 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO
 
 import click
 
@@ -20,39 +21,48 @@ Fetch = Callable[[dict[str, Any]], list[dict[str, Any]]]
 _COLUMNS = (("TIME", 20), ("ID", 36), ("VERDICT", 9), ("REASON", 28), ("MODEL", 20), ("LATENCY", 10))
 
 
+def _get_json(url: str, token: str | None, path: str) -> Any:
+    """GET `path` of the gateway at `url` (with the admin token) as JSON; a clear error otherwise."""
+    request = urllib.request.Request(f"{url.rstrip('/')}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise click.ClickException(f"{url} refused the admin token: set KEEPTRUSTS_ADMIN_TOKEN") from None
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise click.ClickException(f"{url} answered {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise click.ClickException(
+            f"cannot reach the gateway at {url} ({reason}); is `kt gateway run` up? (or read a store with --db)"
+        ) from None
+
+
 def _gateway_fetch(url: str, token: str | None) -> Fetch:
     def fetch(query: dict[str, Any]) -> list[dict[str, Any]]:
         params = urllib.parse.urlencode({k: v for k, v in query.items() if v not in (None, "")})
-        request = urllib.request.Request(f"{url.rstrip('/')}/keeptrusts/events?{params}")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return json.loads(response.read())["events"]
-        except urllib.error.HTTPError as exc:
-            if exc.code == 401:
-                raise click.ClickException(f"{url} refused the admin token: set KEEPTRUSTS_ADMIN_TOKEN") from None
-            try:
-                message = json.loads(exc.read())["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = exc.reason
-            raise click.ClickException(f"{url} answered {exc.code}: {message}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise click.ClickException(
-                f"cannot reach the gateway at {url} ({reason}); is `kt gateway run` up? (or read a store with --db)"
-            ) from None
+        return _get_json(url, token, f"/keeptrusts/events?{params}")["events"]
 
     return fetch
 
 
-def _db_fetch(path: str) -> Fetch:
+def _open_store(path: str) -> Any:
     from gateway.store import EventStore
 
     try:
-        store = EventStore(path, readonly=True)
+        return EventStore(path, readonly=True)
     except (FileNotFoundError, OSError) as exc:
         raise click.ClickException(f"cannot open event store {path}: {exc}") from None
+
+
+def _db_fetch(path: str) -> Fetch:
+    store = _open_store(path)
 
     def fetch(query: dict[str, Any]) -> list[dict[str, Any]]:
         import sqlite3
@@ -169,3 +179,102 @@ def tail_events(since: str | None, until: str | None, limit: int, verdict: str |
                 cursor = new[-1]["id"]
     except KeyboardInterrupt:
         pass
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+_START = "0"  # an `after` cursor that names no event: the first page starts at the oldest match
+_PAGE = 250  # events per page: what an export holds in memory at once (the gateway answers up to 1000)
+
+
+def _pages(fetch: Fetch, since: float | None, until: float) -> Iterator[list[dict[str, Any]]]:
+    """Every event in [since, until], oldest first, one page at a time (an `after` cursor)."""
+    cursor = _START
+    while True:
+        page = fetch({"since": since, "until": until, "limit": _PAGE, "after": cursor})
+        if not page:
+            return
+        yield page
+        cursor = page[-1]["id"]
+
+
+def _running_chain(url: str, token: str | None) -> list[str]:
+    """The policy chain of the gateway's running config (its CSV policy columns)."""
+    view = _get_json(url, token, "/keeptrusts/config")
+    doc = view.get("config") if isinstance(view, dict) else None
+    policies = doc.get("policies") if isinstance(doc, dict) else None
+    chain = policies.get("chain") if isinstance(policies, dict) else None
+    if isinstance(chain, list):
+        return [k for k in chain if isinstance(k, str)]
+    single = doc.get("policy") if isinstance(doc, dict) else None  # a single-policy document
+    return [single["name"]] if isinstance(single, dict) and isinstance(single.get("name"), str) else []
+
+
+@contextlib.contextmanager
+def _destination(output: str | None, fmt: str) -> Iterator[TextIO]:
+    """Standard output, or `output` written as `output.part` and renamed once complete."""
+    if output is None or output == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    part = f"{output}.part"
+    try:
+        # A file gets a UTF-8 BOM for CSV: spreadsheets then read non-ASCII text (names, models) right.
+        handle = open(part, "w", encoding="utf-8-sig" if fmt == "csv" else "utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {output}: {exc.strerror or exc}") from None
+    try:
+        with handle:
+            yield handle
+        os.replace(part, output)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(part)
+        raise
+
+
+@events.command(name="export")
+@click.option("--since", help="Only events at or after this: 90s, 5m, 1h, 7d, or an RFC 3339 time (default: all).")
+@click.option("--until", help="Only events at or before this (same forms; default: when the export starts).")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl"]), default="jsonl", show_default=True,
+              help="csv: one row per event, per-policy results as columns; json: one array; jsonl: one per line.")
+@click.option("--output", "-o", "output", metavar="FILE", help="Write to FILE (default: standard output).")
+@click.option("--gateway", envvar="KEEPTRUSTS_GATEWAY_URL", default=DEFAULT_GATEWAY, show_default=True,
+              help="Running gateway to read (env KEEPTRUSTS_GATEWAY_URL); sends $KEEPTRUSTS_ADMIN_TOKEN.")
+@click.option("--db", type=click.Path(dir_okay=False), help="Read an event-store file instead of a gateway.")
+def export_events(since: str | None, until: str | None, fmt: str, output: str | None, gateway: str,
+                  db: str | None) -> None:
+    """Export decision events, oldest first, streamed page by page (progress on stderr)."""
+    import sqlite3
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from gateway.store import parse_time
+    from kt.event_export import write_events
+
+    fetch = _setup(since, until, gateway, db)
+    since_ts = parse_time(since)
+    until_ts = parse_time(until) or time.time()  # events stored while exporting wait for the next export
+    total: int | None = None
+    if db:
+        store = _open_store(db)
+        try:
+            total = store.count(since_ts, until_ts)
+            policies = store.policy_names(since_ts, until_ts) if fmt == "csv" else []
+        except sqlite3.Error as exc:
+            raise click.ClickException(f"cannot read event store {db}: {exc}") from None
+    else:
+        policies = _running_chain(gateway, os.environ.get("KEEPTRUSTS_ADMIN_TOKEN")) if fmt == "csv" else []
+    console = Console(stderr=True)
+    columns = [SpinnerColumn(), TextColumn("exporting events"), *([BarColumn()] if total else []),
+               MofNCompleteColumn() if total else TextColumn("{task.completed}"), TimeElapsedColumn()]
+    # redirect_stdout=False: rich would otherwise route the export itself (written to stdout) to stderr.
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal,
+                  redirect_stdout=False, redirect_stderr=False) as progress:
+        task = progress.add_task("export", total=total)
+        with _destination(output, fmt) as out:
+            count = write_events(_pages(fetch, since_ts, until_ts), fmt, out, policies,
+                                 lambda n: progress.advance(task, n))
+    where = f" to {output}" if output and output != "-" else ""
+    click.echo(f"Exported {count} event{'s' if count != 1 else ''} ({fmt}){where}", err=True)
