@@ -149,6 +149,7 @@ class Exchange:
     _definition_texts: list[Text] | None = field(default=None, init=False, repr=False)
     _definitions_key: Any = field(default=_UNKNOWN, init=False, repr=False)
     _plain: bool = field(default=False, init=False, repr=False)  # `_texts` came from `plain_texts`
+    _joined: str | None = field(default=None, init=False, repr=False)
 
     @property
     def user_id(self) -> str | None:
@@ -216,6 +217,14 @@ class Exchange:
             self._definitions_key = key
         return key
 
+    def definitions_joined(self, joiner: str) -> str:
+        """Every text of the definitions joined by `joiner`: what a policy scans first, in one go, when
+        its findings in the definitions are not remembered (built once)."""
+        joined = self._joined
+        if joined is None:
+            joined = self._joined = joiner.join(t for _, _, t in self.definition_texts())
+        return joined
+
     def iter_texts(self) -> Iterator[str]:
         """Every text of the conversation, in order (without the definitions)."""
         for _, _, text in self.texts():
@@ -236,10 +245,11 @@ class Exchange:
         if definitions:
             self._definition_texts = where.collect(self._visit_definitions, fn)
             self._definitions_key = _UNKNOWN
+            self._joined = None
 
     def forget_texts(self) -> None:
         """Drop what `texts()` and the definitions' texts and key remembered (call after changing the request)."""
-        self._texts = self._definition_texts = None
+        self._texts = self._definition_texts = self._joined = None
         self._definitions_key = _UNKNOWN
 
     def tool_calls(self) -> Iterator[dict[str, Any]]:

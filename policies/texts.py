@@ -21,6 +21,7 @@ imports only the standard library and orjson.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -85,24 +86,28 @@ def visit_data(value: Any, path: Path, role: Any, visit: Visit, keys: bool = Tru
         return value if new == text else new
     if depth >= MAX_DEPTH and isinstance(value, dict | list):
         return _as_one_text(value, path, role, visit)
+    depth += 1
     if isinstance(value, dict):
-        changed = False
-        items = []
-        for key, item in value.items():
+        out: dict[Any, Any] | None = None  # a copy, made at the first change
+        for n, (key, item) in enumerate(value.items()):
             new_key = visit(path, role, key) if keys and isinstance(key, str) else key
-            new_item = visit_data(item, path, role, visit, keys, depth + 1)
-            changed = changed or new_key is not key or new_item is not item
-            items.append((new_key, new_item))
-        return dict(items) if changed else value
+            new_item = visit_data(item, path, role, visit, keys, depth)
+            if out is None and (new_key is not key or new_item is not item):
+                out = dict(itertools.islice(value.items(), n))
+            if out is not None:
+                out[new_key] = new_item
+        return value if out is None else out
     if isinstance(value, list):
-        return _visit_list(value, lambda item: visit_data(item, path, role, visit, keys, depth + 1))
+        copy: list[Any] | None = None
+        for n, item in enumerate(value):
+            new = visit_data(item, path, role, visit, keys, depth)
+            if copy is not None:
+                copy.append(new)
+            elif new is not item:
+                copy = value[:n]
+                copy.append(new)
+        return value if copy is None else copy
     return value
-
-
-def _visit_list(items: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
-    """`[fn(item) ...]`, or `items` itself when `fn` returned every item unchanged."""
-    out = [fn(item) for item in items]
-    return items if all(a is b for a, b in zip(out, items, strict=True)) else out
 
 
 def _as_one_text(value: Any, path: Path, role: Any, visit: Visit) -> Any:
@@ -143,33 +148,46 @@ def visit_schema(schema: Any, path: Path, role: Any, visit: Visit, depth: int = 
         return schema  # `true` / `false` schemas
     if depth >= MAX_DEPTH:
         return _as_one_text(schema, path, role, visit)
+    depth += 1
     if isinstance(schema, list):  # a list of schemas (`items: [...]`)
-        return _visit_list(schema, lambda s: visit_schema(s, path, role, visit, depth + 1))
-    changed = False
-    items = []
-    for key, value in schema.items():
+        copy: list[Any] | None = None
+        for n, sub in enumerate(schema):
+            new = visit_schema(sub, path, role, visit, depth)
+            if copy is not None:
+                copy.append(new)
+            elif new is not sub:
+                copy = schema[:n]
+                copy.append(new)
+        return schema if copy is None else copy
+    out: dict[str, Any] | None = None  # a copy, made at the first change
+    for n, (key, value) in enumerate(schema.items()):
         if key in _SCHEMA_KEYWORDS:
-            new = value
-        elif key in _SUBSCHEMA or key in _SUBSCHEMA_LISTS:
-            new = visit_schema(value, path, role, visit, depth + 1)
+            continue
+        if key in _SUBSCHEMA or key in _SUBSCHEMA_LISTS:
+            new = visit_schema(value, path, role, visit, depth)
         elif key in _NAMED_SUBSCHEMAS and isinstance(value, dict):
-            new = _visit_named(value, path, role, visit, depth + 1)
+            new = _visit_named(value, path, role, visit, depth)
         else:  # description, title, enum, const, default, examples, required, annotations
-            new = visit_data(value, path, role, visit, True, depth + 1)
-        changed = changed or new is not value
-        items.append((key, new))
-    return dict(items) if changed else schema
+            new = visit_data(value, path, role, visit, True, depth)
+        if out is None and new is not value:
+            out = dict(itertools.islice(schema.items(), n))
+        if out is not None:
+            out[key] = new
+    if out is not None and len(out) < len(schema):  # keywords after the first change
+        out = {key: out.get(key, value) for key, value in schema.items()}
+    return schema if out is None else out
 
 
 def _visit_named(named: dict[str, Any], path: Path, role: Any, visit: Visit, depth: int) -> dict[str, Any]:
-    changed = False
-    items = []
-    for name, sub in named.items():
+    out: dict[str, Any] | None = None
+    for n, (name, sub) in enumerate(named.items()):
         new_name = visit(path, role, name) if isinstance(name, str) else name
         new_sub = visit_schema(sub, path, role, visit, depth)
-        changed = changed or new_name is not name or new_sub is not sub
-        items.append((new_name, new_sub))
-    return dict(items) if changed else named
+        if out is None and (new_name is not name or new_sub is not sub):
+            out = dict(itertools.islice(named.items(), n))
+        if out is not None:
+            out[new_name] = new_sub
+    return named if out is None else out
 
 
 def _put(holder: dict[str, Any], key: str, path: Path, role: Any, visit: Visit) -> None:
@@ -330,13 +348,18 @@ def visit_definitions(tools: list[Any], request: dict[str, Any], visit: Visit) -
                 spec["schema"] = new
 
 
+def definitions_json(tools: list[Any], request: dict[str, Any]) -> bytes | None:
+    """The definitions as one JSON text; None when they are not JSON (a golden case's odd YAML values)."""
+    try:
+        return orjson.dumps((tools, request.get("functions"), request.get("response_format")))
+    except TypeError:
+        return None
+
+
 def definitions_key(tools: list[Any], request: dict[str, Any], limit: int) -> bytes | None:
     """The definitions as one JSON text (what a policy remembers them by); None when over `limit` bytes."""
-    try:
-        key = orjson.dumps((tools, request.get("functions"), request.get("response_format")))
-    except TypeError:  # not JSON (a golden case written in YAML with odd values): never remembered
-        return None
-    return key if len(key) <= limit else None
+    key = definitions_json(tools, request)
+    return key if key is not None and len(key) <= limit else None
 
 
 def collect(walk: Callable[[Visit], None], fn: Visit | None = None) -> list[Text]:

@@ -94,6 +94,21 @@ def located(message: str, path: Path | None) -> str:
 
 
 _NOTHING: dict[str, Any] = {}
+# Between texts scanned as one (see `Policy.joins_texts`): a line break keeps `^`/`$` (MULTILINE) and
+# word boundaries as they are at a text's ends; the NUL between stops `\s+`, words and base64 runs.
+JOINER = "\n\x00\n"
+_CONTEXT_SENSITIVE = re.compile(r"\^|\$|\\[AZz]|\(\?<?[=!]")
+
+
+def context_free(patterns: Sequence[re.Pattern[str]], multiline: bool = False) -> bool:
+    """Whether no pattern has an anchor or a lookaround (`^`/`$` allowed when compiled MULTILINE)."""
+    for rx in patterns:
+        source = rx.pattern
+        if multiline and rx.flags & re.MULTILINE:
+            source = source.replace("^", "").replace("$", "")
+        if _CONTEXT_SENSITIVE.search(source):
+            return False
+    return True
 
 
 class Policy:
@@ -112,6 +127,11 @@ class Policy:
     scans_text: ClassVar[bool] = False
     # Whether the kind overrides `claims` (keeps counters); set for each subclass as it is defined.
     counts: ClassVar[bool] = False
+    # Whether scanning texts joined by `JOINER` finds something whenever one of them alone would
+    # (false alarms are fine: each text is then scanned alone). True for kinds whose patterns use
+    # no anchors (`^`, `$` without MULTILINE, `\A`, `\Z`) and no lookaround that a `JOINER`
+    # character could satisfy or spoil; set per instance by kinds whose users write patterns.
+    joins_texts: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -173,11 +193,13 @@ class Policy:
         found = known.get(key) if key is not None else None
         if found is None:
             found = {}
-            for path, _, text in ex.definition_texts():
-                if text not in found:
-                    hits = self.scan_definition(text)
-                    if hits:
-                        found[text] = (path, tuple(hits))
+            # Hundreds of short texts: one scan of them all first, each alone only when that finds something.
+            if not self.joins_texts or self.scan_definition(ex.definitions_joined(JOINER)):
+                for path, _, text in ex.definition_texts():
+                    if text not in found:
+                        hits = self.scan_definition(text)
+                        if hits:
+                            found[text] = (path, tuple(hits))
             if key is not None:
                 if len(known) >= _DEFINITIONS_KEPT:
                     del known[next(iter(known))]  # the oldest

@@ -15,7 +15,7 @@ import re
 from typing import Any
 
 from policies.kinds import register
-from policies.kinds.base import Hit, Policy, compile_regexes
+from policies.kinds.base import Hit, Policy, compile_regexes, context_free
 from policies.model import Phase, Verdict
 from policies.state import PolicyState
 from policies.termmatch import TermMatcher
@@ -74,6 +74,7 @@ class DlpFilter(Policy):
             max_distance=options.get("max_distance", 1),
         )
         self.window = max(type(self).window, 2 * self.terms.longest + 16)
+        self.joins_texts = context_free(self.patterns)
 
     def scan_text(self, text: str, phase: Phase) -> list[Hit]:
         marker = MARKER if self.verdict is Verdict.REDACT else ""

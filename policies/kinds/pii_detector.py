@@ -158,6 +158,7 @@ def _partial(label: str, text: str) -> str:
 @register
 class PiiDetector(Policy):
     kind = "pii-detector"
+    joins_texts = True  # built-in patterns only; their lookarounds exclude line breaks and NUL
     phases = frozenset({Phase.INPUT, Phase.OUTPUT})
     regex_fields = ("detect_patterns",)
     window = 320  # longest e-mail address (254) with room to spare

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from policies.kinds import register
-from policies.kinds.base import Decision, Hit, Policy, compile_regexes, located
+from policies.kinds.base import Decision, Hit, Policy, compile_regexes, context_free, located
 from policies.model import INSTRUCTION_ROLES, Exchange, Phase, Verdict
 from policies.state import PolicyState
 from policies.textfold import ascii_words, base64_segments, find_all, fold, lower, merge_windows, words_table
@@ -138,6 +138,7 @@ class PromptInjection(Policy):
         custom_rx = compile_regexes(self.kind, "detection.attack_patterns", custom, flags)
         self.attacks = _compile(ATTACK_PATTERNS)
         self.custom = custom_rx
+        self.joins_texts = context_free(custom_rx, multiline=True)  # built-ins: see JOINER
         self.boundaries = _compile(FAKE_BOUNDARIES) if boundaries.get("reject_fake_boundaries", True) else None
         self.delimiters = _compile(DELIMITER_TOKENS) if boundaries.get("enforce_delimiters", True) else None
         self.decode_base64 = encoding.get("decode_base64", True)

@@ -78,6 +78,7 @@ MODES: dict[str, tuple[str, ...]] = {
 @register
 class SafetyFilter(Policy):
     kind = "safety-filter"
+    joins_texts = True  # whole-word phrases
     phases = frozenset({Phase.INPUT, Phase.OUTPUT})
     schema = {
         "mode": {"type": "string", "allowed": list(MODES), "meta": {
