@@ -105,7 +105,7 @@ def stored_events(gw: GatewayThread) -> str:
 
 
 def test_scrub_removes_the_secret_and_anything_key_like() -> None:
-    text = ("Incorrect API key provided: sk-proj-abc123DEF456ghi. Also Bearer eyJhbGciOi.abc, "
+    text = ("Incorrect API key provided: sk-proj-abc123DEF456ghi. Also Bearer eyJhbGciOiJIUzI1NiJ9.abc, "
             "x-api-key: sk-ant-api03-AAAA****BBBB, AKIAABCDEFGHIJKLMNOP, api_key=0123456789abcdef0123456789abcdef, "
             "and the plain secret hunter2hunter2")
     out = scrub(text, ["hunter2hunter2"])
