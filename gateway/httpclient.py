@@ -208,7 +208,6 @@ class Connection(asyncio.Protocol):
         self.lost = False
         self.busy = False
         self.draining = False  # released after its logical end: awaiting the body's last bytes to be pooled
-        self.reused = False
         self.pooled = False  # sits in the pool's idle deque
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
@@ -615,7 +614,6 @@ class Pool:
             age = now - conn.idle_since
             if conn.usable and not conn.transport.is_closing() and age < KEEPALIVE_S \
                     and (age < PEEK_AFTER_S or _open(conn.transport)):
-                conn.reused = True
                 return conn
             conn.close()
         return None

@@ -7,9 +7,10 @@ concurrent keep-alive POSTs to a trivial local server) aiohttp's `ClientSession.
 costs 65-68 us a request, a bare protocol with httptools 11 us: aiohttp alone was ~17 % of the
 budget. The client does what the gateway needs and no more: http/https (verified, SNI),
 keep-alive pool per host with a total limit, per-attempt connect and read (idle) timeouts,
-Content-Length/chunked/until-close bodies, streaming with back-pressure, one transparent retry
-when a kept-alive connection turns out to be closed. Measured with bench/overhead.py in two
-interleaved before/after runs: gateway +14 % / +28 % RPS at c=32, ~0.13 ms less at c=1 p50.
+Content-Length/chunked/until-close bodies, streaming with back-pressure, never a request sent
+twice (a pooled connection found closed before the write is replaced; nothing is resent after
+it). Measured with bench/overhead.py in two interleaved before/after runs: gateway +14 % /
++28 % RPS at c=32, ~0.13 ms less at c=1 p50.
 Tornado's clients were slower still (docs/gateway.md "Upstream connections", docs/benchmarks.md).
 """
 
