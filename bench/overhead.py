@@ -5,7 +5,7 @@ zero delay, it starts three paths and measures them in one run:
 
 - direct       client -> fake upstream
 - passthrough  client -> bench/passthrough.py (minimal Tornado proxy, same upstream client as the gateway) -> fake
-- passthrough-kt  the same pass-through served by the gateway's HTTP layer (gateway/http1.py) on uvloop
+- passthrough-kt  the same pass-through served by the gateway's HTTP layer (gateway/http/http1.py) on uvloop
 - gateway      client -> `kt gateway run` with bench/policy-config.yaml (five policies) -> fake
 
 The proxy under test is pinned to CPU 0; the fake upstream and the load generators to the other
@@ -122,8 +122,8 @@ def start(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = 
 
 def gateway_client() -> str:
     """The upstream client the gateway uses, so the pass-through baseline uses the same one."""
-    src = (ROOT / "gateway" / "upstream.py").read_text(errors="ignore")
-    return "kt" if "gateway.httpclient" in src else "aiohttp" if "import aiohttp" in src else "curl"
+    src = (ROOT / "gateway" / "providers" / "upstream.py").read_text(errors="ignore")
+    return "kt" if "gateway.http.client" in src else "aiohttp" if "import aiohttp" in src else "curl"
 
 
 def rss_mb(proc: subprocess.Popen | None) -> float:
@@ -490,7 +490,7 @@ def main() -> int:
                    log=args.logs / "passthrough.log")
         procs.append(pt)
         paths.append(Path_("passthrough", f"http://127.0.0.1:{pt_port}", pt))
-        # The same pass-through on the gateway's own stack (gateway/http1.py on uvloop): what is left
+        # The same pass-through on the gateway's own stack (gateway/http/http1.py on uvloop): what is left
         # between it and the gateway is the gateway's own work (policies, events, metrics, logs).
         ptk_port = free_port()
         ptk = start(pinned([py, "bench/passthrough.py", "--listen", f"127.0.0.1:{ptk_port}", "--upstream",

@@ -25,11 +25,11 @@ from tornado import httputil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway import logs  # noqa: E402
-from gateway.app import ROUTES, GatewaySettings, make_app  # noqa: E402
-from gateway.handler import Dispatcher  # noqa: E402
-from gateway.ops import Ops  # noqa: E402
-from gateway.runtime import Runtime  # noqa: E402
+from gateway.control import logs  # noqa: E402
+from gateway.control.ops import Ops  # noqa: E402
+from gateway.control.runtime import Runtime  # noqa: E402
+from gateway.http.handler import Dispatcher  # noqa: E402
+from gateway.proxy.app import ROUTES, GatewaySettings, make_app  # noqa: E402
 from gateway.server import tune_gc  # noqa: E402
 from policies.chain import Chain  # noqa: E402
 

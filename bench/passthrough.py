@@ -44,10 +44,10 @@ class SimpleClient(CurlClient):
 
 
 class KtClient:
-    """The gateway's own upstream client (gateway/httpclient.py), with the gateway's pool size."""
+    """The gateway's own upstream client (gateway/http/client.py), with the gateway's pool size."""
 
     def __init__(self) -> None:
-        from gateway.httpclient import Pool
+        from gateway.http.client import Pool
 
         self.pool = Pool(connect_s=5, read_s=60, max_connections=1000)
 
@@ -131,7 +131,7 @@ def main() -> None:
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop (pip install uvloop)")
     parser.add_argument("--server", choices=["tornado", "kt"], default="tornado",
                         help="the HTTP/1.1 server: Tornado's HTTPServer (the issue's baseline, default) or the "
-                             "gateway's own (gateway/http1.py), i.e. the gateway's stack without its policies")
+                             "gateway's own (gateway/http/http1.py), i.e. the gateway's stack without its policies")
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
 
@@ -143,7 +143,7 @@ def main() -> None:
         if args.server == "kt":
             from tornado.netutil import bind_sockets
 
-            from gateway.http1 import HTTP1Server
+            from gateway.http.http1 import HTTP1Server
 
             await HTTP1Server(app, max_body_size=64 * 2**20).add_sockets(bind_sockets(int(port), host))
         else:

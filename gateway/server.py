@@ -21,19 +21,19 @@ from typing import TYPE_CHECKING
 import tornado.web
 from tornado.netutil import bind_sockets
 
-from gateway import sdnotify
-from gateway.admin import admin_routes
-from gateway.app import ROUTES, GatewaySettings, make_app
-from gateway.handler import Dispatcher
-from gateway.http1 import HTTP1Server
-from gateway.ops import Ops
-from gateway.runtime import Runtime, Snapshot
-from gateway.store import default_state_dir
-from gateway.upstream import unavailable_reason
+from gateway.control import sdnotify
+from gateway.control.admin import admin_routes
+from gateway.control.ops import Ops
+from gateway.control.runtime import Runtime, Snapshot
+from gateway.events.store import default_state_dir
+from gateway.http.handler import Dispatcher
+from gateway.http.http1 import HTTP1Server
+from gateway.providers.upstream import unavailable_reason
+from gateway.proxy.app import ROUTES, GatewaySettings, make_app
 from kt import __version__
 
 if TYPE_CHECKING:
-    from gateway.gitsync import EmbeddedSync
+    from gateway.control.gitsync import EmbeddedSync
 
 log = logging.getLogger("kt.gateway")
 
@@ -140,7 +140,7 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
         log.info("gateway keys: %d accepted key(s)", len(settings.keys))
     routes = admin_routes(ops)
     if sync is not None:
-        from gateway.gitsync import webhook_routes
+        from gateway.control.gitsync import webhook_routes
 
         routes += webhook_routes(sync)
     app = make_app(runtime, settings, extra_routes=routes)  # ValueError: an unusable HTTPS_PROXY

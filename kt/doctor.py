@@ -149,7 +149,7 @@ def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[
 
     A `fail` here is one unusable target; `grade_providers` turns it into a warning while another
     target is usable."""
-    from gateway.adapters import models_request
+    from gateway.providers.adapters import models_request
 
     name = f"provider {target.id}"
     if target.provider == "mock":
@@ -468,7 +468,7 @@ def plan(config: str | None, gateway: str | None, state_dir: str | None, env: Ma
          timeout: float, max_age: float = MAX_CONFIG_AGE) -> list[Probe]:
     """The probes for what was asked: a local config, a state directory, a gateway, the control plane."""
     # imported here, not in a probe thread, so that importing does not eat the deadline
-    import_module("gateway.adapters")
+    import_module("gateway.providers.adapters")
     import_module("policies")
 
     net = max(0.2, min(2.0, timeout / 2))

@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import yaml
 
-from gateway.app import GatewaySettings
-from gateway.runtime import Runtime
+from gateway.control.runtime import Runtime
+from gateway.proxy.app import GatewaySettings
 from gateway.server import RunningGateway, start
 from policies.kinds.base import Decision, Hit, Policy
 from policies.model import Exchange, Phase, Verdict

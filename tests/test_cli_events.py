@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from gateway.store import EventStore
+from gateway.events.store import EventStore
 
 
 def kt(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

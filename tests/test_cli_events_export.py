@@ -17,7 +17,7 @@ import openai
 import pytest
 from click.testing import CliRunner
 
-from gateway.store import EventStore, rfc3339
+from gateway.events.store import EventStore, rfc3339
 from kt.cli import cli as kt_cli
 from kt.event_export import csv_header, safe_cell
 from tests.gateway_harness import write_config

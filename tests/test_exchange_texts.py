@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.events import OUTCOMES_LISTED, RequestRecord
+from gateway.events.record import OUTCOMES_LISTED, RequestRecord
 from policies.chain import Chain, summarize
 from policies.kinds.base import Hit
 from policies.kinds.dlp_filter import DlpFilter

@@ -11,9 +11,9 @@ import tornado.netutil
 import tornado.web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from gateway.admin import admin_routes
-from gateway.ops import Ops
-from gateway.runtime import Runtime
+from gateway.control.admin import admin_routes
+from gateway.control.ops import Ops
+from gateway.control.runtime import Runtime
 from tests.test_gateway_reload import INVALID, config
 from tests.waiting import async_wait_for
 

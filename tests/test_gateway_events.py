@@ -12,9 +12,9 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from gateway.forwarder import Forwarder, mask_url
-from gateway.runtime import Runtime
-from gateway.store import EventStore, StoreWriter, parse_time
+from gateway.control.runtime import Runtime
+from gateway.events.forwarder import Forwarder, mask_url
+from gateway.events.store import EventStore, StoreWriter, parse_time
 from tests.waiting import async_wait_for
 
 
@@ -86,7 +86,7 @@ def test_writer_stop_stores_the_batch_it_was_lingering_on(tmp_path):
 
 
 def test_drain_stores_the_events_of_requests_that_just_finished(tmp_path, start_gateway, monkeypatch):
-    from gateway import runtime as runtime_module
+    from gateway.control import runtime as runtime_module
     from tests.gateway_harness import write_config
 
     monkeypatch.setattr(runtime_module, "RECORD_BATCH_S", 3600.0)  # only the drain can publish them
@@ -187,8 +187,8 @@ def test_forwarder_delivers_every_event_through_an_outage_and_resumes_from_its_c
 
 
 def test_writer_keeps_events_in_memory_while_the_store_is_unwritable_and_counts_overflow(tmp_path, caplog):
-    from gateway import metrics
-    from gateway.event_queue import EventQueue
+    from gateway.control import metrics
+    from gateway.events.queue import EventQueue
 
     async def main():
         runtime = Runtime(events=EventQueue(maxsize=3))
@@ -224,8 +224,8 @@ def test_writer_keeps_events_in_memory_while_the_store_is_unwritable_and_counts_
 
 
 def test_retention_comes_from_audit_logger(tmp_path):
-    from gateway.reload import load_snapshot
-    from gateway.store import retention_days
+    from gateway.control.reload import load_snapshot
+    from gateway.events.store import retention_days
     from tests.test_gateway_reload import config
 
     path = tmp_path / "policy-config.yaml"

@@ -1,4 +1,4 @@
-"""gateway/http1.py over real loopback sockets: the gateway itself, and a small Tornado app for what needs control.
+"""gateway/http/http1.py over real loopback sockets: the gateway itself, and a small Tornado app for what needs control.
 
 Raw sockets, because the point is the wire: keep-alive, pipelining, chunked bodies, 100-continue,
 HTTP/1.0, `Connection: close`, limits, malformed input, streaming, back-pressure, disconnects, drain.
@@ -19,7 +19,7 @@ import pytest
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from gateway.http1 import HTTP1Server
+from gateway.http.http1 import HTTP1Server
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import GatewayThread, write_config
 from tests.http_wire import Wire, request
@@ -113,7 +113,7 @@ def test_expect_100_continue(gw: GatewayThread) -> None:
 
 
 def test_expect_100_continue_refused_before_the_body(tmp_path: Path, start_gateway: Any) -> None:
-    from gateway.keys import load_keys
+    from gateway.proxy.keys import load_keys
 
     keys = tmp_path / "keys"
     keys.write_text(hashlib.sha256(b"good-key").hexdigest() + "  team\n")

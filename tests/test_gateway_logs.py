@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from gateway.logs import log_request, setup_logging, shutdown_logging
+from gateway.control.logs import log_request, setup_logging, shutdown_logging
 
 
 @pytest.mark.parametrize("fmt", ["json", "text"])

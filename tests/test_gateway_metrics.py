@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from gateway import metrics
-from gateway.reload import load_snapshot
-from gateway.runtime import Runtime
+from gateway.control import metrics
+from gateway.control.reload import load_snapshot
+from gateway.control.runtime import Runtime
 
 CONFIG = """\
 pack: {name: metrics-pack, version: 1.2.3, enabled: true}

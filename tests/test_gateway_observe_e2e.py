@@ -247,7 +247,7 @@ def test_admin_token_guards_admin_endpoints_and_metrics_pass_promtool(tmp_path, 
         assert gw.get(open_path, admin=False)[0] == 200
     _, config = gw.get("/keeptrusts/config")
     assert config["config"]["policy"]["dlp-filter"]["blocked_terms"] == ["project-bluebird"]
-    # a request's metrics follow its response within the record batch (gateway.runtime.RECORD_BATCH_S)
+    # a request's metrics follow its response within the record batch (gateway.control.runtime.RECORD_BATCH_S)
     text = wait_for(lambda: next((t for t in [gw.get("/metrics")[1]] if "duration_seconds_bucket" in t), None))
     for name in ("keeptrusts_gateway_requests_total", "keeptrusts_gateway_request_duration_seconds_bucket",
                  "keeptrusts_gateway_policy_evaluation_seconds_bucket", "keeptrusts_config_info",

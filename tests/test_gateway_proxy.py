@@ -255,7 +255,7 @@ def test_unknown_route_and_request_id_echo(plain: GatewayThread) -> None:
 
 
 def test_gateway_keys(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any) -> None:
-    from gateway.keys import load_keys
+    from gateway.proxy.keys import load_keys
 
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"# team keys\n{hashlib.sha256(CLIENT_KEY.encode()).hexdigest()}  support-bot\n")
@@ -277,7 +277,7 @@ def test_gateway_keys(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway
 
 
 def test_keys_file_errors(tmp_path: Path) -> None:
-    from gateway.keys import KeysFileError, load_keys
+    from gateway.proxy.keys import KeysFileError, load_keys
 
     bad = tmp_path / "keys"
     bad.write_text("not-a-hash label\n")
@@ -499,7 +499,7 @@ def test_requests_leave_no_reference_cycles(tmp_path: Path, fake_upstream: FakeU
                                             test_kinds: None) -> None:
     """A finished request is freed by reference counting: a cycle would hand the handler and all it
     holds to the cyclic GC, whose collections cost every request time and stall the loop."""
-    from gateway.handler import Handler
+    from gateway.http.handler import Handler
 
     gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-term"],
                                     fallback={"strategy": "ordered", "max_retries": 0}))

@@ -8,8 +8,8 @@ import signal
 
 import pytest
 
-from gateway.reload import Reloader, load_snapshot, revision_of, watch_dirs
-from gateway.runtime import Runtime
+from gateway.control.reload import Reloader, load_snapshot, revision_of, watch_dirs
+from gateway.control.runtime import Runtime
 from sync import manifest
 from tests.waiting import async_wait_for
 
@@ -147,7 +147,7 @@ def test_a_reload_tells_systemd_reloading_then_ready(tmp_path, monkeypatch):
 
 
 def test_a_gateway_may_start_before_its_first_config_and_becomes_ready_when_it_appears(tmp_path):
-    from gateway.ops import Ops
+    from gateway.control.ops import Ops
 
     state = tmp_path / "state"  # nothing yet: the embedded agent's first sync is pending
 
@@ -167,7 +167,7 @@ def test_a_gateway_may_start_before_its_first_config_and_becomes_ready_when_it_a
 
 
 def test_a_publish_during_a_reload_never_labels_old_bytes_with_the_new_revision(tmp_path, monkeypatch):
-    import gateway.reload as reload_mod
+    import gateway.control.reload as reload_mod
 
     state = tmp_path / "state"
     path = state / "current" / "policy-config.yaml"

@@ -9,7 +9,8 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.resilience import (
+from gateway.providers.upstream import Timeouts
+from gateway.proxy.resilience import (
     BACKOFF_CAP_S,
     CircuitBreaker,
     RoundRobin,
@@ -17,7 +18,6 @@ from gateway.resilience import (
     backoff_delay,
     parse_retry_after,
 )
-from gateway.upstream import Timeouts
 from policies.model import Target
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import GatewayThread, write_config

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.ops import Ops
-from gateway.runtime import Runtime
+from gateway.control.ops import Ops
+from gateway.control.runtime import Runtime
 from sync.agent import SyncAgent, SyncSettings
 from sync.repo import Remote
 from tests.gitserve import INVALID_YAML, Upstream, config_yaml

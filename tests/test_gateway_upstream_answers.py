@@ -21,8 +21,8 @@ import openai
 import orjson
 import pytest
 
-from gateway.scrub import scrub
-from gateway.translate import SSEError, SSEParser
+from gateway.providers.scrub import scrub
+from gateway.providers.translate import SSEError, SSEParser
 from tests.gateway_harness import GatewayThread, write_config
 from tests.raw_upstream import RawConn, RawRequest, RawUpstream
 from tests.waiting import wait_for

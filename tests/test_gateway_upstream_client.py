@@ -1,4 +1,4 @@
-"""The upstream HTTP/1.1 client (gateway/httpclient.py via gateway/upstream.py) against real loopback servers.
+"""The upstream HTTP/1.1 client (gateway/http/client.py via providers/upstream.py) against real loopback servers.
 
 Each test runs one event loop holding both a scripted asyncio server and the client, so the
 server side (connections accepted, requests seen, sockets closed) can be checked exactly.
@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from gateway import adapters, httpclient
-from gateway.upstream import Timeouts, UpstreamClient, UpstreamFailure, failure_for_exception, iter_stream
+from gateway.http import client as httpclient
+from gateway.providers import adapters
+from gateway.providers.upstream import Timeouts, UpstreamClient, UpstreamFailure, failure_for_exception, iter_stream
 from policies.model import SecretRef, Target
 from tests.fake_upstream import FakeUpstream
 from tests.waiting import async_wait_for

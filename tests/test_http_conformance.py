@@ -1,4 +1,4 @@
-"""HTTP/1.1 conformance of the gateway's server (gateway/http1.py), over real sockets on loopback.
+"""HTTP/1.1 conformance of the gateway's server (gateway/http/http1.py), over real sockets on loopback.
 
 What a front proxy and the gateway must read the same way (framing: Upgrade, CONNECT, Host,
 absolute-form targets, Transfer-Encoding, Content-Length, malformed heads), and the limits and
@@ -28,7 +28,7 @@ import pytest
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from gateway.http1 import HTTP1Server
+from gateway.http.http1 import HTTP1Server
 from tests.gateway_harness import GatewayThread, write_config
 from tests.gateway_process import GatewayProcess
 from tests.http_wire import Wire, request

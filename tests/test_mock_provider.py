@@ -14,8 +14,7 @@ from openai.lib.streaming.chat._completions import ChatCompletionStreamState
 from openai.types import CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from gateway import translate
-from gateway.providers import mock
+from gateway.providers import mock, translate
 
 TOOLS = [
     {"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}},

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway import sdnotify
+from gateway.control import sdnotify
 
 
 def _receiver(address: str | bytes) -> socket.socket:

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.reload import Reloader
-from gateway.runtime import Runtime
+from gateway.control.reload import Reloader
+from gateway.control.runtime import Runtime
 from sync.agent import SyncAgent, SyncSettings
 from sync.manifest import manifest_path
 from sync.publish import current_dir

@@ -19,7 +19,7 @@ import tornado.web
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from gateway.gitsync import WEBHOOK_PATH, EmbeddedSync, webhook_routes
+from gateway.control.gitsync import WEBHOOK_PATH, EmbeddedSync, webhook_routes
 from sync.agent import SyncSettings
 from sync.repo import Remote
 from sync.status import read_status

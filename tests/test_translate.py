@@ -1,4 +1,4 @@
-"""gateway/translate.py: Anthropic <-> OpenAI requests, responses, streams, SSE and error envelopes."""
+"""gateway/providers/translate.py: Anthropic <-> OpenAI requests, responses, streams, SSE and error envelopes."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from openai.lib.streaming.chat._completions import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from gateway import translate as t
+from gateway.providers import translate as t
 
 STREAM_EVENT = pydantic.TypeAdapter(RawMessageStreamEvent)
 

@@ -1,1 +1,2 @@
-"""The gateway's control side: state shared beyond one request (counters), config, health, metrics."""
+"""Owns the control side: snapshot + reload, the embedded sync agent and webhook, status/health/drift, admin, metrics.
+Imports no proxy internals (proxy.routes, proxy.validate, proxy.app, providers.translate, providers.adapters)."""

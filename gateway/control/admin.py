@@ -14,9 +14,9 @@ import orjson
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway import metrics
-from gateway.ops import Ops
-from gateway.store import parse_time
+from gateway.control import metrics
+from gateway.control.ops import Ops
+from gateway.events.store import parse_time
 
 MAX_EVENTS = 1000
 

@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway import metrics
-from gateway.runtime import Snapshot
+from gateway.control import metrics
+from gateway.control.runtime import Snapshot
 
 log = logging.getLogger("kt.gateway.deploy")
 

@@ -18,8 +18,8 @@ from typing import Any, TextIO
 
 import orjson
 
-from gateway.events import rfc3339
-from gateway.store import background_thread
+from gateway.events.record import rfc3339
+from gateway.events.store import background_thread
 
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 _REQUEST_FIELDS = ("request_id", "route", "status", "verdict", "reason_code", "latency_ms", "config_revision",

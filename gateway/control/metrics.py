@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY, Counter, Histogram, disable_created_metr
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
-from gateway.runtime import Runtime, Snapshot
+from gateway.control.runtime import Runtime, Snapshot
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # seconds to hours: a deploy is a webhook (seconds), a poll (a minute), or a review queue (hours)

@@ -2,7 +2,7 @@
 forwarder, metrics, logs, and what /health and /keeptrusts/status report.
 
 The server creates one `Ops`, calls `load_initial()` before listening, `await start()` on the
-loop, adds `gateway.admin.admin_routes(ops)` to its route table, and `await stop()` on exit.
+loop, adds `gateway.control.admin.admin_routes(ops)` to its route table, and `await stop()` on exit.
 SIGHUP reloads the config; an embedded sync agent that also wants it adds its trigger to
 `ops.reloader.on_sighup`. Sync status is read from the agent's state dir, found from the
 config path (`<state>/current/...` -> `<state>/revisions/<sha>/...`) or set as `sync_state_dir`.
@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import metrics
-from gateway.deploy_time import DeployClock
-from gateway.forwarder import Forwarder
-from gateway.logs import log_request
-from gateway.reload import Reloader, ReloadResult, sync_state_of
-from gateway.runtime import Runtime, Snapshot
-from gateway.store import DB_NAME, EventStore, StoreWriter, default_state_dir, rfc3339
-from gateway.upstream import unavailable_reason
+from gateway.control import metrics
+from gateway.control.deploy_time import DeployClock
+from gateway.control.logs import log_request
+from gateway.control.reload import Reloader, ReloadResult, sync_state_of
+from gateway.control.runtime import Runtime, Snapshot
+from gateway.events.forwarder import Forwarder
+from gateway.events.store import DB_NAME, EventStore, StoreWriter, default_state_dir, rfc3339
+from gateway.providers.upstream import unavailable_reason
 from policies import ConfigError
 
 log = logging.getLogger("kt.gateway")

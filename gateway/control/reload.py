@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import metrics, sdnotify
-from gateway.runtime import Runtime, Snapshot
+from gateway.control import metrics, sdnotify
+from gateway.control.runtime import Runtime, Snapshot
 from policies import ConfigError, Finding, PolicyState, load_config_bytes
 from sync import manifest
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.control.state_backend import StateBackend
-from gateway.event_queue import EventQueue
+from gateway.events.queue import EventQueue
 from policies import Config, PolicyState
 from policies.counters import MemoryCounters
 

@@ -96,7 +96,7 @@ class StateBackend:
             self._probe = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self, base: float = 0.1, cap: float = 5.0) -> None:
-        from gateway.forwarder import backoff  # (imports the metrics, which import this module)
+        from gateway.events.forwarder import backoff  # (imports the metrics, which import this module)
 
         attempt = 0
         while not self.up:

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from gateway import metrics
-from gateway.store import StoreWriter
+from gateway.control import metrics
+from gateway.events.store import StoreWriter
 from sync.credentials import mask_url
 
 log = logging.getLogger("kt.gateway.forwarder")

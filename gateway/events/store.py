@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from gateway import metrics
-from gateway.runtime import Runtime
+from gateway.control import metrics
+from gateway.control.runtime import Runtime
 
 log = logging.getLogger("kt.gateway.events")
 DB_NAME = "events.db"

@@ -35,7 +35,7 @@ from tornado import gen, httputil
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log
 
-from gateway.errors import GatewayError
+from gateway.proxy.errors import GatewayError
 
 log = logging.getLogger("kt.gateway")
 

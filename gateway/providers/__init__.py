@@ -1,1 +1,2 @@
-"""Provider adapters: how the gateway talks to an upstream (`openai`, `anthropic`, the built-in `mock`)."""
+"""Owns the providers (openai, anthropic, mock): translation to/from the canonical form, SSE, answer checks, scrubbing.
+Imports no HTTP server (http.http1, http.handler, tornado.web), no events, no control; of policies only .model."""

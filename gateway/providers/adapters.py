@@ -1,7 +1,7 @@
 """Provider adapters: one canonical (OpenAI chat) request in, canonical answers out.
 
 - `openai` and every OpenAI-compatible `base_url`: the canonical form is the wire form.
-- `anthropic` (or `format: anthropic`): translated both ways by `gateway.translate`.
+- `anthropic` (or `format: anthropic`): translated both ways by `gateway.providers.translate`.
 - `mock`: the built-in local provider (`gateway.providers.mock`), no network.
 
 `complete` returns `(completion dict, raw upstream bytes or None)` — the raw bytes let an
@@ -18,11 +18,10 @@ from typing import Any
 
 import orjson
 
-from gateway import translate
-from gateway.errors import invalid
-from gateway.httpclient import Response
-from gateway.providers import checks, mock
-from gateway.upstream import DONE, UpstreamClient, UpstreamFailure, auth_headers, read_chunk, upstream_text
+from gateway.http.client import Response
+from gateway.providers import checks, mock, translate
+from gateway.providers.upstream import DONE, UpstreamClient, UpstreamFailure, auth_headers, read_chunk, upstream_text
+from gateway.proxy.errors import invalid
 from policies.model import Target
 
 ANTHROPIC_VERSION = "2023-06-01"

@@ -1,6 +1,6 @@
 """Talking to upstream providers: the pooled HTTP client, credentials, failures, adapters.
 
-Why our own client (`gateway.httpclient`: asyncio protocol + httptools' llhttp parser) and not
+Why our own client (`gateway.http.client`: asyncio protocol + httptools' llhttp parser) and not
 aiohttp: the upstream call is on every request's path and the gateway's budget is ~330 us of
 CPU per request (3,000 RPS on one core, issue 3). On this machine (uvloop, one core, 32
 concurrent keep-alive POSTs to a trivial local server) aiohttp's `ClientSession.post` + `read()`
@@ -25,10 +25,10 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import GatewayError
-from gateway.httpclient import DEFAULT_MAX_RESPONSE_SIZE, Pool, ProtocolError, Proxy, ProxyError, Response
-from gateway.resilience import parse_retry_after
-from gateway.scrub import scrub
+from gateway.http.client import DEFAULT_MAX_RESPONSE_SIZE, Pool, ProtocolError, Proxy, ProxyError, Response
+from gateway.providers.scrub import scrub
+from gateway.proxy.errors import GatewayError
+from gateway.proxy.resilience import parse_retry_after
 from policies.model import Target
 
 DONE = None  # marks the end of a canonical chunk stream
@@ -171,7 +171,7 @@ _TRANSPORT_ERRORS = (OSError, ProtocolError, ValueError)  # TimeoutError and ssl
 
 
 class UpstreamClient:
-    """The process's pooled keep-alive connections to every upstream (`gateway.httpclient.Pool`)."""
+    """The process's pooled keep-alive connections to every upstream (`gateway.http.client.Pool`)."""
 
     def __init__(self, timeouts: Timeouts = Timeouts(), max_connections: int = 1000,
                  ssl_context: ssl.SSLContext | None = None,

@@ -1,7 +1,7 @@
 """The Tornado application: the route table and what every handler shares.
 
 `ROUTES` is the one place the proxy routes are declared: exact paths the server's
-`gateway.handler.Dispatcher` sends to their lean handlers. Other parts add their
+`gateway.http.handler.Dispatcher` sends to their lean handlers. Other parts add their
 RequestHandler routes through `make_app(..., extra_routes=[...])` (admin, metrics, events)
 without touching the proxy; any other path is a 404 with the envelope.
 """
@@ -15,9 +15,12 @@ from typing import Any
 
 import tornado.web
 
-from gateway.handler import Handler
-from gateway.keys import GatewayKeys
-from gateway.proxy import (
+from gateway.control.runtime import Runtime
+from gateway.http.handler import Handler
+from gateway.providers.upstream import Timeouts, UpstreamClient
+from gateway.proxy.keys import GatewayKeys
+from gateway.proxy.resilience import Breakers, RoundRobin
+from gateway.proxy.routes import (
     ChatHandler,
     EmbeddingsHandler,
     MessagesHandler,
@@ -25,9 +28,6 @@ from gateway.proxy import (
     NotFoundHandler,
     request_id_for,
 )
-from gateway.resilience import Breakers, RoundRobin
-from gateway.runtime import Runtime
-from gateway.upstream import Timeouts, UpstreamClient
 
 MIB = 1024 * 1024
 # In-flight proxied requests per worker. LLM requests spend seconds waiting on the provider and cost
@@ -35,7 +35,7 @@ MIB = 1024 * 1024
 # a request would only wait for a connection, so the default stops there.
 DEFAULT_MAX_CONCURRENCY = 1000
 
-ROUTES: list[tuple[str, type[Handler]]] = [  # exact paths -> lean handlers (gateway/handler.py)
+ROUTES: list[tuple[str, type[Handler]]] = [  # exact paths -> lean handlers (gateway/http/handler.py)
     ("/v1/chat/completions", ChatHandler),
     ("/v1/messages", MessagesHandler),
     ("/v1/embeddings", EmbeddingsHandler),
@@ -54,7 +54,7 @@ class GatewaySettings:
     max_response_size: int = 64 * MIB  # the largest upstream answer (decoded) read; larger is a 502
     drain_timeout: float = 30.0
     client_timeout: float = 30.0  # longest silence of a client sending a request, or not reading an answer
-    max_connections: int | None = None  # None: what the open-file limit allows (gateway.http1.default_max_connections)
+    max_connections: int | None = None  # None: what the open-file limit allows (http1.default_max_connections)
     keys: GatewayKeys | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     breaker_threshold: int = 5

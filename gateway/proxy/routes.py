@@ -23,16 +23,16 @@ import tornado.httputil
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from gateway import adapters, translate
+from gateway.control.runtime import Runtime
 from gateway.control.state_backend import StateUnavailable
-from gateway.errors import GatewayError, invalid, not_found, not_ready
-from gateway.events import RequestRecord, new_request_id
-from gateway.handler import Handler
-from gateway.keys import presented_key
-from gateway.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
-from gateway.runtime import Runtime
-from gateway.upstream import DONE, UpstreamFailure, unavailable_reason, upstream_text
-from gateway.validate import MAX_JSON_DEPTH, nested_deeper, validate_chat, validate_messages
+from gateway.events.record import RequestRecord, new_request_id
+from gateway.http.handler import Handler
+from gateway.providers import adapters, translate
+from gateway.providers.upstream import DONE, UpstreamFailure, unavailable_reason, upstream_text
+from gateway.proxy.errors import GatewayError, invalid, not_found, not_ready
+from gateway.proxy.keys import presented_key
+from gateway.proxy.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
+from gateway.proxy.validate import MAX_JSON_DEPTH, nested_deeper, validate_chat, validate_messages
 from policies.agents import agent_claims, agent_usage, check_agent_limits
 from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Target, Verdict
 from policies.pricing import cost_usd

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import invalid
+from gateway.proxy.errors import invalid
 
 # Content block types of the Messages API (the anthropic SDK's ContentBlockParam); others are refused.
 ANTHROPIC_BLOCKS = frozenset({

@@ -123,12 +123,12 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         state_dir: str | None, state_url: str | None, state_password_file: str | None, watch_config: bool,
         log_format: str, log_level: str, **git: Any) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
-    from gateway.app import GatewaySettings
-    from gateway.httpclient import Proxy
-    from gateway.keys import KeysFileError, load_keys
-    from gateway.logs import setup_logging, shutdown_logging
+    from gateway.control.logs import setup_logging, shutdown_logging
+    from gateway.http.client import Proxy
+    from gateway.providers.upstream import Timeouts
+    from gateway.proxy.app import GatewaySettings
+    from gateway.proxy.keys import KeysFileError, load_keys
     from gateway.server import run as run_gateway
-    from gateway.upstream import Timeouts
     from policies import ConfigError
 
     if bool(policy_config) == bool(git["git_repo"]):

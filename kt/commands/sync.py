@@ -86,7 +86,7 @@ def run(repo: str, ref: str, config_path: str, state_dir: str, interval: float, 
             result = agent.sync_once()
             _echo_result(result)
             sys.exit(0 if result.ok else 1)
-        from gateway import sdnotify
+        from gateway.control import sdnotify
         from sync.scheduler import SyncScheduler
 
         def on_result(result) -> None:
@@ -289,7 +289,7 @@ def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_ref: st
     """The `EmbeddedSync` for `kt gateway run --git-repo ...`, or None without `--git-repo`."""
     if not git_repo:
         return None
-    from gateway.gitsync import EmbeddedSync
+    from gateway.control.gitsync import EmbeddedSync
     from sync.agent import SyncSettings
     from sync.credentials import Credentials
     from sync.repo import Remote, check_ref_name
