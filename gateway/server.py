@@ -15,6 +15,7 @@ import resource
 import signal
 import time
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,12 +31,13 @@ from gateway.http.handler import Dispatcher
 from gateway.http.http1 import HTTP1Server
 from gateway.providers.upstream import unavailable_reason
 from gateway.proxy.app import ROUTES, GatewaySettings, make_app
-from kt import __version__
 
 if TYPE_CHECKING:
     from gateway.control.gitsync import EmbeddedSync
 
 log = logging.getLogger("kt.gateway")
+
+VERSION = version("kt-gateway")  # the installed distribution's (kt --version says the same)
 
 
 def log_config(snapshot: Snapshot) -> None:
@@ -125,7 +127,7 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
                  sync: EmbeddedSync | None) -> RunningGateway:
     state_dir = settings.state_dir or default_state_dir()
     open_counters(runtime, settings, state_dir)
-    ops = Ops(runtime, config_path, state_dir=state_dir, version=__version__,
+    ops = Ops(runtime, config_path, state_dir=state_dir, version=VERSION,
               watch=settings.watch_config or sync is not None,
               sync_state_dir=sync.settings.state_dir if sync is not None else None)
     # Raises ConfigError unless a config may come later; registers the metrics and request-log observers.

@@ -1,0 +1,147 @@
+"""The import rules of the repository's parts and of the gateway's rooms (DESIGN.md, "Inside gateway/").
+
+Read from the source with `ast` (every `import`, also inside functions and `TYPE_CHECKING`), so a
+rule holds whether or not a code path runs. A rule names import prefixes a part must not use; an
+exception to a rule is allowed only with its reason in `EXCEPTIONS`.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = ("policies", "sync", "gateway", "kt")
+ROOMS = ("http", "proxy", "providers", "events", "control")
+
+
+@dataclass(frozen=True)
+class Rule:
+    part: str  # a package (dotted) whose modules the rule covers
+    forbidden: tuple[str, ...]  # import prefixes it must not use
+    says: str  # the rule in words (DESIGN.md)
+
+
+RULES = (
+    Rule("policies", ("sync", "gateway", "kt"), "policies imports nothing of ours"),
+    Rule("sync", ("gateway", "kt"), "sync imports only policies"),
+    Rule("gateway", ("kt",), "gateway never imports kt"),
+    Rule("gateway.http", ("policies", "sync", "gateway.proxy", "gateway.providers", "gateway.events",
+                          "gateway.control", "gateway.server"),
+         "the wire knows nothing of policies, providers, config"),
+    Rule("gateway.proxy", ("socket", "ssl", "sqlite3", "gateway.http.http1", "gateway.http.client",
+                           "gateway.events.store", "gateway.control.counters_sqlite",
+                           "gateway.control.counters_redis", "gateway.server"),
+         "the proxy touches no sockets and no SQL"),
+    Rule("gateway.providers", ("gateway.http.http1", "gateway.http.handler", "tornado.web", "tornado.httpserver",
+                               "gateway.events", "gateway.control", "gateway.server", "policies"),
+         "providers know nothing of the HTTP server nor of policies"),
+    Rule("gateway.events", ("gateway.http", "gateway.proxy", "gateway.providers", "gateway.server"),
+         "events know nothing of HTTP and providers"),
+    Rule("gateway.control", ("gateway.proxy.routes", "gateway.proxy.validate", "gateway.proxy.app",
+                             "gateway.providers.translate", "gateway.providers.adapters", "gateway.server"),
+         "control knows no proxy internals"),
+)
+
+# (importing module, imported module) -> why the rule does not apply there.
+EXCEPTIONS = {
+    ("gateway.http.http1", "gateway.proxy.errors"):
+        "the wire answers a malformed or oversized request in the one error envelope",
+    ("gateway.providers.adapters", "policies.model"):
+        "`Target` and the canonical request are policies' value types, not policy logic",
+    ("gateway.providers.upstream", "policies.model"):
+        "`Target` (credentials, base URL) is a value type of the config model",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path, name: str | None = None) -> set[str]:
+    """Every module `path` imports (`from gateway import x` counts as `gateway.x`), relative ones resolved."""
+    name = name or module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            if (ROOT / base.replace(".", "/")).is_dir():  # `from <package> import <module>`
+                found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def sources() -> list[Path]:
+    return sorted(p for top in OURS for p in (ROOT / top).rglob("*.py"))
+
+
+def under(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def violations(modules: dict[str, Path] | None = None) -> list[str]:
+    found = []
+    for module, path in (modules or {module_name(p): p for p in sources()}).items():
+        for rule in RULES:
+            if not under(module, rule.part):
+                continue
+            for imported in sorted(imports_of(path, module)):
+                if (module, imported) in EXCEPTIONS:
+                    continue
+                for prefix in rule.forbidden:
+                    if under(imported, prefix):
+                        found.append(f"{module} imports {imported} ({rule.says})")
+    return found
+
+
+def test_every_part_keeps_its_import_rules() -> None:
+    assert violations() == []
+
+
+def test_every_exception_is_still_needed() -> None:
+    """An allow-list entry whose import is gone is deleted, so the list stays the truth."""
+    modules = {module_name(p): imports_of(p) for p in sources()}
+    stale = [pair for pair in EXCEPTIONS if pair[1] not in modules.get(pair[0], set())]
+    assert stale == []
+
+
+def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
+    """The rules bite: `from gateway import x`, a function-local import and a relative import all count."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f():\n    from gateway import control\n    from ..providers import mock\n"
+                     "    import policies.model\n")
+    assert {"gateway.control", "gateway.providers.mock", "policies.model"} <= imports_of(probe, "gateway.http.probe")
+    assert violations({"gateway.http.probe": probe}) == [
+        "gateway.http.probe imports gateway.control (the wire knows nothing of policies, providers, config)",
+        "gateway.http.probe imports gateway.providers (the wire knows nothing of policies, providers, config)",
+        "gateway.http.probe imports gateway.providers.mock (the wire knows nothing of policies, providers, config)",
+        "gateway.http.probe imports policies.model (the wire knows nothing of policies, providers, config)",
+    ]
+
+
+@pytest.mark.parametrize("room", ROOMS)
+def test_each_room_says_what_it_owns_and_must_not_import(room: str) -> None:
+    doc = ast.get_docstring(ast.parse((ROOT / "gateway" / room / "__init__.py").read_text())) or ""
+    lines = doc.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("Owns") and lines[1].startswith("Imports"), doc
+
+
+def test_the_gateway_reports_the_installed_version() -> None:
+    """gateway/ reads its version from the package metadata (not from `kt`); kt's agrees."""
+    import kt
+    from gateway.server import VERSION
+
+    assert VERSION == kt.__version__ == version("kt-gateway")
