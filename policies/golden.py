@@ -119,6 +119,8 @@ def _apply_response(ex: Exchange, response: Any) -> None:
     body = body if isinstance(body, dict) else {}
     content = body.get("content")
     ex.response_text = content if isinstance(content, str) else ""
+    refusal = body.get("refusal")
+    ex.response_refusal = refusal if isinstance(refusal, str) else ""
     ex.response_tool_calls = list(body.get("tool_calls") or [])
     usage = response.get("usage") or {}
     ex.input_tokens = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)

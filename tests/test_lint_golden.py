@@ -63,3 +63,20 @@ def test_malformed_cases_are_failed_results(tmp_path: Path) -> None:
     assert "JSON object" in by_name["list[2]"].error
     assert "cannot read golden case file" in by_name["latin1"].error
     assert not any(r.passed for r in results if r.name != "ok")
+
+
+def test_output_refusal_and_tool_call_arguments_are_scanned(tmp_path: Path) -> None:
+    config = load_config_bytes(b"""\
+pack: {name: g, version: 1.0.0, enabled: true}
+providers: {targets: [{id: t, provider: mock, model: m}]}
+policies: {chain: [dlp-filter]}
+policy: {dlp-filter: {blocked_terms: [project-bluebird], action: block}}
+""")
+    msgs = [{"role": "user", "content": "hi"}]
+    call = {**CALL, "function": {"name": "search", "arguments": json.dumps({"q": "project-bluebird"})}}
+    write_case(tmp_path, "a", {"messages": msgs, "upstream_response": {"refusal": "no: project-bluebird"}},
+               {"verdict": "block"})
+    write_case(tmp_path, "b", {"messages": msgs, "upstream_response": {"tool_calls": [call]}}, {"verdict": "block"})
+    write_case(tmp_path, "c", {"messages": msgs, "tools": [{"type": "function", "function": {
+        "name": "search", "description": "about project-bluebird"}}]}, {"verdict": "block"})
+    assert [(r.name, r.passed) for r in run_golden(config, tmp_path)] == [("a", True), ("b", True), ("c", True)]
