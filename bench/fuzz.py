@@ -28,9 +28,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=int(os.environ.get("FUZZ_REQUESTS", 100_000)),
                         help="cases to run (env FUZZ_REQUESTS; default 100000)")
     parser.add_argument("--seed", type=int, default=None, help="campaign seed (env FUZZ_SEED; default: the clock)")
+    parser.add_argument("--start", type=int, default=0, help="first case index (default 0)")
     parser.add_argument("--case", type=int, action="append", help="replay only this case (repeatable)")
     parser.add_argument("--keep", default=None, help="with --case: indices of the ops to keep, e.g. 0,2 or none")
-    parser.add_argument("--concurrency", type=int, default=6, help="connections at once (default 6)")
+    parser.add_argument("--concurrency", type=int, default=12, help="connections at once (default 12)")
     parser.add_argument("--max-rss-mb", type=float, default=600.0, help="RSS bound of the gateway (default 600)")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else int(os.environ.get("FUZZ_SEED", int(time.time()) % 1_000_000))
@@ -39,8 +40,8 @@ def main() -> int:
         keep = set() if args.keep == "none" else {int(i) for i in args.keep.split(",")}
     print(f"fuzz: seed {seed} (replay with FUZZ_SEED={seed}), "
           f"{len(args.case) if args.case else args.requests} cases", flush=True)
-    report = campaign.run(seed, args.requests, only=args.case, keep=keep, concurrency=args.concurrency,
-                          max_rss_mb=args.max_rss_mb,
+    report = campaign.run(seed, args.requests, start=args.start, only=args.case, keep=keep,
+                          concurrency=args.concurrency, max_rss_mb=args.max_rss_mb,
                           log=lambda line: print(line, flush=True))
     print(report.text(), flush=True)
     return 1 if report.new_findings() or not report.alive else 0

@@ -338,6 +338,6 @@ def _default(head: bytes, body: bytes) -> Answer:
     kind = "embeddings" if b"embeddings" in path else "anthropic" if b"/messages" in path else "openai"
     try:
         stream = json.loads(body).get("stream") is True
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         stream = False
     return valid_answer(kind, stream)
