@@ -212,7 +212,7 @@ async def _judge(case: Case, reader: wire.Reader, writer: asyncio.StreamWriter, 
         if 100 <= resp.status < 200:
             continue
         out.statuses.append(resp.status)
-        _check_response(resp, out)
+        _check_response(resp, out, _ends_first(case))
         if index >= expected and not leftover_ok:
             out.problems.append(f"extra_response: {resp.status} to a request the client did not send "
                                 f"({resp.body[:120]!r})")
@@ -228,7 +228,13 @@ async def _judge(case: Case, reader: wire.Reader, writer: asyncio.StreamWriter, 
             deadline = min(deadline, time.monotonic() + 5.0)
 
 
-def _check_response(resp: wire.Response, out: Outcome) -> None:
+def _ends_first(case: Case) -> bool:
+    """Whether the case's upstream answer is a stream whose first event is `[DONE]` (an empty answer, relayed)."""
+    answer = case.answer
+    return bool(answer and answer.stream and answer.events and answer.events[0].startswith(b"data: [DONE]"))
+
+
+def _check_response(resp: wire.Response, out: Outcome, may_be_empty: bool = False) -> None:
     if resp.status >= 500 and resp.status not in ALLOWED_5XX:
         out.problems.append(f"status_{resp.status}: {resp.body[:200]!r}")
     blob = resp.body + repr(resp.headers).encode()
@@ -236,7 +242,7 @@ def _check_response(resp: wire.Response, out: Outcome) -> None:
         out.problems.append(f"secret_leak: the upstream credential reached the client in a {resp.status} response")
     if resp.status == 200 and (resp.header("Content-Type") or "").startswith("text/event-stream"):
         try:
-            problem = wire.sse_problem(resp.body)
+            problem = wire.sse_problem(resp.body, may_be_empty)
         except UnicodeDecodeError:
             problem = "a stream that is not UTF-8"
         if problem:

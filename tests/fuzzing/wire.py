@@ -182,11 +182,12 @@ class Reader:
                 raise Malformed(f"bad trailer line {line[:80]!r}")
 
 
-def sse_problem(body: bytes) -> str | None:
+def sse_problem(body: bytes, may_be_empty: bool = False) -> str | None:
     """What is wrong with a `text/event-stream` body the gateway wrote (None: fine).
 
-    Every event's data is JSON (or `[DONE]`), lines end in LF, and the stream carries at
-    least one event besides `[DONE]` (a silent `200` with only `[DONE]` hides an answer)."""
+    Every event's data is JSON (or `[DONE]`), and the stream carries at least one event besides
+    `[DONE]` (a silent `200` with only `[DONE]` hides an answer) unless `may_be_empty` (the
+    upstream itself ended its stream before any event)."""
     text = body.decode("utf-8", errors="strict") if body else ""
     events = [e for e in text.replace("\r\n", "\n").split("\n\n") if e.strip()]
     payloads = 0
@@ -201,6 +202,6 @@ def sse_problem(body: bytes) -> str | None:
                 except ValueError:
                     return f"an SSE data line that is not JSON: {data[:80]!r}"
                 payloads += 1
-    if payloads == 0:
+    if payloads == 0 and not may_be_empty:
         return f"a stream with no event but [DONE]: {text[:120]!r}"
     return None
