@@ -35,7 +35,6 @@ def test_bounded_fuzz_campaign_finds_nothing_new(tmp_path: Path, capsys: pytest.
 # One reproducer per entry of campaign.KNOWN_ISSUES: (seed, case, owner). They xfail until the owner's fix
 # lands (then they XPASS: remove the entry and the reproducer).
 KNOWN_REPRODUCERS = [
-    (20261206, 1869, "wire, issue 12 section 5: /v1/messages content block with an unhashable `type` is a 500"),
     (1206, 9776, "upstream, issue 12 section 3: a 200 /v1/embeddings answer echoing the key is relayed unscrubbed"),
 ]
 
