@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import tornado.web
 from tornado.netutil import bind_sockets
 
-from gateway.control import sdnotify
+from gateway.control import group, metrics, sdnotify
 from gateway.control.admin import admin_routes
 from gateway.control.ops import Ops
 from gateway.control.runtime import Runtime, Snapshot
@@ -31,6 +31,7 @@ from gateway.http.handler import Dispatcher
 from gateway.http.http1 import HTTP1Server
 from gateway.providers.upstream import unavailable_reason
 from gateway.proxy.app import ROUTES, GatewaySettings, make_app
+from gateway.supervisor import inherited_sockets
 
 if TYPE_CHECKING:
     from gateway.control.gitsync import EmbeddedSync
@@ -67,12 +68,15 @@ class RunningGateway:
     port: int
     ops: Ops
     sync: EmbeddedSync | None = None
+    publisher: group.GroupPublisher | None = None
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close connections and the upstream pool."""
         runtime = self.runtime
         runtime.draining = True
         self.server.stop()
+        if self.publisher is not None:
+            self.publisher.publish()  # the group sees this worker not ready at once
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_timeout
         while runtime.in_flight > 0 and loop.time() < deadline:
@@ -86,6 +90,8 @@ class RunningGateway:
         runtime.flush_records()
         await self.ops.stop()  # stop reloading and forwarding; queued events are flushed to the store
         await runtime.state.close()  # pending counter updates are sent first
+        if self.publisher is not None:
+            await self.publisher.stop()
         if self.sync is not None:
             self.sync.stop()
 
@@ -160,11 +166,16 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
     log.info("client connections: at most %d at once (--max-connections), --client-timeout %g s; "
              "at most %d requests in flight (--max-concurrency)",
              server.max_connections, settings.client_timeout, settings.max_concurrency)
-    sockets = bind_sockets(settings.port, settings.host or None, backlog=1024)
+    sockets = inherited_sockets() or bind_sockets(settings.port, settings.host or None, backlog=1024)
     await server.add_sockets(sockets)
     ops.connections = lambda: len(server.connections)
     ops.limits = lambda: (server.max_connections, server.refused)
     await ops.start()  # event store, forwarder, config watcher, SIGHUP
+    directory, index = group.group_dir(), group.worker_index()
+    publisher = None
+    if directory is not None and index is not None:  # a worker of `--workers N`: publish for the group view
+        publisher = group.GroupPublisher(directory, index, metrics.render, ops.worker_record)
+        publisher.start()
     if sync is not None:
         loop = asyncio.get_running_loop()
         # A publish flips `current`; the watcher would see it too, this only skips its debounce.
@@ -176,7 +187,7 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
 
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    return RunningGateway(runtime, app, server, settings, sockets[0].getsockname()[1], ops, sync)
+    return RunningGateway(runtime, app, server, settings, sockets[0].getsockname()[1], ops, sync, publisher)
 
 
 async def serve(settings: GatewaySettings, config_path: str | Path | None, sync: EmbeddedSync | None = None) -> int:

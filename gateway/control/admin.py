@@ -14,7 +14,6 @@ import orjson
 import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.control import metrics
 from gateway.control.ops import Ops
 from gateway.events.store import parse_time
 
@@ -77,7 +76,7 @@ class Health(_Base):
 class Metrics(_Base):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(metrics.render())
+        self.finish(self.ops.render_metrics())
 
 
 class ConfigView(_Admin):

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.control import metrics
+from gateway.control import group, metrics
 from gateway.control.deploy_time import DeployClock
 from gateway.control.logs import log_request
 from gateway.control.reload import Reloader, ReloadResult, sync_state_of
@@ -107,7 +107,7 @@ class Ops:
             return
         self.writer = StoreWriter(self.runtime, self.store)
         self.writer.start()
-        if self.api_url:
+        if self.api_url and group.worker_index() in (None, 0):  # one forwarder per group: worker 0's
             self.forwarder = Forwarder(self.writer, self.api_url, self.gateway_token)
             self.forwarder.start()
 
@@ -173,6 +173,26 @@ class Ops:
             return True, "reload_failed"
         return False, None
 
+    def render_metrics(self) -> bytes:
+        """`/metrics`: this process's, or with --workers the whole group's (gateway/control/group.py)."""
+        directory = group.group_dir()
+        own = metrics.render()
+        return own if directory is None else group.render_group(own, directory, group.worker_index() or 0)
+
+    def worker_record(self) -> dict[str, Any]:
+        """What this worker publishes about itself for the group view."""
+        snap = self.runtime.snapshot
+        return {"ready": self.runtime.ready, "revision": snap.revision if snap else None,
+                "in_flight": self.runtime.in_flight}
+
+    def group_view(self) -> list[dict[str, Any]] | None:
+        """Every live worker's record (with --workers), else None."""
+        directory = group.group_dir()
+        if directory is None:
+            return None
+        own = {**self.worker_record(), "index": group.worker_index(), "pid": os.getpid()}
+        return group.workers(directory, own, group.worker_index())
+
     def status(self) -> dict[str, Any]:
         """The `GET /keeptrusts/status` document (DESIGN Contract 3)."""
         snap = self.runtime.snapshot
@@ -199,6 +219,7 @@ class Ops:
             "sync": sync.view if sync else None,
             "age_seconds": None if age is None else round(age, 3),
             "drift": {"drifted": drifted, "reason": reason},
+            "workers": self.group_view(),
         }
 
     def health(self) -> dict[str, Any]:
@@ -221,6 +242,10 @@ class Ops:
         state = runtime.state.describe()
         if not state["up"]:
             problems.append("counter store unreachable")
+        group_view = self.group_view()
+        revisions = sorted({w.get("revision") or "none" for w in group_view or ()})
+        if len(revisions) > 1:
+            problems.append(f"workers run different revisions: {', '.join(r[:12] for r in revisions)}")
         status = "unhealthy" if not runtime.ready else "degraded" if problems else "healthy"
         age = self.age_seconds(sync)
         return {
@@ -238,6 +263,7 @@ class Ops:
             },
             "providers": providers,
             "state": state,
+            "workers": group_view,
             "events": {
                 "queue": len(runtime.events),
                 "dropped": runtime.events.dropped,

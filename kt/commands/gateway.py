@@ -90,6 +90,9 @@ def check_state_url(url: str | None, password_file: str | None) -> None:
               envvar="KEEPTRUSTS_GATEWAY_MAX_CONNECTIONS",
               help="Client connections at once; past it a new one gets 503 and is closed. "
                    "[default: (open-file limit - 128) / 2]")
+@click.option("--workers", default="1", show_default=True, envvar="KEEPTRUSTS_GATEWAY_WORKERS", metavar="N|auto",
+              help="Worker processes serving one port; auto = the CPUs this process may use. With more than one "
+                   "a supervisor binds the socket, restarts workers that die and runs the one sync agent.")
 @click.option("--max-concurrency", type=click.IntRange(min=1), default=None,
               envvar="KEEPTRUSTS_GATEWAY_MAX_CONCURRENCY",
               help="Proxied requests in flight at once (per worker); past it 503 overloaded with Retry-After, "
@@ -118,7 +121,7 @@ def check_state_url(url: str | None, password_file: str | None) -> None:
 @embedded_sync_options
 def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str, max_body_size: str,
         max_response_size: str, drain_timeout: float, client_timeout: float, max_connections: int | None,
-        max_concurrency: int | None, keys_file: str | None, upstream_connect_timeout: float,
+        workers: str, max_concurrency: int | None, keys_file: str | None, upstream_connect_timeout: float,
         upstream_read_timeout: float,
         state_dir: str | None, state_url: str | None, state_password_file: str | None, watch_config: bool,
         log_format: str, log_level: str, **git: Any) -> None:
@@ -148,14 +151,37 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         check_state_url(state_url, state_password_file)
     except (KeysFileError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    from gateway.control.group import worker_index
+    from gateway.supervisor import worker_count
+
+    try:
+        count = worker_count(workers)
+    except ValueError:
+        raise click.BadParameter(f"{workers!r}: use a whole number >= 1 or 'auto'", param_hint="--workers") from None
     setup_logging(log_format, log_level)
+    if count > 1 and worker_index() is None:  # the supervisor: workers run these same arguments
+        from gateway.supervisor import Supervisor
+
+        argv = [sys.executable, "-m", "kt", *sys.argv[1:]]
+        try:
+            code = Supervisor(argv, count, host, listen_port, sync, drain_timeout).run()
+        except locked as exc:
+            raise click.ClickException(str(exc)) from exc
+        except OSError as exc:
+            raise click.ClickException(f"cannot listen on {host}:{listen_port}: {exc.strerror or exc}") from exc
+        finally:
+            shutdown_logging()
+        sys.exit(code)
+    wait_for_config = False
+    if worker_index() is not None and sync is not None:  # a worker: the supervisor's agent publishes
+        policy_config, sync, wait_for_config = str(sync.config_path), None, True
     settings = GatewaySettings(
         host=host, port=listen_port, fail_mode=fail_mode, max_body_size=size, drain_timeout=drain_timeout,
         client_timeout=client_timeout, max_connections=max_connections,
         keys=keys, timeouts=Timeouts(upstream_connect_timeout, upstream_read_timeout),
         max_response_size=response_size,
         state_dir=Path(state_dir) if state_dir else None, watch_config=watch_config,
-        state_url=state_url or None, state_password_file=state_password_file,
+        state_url=state_url or None, state_password_file=state_password_file, wait_for_config=wait_for_config,
         **({"max_concurrency": max_concurrency} if max_concurrency else {}),
     )
     try:

@@ -1,0 +1,138 @@
+"""`kt gateway run --workers N`: one port, one metrics view, restarts, signals, sd_notify, one budget."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.gateway_process import GatewayProcess
+from tests.test_ops_notify_processes import NotifySocket
+from tests.test_state_counters import BUDGET_CONFIG, ask
+from tests.waiting import wait_for
+
+CONFIG = """\
+pack: {name: workers, version: 1.0.0, enabled: true}
+providers:
+  targets:
+    - {id: demo, provider: mock, model: demo-model}
+policies:
+  chain: [audit-logger]
+policy:
+  audit-logger: {retention_days: 30}
+"""
+
+
+@pytest.fixture
+def started():
+    procs: list[GatewayProcess] = []
+    yield procs
+    for gw in procs:
+        if gw.proc.poll() is None:
+            gw.stop()
+
+
+def start(started: list[GatewayProcess], tmp_path: Path, text: str = CONFIG, *args: str,
+          env: dict[str, str] | None = None) -> GatewayProcess:
+    config = tmp_path / "policy-config.yaml"
+    config.write_text(text)
+    gw = GatewayProcess(config, tmp_path / "state", "--workers", "2", *args, env=env)
+    started.append(gw)
+    wait_for(lambda: len(live_workers(gw)) == 2, timeout=20)
+    return gw
+
+
+def live_workers(gw: GatewayProcess) -> list[dict]:
+    return [w for w in gw.get("/health")[1].get("workers") or () if w.get("ready")]
+
+
+def test_two_workers_serve_one_port_with_one_metrics_view_and_one_event_store(tmp_path: Path, started) -> None:
+    gw = start(started, tmp_path)
+    workers = live_workers(gw)
+    assert len({w["pid"] for w in workers}) == 2 and gw.proc.pid not in {w["pid"] for w in workers}
+    assert len({w["revision"] for w in workers}) == 1
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert set(pool.map(lambda _: gw.chat("hi")[0], range(40))) == {200}
+    total = '{model="demo-model",provider="mock",route="/v1/chat/completions",status="200",verdict="allow"}'
+    wait_for(lambda: gw.metric("keeptrusts_gateway_requests_total", total) == 40, timeout=10)
+    assert gw.metric("keeptrusts_gateway_workers") == 2
+    text = gw.get("/metrics")[1]
+    if shutil.which("promtool"):
+        out = subprocess.run(["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30)
+        assert out.returncode == 0, out.stdout + out.stderr
+    status = gw.get("/keeptrusts/status")[1]
+    assert len(status["workers"]) == 2
+    gw.stop()
+    out = subprocess.run([sys.executable, "-m", "kt", "events", "list", "--db", str(tmp_path / "state" / "events.db"),
+                          "--limit", "100", "--json"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+    assert len(events) == 40 and len({e["id"] for e in events}) == 40  # every worker's, in one store
+
+
+def test_a_dead_worker_is_started_again_and_sigterm_drains_all(tmp_path: Path, started) -> None:
+    gw = start(started, tmp_path)
+    victim = live_workers(gw)[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(live_workers(gw)) == 2 and victim not in {w["pid"] for w in live_workers(gw)},
+             timeout=20)
+    assert gw.metric("keeptrusts_gateway_worker_restarts_total") == 1
+    assert "starting it again" in gw.logs()
+    assert gw.chat("hi")[0] == 200
+    pids = [w["pid"] for w in live_workers(gw)]
+    assert gw.stop() == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_sighup_reloads_every_worker_on_the_same_revision(tmp_path: Path, started) -> None:
+    gw = start(started, tmp_path, CONFIG, "--no-watch")
+    before = {w["revision"] for w in live_workers(gw)}
+    (tmp_path / "policy-config.yaml").write_text(CONFIG.replace("1.0.0", "2.0.0"))
+    gw.proc.send_signal(signal.SIGHUP)
+
+    def moved() -> bool:
+        revisions = {w["revision"] for w in live_workers(gw)}
+        return len(live_workers(gw)) == 2 and len(revisions) == 1 and revisions != before
+
+    wait_for(moved, timeout=20)
+
+
+def test_sd_notify_ready_once_every_worker_serves(tmp_path: Path, started) -> None:
+    notify = NotifySocket()
+    try:
+        gw = start(started, tmp_path, env={"NOTIFY_SOCKET": notify.path})
+        ready = notify.wait(lambda m: m.get("READY") == "1", "READY=1")
+        assert "2 worker(s)" in ready.get("STATUS", "")
+        assert len(live_workers(gw)) == 2
+        assert sum(1 for m in notify.messages if m.get("READY") == "1") == 1  # the workers' own go to the supervisor
+    finally:
+        notify.close()
+
+
+def test_workers_share_one_budget(tmp_path: Path, started) -> None:
+    gw = start(started, tmp_path, BUDGET_CONFIG)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = list(pool.map(lambda _: ask(gw)[0], range(10)))
+    assert statuses.count(200) == 5 and statuses.count(409) == 5
+
+
+def test_workers_auto_and_invalid(tmp_path: Path) -> None:
+    from gateway.supervisor import worker_count
+
+    assert worker_count("auto") == len(os.sched_getaffinity(0))
+    assert worker_count("3") == 3
+    with pytest.raises(ValueError):
+        worker_count("0")
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    out = subprocess.run([sys.executable, "-m", "kt", "gateway", "run", "--config", str(config), "--workers", "lots"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--workers" in out.stderr and "Traceback" not in out.stderr
