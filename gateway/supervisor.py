@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import select
 import shutil
@@ -44,10 +45,22 @@ RESTARTS_FILE = "restarts"  # in the group dir: worker restarts so far (keeptrus
 STABLE_S = 60.0  # a worker that served this long resets its backoff
 
 
-def worker_count(value: str | int) -> int:
-    """`auto` = the CPUs this process may run on; else a whole number >= 1 (ValueError otherwise)."""
+def cgroup_cpus(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
+    """The CPU quota of this process's cgroup (v2 `cpu.max`, e.g. a container's CPU limit), or None."""
+    try:
+        quota, period = path.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def worker_count(value: str | int, quota: float | None = None) -> int:
+    """`auto` = the CPUs this process may use: its CPU affinity, capped by its cgroup's CPU quota
+    (a Kubernetes CPU limit of 2 on a 64-core node is 2 workers); else a whole number >= 1."""
     if str(value).strip().lower() == "auto":
-        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        quota = cgroup_cpus() if quota is None else quota
+        return max(1, min(cpus, math.ceil(quota)) if quota and quota != math.inf else cpus)
     count = int(value)
     if count < 1:
         raise ValueError("--workers must be a whole number >= 1 or 'auto'")
