@@ -34,8 +34,8 @@ def test_bounded_fuzz_campaign_finds_nothing_new(tmp_path: Path, capsys: pytest.
 
 # One reproducer per entry of campaign.KNOWN_ISSUES: (seed, case, owner). They xfail until the owner's fix
 # lands (then they XPASS: remove the entry and the reproducer).
-KNOWN_REPRODUCERS = [
-    (1206, 9776, "upstream, issue 12 section 3: a 200 /v1/embeddings answer echoing the key is relayed unscrubbed"),
+KNOWN_REPRODUCERS: list[tuple[int, int, str]] = [
+    # (1206, 9776): a 200 /v1/embeddings error object echoing the key, relayed unscrubbed: fixed by the upstream work
 ]
 
 

@@ -135,6 +135,23 @@ def test_an_upstream_error_echoing_the_key_reaches_nobody(serve: Any, status: in
         assert "Incorrect API key provided: [REDACTED]" in chat.body["message"]
 
 
+@pytest.mark.parametrize(("route", "provider"), [("/v1/embeddings", "openai"), ("/v1/chat/completions", "openai"),
+                                               ("/v1/messages", "openai"), ("/v1/chat/completions", "anthropic")])
+def test_a_200_answer_that_is_an_error_echoing_the_key_is_a_scrubbed_502(serve: Any, route: str,
+                                                                         provider: str) -> None:
+    """Found by the fuzz campaign: a 200 /v1/embeddings error object was relayed byte for byte, key included."""
+    echo = {"type": "error", "error": {"message": f"Incorrect API key provided: {SECRET}", "type": "auth"}}
+    gw, _ = serve(lambda req, conn: conn.send_json(echo), provider=provider)
+    if route == "/v1/embeddings":
+        with pytest.raises(openai.APIStatusError) as err:
+            oai(gw).embeddings.create(model="gpt-4o-mini", input="hi")
+        error: Any = err.value
+    else:
+        error = chat_error(gw) if route == "/v1/chat/completions" else messages_error(gw)
+    assert error.status_code == 502 and SECRET not in repr(error.body)
+    assert "Incorrect API key provided: [REDACTED]" in repr(error.body)
+
+
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_a_stream_error_event_echoing_the_key_is_scrubbed(serve: Any, provider: str,
                                                           caplog: pytest.LogCaptureFixture) -> None:

@@ -94,14 +94,26 @@ async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) 
         return _from_anthropic(target, _loads(target, data)), None
     url = _url(target.base_url, "https://api.openai.com", "/chat/completions")
     data = await client.post_json(target, url, _headers(target), orjson.dumps({**req, "model": target.model}))
+    answer = _loads(target, data)
     try:
-        return checks.completion(_loads(target, data)), data
+        return checks.completion(answer), data
     except _MALFORMED as exc:
-        raise _malformed(target, exc) from None
+        raise _error_answer(target, answer, "choices") or _malformed(target, exc) from None
+
+
+def _error_answer(target: Target, answer: Any, key: str) -> UpstreamFailure | None:
+    """The failure for a 2xx answer that is an error object (its message scrubbed), else None."""
+    message = checks.error_message(answer, key)
+    if message is None:
+        return None
+    return UpstreamFailure("5xx", f"target {target.id} ({target.provider}) answered with an error: "
+                           f"{upstream_text(target, message)}")
 
 
 def _from_anthropic(target: Target, resp: Any) -> dict[str, Any]:
     """An Anthropic Message as a checked canonical completion."""
+    if (failure := _error_answer(target, resp, "content")) is not None:  # {"type": "error", "error": {...}}
+        raise failure
     try:
         if not isinstance(resp, dict):
             raise checks.Malformed("the answer is not a JSON object")
@@ -227,11 +239,8 @@ async def _json_stream(client: UpstreamClient, target: Target, resp: Response, f
             raise UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) sent an answer larger "
                                   f"than {limit} bytes (--max-response-size)")
     answer = _loads(target, b"".join(parts))
-    if isinstance(answer, dict) and isinstance(answer.get("error"), (dict, str)) and not answer.get("choices"):
-        error = answer["error"]
-        message = error.get("message") if isinstance(error, dict) else error
-        raise UpstreamFailure("5xx", f"target {target.id} ({target.provider}) answered the stream with an error: "
-                              f"{upstream_text(target, str(message or ''))}")
+    if (failure := _error_answer(target, answer, "choices")) is not None:
+        raise failure
     if is_anthropic(target):
         completion = _from_anthropic(target, answer)
     else:
@@ -251,10 +260,11 @@ async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) ->
             raise UpstreamFailure("client_error", str(exc), 400) from None
     url = _url(target.base_url, "https://api.openai.com", "/embeddings")
     data = await client.post_json(target, url, _headers(target), orjson.dumps({**body, "model": target.model}))
+    answer = _loads(target, data)
     try:
-        return checks.embeddings(_loads(target, data)), data
+        return checks.embeddings(answer), data
     except _MALFORMED as exc:
-        raise _malformed(target, exc) from None
+        raise _error_answer(target, answer, "data") or _malformed(target, exc) from None
 
 
 def model_entry(target: Target) -> dict[str, Any]:

@@ -124,7 +124,18 @@ def chunk(value: Any) -> dict[str, Any]:
 
 def embeddings(resp: Any) -> dict[str, Any]:
     """`resp` when it is an embeddings answer the proxy can read; else `Malformed`."""
-    if not isinstance(resp, dict):
+    if type(resp) is not dict:
         raise Malformed("the answer is not a JSON object")
+    if type(resp.get("data")) is not list:
+        raise Malformed("the answer has no `data` list")
     usage(resp.get("usage"))
     return resp
+
+
+def error_message(resp: Any, key: str) -> str | None:
+    """The message of a 2xx answer that is an error object (`{"error": ...}` and no `key`), else None."""
+    if type(resp) is not dict or "error" not in resp or resp.get(key):
+        return None
+    error = resp["error"]
+    message = error.get("message") if isinstance(error, dict) else error
+    return message if isinstance(message, str) else ""

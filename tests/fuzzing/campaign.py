@@ -42,11 +42,7 @@ DEADLINE_S = 20.0  # a case's answer, upstream stalls and Retry-After waits incl
 # family), the kind of its problem, and a text its problems contain ("" for any). Every case is
 # still generated and judged by the whole oracle; a matching finding is reported as known, apart
 # from new ones, and does not fail the bounded test. Remove an entry when its fix lands.
-KNOWN_ISSUES: dict[tuple[str, str, str], str] = {
-    ("upstream.echo_key", "secret_leak", "in a 200 response"): (
-        "upstream (issue 12 section 3): a 200 /v1/embeddings answer is relayed byte for byte, so an upstream text "
-        "carrying the credential (here an error object with status 200) reaches the client unscrubbed"),
-}
+KNOWN_ISSUES: dict[tuple[str, str, str], str] = {}
 
 
 def known_issue(finding_ops: set[str], kind: str, text: str) -> list[str]:
