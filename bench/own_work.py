@@ -1,6 +1,6 @@
 """The gateway's own CPU per request, in-process: no sockets, so what remains is kt's work.
 
-The bench request goes through the real server-side path (`Dispatcher` -> lean handler ->
+The bench request goes through the real server-side path (`Router` -> lean handler ->
 input chain -> adapter -> output chain -> decision event -> observers, queue, event store,
 log writer) with a stand-in connection and upstream, on one core like `make bench` pins the
 gateway. It prints the CPU microseconds per request of each thread of the process, for the
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from gateway.control import logs  # noqa: E402
 from gateway.control.ops import Ops  # noqa: E402
 from gateway.control.runtime import Runtime  # noqa: E402
-from gateway.http.handler import Dispatcher  # noqa: E402
+from gateway.http.handler import Router  # noqa: E402
 from gateway.proxy.app import ROUTES, GatewaySettings, make_app  # noqa: E402
 from gateway.server import tune_gc  # noqa: E402
 from policies.chain import Chain  # noqa: E402
@@ -115,7 +115,7 @@ async def measure(off: tuple[str, ...], requests: int) -> list[float]:
     if "chain" in off:
         assert runtime.snapshot is not None
         object.__setattr__(runtime.snapshot.config, "chain", Chain(()))
-    dispatcher = Dispatcher(app, ROUTES)
+    dispatcher = Router(app, ROUTES)
     start = httputil.RequestStartLine("POST", "/v1/chat/completions", "HTTP/1.1")
     loop = asyncio.get_running_loop()
 

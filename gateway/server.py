@@ -26,12 +26,12 @@ from gateway.control import group, metrics, sdnotify
 from gateway.control.admin import admin_routes
 from gateway.control.ops import Ops
 from gateway.control.runtime import Runtime, Snapshot
-from gateway.events.store import default_state_dir
-from gateway.http.handler import Dispatcher
+from gateway.http.handler import Router
 from gateway.http.http1 import HTTP1Server
 from gateway.providers.upstream import unavailable_reason
 from gateway.proxy.app import ROUTES, GatewaySettings, make_app
 from gateway.supervisor import inherited_sockets
+from sync.publish import default_state_dir
 
 if TYPE_CHECKING:
     from gateway.control.gitsync import EmbeddedSync
@@ -161,7 +161,7 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
     # Bodies up to twice the limit are read and answered 413 with the envelope (by the handler); beyond
     # that the server answers 413 and closes without reading on (Content-Length) or drops the connection.
     limit = settings.max_body_size * 2 + 1024 * 1024
-    server = HTTP1Server(Dispatcher(app, ROUTES), max_body_size=limit, idle_timeout=75,
+    server = HTTP1Server(Router(app, ROUTES), max_body_size=limit, idle_timeout=75,
                          client_timeout=settings.client_timeout, max_connections=settings.max_connections)
     log.info("client connections: at most %d at once (--max-connections), --client-timeout %g s; "
              "at most %d requests in flight (--max-concurrency)",

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from policies import load_config
 from sync import metrics
+from sync.clock import parse_time, rfc3339
 from sync.manifest import Tampered, verify, write_manifest
 from sync.publish import (
     REVISIONS,
@@ -34,7 +35,7 @@ from sync.publish import (
 )
 from sync.repo import GitError, Mirror, Remote, UnsafeTree, ref_kind
 from sync.signature import SignersError, TrustedSigners
-from sync.status import parse_time, read_status, rfc3339, write_status
+from sync.status import read_status, write_status
 
 log = logging.getLogger("kt.sync")
 LOCK = ".lock"

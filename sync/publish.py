@@ -28,8 +28,15 @@ CURRENT = "current"
 TMP = ".tmp-"
 CONFIG_SUFFIXES = (".yaml", ".yml")
 _AT_FDCWD = -100
+STATE_DIR_ENV = "KEEPTRUSTS_STATE_DIR"
 _RENAME_EXCHANGE = 2
 
+
+
+def default_state_dir() -> Path:
+    """`$KEEPTRUSTS_STATE_DIR`, else `~/.local/state/kt`: the one place that knows the default (read when asked)."""
+    env = os.environ.get(STATE_DIR_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".local" / "state" / "kt"
 
 def check_config_path(path: str) -> str:
     """Normalise the repo-relative config path; ValueError if it escapes the tree."""

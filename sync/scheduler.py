@@ -26,6 +26,7 @@ from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobExecution
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from sync.agent import SyncAgent, SyncResult
+from sync.backoff import backoff
 
 log = logging.getLogger("kt.sync")
 JOB = "sync"
@@ -35,8 +36,8 @@ def next_delay(result: SyncResult, interval: float, max_backoff: float, rng: ran
     """Seconds until the next run after `result`."""
     if result.result != "error":
         return interval * rng.uniform(0.9, 1.1)
-    backoff = min(interval * 2 ** (max(result.consecutive_failures, 1) - 1), max_backoff)
-    return backoff * rng.uniform(0.5, 1.0)  # jitter spreads a fleet that failed together
+    # jitter spreads a fleet that failed together; at least half the step
+    return backoff(max(result.consecutive_failures, 1) - 1, interval, max_backoff, low=0.5, rng=rng.random)
 
 
 class SyncScheduler:

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sync.clock import parse_time
 from sync.manifest import Tampered, verify
 from sync.publish import TMP, content_digest, current_dir
 
@@ -23,21 +23,6 @@ DRIFT_REASONS = ("pending", "rejected", "unreachable", "modified", "reload_faile
 # The `sync` object of Contract 3, in this order; the agent may add more keys after these.
 SYNC_FIELDS = ("repo", "branch", "path", "applied_revision", "attempted_revision", "remote_head",
                "last_fetch_at", "last_success_at", "last_error", "consecutive_failures")
-
-
-def rfc3339(ts: float) -> str:
-    """Seconds since the epoch as an RFC 3339 UTC timestamp with milliseconds."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(value: str | None) -> float | None:
-    """Inverse of `rfc3339` (None for None or garbage)."""
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def write_status(state: Path, status: dict[str, Any]) -> None:

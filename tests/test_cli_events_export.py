@@ -17,9 +17,10 @@ import openai
 import pytest
 from click.testing import CliRunner
 
-from gateway.events.store import EventStore, rfc3339
+from gateway.events.store import EventStore
 from kt.cli import cli as kt_cli
 from kt.event_export import csv_header, safe_cell
+from sync.clock import rfc3339
 from tests.gateway_harness import write_config
 
 TOKEN = "adm-export-token"

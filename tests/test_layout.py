@@ -49,12 +49,30 @@ RULES = (
 
 # (importing module, imported module) -> why the rule does not apply there.
 EXCEPTIONS = {
+    ("gateway.http.handler", "sync.clock"):
+        "the Date header uses the repo's one once-a-second clock cache (sync.clock.PerSecond)",
     ("gateway.http.http1", "gateway.proxy.errors"):
         "the wire answers a malformed or oversized request in the one error envelope",
     ("gateway.providers.adapters", "policies.model"):
         "`Target` and the canonical request are policies' value types, not policy logic",
     ("gateway.providers.upstream", "policies.model"):
         "`Target` (credentials, base URL) is a value type of the config model",
+}
+
+
+# The repo's one helper per idea (issue 14 §2): name -> the one module that defines it.
+ONE_OF_EACH = {
+    "rfc3339": "sync.clock",  # RFC 3339 time stamps
+    "PerSecond": "sync.clock",  # the once-a-second clock cache
+    "backoff": "sync.backoff",  # exponential backoff with jitter
+    "mask_url": "sync.credentials",  # credentials out of URLs
+    "default_state_dir": "sync.publish",  # $KEEPTRUSTS_STATE_DIR or ~/.local/state/kt
+    "envelope": "gateway.proxy.errors",  # the error envelope
+}
+# (module, name) -> why a second definition of that name is not a second helper.
+SECOND_DEFINITIONS = {
+    ("kt.doctor", "mask_url"): "delegates to sync.credentials.mask_url, imported on first use (kt policy lint "
+                               "must not import sync)",
 }
 
 
@@ -130,6 +148,18 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
         "gateway.http.probe imports gateway.providers.mock (the wire knows nothing of policies, providers, config)",
         "gateway.http.probe imports policies.model (the wire knows nothing of policies, providers, config)",
     ]
+
+
+def test_one_helper_per_idea() -> None:
+    """Each shared helper is defined in one module; a second `def rfc3339` (or class) is a second helper."""
+    found = []
+    for path in sources():
+        module = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            name = getattr(node, "name", None) if isinstance(node, ast.FunctionDef | ast.ClassDef) else None
+            if name in ONE_OF_EACH and ONE_OF_EACH[name] != module and (module, name) not in SECOND_DEFINITIONS:
+                found.append(f"{module} defines {name} (the one is in {ONE_OF_EACH[name]})")
+    assert found == []
 
 
 @pytest.mark.parametrize("room", ROOMS)

@@ -7,7 +7,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from sync.status import parse_time
+from sync.clock import parse_time
 from tests.gitserve import GIT_ENV, Upstream, config_yaml
 from tests.test_sync_gateway import CFG, Gateway
 from tests.waiting import wait_for

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.control.ops import Ops
 from gateway.events.store import parse_time
+from gateway.proxy.errors import envelope
 
 MAX_EVENTS = 1000
 
@@ -33,7 +34,7 @@ class _Base(tornado.web.RequestHandler):
         self.finish(orjson.dumps(body, default=str))
 
     def send_error_envelope(self, status: int, type_: str, code: str, message: str, **extra: Any) -> None:
-        self.send_json({"error": {"type": type_, "code": code, "message": message, "policy": None, **extra}}, status)
+        self.send_json(envelope(type_, code, message, None, **extra), status)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:  # never a traceback
         self.send_error_envelope(status_code, "server_error", "internal_error", self._reason)

@@ -44,7 +44,8 @@ class DeployClock:
         self._task = asyncio.get_running_loop().create_task(self._observe(snap.revision, time.time()))
 
     async def _observe(self, revision: str, served_at: float) -> None:
-        from sync.status import parse_time, read_status
+        from sync.clock import parse_time
+        from sync.status import read_status
 
         loop = asyncio.get_running_loop()
         state = self.state_of()

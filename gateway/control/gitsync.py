@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import tornado.web
 
+from gateway.proxy.errors import envelope
 from sync import webhook
 from sync.agent import SyncAgent, SyncResult, SyncSettings
 from sync.metrics import WEBHOOKS
@@ -79,8 +80,8 @@ class SyncWebhook(tornado.web.RequestHandler):
         self.finish(orjson.dumps(body))
 
     def _error(self, status: int, code: str, message: str) -> None:
-        self._answer(status, {"error": {"type": "authentication_error" if status == 401 else "invalid_request_error",
-                                        "code": code, "message": message, "policy": None}})
+        type_ = "authentication_error" if status == 401 else "invalid_request_error"
+        self._answer(status, envelope(type_, code, message))
 
     def post(self) -> None:
         secret = self.sync.webhook_secret

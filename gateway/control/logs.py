@@ -13,13 +13,12 @@ import queue
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
 
-from gateway.events.record import rfc3339
 from gateway.events.store import background_thread
+from sync.clock import rfc3339
 
 _RESERVED = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "taskName"}
 _REQUEST_FIELDS = ("request_id", "route", "status", "verdict", "reason_code", "latency_ms", "config_revision",
@@ -38,7 +37,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "ts": rfc3339(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -53,7 +52,7 @@ class TextFormatter(logging.Formatter):
     """`time LEVEL logger: msg key=value ...` for humans."""
 
     def format(self, record: logging.LogRecord) -> str:
-        ts = datetime.fromtimestamp(record.created, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        ts = rfc3339(record.created)
         fields = " ".join(f"{k}={v}" for k, v in _extra(record).items())
         text = f"{ts} {record.levelname} {record.name}: {record.getMessage()}" + (f" {fields}" if fields else "")
         if record.exc_info:

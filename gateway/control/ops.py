@@ -25,9 +25,11 @@ from gateway.control.logs import log_request
 from gateway.control.reload import Reloader, ReloadResult, sync_state_of
 from gateway.control.runtime import Runtime, Snapshot
 from gateway.events.forwarder import Forwarder
-from gateway.events.store import DB_NAME, EventStore, StoreWriter, default_state_dir, rfc3339
+from gateway.events.store import DB_NAME, EventStore, StoreWriter
 from gateway.providers.upstream import unavailable_reason
 from policies import ConfigError
+from sync.clock import rfc3339
+from sync.publish import default_state_dir
 
 log = logging.getLogger("kt.gateway")
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.counters import Claim, ClaimResult, Counters, MemoryCounters
+from sync.backoff import backoff
 from sync.credentials import mask_url
 
 log = logging.getLogger("kt.gateway.state")
@@ -96,11 +97,9 @@ class StateBackend:
             self._probe = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self, base: float = 0.1, cap: float = 5.0) -> None:
-        from gateway.events.forwarder import backoff  # (imports the metrics, which import this module)
-
         attempt = 0
         while not self.up:
-            await asyncio.sleep(backoff(attempt, base, cap))
+            await asyncio.sleep(backoff(attempt, base, cap, least=base / 2))
             attempt += 1
             try:
                 await self.redis.ping()

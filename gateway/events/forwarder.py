@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from typing import Any
 
 import orjson
@@ -18,15 +17,11 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from gateway.control import metrics
 from gateway.events.store import StoreWriter
+from sync.backoff import backoff
 from sync.credentials import mask_url
 
 log = logging.getLogger("kt.gateway.forwarder")
 CURSOR_KEY = "forward_cursor"
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)], at least base/2."""
-    return max(base / 2, random.uniform(0, min(cap, base * 2 ** min(attempt, 30))))
 
 
 class Forwarder:
@@ -76,7 +71,7 @@ class Forwarder:
                 self.failures += 1
                 code = exc.code if isinstance(exc, HTTPClientError) else None
                 self.last_error = f"HTTP {code}" if code else f"{type(exc).__name__}: {exc}"
-                delay = backoff(self.failures - 1, self.base_delay, self.max_delay)
+                delay = backoff(self.failures - 1, self.base_delay, self.max_delay, least=self.base_delay / 2)
                 log.warning("event submission failed; will retry",
                             extra={"url": mask_url(self.url), "error": self.last_error, "events": len(rows),
                                    "retry_in_s": round(delay, 2), "consecutive_failures": self.failures})

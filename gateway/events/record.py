@@ -15,27 +15,14 @@ import itertools
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from policies.model import ChainOutcome, Verdict
+from sync.clock import rfc3339
 
-_second: tuple[int, str] = (-1, "")
 # Phase outcomes an event lists in full (the input phase and the first choices' output phase);
 # past these, only the first outcome of each verdict other than allow is listed, the rest counted.
 OUTCOMES_LISTED = 8
-
-
-def rfc3339(ts: float) -> str:
-    """`2026-11-27T14:00:00.123Z`, as `datetime.isoformat` writes it (the date and time formatted once a second)."""
-    global _second
-    whole = int(ts)
-    micros = round((ts - whole) * 1e6)
-    if micros >= 1_000_000:
-        whole, micros = whole + 1, micros - 1_000_000
-    if _second[0] != whole:
-        _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{_second[1]}.{micros // 1000:03d}Z"
 
 
 class _Ids:

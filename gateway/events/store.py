@@ -44,12 +44,6 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def default_state_dir() -> Path:
-    """`$KEEPTRUSTS_STATE_DIR`, else `~/.local/state/kt`."""
-    env = os.environ.get("KEEPTRUSTS_STATE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".local" / "state" / "kt"
-
-
 def parse_time(value: str | float | None, now: float | None = None) -> float | None:
     """Epoch seconds from a duration back from now (`90s`, `5m`, `1h`, `7d`, `2w`), RFC 3339, or epoch.
 
@@ -88,10 +82,6 @@ def event_time(event: dict[str, Any]) -> float:
         return parse_time(ts) or time.time()
     except ValueError:
         return time.time()
-
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class EventStore:

@@ -193,7 +193,7 @@ def request_bytes(dest: Destination, headers: dict[str, str], body: bytes) -> by
     return head + body
 
 
-class Connection(asyncio.Protocol):
+class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection and the state of the response it is reading."""
 
     def __init__(self, pool: Pool, key: tuple[str, str, int]) -> None:
@@ -460,9 +460,9 @@ class Response:
 
     __slots__ = ("_conn", "_headers", "_pool", "body", "raw_headers", "status")
 
-    def __init__(self, pool: Pool, conn: Connection) -> None:
+    def __init__(self, pool: Pool, conn: UpstreamConnection) -> None:
         self._pool = pool
-        self._conn: Connection | None = conn
+        self._conn: UpstreamConnection | None = conn
         self._headers: dict[str, str] | None = None
         self.status = conn.status
         self.raw_headers = conn.raw_headers
@@ -519,8 +519,8 @@ class Pool:
         self.max_connections = max_connections
         self._ssl = ssl_context
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # bound at the first request
-        self.idle: dict[tuple[str, str, int], deque[Connection]] = {}
-        self.conns: set[Connection] = set()
+        self.idle: dict[tuple[str, str, int], deque[UpstreamConnection]] = {}
+        self.conns: set[UpstreamConnection] = set()
         self.opened = 0  # connections ever opened (tests, diagnostics)
         self._active = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -566,7 +566,7 @@ class Pool:
             resp.release()
         return resp
 
-    def done(self, conn: Connection, finished: bool = False) -> None:
+    def done(self, conn: UpstreamConnection, finished: bool = False) -> None:
         """The exchange on `conn` is over: pool it if it may carry another request, else close it."""
         if finished and not conn.complete and conn.error is None and conn.usable:
             conn.drain()  # back here at the body's end (pooled) or on error/timeout (closed)
@@ -591,7 +591,7 @@ class Pool:
             conn.close()
         self._release_slot()
 
-    def forget(self, conn: Connection) -> None:
+    def forget(self, conn: UpstreamConnection) -> None:
         """Drop an idle connection the server closed."""
         conn.pooled = False
         self.idle[conn.key].remove(conn)
@@ -604,7 +604,7 @@ class Pool:
         self.idle.clear()
         await asyncio.sleep(0)  # let the transports report their loss
 
-    def _idle(self, key: tuple[str, str, int]) -> Connection | None:
+    def _idle(self, key: tuple[str, str, int]) -> UpstreamConnection | None:
         """The most recently pooled connection to `key` that is still open, else None (closed ones dropped)."""
         idle = self.idle.get(key)
         now = self.loop.time()
@@ -618,8 +618,8 @@ class Pool:
             conn.close()
         return None
 
-    async def _connect(self, dest: Destination) -> Connection:
-        conn = Connection(self, dest.key)
+    async def _connect(self, dest: Destination) -> UpstreamConnection:
+        conn = UpstreamConnection(self, dest.key)
         proxy = self.proxy if dest.tls and self.proxy is not None and self.proxy.serves(dest.host) else None
         tls: dict[str, Any] = {"ssl": self.ssl_context, "server_hostname": dest.host} if dest.tls else {}
         try:
@@ -633,7 +633,7 @@ class Pool:
         self.opened += 1
         return conn
 
-    async def _tunnel(self, conn: Connection, dest: Destination, proxy: Proxy) -> None:
+    async def _tunnel(self, conn: UpstreamConnection, dest: Destination, proxy: Proxy) -> None:
         """Connect `conn` to `dest` through a CONNECT tunnel of `proxy`, TLS inside it."""
         reply = _TunnelReply(self.loop)
         transport, _ = await self.loop.create_connection(lambda: reply, proxy.host, proxy.port)

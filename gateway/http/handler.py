@@ -6,7 +6,7 @@ header bookkeeping, a Date header through `email.utils`, output transforms, XSRF
 hooks, argument parsing. The proxy routes need none of that, so they are
 `httputil.HTTPMessageDelegate`s with the small part of RequestHandler's surface the proxy
 uses (`set_status`, `set_header`, `write`/`flush`/`finish`, `prepare`, `on_finish`,
-`on_connection_close`). The server's `Dispatcher` sends their exact paths to them and
+`on_connection_close`). The server's `Router` sends their exact paths to them and
 everything else (admin, health, metrics, webhook, 404) to the Tornado `Application`, whose
 routes stay RequestHandlers.
 """
@@ -23,8 +23,10 @@ from typing import Any
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
+from sync.clock import PerSecond
 
-class Request:
+
+class RequestHead:
     """What a handler reads of the request."""
 
     __slots__ = ("connection", "headers", "method", "path", "query")
@@ -48,16 +50,12 @@ class ResponseHeaders(dict[str, str]):
         return [self[name]] if name in self else []
 
 
-_date: tuple[int, str] = (0, "")
+_date = PerSecond(lambda second: formatdate(second, usegmt=True))
 
 
 def http_date() -> str:
     """The Date header value, formatted once per second."""
-    global _date
-    now = int(time.time())
-    if _date[0] != now:
-        _date = (now, formatdate(now, usegmt=True))
-    return _date[1]
+    return _date(int(time.time()))
 
 
 class Handler:
@@ -69,7 +67,7 @@ class Handler:
     def __init__(self, settings: dict[str, Any], connection: httputil.HTTPConnection) -> None:
         self.settings = settings
         self.connection = connection
-        self.request: Request = None  # type: ignore[assignment]  # set in headers_received
+        self.request: RequestHead = None  # type: ignore[assignment]  # set in headers_received
         self._status = 200
         self._headers: dict[str, str] = {}
         self._pending: list[bytes] = []
@@ -154,9 +152,9 @@ class Handler:
             self.connection.set_close_callback(None)
             self.on_finish()
 
-    # --- driven by `_Delegate` ------------------------------------------------------------------
+    # --- driven by `_HandlerDelegate` ------------------------------------------------------------------
     def _headers_in(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders) -> None:
-        self.request = Request(start_line, headers, self.connection)
+        self.request = RequestHead(start_line, headers, self.connection)
         self.connection.set_close_callback(self._connection_closed)
         try:
             self.prepare()
@@ -210,7 +208,7 @@ class Handler:
             self._task.cancel()  # `_run` ends it as 499; an upstream call in flight closes its connection
 
 
-class _Delegate(httputil.HTTPMessageDelegate):
+class _HandlerDelegate(httputil.HTTPMessageDelegate):
     """The connection's side of a `Handler` (the delegate's `finish` means "request body complete")."""
 
     __slots__ = ("handler",)
@@ -233,7 +231,7 @@ class _Delegate(httputil.HTTPMessageDelegate):
         self.handler._connection_closed()
 
 
-class Dispatcher(httputil.HTTPServerConnectionDelegate):
+class Router(httputil.HTTPServerConnectionDelegate):
     """The server's delegate: exact paths of lean routes go straight to their handler, the rest to `app`.
 
     The hot routes skip the Application's per-request `HTTPServerRequest` and regex routing
@@ -245,20 +243,20 @@ class Dispatcher(httputil.HTTPServerConnectionDelegate):
         self.routes = dict(routes)
 
     def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
-        return _Dispatch(self, server_conn, request_conn)
+        return _RoutedRequest(self, server_conn, request_conn)
 
 
-class _Dispatch(httputil.HTTPMessageDelegate):
+class _RoutedRequest(httputil.HTTPMessageDelegate):
     __slots__ = ("delegate", "dispatcher", "request_conn", "server_conn")
 
-    def __init__(self, dispatcher: Dispatcher, server_conn: object, request_conn: httputil.HTTPConnection) -> None:
+    def __init__(self, dispatcher: Router, server_conn: object, request_conn: httputil.HTTPConnection) -> None:
         self.dispatcher, self.server_conn, self.request_conn = dispatcher, server_conn, request_conn
         self.delegate: httputil.HTTPMessageDelegate | None = None
 
     def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Any:
         handler = self.dispatcher.routes.get(start_line.path.partition("?")[0])
         if handler is not None:  # (the server refused a request without exactly one Host header)
-            self.delegate = _Delegate(handler(self.dispatcher.app.settings, self.request_conn))
+            self.delegate = _HandlerDelegate(handler(self.dispatcher.app.settings, self.request_conn))
         else:
             self.delegate = self.dispatcher.app.start_request(self.server_conn, self.request_conn)
         return self.delegate.headers_received(start_line, headers)

@@ -4,7 +4,7 @@ Tornado's HTTP1Connection and IOStream cost about 150 us of CPU per request on t
 machine, more than the rest of a proxied request (docs/benchmarks.md). This server reads and
 writes on an asyncio transport (uvloop in production) with httptools' C parser (llhttp, what
 Node.js and uvicorn use) and hands every request to the `tornado.web.Application` through
-Tornado's documented interfaces: `HTTPServerConnectionDelegate.start_request` gets a `Request`,
+Tornado's documented interfaces: `HTTPServerConnectionDelegate.start_request` gets a `ServerExchange`,
 which implements `tornado.httputil.HTTPConnection` (`write_headers`, `write`, `finish`, plus the
 `set_close_callback`, `set_max_body_size`, `set_body_timeout` and `context` that handlers use).
 
@@ -82,7 +82,7 @@ class _Primed:
 
     __slots__ = ("conn", "priming")
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: ServerConnection) -> None:
         self.conn = conn
         self.priming = True
 
@@ -172,7 +172,7 @@ class HTTP1Server:
         self.idle_timeout = idle_timeout
         self.max_header_size = max_header_size
         self.client_timeout = client_timeout
-        self.connections: set[Connection] = set()
+        self.connections: set[ServerConnection] = set()
         self.draining = False
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
@@ -183,7 +183,7 @@ class HTTP1Server:
         """Accept connections on these bound, listening sockets (`tornado.netutil.bind_sockets`)."""
         loop = asyncio.get_running_loop()
         for sock in sockets:
-            self._servers.append(await loop.create_server(lambda: Connection(self), sock=sock))
+            self._servers.append(await loop.create_server(lambda: ServerConnection(self), sock=sock))
         if self._sweeper is None:
             self._sweeper = loop.call_later(self._sweep_interval, self._sweep)
 
@@ -210,7 +210,7 @@ class HTTP1Server:
             self._empty = asyncio.get_running_loop().create_future()
             await self._empty
 
-    def _lost(self, conn: Connection) -> None:
+    def _lost(self, conn: ServerConnection) -> None:
         self.connections.discard(conn)
         if not self.connections and self._empty is not None and not self._empty.done():
             self._empty.set_result(None)
@@ -223,7 +223,7 @@ class HTTP1Server:
         self._sweeper = loop.call_later(self._sweep_interval, self._sweep)
 
 
-class Connection(asyncio.Protocol):
+class ServerConnection(asyncio.Protocol):
     """One client connection: parses requests and answers them one at a time, in order.
 
     Parser events go straight to the handler of the request being answered; events of a
@@ -235,10 +235,10 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: HTTP1Server) -> None:
         self.server = server
         self.parser = httptools.HttpRequestParser(self)
-        self.current: Request | None = None  # the request being answered
-        self.parsing: Request | None = None  # the request being parsed: `current` or the last queued one
-        self.last: Request | None = None  # the last request the parser began
-        self.queue: deque[Request] = deque()  # pipelined requests waiting for `current`
+        self.current: ServerExchange | None = None  # the request being answered
+        self.parsing: ServerExchange | None = None  # the request being parsed: `current` or the last queued one
+        self.last: ServerExchange | None = None  # the last request the parser began
+        self.queue: deque[ServerExchange] = deque()  # pipelined requests waiting for `current`
         self.closing = False
         self.idle_since = 0.0  # loop time since no request head is being answered; 0.0 while busy
         self.backlog = 0  # queued body bytes
@@ -347,7 +347,7 @@ class Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         if self.closing or self._error is not None:
             raise _Halt  # a request before this one was refused: nothing after it is read
-        req = self.parsing = self.last = Request(self)
+        req = self.parsing = self.last = ServerExchange(self)
         if self.current is None:
             self.current = req
         else:
@@ -485,7 +485,7 @@ class Connection(asyncio.Protocol):
         finally:
             self._advancing = False
 
-    def response_finished(self, req: Request) -> None:
+    def response_finished(self, req: ServerExchange) -> None:
         if not req.read_done and not req.parsed_done:
             if self._feeding:
                 self._check_unread = True  # the rest of the body may be in this very read
@@ -563,7 +563,7 @@ class Connection(asyncio.Protocol):
                 and now - self.last_read > server.client_timeout):
             self._timed_out(req)  # (a pipelined request's turn comes once the answers before it are sent)
 
-    def _timed_out(self, req: Request) -> None:
+    def _timed_out(self, req: ServerExchange) -> None:
         """The client went silent in the middle of a request: 408 while an answer can still be written, then close."""
         part = "body" if req.head_done else "head"
         timeout = self.server.client_timeout
@@ -576,14 +576,14 @@ class Connection(asyncio.Protocol):
                                                 "send the whole request without pausing"))
         self.close()
 
-    def _prime(self, req: Request) -> None:
+    def _prime(self, req: ServerExchange) -> None:
         """Read the body of an Upgrade request by its framing: a fresh parser, primed with that framing."""
         size, req.upgrade_body = req.upgrade_body, 0
         framing = b"Transfer-Encoding: chunked" if size == _CHUNKED else b"Content-Length: %d" % size
         self.parser = httptools.HttpRequestParser(_Primed(self))
         self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
 
-    def _origin_form(self, req: Request, method: str) -> bytes:
+    def _origin_form(self, req: ServerExchange, method: str) -> bytes:
         """The path of a target that is not origin-form: absolute-form is served like it (its authority
         is the Host, RFC 9112 3.2.2), `OPTIONS *` stays; anything else is refused."""
         url = req.url
@@ -625,7 +625,7 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError:
             return None
 
-    def _reject(self, req: Request | None, status: int, code: str, message: str) -> None:
+    def _reject(self, req: ServerExchange | None, status: int, code: str, message: str) -> None:
         """Answer `req` (the request being parsed) with an error and close, after the requests before it."""
         log.info("rejecting a request from %s with %d: %s", self.context, status, message)
         response = error_response(status, code, message)
@@ -646,8 +646,8 @@ class Connection(asyncio.Protocol):
         self._advance()
 
 
-class Request(httputil.HTTPConnection):
-    """One request/response exchange on a `Connection`: the `HTTPConnection` Tornado's handlers write to."""
+class ServerExchange(httputil.HTTPConnection):
+    """One request/response exchange on a `ServerConnection`: the `HTTPConnection` Tornado's handlers write to."""
 
     # Defaults as class attributes: a request sets only what differs (this is the per-request path).
     url = b""
@@ -673,7 +673,7 @@ class Request(httputil.HTTPConnection):
     no_body = False
     remaining: int | None = None  # bytes still owed to a Content-Length
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: ServerConnection) -> None:
         self.conn = conn
         self.context = conn.context
         self.headers = httputil.HTTPHeaders()

@@ -94,11 +94,17 @@ async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) 
         return _from_anthropic(target, _loads(target, data)), None
     url = _url(target.base_url, "https://api.openai.com", "/chat/completions")
     data = await client.post_json(target, url, _headers(target), orjson.dumps({**req, "model": target.model}))
+    return _checked_answer(target, checks.completion, data, "choices"), data
+
+
+def _checked_answer(target: Target, check: Callable[[Any], dict[str, Any]], data: bytes, key: str) -> dict[str, Any]:
+    """An OpenAI-format answer body, parsed and checked: a 502 naming the target when it is junk, or
+    when it is an error object instead of `key` (its message scrubbed)."""
     answer = _loads(target, data)
     try:
-        return checks.completion(answer), data
+        return check(answer)
     except _MALFORMED as exc:
-        raise _error_answer(target, answer, "choices") or _malformed(target, exc) from None
+        raise _error_answer(target, answer, key) or _malformed(target, exc) from None
 
 
 def _error_answer(target: Target, answer: Any, key: str) -> UpstreamFailure | None:
@@ -149,7 +155,7 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
                 event = _loads(target, payload)
                 if not isinstance(event, dict):
                     raise checks.Malformed("a stream event is not a JSON object")
-                batch.extend(_checked(target, c) for c in converter.feed(event))
+                batch.extend(_checked_chunk(target, c) for c in converter.feed(event))
                 if event.get("type") == "message_stop":
                     batch.append(DONE)
             return batch
@@ -166,7 +172,7 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
                 if payload == "[DONE]":
                     batch.append(DONE)
                     break
-                batch.append(_checked(target, _loads(target, payload)))
+                batch.append(_checked_chunk(target, _loads(target, payload)))
             return batch
 
         def end() -> Batch:  # the upstream ended without [DONE]: the end of the body is the end
@@ -177,7 +183,7 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
             yield batch
 
 
-def _checked(target: Target, chunk: Any) -> dict[str, Any]:
+def _checked_chunk(target: Target, chunk: Any) -> dict[str, Any]:
     """A canonical stream chunk, checked; an error chunk's message scrubbed of credentials."""
     chunk = checks.chunk(chunk)
     error = chunk.get("error") if not chunk.get("choices") else None
@@ -260,11 +266,7 @@ async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) ->
             raise UpstreamFailure("client_error", str(exc), 400) from None
     url = _url(target.base_url, "https://api.openai.com", "/embeddings")
     data = await client.post_json(target, url, _headers(target), orjson.dumps({**body, "model": target.model}))
-    answer = _loads(target, data)
-    try:
-        return checks.embeddings(answer), data
-    except _MALFORMED as exc:
-        raise _error_answer(target, answer, "data") or _malformed(target, exc) from None
+    return _checked_answer(target, checks.embeddings, data, "data"), data
 
 
 def model_entry(target: Target) -> dict[str, Any]:

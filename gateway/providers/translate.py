@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import orjson
 
+from gateway.proxy.errors import envelope
+
 DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
 OPENAI_DONE = b"data: [DONE]\n\n"
 
@@ -113,6 +115,13 @@ _NOT_TOOL_ID = re.compile(r"[^a-zA-Z0-9_-]")
 def _tool_id(openai_id: Any) -> str:
     """An OpenAI tool-call id as Anthropic accepts it (`^[a-zA-Z0-9_-]+$`; other characters become `_`)."""
     return _NOT_TOOL_ID.sub("_", str(openai_id or "")) or "toolu_"
+
+
+def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI tool call as an Anthropic `tool_use` block."""
+    function = call.get("function") or {}
+    return {"type": "tool_use", "id": _tool_id(call.get("id")), "name": function.get("name", ""),
+            "input": _parse_arguments(function.get("arguments"))}
 
 
 def _openai_id(anthropic_id: str | None) -> str:
@@ -377,15 +386,7 @@ def openai_request_to_anthropic(body: dict[str, Any], model: str) -> dict[str, A
         elif role == "assistant":
             blocks = _openai_parts_to_anthropic(content, where)
             for call in _typed(message, "tool_calls", list, "a list of tool calls", f"{where}.") or ():
-                function = call.get("function") or {}
-                blocks.append(
-                    {
-                        "type": "tool_use",
-                        "id": _tool_id(call.get("id")),
-                        "name": function.get("name", ""),
-                        "input": _parse_arguments(function.get("arguments")),
-                    }
-                )
+                blocks.append(_tool_use(call))
             plain = isinstance(content, str) and content and not message.get("tool_calls")
             append("assistant", blocks, content if plain else None)
         elif role == "tool":
@@ -506,15 +507,7 @@ def openai_response_to_anthropic(resp: dict[str, Any], model: str | None = None)
     if message.get("refusal"):
         content.append({"type": "text", "text": message["refusal"]})
     for call in message.get("tool_calls") or ():
-        function = call.get("function") or {}
-        content.append(
-            {
-                "type": "tool_use",
-                "id": _tool_id(call.get("id")),
-                "name": function.get("name", ""),
-                "input": _parse_arguments(function.get("arguments")),
-            }
-        )
+        content.append(_tool_use(call))
     stop_reason = finish_reason_to_stop_reason(choice.get("finish_reason")) or "end_turn"
     if message.get("refusal"):
         stop_reason = "refusal"
@@ -919,7 +912,7 @@ def anthropic_error(error_type: str, message: str, **extra: Any) -> dict[str, An
 
 def openai_error(error_type: str, message: str, code: str | None = None, policy: str | None = None) -> dict[str, Any]:
     """The gateway's (OpenAI-style) error envelope `{"error": {"type", "code", "message", "policy"}}`."""
-    return {"error": {"type": error_type, "code": code, "message": message, "policy": policy}}
+    return envelope(error_type, code, message, policy)
 
 
 def openai_stream_error(error_type: str, message: str, code: str | None = None, policy: str | None = None) -> bytes:

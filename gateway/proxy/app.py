@@ -1,7 +1,7 @@
 """The Tornado application: the route table and what every handler shares.
 
 `ROUTES` is the one place the proxy routes are declared: exact paths the server's
-`gateway.http.handler.Dispatcher` sends to their lean handlers. Other parts add their
+`gateway.http.handler.Router` sends to their lean handlers. Other parts add their
 RequestHandler routes through `make_app(..., extra_routes=[...])` (admin, metrics, events)
 without touching the proxy; any other path is a 404 with the envelope.
 """

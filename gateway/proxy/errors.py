@@ -12,6 +12,11 @@ from typing import Any
 import orjson
 
 
+def envelope(type_: str, code: str | None, message: str, policy: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The error envelope `{"error": {"type", "code", "message", "policy", ...extra}}`: the one builder of it."""
+    return {"error": {"type": type_, "code": code, "message": message, "policy": policy, **extra}}
+
+
 class GatewayError(Exception):
     """An error answered to the client with the envelope; never a traceback."""
 
@@ -33,7 +38,7 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     def payload(self) -> dict[str, Any]:
-        return {"error": {"type": self.type, "code": self.code, "message": self.message, "policy": self.policy}}
+        return envelope(self.type, self.code, self.message, self.policy)
 
     def body(self, anthropic: bool = False) -> bytes:
         """The JSON body; Anthropic clients also get the top-level `"type": "error"` they expect."""

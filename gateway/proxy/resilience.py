@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from policies.model import Target
+from sync.backoff import backoff
 
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 2.0
@@ -24,7 +25,7 @@ MAX_RETRY_AFTER_S = 10.0  # longer waits are not retried: the client gets the 42
 
 def backoff_delay(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """Full-jitter exponential backoff before retry number `attempt` (1-based)."""
-    return rng() * min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** (attempt - 1)))
+    return backoff(attempt - 1, BACKOFF_BASE_S, BACKOFF_CAP_S, rng=rng)
 
 
 MAX_RETRY_AFTER_HEADER_S = 86400.0  # a Retry-After beyond a day is taken as a day (and `inf`, `1e400` too)

@@ -75,15 +75,20 @@ def nested_deeper(body: Any, raw: bytes, limit: int) -> bool:
     return False
 
 
-def validate_chat(body: dict[str, Any]) -> dict[str, Any]:
-    """Check an OpenAI chat request's shape; raise a 400 saying what to fix."""
-    model_of(body)
+def messages_of(body: dict[str, Any]) -> list[Any]:
+    """The request's `messages`: a non-empty list (what each holds is the caller's to check)."""
     messages = body.get("messages")
     if messages is None:
         raise invalid("`messages` is required: a non-empty list of {role, content} objects", "missing_messages")
     if not isinstance(messages, list) or not messages:
         raise invalid("`messages` must be a non-empty list of {role, content} objects", "invalid_messages")
-    for i, message in enumerate(messages):
+    return messages
+
+
+def validate_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """Check an OpenAI chat request's shape; raise a 400 saying what to fix."""
+    model_of(body)
+    for i, message in enumerate(messages_of(body)):
         if not isinstance(message, dict):
             raise invalid(f"`messages[{i}]` must be an object with `role` and `content`", "invalid_messages")
         if not isinstance(message.get("role"), str):
@@ -107,12 +112,7 @@ def validate_messages(body: dict[str, Any]) -> dict[str, Any]:
     naming the field to fix."""
     model_of(body)
     positive_int(body, "max_tokens", required=True)
-    messages = body.get("messages")
-    if messages is None:
-        raise invalid("`messages` is required: a non-empty list of {role, content} objects", "missing_messages")
-    if not isinstance(messages, list) or not messages:
-        raise invalid("`messages` must be a non-empty list of {role, content} objects", "invalid_messages")
-    for i, message in enumerate(messages):
+    for i, message in enumerate(messages_of(body)):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise invalid(f"`{where}` must be an object with `role` and `content`", "invalid_messages")

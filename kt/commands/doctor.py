@@ -43,7 +43,9 @@ def doctor(config: str | None, gateway: str | None, state_dir: str | None, as_js
         if Path("policy-config.yaml").is_file():
             config = "policy-config.yaml"
     if config and not state_dir:
-        state_dir = str(Path.home() / ".local" / "state" / "kt")
+        from sync.publish import default_state_dir
+
+        state_dir = str(default_state_dir())
     report = diag.diagnose(config, gateway, state_dir, os.environ, timeout, max_config_age, strict)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))

@@ -234,8 +234,8 @@ def _render_fleet(members: list[Any], result: dict[str, Any]) -> None:
     from rich.table import Table
 
     from kt.commands.sync import _ago
+    from sync.clock import parse_time
     from sync.credentials import mask_url
-    from sync.status import parse_time
 
     now = time.time()
     majority = max(result["revisions"], key=lambda r: sum(m.revision == r for m in members), default=None)

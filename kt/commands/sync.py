@@ -12,13 +12,21 @@ from pathlib import Path
 
 import click
 
-DEFAULT_STATE_DIR = os.environ.get("KEEPTRUSTS_STATE_DIR") or str(Path("~/.local/state/kt").expanduser())
 VERIFY_SIGNERS_ENV = "KEEPTRUSTS_GIT_VERIFY_SIGNERS"
 VERIFY_SIGNERS_HELP = ("Apply only commits whose own signature verifies against FILE: an SSH allowed_signers file or "
                        "an armored OpenPGP public-key file (env KEEPTRUSTS_GIT_VERIFY_SIGNERS). Unsigned or "
                        "untrusted commits are refused (E120).")
+
+
+def _default_state_dir() -> str:
+    """The state dir when `--state-dir` is not given (read when a command runs, not at import)."""
+    from sync.publish import default_state_dir
+
+    return str(default_state_dir())
+
+
 state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False), default=DEFAULT_STATE_DIR, show_default=True,
+    "--state-dir", type=click.Path(file_okay=False), default=_default_state_dir,
     help="State directory (default $KEEPTRUSTS_STATE_DIR or ~/.local/state/kt).",
 )
 
@@ -192,7 +200,7 @@ def _render(data: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sync.status import parse_time
+    from sync.clock import parse_time
 
     console = Console(highlight=False)
     s = data.get("sync") or {}
@@ -300,7 +308,7 @@ def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_ref: st
         check_ref_name(git_ref)
         creds = Credentials(token_file=git_token_file, ssh_key=git_ssh_key, known_hosts=git_known_hosts,
                             username=git_username)
-        settings = SyncSettings(Remote(git_repo, git_ref, git_depth, creds), Path(state_dir or DEFAULT_STATE_DIR),
+        settings = SyncSettings(Remote(git_repo, git_ref, git_depth, creds), Path(state_dir or _default_state_dir()),
                                 git_path, sync_timeout, sync_keep, git_verify_signers)
         secret = load_secret(webhook_secret_file)
     except ValueError as exc:
