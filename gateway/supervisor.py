@@ -34,7 +34,7 @@ from tornado.netutil import bind_sockets
 
 from gateway.control import sdnotify
 from gateway.control.group import GROUP_ENV, WORKER_ENV
-from gateway.events.forwarder import backoff
+from sync.backoff import backoff
 
 if TYPE_CHECKING:
     from gateway.control.gitsync import EmbeddedSync
@@ -181,7 +181,7 @@ class Supervisor:
             return
         if worker.restart_at is None:
             code = proc.returncode if proc is not None else None
-            delay = backoff(worker.failures, 0.5, 30.0)
+            delay = backoff(worker.failures, 0.5, 30.0, least=0.25)
             worker.failures += 1
             worker.ready = False
             log.error("worker %d (pid %s) exited with %s; starting it again in %.1f s", worker.index,
