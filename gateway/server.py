@@ -30,6 +30,7 @@ from gateway.http.handler import Router
 from gateway.http.http1 import HTTP1Server
 from gateway.providers.upstream import unavailable_reason
 from gateway.proxy.app import ROUTES, GatewaySettings, make_app
+from gateway.proxy.services import services_of
 from gateway.supervisor import inherited_sockets
 from sync.publish import default_state_dir
 
@@ -86,7 +87,7 @@ class RunningGateway:
                         self.settings.drain_timeout, runtime.in_flight)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.server.close_all_connections(), 2.0)
-        await self.app.settings["upstream"].close()
+        await services_of(self.app.settings).upstream.close()
         runtime.flush_records()
         await self.ops.stop()  # stop reloading and forwarding; queued events are flushed to the store
         await runtime.state.close()  # pending counter updates are sent first
@@ -152,11 +153,12 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
 
         routes += webhook_routes(sync)
     app = make_app(runtime, settings, extra_routes=routes)  # ValueError: an unusable HTTPS_PROXY
-    proxy = app.settings["upstream"].pool.proxy
+    services = services_of(app.settings)
+    proxy = services.upstream.proxy
     if proxy is not None:
         log.info("https upstreams go through the proxy %s (CONNECT)%s", proxy.shown,
                  f"; direct: loopback and NO_PROXY={proxy.no_proxy}" if proxy.no_proxy else "; direct: loopback")
-    breakers = app.settings["breakers"].by_target
+    breakers = services.breakers.by_target
     ops.providers = lambda: {target_id: breaker.state for target_id, breaker in breakers.items()}
     # Bodies up to twice the limit are read and answered 413 with the envelope (by the handler); beyond
     # that the server answers 413 and closes without reading on (Content-Length) or drops the connection.
@@ -238,15 +240,8 @@ def raise_open_file_limit(cap: int = 1 << 20) -> None:
 
 
 def tune_gc() -> None:
-    """Keep the cyclic garbage collector off the request path's back.
-
-    Requests allocate a few hundred objects each and leave none in a cycle (reference counting
-    frees them; tests/test_gateway_proxy.py checks it), yet with the default thresholds a young
-    collection runs every couple of requests and the full ones walk every long-lived object
-    (modules, the compiled config).
-    `gc.freeze()` moves what exists after start-up out of the collector's view, and a larger
-    first threshold makes young collections rarer (docs/benchmarks.md has the measurement).
-    """
+    """Keep the cyclic garbage collector off the request path's back (docs/gateway.md, "Requests and
+    the garbage collector", rule 4; docs/benchmarks.md has the measurement)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)

@@ -21,6 +21,7 @@ import yaml
 
 from gateway.control.runtime import Runtime
 from gateway.proxy.app import GatewaySettings
+from gateway.proxy.services import ProxyServices, services_of
 from gateway.server import RunningGateway, start
 from policies.kinds.base import Decision, Hit, Policy
 from policies.model import Exchange, Phase, Verdict
@@ -84,9 +85,10 @@ class GatewayThread:
     def base_url(self) -> str:
         return self.url + "/v1"
 
-    def app_settings(self) -> dict[str, Any]:
+    def services(self) -> ProxyServices:
+        """The proxy's shared objects (upstream client, breakers, ...) of the running gateway."""
         assert self.gateway is not None
-        return self.gateway.app.settings
+        return services_of(self.gateway.app.settings)
 
     def call(self, fn: Any) -> Any:
         """Run `fn()` on the gateway's loop and return its result (for poking at state safely)."""

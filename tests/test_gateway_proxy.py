@@ -498,7 +498,8 @@ def test_embeddings_input_redaction(tmp_path: Path, fake_upstream: FakeUpstream,
 def test_requests_leave_no_reference_cycles(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,
                                             test_kinds: None) -> None:
     """A finished request is freed by reference counting: a cycle would hand the handler and all it
-    holds to the cyclic GC, whose collections cost every request time and stall the loop."""
+    holds to the cyclic GC, whose collections cost every request time and stall the loop. The rules
+    that keep it so: docs/gateway.md, "Requests and the garbage collector"."""
     from gateway.http.handler import Handler
 
     gw = start_gateway(write_config(tmp_path / "c.yaml", [target(fake_upstream)], ["test-term"],

@@ -158,7 +158,7 @@ def test_circuit_breaker_opens_then_probes(tmp_path: Path, fake_upstream: FakeUp
         ask(gw)
     assert err.value.status_code == 503 and err.value.body["code"] == "circuit_open"
     assert len(fake_upstream.requests_to(PATH)) == 2  # the open breaker kept the third away
-    breaker = gw.app_settings()["breakers"].get("flaky")
+    breaker = gw.services().breakers.get("flaky")
     gw.call(lambda: setattr(breaker, "opened_at", time.monotonic() - 3600))  # cool-down over: half-open
     assert ask(gw).choices[0].message.content
     assert gw.call(lambda: breaker.state) == "closed"

@@ -810,9 +810,8 @@ class ServerExchange(httputil.HTTPConnection):
         self.write_finished = True
         self.close_callback = None
         if self.read_done:
-            # Read and answered: let go of the handler. It holds this request as its connection,
-            # so keeping it would leave a cycle (~30 objects a request) for the cyclic GC, whose
-            # collections then cost ~13 us a request and stalled the loop ~8 ms each.
+            # Read and answered: let go of the handler, which holds this exchange as its connection
+            # (docs/gateway.md, "Requests and the garbage collector", rule 1).
             self.delegate = None
         if conn.closing:
             return

@@ -181,6 +181,11 @@ class UpstreamClient:
         self.pool = Pool(timeouts.connect_s, timeouts.read_s, max_connections, ssl_context, Proxy.from_env(),
                          max_response_size)
 
+    @property
+    def proxy(self) -> Proxy | None:
+        """The HTTPS proxy upstream connections go through (`HTTPS_PROXY`), or None."""
+        return self.pool.proxy
+
     async def close(self) -> None:
         await self.pool.close()
 

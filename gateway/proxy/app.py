@@ -28,6 +28,7 @@ from gateway.proxy.routes import (
     NotFoundHandler,
     request_id_for,
 )
+from gateway.proxy.services import SETTINGS_KEY, ProxyServices
 
 MIB = 1024 * 1024
 # In-flight proxied requests per worker. LLM requests spend seconds waiting on the provider and cost
@@ -78,14 +79,15 @@ def make_app(
     return tornado.web.Application(
         list(extra_routes),
         default_handler_class=NotFoundHandler,
-        runtime=runtime,
-        gateway_settings=settings,
-        keys=settings.keys,
-        max_body_size=settings.max_body_size,
-        upstream=upstream or UpstreamClient(settings.timeouts, settings.max_upstream_connections,
-                                            max_response_size=settings.max_response_size),
-        breakers=Breakers(settings.breaker_threshold, settings.breaker_cooldown_s),
-        round_robin=RoundRobin(),
+        **{SETTINGS_KEY: ProxyServices(
+            runtime=runtime,
+            keys=settings.keys,
+            max_body_size=settings.max_body_size,
+            upstream=upstream or UpstreamClient(settings.timeouts, settings.max_upstream_connections,
+                                                max_response_size=settings.max_response_size),
+            breakers=Breakers(settings.breaker_threshold, settings.breaker_cooldown_s),
+            round_robin=RoundRobin(),
+        )},
         compress_response=False,
         log_function=_no_access_log,  # one line per request comes from the decision event instead
         transforms=[_stamp(runtime)],

@@ -32,6 +32,7 @@ from gateway.providers.upstream import DONE, UpstreamFailure, unavailable_reason
 from gateway.proxy.errors import GatewayError, invalid, not_found, not_ready
 from gateway.proxy.keys import presented_key
 from gateway.proxy.resilience import MAX_RETRY_AFTER_S, attempt_plan, backoff_delay
+from gateway.proxy.services import services_of
 from gateway.proxy.validate import MAX_JSON_DEPTH, nested_deeper, validate_chat, validate_messages
 from policies.agents import agent_claims, agent_usage, check_agent_limits
 from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Target, Verdict
@@ -80,9 +81,8 @@ def blocks(outcome: ChainOutcome) -> bool:
 def policy_error(outcome: ChainOutcome, blocked_code: str) -> GatewayError:
     """The error for an outcome that `blocks`.
 
-    Raise it straight from the call (`raise policy_error(...)`), not from a local variable:
-    a frame holding the exception it raised is a cycle (exception, traceback, frame) that
-    only the cyclic GC frees, with the handler and the whole request attached.
+    Raise it straight from the call (`raise policy_error(...)`), not from a local variable
+    (docs/gateway.md, "Requests and the garbage collector", rule 2).
     """
     if outcome.verdict is Verdict.ESCALATE:
         return GatewayError(
@@ -135,10 +135,11 @@ class BaseHandler(Handler):
 
     def __init__(self, settings: dict[str, Any], connection: Any) -> None:
         super().__init__(settings, connection)
-        self.runtime: Runtime = settings["runtime"]
+        self.services = services_of(settings)
+        self.runtime: Runtime = self.services.runtime
         self.snap = self.runtime.snapshot
-        # The code of the error answered, not the exception: its traceback's frames hold this
-        # handler, a cycle per failed request that only the cyclic GC would free.
+        # The code of the error answered, not the exception (docs/gateway.md, "Requests and the
+        # garbage collector", rule 2).
         self.error_code: str | None = None
 
     def set_default_headers(self) -> None:
@@ -219,7 +220,7 @@ class AuthedHandler(BaseHandler):
         rec.pack_version = snap.config.pack.version
         rec.policies_enabled = snap.config.enabled
         rec.fail_mode = self.runtime.fail_mode
-        keys = self.settings["keys"]
+        keys = self.services.keys
         if keys is not None:
             headers = self.request.headers
             label = keys.label_for(presented_key(headers.get("Authorization"), headers.get("X-Api-Key")))
@@ -285,7 +286,7 @@ class ProxyHandler(AuthedHandler):
 
     def body_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size <= self.settings["max_body_size"]:
+        if self._size <= self.services.max_body_size:
             self._chunks.append(chunk)
         else:
             self._chunks.clear()
@@ -294,7 +295,7 @@ class ProxyHandler(AuthedHandler):
         self.client_gone = True
 
     def body_json(self) -> dict[str, Any]:
-        limit = self.settings["max_body_size"]
+        limit = self.services.max_body_size
         if self._size > limit:
             raise GatewayError(413, "validation_error", "request_too_large",
                                f"request body is {self._size} bytes; this gateway accepts at most {limit} "
@@ -413,7 +414,7 @@ class ProxyHandler(AuthedHandler):
             raise GatewayError(503, "upstream_error", "no_available_target",
                                f"no target can serve model {ex.model!r} ({detail})")
         if fallback.strategy == "round-robin":
-            ok = self.settings["round_robin"].rotate(ex.model, ok)
+            ok = self.services.round_robin.rotate(ex.model, ok)
         return attempt_plan(ok, fallback.max_retries)
 
     async def with_fallback(self, plan: list[Target], call: Callable[[Target], Awaitable[T]]) -> T | None:
@@ -423,7 +424,7 @@ class ProxyHandler(AuthedHandler):
         """
         assert self.snap is not None
         retry_on = self.snap.config.fallback.retry_on
-        breakers = self.settings["breakers"]
+        breakers = self.services.breakers
         rec = self.record
         last: UpstreamFailure | None = None
         previous: Target | None = None
@@ -454,7 +455,7 @@ class ProxyHandler(AuthedHandler):
                 if failure.committed:
                     rec.status, rec.error_code = 200, failure.error().code
                     return None
-                last, previous = failure.with_traceback(None), target  # no frame cycle (see policy_error)
+                last, previous = failure.with_traceback(None), target  # docs/gateway.md "Requests and the GC" rule 3
                 if not failure.retryable(retry_on):
                     raise failure.error() from None
                 continue
@@ -523,7 +524,7 @@ class ChatHandler(ProxyHandler):
         await self.reserve(ex, Phase.INPUT)
         self.run_input(ex)  # its redactions rewrite `req` where each text stands
         plan = self.plan(ex)
-        client = self.settings["upstream"]
+        client = self.services.upstream
         if req.get("stream"):
             self.record.stream = True
 
@@ -798,7 +799,7 @@ class EmbeddingsHandler(ProxyHandler):
             redacted = [m["content"] for m in ex.messages]
             body["input"] = redacted[0] if isinstance(inputs, str) else redacted
         plan = self.plan(ex, adapters.supports_embeddings)
-        client = self.settings["upstream"]
+        client = self.services.upstream
         result = await self.with_fallback(plan, lambda target: adapters.embed(client, target, body))
         assert result is not None
         resp, raw = result
