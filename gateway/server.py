@@ -134,7 +134,7 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
                  sync: EmbeddedSync | None) -> RunningGateway:
     state_dir = settings.state_dir or default_state_dir()
     open_counters(runtime, settings, state_dir)
-    ops = Ops(runtime, config_path, state_dir=state_dir, version=VERSION,
+    ops = Ops(runtime, config_path, state_dir=state_dir, version=VERSION, events_max_size=settings.events_max_size,
               watch=settings.watch_config or sync is not None,
               sync_state_dir=sync.settings.state_dir if sync is not None else None)
     # Raises ConfigError unless a config may come later; registers the metrics and request-log observers.

@@ -212,7 +212,7 @@ def test_writer_keeps_events_in_memory_while_the_store_is_unwritable_and_counts_
         for n in range(2, 12):  # the writer holds evt 1; the queue takes 3 more; 7 are lost, requests unaffected
             runtime.record_event(ev(n))
         assert runtime.events.dropped == 7
-        assert metrics.REGISTRY.get_sample_value("keeptrusts_events_dropped_total") == 7
+        assert metrics.REGISTRY.get_sample_value("keeptrusts_events_dropped_total", {"reason": "queue_full"}) == 7
         await async_wait_for(lambda: "decision events dropped" in caplog.text, timeout=20)
         broken["on"] = False
         await async_wait_for(lambda: store.count() == 4, timeout=20)

@@ -130,6 +130,23 @@ EVENTS_SUBMIT_FAILURES = Counter(
     "keeptrusts_events_submission_failures_total", "Failed attempts to submit a batch of events to the control plane."
 )
 EVENTS_PRUNED = Counter("keeptrusts_events_pruned_total", "Events deleted from the store by retention.")
+EVENTS_EVICTED = Counter(
+    "keeptrusts_events_evicted_total",
+    "Events deleted to keep the store under --events-max-size: delivered ones (or, with no control plane, "
+    "the oldest).")
+
+
+class _Count:
+    """A plain count the collector reports (`keeptrusts_events_dropped_total{reason="disk_full"}`)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+EVENTS_DROPPED_DISK = _Count()
 
 for _result in RELOAD_RESULTS:
     RELOADS.labels(_result)
@@ -144,6 +161,7 @@ class Sources:
     connections: Callable[[], int] | None = None
     limits: Callable[[], tuple[int, int] | None] | None = None  # (max connections, connections refused)
     store_pending: Callable[[], int | None] | None = None  # events stored but not yet submitted
+    store_size: Callable[[], tuple[int, int] | None] | None = None  # (bytes on disk, --events-max-size)
     drift: Callable[[], tuple[bool, str | None]] | None = None
     age: Callable[[], float | None] | None = None
 
@@ -310,9 +328,17 @@ class _StateCollector:
             drift.add_metric([name], 1 if drifted and reason == name else 0)
         yield drift
         dropped = CounterMetricFamily("keeptrusts_events_dropped",
-                                      "Decision events lost because the in-memory queue was full.")
-        dropped.add_metric([], runtime.events.dropped)
+                                      "Decision events lost: the in-memory queue was full (reason=queue_full), "
+                                      "or undelivered events deleted for room under --events-max-size or on a "
+                                      "full disk (reason=disk_full).", labels=["reason"])
+        dropped.add_metric(["queue_full"], runtime.events.dropped)
+        dropped.add_metric(["disk_full"], EVENTS_DROPPED_DISK.value)
         yield dropped
+        size = src.store_size() if src.store_size else None
+        if size is not None:
+            yield _gauge("keeptrusts_events_store_bytes", "Bytes the event store takes on disk (database + WAL).",
+                         size[0])
+            yield _gauge("keeptrusts_events_store_max_bytes", "The event store's cap (--events-max-size).", size[1])
         pending = GaugeMetricFamily("keeptrusts_events_pending",
                                     "Event backlog: in the memory queue (stage=queue) or stored but not yet "
                                     "submitted to the control plane (stage=submission).", labels=["stage"])

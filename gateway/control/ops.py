@@ -25,7 +25,7 @@ from gateway.control.logs import log_request
 from gateway.control.reload import Reloader, ReloadResult, sync_state_of
 from gateway.control.runtime import Runtime, Snapshot
 from gateway.events.forwarder import Forwarder
-from gateway.events.store import DB_NAME, EventStore, StoreWriter
+from gateway.events.store import DB_NAME, DEFAULT_MAX_BYTES, EventStore, StoreWriter
 from gateway.providers.upstream import unavailable_reason
 from policies import ConfigError
 from sync.clock import rfc3339
@@ -60,6 +60,7 @@ class Ops:
     providers: Callable[[], dict[str, str]] | None = None  # target id -> circuit state (closed|open|half_open)
     connections: Callable[[], int] | None = None  # open client connections
     limits: Callable[[], tuple[int, int]] | None = None  # (--max-connections, connections refused over it so far)
+    events_max_size: int = DEFAULT_MAX_BYTES  # --events-max-size
     store: EventStore | None = None
     writer: StoreWriter | None = None
     forwarder: Forwarder | None = None
@@ -95,6 +96,7 @@ class Ops:
                      connections=lambda: self.connections() if self.connections else 0,
                      limits=lambda: self.limits() if self.limits else None,
                      store_pending=lambda: self.forwarder.pending if self.forwarder else None,
+                     store_size=lambda: (self.store.size_bytes(), self.store.max_bytes) if self.store else None,
                      drift=self.drift, age=self.age_seconds)
         return snap
 
@@ -102,7 +104,8 @@ class Ops:
         """Open the store and start the background tasks (reload watcher, writer, pruner, forwarder)."""
         self.reloader.start(watch=self.watch)
         try:
-            self.store = EventStore(self.state_dir / DB_NAME)
+            self.store = EventStore(self.state_dir / DB_NAME, max_bytes=self.events_max_size,
+                                    forwarding=bool(self.api_url))
         except (OSError, sqlite3.Error) as exc:  # serve anyway: events queue in memory, then drop (counted)
             log.error("cannot open the event store; decision events will not be kept",
                       extra={"path": str(self.state_dir / DB_NAME), "error": str(exc)})

@@ -16,12 +16,11 @@ import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from gateway.control import metrics
-from gateway.events.store import StoreWriter
+from gateway.events.store import CURSOR_KEY, StoreWriter
 from sync.backoff import backoff
 from sync.credentials import mask_url
 
 log = logging.getLogger("kt.gateway.forwarder")
-CURSOR_KEY = "forward_cursor"
 
 
 class Forwarder:

@@ -40,6 +40,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _INSERT = "INSERT OR IGNORE INTO events (id, ts, verdict, body) VALUES "
 _ROWS_PER_INSERT = 200  # 800 parameters: below SQLite's oldest limit of 999
+DEFAULT_MAX_BYTES = 512 * 1024**2  # --events-max-size: half the deploy manifests' 1 GiB state volume
+MIN_MAX_BYTES = 1024**2
+MAX_BYTES_KEY = "max_bytes"  # in `meta`: the cap the writing gateway runs with (read by `kt doctor`)
+CURSOR_KEY = "forward_cursor"  # in `meta`: the last store sequence the control plane acknowledged
+SQLITE_FULL = 13
+FULL_BACKOFF_S = 60.0  # after a full disk, the lowered limit holds this long before the store tries to grow
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -84,11 +90,40 @@ def event_time(event: dict[str, Any]) -> float:
         return time.time()
 
 
-class EventStore:
-    """An SQLite event store. Thread-safe (one connection behind a lock)."""
+def file_bytes(path: Path) -> int:
+    """Bytes the store takes on disk: the database file, its write-ahead log and its reserve."""
+    total = 0
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-reserve")):
+        with contextlib.suppress(OSError):
+            total += name.stat().st_size
+    return total
 
-    def __init__(self, path: str | Path, readonly: bool = False) -> None:
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for SQLite's SQLITE_FULL (ENOSPC on a write, or the file at its largest)."""
+    return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
+
+
+class EventStore:
+    """An SQLite event store. Thread-safe (one connection behind a lock).
+
+    Bounded by `max_bytes` (database file + WAL): before a batch goes in, the oldest events
+    that the control plane acknowledged (`forwarding`), or the oldest at all (no control
+    plane), are deleted to make room; undelivered ones only when nothing else is left
+    (`dropped`). Freed pages are reused (`auto_vacuum=INCREMENTAL` gives them back to the file
+    system when the file is over its share); the WAL is checkpointed once it holds a
+    sixteenth of the cap. A full disk (SQLITE_FULL) lowers the limit to what fits (`disk_full`).
+    """
+
+    def __init__(self, path: str | Path, readonly: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
+                 forwarding: bool = False) -> None:
         self.path = Path(path)
+        self.max_bytes = max(MIN_MAX_BYTES, int(max_bytes))
+        self.forwarding = forwarding
+        self.evicted = 0  # deleted to keep under the cap: delivered, or (no control plane) the oldest
+        self.dropped = 0  # undelivered events deleted or refused for room (reason disk_full)
+        self._full_limit: int | None = None  # a lower limit learnt from SQLITE_FULL
+        self._full_until = 0.0
         if readonly:
             if not self.path.exists():
                 raise FileNotFoundError(f"no event store at {self.path}")
@@ -96,11 +131,26 @@ class EventStore:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file (else by VACUUM)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # a store from before the cap
+                self._db.execute("VACUUM")
+            self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+            # The WAL's share: a sixteenth of the cap, at most 1 MiB (a checkpoint every 256 pages), so
+            # a full disk finds most pages in the database file, where freed ones can be reused.
+            self.wal_bytes = min(1024**2, max(16 * self.page_size, self.max_bytes // 16))
+            self._db.execute(f"PRAGMA wal_autocheckpoint={self.wal_bytes // self.page_size}")
+            self._db.execute(f"PRAGMA journal_size_limit={self.wal_bytes}")
+            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                             "SET value = excluded.value", (MAX_BYTES_KEY, str(self.max_bytes)))
         self._db.execute("PRAGMA busy_timeout=5000")
         self._lock = threading.Lock()
+        self.reserve = self.path.with_name(self.path.name + "-reserve")
+        if not readonly:
+            self._make_reserve()
         self.last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events") if not readonly else 0
 
     def _scalar(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
@@ -108,14 +158,53 @@ class EventStore:
             row = self._db.execute(sql, args).fetchone()
         return row[0] if row else None
 
+    @property
+    def limit(self) -> int:
+        """Bytes the database file may use: the cap less the WAL's share (lower after a full disk)."""
+        limit = self.max_bytes - 3 * self.wal_bytes  # the WAL (and one transaction past it), the reserve
+        if self._full_limit is not None:
+            if time.monotonic() < self._full_until:
+                return min(limit, self._full_limit)
+            self._full_limit = None
+        return limit
+
+    def size_bytes(self) -> int:
+        """Bytes on disk now (database file + WAL)."""
+        return file_bytes(self.path)
+
     def add(self, events: list[dict[str, Any]]) -> int:
-        """Commit `events` in one transaction (duplicates by id are ignored); return how many were new."""
+        """Commit `events` (duplicates by id are ignored), making room under the cap; return how many were new.
+
+        Rows go in transactions of at most an eighth of the WAL's share, so the WAL stays bounded too.
+        """
         rows = [(str(e.get("id") or ""), event_time(e), e.get("verdict"), orjson.dumps(e, default=str))
                 for e in events]
         rows = [r for r in rows if r[0]]
+        added, start = 0, 0
         with self._lock:
-            self._db.execute("BEGIN")
-            try:
+            while start < len(rows):
+                end, size = start, 0
+                while end < len(rows) and (end == start or size + len(rows[end][3]) <= self.wal_bytes // 8):
+                    size += len(rows[end][3])
+                    end += 1
+                added += self._add_chunk(rows[start:end], size)
+                start = end
+                if file_bytes(self.path) - self._db_bytes() > self.wal_bytes:
+                    self._db.execute("PRAGMA wal_checkpoint(RESTART)")
+            self.last_seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            if self._full_limit is None:  # a full disk used the reserve: take it again once it passed
+                self._make_reserve()
+        return added
+
+    def _add_chunk(self, rows: list[tuple[str, float, Any, bytes]], size: int) -> int:
+        need = size + size // 4 + 64 * len(rows)  # the rows, their index entries and page slack
+        self._db.execute("BEGIN IMMEDIATE")  # the room made and the rows added: one writer at a time
+        try:
+            evicted, dropped = self._make_room(need)
+            if evicted < 0:
+                evicted, dropped = 0, dropped + len(rows)  # this batch alone does not fit: refused, counted
+                added = 0
+            else:
                 before = self._db.total_changes
                 # Multi-row INSERTs, not executemany: sqlite3 gives up and retakes the GIL around every
                 # statement it steps, and each retake from this thread stalls the event loop's thread.
@@ -124,12 +213,98 @@ class EventStore:
                     self._db.execute(_INSERT + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
                                      [value for row in chunk for value in row])
                 added = self._db.total_changes - before
-                self._db.execute("COMMIT")
-            except BaseException:
+            if self._pages() * self.page_size > self.limit:  # over its share: trim, give pages back
+                more = self._make_room(0)
+                evicted, dropped = evicted + max(0, more[0]), dropped + more[1]
+                self._db.execute("PRAGMA incremental_vacuum").fetchall()  # one page per step
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:  # a failed COMMIT (SQLITE_FULL) may already have rolled back
                 self._db.execute("ROLLBACK")
-                raise
-            self.last_seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            raise
+        self.evicted, self.dropped = self.evicted + evicted, self.dropped + dropped  # only once committed
         return added
+
+    def _pages(self) -> int:
+        return int(self._db.execute("PRAGMA page_count").fetchone()[0])
+
+    def _db_bytes(self) -> int:
+        with contextlib.suppress(OSError):
+            return self.path.stat().st_size
+        return 0
+
+    def _used(self) -> int:
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        return (self._pages() - free) * self.page_size
+
+    def _make_room(self, need: int) -> tuple[int, int]:
+        """Delete the oldest events until `need` more bytes fit under `limit`, delivered ones first.
+
+        Inside the caller's transaction; returns (evicted, dropped), evicted -1 when even an empty
+        store has no room for `need`.
+        """
+        limit = self.limit
+        used = self._used()
+        evicted = dropped = 0
+        if used + need <= limit:
+            return evicted, dropped
+        if self.forwarding:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (CURSOR_KEY,)).fetchone()
+            delivered = int(row[0]) if row else 0
+        else:
+            delivered = 1 << 62  # no control plane: every stored event may go, oldest first
+        while used + need > limit:
+            if self._db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
+                return -1, dropped
+            step = max(8, (used + need - limit) // 512)
+            gone = self._db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? "
+                                    "ORDER BY seq LIMIT ?)", (delivered, step)).rowcount
+            if gone:
+                evicted += gone
+            else:
+                dropped += self._db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events "
+                                            "ORDER BY seq LIMIT ?)", (step,)).rowcount
+            used = self._used()
+        return evicted, dropped
+
+    def _make_reserve(self) -> None:
+        """Keep `<db>-reserve` (the WAL's share in bytes): on a full disk, deleting it lets the WAL be
+        checkpointed into the database file, where the events that make room are deleted."""
+        if self.reserve.exists():
+            return
+        try:
+            with open(self.reserve, "wb") as out:
+                os.posix_fallocate(out.fileno(), 0, self.wal_bytes)
+        except OSError:
+            self.reserve.unlink(missing_ok=True)
+
+    def disk_full(self, batch_bytes: int) -> None:
+        """After SQLITE_FULL: free the reserve, checkpoint; hold the database, for a while, at what it uses
+        now less room for a batch; delete down to that and hand the freed pages back; reserve again."""
+        with self._lock:
+            self.reserve.unlink(missing_ok=True)
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._full_limit = max(0, min(self._used(), self.limit) - batch_bytes - batch_bytes // 4)
+            self._full_until = time.monotonic() + FULL_BACKOFF_S
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    evicted, dropped = self._make_room(0)
+                    self._db.execute("PRAGMA incremental_vacuum").fetchall()  # one page per step
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+                self.evicted, self.dropped = self.evicted + max(0, evicted), self.dropped + dropped
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def vacuum(self) -> None:
+        """Give the free pages back to the file system (after retention deleted events)."""
+        with self._lock:
+            self._db.execute("PRAGMA incremental_vacuum").fetchall()  # one page per step
 
     def query(
         self,
@@ -253,6 +428,9 @@ class StoreWriter:
         # so a stop while it lingers or retries stores it rather than losing it (ids deduplicate).
         self._held: list[dict[str, Any]] = []
         self._dropped_logged = 0
+        self._counted = (store.evicted, store.dropped)  # the store's counts already in the metrics
+        self._full_logged = (store.dropped, -60.0)  # disk_full drops last logged, and when (monotonic)
+        self._full_tries = 0  # SQLITE_FULL in a row on the held batch
 
     async def call(self, fn: Any, *args: Any) -> Any:
         """Run a blocking store call on the store's worker thread."""
@@ -272,6 +450,22 @@ class StoreWriter:
             try:
                 added = await self.call(self.store.add, self._held)
             except sqlite3.Error as exc:
+                if is_disk_full(exc):  # make room below what fits and retry now: the batch stays held
+                    self._full_tries += 1
+                    if self._full_tries > 3:  # no room even so: this batch is dropped, counted and logged
+                        self.store.dropped += len(self._held)
+                        self._held, self._full_tries = [], 0
+                        self._count_room()
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 5.0)
+                        continue
+                    size = sum(len(orjson.dumps(e, default=str)) for e in self._held)
+                    await self.call(self.store.disk_full, size)
+                    if self.error is None:
+                        log.error("event store: disk full; keeping it at what fits",
+                                  extra={"path": str(self.store.path), "error": str(exc)})
+                    self.error = str(exc)
+                    continue
                 if self.error is None:
                     log.error("event store write failed; events wait in memory", extra={"error": str(exc)})
                 self.error = str(exc)
@@ -280,9 +474,27 @@ class StoreWriter:
                 continue
             if self.error is not None:
                 log.info("event store writable again", extra={"path": str(self.store.path)})
-            self.error, delay, self._held = None, 0.1, []
+            self.error, delay, self._held, self._full_tries = None, 0.1, [], 0
             metrics.EVENTS_STORED.inc(added)
+            self._count_room()
             self.stored.set()
+
+    def _count_room(self, now: float | None = None) -> None:
+        """Move the store's eviction and disk_full counts into the metrics; log drops at most once a minute."""
+        store = self.store
+        evicted, dropped = store.evicted - self._counted[0], store.dropped - self._counted[1]
+        self._counted = (store.evicted, store.dropped)
+        if evicted:
+            metrics.EVENTS_EVICTED.inc(evicted)
+        if dropped:
+            metrics.EVENTS_DROPPED_DISK.inc(dropped)
+        now = time.monotonic() if now is None else now
+        since = store.dropped - self._full_logged[0]
+        if since and now - self._full_logged[1] >= 60.0:
+            log.warning("event store full: undelivered decision events dropped, oldest first",
+                        extra={"dropped": since, "dropped_total": store.dropped, "max_bytes": store.max_bytes,
+                               "path": str(store.path)})
+            self._full_logged = (store.dropped, now)
 
     def _log_drops(self) -> None:
         dropped = self.runtime.events.dropped
@@ -302,6 +514,8 @@ class StoreWriter:
                 if removed:
                     metrics.EVENTS_PRUNED.inc(removed)
                     log.info("events pruned by retention", extra={"removed": removed, "retention_days": days})
+                    with contextlib.suppress(sqlite3.Error):
+                        await self.call(self.store.vacuum)
             await asyncio.sleep(self.prune_interval)
 
     def start(self) -> None:
@@ -313,8 +527,13 @@ class StoreWriter:
         deadline = time.monotonic() + timeout
         while (self._held or len(self.runtime.events)) and time.monotonic() < deadline:
             batch, self._held = self._held or await self.runtime.events.get_batch(self.batch, timeout=0), []
-            with contextlib.suppress(sqlite3.Error):
+            try:
                 metrics.EVENTS_STORED.inc(await self.call(self.store.add, batch))
+            except sqlite3.Error as exc:
+                self.store.dropped += len(batch)  # at exit there is no later: counted, logged
+                log.error("event store write failed at shutdown; events dropped",
+                          extra={"events": len(batch), "error": str(exc)})
+            self._count_room(now=float("inf"))
 
     async def stop(self) -> None:
         for task in self._tasks:

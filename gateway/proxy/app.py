@@ -63,6 +63,7 @@ class GatewaySettings:
     max_upstream_connections: int = 1000
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # in-flight proxied requests; past it 503 overloaded at once
     state_dir: Path | None = None  # events.db lives here; None: $KEEPTRUSTS_STATE_DIR or ~/.local/state/kt
+    events_max_size: int = 512 * MIB  # the event store's cap on disk (gateway/events/store.py DEFAULT_MAX_BYTES)
     watch_config: bool = True  # reload when the config file changes (SIGHUP and the reload API always work)
     wait_for_config: bool = False  # start not ready when the config is missing/invalid (e.g. first sync pending)
     state_url: str | None = None  # redis://, rediss://, unix://: shared counters; None: <state dir>/counters.db

@@ -105,6 +105,10 @@ def check_state_url(url: str | None, password_file: str | None) -> None:
               help="Longest silence (s) while reading an upstream answer, per attempt.")
 @click.option("--state-dir", type=click.Path(file_okay=False), envvar="KEEPTRUSTS_STATE_DIR", default=None,
               help="Where the event store (events.db) lives (env KEEPTRUSTS_STATE_DIR; default ~/.local/state/kt).")
+@click.option("--events-max-size", default="512MiB", show_default=True, envvar="KEEPTRUSTS_EVENTS_MAX_SIZE",
+              metavar="SIZE", help="Cap on the event store's disk use (events.db + WAL; env "
+                                   "KEEPTRUSTS_EVENTS_MAX_SIZE). When reached, delivered events (no control plane: "
+                                   "the oldest) go first, undelivered ones last (counted). At least 1MiB.")
 @click.option("--state-url", envvar="KEEPTRUSTS_STATE_URL", default=None, metavar="URL",
               help="Shared counters (spend, rates, sessions) for every replica: redis://HOST:PORT/DB, rediss://... "
                    "(TLS) or unix:///path.sock (env KEEPTRUSTS_STATE_URL). Default: <state-dir>/counters.db, "
@@ -123,7 +127,8 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         max_response_size: str, drain_timeout: float, client_timeout: float, max_connections: int | None,
         workers: str, max_concurrency: int | None, keys_file: str | None, upstream_connect_timeout: float,
         upstream_read_timeout: float,
-        state_dir: str | None, state_url: str | None, state_password_file: str | None, watch_config: bool,
+        state_dir: str | None, events_max_size: str, state_url: str | None, state_password_file: str | None,
+        watch_config: bool,
         log_format: str, log_level: str, **git: Any) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
     from gateway.control.logs import setup_logging, shutdown_logging
@@ -145,6 +150,9 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
     host, listen_port = parse_listen(listen, port)
     size = parse_size(max_body_size)
     response_size = parse_size(max_response_size, "--max-response-size")
+    events_cap = parse_size(events_max_size, "--events-max-size")
+    if events_cap < 1024**2:
+        raise click.BadParameter(f"{events_max_size!r}: at least 1MiB", param_hint="--events-max-size")
     try:
         keys = load_keys(keys_file) if keys_file else None
         Proxy.from_env()
@@ -180,7 +188,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         client_timeout=client_timeout, max_connections=max_connections,
         keys=keys, timeouts=Timeouts(upstream_connect_timeout, upstream_read_timeout),
         max_response_size=response_size,
-        state_dir=Path(state_dir) if state_dir else None, watch_config=watch_config,
+        state_dir=Path(state_dir) if state_dir else None, events_max_size=events_cap, watch_config=watch_config,
         state_url=state_url or None, state_password_file=state_password_file, wait_for_config=wait_for_config,
         **({"max_concurrency": max_concurrency} if max_concurrency else {}),
     )

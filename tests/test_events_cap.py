@@ -1,0 +1,139 @@
+"""The event store's bound on disk (--events-max-size): order of sacrifice, outages, a full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gateway.control import metrics
+from gateway.control.runtime import Runtime
+from gateway.events.store import CURSOR_KEY, MAX_BYTES_KEY, EventStore, StoreWriter
+from tests.waiting import async_wait_for
+
+MIB = 1024**2
+
+
+def ev(n: int) -> dict:
+    """An event of about 1.5 KB that does not compress (random hex, as ids and hashes are)."""
+    return {"id": f"evt_{n:010d}", "event_type": "decision", "timestamp": "2026-12-06T01:00:00.000Z",
+            "verdict": "allow", "prompt_sha256": os.urandom(700).hex()}
+
+
+def seqs(store: EventStore) -> list[int]:
+    return [row[0] for row in store._db.execute("SELECT seq FROM events ORDER BY seq")]
+
+
+def test_a_capped_store_fills_under_load_stays_under_its_cap_and_evicts_delivered_first(tmp_path):
+    store = EventStore(tmp_path / "events.db", max_bytes=2 * MIB, forwarding=True)
+    assert store.get_meta(MAX_BYTES_KEY) == str(2 * MIB)
+    n = 0
+    for _ in range(12):  # ~3.6 MB of events: past the cap, nothing delivered yet
+        store.add([ev(n + i) for i in range(200)])
+        n += 200
+        assert store.size_bytes() <= 2 * MIB
+    assert store.dropped > 0 and store.evicted == 0  # undelivered go only when nothing else is left
+    kept = seqs(store)
+    delivered = kept[len(kept) // 2]  # the control plane acknowledged the older half
+    store.set_meta(CURSOR_KEY, str(delivered))
+    undelivered = [s for s in kept if s > delivered]
+    dropped = store.dropped
+    store.add([ev(n + i) for i in range(100)])  # needs room: the delivered half pays
+    assert store.dropped == dropped and store.evicted > 0
+    assert set(undelivered) <= set(seqs(store))
+    assert store.size_bytes() <= 2 * MIB
+    assert store.count() + store.evicted + store.dropped == n + 100
+
+
+def test_without_a_control_plane_the_oldest_go_first_and_none_counts_as_dropped(tmp_path):
+    store = EventStore(tmp_path / "events.db", max_bytes=MIB, forwarding=False)
+    for b in range(10):
+        store.add([ev(b * 100 + i) for i in range(100)])
+        assert store.size_bytes() <= MIB
+    assert store.dropped == 0 and store.evicted > 0
+    assert seqs(store) == list(range(1001 - store.count(), 1001))  # a contiguous newest tail
+
+
+def test_an_outage_longer_than_the_cap_holds_is_survived_with_the_counts_right(tmp_path):
+    metrics.EVENTS_DROPPED_DISK.value = 0
+    store = EventStore(tmp_path / "events.db", max_bytes=2 * MIB, forwarding=True)
+
+    async def main() -> None:
+        runtime = Runtime()
+        writer = StoreWriter(runtime, store, batch=50, linger=0)
+        writer.start()
+        for n in range(5000):  # ~7.5 MB while the control plane is unreachable (the cursor stays at 0)
+            runtime.record_event(ev(n))
+            if n % 500 == 0:
+                await asyncio.sleep(0)
+        await async_wait_for(lambda: store.count() + store.dropped == 5000 and writer._counted[1] == store.dropped,
+                             timeout=60)
+        await writer.stop()
+
+    asyncio.run(main())
+    assert store.size_bytes() <= 2 * MIB
+    assert runtime_dropped() == store.dropped > 0
+    assert store.evicted == 0
+    assert store.query(limit=1)[0]["id"] == "evt_0000004999"  # the newest are kept
+
+
+def runtime_dropped() -> float:
+    return metrics.EVENTS_DROPPED_DISK.value
+
+
+def test_metrics_show_the_store_size_its_cap_and_disk_full_drops(tmp_path):
+    store = EventStore(tmp_path / "events.db", max_bytes=3 * MIB)
+    runtime = Runtime()
+    metrics.bind(runtime=runtime, store_size=lambda: (store.size_bytes(), store.max_bytes))
+    metrics.EVENTS_DROPPED_DISK.value = 3
+    try:
+        get = metrics.REGISTRY.get_sample_value
+        assert get("keeptrusts_events_store_max_bytes") == 3 * MIB
+        assert 0 < get("keeptrusts_events_store_bytes") == store.size_bytes()
+        assert get("keeptrusts_events_dropped_total", {"reason": "disk_full"}) == 3
+        assert get("keeptrusts_events_dropped_total", {"reason": "queue_full"}) == 0
+    finally:
+        metrics.bind()
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 4 MB tmpfs (root only; skipped where mount is not permitted)."""
+    mount = tmp_path / f"fs-{uuid.uuid4().hex[:8]}"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip() or done.returncode}")
+    yield Path(mount)
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_loses_no_batch_silently(tiny_fs, caplog):
+    caplog.set_level(logging.INFO)
+    metrics.EVENTS_DROPPED_DISK.value = 0
+    store = EventStore(tiny_fs / "events.db", forwarding=True)  # the default cap: far more than the disk
+    total = 6000  # ~9 MB onto 4 MB
+
+    async def main() -> None:
+        runtime = Runtime()
+        writer = StoreWriter(runtime, store, batch=100, linger=0)
+        writer.start()
+        for n in range(total):
+            runtime.record_event(ev(n))
+            if n % 200 == 0:
+                await async_wait_for(lambda: len(runtime.events) < 2000, timeout=60)
+        await async_wait_for(lambda: store.count() + store.dropped + store.evicted == total
+                             and not writer._held and not len(runtime.events), timeout=60)
+        assert runtime.events.dropped == 0  # nothing lost in memory: the batch waited for room
+        await writer.stop()
+
+    asyncio.run(main())
+    assert store.dropped > 0 and runtime_dropped() == store.dropped
+    assert "disk full" in caplog.text and "undelivered decision events dropped" in caplog.text
+    assert store.query(limit=1)[0]["id"] == f"evt_{total - 1:010d}"
+    store.close()
