@@ -283,6 +283,17 @@ def state_dir_check(state_dir: str) -> list[Check]:
         return _fail("event store", f"state directory {path} not writable ({exc.strerror})",
                      f"make {path} writable by the gateway's user, or pass --state-dir")
     note = "" if existing == path else " (will be created)"
+    from gateway.events.store import DB_NAME, store_usage
+
+    usage = store_usage(path / DB_NAME)
+    if usage is not None and usage[0] >= 0.8 * usage[1]:
+        used, cap = usage
+        return _warn("event store", f"{path / DB_NAME} uses {used / 1024**2:.1f} MiB, {used / cap:.0%} of its "
+                     f"cap ({cap / 1024**2:.0f} MiB): at the cap delivered events go first, then undelivered ones",
+                     "check the submission backlog (kt doctor --gateway), audit-logger.retention_days, "
+                     "or raise --events-max-size")
+    if usage is not None:
+        note += f"; event store {usage[0] / 1024**2:.1f} MiB of {usage[1] / 1024**2:.0f} MiB cap"
     return _ok("event store", f"state directory {path} writable{note}")
 
 

@@ -137,3 +137,16 @@ def test_a_full_disk_loses_no_batch_silently(tiny_fs, caplog):
     assert "disk full" in caplog.text and "undelivered decision events dropped" in caplog.text
     assert store.query(limit=1)[0]["id"] == f"evt_{total - 1:010d}"
     store.close()
+
+
+def test_doctor_warns_when_the_store_is_over_80_percent_of_its_cap(tmp_path):
+    from kt.doctor import state_dir_check
+
+    store = EventStore(tmp_path / "events.db", max_bytes=MIB)
+    [check] = state_dir_check(str(tmp_path))
+    assert check.status == "ok" and "MiB cap" in check.detail
+    for b in range(8):
+        store.add([ev(b * 100 + i) for i in range(100)])
+    store.close()
+    [check] = state_dir_check(str(tmp_path))
+    assert check.status == "warn" and "of its cap" in check.detail, check

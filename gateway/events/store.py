@@ -99,6 +99,21 @@ def file_bytes(path: Path) -> int:
     return total
 
 
+def store_usage(path: Path) -> tuple[int, int] | None:
+    """(bytes on disk, the cap the gateway last opened it with) of the store at `path`; None without one."""
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (MAX_BYTES_KEY,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None
+    return file_bytes(path), int(row[0]) if row else DEFAULT_MAX_BYTES
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """True for SQLite's SQLITE_FULL (ENOSPC on a write, or the file at its largest)."""
     return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
