@@ -17,6 +17,7 @@ from policies.chain import Chain
 from policies.findings import ConfigError
 from policies.kinds import KINDS
 from policies.model import DataPolicy, SecretRef, Target
+from policies.providers import AZURE_API_VERSION, AZURE_OPENAI
 from policies.state import PolicyState
 
 
@@ -65,10 +66,12 @@ def _target(raw: dict[str, Any]) -> Target:
     ref = raw.get("secret_key_ref")
     dp = raw.get("data_policy") or {}
     fmt = raw.get("format") or ("anthropic" if raw["provider"] == "anthropic" else "openai")
-    default_header = "x-api-key" if fmt == "anthropic" else "Authorization"
-    default_prefix = "" if fmt == "anthropic" else "Bearer "
+    azure = raw["provider"] == AZURE_OPENAI
+    default_header = "x-api-key" if fmt == "anthropic" else "api-key" if azure else "Authorization"
+    header = raw.get("api_key_header", default_header)
+    default_prefix = "Bearer " if header.lower() == "authorization" and fmt != "anthropic" else ""
     prefix = raw.get("api_key_prefix", default_prefix)
-    if prefix and not prefix.endswith(" ") and raw.get("api_key_header", default_header).lower() == "authorization":
+    if prefix and not prefix.endswith(" ") and header.lower() == "authorization":
         prefix += " "
     return Target(
         id=raw["id"],
@@ -76,12 +79,14 @@ def _target(raw: dict[str, Any]) -> Target:
         model=raw["model"],
         base_url=raw.get("base_url"),
         secret_key_ref=SecretRef(ref.get("env"), ref.get("store")) if ref else None,
-        api_key_header=raw.get("api_key_header", default_header),
+        api_key_header=header,
         api_key_prefix=prefix,
         format=fmt,
         data_policy=DataPolicy(
             dp.get("zero_data_retention", False), dp.get("training_opt_out", False), dp.get("retention_days")
         ),
+        deployment=raw.get("deployment", raw["model"]) if azure else None,
+        api_version=raw.get("api_version", AZURE_API_VERSION) if azure else None,
     )
 
 

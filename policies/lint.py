@@ -8,9 +8,10 @@ errors    E001 unknown policy kind · E002 unknown key · E003 chain kind withou
           E012 invalid regex · E013 kind not supported by this gateway · E014 duplicate YAML key ·
           E015 file too large · E016 binary or not UTF-8 · E017 alias bomb or too deep · E018 empty file ·
           E019 invalid value · E020 kind twice in the chain · E021 single-policy document of another kind ·
+          E022 target lacks a field its provider requires · E023 target field of another provider ·
           E100 cannot read file · E101 no policy config found
 warnings  W001 block whose kind is not in the chain · W002 secret env var not set ·
-          W003 audit-logger not last · W004 pack disabled
+          W003 audit-logger not last · W004 pack disabled · W005 provider id close to a native one
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cerberus import errors as cerr
 
 from policies.findings import Finding
 from policies.kinds import KINDS, UNSUPPORTED_KINDS
+from policies.providers import NATIVE, ONLY_FOR, REQUIRED
 from policies.schema import (
     KT_ERROR,
     SINGLE_POLICY_KINDS,
@@ -309,6 +311,8 @@ def _validate_config(doc: dict[str, Any]) -> list[Finding]:
     providers = doc.get("providers")
     targets = providers.get("targets") if isinstance(providers, dict) else None
     for i, target in enumerate(targets if isinstance(targets, list) else []):
+        if isinstance(target, dict):
+            findings += _provider_findings(target, f"providers.targets[{i}]")
         ref = target.get("secret_key_ref") if isinstance(target, dict) else None
         env = ref.get("env") if isinstance(ref, dict) else None
         if isinstance(env, str) and env and env not in os.environ:
@@ -316,6 +320,28 @@ def _validate_config(doc: dict[str, Any]) -> list[Finding]:
                                     f"environment variable {env} is not set",
                                     f"export {env} where the gateway runs; until then this target is unavailable",
                                     severity="warning"))
+    return findings
+
+
+def _provider_findings(target: dict[str, Any], path: str) -> list[Finding]:
+    """What a target's provider requires (E022), fields of another provider (E023), a near-miss id (W005)."""
+    provider = target.get("provider")
+    if not isinstance(provider, str):
+        return []
+    findings = []
+    near = _did_you_mean(provider, NATIVE) if provider not in NATIVE else ""
+    for name, example in REQUIRED.get(provider, {}).items():
+        if name not in target:
+            findings.append(Finding("E022", f"{path}.{name}", f"provider {provider} needs `{name}`",
+                                    f"add `{name}: {example}`"))
+    for name, owner in ONLY_FOR.items():
+        if name in target and provider != owner:
+            findings.append(Finding("E023", f"{path}.{name}", f"`{name}` applies only to provider {owner}, "
+                                    f"not {provider}", near or f"remove `{name}`, or set provider: {owner}"))
+    if near and not findings:
+        findings.append(Finding("W005", f"{path}.provider", f"provider '{provider}' is not one kt speaks natively: "
+                                "it is called as an OpenAI-compatible upstream",
+                                near + "natively spoken: " + ", ".join(NATIVE), severity="warning"))
     return findings
 
 

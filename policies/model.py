@@ -74,6 +74,8 @@ class Target:
     api_key_prefix: str = "Bearer "
     format: str = "openai"  # "openai" | "anthropic": the wire format the upstream speaks
     data_policy: DataPolicy = field(default_factory=DataPolicy)
+    deployment: str | None = None  # azure-openai: the deployment name in the URL (default: `model`)
+    api_version: str | None = None  # azure-openai: the `api-version` query parameter
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ import cerberus
 from cerberus import errors
 
 from policies.agents import AGENTS_RULE
+from policies.providers import AZURE_API_VERSION
 
 SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -63,8 +64,8 @@ TARGET = {
     "id": _str(required=True, minlength=1, maxlength=200,
                meta=_meta("Unique id of the target (duplicates are lint error E009).")),
     "provider": _str(required=True, regex=r"^[a-z0-9][a-z0-9._-]*$",
-                     meta=_meta("Provider id: openai, anthropic, mock (local demo upstream) or an "
-                                "OpenAI-compatible id.", examples=["openai", "anthropic", "mock"])),
+                     meta=_meta("Provider id: openai, anthropic, azure-openai, mock (local demo upstream) or an "
+                                "OpenAI-compatible id.", examples=["openai", "anthropic", "azure-openai", "mock"])),
     "model": _str(required=True, minlength=1, meta=_meta("Model name sent upstream, e.g. gpt-4o-mini.")),
     "base_url": _str(regex=r"^https?://\S+$", meta=_meta("Upstream base URL, http:// or https://.")),
     "secret_key_ref": _dict(
@@ -81,6 +82,12 @@ TARGET = {
     "format": _str(allowed=["openai", "anthropic"],
                    meta=_meta("Wire format the upstream speaks (default: anthropic for provider anthropic, "
                               "else openai).")),
+    "deployment": _str(minlength=1, regex=r"^[A-Za-z0-9._-]+$",
+                       meta=_meta("azure-openai only: the deployment name in the request URL "
+                                  "(default: the target's model).")),
+    "api_version": _str(regex=r"^\d{4}-\d{2}-\d{2}(-preview)?$",
+                        meta=_meta("azure-openai only: the api-version query parameter, e.g. 2024-10-21 or "
+                                   "2025-01-01-preview.", default=AZURE_API_VERSION)),
     "data_policy": _dict({
         "zero_data_retention": {"type": "boolean", "meta": _meta("The provider keeps no data.", default=False)},
         "training_opt_out": {"type": "boolean", "meta": _meta("The provider does not train on data.", default=False)},

@@ -2,6 +2,7 @@
 
 - `openai` and every OpenAI-compatible `base_url`: the canonical form is the wire form.
 - `anthropic` (or `format: anthropic`): translated both ways by `gateway.providers.translate`.
+- `azure-openai`: the OpenAI form on Azure's deployment URLs (`gateway.providers.azure`).
 - `mock`: the built-in local provider (`gateway.providers.mock`), no network.
 
 `complete` returns `(completion dict, raw upstream bytes or None)` — the raw bytes let an
@@ -19,7 +20,7 @@ from typing import Any
 import orjson
 
 from gateway.http.client import Response
-from gateway.providers import checks, mock, translate
+from gateway.providers import azure, checks, mock, translate
 from gateway.providers.upstream import DONE, UpstreamClient, UpstreamFailure, auth_headers, read_chunk, upstream_text
 from gateway.proxy.errors import invalid
 from policies.model import Target
@@ -62,8 +63,17 @@ def is_anthropic(target: Target) -> bool:
     return target.format == "anthropic" or target.provider == "anthropic"
 
 
+def _openai_url(target: Target, operation: str) -> str:
+    """The URL of an OpenAI-format `operation` (`chat/completions`, `embeddings`) on `target`."""
+    if target.provider == azure.PROVIDER:
+        return azure.url(target, operation)
+    return _url(target.base_url, "https://api.openai.com", "/" + operation)
+
+
 def models_request(target: Target) -> tuple[str, dict[str, str]]:
     """(URL, headers) of `GET /v1/models` on `target` with its credential: proves the key, spends no token."""
+    if target.provider == azure.PROVIDER:
+        return azure.models_url(target), _headers(target)
     if is_anthropic(target):
         return _url(target.base_url, "https://api.anthropic.com", "/models"), _headers(
             target, {"anthropic-version": ANTHROPIC_VERSION})
@@ -92,9 +102,12 @@ async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) 
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
         data = await client.post_json(target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), body)
         return _from_anthropic(target, _loads(target, data)), None
-    url = _url(target.base_url, "https://api.openai.com", "/chat/completions")
+    url = _openai_url(target, "chat/completions")
     data = await client.post_json(target, url, _headers(target), orjson.dumps({**req, "model": target.model}))
-    return _checked_answer(target, checks.completion, data, "choices"), data
+    completion = _checked_answer(target, checks.completion, data, "choices")
+    if target.provider == azure.PROVIDER:
+        azure.check_answer(target, completion)
+    return completion, data
 
 
 def _checked_answer(target: Target, check: Callable[[Any], dict[str, Any]], data: bytes, key: str) -> dict[str, Any]:
@@ -163,7 +176,7 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
         def end() -> Batch:
             return [*converter.close(), DONE]
     else:
-        url = _url(target.base_url, "https://api.openai.com", "/chat/completions")
+        url = _openai_url(target, "chat/completions")
         resp = await client.open_stream(target, url, _headers(target), orjson.dumps(body))
 
         def parse(data: bytes) -> Batch:
@@ -254,6 +267,8 @@ async def _json_stream(client: UpstreamClient, target: Target, resp: Response, f
             completion = checks.completion(answer)
         except _MALFORMED as exc:
             raise _malformed(target, exc) from None
+        if target.provider == azure.PROVIDER:
+            azure.check_answer(target, completion)
     return [*translate.completion_to_chunks(completion), DONE]
 
 
@@ -264,7 +279,7 @@ async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) ->
             return mock.embed({**body, "model": target.model}), None
         except ValueError as exc:
             raise UpstreamFailure("client_error", str(exc), 400) from None
-    url = _url(target.base_url, "https://api.openai.com", "/embeddings")
+    url = _openai_url(target, "embeddings")
     data = await client.post_json(target, url, _headers(target), orjson.dumps({**body, "model": target.model}))
     return _checked_answer(target, checks.embeddings, data, "data"), data
 

@@ -57,8 +57,10 @@ class UpstreamFailure(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         committed: bool = False,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.code = code  # the error code the client sees (default: upstream_<status>)
         self.kind = kind
         self.message = message
         self.status = status
@@ -88,7 +90,7 @@ class UpstreamFailure(Exception):
             return GatewayError(429, "rate_limit", "rate_limited", self.message, headers=headers)
         if self.kind == "client_error" and self.status and 400 <= self.status < 500 \
                 and self.status not in (401, 403, 407):
-            return GatewayError(self.status, "upstream_error", f"upstream_{self.status}", self.message)
+            return GatewayError(self.status, "upstream_error", self.code or f"upstream_{self.status}", self.message)
         return GatewayError(502, "upstream_error", "upstream_error", self.message)
 
 
@@ -120,23 +122,31 @@ def upstream_text(target: Target, text: str, limit: int = 300) -> str:
     return scrub(text[: limit + 200], (secret_value(target),))[:limit]
 
 
-def _error_message(data: bytes) -> str:
+def _error_object(data: bytes) -> dict[str, Any] | None:
+    """The `error` object of an upstream's JSON error body, if it has one."""
     try:
         body = orjson.loads(data)
-        err = body.get("error") if isinstance(body, dict) else None
-        msg = err.get("message") if isinstance(err, dict) else err
-        if isinstance(msg, str) and msg:
-            return msg
     except orjson.JSONDecodeError:
-        pass
-    return data[:500].decode("utf-8", "replace")
+        return None
+    err = body.get("error") if isinstance(body, dict) else None
+    return err if isinstance(err, dict) else {"message": err} if isinstance(err, str) else None
+
+
+def _error_message(err: dict[str, Any] | None, data: bytes) -> str:
+    msg = err.get("message") if err else None
+    return msg if isinstance(msg, str) and msg else data[:500].decode("utf-8", "replace")
 
 
 def failure_for_status(target: Target, status: int, headers: Any, data: bytes) -> UpstreamFailure:
     """Classify a non-2xx upstream answer (`headers`: lower-case names, or a case-insensitive mapping).
 
     The upstream's message is scrubbed of credentials (`upstream_text`) before it goes anywhere."""
-    detail = upstream_text(target, _error_message(data))
+    err = _error_object(data)
+    if status == 400 and err and err.get("code") == "content_filter":  # Azure's, or a compatible upstream's
+        from gateway.providers.azure import prompt_filtered  # (azure imports this module)
+
+        return prompt_filtered(target, err)
+    detail = upstream_text(target, _error_message(err, data))
     where = f"target {target.id} ({target.provider}) answered {status}"
     retry_after = parse_retry_after(headers.get("retry-after"))
     if status == 429:

@@ -1,0 +1,25 @@
+"""The provider catalogue of the config contract: which provider ids kt speaks natively,
+the target fields each one requires or alone accepts, and their documented defaults.
+
+Lint (`policies.lint`), the loader (`policies.config`) and the JSON Schema read it; the
+gateway's adapters (`gateway.providers`) implement each id. Any other lower-case id is an
+OpenAI-compatible upstream.
+"""
+
+from __future__ import annotations
+
+AZURE_OPENAI = "azure-openai"
+AZURE_API_VERSION = "2024-10-21"  # the newest GA data-plane version of Azure OpenAI's inference API
+
+NATIVE = ("openai", "anthropic", AZURE_OPENAI, "mock")
+
+# fields a provider cannot work without (no default can stand in: an Azure resource has its own host)
+REQUIRED: dict[str, dict[str, str]] = {
+    AZURE_OPENAI: {"base_url": "https://<resource>.openai.azure.com"},
+}
+
+# fields only one provider understands: on another target they are a mistake, not a no-op
+ONLY_FOR: dict[str, str] = {
+    "deployment": AZURE_OPENAI,
+    "api_version": AZURE_OPENAI,
+}

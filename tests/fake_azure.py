@@ -1,0 +1,186 @@
+"""The test upstream in Azure OpenAI's wire format (`FakeAzure`), built on `tests.fake_upstream`.
+
+What Azure does differently from OpenAI, as its REST reference and the `openai` SDK's
+`AzureOpenAI` client show it: `POST /openai/deployments/{deployment}/chat/completions` and
+`/embeddings` with a required `api-version` query parameter (else 404), the key in `api-key`
+or an Entra ID token in `Authorization: Bearer`, Azure's error bodies (`code` "401", "404",
+`DeploymentNotFound`), the model named by the deployment (the body's `model` is ignored and the
+answer names the model behind it), `prompt_filter_results` and per-choice
+`content_filter_results` in every answer (the stream opens with a chunk of no choices that
+carries the prompt's), and the content filter: a prompt holding one of `filtered_terms` gets
+400 `content_filter` with `innererror.content_filter_result`; a reply with
+`finish_reason="content_filter"` is an answer the filter withheld.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tornado.web
+
+from tests.fake_upstream import (
+    ApiError,
+    ChatCompletions,
+    ControlFaults,
+    ControlReplies,
+    ControlRequests,
+    ControlReset,
+    Embeddings,
+    FakeUpstream,
+    _Base,
+    _content_text,
+    _dumps,
+    openai_completion,
+    openai_events,
+)
+
+SAFE = {name: {"filtered": False, "severity": "safe"} for name in ("hate", "self_harm", "sexual", "violence")}
+DEPLOYMENTS = {"chat": "gpt-4o-mini-2024-07-18", "embed": "text-embedding-3-small"}
+FILTER_MESSAGE = ("The response was filtered due to the prompt triggering Azure OpenAI's content management policy. "
+                  "Please modify your prompt and retry. To learn more about our content filtering policies please "
+                  "read our documentation: https://go.microsoft.com/fwlink/?linkid=2198766")
+
+
+class FakeAzure(FakeUpstream):
+    """An Azure OpenAI resource with `deployments` ({name: model}) and an optional fixed `api_key`."""
+
+    def __init__(self, *args: Any, deployments: dict[str, str] | None = None,
+                 filtered_terms: tuple[str, ...] = ("filter-me",), entra_token: str | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deployments = deployments or dict(DEPLOYMENTS)
+        self.filtered_terms = filtered_terms
+        self.entra_token = entra_token  # when set, `Authorization: Bearer <it>` is accepted too
+
+    def app(self) -> tornado.web.Application:
+        kw = {"fake": self}
+        return tornado.web.Application([
+            (r"/openai/deployments/([^/]+)/chat/completions", AzureChat, kw),
+            (r"/openai/deployments/([^/]+)/embeddings", AzureEmbeddings, kw),
+            (r"/openai/models", AzureModels, kw),
+            (r"/_fake/requests", ControlRequests, kw),
+            (r"/_fake/reset", ControlReset, kw),
+            (r"/_fake/faults", ControlFaults, kw),
+            (r"/_fake/replies", ControlReplies, kw),
+            (r"/.*", AzureNotFound, kw),
+        ], log_function=lambda handler: None)
+
+
+def azure_error(err: ApiError) -> dict[str, Any]:
+    """Azure's error envelope: `code` is a string (often the status), `message` always present."""
+    body: dict[str, Any] = {"code": err.code or str(err.status), "message": err.message}
+    if err.code == "content_filter":
+        body.update(type=None, param="prompt", status=400, innererror={
+            "code": "ResponsibleAIPolicyViolation",
+            "content_filter_result": {**SAFE, "violence": {"filtered": True, "severity": "medium"},
+                                      "jailbreak": {"filtered": False, "detected": False}}})
+    return {"error": body}
+
+
+class _Azure(_Base):
+    """Azure's auth (`api-key` or an Entra ID bearer token), api-version and error envelope."""
+
+    fake: FakeAzure
+
+    def error_body(self, err: ApiError) -> dict[str, Any]:
+        return azure_error(err)
+
+    def authenticate(self) -> None:
+        if not self.get_query_argument("api-version", ""):
+            raise ApiError(404, "Resource not found")
+        key = self.request.headers.get("api-key", "")
+        auth = self.request.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        if token and self.fake.entra_token is not None and token == self.fake.entra_token:
+            return
+        if (not key and not token) or (self.fake.api_key is not None and key != self.fake.api_key):
+            raise ApiError(401, "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
+                           "provide a valid key for an active subscription and use a correct regional API endpoint "
+                           "for your resource.")
+
+    def model_of(self, deployment: str) -> str:
+        model = self.fake.deployments.get(deployment)
+        if model is None:
+            raise ApiError(404, "The API deployment for this resource does not exist. If you created the deployment "
+                           "within the last 5 minutes, please wait a moment and try again.", code="DeploymentNotFound")
+        return model
+
+
+class AzureChat(_Azure, ChatCompletions):
+    """`POST /openai/deployments/{deployment}/chat/completions?api-version=...`."""
+
+    async def post(self, deployment: str) -> None:  # type: ignore[override]
+        try:
+            model = self.model_of(deployment)
+            body = self.validate_for(model)
+            prompt = " ".join(_content_text(m.get("content")) for m in body["messages"] if isinstance(m, dict))
+            if any(term in prompt for term in self.fake.filtered_terms):
+                raise ApiError(400, FILTER_MESSAGE, code="content_filter")
+        except ApiError as err:
+            self.send_api_error(err)
+            return
+        if self.body_fault():
+            return
+        reply = self.reply_for(body)
+        completion = openai_completion(body, reply)
+        prompt_results = [{"prompt_index": 0, "content_filter_results": SAFE}]
+        completion["prompt_filter_results"] = prompt_results
+        for choice in completion["choices"]:
+            withheld = choice["finish_reason"] == "content_filter"
+            choice["content_filter_results"] = {**SAFE, "violence": {"filtered": True, "severity": "high"}} \
+                if withheld else SAFE
+            if withheld and not choice["message"]["content"]:
+                choice["message"]["content"] = None
+        if not self.wants_stream():
+            await self.send_json(completion)
+            return
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        first = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
+                 "prompt_filter_results": prompt_results}
+        events = [b"data: " + _dumps(first) + b"\n\n", *openai_events(completion, reply.chunks, include_usage)]
+        await self.start_stream(reply)
+        await self.send_events(events, reply)
+
+    def validate_for(self, model: str) -> dict[str, Any]:
+        """OpenAI's checks; the deployment, not the body, names the model (Azure ignores `model`)."""
+        if isinstance(self.body, dict):
+            self.body = {**self.body, "model": model}
+        return self.validate()
+
+
+class AzureEmbeddings(_Azure, Embeddings):
+    """`POST /openai/deployments/{deployment}/embeddings?api-version=...`."""
+
+    async def post(self, deployment: str) -> None:  # type: ignore[override]
+        try:
+            model = self.model_of(deployment)
+        except ApiError as err:
+            self.send_api_error(err)
+            return
+        if isinstance(self.body, dict):
+            self.body = {**self.body, "model": model}
+        await Embeddings.post(self)
+
+
+class AzureModels(_Azure):
+    """`GET /openai/models?api-version=...`: the models the resource can deploy."""
+
+    async def get(self) -> None:
+        if self.body_fault():
+            return
+        data = [{"id": m, "object": "model", "status": "succeeded", "created_at": 1_700_000_000,
+                 "capabilities": {"chat_completion": "embedding" not in m, "embeddings": "embedding" in m}}
+                for m in sorted(set(self.fake.deployments.values()))]
+        await self.send_json({"object": "list", "data": data})
+
+
+class AzureNotFound(_Azure):
+    """Any other path: Azure's 404."""
+
+    def authenticate(self) -> None:
+        pass
+
+    def _not_found(self) -> None:
+        self.send_api_error(ApiError(404, "Resource not found"))
+
+    get = post = lambda self, *args: self._not_found()
