@@ -190,7 +190,9 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         max_response_size=response_size,
         state_dir=Path(state_dir) if state_dir else None, events_max_size=events_cap, watch_config=watch_config,
         state_url=state_url or None, state_password_file=state_password_file, wait_for_config=wait_for_config,
-        **({"max_concurrency": max_concurrency} if max_concurrency else {}),
+        # every request in flight may hold one upstream connection: the pool grows with the limit
+        **({"max_concurrency": max_concurrency, "max_upstream_connections": max(1000, max_concurrency)}
+           if max_concurrency else {}),
     )
     try:
         code = run_gateway(settings, policy_config, sync)
