@@ -166,8 +166,9 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
     server = HTTP1Server(Router(app, ROUTES), max_body_size=limit, idle_timeout=75,
                          client_timeout=settings.client_timeout, max_connections=settings.max_connections)
     log.info("client connections: at most %d at once (--max-connections), --client-timeout %g s; "
-             "at most %d requests in flight (--max-concurrency)",
-             server.max_connections, settings.client_timeout, settings.max_concurrency)
+             "at most %d requests in flight (--max-concurrency), %d upstream connections",
+             server.max_connections, settings.client_timeout, settings.max_concurrency,
+             settings.max_upstream_connections)
     sockets = inherited_sockets() or bind_sockets(settings.port, settings.host or None, backlog=1024)
     await server.add_sockets(sockets)
     ops.connections = lambda: len(server.connections)
