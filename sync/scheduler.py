@@ -74,6 +74,21 @@ class SyncScheduler:
         )
         self._sched.add_listener(self._after, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
 
+    @property
+    def busy(self) -> bool:
+        """A sync runs now, or triggers are held for a trailing run."""
+        return self._running or self._pending
+
+    @property
+    def running(self) -> bool:
+        """A sync runs now."""
+        return self._running
+
+    def next_run_at(self) -> float | None:
+        """When the next sync is scheduled (seconds since the epoch), or None when none is."""
+        job = self._sched.get_job(JOB)
+        return job.next_run_time.timestamp() if job is not None and job.next_run_time is not None else None
+
     def start(self, first_delay: float = 0.0) -> None:
         """Start the scheduler; the first sync runs after `first_delay` seconds."""
         self._sched.start()

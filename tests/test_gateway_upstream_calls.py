@@ -130,7 +130,7 @@ def test_a_client_that_leaves_before_the_answer_cancels_the_upstream_call(serve:
     event = stored(gw, 499)
     assert event["error_code"] == "client_closed" and event["upstream_latency_ms"] >= 500
     assert event["attempts"] == 1 and event["target"] == "t"
-    assert wait_for(lambda: gw.call(lambda: gw.services().upstream.pool._active) == 0 or None)
+    assert wait_for(lambda: gw.call(lambda: gw.services().upstream.pool.in_use) == 0 or None)
 
 
 def test_an_anthropic_client_that_leaves_cancels_the_upstream_call(serve: Any) -> None:

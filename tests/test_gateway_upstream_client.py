@@ -309,7 +309,7 @@ def test_early_release_closes_the_connection() -> None:
             assert await resp.read_chunk() == b"first"
             resp.release()
             await async_wait_for(lambda: up.ended == 1)
-            assert not up_client.pool.idle.get(("http", "127.0.0.1", up.port)) and up_client.pool._active == 0
+            assert not up_client.pool.idle.get(("http", "127.0.0.1", up.port)) and up_client.pool.in_use == 0
             await up_client.close()
 
     run(main())
@@ -347,7 +347,7 @@ def test_a_stream_released_at_its_logical_end_is_pooled_when_its_body_ends(
                 await async_wait_for(lambda: up_client.pool.idle.get(("http", "127.0.0.1", up.port)))
             await up_client.post_json(TARGET, up.url(), HEADERS, b"plain")
             assert up.connections == (2 if tail == "never" else 1)
-            assert up_client.pool._active == 0  # every slot given back
+            assert up_client.pool.in_use == 0  # every slot given back
             await up_client.close()
 
     run(main())
@@ -371,7 +371,7 @@ def test_streams_through_the_adapters_keep_their_connection(
             batches = [b async for b in adapters.stream(up_client, target, req)]
             assert batches[-1][-1] is None  # DONE
             await async_wait_for(lambda: up_client.pool.idle.get(pool_key))
-        assert up_client.pool.opened == 1 and up_client.pool._active == 0
+        assert up_client.pool.opened == 1 and up_client.pool.in_use == 0
         await up_client.close()
 
     run(main())
@@ -456,7 +456,7 @@ def test_read_timeout_before_the_answer_and_mid_stream() -> None:
             assert failure.value.kind == "timeout"
             resp.release()
             await async_wait_for(lambda: up.ended == 2)  # both timed-out connections were closed
-            assert up_client.pool._active == 0
+            assert up_client.pool.in_use == 0
             await up_client.close()
 
     run(main())
@@ -532,7 +532,7 @@ def test_close_closes_idle_and_busy_connections() -> None:
             with pytest.raises(UpstreamFailure):
                 await anext(chunks)
             resp.release()
-            assert up_client.pool._active == 0
+            assert up_client.pool.in_use == 0
 
     run(main())
 
@@ -549,7 +549,7 @@ def test_an_answer_that_is_not_usable_http_is_a_bad_response(answer_bytes: bytes
             up_client = client()
             with pytest.raises(UpstreamFailure) as failure:
                 await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
-            assert failure.value.kind == "bad_response" and up_client.pool._active == 0
+            assert failure.value.kind == "bad_response" and up_client.pool.in_use == 0
             assert failure.value.message in ("target up (openai) sent an invalid HTTP response",
                                              "target up (openai) answered with an unsupported content encoding")
             await async_wait_for(lambda: up.ended == 1)  # not kept
@@ -580,12 +580,12 @@ def test_max_connections_queues_the_request_beyond_the_limit() -> None:
             up_client = UpstreamClient(Timeouts(connect_s=2, read_s=5), max_connections=1)
             resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"{}")
             second = asyncio.ensure_future(up_client.post_json(TARGET, up.url(), HEADERS, b"{}"))
-            await async_wait_for(lambda: up_client.pool._waiters)  # it waits for the one connection
+            await async_wait_for(lambda: up_client.pool.waiting)  # it waits for the one connection
             assert not second.done() and len(up.requests) == 1
             assert await resp.read() == b'{"n": 2}'
             resp.release()
             assert await second == b'{"n": 2}'
-            assert up.connections == 1 and up_client.pool._active == 0
+            assert up.connections == 1 and up_client.pool.in_use == 0
             await up_client.close()
 
             busy = UpstreamClient(Timeouts(connect_s=0.2, read_s=5), max_connections=1)
@@ -594,7 +594,7 @@ def test_max_connections_queues_the_request_beyond_the_limit() -> None:
                 await busy.post_json(TARGET, up.url(), HEADERS, b"{}")
             assert failure.value.kind == "timeout" and "all 1 upstream connections stayed busy" in failure.value.message
             resp.release()
-            assert busy.pool._active == 0 and not busy.pool._waiters
+            assert busy.pool.in_use == 0 and not busy.pool.waiting
             await busy.close()
 
     run(main())

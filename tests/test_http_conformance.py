@@ -544,7 +544,7 @@ def test_a_stream_the_client_stops_reading_frees_the_connection_and_the_upstream
     event = wait_for(lambda: gw.events, timeout=20)[0]
     assert event["status"] == 499 and event["error_code"] == "client_closed"
     pool = gw.services().upstream.pool
-    wait_for(lambda: gw.call(lambda: pool._active) == 0)  # the upstream slot is free again
+    wait_for(lambda: gw.call(lambda: pool.in_use) == 0)  # the upstream slot is free again
     assert connections(gw) == 0
     sock.close()
 

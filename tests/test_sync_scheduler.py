@@ -57,9 +57,9 @@ def test_trigger_burst_applies_only_the_newest_head(tmp_path: Path):
         assert agent.runs[1].result == "success" and agent.runs[1].head == heads[-1]
         names = [p.name for p in (state / "revisions").iterdir()]
         assert not any(n.startswith(h) for h in heads[:-1] for n in names)  # intermediate heads never published
-        wait_for(lambda: not sched._running, timeout=5)
-        job = sched._sched.get_job("sync")
-        assert job is not None and (job.next_run_time.timestamp() - __import__("time").time()) > 3000
+        wait_for(lambda: not sched.running, timeout=5)
+        next_run = sched.next_run_at()
+        assert next_run is not None and (next_run - __import__("time").time()) > 3000
         sched.trigger()  # an idle agent runs a trigger at once
         wait_for(lambda: len(agent.runs) == 3, timeout=30)
         assert agent.runs[2].result == "noop"
@@ -163,7 +163,7 @@ def test_trigger_debounce_leading_run_trailing_run_and_max_wait(tmp_path: Path):
         assert agent.started[0] - t0 < 0.5
         for _ in range(10):  # a short burst: one trailing run after 0.3 s of quiet
             sched.trigger()
-        wait_for(lambda: len(agent.started) == 2 and not sched._running, timeout=10)
+        wait_for(lambda: len(agent.started) == 2 and not sched.running, timeout=10)
         burst_end = time.monotonic()
         stream_end = burst_end + 2.0
         while time.monotonic() < stream_end:  # a steady stream, never quiet: max_wait still lets runs through
@@ -171,7 +171,7 @@ def test_trigger_debounce_leading_run_trailing_run_and_max_wait(tmp_path: Path):
             time.sleep(0.02)  # the stream's rate, not a synchronisation
         during = [t for t in agent.started if burst_end < t <= stream_end]
         assert 2 <= len(during) <= 6, len(during)
-        wait_for(lambda: not sched._running and not sched._pending, timeout=10)
+        wait_for(lambda: not sched.busy, timeout=10)
         assert len(agent.started) - 2 - len(during) <= 1  # at most the one trailing run after the stream
     finally:
         sched.stop()

@@ -81,8 +81,8 @@ def github(body: bytes, secret: bytes = SECRET, delivery: str | None = None) -> 
 
 def no_sync_due(sync: EmbeddedSync) -> bool:
     """Nothing runs and the next run is the far-away poll: no trigger is pending."""
-    job = sync.scheduler._sched.get_job("sync")
-    return not sync.scheduler._running and job is not None and job.next_run_time.timestamp() > time.time() + 3000
+    next_run = sync.scheduler.next_run_at()
+    return not sync.scheduler.running and next_run is not None and next_run > time.time() + 3000
 
 
 def applied(sync: EmbeddedSync) -> str | None:
@@ -118,8 +118,8 @@ def test_wrong_or_missing_signature_is_refused(env):
     assert server.post(body, {})[0] == 401
     assert SECRET.decode() not in json.dumps(answer)
     # A trigger schedules the job for "now" before the answer is sent: none was.
-    job = sync.scheduler._sched.get_job("sync")
-    assert not sync.scheduler._running and job.next_run_time.timestamp() > time.time() + 3000
+    next_run = sync.scheduler.next_run_at()
+    assert not sync.scheduler.running and next_run is not None and next_run > time.time() + 3000
     assert applied(sync) == before
 
 

@@ -526,6 +526,16 @@ class Pool:
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
+    def in_use(self) -> int:
+        """Connections handed out now (a request in flight, or a streamed answer not yet released)."""
+        return self._active
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a connection because `max_connections` are in use."""
+        return len(self._waiters)
+
+    @property
     def ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
