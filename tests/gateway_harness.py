@@ -77,6 +77,12 @@ class GatewayThread:
         return self.gateway.runtime
 
     @property
+    def port(self) -> int:
+        """The port the gateway listens on."""
+        assert self.gateway is not None
+        return self.gateway.port
+
+    @property
     def url(self) -> str:
         assert self.gateway is not None
         return f"http://127.0.0.1:{self.gateway.port}"

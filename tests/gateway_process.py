@@ -15,6 +15,8 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import openai
+
 from tests.waiting import wait_for
 
 
@@ -25,28 +27,34 @@ def free_port() -> int:
 
 
 class GatewayProcess:
-    """`python -m kt gateway run` with its own state dir; stderr (JSON logs) goes to a file."""
+    """`python -m kt gateway run` with its own state dir; stderr (JSON logs) goes to a file.
 
-    def __init__(self, config: Path, state_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 preexec: Callable[[], None] | None = None) -> None:
+    The one way tests start a gateway subprocess: `config` None runs it without `--policy-config`
+    (e.g. `--git-repo ...` in `args`); it is started once `ready` answers 200 (within `timeout` s).
+    """
+
+    def __init__(self, config: Path | None, state_dir: Path, *args: str, env: dict[str, str] | None = None,
+                 preexec: Callable[[], None] | None = None, ready: str = "/readyz", timeout: float = 20) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state_dir = state_dir
         self.log_path = state_dir.parent / f"gateway-{self.port}.log"
         self.env = {**os.environ, **(env or {})}
         self.admin_token = self.env.get("KEEPTRUSTS_ADMIN_TOKEN")
-        cmd = [sys.executable, "-m", "kt", "gateway", "run", "--policy-config", str(config),
+        source = ["--policy-config", str(config)] if config is not None else []
+        cmd = [sys.executable, "-m", "kt", "gateway", "run", *source,
                "--listen", f"127.0.0.1:{self.port}", "--state-dir", str(state_dir), *args]
+        self.ready_path = ready
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=self.env,
                                      preexec_fn=preexec)  # e.g. a lower open-file limit
-        wait_for(self._ready, timeout=20, message=f"gateway did not become ready; log:\n{self.logs()}")
+        wait_for(self._ready, timeout=timeout, message=f"gateway did not become ready; log:\n{self.logs()}")
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"gateway exited with {self.proc.returncode}; log:\n{self.logs()}")
         try:
-            return self.get("/readyz")[0] == 200
+            return self.get(self.ready_path)[0] == 200
         except OSError:
             return False
 
@@ -73,6 +81,24 @@ class GatewayProcess:
     def chat(self, text: str) -> tuple[int, Message, bytes]:
         return self.request("POST", "/v1/chat/completions",
                             {"model": "demo-model", "messages": [{"role": "user", "content": text}]})
+
+    def chat_status(self, text: str) -> int:
+        """The status of one chat completion through the OpenAI SDK (no retries)."""
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
+        try:
+            client.chat.completions.create(model="demo-model", messages=[{"role": "user", "content": text}])
+            return 200
+        except openai.APIStatusError as exc:
+            return exc.status_code
+
+    def status(self) -> dict[str, Any]:
+        """`GET /keeptrusts/status` (an empty dict when it is not JSON)."""
+        body = self.get("/keeptrusts/status")[1]
+        return body if isinstance(body, dict) else {}
+
+    def revision(self) -> str | None:
+        """The running config's revision."""
+        return (self.status().get("config") or {}).get("revision")
 
     def metric(self, name: str, labels: str = "") -> float:
         """The value of one sample of /metrics (0 when absent), e.g. metric("x_total", '{result="ok"}')."""

@@ -37,11 +37,6 @@ def gw(tmp_path: Path, start_gateway: Any) -> GatewayThread:
     return start_gateway(cfg, max_body_size=1024)
 
 
-def port_of(gw: GatewayThread) -> int:
-    assert gw.gateway is not None
-    return gw.gateway.port
-
-
 def connections(gw: GatewayThread) -> int:
     assert gw.gateway is not None
     ops = gw.gateway.ops
@@ -52,7 +47,7 @@ def connections(gw: GatewayThread) -> int:
 
 
 def test_keep_alive_serves_several_requests_on_one_socket(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     for _ in range(3):
         wire.send(request("GET", "/v1/models"))
         resp = wire.response()
@@ -68,7 +63,7 @@ def test_keep_alive_serves_several_requests_on_one_socket(gw: GatewayThread) -> 
 
 
 def test_pipelined_requests_are_answered_in_order(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("POST", "/v1/chat/completions", CHAT, X_Request_ID="first")
               + request("GET", "/v1/models", X_Request_ID="second")
               + request("GET", "/healthz", X_Request_ID="third")
@@ -82,7 +77,7 @@ def test_pipelined_requests_are_answered_in_order(gw: GatewayThread) -> None:
 
 
 def test_chunked_request_body(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
     for i in range(0, len(CHAT), 7):
         piece = CHAT[i:i + 7]
@@ -98,7 +93,7 @@ def test_chunked_request_body(gw: GatewayThread) -> None:
 
 
 def test_expect_100_continue(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("POST", "/v1/chat/completions", None, Content_Length=str(len(CHAT)), Expect="100-continue"))
     status, _ = wire.head()
     assert status == 100
@@ -119,13 +114,13 @@ def test_expect_100_continue_refused_before_the_body(tmp_path: Path, start_gatew
     keys.write_text(hashlib.sha256(b"good-key").hexdigest() + "  team\n")
     cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
     gw = start_gateway(cfg, keys=load_keys(keys))
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("POST", "/v1/chat/completions", None, Content_Length=str(len(CHAT)), Expect="100-continue",
                       Authorization="Bearer wrong-key"))
     resp = wire.response()  # no 100 Continue first: the client need not send the body
     assert resp.status == 401 and resp.json()["error"]["code"] == "invalid_api_key"
     assert wire.closed()  # the body was announced but not read: closing is the only way to skip it
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("POST", "/v1/chat/completions", None, Content_Length=str(len(CHAT)), Expect="100-continue",
                       Authorization="Bearer good-key"))
     assert wire.head()[0] == 100
@@ -134,13 +129,13 @@ def test_expect_100_continue_refused_before_the_body(tmp_path: Path, start_gatew
 
 
 def test_http10_closes_unless_keep_alive_was_asked(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(b"GET /v1/models HTTP/1.0\r\n\r\n")
     resp = wire.response()
     assert resp.status == 200 and resp.json()["object"] == "list"
     assert wire.closed()
 
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     for _ in range(2):
         wire.send(b"GET /v1/models HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
         resp = wire.response()
@@ -153,7 +148,7 @@ def test_http10_closes_unless_keep_alive_was_asked(gw: GatewayThread) -> None:
 
 
 def test_connection_close_is_honoured(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("GET", "/v1/models", Connection="close") + request("GET", "/v1/models"))
     resp = wire.response()
     assert resp.status == 200 and resp.headers["connection"] == "close"
@@ -164,7 +159,7 @@ def test_malformed_requests_get_400_with_the_envelope_then_close(gw: GatewayThre
     for bad in (b"THIS IS NOT HTTP\r\n\r\n", b"GET / HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n",
                 b"GET /v1/models HTTP/1.1\r\n\r\n",  # HTTP/1.1 without Host
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"):
-        wire = Wire(port_of(gw))
+        wire = Wire(gw.port)
         wire.send(bad)
         resp = wire.response()
         assert resp.status == 400, bad
@@ -175,7 +170,7 @@ def test_malformed_requests_get_400_with_the_envelope_then_close(gw: GatewayThre
 
 
 def test_malformed_pipelined_request_is_answered_after_the_good_ones(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("POST", "/v1/chat/completions", CHAT, X_Request_ID="good") + b"NOT HTTP AT ALL\r\n\r\n")
     first = wire.response()
     assert first.status == 200 and first.headers["x-request-id"] == "good"
@@ -183,12 +178,12 @@ def test_malformed_pipelined_request_is_answered_after_the_good_ones(gw: Gateway
 
 
 def test_oversized_headers_get_431(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("GET", "/v1/models", X_Big="a" * 70_000))
     resp = wire.response()
     assert resp.status == 431 and resp.json()["error"]["code"] == "request_header_fields_too_large"
     assert wire.closed()
-    wire = Wire(port_of(gw))  # one endless header line, never finished
+    wire = Wire(gw.port)  # one endless header line, never finished
     with pytest.raises((BrokenPipeError, ConnectionResetError)):
         wire.send(b"GET / HTTP/1.1\r\nX-Endless: ")
         for _ in range(1000):
@@ -198,12 +193,12 @@ def test_oversized_headers_get_431(gw: GatewayThread) -> None:
 
 def test_body_beyond_the_hard_cap_drops_the_connection_unread(gw: GatewayThread) -> None:
     # max_body_size 1 KiB: the handler answers 413 up to 2 KiB + 1 MiB; beyond, the server stops reading.
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("POST", "/v1/chat/completions", None, Content_Length=str(64 * 2**20)))
     resp = wire.response()
     assert resp.status == 413 and resp.headers["connection"] == "close" and wire.closed()
 
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
     chunk = b"10000\r\n" + b"x" * 65536 + b"\r\n"
     with pytest.raises((BrokenPipeError, ConnectionResetError)):
@@ -215,7 +210,7 @@ def test_body_beyond_the_hard_cap_drops_the_connection_unread(gw: GatewayThread)
 
 
 def test_304_and_head_carry_no_body(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("GET", "/healthz"))  # a RequestHandler route: Tornado adds an Etag to GET answers
     etag = wire.response().headers["etag"]
     wire.send(request("GET", "/healthz", If_None_Match=etag) + request("HEAD", "/healthz")
@@ -228,7 +223,7 @@ def test_304_and_head_carry_no_body(gw: GatewayThread) -> None:
 
 def test_head_refused_while_parsing_gets_no_body(gw: GatewayThread) -> None:
     """Found by the fuzz suite: a HEAD refused by the parser (here a NUL in a header) got the envelope as content."""
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(b"HEAD /v1/models HTTP/1.1\r\nHost: t\x00x\r\n\r\n")
     resp = wire.response(head=True)
     assert resp.status == 400 and int(resp.headers["content-length"]) > 0
@@ -236,7 +231,7 @@ def test_head_refused_while_parsing_gets_no_body(gw: GatewayThread) -> None:
 
 
 def test_upgrade_requests_are_answered_as_http11(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("GET", "/v1/models", Connection="Upgrade, HTTP2-Settings", Upgrade="h2c",
                       HTTP2_Settings="AAMAAABkAARAAAAAAAIAAAAA") + request("GET", "/healthz"))
     assert wire.response().status == 200 and wire.response().status == 200
@@ -249,7 +244,7 @@ def test_sse_is_chunked_and_a_client_leaving_mid_stream_is_noticed(
         {"id": "up", "provider": "openai", "model": "demo-model", "base_url": fake_upstream.base_url,
          "secret_key_ref": {"env": "KT_H1_KEY"}}]))
     fake_upstream.queue_reply("a b c d e f g h i j k l m n o p q r s t", chunks=20, chunk_delay=0.5)
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(request("POST", "/v1/chat/completions", STREAM))
     status, headers = wire.head()
     assert status == 200 and headers["transfer-encoding"] == "chunked" and "content-length" not in headers
@@ -268,7 +263,7 @@ def test_drain_lets_the_in_flight_request_finish(
         {"id": "up", "provider": "openai", "model": "demo-model", "base_url": fake_upstream.base_url,
          "secret_key_ref": {"env": "KT_H1_KEY"}}]), drain_timeout=20)
     fake_upstream.add_fault("slow", delay=1.0)
-    busy, idle = Wire(port_of(gw)), Wire(port_of(gw))
+    busy, idle = Wire(gw.port), Wire(gw.port)
     idle.send(request("GET", "/healthz"))
     assert idle.response().status == 200
     busy.send(request("POST", "/v1/chat/completions", CHAT))
@@ -277,7 +272,7 @@ def test_drain_lets_the_in_flight_request_finish(
     draining = asyncio.run_coroutine_threadsafe(gw.gateway.drain(), gw.loop)
     assert idle.closed()  # idle keep-alive connections close at once
     with pytest.raises(OSError):
-        Wire(port_of(gw))  # no longer accepting
+        Wire(gw.port)  # no longer accepting
     resp = busy.response()
     assert resp.status == 200 and resp.headers["connection"] == "close"
     assert busy.closed()

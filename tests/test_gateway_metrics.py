@@ -10,17 +10,9 @@ import pytest
 from gateway.control import metrics
 from gateway.control.reload import load_snapshot
 from gateway.control.runtime import Runtime
+from tests.gitserve import config_yaml
 
-CONFIG = """\
-pack: {name: metrics-pack, version: 1.2.3, enabled: true}
-providers:
-  targets:
-    - {id: demo, provider: mock, model: demo-model}
-policies:
-  chain: [audit-logger]
-policy:
-  audit-logger: {retention_days: 30}
-"""
+CONFIG = config_yaml("1.2.3", name="metrics-pack")
 
 
 def _event(**over):

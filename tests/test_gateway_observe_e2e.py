@@ -21,18 +21,10 @@ import tornado.web
 
 from sync import manifest
 from tests.gateway_process import GatewayProcess
+from tests.gitserve import config_yaml
 from tests.waiting import wait_for
 
-ALLOW = """\
-pack: {name: e2e, version: 1.0.0, enabled: true}
-providers:
-  targets:
-    - {id: demo, provider: mock, model: demo-model}
-policies:
-  chain: [audit-logger]
-policy:
-  audit-logger: {retention_days: 30}
-"""
+ALLOW = config_yaml("1.0.0", name="e2e")
 BLOCK = ALLOW.replace("1.0.0", "2.0.0").replace(
     "chain: [audit-logger]", "chain: [dlp-filter, audit-logger]"
 ).replace("policy:\n", "policy:\n  dlp-filter: {blocked_terms: [project-bluebird], action: block}\n")

@@ -14,20 +14,12 @@ from pathlib import Path
 import pytest
 
 from tests.gateway_process import GatewayProcess
+from tests.gitserve import config_yaml
 from tests.test_ops_notify_processes import NotifySocket
 from tests.test_state_counters import BUDGET_CONFIG, ask
 from tests.waiting import wait_for
 
-CONFIG = """\
-pack: {name: workers, version: 1.0.0, enabled: true}
-providers:
-  targets:
-    - {id: demo, provider: mock, model: demo-model}
-policies:
-  chain: [audit-logger]
-policy:
-  audit-logger: {retention_days: 30}
-"""
+CONFIG = config_yaml("1.0.0", name="workers")
 
 
 @pytest.fixture

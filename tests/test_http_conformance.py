@@ -57,11 +57,6 @@ def gw(tmp_path: Path, start_gateway: Any) -> GatewayThread:
     return start_gateway(cfg, max_body_size=4096)
 
 
-def port_of(gw: GatewayThread) -> int:
-    assert gw.gateway is not None
-    return gw.gateway.port
-
-
 def connections(gw: GatewayThread) -> int:
     assert gw.gateway is not None
     server = gw.gateway.server
@@ -85,7 +80,7 @@ def no_errors_logged(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 def test_upgrade_with_a_body_reads_the_body_by_its_framing(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("POST", "/v1/chat/completions", CHAT, *h2c_lines()))
     resp = wire.response()  # today: the body is lost (400 invalid_json) and parsed as a request of its own
     assert resp.status == 200 and mock_reply(resp) == "[mock] You said: hello wire"
@@ -100,7 +95,7 @@ def test_upgrade_with_a_body_reads_the_body_by_its_framing(gw: GatewayThread) ->
 
 
 def test_upgrade_body_arriving_after_the_head_is_still_the_body(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("POST", "/v1/chat/completions", None, *h2c_lines(), f"Content-Length: {len(CHAT)}"))
     wait_for(lambda: gw.runtime.in_flight == 1)  # the head was read and is being answered
     wire.send(CHAT)
@@ -110,7 +105,7 @@ def test_upgrade_body_arriving_after_the_head_is_still_the_body(gw: GatewayThrea
 
 def test_an_upgrade_body_never_smuggles_a_request(gw: GatewayThread) -> None:
     smuggled = raw("GET", "/keeptrusts/config")
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("POST", "/v1/chat/completions", smuggled, *h2c_lines()))
     first = wire.response()
     assert first.status == 400 and first.json()["error"]["code"] == "invalid_json"  # the body, read as a body
@@ -125,18 +120,18 @@ def test_curl_http2_prior_upgrade_post_is_served(gw: GatewayThread, tmp_path: Pa
     body = tmp_path / "body.json"
     body.write_bytes(CHAT)
     out = subprocess.run(["curl", "-sS", "--http2", "-H", "Content-Type: application/json", "--data-binary",
-                          f"@{body}", f"http://127.0.0.1:{port_of(gw)}/v1/chat/completions"],
+                          f"@{body}", f"http://127.0.0.1:{gw.port}/v1/chat/completions"],
                          capture_output=True, timeout=20, check=True)
     assert json.loads(out.stdout)["choices"][0]["message"]["content"] == "[mock] You said: hello wire"
 
 
 def test_connect_gets_405_and_close_and_its_body_is_never_a_request(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n\r\n" + raw("GET", "/healthz"))
     resp = wire.response()
     assert resp.status == 405 and resp.json()["error"]["code"] == "method_not_allowed"
     assert resp.headers["connection"] == "close" and wire.closed()
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("CONNECT", "/v1/models", raw("GET", "/healthz")))
     assert wire.response().status == 405 and wire.closed()
 
@@ -146,7 +141,7 @@ def test_connect_gets_405_and_close_and_its_body_is_never_a_request(gw: GatewayT
 
 def test_two_host_headers_get_400_and_close(gw: GatewayThread) -> None:
     for path in ("/healthz", "/v1/models"):
-        wire = Wire(port_of(gw))
+        wire = Wire(gw.port)
         wire.send(raw("GET", path, None, "Host: a.example", host=True))
         resp = wire.response()
         assert resp.status == 400 and "Host" in resp.json()["error"]["message"]
@@ -155,7 +150,7 @@ def test_two_host_headers_get_400_and_close(gw: GatewayThread) -> None:
 
 @pytest.mark.parametrize("host", ["a b", "a/b", "a@b", "a:b:c", "[::1", "a\\b", 'a"b'])
 def test_an_invalid_host_value_gets_400_and_close(gw: GatewayThread, host: str) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("GET", "/healthz", None, f"Host: {host}", host=False))
     resp = wire.response()
     assert resp.status == 400 and "Host" in resp.json()["error"]["message"] and wire.closed()
@@ -164,7 +159,7 @@ def test_an_invalid_host_value_gets_400_and_close(gw: GatewayThread, host: str) 
 @pytest.mark.parametrize("host", ["gateway.example", "gateway.example:41002", "10.0.0.1:80", "[::1]:41002", "",
                                   "xn--bcher-kva.example", "a_b.internal"])
 def test_valid_host_values_are_served(gw: GatewayThread, host: str) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("GET", "/healthz", None, f"Host: {host}", host=False))
     assert wire.response().status == 200
 
@@ -172,7 +167,7 @@ def test_valid_host_values_are_served(gw: GatewayThread, host: str) -> None:
 def test_no_host_followed_by_more_bytes_is_400_and_close_without_an_error_log(
         gw: GatewayThread, no_errors_logged: None) -> None:
     for path in ("/healthz", "/v1/chat/completions"):
-        wire = Wire(port_of(gw))
+        wire = Wire(gw.port)
         wire.send(raw("GET", path, None, host=False) + raw("GET", "/healthz") + b"more bytes")
         resp = wire.response()
         assert resp.status == 400 and resp.json()["error"]["code"] == "bad_request"
@@ -180,13 +175,13 @@ def test_no_host_followed_by_more_bytes_is_400_and_close_without_an_error_log(
 
 
 def test_http10_needs_no_host(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(b"GET /healthz HTTP/1.0\r\n\r\n")
     assert wire.response().status == 200
 
 
 def test_absolute_form_targets_are_served_like_origin_form(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("POST", "http://gateway.example/v1/chat/completions", CHAT))
     resp = wire.response()
     assert resp.status == 200 and mock_reply(resp) == "[mock] You said: hello wire"
@@ -198,7 +193,7 @@ def test_absolute_form_targets_are_served_like_origin_form(gw: GatewayThread) ->
 
 @pytest.mark.parametrize("target", ["v1/models", "ftp://x/v1/models", "http:///v1/models"])
 def test_other_request_targets_get_400(gw: GatewayThread, target: str) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("GET", target))
     assert wire.response().status == 400 and wire.closed()
 
@@ -229,7 +224,7 @@ BODY5 = b"5\r\nhello\r\n0\r\n\r\n"
     (["Transfer-Encoding:\x0bchunked"], BODY5),
 ])
 def test_ambiguous_framing_gets_an_error_and_close(gw: GatewayThread, lines: list[str], body: bytes) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("POST", "/v1/chat/completions", body, *lines) + raw("GET", "/keeptrusts/config"))
     resp = wire.response()
     assert resp.status in (400, 501), (lines, resp.status, resp.body)
@@ -237,13 +232,13 @@ def test_ambiguous_framing_gets_an_error_and_close(gw: GatewayThread, lines: lis
 
 
 def test_transfer_encoding_on_http10_is_refused(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(b"POST /v1/chat/completions HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" + BODY5)
     assert wire.response().status == 400 and wire.closed()
 
 
 def test_chunked_is_case_insensitive_and_takes_extensions_and_trailers(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     body = b"%x;ext=1\r\n%b\r\n0\r\nX-Trailer: t\r\n\r\n" % (len(CHAT), CHAT)
     wire.send(raw("POST", "/v1/chat/completions", body, "Transfer-Encoding: Chunked"))
     resp = wire.response()
@@ -260,7 +255,7 @@ def test_chunked_is_case_insensitive_and_takes_extensions_and_trailers(gw: Gatew
     b"GET /healthz HTTP/1.1 \r\nHost: t\r\n\r\n",
 ])
 def test_malformed_heads_get_400_and_close(gw: GatewayThread, data: bytes) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(data + raw("GET", "/keeptrusts/config"))
     resp = wire.response()
     assert resp.status in (400, 505), (data, resp.status)
@@ -268,17 +263,17 @@ def test_malformed_heads_get_400_and_close(gw: GatewayThread, data: bytes) -> No
 
 
 def test_a_very_long_head_gets_431(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("GET", "/healthz", None, *[f"X-H{i}: {'v' * 1000}" for i in range(80)]))
     resp = wire.response()
     assert resp.status == 431 and wire.closed()
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     wire.send(raw("GET", "/" + "a" * 70_000))
     assert wire.response().status == 431 and wire.closed()
 
 
 def test_pipelined_requests_are_answered_in_order_with_their_own_bodies(gw: GatewayThread) -> None:
-    wire = Wire(port_of(gw))
+    wire = Wire(gw.port)
     bodies = [json.dumps({"model": "demo-model", "messages": [{"role": "user", "content": f"n{i}"}]}).encode()
               for i in range(3)]
     wire.send(b"".join(raw("POST", "/v1/chat/completions", b) for b in bodies) + raw("GET", "/healthz"))
@@ -296,7 +291,7 @@ def impatient(tmp_path: Path, start_gateway: Any) -> GatewayThread:
 
 
 def test_a_stalled_body_gets_408_and_close(impatient: GatewayThread) -> None:
-    wire = Wire(port_of(impatient))
+    wire = Wire(impatient.port)
     wire.send(raw("POST", "/v1/chat/completions", None, "Content-Length: 100") + b'{"model"')
     resp = wire.response()
     assert resp.status == 408 and resp.json()["error"]["code"] == "request_timeout"
@@ -307,14 +302,14 @@ def test_a_stalled_body_gets_408_and_close(impatient: GatewayThread) -> None:
 
 
 def test_a_stalled_head_gets_408_and_close(impatient: GatewayThread) -> None:
-    wire = Wire(port_of(impatient))
+    wire = Wire(impatient.port)
     wire.send(b"POST /v1/chat/completions HTTP/1.1\r\nHost: t\r\nX-Slow: ")
     resp = wire.response()
     assert resp.status == 408 and wire.closed()
 
 
 def test_a_client_sending_steadily_is_not_cut(impatient: GatewayThread) -> None:
-    wire = Wire(port_of(impatient))
+    wire = Wire(impatient.port)
     wire.send(raw("POST", "/v1/chat/completions", None, f"Content-Length: {len(CHAT)}"))
     for i in range(len(CHAT)):  # well over the 0.5 s timeout in all, never silent for long
         wire.send(CHAT[i:i + 1])
@@ -324,7 +319,7 @@ def test_a_client_sending_steadily_is_not_cut(impatient: GatewayThread) -> None:
 
 
 def test_drain_finishes_with_a_stalled_client_connected(impatient: GatewayThread) -> None:
-    wire = Wire(port_of(impatient))
+    wire = Wire(impatient.port)
     wire.send(raw("POST", "/v1/chat/completions", None, "Content-Length: 100") + b"{")
     wait_for(lambda: impatient.runtime.in_flight == 1)
     assert impatient.gateway is not None and impatient.loop is not None
@@ -449,11 +444,11 @@ def test_over_max_connections_a_new_connection_gets_503_and_the_others_live_on(
         tmp_path: Path, start_gateway: Any) -> None:
     cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
     gw = start_gateway(cfg, max_connections=2)
-    held = [Wire(port_of(gw)), Wire(port_of(gw))]
+    held = [Wire(gw.port), Wire(gw.port)]
     for wire in held:
         wire.send(request("GET", "/healthz"))
         assert wire.response().status == 200
-    extra = Wire(port_of(gw))
+    extra = Wire(gw.port)
     extra.send(request("GET", "/healthz"))
     resp = extra.response()
     assert resp.status == 503 and resp.json()["error"]["code"] == "too_many_connections"
@@ -463,7 +458,7 @@ def test_over_max_connections_a_new_connection_gets_503_and_the_others_live_on(
         assert wire.response().status == 200
     held.pop().close()
     wait_for(lambda: connections(gw) == 1)
-    fresh = Wire(port_of(gw))  # capacity freed: the health endpoints answer at once
+    fresh = Wire(gw.port)  # capacity freed: the health endpoints answer at once
     fresh.send(request("GET", "/readyz"))
     assert fresh.response().status == 200
     fresh.send(request("GET", "/metrics"))
@@ -538,7 +533,7 @@ def test_a_stream_the_client_stops_reading_frees_the_connection_and_the_upstream
     fake_upstream.queue_reply("word " * 2_000_000, chunks=4000)  # ~10 MB of SSE: more than the socket buffers
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port_of(gw)))
+    sock.connect(("127.0.0.1", gw.port))
     body = json.dumps({"model": "demo-model", "stream": True, "messages": [{"role": "user", "content": "go"}]})
     sock.sendall(raw("POST", "/v1/chat/completions", body.encode()))  # and never read
     event = wait_for(lambda: gw.events, timeout=20)[0]

@@ -8,20 +8,15 @@ blocks. Revert it with a signed commit: both apply the revert."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-import openai
 import pytest
 
-from tests.gitserve import GitHttpServer, Upstream, config_yaml, free_port
+from tests.gateway_process import GatewayProcess
+from tests.gitserve import GitHttpServer, Upstream, config_yaml
 from tests.signing import SshKey, disabled, unsigned
 from tests.waiting import wait_for
 
@@ -39,57 +34,18 @@ def dlp_config(version: str) -> str:
             "  audit-logger: {retention_days: 30}\n")
 
 
-class Gateway:
+class Gateway(GatewayProcess):
     """`kt gateway run --git-repo URL --git-verify-signers FILE` on a free loopback port."""
 
     def __init__(self, url: str, state: Path, signers: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(state.parent / f"gateway-{self.port}.log", "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kt", "gateway", "run", "--git-repo", url, "--git-path", CFG,
-             "--state-dir", str(state), "--listen", f"127.0.0.1:{self.port}", "--sync-interval", "0.2",
-             "--git-verify-signers", str(signers), "--log-format", "text"],
-            stdout=subprocess.DEVNULL, stderr=self.log, env={**os.environ, "KEEPTRUSTS_ADMIN_TOKEN": ""},
-        )
-        wait_for(lambda: self.proc.poll() is not None or self.raw_status()[0] == 200, timeout=30)
-        assert self.proc.poll() is None, f"gateway exited: {self.logs()}"
-
-    def logs(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
+        super().__init__(None, state, "--git-repo", url, "--git-path", CFG, "--sync-interval", "0.2",
+                         "--git-verify-signers", str(signers), "--log-format", "text",
+                         env={"KEEPTRUSTS_ADMIN_TOKEN": ""}, ready="/keeptrusts/status", timeout=30)
 
     def raw_status(self) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(self.url + "/keeptrusts/status", timeout=5) as resp:
-                return resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError:
-            return 0, b""
+        status, _, body = self.request("GET", "/keeptrusts/status")
+        return status, body
 
-    def status(self) -> dict:
-        return json.loads(self.raw_status()[1] or b"{}")
-
-    def revision(self) -> str | None:
-        return (self.status().get("config") or {}).get("revision")
-
-    def chat(self, text: str) -> int:
-        client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
-        try:
-            client.chat.completions.create(model="demo-model", messages=[{"role": "user", "content": text}])
-            return 200
-        except openai.APIStatusError as exc:
-            return exc.status_code
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 def test_sign_push_apply_unsigned_refused_signed_revert_applied_on_two_gateways(tmp_path):
@@ -106,7 +62,7 @@ def test_sign_push_apply_unsigned_refused_signed_revert_applied_on_two_gateways(
         gateways = [Gateway(url, tmp_path / f"state-{i}", signers) for i in (1, 2)]
         for gw in gateways:
             wait_for(lambda gw=gw: gw.revision() == first, timeout=30, message="first commit not applied")
-            assert gw.chat(f"status of {SECRET_WORD}?") == 200
+            assert gw.chat_status(f"status of {SECRET_WORD}?") == 200
             sync = gw.status()["sync"]
             assert sync["verify_signers"]["enabled"] is True and sync["verify_signers"]["format"] == "ssh"
             assert sync["applied_signer"] == {"format": "ssh", "fingerprint": alice.fingerprint,
@@ -119,7 +75,7 @@ def test_sign_push_apply_unsigned_refused_signed_revert_applied_on_two_gateways(
         signed = up.commit({CFG: dlp_config("2.0.0")}, "signed: block the secret project")
         for gw in gateways:
             wait_for(lambda gw=gw: gw.revision() == signed, timeout=30, message="signed commit not applied")
-            assert gw.chat(f"status of {SECRET_WORD}?") == 409 and gw.chat("hello") == 200
+            assert gw.chat_status(f"status of {SECRET_WORD}?") == 409 and gw.chat_status("hello") == 200
 
         # 2. An unsigned push that switches every policy off: refused and reported, the policy still blocks.
         unsigned(up)
@@ -132,7 +88,7 @@ def test_sign_push_apply_unsigned_refused_signed_revert_applied_on_two_gateways(
             assert status["config"]["revision"] == signed and status["sync"]["applied_revision"] == signed
             finding = status["sync"]["findings"][0]
             assert finding["code"] == "E120" and finding["message"] == f"commit {bad} is not signed"
-            assert gw.chat(f"status of {SECRET_WORD}?") == 409  # the last good config keeps serving
+            assert gw.chat_status(f"status of {SECRET_WORD}?") == 409  # the last good config keeps serving
         cli = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--gateway", gateways[0].url],
                              capture_output=True, text=True, timeout=60)
         assert cli.returncode == 0 and "E120" in cli.stdout and "is not signed" in cli.stdout
@@ -146,7 +102,7 @@ def test_sign_push_apply_unsigned_refused_signed_revert_applied_on_two_gateways(
             status = gw.status()
             assert status["drift"] == {"drifted": False, "reason": None}
             assert status["sync"]["findings"] == [] and status["sync"]["applied_signer"]["identity"] == alice.principal
-            assert gw.chat(f"status of {SECRET_WORD}?") == 409
+            assert gw.chat_status(f"status of {SECRET_WORD}?") == 409
     finally:
         for gw in gateways:
             gw.stop()

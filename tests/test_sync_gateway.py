@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,10 +12,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import openai
 import pytest
 
-from tests.gitserve import Upstream, config_yaml, free_port
+from tests.gateway_process import GatewayProcess
+from tests.gitserve import Upstream, config_yaml
 from tests.waiting import wait_for
 
 CFG = "policy-config.yaml"
@@ -32,38 +31,15 @@ def dlp_config(version: str) -> str:
             "  audit-logger: {retention_days: 30}\n")
 
 
-class Gateway:
-    """A `kt gateway run --git-repo` subprocess."""
+class Gateway(GatewayProcess):
+    """A `kt gateway run --git-repo` subprocess with a webhook secret."""
 
     def __init__(self, up: Upstream, state: Path, *extra: str) -> None:
-        self.port = free_port()
         secret = state.parent / "hook-secret"
         secret.write_text(SECRET + "\n")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kt", "gateway", "run", "--git-repo", up.url, "--git-path", CFG,
-             "--state-dir", str(state), "--port", str(self.port), "--listen", "127.0.0.1:0",
-             "--webhook-secret-file", str(secret), "--log-format", "text", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "KEEPTRUSTS_ADMIN_TOKEN": ""},
-        )
-        self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(lambda: self.proc.poll() is not None or self.get("/healthz")[0] == 200, timeout=30)
-        assert self.proc.poll() is None, self.proc.stderr.read()
-
-    def get(self, path: str) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-        except OSError:
-            return 0, {}
-
-    def status(self) -> dict:
-        return self.get("/keeptrusts/status")[1]
-
-    def revision(self) -> str | None:
-        return (self.status().get("config") or {}).get("revision")
+        super().__init__(None, state, "--git-repo", up.url, "--git-path", CFG, "--webhook-secret-file", str(secret),
+                         "--log-format", "text", *extra, env={"KEEPTRUSTS_ADMIN_TOKEN": ""}, ready="/healthz",
+                         timeout=30)
 
     def webhook(self, body: bytes = b'{"ref": "refs/heads/main"}') -> int:
         sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
@@ -75,22 +51,6 @@ class Gateway:
         except urllib.error.HTTPError as exc:
             return exc.code
 
-    def chat(self, text: str) -> int:
-        client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0)
-        try:
-            client.chat.completions.create(model="demo-model", messages=[{"role": "user", "content": text}])
-            return 200
-        except openai.APIStatusError as exc:
-            return exc.status_code
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture
@@ -105,12 +65,12 @@ def test_merge_reaches_the_gateway_by_webhook_and_is_enforced(upstream, tmp_path
     try:
         wait_for(lambda: gw.revision() == upstream.head(), timeout=30)
         assert gw.get("/readyz")[0] == 200
-        assert gw.chat("status of project-bluebird?") == 200
+        assert gw.chat_status("status of project-bluebird?") == 200
         sha = upstream.commit({CFG: dlp_config("2.0.0")}, "block bluebird")
         assert gw.webhook() == 202
         wait_for(lambda: gw.revision() == sha, timeout=30, message="webhook merge did not reach the gateway")
-        assert gw.chat("status of project-bluebird?") == 409
-        assert gw.chat("hello") == 200
+        assert gw.chat_status("status of project-bluebird?") == 409
+        assert gw.chat_status("hello") == 200
         status = gw.status()
         assert status["sync"]["applied_revision"] == sha and status["drift"] == {"drifted": False, "reason": None}
         cli = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--gateway", gw.url, "--json"],
@@ -124,7 +84,7 @@ def test_merge_reaches_the_gateway_by_webhook_and_is_enforced(upstream, tmp_path
         reverted = upstream.revert()  # rollback by revert
         gw.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: gw.revision() == reverted, timeout=30)
-        assert gw.chat("status of project-bluebird?") == 200
+        assert gw.chat_status("status of project-bluebird?") == 200
     finally:
         gw.stop()
 
@@ -139,7 +99,7 @@ def test_polling_picks_up_a_merge_and_refuses_a_bad_one(upstream, tmp_path):
         wait_for(lambda: gw.status()["drift"]["reason"] == "rejected", timeout=30)
         status = gw.status()
         assert status["config"]["revision"] == good and status["sync"]["last_error"]
-        assert gw.get("/readyz")[0] == 200 and gw.chat("project-bluebird") == 409
+        assert gw.get("/readyz")[0] == 200 and gw.chat_status("project-bluebird") == 409
     finally:
         gw.stop()
 
@@ -164,7 +124,7 @@ def test_cold_and_warm_start_with_the_remote_down(upstream, tmp_path):
     try:  # warm start: the last published revision serves at once, age comes from the recorded success
         assert gw.get("/readyz")[0] == 200 and gw.revision() == upstream.head()
         wait_for(lambda: gw.status()["drift"]["reason"] == "unreachable", timeout=30)
-        assert gw.chat("hello") == 200
+        assert gw.chat_status("hello") == 200
     finally:
         gw.stop()
 
@@ -178,7 +138,7 @@ def test_hand_edited_revision_is_refused_and_restored_while_the_head_is_refused(
     gw = Gateway(upstream, state, "--sync-interval", "3600")
     try:
         wait_for(lambda: gw.revision() == good, timeout=30)
-        assert gw.chat("status of project-bluebird?") == 409
+        assert gw.chat_status("status of project-bluebird?") == 409
         upstream.commit({CFG: "pack: {name: broken"}, "bad")
         assert gw.webhook() == 202
         wait_for(lambda: gw.status()["drift"]["reason"] == "rejected", timeout=30)
@@ -189,11 +149,11 @@ def test_hand_edited_revision_is_refused_and_restored_while_the_head_is_refused(
         assert f"{CFG} in revision {good[:12]} was modified after publishing" in status["reload"]["last_error"]
         assert status["drift"] == {"drifted": True, "reason": "modified"}
         assert status["config"]["revision"] == good and status["config"]["pack"]["version"] == "1.0.0"
-        assert gw.chat("status of project-bluebird?") == 409
+        assert gw.chat_status("status of project-bluebird?") == 409
         assert gw.webhook() == 202  # the next run: head still refused, publication restored
         wait_for(lambda: gw.status()["drift"]["reason"] == "rejected", timeout=30)
         wait_for(lambda: (gw.status().get("reload") or {}).get("last_result") != "error", timeout=15)
         assert "version: 1.0.0" in (state / "current" / CFG).read_text()
-        assert gw.status()["sync"]["last_restored_at"] and gw.chat("status of project-bluebird?") == 409
+        assert gw.status()["sync"]["last_restored_at"] and gw.chat_status("status of project-bluebird?") == 409
     finally:
         gw.stop()
