@@ -22,7 +22,7 @@ from typing import Any
 from policies.counters import Claim, window_end
 from policies.kinds.base import Decision
 from policies.model import Exchange, Verdict
-from policies.pricing import cost_usd
+from policies.pricing import PriceTable, cost_usd
 from policies.state import PolicyState
 
 # Cerberus schema of one agent's block (`agents.<agent-id>`).
@@ -95,7 +95,8 @@ def check_agent_limits(
 
 
 def agent_usage(
-    agents: Mapping[str, Mapping[str, Any]], ex: Exchange, prices: Mapping[str, Mapping[str, Any]] | None = None,
+    agents: Mapping[str, Mapping[str, Any]], ex: Exchange,
+    prices: Mapping[str, Mapping[str, Any]] | PriceTable | None = None,
 ) -> tuple[float, list[Claim]]:
     """(cost of `ex`, the claims that add it to its agent's day); (0.0, []) for an unlisted agent."""
     agent_id = ex.agent_id
@@ -109,7 +110,7 @@ def record_agent_usage(
     agents: Mapping[str, Mapping[str, Any]],
     ex: Exchange,
     state: PolicyState,
-    prices: Mapping[str, Mapping[str, Any]] | None = None,
+    prices: Mapping[str, Mapping[str, Any]] | PriceTable | None = None,
     now: float | None = None,
     namespace: str = "",
 ) -> float:

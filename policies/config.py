@@ -17,6 +17,7 @@ from policies.chain import Chain
 from policies.findings import ConfigError
 from policies.kinds import KINDS
 from policies.model import DataPolicy, SecretRef, Target
+from policies.pricing import PriceTable, price_table
 from policies.providers import AZURE_API_VERSION, AZURE_OPENAI
 from policies.state import PolicyState
 
@@ -51,6 +52,7 @@ class Config:
     source: str  # file path or "<memory>"
     agents: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     suites: tuple[dict[str, Any], ...] = ()
+    prices: PriceTable = field(default_factory=price_table)  # built-ins + `policy.spend-limit.prices`
 
     @property
     def enabled(self) -> bool:
@@ -124,6 +126,7 @@ def compile_document(
         source=source,
         agents=MappingProxyType(dict(doc.get("agents") or {})),
         suites=tuple((doc.get("testing") or {}).get("suites") or []),
+        prices=price_table((blocks.get("spend-limit") or {}).get("prices")),
     )
 
 

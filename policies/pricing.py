@@ -53,9 +53,14 @@ PRICES: dict[str, Price] = {
 }
 
 
-def price_table(overrides: Mapping[str, Mapping[str, Any] | Price] | None = None) -> dict[str, Price]:
+class PriceTable(dict[str, Price]):
+    """A resolved table: the built-in prices with a config's overrides on top, built once when the
+    config compiles (`Config.prices`); `price_for`/`cost_usd` use it as it is."""
+
+
+def price_table(overrides: Mapping[str, Mapping[str, Any] | Price] | None = None) -> PriceTable:
     """The built-in table with `overrides` (`{model: {input_per_mtok, output_per_mtok}}`) on top."""
-    table = {key.lower(): price for key, price in PRICES.items()}
+    table = PriceTable({key.lower(): price for key, price in PRICES.items()})
     for key, entry in (overrides or {}).items():
         if not isinstance(entry, Price):
             entry = Price(float(entry.get("input_per_mtok", 0.0)), float(entry.get("output_per_mtok", 0.0)))
@@ -77,13 +82,16 @@ def lookup(model: str, table: Mapping[str, Price]) -> Price | None:
     return table[max(matches, key=len)] if matches else None
 
 
-def price_for(model: str, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Price | None:
-    """The price of `model` with config overrides applied, or None when it has none."""
+def price_for(model: str, overrides: Mapping[str, Mapping[str, Any]] | PriceTable | None = None) -> Price | None:
+    """The price of `model` with config overrides (or an already resolved `PriceTable`) applied, or None."""
+    if isinstance(overrides, PriceTable):
+        return lookup(model, overrides)
     return lookup(model, price_table(overrides) if overrides else _DEFAULT_TABLE)
 
 
 def cost_usd(
-    model: str, input_tokens: int, output_tokens: int, overrides: Mapping[str, Mapping[str, Any]] | None = None
+    model: str, input_tokens: int, output_tokens: int,
+    overrides: Mapping[str, Mapping[str, Any]] | PriceTable | None = None,
 ) -> float:
     """USD cost of one call; 0.0 for a model without a price (see `price_for`)."""
     price = price_for(model, overrides)

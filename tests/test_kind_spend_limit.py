@@ -138,3 +138,21 @@ def test_reservation_is_settled_by_the_actual_cost_and_given_back_on_a_block() -
     chain = Chain((policy, DlpFilter({"blocked_terms": ["bluebird"], "action": "block"}, state)))
     assert chain.run_input(user("bluebird", model="gpt-4o", max_tokens=10_000)).blocked
     assert state.spent_today("spend-limit:global") == pytest.approx(0.0025)  # the block gave the estimate back
+
+
+def test_prices_are_resolved_when_the_config_compiles() -> None:
+    """A config's price table (built-ins + `spend-limit.prices`) is built once at load, and costs from it
+    equal costs from the raw overrides (issue 14: no digging in the document per request)."""
+    from policies import load_config_bytes
+    from policies.pricing import PriceTable
+
+    overrides = {"demo-model": {"input_per_mtok": 2, "output_per_mtok": 4}}
+    config = load_config_bytes(
+        b"pack: {name: p, version: 1.0.0, enabled: true}\n"
+        b"providers:\n  targets:\n    - {id: demo, provider: mock, model: demo-model}\n"
+        b"policies:\n  chain: [spend-limit]\n"
+        b"policy:\n  spend-limit: {max_daily_usd: 5, prices: {demo-model: {input_per_mtok: 2, output_per_mtok: 4}}}\n")
+    assert isinstance(config.prices, PriceTable)
+    for model in ("demo-model", "gpt-4o-mini-2024-07-18", "nothing-known"):
+        assert cost_usd(model, 1_000_000, 500_000, config.prices) == cost_usd(model, 1_000_000, 500_000, overrides)
+    assert cost_usd("demo-model", 1_000_000, 500_000, config.prices) == pytest.approx(4.0)

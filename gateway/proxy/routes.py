@@ -396,7 +396,7 @@ class ProxyHandler(AuthedHandler):
             return
         ex.model = target.model
         config = self.snap.config
-        prices = ((config.document.get("policy") or {}).get("spend-limit") or {}).get("prices")
+        prices = config.prices  # resolved when the config compiled
         self.record.cost_usd = round(cost_usd(target.model, ex.input_tokens, ex.output_tokens, prices), 8)
         if config.agents and ex.agent_id:
             ex.tally.queued += agent_usage(config.agents, ex, prices)[1]
