@@ -244,3 +244,11 @@ def test_admin_events_record_the_azure_target(tmp_path: Path, fake_azure: FakeAz
     with urllib.request.urlopen(gw.url + "/v1/models", timeout=5) as resp:
         models = json.load(resp)
     assert [m["owned_by"] for m in models["data"]] == ["azure-openai"]
+
+
+def test_responses_clients_are_served_by_azure(tmp_path: Path, fake_azure: FakeAzure, start_gateway: Any) -> None:
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [azure_target(fake_azure)]))
+    assert oai(gw).responses.create(model="gpt-4o-mini", input="hi").output_text == "Hello from Azure."
+    events = list(oai(gw).responses.create(model="gpt-4o-mini", input="hi", stream=True))
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == "Hello from Azure."
+    assert fake_azure.requests[-1].path == "/openai/deployments/chat/chat/completions"

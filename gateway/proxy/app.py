@@ -20,6 +20,7 @@ from gateway.http.handler import Handler
 from gateway.providers.upstream import Timeouts, UpstreamClient
 from gateway.proxy.keys import GatewayKeys
 from gateway.proxy.resilience import Breakers, RoundRobin
+from gateway.proxy.responses import ResponsesHandler
 from gateway.proxy.routes import (
     ChatHandler,
     EmbeddingsHandler,
@@ -39,6 +40,7 @@ DEFAULT_MAX_CONCURRENCY = 1000
 ROUTES: list[tuple[str, type[Handler]]] = [  # exact paths -> lean handlers (gateway/http/handler.py)
     ("/v1/chat/completions", ChatHandler),
     ("/v1/messages", MessagesHandler),
+    ("/v1/responses", ResponsesHandler),
     ("/v1/embeddings", EmbeddingsHandler),
     ("/v1/models", ModelsHandler),
 ]

@@ -178,6 +178,9 @@ class NotFoundHandler(tornado.web.RequestHandler):
     """Any path no route serves: 404 with the envelope (the Application's default handler)."""
 
     def prepare(self) -> None:
+        if self.request.path.startswith("/v1/responses/"):  # retrieval of a stored response: kt stores none
+            raise invalid("`store`: kt keeps no responses, so /v1/responses/{id} (retrieve, delete, input items) "
+                          "cannot be answered; keep the response on the client side", "unsupported_stateful")
         raise not_found(self.request.path)
 
     def check_xsrf_cookie(self) -> None:  # an API: no cookies, no XSRF
