@@ -15,8 +15,8 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.gitserve import config_yaml
+from tests.test_gateway_control_counters import BUDGET_CONFIG, ask
 from tests.test_ops_notify_processes import NotifySocket
-from tests.test_state_counters import BUDGET_CONFIG, ask
 from tests.waiting import wait_for
 
 CONFIG = config_yaml("1.0.0", name="workers")

@@ -9,5 +9,5 @@
 - `campaign`: runs cases against the gateway process and judges them (the oracle), shrinks
   findings to a minimal reproducer, and reports what it tried and found.
 
-`tests/test_fuzz_http.py` runs a bounded campaign in `make test`; `bench/fuzz.py` (`make fuzz`) a long one.
+`tests/test_gateway_http_fuzz.py` runs a bounded campaign in `make test`; `bench/fuzz.py` (`make fuzz`) a long one.
 """
