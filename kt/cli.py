@@ -11,7 +11,7 @@ import sys
 import click
 
 from kt import __version__
-from kt.commands import doctor, events, gateway, init, policy, sync
+from kt.commands import console, doctor, events, gateway, init, policy, sync
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -26,6 +26,7 @@ cli.add_command(gateway.gateway)
 cli.add_command(sync.sync)
 cli.add_command(events.events)
 cli.add_command(doctor.doctor)
+cli.add_command(console.console)
 
 
 def main() -> None:

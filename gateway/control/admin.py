@@ -2,11 +2,13 @@
 
 Open: `GET /healthz`, `/readyz`, `/health`, `/metrics`. Admin (Bearer `$KEEPTRUSTS_ADMIN_TOKEN`
 when set, else open): `GET /keeptrusts/config`, `POST /keeptrusts/config/reload`,
-`GET /keeptrusts/status`, `GET /keeptrusts/events`.
+`GET /keeptrusts/status`, `GET /keeptrusts/events`, `GET /keeptrusts/ui` (the console page,
+gateway/control/console_web.py).
 """
 
 from __future__ import annotations
 
+import base64
 import hmac
 from typing import Any
 
@@ -41,16 +43,28 @@ class _Base(tornado.web.RequestHandler):
 
 
 class _Admin(_Base):
+    browser = False  # also accept HTTP Basic with the token as password (a browser prompts for it)
+
     def prepare(self) -> None:
         token = self.ops.admin_token
         if not token:
             return
         given = self.request.headers.get("Authorization", "")
+        if self.browser and given[:6].lower() == "basic ":
+            given = f"Bearer {_basic_password(given[6:])}"
         expected = f"Bearer {token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):
-            self.set_header("WWW-Authenticate", 'Bearer realm="kt-admin"')
+            self.set_header("WWW-Authenticate", 'Basic realm="kt-admin"' if self.browser else 'Bearer realm="kt-admin"')
             self.send_error_envelope(401, "authentication_error", "invalid_admin_token",
                                      "admin endpoints need 'Authorization: Bearer <KEEPTRUSTS_ADMIN_TOKEN>'")
+
+
+def _basic_password(encoded: str) -> str:
+    """The password of an HTTP Basic credential (any user name), or "" when it does not decode."""
+    try:
+        return base64.b64decode(encoded.strip(), validate=True).decode().partition(":")[2]
+    except (ValueError, UnicodeDecodeError):
+        return ""
 
 
 class Healthz(_Base):
@@ -133,8 +147,11 @@ class Events(_Admin):
 
 def admin_routes(ops: Ops) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
     """The route table entries for health, metrics and admin endpoints."""
+    from gateway.control.console_web import ui_routes  # it builds on _Admin below
+
     kwargs = {"ops": ops}
     return [
+        *ui_routes(ops),
         (r"/healthz", Healthz, kwargs),
         (r"/readyz", Readyz, kwargs),
         (r"/health", Health, kwargs),
