@@ -50,7 +50,7 @@ RULES = (
 # (importing module, imported module) -> why the rule does not apply there.
 EXCEPTIONS = {
     ("gateway.http.handler", "sync.clock"):
-        "the Date header uses the repo's one once-a-second clock cache (sync.clock.PerSecond)",
+        "the Date header uses the repo's one once-a-second clock cache (sync.clock.per_second)",
     ("gateway.http.http1", "gateway.proxy.errors"):
         "the wire answers a malformed or oversized request in the one error envelope",
     ("gateway.providers.adapters", "policies.model"):
@@ -65,7 +65,7 @@ EXCEPTIONS = {
 # The repo's one helper per idea (issue 14 §2): name -> the one module that defines it.
 ONE_OF_EACH = {
     "rfc3339": "sync.clock",  # RFC 3339 time stamps
-    "PerSecond": "sync.clock",  # the once-a-second clock cache
+    "per_second": "sync.clock",  # the once-a-second clock cache
     "backoff": "sync.backoff",  # exponential backoff with jitter
     "mask_url": "sync.credentials",  # credentials out of URLs
     "default_state_dir": "sync.publish",  # $KEEPTRUSTS_STATE_DIR or ~/.local/state/kt

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.proxy.errors import GatewayError, envelope
 from sync.backoff import backoff
-from sync.clock import PerSecond, parse_time, rfc3339
+from sync.clock import parse_time, per_second, rfc3339
 
 
 def test_rfc3339_is_isoformat_with_milliseconds() -> None:
@@ -25,7 +25,7 @@ def test_rfc3339_is_isoformat_with_milliseconds() -> None:
 
 def test_per_second_formats_once_a_second() -> None:
     calls: list[int] = []
-    cache = PerSecond(lambda second: calls.append(second) or f"s{second}")
+    cache = per_second(lambda second: calls.append(second) or f"s{second}")
     assert [cache(s) for s in (5, 5, 5, 6, 6, 5)] == ["s5", "s5", "s5", "s6", "s6", "s5"]
     assert calls == [5, 6, 5]
 

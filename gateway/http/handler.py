@@ -23,7 +23,7 @@ from typing import Any
 from tornado import httputil
 from tornado.iostream import StreamClosedError
 
-from sync.clock import PerSecond
+from sync.clock import per_second
 
 
 class RequestHead:
@@ -50,7 +50,7 @@ class ResponseHeaders(dict[str, str]):
         return [self[name]] if name in self else []
 
 
-_date = PerSecond(lambda second: formatdate(second, usegmt=True))
+_date = per_second(lambda second: formatdate(second, usegmt=True))
 
 
 def http_date() -> str:
