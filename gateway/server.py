@@ -93,7 +93,7 @@ class RunningGateway:
         await runtime.state.close()  # pending counter updates are sent first
         if self.publisher is not None:
             await self.publisher.stop()
-        if self.sync is not None:
+        if self.sync is not None and self.sync.supervisor_pid is None:
             self.sync.stop()
 
 
@@ -108,12 +108,13 @@ async def start(settings: GatewaySettings, config_path: str | Path | None, runti
     runtime.fail_mode = settings.fail_mode
     runtime.max_concurrency = settings.max_concurrency
     if sync is not None:
-        sync.start()  # raises AgentLocked when another agent owns the state dir
+        if sync.supervisor_pid is None:  # a worker serves only the webhook; its supervisor runs the agent
+            sync.start()  # raises AgentLocked when another agent owns the state dir
         config_path = sync.config_path
     try:
         return await _start(settings, str(config_path), runtime, sync)
     except BaseException:
-        if sync is not None:
+        if sync is not None and sync.supervisor_pid is None:
             sync.stop()
         raise
 
@@ -179,7 +180,7 @@ async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
     if directory is not None and index is not None:  # a worker of `--workers N`: publish for the group view
         publisher = group.GroupPublisher(directory, index, metrics.render, ops.worker_record)
         publisher.start()
-    if sync is not None:
+    if sync is not None and sync.supervisor_pid is None:  # (a worker's SIGHUP comes from its supervisor)
         loop = asyncio.get_running_loop()
         # A publish flips `current`; the watcher would see it too, this only skips its debounce.
         sync.on_publish = lambda: loop.call_soon_threadsafe(ops.reloader.request, "sync")

@@ -128,3 +128,51 @@ def test_workers_auto_and_invalid(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "kt", "gateway", "run", "--config", str(config), "--workers", "lots"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "--workers" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_git_repo_with_workers_one_agent_and_the_webhook_reaches_it(tmp_path: Path) -> None:
+    import hashlib
+    import hmac
+    import urllib.request
+
+    from tests.gateway_process import free_port
+    from tests.gitserve import Upstream, config_yaml
+
+    up = Upstream(tmp_path / "remote")
+    up.commit({"policy-config.yaml": config_yaml("1.0.0")})
+    secret = b"hook-secret"
+    port = free_port()
+    log = tmp_path / "gw.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "kt", "gateway", "run", "--git-repo", up.url,
+                                 "--sync-interval", "3600", "--listen", f"127.0.0.1:{port}",
+                                 "--state-dir", str(tmp_path / "state"), "--workers", "2"],
+                                stdout=subprocess.DEVNULL, stderr=out,
+                                env={**os.environ, "KEEPTRUSTS_WEBHOOK_SECRET": secret.decode()})
+    url = f"http://127.0.0.1:{port}"
+
+    def health() -> dict:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+                return json.loads(resp.read())
+        except OSError:
+            return {}
+
+    def versions() -> set[str]:
+        return {w.get("revision") or "" for w in health().get("workers") or () if w.get("ready")}
+
+    try:
+        wait_for(lambda: len(versions()) == 1 and "" not in versions() and len(health()["workers"]) == 2,
+                 timeout=30, message=log.read_text())
+        sha = up.commit({"policy-config.yaml": config_yaml("2.0.0")})
+        body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+        request = urllib.request.Request(url + "/keeptrusts/sync/webhook", data=body, method="POST", headers={
+            "X-Hub-Signature-256": "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest(),
+            "X-GitHub-Event": "push", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            assert resp.status == 202
+        wait_for(lambda: versions() == {sha}, timeout=30)  # every worker on the commit the one agent published
+        assert log.read_text().count("AgentLocked") == 0
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

@@ -11,6 +11,8 @@ debounced by the scheduler (`SyncScheduler.trigger`).
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ class EmbeddedSync:
         self.webhook_secret = webhook_secret
         self.deliveries = webhook.RecentDeliveries()  # replayed deliveries are answered, never acted on
         self.on_publish: Callable[[], None] | None = None  # the gateway nudges its reloader (no wait for the watcher)
+        self.supervisor_pid: int | None = None  # a worker of --workers N: the agent runs in this process instead
 
     @property
     def config_path(self) -> Path:
@@ -57,7 +60,11 @@ class EmbeddedSync:
         self.agent.release()
 
     def trigger(self) -> None:
-        """Sync as soon as possible (webhook, SIGHUP); bursts collapse into one run."""
+        """Sync as soon as possible (webhook, SIGHUP); bursts collapse into one run. In a worker the
+        supervisor's agent is asked (SIGHUP: it syncs, and every worker reloads)."""
+        if self.supervisor_pid is not None:
+            os.kill(self.supervisor_pid, signal.SIGHUP)
+            return
         self.scheduler.trigger()
 
     def _on_result(self, result: SyncResult) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -180,16 +181,15 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         finally:
             shutdown_logging()
         sys.exit(code)
-    wait_for_config = False
-    if worker_index() is not None and sync is not None:  # a worker: the supervisor's agent publishes
-        policy_config, sync, wait_for_config = str(sync.config_path), None, True
+    if worker_index() is not None and sync is not None:  # a worker: the supervisor's agent publishes; the
+        sync.supervisor_pid = os.getppid()  # worker serves the webhook, which asks the supervisor to sync
     settings = GatewaySettings(
         host=host, port=listen_port, fail_mode=fail_mode, max_body_size=size, drain_timeout=drain_timeout,
         client_timeout=client_timeout, max_connections=max_connections,
         keys=keys, timeouts=Timeouts(upstream_connect_timeout, upstream_read_timeout),
         max_response_size=response_size,
         state_dir=Path(state_dir) if state_dir else None, events_max_size=events_cap, watch_config=watch_config,
-        state_url=state_url or None, state_password_file=state_password_file, wait_for_config=wait_for_config,
+        state_url=state_url or None, state_password_file=state_password_file,
         # every request in flight may hold one upstream connection: the pool grows with the limit
         **({"max_concurrency": max_concurrency, "max_upstream_connections": max(1000, max_concurrency)}
            if max_concurrency else {}),
