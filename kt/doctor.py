@@ -164,11 +164,14 @@ def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[
     url, headers = models_request(target)
     where = mask_url(url)
     started = time.monotonic()
+    refused = False
     try:
         with urlopen(Request(url, headers={**headers, "User-Agent": "kt-doctor"}), timeout=timeout) as resp:
             status = resp.status
     except HTTPError as exc:
         status = exc.code
+        # Gemini answers a wrong key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID
+        refused = status == 400 and b"API_KEY_INVALID" in exc.read(65536)
         exc.close()
     except (OSError, http.client.HTTPException, ValueError) as exc:
         cause = getattr(exc, "reason", exc)
@@ -178,7 +181,7 @@ def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[
                      f"check DNS, firewall and egress proxy from this host to {urlsplit(url).netloc}")
     ms = (time.monotonic() - started) * 1000
     key = f" with {ref.env}" if ref is not None and ref.env else ""
-    if status in (401, 403):
+    if status in (401, 403) or refused:
         return _fail(name, f"key rejected: GET {where}{key} answered HTTP {status}",
                      f"put a valid {target.provider} key in {ref.env if ref and ref.env else 'the target secret'}")
     if 200 <= status < 300:

@@ -18,7 +18,7 @@ from policies.findings import ConfigError
 from policies.kinds import KINDS
 from policies.model import DataPolicy, SecretRef, Target
 from policies.pricing import PriceTable, price_table
-from policies.providers import AZURE_API_VERSION, AZURE_OPENAI
+from policies.providers import AZURE_API_VERSION, AZURE_OPENAI, GOOGLE, GOOGLE_KEY_HEADER
 from policies.state import PolicyState
 
 
@@ -69,7 +69,8 @@ def _target(raw: dict[str, Any]) -> Target:
     dp = raw.get("data_policy") or {}
     fmt = raw.get("format") or ("anthropic" if raw["provider"] == "anthropic" else "openai")
     azure = raw["provider"] == AZURE_OPENAI
-    default_header = "x-api-key" if fmt == "anthropic" else "api-key" if azure else "Authorization"
+    default_header = "x-api-key" if fmt == "anthropic" else "api-key" if azure else \
+        GOOGLE_KEY_HEADER if raw["provider"] == GOOGLE else "Authorization"
     header = raw.get("api_key_header", default_header)
     default_prefix = "Bearer " if header.lower() == "authorization" and fmt != "anthropic" else ""
     prefix = raw.get("api_key_prefix", default_prefix)

@@ -29,7 +29,7 @@ from cerberus import errors as cerr
 
 from policies.findings import Finding
 from policies.kinds import KINDS, UNSUPPORTED_KINDS
-from policies.providers import NATIVE, ONLY_FOR, REQUIRED
+from policies.providers import ALIASES, NATIVE, ONLY_FOR, REQUIRED
 from policies.schema import (
     KT_ERROR,
     SINGLE_POLICY_KINDS,
@@ -329,7 +329,8 @@ def _provider_findings(target: dict[str, Any], path: str) -> list[Finding]:
     if not isinstance(provider, str):
         return []
     findings = []
-    near = _did_you_mean(provider, NATIVE) if provider not in NATIVE else ""
+    near = "" if provider in NATIVE else f"did you mean '{ALIASES[provider]}'? " if provider in ALIASES \
+        else _did_you_mean(provider, NATIVE)
     for name, example in REQUIRED.get(provider, {}).items():
         if name not in target:
             findings.append(Finding("E022", f"{path}.{name}", f"provider {provider} needs `{name}`",

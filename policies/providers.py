@@ -11,7 +11,13 @@ from __future__ import annotations
 AZURE_OPENAI = "azure-openai"
 AZURE_API_VERSION = "2024-10-21"  # the newest GA data-plane version of Azure OpenAI's inference API
 
-NATIVE = ("openai", "anthropic", AZURE_OPENAI, "mock")
+GOOGLE = "google"
+GOOGLE_KEY_HEADER = "x-goog-api-key"
+
+NATIVE = ("openai", "anthropic", AZURE_OPENAI, GOOGLE, "mock")
+
+# ids users reach for that mean a native provider (lint W005 suggests it)
+ALIASES: dict[str, str] = {"gemini": GOOGLE, "google-genai": GOOGLE, "azure": AZURE_OPENAI, "azure-ai": AZURE_OPENAI}
 
 # fields a provider cannot work without (no default can stand in: an Azure resource has its own host)
 REQUIRED: dict[str, dict[str, str]] = {

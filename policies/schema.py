@@ -64,8 +64,9 @@ TARGET = {
     "id": _str(required=True, minlength=1, maxlength=200,
                meta=_meta("Unique id of the target (duplicates are lint error E009).")),
     "provider": _str(required=True, regex=r"^[a-z0-9][a-z0-9._-]*$",
-                     meta=_meta("Provider id: openai, anthropic, azure-openai, mock (local demo upstream) or an "
-                                "OpenAI-compatible id.", examples=["openai", "anthropic", "azure-openai", "mock"])),
+                     meta=_meta("Provider id: openai, anthropic, azure-openai, google, mock (local demo upstream) "
+                                "or an OpenAI-compatible id.",
+                                examples=["openai", "anthropic", "azure-openai", "google", "mock"])),
     "model": _str(required=True, minlength=1, meta=_meta("Model name sent upstream, e.g. gpt-4o-mini.")),
     "base_url": _str(regex=r"^https?://\S+$", meta=_meta("Upstream base URL, http:// or https://.")),
     "secret_key_ref": _dict(

@@ -3,6 +3,7 @@
 - `openai` and every OpenAI-compatible `base_url`: the canonical form is the wire form.
 - `anthropic` (or `format: anthropic`): translated both ways by `gateway.providers.translate`.
 - `azure-openai`: the OpenAI form on Azure's deployment URLs (`gateway.providers.azure`).
+- `google`: the Gemini API, translated both ways by `gateway.providers.google`.
 - `mock`: the built-in local provider (`gateway.providers.mock`), no network.
 
 `complete` returns `(completion dict, raw upstream bytes or None)` — the raw bytes let an
@@ -20,7 +21,7 @@ from typing import Any
 import orjson
 
 from gateway.http.client import Response
-from gateway.providers import azure, checks, mock, translate
+from gateway.providers import azure, checks, google, mock, translate
 from gateway.providers.upstream import DONE, UpstreamClient, UpstreamFailure, auth_headers, read_chunk, upstream_text
 from gateway.proxy.errors import invalid
 from policies.model import Target
@@ -43,6 +44,22 @@ def _to_anthropic(req: dict[str, Any], model: str) -> dict[str, Any]:
         return translate.openai_request_to_anthropic(req, model)
     except translate.TranslationError as exc:
         raise invalid(str(exc)) from None
+
+
+def _to_google(req: dict[str, Any]) -> bytes:
+    """The Gemini request for a canonical one (what it cannot express is a 400)."""
+    try:
+        return orjson.dumps(google.request(req))
+    except translate.TranslationError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _from_google(target: Target, answer: Any) -> dict[str, Any]:
+    """A Gemini answer as a checked canonical completion."""
+    try:
+        return checks.completion(google.completion(target, answer))
+    except _MALFORMED as exc:
+        raise _malformed(target, exc) from None
 
 
 def _headers(target: Target, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -74,6 +91,8 @@ def models_request(target: Target) -> tuple[str, dict[str, str]]:
     """(URL, headers) of `GET /v1/models` on `target` with its credential: proves the key, spends no token."""
     if target.provider == azure.PROVIDER:
         return azure.models_url(target), _headers(target)
+    if target.provider == google.PROVIDER:
+        return google.models_url(target), _headers(target)
     if is_anthropic(target):
         return _url(target.base_url, "https://api.anthropic.com", "/models"), _headers(
             target, {"anthropic-version": ANTHROPIC_VERSION})
@@ -81,7 +100,7 @@ def models_request(target: Target) -> tuple[str, dict[str, str]]:
 
 
 def supports_embeddings(target: Target) -> bool:
-    return not is_anthropic(target)
+    return not is_anthropic(target) and target.provider != google.PROVIDER
 
 
 def _malformed(target: Target, exc: Exception) -> UpstreamFailure:
@@ -97,6 +116,9 @@ async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) 
     """One non-streaming chat completion from `target`."""
     if target.provider == "mock":
         return mock.complete({**req, "model": target.model}), None
+    if target.provider == google.PROVIDER:
+        data = await client.post_json(target, google.url(target, False), _headers(target), _to_google(req))
+        return _from_google(target, _loads(target, data)), None
     if is_anthropic(target):
         body = orjson.dumps(_to_anthropic({**req, "stream": False}, target.model))
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
@@ -175,6 +197,16 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
 
         def end() -> Batch:
             return [*converter.close(), DONE]
+    elif target.provider == google.PROVIDER:
+        resp = await client.open_stream(target, google.url(target, True), _headers(target), _to_google(body))
+        answers = google.StreamToOpenAI(target)
+
+        def parse(data: bytes) -> Batch:  # Gemini's stream has no end marker: the body's end is the end
+            return [_checked_chunk(target, c) for _event, payload in parser.feed(data)
+                    for c in answers.feed(_loads(target, payload))]
+
+        def end() -> Batch:
+            return [*(_checked_chunk(target, c) for c in answers.close()), DONE]
     else:
         url = _openai_url(target, "chat/completions")
         resp = await client.open_stream(target, url, _headers(target), orjson.dumps(body))
@@ -262,6 +294,8 @@ async def _json_stream(client: UpstreamClient, target: Target, resp: Response, f
         raise failure
     if is_anthropic(target):
         completion = _from_anthropic(target, answer)
+    elif target.provider == google.PROVIDER:
+        completion = _from_google(target, answer)
     else:
         try:
             completion = checks.completion(answer)

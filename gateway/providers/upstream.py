@@ -155,7 +155,7 @@ def failure_for_status(target: Target, status: int, headers: Any, data: bytes) -
         return UpstreamFailure("5xx", f"{where}: {detail}", status, retry_after)
     if status < 400:  # a redirect or another status we do not follow: the upstream is misconfigured
         return UpstreamFailure("bad_response", f"{where}, which kt does not follow: {detail}", status)
-    if status in (401, 403, 407):
+    if status in (401, 403, 407) or (status == 400 and b"API_KEY_INVALID" in data):  # Gemini: 400 for a bad key
         return UpstreamFailure("client_error", f"{where}: the gateway's key for this target was refused", status)
     return UpstreamFailure("client_error", f"{where}: {detail}", status)
 
