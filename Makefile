@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/events_soak.py --events 100000 --reports 2
 
 # The long HTTP fuzz campaign against a real gateway (docs/testing.md): FUZZ_REQUESTS=N (default 100000), FUZZ_SEED=S.
 fuzz: $(STAMP)

@@ -20,7 +20,7 @@ MIB = 1024**2
 
 
 def ev(n: int) -> dict:
-    """An event of about 1.5 KB that does not compress (random hex, as ids and hashes are)."""
+    """An event of about 1.5 KB, about 750 bytes stored (random hex, as ids and hashes are, compresses 2:1)."""
     return {"id": f"evt_{n:010d}", "event_type": "decision", "timestamp": "2026-12-06T01:00:00.000Z",
             "verdict": "allow", "prompt_sha256": os.urandom(700).hex()}
 
@@ -33,7 +33,7 @@ def test_a_capped_store_fills_under_load_stays_under_its_cap_and_evicts_delivere
     store = EventStore(tmp_path / "events.db", max_bytes=2 * MIB, forwarding=True)
     assert store.get_meta(MAX_BYTES_KEY) == str(2 * MIB)
     n = 0
-    for _ in range(12):  # ~3.6 MB of events: past the cap, nothing delivered yet
+    for _ in range(20):  # ~3 MB stored: past the cap, nothing delivered yet
         store.add([ev(n + i) for i in range(200)])
         n += 200
         assert store.size_bytes() <= 2 * MIB
@@ -117,7 +117,7 @@ def test_a_full_disk_loses_no_batch_silently(tiny_fs, caplog):
     caplog.set_level(logging.INFO)
     metrics.EVENTS_DROPPED_DISK.value = 0
     store = EventStore(tiny_fs / "events.db", forwarding=True)  # the default cap: far more than the disk
-    total = 6000  # ~9 MB onto 4 MB
+    total = 9000  # ~6.5 MB stored onto 4 MB
 
     async def main() -> None:
         runtime = Runtime()
@@ -145,7 +145,7 @@ def test_doctor_warns_when_the_store_is_over_80_percent_of_its_cap(tmp_path):
     store = EventStore(tmp_path / "events.db", max_bytes=MIB)
     [check] = state_dir_check(str(tmp_path))
     assert check.status == "ok" and "MiB cap" in check.detail
-    for b in range(8):
+    for b in range(16):  # ~2.4 MB of events, ~1.2 MB compressed: at the cap
         store.add([ev(b * 100 + i) for i in range(100)])
     store.close()
     [check] = state_dir_check(str(tmp_path))
