@@ -147,9 +147,9 @@ def test_gateway_pinned_to_a_tag_follows_it_and_reports_it(upstream, tmp_path):
         wait_for(lambda: gw.revision() == good, timeout=30)
         sync = gw.status()["sync"]
         assert sync["ref"] == "known-good" and sync["ref_kind"] == "tag"
-        assert gw.chat("project-bluebird") == 409
+        assert gw.chat_status("project-bluebird") == 409
         upstream.tag("known-good")
         wait_for(lambda: gw.revision() == upstream.head(), timeout=30, message="the moved tag was not followed")
-        assert gw.chat("project-bluebird") == 200
+        assert gw.chat_status("project-bluebird") == 200
     finally:
         gw.stop()
