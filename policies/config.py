@@ -17,6 +17,7 @@ from policies.chain import Chain
 from policies.findings import ConfigError
 from policies.kinds import KINDS
 from policies.model import DataPolicy, SecretRef, Target
+from policies.model_groups import compile_groups
 from policies.pricing import PriceTable, price_table
 from policies.providers import AZURE_API_VERSION, AZURE_OPENAI, GOOGLE, GOOGLE_KEY_HEADER
 from policies.state import PolicyState
@@ -53,6 +54,7 @@ class Config:
     agents: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     suites: tuple[dict[str, Any], ...] = ()
     prices: PriceTable = field(default_factory=price_table)  # built-ins + `policy.spend-limit.prices`
+    model_groups: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # name -> ModelGroup
 
     @property
     def enabled(self) -> bool:
@@ -60,7 +62,10 @@ class Config:
         return self.pack.enabled
 
     def targets_for(self, model: str) -> list[Target]:
-        """Targets serving `model`, matched by target `model` or `id`, in config order."""
+        """Targets serving `model`: a model group's members, else those whose `model` or `id` it is, in config order."""
+        group = self.model_groups.get(model)
+        if group is not None:
+            return list(group.targets)
         return [t for t in self.targets if model in (t.model, t.id)]
 
 
@@ -117,10 +122,11 @@ def compile_document(
         max_retries=fb.get("max_retries", 2),
         retry_on=frozenset(fb.get("retry_on", ["5xx", "timeout", "rate_limit"])),
     )
+    targets = tuple(_target(t) for t in providers.get("targets") or [])
     return Config(
         pack=pack,
         chain=Chain(policies, pack.name),
-        targets=tuple(_target(t) for t in providers.get("targets") or []),
+        targets=targets,
         fallback=fallback,
         document=MappingProxyType(doc),
         sha256=sha256,
@@ -128,6 +134,7 @@ def compile_document(
         agents=MappingProxyType(dict(doc.get("agents") or {})),
         suites=tuple((doc.get("testing") or {}).get("suites") or []),
         prices=price_table((blocks.get("spend-limit") or {}).get("prices")),
+        model_groups=MappingProxyType(compile_groups(providers.get("model_groups"), targets)),
     )
 
 

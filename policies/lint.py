@@ -9,6 +9,7 @@ errors    E001 unknown policy kind · E002 unknown key · E003 chain kind withou
           E015 file too large · E016 binary or not UTF-8 · E017 alias bomb or too deep · E018 empty file ·
           E019 invalid value · E020 kind twice in the chain · E021 single-policy document of another kind ·
           E022 target lacks a field its provider requires · E023 target field of another provider ·
+          E024 model group member that names no target ·
           E100 cannot read file · E101 no policy config found
 warnings  W001 block whose kind is not in the chain · W002 secret env var not set ·
           W003 audit-logger not last · W004 pack disabled · W005 provider id close to a native one
@@ -310,6 +311,15 @@ def _validate_config(doc: dict[str, Any]) -> list[Finding]:
                                 "set enabled: true to enforce the chain", severity="warning"))
     providers = doc.get("providers")
     targets = providers.get("targets") if isinstance(providers, dict) else None
+    ids = [t.get("id") for t in targets if isinstance(t, dict)] if isinstance(targets, list) else []
+    groups = providers.get("model_groups") if isinstance(providers, dict) else None
+    for name, members in (groups.items() if isinstance(groups, dict) else ()):
+        for j, member in enumerate(members if isinstance(members, list) else []):
+            ref = member.get("target") if isinstance(member, dict) else None
+            if isinstance(ref, str) and ref not in ids:
+                findings.append(Finding("E024", f"providers.model_groups.{name}[{j}].target",
+                                        f"model group '{name}' names target '{ref}', which is not in providers.targets",
+                                        _did_you_mean(ref, ids) + "target ids: " + ", ".join(map(str, ids))))
     for i, target in enumerate(targets if isinstance(targets, list) else []):
         if isinstance(target, dict):
             findings += _provider_findings(target, f"providers.targets[{i}]")

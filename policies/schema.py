@@ -98,6 +98,16 @@ TARGET = {
 }
 
 PROVIDERS = {
+    "model_groups": {
+        "type": "dict", "keysrules": _str(minlength=1, maxlength=200),
+        "valuesrules": _list(_dict({
+            "target": _str(required=True, minlength=1, meta=_meta("Id of a target in providers.targets.")),
+            "weight": {"type": "integer", "min": 1, "max": 1000000,
+                       "meta": _meta("Share of first attempts this member gets.", default=1)},
+        }, meta=_meta("One member of the group.")), minlength=1,
+            meta=_meta("Members of the logical model: drawn by weight, the others are the fallback.")),
+        "meta": _meta("Logical model names (what clients ask for) mapped to weighted targets across providers."),
+    },
     "targets": _list(_dict(TARGET, meta=_meta("One upstream provider target.")), check_with="unique_ids",
                      meta=_meta("Upstream provider targets, tried in order; ids must be unique.")),
     "fallback": _dict({

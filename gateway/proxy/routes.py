@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -270,6 +271,10 @@ class ModelsHandler(AuthedHandler):
                 entry = data[target.model] = {**adapters.model_entry(target), "targets": [], "available": False}
             entry["targets"].append(target.id)
             entry["available"] = entry["available"] or unavailable_reason(target) is None
+        for group in self.snap.config.model_groups.values():
+            data[group.name] = {"id": group.name, "object": "model", "created": 0, "owned_by": "kt-model-group",
+                                "targets": [t.id for t in group.targets],
+                                "available": any(unavailable_reason(t) is None for t in group.targets)}
         self.send_json({"object": "list", "data": list(data.values())})
 
 
@@ -322,7 +327,8 @@ class ProxyHandler(AuthedHandler):
         config = self.snap.config
         targets = config.targets_for(model)
         if not targets:
-            models = sorted({t.model for t in config.targets} | {t.id for t in config.targets})
+            models = sorted({t.model for t in config.targets} | {t.id for t in config.targets}
+                            | set(config.model_groups))
             raise invalid(f"model {model!r} is not served by this gateway; available models: "
                           f"{', '.join(models) or '(none configured)'}", "model_not_found")
         headers = identity_headers(self.request.headers.get_all())
@@ -416,7 +422,10 @@ class ProxyHandler(AuthedHandler):
             detail = "; ".join(missing) or "the policies left no target"
             raise GatewayError(503, "upstream_error", "no_available_target",
                                f"no target can serve model {ex.model!r} ({detail})")
-        if fallback.strategy == "round-robin":
+        group = self.snap.config.model_groups.get(ex.model)
+        if group is not None:  # weights pick the first attempt; the others, heaviest first, are the fallback
+            ok = group.order(ok, random.random())
+        elif fallback.strategy == "round-robin":
             ok = self.services.round_robin.rotate(ex.model, ok)
         return attempt_plan(ok, fallback.max_retries)
 
