@@ -184,3 +184,25 @@ def test_kt_gateway_run_takes_the_cap_from_its_env_and_refuses_one_too_small(tmp
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_two_writers_of_one_store_keep_it_under_its_cap_together(tmp_path):
+    """--workers: each worker's writer has its own connection to the one file."""
+    import threading
+
+    stores = [EventStore(tmp_path / "events.db", max_bytes=2 * MIB, forwarding=True) for _ in range(2)]
+    peak = [0]
+
+    def write(store: EventStore, base: int) -> None:
+        for b in range(15):
+            store.add([ev(base + b * 100 + i) for i in range(100)])
+            peak[0] = max(peak[0], store.size_bytes())
+
+    threads = [threading.Thread(target=write, args=(s, n * 1_000_000)) for n, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak[0] <= 2 * MIB
+    assert sum(s.dropped for s in stores) > 0
+    assert stores[0].count() + sum(s.dropped + s.evicted for s in stores) == 3000
