@@ -13,7 +13,7 @@ import signal
 import click
 
 from kt.commands.gateway import parse_listen
-from sync.credentials import mask_url
+from kt.doctor import mask_url  # imports sync on first use: `kt policy lint` loads no sync code
 
 DEFAULT_LISTEN = "127.0.0.1:41003"
 
