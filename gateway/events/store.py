@@ -178,7 +178,7 @@ class EventStore:
     @property
     def limit(self) -> int:
         """Bytes the database file may use: the cap less the WAL's share (lower after a full disk)."""
-        limit = self.max_bytes - 3 * self.wal_bytes  # the WAL (and one transaction past it), the reserve
+        limit = self.max_bytes - 4 * self.wal_bytes  # the WAL (and what writers add past it), the reserve
         if self._full_limit is not None:
             if time.monotonic() < self._full_until:
                 return min(limit, self._full_limit)
