@@ -206,3 +206,16 @@ def test_two_writers_of_one_store_keep_it_under_its_cap_together(tmp_path):
     assert peak[0] <= 2 * MIB
     assert sum(s.dropped for s in stores) > 0
     assert stores[0].count() + sum(s.dropped + s.evicted for s in stores) == 3000
+
+
+def test_disk_full_drops_are_logged_at_most_once_a_minute_and_all_counted(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="kt.gateway.events")
+    metrics.EVENTS_DROPPED_DISK.value = 0
+    store = EventStore(tmp_path / "events.db")
+    writer = StoreWriter(Runtime(), store)
+    for now, dropped in ((100.0, 5), (110.0, 3), (159.0, 1), (161.0, 2)):
+        store.dropped += dropped
+        writer._count_room(now=now)
+    lines = [r for r in caplog.records if "undelivered decision events dropped" in r.getMessage()]
+    assert [r.dropped for r in lines] == [5, 6]  # at 100 s, then at 161 s the 6 since
+    assert metrics.EVENTS_DROPPED_DISK.value == 11
