@@ -32,6 +32,7 @@ from gateway.providers.upstream import unavailable_reason
 from gateway.proxy.app import ROUTES, GatewaySettings, make_app
 from gateway.proxy.services import services_of
 from gateway.supervisor import inherited_sockets
+from sync.credentials import mask_url
 from sync.publish import default_state_dir
 
 if TYPE_CHECKING:
@@ -90,6 +91,8 @@ class RunningGateway:
         await services_of(self.app.settings).upstream.close()
         runtime.flush_records()
         await self.ops.stop()  # stop reloading and forwarding; queued events are flushed to the store
+        if runtime.tracer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, runtime.tracer.shutdown)
         await runtime.state.close()  # pending counter updates are sent first
         if self.publisher is not None:
             await self.publisher.stop()
@@ -107,6 +110,11 @@ async def start(settings: GatewaySettings, config_path: str | Path | None, runti
     runtime = runtime or Runtime(fail_mode=settings.fail_mode)
     runtime.fail_mode = settings.fail_mode
     runtime.max_concurrency = settings.max_concurrency
+    if settings.otlp_endpoint and runtime.tracer is None:  # imports OpenTelemetry only here
+        from gateway.control.tracing import Tracer
+
+        runtime.tracer = Tracer(settings.otlp_endpoint, version=VERSION)
+        log.info("traces go to %s (OTLP/HTTP)", mask_url(settings.otlp_endpoint))
     if sync is not None:
         if sync.supervisor_pid is None:  # a worker serves only the webhook; its supervisor runs the agent
             sync.start()  # raises AgentLocked when another agent owns the state dir

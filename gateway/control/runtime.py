@@ -63,6 +63,7 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     in_flight: int = 0
     max_concurrency: int = 0  # in-flight proxied requests allowed (--max-concurrency); 0: no limit
+    tracer: Any = None  # gateway.control.tracing.Tracer with --otlp-endpoint; None: no tracing at all
     _records: list[Record] = field(default_factory=list, repr=False)
     _flush: asyncio.TimerHandle | None = field(default=None, repr=False)
 
@@ -93,6 +94,13 @@ class Runtime:
         records, self._records = self._records, []
         if records:
             self._publish([r.to_event() for r in records])
+            if self.tracer is not None:
+                for r in records:
+                    if r.trace is not None:
+                        try:
+                            self.tracer.export(r)
+                        except Exception:  # a tracing bug must not cost the events
+                            log.exception("trace export failed")
 
     def _publish(self, events: list[dict[str, Any]]) -> None:
         for observe in self.observers:

@@ -84,6 +84,7 @@ class RequestRecord:
     outcomes_unlisted: int = 0  # checked, passed or repeating a listed verdict, and not in the event
     unlisted_redactions: int = 0
     unlisted_error: bool = False
+    trace: Any = None  # gateway.control.tracing.RequestTrace with --otlp-endpoint, else None
 
     def add_outcome(self, outcome: ChainOutcome) -> None:
         """Keep a phase outcome for the event; every one is counted, what is listed is capped.

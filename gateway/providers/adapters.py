@@ -22,7 +22,15 @@ import orjson
 
 from gateway.http.client import Response
 from gateway.providers import azure, checks, google, mock, translate
-from gateway.providers.upstream import DONE, UpstreamClient, UpstreamFailure, auth_headers, read_chunk, upstream_text
+from gateway.providers.upstream import (
+    DONE,
+    UPSTREAM_TRACEPARENT,
+    UpstreamClient,
+    UpstreamFailure,
+    auth_headers,
+    read_chunk,
+    upstream_text,
+)
 from gateway.proxy.errors import invalid
 from policies.model import Target
 
@@ -64,6 +72,9 @@ def _from_google(target: Target, answer: Any) -> dict[str, Any]:
 
 def _headers(target: Target, extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = {"Content-Type": "application/json", **auth_headers(target)}
+    parent = UPSTREAM_TRACEPARENT.get()  # None unless --otlp-endpoint traces this request
+    if parent is not None:
+        headers["traceparent"] = parent
     if extra:
         headers.update(extra)
     return headers

@@ -20,6 +20,7 @@ import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,11 @@ class Timeouts:
 
     connect_s: float = 5.0
     read_s: float = 120.0
+
+
+# The W3C `traceparent` the current upstream attempt sends: set per attempt by a traced request
+# (gateway/control/tracing.py, --otlp-endpoint), None otherwise; the adapters add it to the headers.
+UPSTREAM_TRACEPARENT: ContextVar[str | None] = ContextVar("kt_upstream_traceparent", default=None)
 
 
 class UpstreamFailure(Exception):

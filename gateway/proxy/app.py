@@ -70,6 +70,7 @@ class GatewaySettings:
     wait_for_config: bool = False  # start not ready when the config is missing/invalid (e.g. first sync pending)
     state_url: str | None = None  # redis://, rediss://, unix://: shared counters; None: <state dir>/counters.db
     state_password_file: str | None = None  # the Redis password, when not in the URL
+    otlp_endpoint: str | None = None  # OTLP/HTTP collector for traces (gateway/control/tracing.py); None: off
 
 
 def make_app(

@@ -26,6 +26,7 @@ from tornado.iostream import StreamClosedError
 
 from gateway.control.runtime import Runtime
 from gateway.control.state_backend import StateUnavailable
+from gateway.control.tracing import RequestTrace
 from gateway.events.record import RequestRecord, new_request_id
 from gateway.http.handler import Handler
 from gateway.providers import adapters, translate
@@ -224,6 +225,8 @@ class AuthedHandler(BaseHandler):
         rec.pack_version = snap.config.pack.version
         rec.policies_enabled = snap.config.enabled
         rec.fail_mode = self.runtime.fail_mode
+        if runtime.tracer is not None:
+            rec.trace = RequestTrace.begin(self.request.headers.get("traceparent"))
         keys = self.services.keys
         if keys is not None:
             headers = self.request.headers
@@ -374,7 +377,12 @@ class ProxyHandler(AuthedHandler):
         if not self.snap.config.enabled:
             return
         self.check_agent(ex)
+        trace = self.record.trace
+        started = time.time_ns() if trace is not None else 0
         outcome = self.snap.config.chain.run_input(ex, self.runtime.fail_mode)
+        if trace is not None:
+            trace.child("input_chain", started, {"kt.verdict": outcome.verdict._value_,
+                                                  "kt.policy": outcome.policy or ""})
         self.record.add_outcome(outcome)
         if blocks(outcome):
             raise policy_error(outcome, "input_blocked")
@@ -456,10 +464,17 @@ class ProxyHandler(AuthedHandler):
             rec.attempts += 1
             rec.target, rec.provider = target.id, target.provider
             self.target = target
+            trace = rec.trace
+            if trace is not None:
+                span_id, started_ns = trace.attempt_id(), time.time_ns()
+                attrs = {"gen_ai.request.model": target.model, "gen_ai.provider.name": target.provider,
+                         "gen_ai.system": target.provider, "kt.target": target.id, "kt.attempt": rec.attempts}
             started = time.perf_counter()
             try:
                 result = await call(target)
             except UpstreamFailure as failure:
+                if trace is not None:
+                    trace.child(f"upstream {target.id}", started_ns, {**attrs, "error.type": failure.kind}, span_id)
                 rec.upstream_ms += (time.perf_counter() - started) * 1000.0
                 breaker.failure() if failure.target_failed else breaker.success()
                 log.warning("request %s: attempt %d on %s failed: %s", self.request_id, rec.attempts, target.id,
@@ -476,6 +491,8 @@ class ProxyHandler(AuthedHandler):
                 breaker.release()
                 raise
             rec.upstream_ms += (time.perf_counter() - started) * 1000.0
+            if trace is not None:
+                trace.child(f"upstream {target.id}", started_ns, attrs, span_id)
             breaker.success()
             return result
         if last is None:
@@ -557,6 +574,17 @@ class ChatHandler(ProxyHandler):
         self.answer(resp, raw)
 
     async def check_output(self, resp: dict[str, Any], ex: Exchange) -> bool:
+        """`run_output`, as the `output_chain` span when the request is traced."""
+        trace = self.record.trace
+        if trace is None:
+            return await self.run_output(resp, ex)
+        started = time.time_ns()
+        try:
+            return await self.run_output(resp, ex)
+        finally:
+            trace.child("output_chain", started, {})
+
+    async def run_output(self, resp: dict[str, Any], ex: Exchange) -> bool:
         """Output policies on every choice (content, refusal, tool calls); True when a redaction changed the answer."""
         assert self.snap is not None
         config = self.snap.config

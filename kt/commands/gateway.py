@@ -123,6 +123,9 @@ def check_state_url(url: str | None, password_file: str | None) -> None:
               help="Log lines on stderr: JSON objects or text.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True, help="info logs one line per request; warning drops those.")
+@click.option("--otlp-endpoint", envvar="OTEL_EXPORTER_OTLP_ENDPOINT", default=None, metavar="URL",
+              help="Send OpenTelemetry traces (OTLP/HTTP) to this collector, e.g. http://127.0.0.1:4318 "
+                   "[env OTEL_EXPORTER_OTLP_ENDPOINT]; needs the kt-gateway[otel] extra. Off by default.")
 @embedded_sync_options
 def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str, max_body_size: str,
         max_response_size: str, drain_timeout: float, client_timeout: float, max_connections: int | None,
@@ -130,7 +133,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         upstream_read_timeout: float,
         state_dir: str | None, events_max_size: str, state_url: str | None, state_password_file: str | None,
         watch_config: bool,
-        log_format: str, log_level: str, **git: Any) -> None:
+        log_format: str, log_level: str, otlp_endpoint: str | None, **git: Any) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
     from gateway.control.logs import setup_logging, shutdown_logging
     from gateway.http.client import Proxy
@@ -190,6 +193,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         max_response_size=response_size,
         state_dir=Path(state_dir) if state_dir else None, events_max_size=events_cap, watch_config=watch_config,
         state_url=state_url or None, state_password_file=state_password_file,
+        otlp_endpoint=otlp_endpoint or None,
         # every request in flight may hold one upstream connection: the pool grows with the limit
         **({"max_concurrency": max_concurrency, "max_upstream_connections": max(1000, max_concurrency)}
            if max_concurrency else {}),

@@ -1,0 +1,197 @@
+"""`--otlp-endpoint`: spans per request, exported over OTLP/HTTP to a local receiver that decodes
+the protobuf (opentelemetry-proto); W3C traceparent in from the client and out to the upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import tornado.httpserver
+import tornado.ioloop
+import tornado.netutil
+import tornado.web
+
+from gateway.control.tracing import parse_traceparent
+from tests.fake_upstream import FakeUpstream
+from tests.gateway_harness import write_config
+from tests.waiting import wait_for
+
+pytest.importorskip("opentelemetry.sdk", reason="the kt-gateway[otel] extra is not installed")
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+KEY_ENV = "KT_TEST_UPSTREAM_KEY"
+CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+
+
+class Receiver:
+    """An OTLP/HTTP trace receiver on a free loopback port: `spans` as plain dicts."""
+
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.content_types: list[str] = []
+        receiver = self
+
+        class Traces(tornado.web.RequestHandler):
+            def post(self) -> None:
+                receiver.content_types.append(self.request.headers.get("Content-Type", ""))
+                request = ExportTraceServiceRequest.FromString(self.request.body)
+                for resource in request.resource_spans:
+                    for scope in resource.scope_spans:
+                        for s in scope.spans:
+                            receiver.spans.append({
+                                "name": s.name, "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(),
+                                "parent": s.parent_span_id.hex(), "kind": s.kind, "status": s.status.code,
+                                "start": s.start_time_unix_nano, "end": s.end_time_unix_nano,
+                                "attrs": {a.key: _value(a.value) for a in s.attributes}})
+                self.set_header("Content-Type", "application/x-protobuf")
+                self.finish(b"")
+
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(asyncio.new_event_loop())
+            self.loop = tornado.ioloop.IOLoop.current()
+            server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/v1/traces", Traces)]))
+            server.add_sockets(sockets)
+            ready.set()
+            self.loop.start()
+            server.stop()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        self.loop.add_callback(self.loop.stop)
+        self.thread.join(10)
+
+
+def _value(v: Any) -> Any:
+    return getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.stop()
+
+
+def test_a_fallback_is_one_request_span_with_two_attempts_under_the_clients_trace(
+        tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any, receiver: Receiver,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-up")
+    targets = [{"id": i, "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
+                "secret_key_ref": {"env": KEY_ENV}} for i in ("primary", "backup")]
+    config = write_config(tmp_path / "c.yaml", targets, chain=["dlp-filter"],
+                          policy={"dlp-filter": {"blocked_terms": ["project-bluebird"], "action": "block"}},
+                          fallback={"strategy": "ordered", "max_retries": 1, "retry_on": ["5xx"]})
+    gw = start_gateway(config, otlp_endpoint=receiver.url)
+    fake_upstream.add_fault("status", status=503)
+    client = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+        extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"})
+    assert answer.choices[0].message.content
+
+    spans = wait_for(lambda: len(receiver.spans) >= 5 and receiver.spans, timeout=20,
+                     message="no trace reached the receiver")
+    assert receiver.content_types[0] == "application/x-protobuf"
+    by_name = {s["name"]: s for s in spans}
+    root = by_name["chat gpt-4o-mini"]
+    assert root["trace_id"] == CLIENT_TRACE and root["parent"] == CLIENT_SPAN  # the client's traceparent honoured
+    assert root["kind"] == 2  # SERVER
+    assert root["attrs"]["gen_ai.request.model"] == "gpt-4o-mini"
+    assert root["attrs"]["gen_ai.provider.name"] == root["attrs"]["gen_ai.system"] == "openai"
+    assert root["attrs"]["gen_ai.usage.input_tokens"] > 0 and root["attrs"]["gen_ai.usage.output_tokens"] > 0
+    assert root["attrs"]["kt.attempts"] == 2
+    children = [s for s in spans if s["parent"] == root["span_id"]]
+    assert all(s["trace_id"] == CLIENT_TRACE for s in children)
+    assert [s["name"] for s in sorted(children, key=lambda s: s["start"])] == [
+        "input_chain", "upstream primary", "upstream backup", "output_chain"]
+    failed, served = by_name["upstream primary"], by_name["upstream backup"]
+    assert failed["status"] == 2 and failed["attrs"]["error.type"] == "5xx"  # ERROR: the fallback is visible
+    assert served["status"] != 2 and served["kind"] == 3  # CLIENT
+    assert root["start"] <= failed["start"] <= failed["end"] <= served["start"] <= served["end"] <= root["end"]
+    # each attempt told the upstream its own span as the parent
+    sent = [parse_traceparent(r.header("traceparent")) for r in fake_upstream.requests_to("/v1/chat/completions")]
+    assert [(f"{t:032x}", f"{p:016x}") for t, p, _ in sent] == [
+        (CLIENT_TRACE, failed["span_id"]), (CLIENT_TRACE, served["span_id"])]
+
+
+def test_without_a_client_traceparent_the_request_starts_a_trace(
+        tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any, receiver: Receiver,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-up")
+    targets = [{"id": "only", "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
+                "secret_key_ref": {"env": KEY_ENV}}]
+    gw = start_gateway(write_config(tmp_path / "c.yaml", targets), otlp_endpoint=receiver.url)
+    client = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                   extra_headers={"traceparent": "00-zz-nonsense-01"})
+    spans = wait_for(lambda: len(receiver.spans) >= 2 and receiver.spans, timeout=20)
+    root = next(s for s in spans if s["name"] == "chat gpt-4o-mini")
+    assert root["parent"] == "" and root["trace_id"] != "0" * 32
+    upstream = next(s for s in spans if s["name"] == "upstream only")
+    trace, parent, _ = parse_traceparent(fake_upstream.requests[-1].header("traceparent"))
+    assert (f"{trace:032x}", f"{parent:016x}") == (root["trace_id"], upstream["span_id"])
+
+
+def test_off_by_default_no_traceparent_upstream_and_no_opentelemetry_import(
+        tmp_path: Path, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway started without --otlp-endpoint never imports opentelemetry and adds no header."""
+    monkeypatch.setenv(KEY_ENV, "sk-up")
+    targets = [{"id": "only", "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
+                "secret_key_ref": {"env": KEY_ENV}}]
+    config = write_config(tmp_path / "c.yaml", targets)
+    script = f"""
+import sys, openai
+from tests.gateway_harness import GatewayThread
+gw = GatewayThread({str(config)!r}, state_dir={str(tmp_path / "state")!r}).start()
+try:
+    openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0).chat.completions.create(
+        model="gpt-4o-mini", messages=[{{"role": "user", "content": "hi"}}],
+        extra_headers={{"traceparent": "00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}})
+finally:
+    gw.stop()
+print(sorted(m for m in sys.modules if m.startswith("opentelemetry")))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert fake_upstream.requests[-1].header("traceparent") is None  # not forwarded: kt is no tracer then
+
+
+def test_traceparent_parsing() -> None:
+    assert parse_traceparent(f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01") == (int(CLIENT_TRACE, 16), int(CLIENT_SPAN, 16),
+                                                                         True)
+    for bad in (None, "", "00-" + "0" * 32 + f"-{CLIENT_SPAN}-01", f"00-{CLIENT_TRACE}-" + "0" * 16 + "-01",
+                "zz", f"00-{CLIENT_TRACE[:-1]}-{CLIENT_SPAN}-01"):
+        assert parse_traceparent(bad) is None
+
+
+def test_the_flag_and_its_env_var_reach_the_gateway(tmp_path: Path, receiver: Receiver) -> None:
+    """`kt gateway run` with OTEL_EXPORTER_OTLP_ENDPOINT exports a span of a mock request."""
+    from tests.gateway_process import GatewayProcess
+
+    config = tmp_path / "c.yaml"
+    config.write_text("pack: {name: t, version: 1.0.0, enabled: true}\nproviders:\n  targets:\n"
+                      "    - {id: demo, provider: mock, model: demo-model}\npolicies:\n  chain: []\npolicy: {}\n")
+    gw = GatewayProcess(config, tmp_path / "state", env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url})
+    try:
+        assert gw.chat("hello")[0] == 200
+        root = wait_for(lambda: next((s for s in receiver.spans if s["name"] == "chat demo-model"), None),
+                        timeout=20, message="no request span from kt gateway run")
+        assert root["attrs"]["gen_ai.provider.name"] == "mock"
+    finally:
+        gw.stop()
