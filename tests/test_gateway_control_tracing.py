@@ -195,3 +195,23 @@ def test_the_flag_and_its_env_var_reach_the_gateway(tmp_path: Path, receiver: Re
         assert root["attrs"]["gen_ai.provider.name"] == "mock"
     finally:
         gw.stop()
+
+
+def test_without_the_extra_the_flag_is_refused_with_what_to_install(tmp_path: Path) -> None:
+    script = """
+import sys
+class NoOtel:
+    def find_spec(self, name, path=None, target=None):
+        if name.startswith("opentelemetry"):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, NoOtel())
+sys.argv = ["kt", "gateway", "run", "--config", sys.argv[1], "--otlp-endpoint", "http://127.0.0.1:9"]
+from kt.cli import main
+main()
+"""
+    config = tmp_path / "c.yaml"
+    config.write_text("pack: {name: t, version: 1.0.0, enabled: true}\nproviders:\n  targets:\n"
+                      "    - {id: demo, provider: mock, model: demo-model}\npolicies:\n  chain: []\npolicy: {}\n")
+    out = subprocess.run([sys.executable, "-c", script, str(config)], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).parent.parent)
+    assert out.returncode == 1 and "pip install 'kt-gateway[otel]'" in out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -66,6 +67,14 @@ def check_state_url(url: str | None, password_file: str | None) -> None:
         raise ValueError(f"--state-url {mask_url(url)}: use redis://HOST:PORT/DB, rediss://HOST:PORT/DB "
                          "or unix:///path/to/redis.sock")
     read_password(password_file)
+
+
+def _has_module(name: str) -> bool:
+    """Whether `name` can be imported (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
 
 
 @gateway.command(name="run")
@@ -135,6 +144,8 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
         watch_config: bool,
         log_format: str, log_level: str, otlp_endpoint: str | None, **git: Any) -> None:
     """Start the gateway in the foreground; SIGTERM/SIGINT drain and exit 0."""
+    if otlp_endpoint and not _has_module("opentelemetry.sdk"):
+        raise click.ClickException("--otlp-endpoint needs the OpenTelemetry SDK: pip install 'kt-gateway[otel]'")
     from gateway.control.logs import setup_logging, shutdown_logging
     from gateway.http.client import Proxy
     from gateway.providers.upstream import Timeouts
