@@ -101,8 +101,11 @@ class Browser:
         return path
 
     def close(self) -> None:
-        try:
+        async def close_ws() -> None:  # inside its own loop: tornado writes the close frame there
             self.ws.close()
+
+        try:
+            self.loop.run_until_complete(close_ws())
         finally:
             self.proc.terminate()
             try:
