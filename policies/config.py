@@ -95,6 +95,7 @@ def _target(raw: dict[str, Any]) -> Target:
         ),
         deployment=raw.get("deployment", raw["model"]) if azure else None,
         api_version=raw.get("api_version", AZURE_API_VERSION) if azure else None,
+        region=raw.get("region"),
     )
 
 

@@ -76,6 +76,7 @@ class Target:
     data_policy: DataPolicy = field(default_factory=DataPolicy)
     deployment: str | None = None  # azure-openai: the deployment name in the URL (default: `model`)
     api_version: str | None = None  # azure-openai: the `api-version` query parameter
+    region: str | None = None  # bedrock: the AWS region (endpoint host and SigV4 scope)
 
 
 @dataclass(slots=True)

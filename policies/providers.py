@@ -14,18 +14,23 @@ AZURE_API_VERSION = "2024-10-21"  # the newest GA data-plane version of Azure Op
 GOOGLE = "google"
 GOOGLE_KEY_HEADER = "x-goog-api-key"
 
-NATIVE = ("openai", "anthropic", AZURE_OPENAI, GOOGLE, "mock")
+BEDROCK = "bedrock"
+
+NATIVE = ("openai", "anthropic", AZURE_OPENAI, GOOGLE, BEDROCK, "mock")
 
 # ids users reach for that mean a native provider (lint W005 suggests it)
-ALIASES: dict[str, str] = {"gemini": GOOGLE, "google-genai": GOOGLE, "azure": AZURE_OPENAI, "azure-ai": AZURE_OPENAI}
+ALIASES: dict[str, str] = {"gemini": GOOGLE, "google-genai": GOOGLE, "azure": AZURE_OPENAI, "azure-ai": AZURE_OPENAI,
+                           "aws-bedrock": BEDROCK, "aws": BEDROCK}
 
 # fields a provider cannot work without (no default can stand in: an Azure resource has its own host)
 REQUIRED: dict[str, dict[str, str]] = {
     AZURE_OPENAI: {"base_url": "https://<resource>.openai.azure.com"},
+    BEDROCK: {"region": "us-east-1"},
 }
 
 # fields only one provider understands: on another target they are a mistake, not a no-op
 ONLY_FOR: dict[str, str] = {
     "deployment": AZURE_OPENAI,
     "api_version": AZURE_OPENAI,
+    "region": BEDROCK,
 }

@@ -64,9 +64,9 @@ TARGET = {
     "id": _str(required=True, minlength=1, maxlength=200,
                meta=_meta("Unique id of the target (duplicates are lint error E009).")),
     "provider": _str(required=True, regex=r"^[a-z0-9][a-z0-9._-]*$",
-                     meta=_meta("Provider id: openai, anthropic, azure-openai, google, mock (local demo upstream) "
-                                "or an OpenAI-compatible id.",
-                                examples=["openai", "anthropic", "azure-openai", "google", "mock"])),
+                     meta=_meta("Provider id: openai, anthropic, azure-openai, google, bedrock, mock (local demo "
+                                "upstream) or an OpenAI-compatible id.",
+                                examples=["openai", "anthropic", "azure-openai", "google", "bedrock", "mock"])),
     "model": _str(required=True, minlength=1, meta=_meta("Model name sent upstream, e.g. gpt-4o-mini.")),
     "base_url": _str(regex=r"^https?://\S+$", meta=_meta("Upstream base URL, http:// or https://.")),
     "secret_key_ref": _dict(
@@ -89,6 +89,8 @@ TARGET = {
     "api_version": _str(regex=r"^\d{4}-\d{2}-\d{2}(-preview)?$",
                         meta=_meta("azure-openai only: the api-version query parameter, e.g. 2024-10-21 or "
                                    "2025-01-01-preview.", default=AZURE_API_VERSION)),
+    "region": _str(regex=r"^[a-z]{2}(-[a-z]+)+-\d$",
+                   meta=_meta("bedrock only: the AWS region, e.g. us-east-1 (endpoint host and SigV4 scope).")),
     "data_policy": _dict({
         "zero_data_retention": {"type": "boolean", "meta": _meta("The provider keeps no data.", default=False)},
         "training_opt_out": {"type": "boolean", "meta": _meta("The provider does not train on data.", default=False)},

@@ -57,6 +57,8 @@ EXCEPTIONS = {
         "`Target` and the canonical request are policies' value types, not policy logic",
     ("gateway.providers.azure", "policies.model"):
         "`Target` (deployment, api-version, base URL) is a value type of the config model",
+    ("gateway.providers.bedrock", "policies.model"):
+        "`Target` (model, region, base URL) is a value type of the config model",
     ("gateway.providers.google", "policies.model"):
         "`Target` (model, base URL) is a value type of the config model",
     ("gateway.providers.upstream", "policies.model"):

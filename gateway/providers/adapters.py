@@ -4,6 +4,7 @@
 - `anthropic` (or `format: anthropic`): translated both ways by `gateway.providers.translate`.
 - `azure-openai`: the OpenAI form on Azure's deployment URLs (`gateway.providers.azure`).
 - `google`: the Gemini API, translated both ways by `gateway.providers.google`.
+- `bedrock`: AWS Bedrock's Converse API, translated both ways by `gateway.providers.bedrock`.
 - `mock`: the built-in local provider (`gateway.providers.mock`), no network.
 
 `complete` returns `(completion dict, raw upstream bytes or None)` — the raw bytes let an
@@ -21,7 +22,7 @@ from typing import Any
 import orjson
 
 from gateway.http.client import Response
-from gateway.providers import azure, checks, google, mock, translate
+from gateway.providers import azure, bedrock, checks, google, mock, translate
 from gateway.providers.upstream import (
     DONE,
     UPSTREAM_TRACEPARENT,
@@ -60,6 +61,23 @@ def _to_google(req: dict[str, Any]) -> bytes:
         return orjson.dumps(google.request(req))
     except translate.TranslationError as exc:
         raise invalid(str(exc)) from None
+
+
+def _to_bedrock(target: Target, req: dict[str, Any], stream: bool) -> tuple[str, dict[str, str], bytes]:
+    """(URL, headers, body) of a Converse call: the body translated, then signed (SigV4) when no API key is set."""
+    try:
+        body = orjson.dumps(bedrock.request(req))
+    except translate.TranslationError as exc:
+        raise invalid(str(exc)) from None
+    address = bedrock.url(target, stream)
+    return address, {**_headers(target), **bedrock.sigv4_headers(target, "POST", address, body)}, body
+
+
+def _from_bedrock(target: Target, answer: Any) -> dict[str, Any]:
+    try:
+        return checks.completion(bedrock.completion(target, answer))
+    except _MALFORMED as exc:
+        raise _malformed(target, exc) from None
 
 
 def _from_google(target: Target, answer: Any) -> dict[str, Any]:
@@ -104,6 +122,10 @@ def models_request(target: Target) -> tuple[str, dict[str, str]]:
         return azure.models_url(target), _headers(target)
     if target.provider == google.PROVIDER:
         return google.models_url(target), _headers(target)
+    if target.provider == bedrock.PROVIDER:
+        address = bedrock.models_url(target)
+        headers = {k: v for k, v in _headers(target).items() if k != "Content-Type"}
+        return address, {**headers, **bedrock.sigv4_headers(target, "GET", address, b"")}
     if is_anthropic(target):
         return _url(target.base_url, "https://api.anthropic.com", "/models"), _headers(
             target, {"anthropic-version": ANTHROPIC_VERSION})
@@ -111,7 +133,7 @@ def models_request(target: Target) -> tuple[str, dict[str, str]]:
 
 
 def supports_embeddings(target: Target) -> bool:
-    return not is_anthropic(target) and target.provider != google.PROVIDER
+    return not is_anthropic(target) and target.provider not in (google.PROVIDER, bedrock.PROVIDER)
 
 
 def _malformed(target: Target, exc: Exception) -> UpstreamFailure:
@@ -130,6 +152,9 @@ async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) 
     if target.provider == google.PROVIDER:
         data = await client.post_json(target, google.url(target, False), _headers(target), _to_google(req))
         return _from_google(target, _loads(target, data)), None
+    if target.provider == bedrock.PROVIDER:
+        data = await client.post_json(target, *_to_bedrock(target, req, False))
+        return _from_bedrock(target, _loads(target, data)), None
     if is_anthropic(target):
         body = orjson.dumps(_to_anthropic({**req, "stream": False}, target.model))
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
@@ -218,6 +243,19 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
 
         def end() -> Batch:
             return [*(_checked_chunk(target, c) for c in answers.close()), DONE]
+    elif target.provider == bedrock.PROVIDER:
+        resp = await client.open_stream(target, *_to_bedrock(target, body, True))
+        frames, events = bedrock.EventStreamParser(), bedrock.StreamToOpenAI(target)
+
+        def parse(data: bytes) -> Batch:  # binary event-stream frames; the body's end is the end
+            try:
+                messages = frames.feed(data)
+            except bedrock.EventStreamError as exc:
+                raise checks.Malformed(str(exc)) from None
+            return [_checked_chunk(target, c) for headers, payload in messages for c in events.feed(headers, payload)]
+
+        def end() -> Batch:
+            return [*(_checked_chunk(target, c) for c in events.close()), DONE]
     else:
         url = _openai_url(target, "chat/completions")
         resp = await client.open_stream(target, url, _headers(target), orjson.dumps(body))
@@ -307,6 +345,8 @@ async def _json_stream(client: UpstreamClient, target: Target, resp: Response, f
         completion = _from_anthropic(target, answer)
     elif target.provider == google.PROVIDER:
         completion = _from_google(target, answer)
+    elif target.provider == bedrock.PROVIDER:
+        completion = _from_bedrock(target, answer)
     else:
         try:
             completion = checks.completion(answer)

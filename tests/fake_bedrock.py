@@ -1,0 +1,160 @@
+"""The test upstream in AWS Bedrock's Converse wire format (`FakeBedrock`), built on `tests.fake_upstream`.
+
+As the Bedrock Runtime reference and boto3 show it: `POST /model/{modelId}/converse` (JSON)
+and `/converse-stream` (`application/vnd.amazon.eventstream`: binary frames with a CRC'd
+prelude, string headers `:event-type`, `:content-type`, `:message-type`, a JSON payload and a
+message CRC; events messageStart, contentBlockStart/Delta/Stop, messageStop, metadata), auth by
+SigV4 (`Authorization: AWS4-HMAC-SHA256 ...` with `X-Amz-Date`) or a Bedrock API key
+(`Authorization: Bearer`), errors as `{"message"}` with `x-amzn-ErrorType`, and
+`GET /foundation-models/{modelId}`. The signature itself is not verified (no AWS secret here);
+`api_key`, when set, is the only bearer key accepted. A prompt holding one of `blocked_terms`
+stops with `guardrail_intervened` and no content.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import orjson
+import tornado.web
+
+from tests.fake_upstream import (
+    ApiError,
+    ControlFaults,
+    ControlReplies,
+    ControlRequests,
+    ControlReset,
+    FakeUpstream,
+    _Base,
+    _split,
+    _tokens,
+)
+
+_ERROR_TYPES = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
+                429: "ThrottlingException", 500: "InternalServerException", 503: "ServiceUnavailableException"}
+
+
+def frame(headers: dict[str, str], payload: bytes) -> bytes:
+    """One AWS event-stream message."""
+    head = b"".join(struct.pack("B", len(k)) + k.encode() + b"\x07" + struct.pack(">H", len(v)) + v.encode()
+                    for k, v in headers.items())
+    total = 12 + len(head) + len(payload) + 4
+    prelude = struct.pack(">II", total, len(head))
+    prelude += struct.pack(">I", zlib.crc32(prelude))
+    message = prelude + head + payload
+    return message + struct.pack(">I", zlib.crc32(message))
+
+
+def event(kind: str, data: dict[str, Any]) -> bytes:
+    return frame({":event-type": kind, ":content-type": "application/json", ":message-type": "event"},
+                 orjson.dumps({**data, "p": "abcdefgh"}))
+
+
+class FakeBedrock(FakeUpstream):
+    """A Bedrock Runtime endpoint (and the one control-plane call kt doctor makes)."""
+
+    def __init__(self, *args: Any, blocked_terms: tuple[str, ...] = ("guard-me",), **kwargs: Any) -> None:
+        kwargs.setdefault("models", ("anthropic.claude-3-5-haiku-20241022-v1:0",))
+        super().__init__(*args, **kwargs)
+        self.blocked_terms = blocked_terms
+
+    def app(self) -> tornado.web.Application:
+        kw = {"fake": self}
+        return tornado.web.Application([
+            (r"/model/([^/]+)/converse", Converse, kw),
+            (r"/model/([^/]+)/converse-stream", Converse, kw),
+            (r"/foundation-models/([^/]+)", FoundationModel, kw),
+            (r"/_fake/requests", ControlRequests, kw),
+            (r"/_fake/reset", ControlReset, kw),
+            (r"/_fake/faults", ControlFaults, kw),
+            (r"/_fake/replies", ControlReplies, kw),
+        ], log_function=lambda handler: None)
+
+
+class _Aws(_Base):
+    fake: FakeBedrock
+
+    def error_body(self, err: ApiError) -> dict[str, Any]:
+        self.set_header("x-amzn-ErrorType", f"{_ERROR_TYPES.get(err.status, 'InternalServerException')}:http://")
+        return {"message": err.message}
+
+    def authenticate(self) -> None:
+        auth = self.request.headers.get("Authorization", "")
+        if auth.startswith("AWS4-HMAC-SHA256 ") and "Credential=" in auth and "Signature=" in auth \
+                and self.request.headers.get("X-Amz-Date"):
+            return
+        if auth.startswith("Bearer ") and (self.fake.api_key is None or auth[7:] == self.fake.api_key):
+            return
+        raise ApiError(403, "The security token included in the request is invalid.")
+
+
+def _texts(body: dict[str, Any]) -> str:
+    return " ".join(b.get("text", "") for m in body.get("messages") or () for b in m.get("content") or ()
+                    if isinstance(b, dict) and isinstance(b.get("text"), str))
+
+
+class Converse(_Aws):
+    def wants_stream(self) -> bool:
+        return self.request.path.endswith("/converse-stream")
+
+    async def post(self, model: str) -> None:
+        body = self.body
+        try:
+            if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+                raise ApiError(400, "A conversation must start with a user message. Try again with a conversation "
+                               "that starts with a user message.")
+        except ApiError as err:
+            self.send_api_error(err)
+            return
+        if self.body_fault():
+            return
+        reply = self.reply_for(body)
+        text, calls, stop = reply.text or "", reply.tool_calls, reply.finish_reason
+        if any(term in _texts(body) for term in self.fake.blocked_terms):
+            text, calls, stop = "", (), "guardrail_intervened"
+        stop = stop or ("tool_use" if calls else "end_turn")
+        prompt = _tokens(_texts(body))
+        output = _tokens(text) + sum(_tokens(str(c.arguments)) for c in calls)
+        usage = {"inputTokens": prompt, "outputTokens": output, "totalTokens": prompt + output}
+        uses = [{"toolUseId": c.id or f"tooluse_{i}", "name": c.name, "input": c.arguments}
+                for i, c in enumerate(calls)]
+        if not self.wants_stream():
+            content = ([{"text": text}] if text else []) + [{"toolUse": u} for u in uses]
+            await self.send_json({"output": {"message": {"role": "assistant", "content": content}},
+                                  "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 12}})
+            return
+        events = [event("messageStart", {"role": "assistant"})]
+        block = 0
+        if text:
+            events += [event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
+                       for piece in _split(text, reply.chunks)]
+            events.append(event("contentBlockStop", {"contentBlockIndex": 0}))
+            block = 1
+        for i, use in enumerate(uses):
+            index = block + i
+            events.append(event("contentBlockStart", {"contentBlockIndex": index, "start": {
+                "toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}}))
+            events += [event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"toolUse": {"input": p}}})
+                       for p in _split(orjson.dumps(use["input"]).decode(), 2)]
+            events.append(event("contentBlockStop", {"contentBlockIndex": index}))
+        events.append(event("messageStop", {"stopReason": stop}))
+        events.append(event("metadata", {"usage": usage, "metrics": {"latencyMs": 12}}))
+        self.set_header("Content-Type", "application/vnd.amazon.eventstream")
+        if reply.first_byte_delay:
+            await self.start_stream(reply)
+            self.set_header("Content-Type", "application/vnd.amazon.eventstream")
+        await self.send_events(events, reply)
+
+
+class FoundationModel(_Aws):
+    async def get(self, model: str) -> None:
+        if self.body_fault():
+            return
+        if model not in self.fake.models:
+            self.send_api_error(ApiError(404, f"The model {model} does not exist."))
+            return
+        await self.send_json({"modelDetails": {"modelId": model, "modelArn": f"arn:aws:bedrock:us-east-1::"
+                                               f"foundation-model/{model}", "providerName": "Anthropic",
+                                               "responseStreamingSupported": True}})
