@@ -19,7 +19,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.providers import azure, google, responses, translate  # noqa: E402
+from gateway.providers import azure, bedrock, google, responses, translate  # noqa: E402
 from policies.model import Target  # noqa: E402
 
 REQ: dict[str, Any] = {
@@ -40,11 +40,14 @@ ANTHROPIC = {"id": "msg", "type": "message", "role": "assistant", "model": "m", 
              "content": [{"type": "text", "text": TEXT}], "usage": {"input_tokens": 40, "output_tokens": 20}}
 GEMINI = {"candidates": [{"content": {"role": "model", "parts": [{"text": TEXT}]}, "finishReason": "STOP"}],
           "usageMetadata": {"promptTokenCount": 40, "candidatesTokenCount": 20, "totalTokenCount": 60}}
+CONVERSE = {"output": {"message": {"role": "assistant", "content": [{"text": TEXT}]}}, "stopReason": "end_turn",
+            "usage": {"inputTokens": 40, "outputTokens": 20, "totalTokens": 60}}
 RESPONSES_REQ = {"model": "m", "instructions": "Be brief.", "input": "Where is my order A-1234?",
                  "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]}
 AZURE = Target("az", "azure-openai", "m", base_url="https://r.openai.azure.com", deployment="d",
                api_version="2024-10-21")
 GOOGLE = Target("gm", "google", "m")
+BEDROCK = Target("br", "bedrock", "m", region="us-east-1")
 
 
 def cases() -> dict[str, Any]:
@@ -59,6 +62,8 @@ def cases() -> dict[str, Any]:
         "azure-openai answer (+ content-filter check)": lambda: azure.check_answer(AZURE, dict(OPENAI)),
         "google       request": lambda: orjson.dumps(google.request(REQ)),
         "google       answer": lambda: google.completion(GOOGLE, GEMINI),
+        "bedrock      request (API key; SigV4 adds ~botocore)": lambda: orjson.dumps(bedrock.request(REQ)),
+        "bedrock      answer": lambda: bedrock.completion(BEDROCK, CONVERSE),
         "/v1/responses request -> canonical": lambda: responses.responses_request_to_openai(RESPONSES_REQ),
         "/v1/responses canonical answer -> response": lambda: responses.completion_to_response(OPENAI, shell),
     }

@@ -24,6 +24,7 @@ EVERY = [
     {"id": "az", "provider": "azure-openai", "model": "gpt-4o-mini", "deployment": "prod", "api_version": "2024-10-21",
      "base_url": "https://r.openai.azure.com", "secret_key_ref": {"env": KEY_ENV}},
     {"id": "gm", "provider": "google", "model": "gemini-2.5-flash", "secret_key_ref": {"env": KEY_ENV}},
+    {"id": "br", "provider": "bedrock", "model": "anthropic.claude-3-5-haiku-20241022-v1:0", "region": "us-east-1"},
     {"id": "mk", "provider": "mock", "model": "demo"},
 ]
 
@@ -38,7 +39,8 @@ def test_one_target_of_each_provider_lints_clean(tmp_path: Path) -> None:
            "providers": {"targets": EVERY, "model_groups": {"any": [{"target": t["id"]} for t in EVERY]}}}
     assert validate_document(doc) == []
     loaded = load_config(write_config(tmp_path / "c.yaml", EVERY))
-    assert [t.provider for t in loaded.targets] == ["openai", "anthropic", "azure-openai", "google", "mock"]
+    assert [t.provider for t in loaded.targets] == ["openai", "anthropic", "azure-openai", "google", "bedrock",
+                                                "mock"]
 
 
 @pytest.fixture
