@@ -215,3 +215,31 @@ main()
     out = subprocess.run([sys.executable, "-c", script, str(config)], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).parent.parent)
     assert out.returncode == 1 and "pip install 'kt-gateway[otel]'" in out.stderr
+
+
+def test_a_streamed_request_and_a_blocked_one_are_traced(
+        tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any, receiver: Receiver,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-up")
+    targets = [{"id": "only", "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
+                "secret_key_ref": {"env": KEY_ENV}}]
+    config = write_config(tmp_path / "c.yaml", targets, chain=["dlp-filter"],
+                          policy={"dlp-filter": {"blocked_terms": ["project-bluebird"], "action": "block"}})
+    gw = start_gateway(config, otlp_endpoint=receiver.url)
+    client = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                            stream=True, stream_options={"include_usage": True})
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    with pytest.raises(openai.APIStatusError) as blocked:
+        client.chat.completions.create(model="gpt-4o-mini",
+                                       messages=[{"role": "user", "content": "about project-bluebird"}])
+    assert blocked.value.status_code == 409
+    roots = wait_for(lambda: len([s for s in receiver.spans if s["name"] == "chat gpt-4o-mini"]) >= 2
+                     and [s for s in receiver.spans if s["name"] == "chat gpt-4o-mini"], timeout=20)
+    streamed, refused = sorted(roots, key=lambda s: s["start"])
+    names = {s["name"] for s in receiver.spans if s["parent"] == streamed["span_id"]}
+    assert names == {"input_chain", "upstream only"} and streamed["attrs"]["gen_ai.usage.output_tokens"] > 0
+    assert {s["name"] for s in receiver.spans if s["parent"] == refused["span_id"]} == {"input_chain"}
+    assert refused["attrs"]["error.type"] == "input_blocked" and refused["status"] != 2
+    chain = next(s for s in receiver.spans if s["parent"] == refused["span_id"])
+    assert chain["attrs"]["kt.verdict"] == "block" and chain["attrs"]["kt.policy"] == "dlp-filter"

@@ -115,8 +115,10 @@ class Tracer:
         parent = self._context(tr.trace_id, tr.parent_id) if tr.parent_id else None
         root = self._start(f"{operation} {rec.model or ''}".strip(), parent, tr.start_ns, t.SpanKind.SERVER,
                            attrs, tr.trace_id, tr.span_id)
-        if rec.status >= 500 or rec.error_code:
+        if rec.status >= 500:  # a 4xx (a policy block, a bad request) is the client's, not a server error
             root.set_status(t.Status(t.StatusCode.ERROR, rec.error_code or str(rec.status)))
+        if rec.error_code:
+            root.set_attribute("error.type", rec.error_code)
         inner = self._context(tr.trace_id, tr.span_id)
         for name, span_id, start, end, span_attrs in tr.spans:
             kind = t.SpanKind.CLIENT if name.startswith("upstream") else t.SpanKind.INTERNAL
