@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from gateway.providers.scrub import scrub
-from gateway.providers.translate import SSEError, SSEParser
+from gateway.providers.sse import SSEError, SSEParser
 from tests.gateway_harness import GatewayThread, write_config
 from tests.raw_upstream import RawConn, RawRequest, RawUpstream
 from tests.waiting import wait_for

@@ -19,6 +19,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from openai.lib.streaming.chat._completions import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from gateway.providers import sse
 from gateway.providers import translate as t
 
 STREAM_EVENT = pydantic.TypeAdapter(RawMessageStreamEvent)
@@ -697,7 +698,7 @@ ANTHROPIC_EVENTS = [
 
 
 def _anthropic_sse(events: list[dict]) -> bytes:
-    return b"".join(t.format_sse(e, event=e["type"]) for e in events)
+    return b"".join(sse.format_sse(e, event=e["type"]) for e in events)
 
 
 def _accumulate_openai(chunks: list[dict]):
@@ -942,7 +943,7 @@ def test_openai_stream_to_anthropic_edge_cases():
 
 
 def _parse_all(pieces: list[bytes]) -> list[tuple[str | None, str]]:
-    parser = t.SSEParser()
+    parser = sse.SSEParser()
     out = [e for p in pieces for e in parser.feed(p)]
     return out + parser.close()
 
@@ -973,18 +974,18 @@ def test_sse_parser_rules():
 
 
 def test_format_sse():
-    assert t.format_sse({"a": 1}) == b'data: {"a":1}\n\n'
-    assert t.format_sse("x", event="ping") == b"event: ping\ndata: x\n\n"
-    assert t.format_sse("a\nb") == b"data: a\ndata: b\n\n"
-    assert _parse_all([t.format_sse("a\nb", event="e")]) == [("e", "a\nb")]
-    assert t.format_sse("[DONE]") == t.OPENAI_DONE
+    assert sse.format_sse({"a": 1}) == b'data: {"a":1}\n\n'
+    assert sse.format_sse("x", event="ping") == b"event: ping\ndata: x\n\n"
+    assert sse.format_sse("a\nb") == b"data: a\ndata: b\n\n"
+    assert _parse_all([sse.format_sse("a\nb", event="e")]) == [("e", "a\nb")]
+    assert sse.format_sse("[DONE]") == t.OPENAI_DONE
 
 
 def test_anthropic_sse_split_at_every_offset_translates_identically():
     payload = _anthropic_sse(ANTHROPIC_EVENTS)
 
     def run(pieces: list[bytes]) -> list[dict]:
-        parser, translator = t.SSEParser(), t.AnthropicStreamToOpenAI(include_usage=True)
+        parser, translator = sse.SSEParser(), t.AnthropicStreamToOpenAI(include_usage=True)
         translator.created = 0
         out = []
         for piece in pieces:
@@ -1002,11 +1003,11 @@ def test_anthropic_sse_split_at_every_offset_translates_identically():
 
 
 def test_openai_sse_split_at_every_offset_translates_identically():
-    payload = b"".join(t.format_sse(c) for c in OPENAI_CHUNKS) + t.OPENAI_DONE
+    payload = b"".join(sse.format_sse(c) for c in OPENAI_CHUNKS) + t.OPENAI_DONE
     payload = payload.replace(b"\n", b"\r\n")
 
     def run(pieces: list[bytes]) -> list[dict]:
-        parser, translator = t.SSEParser(), t.OpenAIStreamToAnthropic()
+        parser, translator = sse.SSEParser(), t.OpenAIStreamToAnthropic()
         out = []
         for piece in pieces:
             for _, data in parser.feed(piece):
@@ -1099,7 +1100,7 @@ def test_sdks_parse_translated_streams_over_http(canned):
     oai = openai.OpenAI(base_url=canned.url + "/v1", api_key="k", max_retries=0)
     translator = t.AnthropicStreamToOpenAI(include_usage=True)
     chunks = [c for e in ANTHROPIC_EVENTS for c in translator.feed(e)] + translator.close()
-    canned.reply = (200, "text/event-stream", b"".join(t.format_sse(c) for c in chunks) + t.OPENAI_DONE)
+    canned.reply = (200, "text/event-stream", b"".join(sse.format_sse(c) for c in chunks) + t.OPENAI_DONE)
     with oai.chat.completions.stream(model="m", messages=[{"role": "user", "content": "x"}]) as stream:
         final = stream.get_final_completion()
     assert final.choices[0].message.content == "Hello wörld ✓" and final.usage.completion_tokens == 42
@@ -1125,7 +1126,7 @@ def test_sdks_parse_translated_responses_and_errors_over_http(canned):
     canned.reply = (
         200,
         "text/event-stream",
-        t.format_sse(OPENAI_CHUNKS[1])
+        sse.format_sse(OPENAI_CHUNKS[1])
         + t.openai_stream_error("policy_violation", "output blocked", "output_blocked", "dlp-filter"),
     )
     with pytest.raises(openai.APIError, match="output blocked"):

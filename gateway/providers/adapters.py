@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from gateway.http.client import Response
-from gateway.providers import azure, bedrock, checks, google, mock, translate
+from gateway.providers import azure, bedrock, checks, google, mock, sse, translate
 from gateway.providers.upstream import (
     DONE,
     UPSTREAM_TRACEPARENT,
@@ -212,7 +212,7 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
             yield [chunk]
         yield [DONE]
         return
-    parser = translate.SSEParser()
+    parser = sse.SSEParser()
     anthropic = is_anthropic(target)
     if anthropic:
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
@@ -310,7 +310,7 @@ async def _batches(client: UpstreamClient, target: Target, resp: Response, parse
         while data:
             try:
                 batch = parse(data)
-            except (*_MALFORMED, translate.SSEError) as exc:
+            except (*_MALFORMED, sse.SSEError) as exc:
                 raise _malformed(target, exc) from None
             if batch:
                 seen = True

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.providers import responses, translate
+from gateway.providers.sse import format_sse
 from gateway.proxy.errors import GatewayError, invalid
 from gateway.proxy.routes import ChatHandler
 from gateway.proxy.validate import validate_chat
@@ -54,7 +55,7 @@ class ResponsesHandler(ChatHandler):
 
     @staticmethod
     def _format(events: list[dict[str, Any]]) -> bytes:
-        return b"".join(translate.format_sse(e, e["type"]) for e in events)
+        return b"".join(format_sse(e, e["type"]) for e in events)
 
     def sse(self, chunks: list[dict[str, Any]]) -> bytes:
         converter = self._converter()

@@ -30,6 +30,7 @@ from gateway.control.tracing import RequestTrace
 from gateway.events.record import RequestRecord, new_request_id
 from gateway.http.handler import Handler
 from gateway.providers import adapters, translate
+from gateway.providers.sse import format_sse
 from gateway.providers.upstream import DONE, UpstreamFailure, unavailable_reason, upstream_text
 from gateway.proxy.errors import GatewayError, invalid, not_found, not_ready
 from gateway.proxy.keys import presented_key
@@ -805,7 +806,7 @@ class MessagesHandler(ChatHandler):
             self.to_anthropic = translate.OpenAIStreamToAnthropic(self.client_model, self.record.input_tokens)
         try:
             events = [e for c in chunks for e in self.to_anthropic.feed(c)]
-            return b"".join(translate.format_sse(e, e["type"]) for e in events)
+            return b"".join(format_sse(e, e["type"]) for e in events)
         except (translate.TranslationError, orjson.JSONEncodeError) as exc:
             raise self.unrelayable(exc) from None
 
@@ -813,7 +814,7 @@ class MessagesHandler(ChatHandler):
         if self.to_anthropic is None:
             self.sse([])
         assert self.to_anthropic is not None
-        return b"".join(translate.format_sse(e, e["type"]) for e in self.to_anthropic.close())
+        return b"".join(format_sse(e, e["type"]) for e in self.to_anthropic.close())
 
     def sse_error(self, err: GatewayError) -> bytes:
         return translate.anthropic_stream_error(err.type, err.message, code=err.code, policy=err.policy)
