@@ -176,3 +176,31 @@ def test_git_repo_with_workers_one_agent_and_the_webhook_reaches_it(tmp_path: Pa
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+def test_readyz_answers_for_the_whole_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_gateway) -> None:
+    """The workers share one socket: while one live worker is not ready, the host is not (503, which one)."""
+    from tests.gateway_harness import write_config
+    from tests.http_wire import Wire, request
+
+    group_dir = tmp_path / "group"
+    group_dir.mkdir()
+    monkeypatch.setenv("KEEPTRUSTS_GATEWAY_GROUP_DIR", str(group_dir))
+    monkeypatch.setenv("KEEPTRUSTS_GATEWAY_WORKER", "0")
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}]))
+
+    def readyz() -> tuple[int, dict]:
+        wire = Wire(gw.port)
+        wire.send(request("GET", "/readyz", Connection="close"))
+        resp = wire.response()
+        wire.close()
+        return resp.status, resp.json()
+
+    other = group_dir / "worker-1.json"
+    other.write_bytes(json.dumps({"index": 1, "ready": False, "revision": None, "in_flight": 0}).encode())
+    status, body = readyz()
+    assert status == 503 and body["ready"] is False and "[1]" in body["reason"]
+    assert body["workers"] == {"ready": 1, "total": 2}
+    other.write_bytes(json.dumps({"index": 1, "ready": True, "revision": "r", "in_flight": 0}).encode())
+    status, body = readyz()
+    assert status == 200 and body["workers"] == {"ready": 2, "total": 2}

@@ -74,12 +74,23 @@ class Healthz(_Base):
 
 class Readyz(_Base):
     def get(self) -> None:
+        """Ready when this worker has a config and is not draining, and (with --workers) so is every live worker:
+        the workers share one socket, so a worker that is not ready fails its share of the host's requests."""
         runtime = self.ops.runtime
-        if runtime.ready:
-            self.send_json({"status": "ready", "ready": True, "revision": runtime.snapshot.revision})
-        else:
+        if not runtime.ready:
             reason = "draining" if runtime.draining else "no config loaded"
             self.send_json({"status": "not_ready", "ready": False, "reason": reason}, 503)
+            return
+        body: dict[str, Any] = {"status": "ready", "ready": True, "revision": runtime.snapshot.revision}
+        group_view = self.ops.group_view()
+        if group_view is not None:
+            waiting = [w.get("index") for w in group_view if not w.get("ready")]
+            body["workers"] = {"ready": len(group_view) - len(waiting), "total": len(group_view)}
+            if waiting:
+                body.update(status="not_ready", ready=False, reason=f"worker(s) {waiting} not ready")
+                self.send_json(body, 503)
+                return
+        self.send_json(body)
 
 
 class Health(_Base):
