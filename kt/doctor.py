@@ -199,26 +199,34 @@ def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[
 # --- HTTP
 
 
-def http_get(url: str, path: str, timeout: float, token: str | None = None) -> tuple[int, Any]:
-    """GET `path` on `url`; (status, parsed JSON or text). Raises OSError on network failure."""
+def _request(method: str, url: str, path: str, timeout: float, token: str | None,
+             body: bytes | None = None, limit: int = 1 << 20) -> tuple[int, bytes]:
+    """One request to `path` on `url`: (status, up to `limit` bytes of body). Raises OSError on network failure."""
     parts = urlsplit(url)
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = cls(parts.hostname or "", parts.port, timeout=timeout)
     headers = {"Accept": "application/json", "User-Agent": "kt-doctor"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
     if token:
         headers["Authorization"] = f"Bearer {token}"
     try:
-        conn.request("GET", parts.path.rstrip("/") + path, headers=headers)
+        conn.request(method, parts.path.rstrip("/") + path, body=body, headers=headers)
         resp = conn.getresponse()
-        body = resp.read(1 << 20)
+        return resp.status, resp.read(limit)
     except (http.client.HTTPException, ValueError) as exc:
         raise OSError(f"bad HTTP answer: {exc}") from exc
     finally:
         conn.close()
+
+
+def http_get(url: str, path: str, timeout: float, token: str | None = None) -> tuple[int, Any]:
+    """GET `path` on `url`; (status, parsed JSON or text). Raises OSError on network failure."""
+    status, body = _request("GET", url, path, timeout, token)
     try:
-        return resp.status, json.loads(body)
+        return status, json.loads(body)
     except ValueError:
-        return resp.status, body.decode("utf-8", "replace")
+        return status, body.decode("utf-8", "replace")
 
 
 def _unreachable(name: str, url: str, exc: OSError, fix: str) -> list[Check]:
@@ -228,21 +236,7 @@ def _unreachable(name: str, url: str, exc: OSError, fix: str) -> list[Check]:
 
 def http_post_json(url: str, path: str, body: Any, timeout: float, token: str | None) -> int:
     """POST `body` as JSON to `path` on `url`; the status. Raises OSError on network failure."""
-    parts = urlsplit(url)
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname or "", parts.port, timeout=timeout)
-    headers = {"Content-Type": "application/json", "User-Agent": "kt-doctor"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    try:
-        conn.request("POST", parts.path.rstrip("/") + path, body=json.dumps(body).encode(), headers=headers)
-        resp = conn.getresponse()
-        resp.read(1 << 16)
-        return resp.status
-    except (http.client.HTTPException, ValueError) as exc:
-        raise OSError(f"bad HTTP answer: {exc}") from exc
-    finally:
-        conn.close()
+    return _request("POST", url, path, timeout, token, json.dumps(body).encode(), limit=1 << 16)[0]
 
 
 def control_plane_check(env: Mapping[str, str], timeout: float) -> list[Check]:
