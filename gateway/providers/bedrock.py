@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import orjson
 
+from gateway.providers.canonical import text_of, usage
 from gateway.providers.translate import TranslationError
 from gateway.providers.upstream import UpstreamFailure
 from policies.model import Target
@@ -76,12 +77,6 @@ def _credentials(get_session: Any) -> Any:
 # --- request -----------------------------------------------------------------------------------
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content or () if isinstance(p, dict) and p.get("type") == "text")
-
-
 def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}] if content else []
@@ -100,11 +95,11 @@ def request(req: dict[str, Any]) -> dict[str, Any]:
     for i, m in enumerate(req.get("messages") or []):
         role = m.get("role")
         if role in ("system", "developer"):
-            system.append({"text": _text(m.get("content"))})
+            system.append({"text": text_of(m.get("content"))})
             continue
         if role == "tool":
             block = {"toolResult": {"toolUseId": m.get("tool_call_id") or "",
-                                    "content": [{"text": _text(m.get("content"))}]}}
+                                    "content": [{"text": text_of(m.get("content"))}]}}
             if messages and messages[-1]["role"] == "user" and "toolResult" in messages[-1]["content"][0]:
                 messages[-1]["content"].append(block)
             else:
@@ -152,12 +147,10 @@ def request(req: dict[str, Any]) -> dict[str, Any]:
 # --- answers -----------------------------------------------------------------------------------
 
 
-def _usage(usage: Any) -> dict[str, Any] | None:
-    if not isinstance(usage, dict):
-        return None
-    prompt, output = usage.get("inputTokens") or 0, usage.get("outputTokens") or 0
-    return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": usage.get("totalTokens") or
-            prompt + output}
+def _usage(counts: Any) -> dict[str, Any] | None:
+    """Converse `usage` as canonical usage."""
+    return usage(counts.get("inputTokens"), counts.get("outputTokens"), counts.get("totalTokens")) \
+        if isinstance(counts, dict) else None
 
 
 def _finish(target: Target, reason: Any, has_output: bool) -> str:

@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import orjson
 
+from gateway.providers.canonical import text_of, usage
 from gateway.providers.translate import TranslationError
 from gateway.providers.upstream import UpstreamFailure
 from policies.model import Target
@@ -50,12 +51,6 @@ def models_url(target: Target) -> str:
 
 
 # --- request -----------------------------------------------------------------------------------
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content or () if isinstance(p, dict) and p.get("type") == "text")
 
 
 def _parts(content: Any, where: str) -> list[dict[str, Any]]:
@@ -92,12 +87,12 @@ def _contents(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     for i, m in enumerate(messages):
         role, where = m.get("role"), f"messages[{i}]"
         if role in ("system", "developer"):
-            system.append(_text(m.get("content")))
+            system.append(text_of(m.get("content")))
             continue
         if role == "tool":
             call_id = m.get("tool_call_id") or ""
             part = {"functionResponse": {"name": names.get(call_id, call_id), "id": call_id,
-                                         "response": {"content": _text(m.get("content"))}}}
+                                         "response": {"content": text_of(m.get("content"))}}}
             if contents and contents[-1]["role"] == "user" and "functionResponse" in contents[-1]["parts"][0]:
                 contents[-1]["parts"].append(part)  # parallel calls: their answers in one turn
             else:
@@ -162,12 +157,11 @@ def request(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def _usage(meta: Any) -> dict[str, Any] | None:
+    """`usageMetadata` as canonical usage (thinking tokens count as completion tokens)."""
     if not isinstance(meta, dict):
         return None
-    prompt = meta.get("promptTokenCount") or 0
     output = (meta.get("candidatesTokenCount") or 0) + (meta.get("thoughtsTokenCount") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": output,
-            "total_tokens": meta.get("totalTokenCount") or prompt + output}
+    return usage(meta.get("promptTokenCount"), output, meta.get("totalTokenCount"))
 
 
 def _blocked_prompt(target: Target, answer: dict[str, Any]) -> None:
