@@ -8,7 +8,8 @@ only under `strict`. A bad merge must not take every replica out at once.
 
 Every probe runs in its own daemon thread with a hard deadline (network calls also carry a
 socket timeout), so a diagnosis finishes within `timeout` seconds even when every remote hangs.
-Providers get one authenticated `GET /v1/models` (no token spent); the control plane gets an
+Providers get one authenticated `GET /v1/models` (Azure OpenAI: an empty-body POST that its deployment
+refuses before generating; no token spent); the control plane gets an
 empty event batch (nothing stored).
 """
 
@@ -145,11 +146,12 @@ def provider_probes(path: str, env: Mapping[str, str], timeout: float) -> list[P
 
 
 def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[Check]:
-    """Ask the provider for its model list with the target's key: reachable, answering, key accepted.
+    """Ask the provider for its model list with the target's key: reachable, answering, key accepted
+    (azure-openai: an empty-body POST to the deployment, which also proves that the deployment exists).
 
     A `fail` here is one unusable target; `grade_providers` turns it into a warning while another
     target is usable."""
-    from gateway.providers.adapters import models_request
+    from gateway.providers.adapters import probe_request
 
     name = f"provider {target.id}"
     if target.provider == "mock":
@@ -161,39 +163,61 @@ def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[
     if ref is not None and ref.env and not env.get(ref.env):
         return _fail(name, f"secret {ref.env} is not set",
                      f"set {ref.env} in the gateway's environment (kt.env, .env or the Kubernetes Secret)")
-    url, headers = models_request(target)
-    where = mask_url(url)
+    method, url, headers, body = probe_request(target)
+    where = f"{method} {mask_url(url)}"
     started = time.monotonic()
-    refused = False
+    answer = b""
     try:
-        with urlopen(Request(url, headers={**headers, "User-Agent": "kt-doctor"}), timeout=timeout) as resp:
+        with urlopen(Request(url, data=body, method=method, headers={**headers, "User-Agent": "kt-doctor"}),
+                     timeout=timeout) as resp:
             status = resp.status
     except HTTPError as exc:
         status = exc.code
-        # Gemini answers a wrong key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID
-        refused = status == 400 and b"API_KEY_INVALID" in exc.read(65536)
+        answer = exc.read(65536)
         exc.close()
     except (OSError, http.client.HTTPException, ValueError) as exc:
         cause = getattr(exc, "reason", exc)
         reason = f"no answer within {timeout:g}s" if isinstance(cause, TimeoutError) else \
             getattr(cause, "strerror", None) or cause
-        return _fail(name, f"GET {where}: {reason}",
+        return _fail(name, f"{where}: {reason}",
                      f"check DNS, firewall and egress proxy from this host to {urlsplit(url).netloc}")
     ms = (time.monotonic() - started) * 1000
     key = f" with {ref.env}" if ref is not None and ref.env else ""
-    if status in (401, 403) or refused:
-        return _fail(name, f"key rejected: GET {where}{key} answered HTTP {status}",
+    # Gemini answers a wrong key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID
+    if status in (401, 403) or (status == 400 and b"API_KEY_INVALID" in answer):
+        return _fail(name, f"key rejected: {where}{key} answered HTTP {status}",
                      f"put a valid {target.provider} key in {ref.env if ref and ref.env else 'the target secret'}")
+    if target.provider == "azure-openai" and status in (400, 404):
+        return _azure_deployment(name, target, where, status, answer, ms)
     if 200 <= status < 300:
-        return _ok(name, f"{target.provider} GET {where} HTTP {status} ({ms:.0f} ms), key accepted")
+        return _ok(name, f"{target.provider} {where} HTTP {status} ({ms:.0f} ms), key accepted")
     if status in (404, 405):
-        return _ok(name, f"{target.provider} GET {where} HTTP {status} ({ms:.0f} ms): reachable, "
+        return _ok(name, f"{target.provider} {where} HTTP {status} ({ms:.0f} ms): reachable, "
                    "no model list here, key not verified")
     if status == 429:
-        return _warn(name, f"{target.provider} GET {where} HTTP 429: key accepted but rate-limited",
+        return _warn(name, f"{target.provider} {where} HTTP 429: key accepted but rate-limited",
                      "check the provider account's rate limits and quota")
-    return _fail(name, f"{target.provider} GET {where} answered HTTP {status}",
+    return _fail(name, f"{target.provider} {where} answered HTTP {status}",
                  "the provider is failing: check its status page; the gateway falls back to other targets")
+
+
+def _azure_deployment(name: str, target: Any, where: str, status: int, answer: bytes, ms: float) -> list[Check]:
+    """What Azure's answer to the empty-body probe says about the target's deployment (400: it exists)."""
+    deployment = target.deployment or target.model
+    if status == 400:
+        return _ok(name, f"azure-openai {where} HTTP 400 ({ms:.0f} ms): key accepted, deployment {deployment!r} "
+                   "exists (the empty body was refused before anything was generated)")
+    try:
+        code = (json.loads(answer).get("error") or {}).get("code")
+    except (ValueError, AttributeError):
+        code = None
+    if code == "DeploymentNotFound":
+        return _fail(name, f"deployment {deployment!r} does not exist: {where} answered 404 DeploymentNotFound",
+                     f"create the deployment {deployment!r} in the Azure OpenAI resource, or set target "
+                     f"{target.id}'s `deployment` to an existing deployment's name (a deployment created in the "
+                     "last 5 minutes may not be visible yet)")
+    return _fail(name, f"{where} answered 404: no Azure OpenAI resource or api-version at this address",
+                 f"check target {target.id}'s base_url (https://<resource>.openai.azure.com) and api_version")
 
 
 # --- HTTP

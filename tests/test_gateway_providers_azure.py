@@ -18,13 +18,13 @@ import openai
 import pytest
 
 from gateway.providers import azure
-from kt.doctor import provider_check
 from policies.config import load_config
 from policies.lint import validate_document
 from policies.providers import AZURE_API_VERSION, AZURE_OPENAI
 from tests.fake_azure import FakeAzure
 from tests.fake_upstream import FakeUpstream, ToolCall
 from tests.gateway_harness import write_config
+from tests.test_ops_doctor import by_name, kt_doctor
 from tests.waiting import wait_for
 
 KEY_ENV = "KT_TEST_AZURE_KEY"
@@ -227,15 +227,39 @@ def test_lint_knows_azure_fields() -> None:
     assert _lint({"id": "a", "provider": "openrouter", "model": "m"}) == []
 
 
-def test_doctor_checks_the_key_without_spending_tokens(fake_azure: FakeAzure, tmp_path: Path) -> None:
-    target = load_config(write_config(tmp_path / "c.yaml", [azure_target(fake_azure)])).targets[0]
-    (check,) = provider_check(target, {KEY_ENV: KEY}, 5)
-    assert check.status == "ok" and "key accepted" in check.detail
-    assert fake_azure.requests[-1].path == "/openai/models"
-    assert not fake_azure.requests_to("/openai/deployments/chat/chat/completions")
-    fake_azure.api_key = "another"
-    (check,) = provider_check(target, {KEY_ENV: KEY}, 5)
-    assert check.status == "fail" and "key rejected" in check.detail
+def test_doctor_proves_the_deployment_exists_without_spending_tokens(fake_azure: FakeAzure, tmp_path: Path) -> None:
+    """`kt doctor` (a real subprocess): deployment there, deployment missing (named), key refused; no secret shown."""
+    targets = [azure_target(fake_azure), azure_target(fake_azure, id="az-gone", deployment="prod-gone")]
+    config = write_config(tmp_path / "c.yaml", targets)
+    code, report = kt_doctor("--config", str(config), "--state-dir", str(tmp_path / "s"), "--timeout", "5",
+                             env={KEY_ENV: KEY})
+    checks = by_name(report)
+    there, gone = checks["provider az"], checks["provider az-gone"]
+    assert there["status"] == "ok" and "deployment 'chat' exists" in there["detail"], there
+    assert gone["status"] == "warn" and "deployment 'prod-gone' does not exist" in gone["detail"], gone
+    assert "DeploymentNotFound" in gone["detail"] and "prod-gone" in gone["fix"] and code == 0
+    sent = fake_azure.requests
+    assert {(r.method, r.path) for r in sent} == {("POST", "/openai/deployments/chat/chat/completions"),
+                                                 ("POST", "/openai/deployments/prod-gone/chat/completions")}
+    assert all(r.raw == b"{}" for r in sent), "an empty body: Azure refuses it before generating anything"
+    code, report = kt_doctor("--config", str(config), "--state-dir", str(tmp_path / "s"), "--timeout", "5",
+                             env={KEY_ENV: "az-wrong-5e1d2c3b4a5f6e7d8c9b"})
+    checks = by_name(report)
+    assert code == 1 and {c["status"] for n, c in checks.items() if n.startswith("provider ")} == {"fail"}
+    assert "key rejected" in checks["provider az"]["detail"] and "401" in checks["provider az"]["detail"]
+    assert KEY_ENV in checks["provider az"]["fix"]
+    assert KEY not in json.dumps(report) and "az-wrong" not in json.dumps(report)
+
+
+def test_fake_azure_resolves_the_deployment_before_the_body_like_azure(fake_azure: FakeAzure) -> None:
+    """The `openai` SDK sees what kt doctor relies on: 404 DeploymentNotFound before a 400 for the body."""
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk(fake_azure).chat.completions.create(model="gone", messages=[])
+    assert missing.value.code == "DeploymentNotFound"
+    with pytest.raises(openai.BadRequestError):
+        sdk(fake_azure).chat.completions.create(model="chat", messages=[])
+    with pytest.raises(openai.AuthenticationError):
+        sdk(fake_azure, api_key="wrong").chat.completions.create(model="gone", messages=[])
 
 
 def test_admin_events_record_the_azure_target(tmp_path: Path, fake_azure: FakeAzure, start_gateway: Any) -> None:

@@ -116,20 +116,22 @@ def _openai_url(target: Target, operation: str) -> str:
     return _url(target.base_url, "https://api.openai.com", "/" + operation)
 
 
-def models_request(target: Target) -> tuple[str, dict[str, str]]:
-    """(URL, headers) of `GET /v1/models` on `target` with its credential: proves the key, spends no token."""
+def probe_request(target: Target) -> tuple[str, str, dict[str, str], bytes | None]:
+    """(method, URL, headers, body) of the call `kt doctor` makes to `target` with its credential: it proves
+    the key (and what else the provider lets a free call prove), spends no token. Mostly `GET /v1/models`;
+    azure-openai: an empty body POSTed to the deployment (`azure.PROBE_BODY`: 400 proves the deployment)."""
     if target.provider == azure.PROVIDER:
-        return azure.models_url(target), _headers(target)
+        return "POST", azure.url(target, "chat/completions"), _headers(target), azure.PROBE_BODY
     if target.provider == google.PROVIDER:
-        return google.models_url(target), _headers(target)
+        return "GET", google.models_url(target), _headers(target), None
     if target.provider == bedrock.PROVIDER:
         address = bedrock.models_url(target)
         headers = {k: v for k, v in _headers(target).items() if k != "Content-Type"}
-        return address, {**headers, **bedrock.sigv4_headers(target, "GET", address, b"")}
+        return "GET", address, {**headers, **bedrock.sigv4_headers(target, "GET", address, b"")}, None
     if is_anthropic(target):
-        return _url(target.base_url, "https://api.anthropic.com", "/models"), _headers(
-            target, {"anthropic-version": ANTHROPIC_VERSION})
-    return _url(target.base_url, "https://api.openai.com", "/models"), _headers(target)
+        return "GET", _url(target.base_url, "https://api.anthropic.com", "/models"), _headers(
+            target, {"anthropic-version": ANTHROPIC_VERSION}), None
+    return "GET", _url(target.base_url, "https://api.openai.com", "/models"), _headers(target), None
 
 
 def supports_embeddings(target: Target) -> bool:

@@ -11,7 +11,8 @@ only the URL; what Azure adds is its content filter, which this module turns int
 - the answer was withheld: `finish_reason: content_filter` with nothing in the message ->
   400 `content_filter`. A filtered answer with partial content, and a stream (already under
   way), keep `finish_reason: content_filter`, which OpenAI clients read as it is.
-URLs are built once per target (cached), not per request.
+URLs are built once per target (cached), not per request. `kt doctor` proves the deployment exists
+with a request Azure refuses before generating (`PROBE_BODY`).
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ def url(target: Target, operation: str) -> str:
     return f"{base}/openai/deployments/{deployment}/{operation}?api-version={quote(target.api_version or '')}"
 
 
-@lru_cache(maxsize=1024)
-def models_url(target: Target) -> str:
-    """`GET /openai/models`: lists the resource's models with the key, spends no token (kt doctor)."""
-    return f"{(target.base_url or '').rstrip('/')}/openai/models?api-version={quote(target.api_version or '')}"
+# kt doctor's probe: an empty JSON body POSTed to the deployment's chat/completions. Azure resolves the
+# deployment before it reads the body, so the answer proves the key, the resource and the deployment
+# without generating anything: 401 bad key, 404 `DeploymentNotFound` no such deployment (404 without that
+# code: no such resource path or api-version), 400 (the body lacks `messages`) the deployment exists.
+PROBE_BODY = b"{}"
+DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
 
 
 def filtered_categories(results: Any) -> list[str]:
