@@ -21,17 +21,14 @@ import tornado.web
 from tests.fake_upstream import (
     ApiError,
     ChatCompletions,
-    ControlFaults,
-    ControlReplies,
-    ControlRequests,
-    ControlReset,
     Embeddings,
     FakeUpstream,
-    _Base,
-    _content_text,
-    _dumps,
+    ProviderHandler,
+    content_text,
+    include_usage,
     openai_completion,
     openai_events,
+    sse,
 )
 
 SAFE = {name: {"filtered": False, "severity": "safe"} for name in ("hate", "self_harm", "sexual", "violence")}
@@ -52,18 +49,13 @@ class FakeAzure(FakeUpstream):
         self.filtered_terms = filtered_terms
         self.entra_token = entra_token  # when set, `Authorization: Bearer <it>` is accepted too
 
-    def app(self) -> tornado.web.Application:
-        kw = {"fake": self}
-        return tornado.web.Application([
-            (r"/openai/deployments/([^/]+)/chat/completions", AzureChat, kw),
-            (r"/openai/deployments/([^/]+)/embeddings", AzureEmbeddings, kw),
-            (r"/openai/models", AzureModels, kw),
-            (r"/_fake/requests", ControlRequests, kw),
-            (r"/_fake/reset", ControlReset, kw),
-            (r"/_fake/faults", ControlFaults, kw),
-            (r"/_fake/replies", ControlReplies, kw),
-            (r"/.*", AzureNotFound, kw),
-        ], log_function=lambda handler: None)
+    def routes(self) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+        return [
+            (r"/openai/deployments/([^/]+)/chat/completions", AzureChat),
+            (r"/openai/deployments/([^/]+)/embeddings", AzureEmbeddings),
+            (r"/openai/models", AzureModels),
+            (r"/.*", AzureNotFound),
+        ]
 
 
 def azure_error(err: ApiError) -> dict[str, Any]:
@@ -77,7 +69,7 @@ def azure_error(err: ApiError) -> dict[str, Any]:
     return {"error": body}
 
 
-class _Azure(_Base):
+class _Azure(ProviderHandler):
     """Azure's auth (`api-key` or an Entra ID bearer token), api-version and error envelope."""
 
     fake: FakeAzure
@@ -110,16 +102,8 @@ class AzureChat(_Azure, ChatCompletions):
     """`POST /openai/deployments/{deployment}/chat/completions?api-version=...`."""
 
     async def post(self, deployment: str) -> None:  # type: ignore[override]
-        try:
-            model = self.model_of(deployment)
-            body = self.validate_for(model)
-            prompt = " ".join(_content_text(m.get("content")) for m in body["messages"] if isinstance(m, dict))
-            if any(term in prompt for term in self.fake.filtered_terms):
-                raise ApiError(400, FILTER_MESSAGE, code="content_filter")
-        except ApiError as err:
-            self.send_api_error(err)
-            return
-        if self.body_fault():
+        body = self.checked(lambda: self.validate_for(self.model_of(deployment)))
+        if body is None:
             return
         reply = self.reply_for(body)
         completion = openai_completion(body, reply)
@@ -132,20 +116,22 @@ class AzureChat(_Azure, ChatCompletions):
             if withheld and not choice["message"]["content"]:
                 choice["message"]["content"] = None
         if not self.wants_stream():
-            await self.send_json(completion)
+            await self.send_json(completion, reply.first_byte_delay)
             return
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         first = {"choices": [], "created": 0, "id": "", "model": "", "object": "",
                  "prompt_filter_results": prompt_results}
-        events = [b"data: " + _dumps(first) + b"\n\n", *openai_events(completion, reply.chunks, include_usage)]
-        await self.start_stream(reply)
-        await self.send_events(events, reply)
+        await self.send_stream([sse(first), *openai_events(completion, reply.chunks, include_usage(body))], reply)
 
     def validate_for(self, model: str) -> dict[str, Any]:
-        """OpenAI's checks; the deployment, not the body, names the model (Azure ignores `model`)."""
+        """OpenAI's checks, then the content filter; the deployment, not the body, names the model
+        (Azure ignores `model`)."""
         if isinstance(self.body, dict):
             self.body = {**self.body, "model": model}
-        return self.validate()
+        body = self.validate()
+        prompt = " ".join(content_text(m.get("content")) for m in body["messages"] if isinstance(m, dict))
+        if any(term in prompt for term in self.fake.filtered_terms):
+            raise ApiError(400, FILTER_MESSAGE, code="content_filter")
+        return body
 
 
 class AzureEmbeddings(_Azure, Embeddings):

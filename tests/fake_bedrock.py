@@ -20,17 +20,7 @@ from typing import Any
 import orjson
 import tornado.web
 
-from tests.fake_upstream import (
-    ApiError,
-    ControlFaults,
-    ControlReplies,
-    ControlRequests,
-    ControlReset,
-    FakeUpstream,
-    _Base,
-    _split,
-    _tokens,
-)
+from tests.fake_upstream import ApiError, FakeUpstream, ProviderHandler, count_tokens, split_text
 
 _ERROR_TYPES = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
                 429: "ThrottlingException", 500: "InternalServerException", 503: "ServiceUnavailableException"}
@@ -60,20 +50,15 @@ class FakeBedrock(FakeUpstream):
         super().__init__(*args, **kwargs)
         self.blocked_terms = blocked_terms
 
-    def app(self) -> tornado.web.Application:
-        kw = {"fake": self}
-        return tornado.web.Application([
-            (r"/model/([^/]+)/converse", Converse, kw),
-            (r"/model/([^/]+)/converse-stream", Converse, kw),
-            (r"/foundation-models/([^/]+)", FoundationModel, kw),
-            (r"/_fake/requests", ControlRequests, kw),
-            (r"/_fake/reset", ControlReset, kw),
-            (r"/_fake/faults", ControlFaults, kw),
-            (r"/_fake/replies", ControlReplies, kw),
-        ], log_function=lambda handler: None)
+    def routes(self) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+        return [
+            (r"/model/([^/]+)/converse", Converse),
+            (r"/model/([^/]+)/converse-stream", Converse),
+            (r"/foundation-models/([^/]+)", FoundationModel),
+        ]
 
 
-class _Aws(_Base):
+class _Aws(ProviderHandler):
     fake: FakeBedrock
 
     def error_body(self, err: ApiError) -> dict[str, Any]:
@@ -99,37 +84,38 @@ class Converse(_Aws):
     def wants_stream(self) -> bool:
         return self.request.path.endswith("/converse-stream")
 
-    async def post(self, model: str) -> None:
+    def validate(self) -> dict[str, Any]:
         body = self.body
-        try:
-            if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
-                raise ApiError(400, "A conversation must start with a user message. Try again with a conversation "
-                               "that starts with a user message.")
-        except ApiError as err:
-            self.send_api_error(err)
-            return
-        if self.body_fault():
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise ApiError(400, "A conversation must start with a user message. Try again with a conversation "
+                           "that starts with a user message.")
+        return body
+
+    async def post(self, model: str) -> None:
+        body = self.checked(self.validate)
+        if body is None:
             return
         reply = self.reply_for(body)
         text, calls, stop = reply.text or "", reply.tool_calls, reply.finish_reason
         if any(term in _texts(body) for term in self.fake.blocked_terms):
             text, calls, stop = "", (), "guardrail_intervened"
         stop = stop or ("tool_use" if calls else "end_turn")
-        prompt = _tokens(_texts(body))
-        output = _tokens(text) + sum(_tokens(str(c.arguments)) for c in calls)
+        prompt = count_tokens(_texts(body))
+        output = count_tokens(text) + sum(count_tokens(str(c.arguments)) for c in calls)
         usage = {"inputTokens": prompt, "outputTokens": output, "totalTokens": prompt + output}
         uses = [{"toolUseId": c.id or f"tooluse_{i}", "name": c.name, "input": c.arguments}
                 for i, c in enumerate(calls)]
         if not self.wants_stream():
             content = ([{"text": text}] if text else []) + [{"toolUse": u} for u in uses]
             await self.send_json({"output": {"message": {"role": "assistant", "content": content}},
-                                  "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 12}})
+                                  "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 12}},
+                                 reply.first_byte_delay)
             return
         events = [event("messageStart", {"role": "assistant"})]
         block = 0
         if text:
             events += [event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}})
-                       for piece in _split(text, reply.chunks)]
+                       for piece in split_text(text, reply.chunks)]
             events.append(event("contentBlockStop", {"contentBlockIndex": 0}))
             block = 1
         for i, use in enumerate(uses):
@@ -137,15 +123,11 @@ class Converse(_Aws):
             events.append(event("contentBlockStart", {"contentBlockIndex": index, "start": {
                 "toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}}))
             events += [event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"toolUse": {"input": p}}})
-                       for p in _split(orjson.dumps(use["input"]).decode(), 2)]
+                       for p in split_text(orjson.dumps(use["input"]).decode(), 2)]
             events.append(event("contentBlockStop", {"contentBlockIndex": index}))
         events.append(event("messageStop", {"stopReason": stop}))
         events.append(event("metadata", {"usage": usage, "metrics": {"latencyMs": 12}}))
-        self.set_header("Content-Type", "application/vnd.amazon.eventstream")
-        if reply.first_byte_delay:
-            await self.start_stream(reply)
-            self.set_header("Content-Type", "application/vnd.amazon.eventstream")
-        await self.send_events(events, reply)
+        await self.send_stream(events, reply, "application/vnd.amazon.eventstream")
 
 
 class FoundationModel(_Aws):

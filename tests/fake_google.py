@@ -18,17 +18,13 @@ import tornado.web
 
 from tests.fake_upstream import (
     ApiError,
-    ControlFaults,
-    ControlReplies,
-    ControlRequests,
-    ControlReset,
     FakeUpstream,
+    ProviderHandler,
     Reply,
-    _Base,
-    _dumps,
-    _new_id,
-    _split,
-    _tokens,
+    count_tokens,
+    new_id,
+    split_text,
+    sse,
 )
 
 STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
@@ -46,17 +42,12 @@ class FakeGoogle(FakeUpstream):
         super().__init__(*args, **kwargs)
         self.blocked_terms = blocked_terms
 
-    def app(self) -> tornado.web.Application:
-        kw = {"fake": self}
-        return tornado.web.Application([
-            (r"/v1(?:beta)?/models/([^/:]+):generateContent", Generate, kw),  # kt: v1beta; google-genai 3: v1
-            (r"/v1(?:beta)?/models/([^/:]+):streamGenerateContent", Generate, kw),
-            (r"/v1(?:beta)?/models", ListModels, kw),
-            (r"/_fake/requests", ControlRequests, kw),
-            (r"/_fake/reset", ControlReset, kw),
-            (r"/_fake/faults", ControlFaults, kw),
-            (r"/_fake/replies", ControlReplies, kw),
-        ], log_function=lambda handler: None)
+    def routes(self) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+        return [
+            (r"/v1(?:beta)?/models/([^/:]+):generateContent", Generate),  # kt: v1beta; google-genai 3: v1
+            (r"/v1(?:beta)?/models/([^/:]+):streamGenerateContent", Generate),
+            (r"/v1(?:beta)?/models", ListModels),
+        ]
 
 
 def google_error(err: ApiError) -> dict[str, Any]:
@@ -72,7 +63,7 @@ def _texts(body: dict[str, Any]) -> str:
     return " ".join(t for t in texts if isinstance(t, str))
 
 
-class _Google(_Base):
+class _Google(ProviderHandler):
     fake: FakeGoogle
 
     def error_body(self, err: ApiError) -> dict[str, Any]:
@@ -116,15 +107,11 @@ class Generate(_Google):
         return candidate
 
     async def post(self, model: str) -> None:
-        try:
-            body = self.validate()
-        except ApiError as err:
-            self.send_api_error(err)
+        body = self.checked(self.validate)
+        if body is None:
             return
-        if self.body_fault():
-            return
-        prompt = _tokens(_texts(body))
-        common = {"modelVersion": model, "responseId": _new_id("")}
+        prompt = count_tokens(_texts(body))
+        common = {"modelVersion": model, "responseId": new_id("")}
         if any(term in _texts(body) for term in self.fake.blocked_terms):
             await self.send_json({"promptFeedback": {"blockReason": "SAFETY", "safetyRatings": RATINGS},
                                   "usageMetadata": {"promptTokenCount": prompt, "totalTokenCount": prompt}, **common})
@@ -133,18 +120,17 @@ class Generate(_Google):
         calls = [{"name": t.name, "args": t.arguments} for t in reply.tool_calls]
         finish = reply.finish_reason or "STOP"
         text = reply.text or ""
-        output = _tokens(text) + sum(_tokens(str(c["args"])) for c in calls)
+        output = count_tokens(text) + sum(count_tokens(str(c["args"])) for c in calls)
         usage = {"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output}
         if not self.wants_stream():
             await self.send_json({"candidates": [self.candidate(reply, text, calls, finish)],
-                                  "usageMetadata": usage, **common})
+                                  "usageMetadata": usage, **common}, reply.first_byte_delay)
             return
-        pieces = _split(text, reply.chunks) if text else []
+        pieces = split_text(text, reply.chunks) if text else []
         answers = [{"candidates": [self.candidate(reply, p, [], None)],
                     "usageMetadata": {"promptTokenCount": prompt, "totalTokenCount": prompt}, **common} for p in pieces]
         answers.append({"candidates": [self.candidate(reply, "", calls, finish)], "usageMetadata": usage, **common})
-        await self.start_stream(reply)
-        await self.send_events([b"data: " + _dumps(a) + b"\r\n\r\n" for a in answers], reply)
+        await self.send_stream([sse(a, eol=b"\r\n") for a in answers], reply)
 
 
 class ListModels(_Google):

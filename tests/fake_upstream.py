@@ -39,6 +39,7 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -54,6 +55,7 @@ FAULT_KINDS = ("status", "slow", "disconnect", "malformed", "hang")
 OPENAI_ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 _DIRECTIVE = "[[fake "
 _STOP_OPENAI = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+SSE_TYPE = "text/event-stream; charset=utf-8"
 _STOP_ANTHROPIC = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
 
@@ -221,22 +223,23 @@ class FakeUpstream:
 
     # -- serving -------------------------------------------------------------------------------
 
+    def routes(self) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
+        """The provider's API: (path pattern, handler) in match order. A fake of another provider overrides this."""
+        return [
+            (r"/v1/chat/completions", ChatCompletions),
+            (r"/v1/embeddings", Embeddings),
+            (r"/v1/models", Models),
+            (r"/v1/messages", Messages),
+            (r"/v1/.*", NotFound),
+        ]
+
     def app(self) -> tornado.web.Application:
+        """The control API (`/_fake/...`, matched first) and the provider's `routes()`."""
+        control = [(r"/_fake/requests", ControlRequests), (r"/_fake/reset", ControlReset),
+                   (r"/_fake/faults", ControlFaults), (r"/_fake/replies", ControlReplies)]
         kw = {"fake": self}
-        return tornado.web.Application(
-            [
-                (r"/v1/chat/completions", ChatCompletions, kw),
-                (r"/v1/embeddings", Embeddings, kw),
-                (r"/v1/models", Models, kw),
-                (r"/v1/messages", Messages, kw),
-                (r"/_fake/requests", ControlRequests, kw),
-                (r"/_fake/reset", ControlReset, kw),
-                (r"/_fake/faults", ControlFaults, kw),
-                (r"/_fake/replies", ControlReplies, kw),
-                (r"/v1/.*", NotFound, kw),
-            ],
-            log_function=lambda handler: None,
-        )
+        return tornado.web.Application([(path, handler, kw) for path, handler in [*control, *self.routes()]],
+                                       log_function=lambda handler: None)
 
     def listen(self, port: int = 0, host: str = "127.0.0.1") -> tornado.httpserver.HTTPServer:
         """Serve on the current IOLoop (for a process of its own)."""
@@ -297,20 +300,24 @@ class FakeUpstream:
 # -- wire helpers ------------------------------------------------------------------------------
 
 
-def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)
+def sse(data: Any, event: str | None = None, eol: bytes = b"\n") -> bytes:
+    """One server-sent event: an `event:` line when named, `data:` the JSON of `data` (bytes as they
+    are, e.g. b"[DONE]"), a blank line. `eol` b"\r\n" for servers that end lines so (Gemini)."""
+    payload = data if isinstance(data, bytes) else orjson.dumps(data)
+    head = b"event: " + event.encode() + eol if event else b""
+    return head + b"data: " + payload + eol + eol
 
 
-def _new_id(prefix: str) -> str:
+def new_id(prefix: str) -> str:
     return prefix + uuid.uuid4().hex[:24]
 
 
-def _tokens(text: str) -> int:
+def count_tokens(text: str) -> int:
     """A deterministic stand-in for a tokenizer: one token per word, at least one."""
     return max(1, len(text.split()))
 
 
-def _content_text(content: Any) -> str:
+def content_text(content: Any) -> str:
     """Text of an OpenAI or Anthropic message content (string or list of blocks)."""
     if isinstance(content, str):
         return content
@@ -319,7 +326,7 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _split(text: str, n: int) -> list[str]:
+def split_text(text: str, n: int) -> list[str]:
     """Cut `text` into `n` consecutive pieces (fewer if shorter) whose join is `text`."""
     n = max(1, min(n, len(text))) if text else 1
     step, extra = divmod(len(text), n)
@@ -338,7 +345,7 @@ def _directive(body: Any) -> dict[str, Any] | None:
         return None
     for message in reversed(messages):
         if isinstance(message, dict) and message.get("role") == "user":
-            text = _content_text(message.get("content"))
+            text = content_text(message.get("content"))
             start = text.find(_DIRECTIVE)
             if start < 0:
                 return None
@@ -358,13 +365,18 @@ def _embedding(text: str, dims: int) -> list[float]:
     return [round((b - 127.5) / 127.5, 6) for b in digest[:dims]]
 
 
+def include_usage(body: dict[str, Any]) -> bool:
+    """Whether an OpenAI stream request asks for the usage chunk (`stream_options.include_usage`)."""
+    return bool((body.get("stream_options") or {}).get("include_usage"))
+
+
 # -- response builders (shared by the Tornado handlers and the fast server) ---------------------
 
 
 def _openai_choice(index: int, reply: Reply) -> dict[str, Any]:
     finish = _STOP_OPENAI.get(reply.finish_reason or "", reply.finish_reason) or (
         "tool_calls" if reply.tool_calls else "stop")
-    calls = [{"id": t.id or _new_id("call_"), "type": "function",
+    calls = [{"id": t.id or new_id("call_"), "type": "function",
               "function": {"name": t.name, "arguments": json.dumps(t.arguments)}} for t in reply.tool_calls]
     message: dict[str, Any] = {"role": "assistant", "content": reply.text if reply.text or not calls else None,
                                "refusal": reply.refusal}
@@ -375,12 +387,12 @@ def _openai_choice(index: int, reply: Reply) -> dict[str, Any]:
 
 def openai_completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     """The `chat.completion` object answering `body` with `reply` (and its further `choices`)."""
-    prompt = _tokens(" ".join(_content_text(m.get("content")) for m in body["messages"]))
+    prompt = count_tokens(" ".join(content_text(m.get("content")) for m in body["messages"]))
     replies = (reply, *reply.choices)
-    completion = sum(_tokens(r.text or "") + sum(_tokens(json.dumps(t.arguments)) for t in r.tool_calls)
+    completion = sum(count_tokens(r.text or "") + sum(count_tokens(json.dumps(t.arguments)) for t in r.tool_calls)
                      for r in replies)
     return {
-        "id": _new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+        "id": new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": body["model"],
         "choices": [_openai_choice(i, r) for i, r in enumerate(replies)],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
         "system_fingerprint": "fp_fake",
@@ -396,50 +408,49 @@ def openai_events(completion: dict[str, Any], chunks: int, include_usage: bool) 
         base["usage"] = None
 
     def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        data = {**base, "choices": [{"index": index, "delta": delta, "logprobs": None,
-                                     "finish_reason": finish_reason}]}
-        return b"data: " + _dumps(data) + b"\n\n"
+        return sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+                                         "finish_reason": finish_reason}]})
 
     events = []
     for choice in completion["choices"]:
         i, message = choice["index"], choice["message"]
         events.append(chunk(i, {"role": "assistant", "content": "", "refusal": None}))
         if message["content"]:
-            events += [chunk(i, {"content": piece}) for piece in _split(message["content"], chunks)]
+            events += [chunk(i, {"content": piece}) for piece in split_text(message["content"], chunks)]
         if message.get("refusal"):
-            events += [chunk(i, {"refusal": piece}) for piece in _split(message["refusal"], chunks)]
+            events += [chunk(i, {"refusal": piece}) for piece in split_text(message["refusal"], chunks)]
         for index, call in enumerate(message.get("tool_calls", ())):
             head = {"index": index, "id": call["id"], "type": "function",
                     "function": {"name": call["function"]["name"], "arguments": ""}}
             events.append(chunk(i, {"tool_calls": [head]}))
-            for piece in _split(call["function"]["arguments"], chunks):
+            for piece in split_text(call["function"]["arguments"], chunks):
                 events.append(chunk(i, {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
         events.append(chunk(i, {}, choice["finish_reason"]))
     if include_usage:
-        events.append(b"data: " + _dumps({**base, "choices": [], "usage": completion["usage"]}) + b"\n\n")
-    events.append(b"data: [DONE]\n\n")
+        events.append(sse({**base, "choices": [], "usage": completion["usage"]}))
+    events.append(sse(b"[DONE]"))
     return events
 
 
 def anthropic_message(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     """The Anthropic `message` object answering `body` with `reply`."""
-    texts = [_content_text(m.get("content")) for m in body["messages"]] + [_content_text(body.get("system"))]
-    output = _tokens(reply.text or "") + sum(_tokens(json.dumps(t.arguments)) for t in reply.tool_calls)
+    texts = [content_text(m.get("content")) for m in body["messages"]] + [content_text(body.get("system"))]
+    output = count_tokens(reply.text or "") + sum(count_tokens(json.dumps(t.arguments)) for t in reply.tool_calls)
     stop = _STOP_ANTHROPIC.get(reply.finish_reason or "", reply.finish_reason) or (
         "tool_use" if reply.tool_calls else "end_turn")
     blocks: list[dict[str, Any]] = [{"type": "text", "text": reply.text}] if reply.text else []
-    blocks += [{"type": "tool_use", "id": t.id or _new_id("toolu_"), "name": t.name, "input": t.arguments}
+    blocks += [{"type": "tool_use", "id": t.id or new_id("toolu_"), "name": t.name, "input": t.arguments}
                for t in reply.tool_calls]
-    return {"id": _new_id("msg_"), "type": "message", "role": "assistant", "model": body["model"],
+    return {"id": new_id("msg_"), "type": "message", "role": "assistant", "model": body["model"],
             "content": blocks, "stop_reason": stop, "stop_sequence": None,
-            "usage": {"input_tokens": _tokens(" ".join(texts)), "output_tokens": output}}
+            "usage": {"input_tokens": count_tokens(" ".join(texts)), "output_tokens": output}}
 
 
 def anthropic_events(message: dict[str, Any], chunks: int) -> list[bytes]:
     """The SSE events streaming `message`: message_start, blocks (with a ping), message_delta, message_stop."""
 
     def event(name: str, data: dict[str, Any]) -> bytes:
-        return b"event: " + name.encode() + b"\ndata: " + _dumps({"type": name, **data}) + b"\n\n"
+        return sse({"type": name, **data}, name)
 
     usage = message["usage"]
     start = {**message, "content": [], "stop_reason": None,
@@ -451,12 +462,12 @@ def anthropic_events(message: dict[str, Any], chunks: int) -> list[bytes]:
             if index == 0:
                 events.append(event("ping", {}))
             events += [event("content_block_delta", {"index": index, "delta": {"type": "text_delta", "text": p}})
-                       for p in _split(block["text"], chunks)]
+                       for p in split_text(block["text"], chunks)]
         else:
             events.append(event("content_block_start", {"index": index, "content_block": {**block, "input": {}}}))
             events += [event("content_block_delta", {"index": index, "delta": {"type": "input_json_delta",
                                                                                "partial_json": p}})
-                       for p in _split(json.dumps(block["input"]), chunks)]
+                       for p in split_text(json.dumps(block["input"]), chunks)]
         events.append(event("content_block_stop", {"index": index}))
     events.append(event("message_delta", {"delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
                                           "usage": {"output_tokens": usage["output_tokens"]}}))
@@ -572,7 +583,7 @@ def check_anthropic(body: Any, has_version: bool) -> dict[str, Any]:
 # -- handlers ----------------------------------------------------------------------------------
 
 
-class _Base(tornado.web.RequestHandler):
+class ProviderHandler(tornado.web.RequestHandler):
     """Shared behaviour: record, auth, faults, error envelopes."""
 
     flavor = "openai"
@@ -647,7 +658,7 @@ class _Base(tornado.web.RequestHandler):
         if retry_after is not None:
             self.set_header("Retry-After", f"{retry_after:g}")
             self.set_header("retry-after-ms", str(int(retry_after * 1000)))
-        self.finish(_dumps(self.error_body(err)))
+        self.finish(orjson.dumps(self.error_body(err)))
 
     def error_body(self, err: ApiError) -> dict[str, Any]:
         return openai_error(err)
@@ -675,12 +686,25 @@ class _Base(tornado.web.RequestHandler):
     def wants_stream(self) -> bool:
         return isinstance(self.body, dict) and self.body.get("stream") is True
 
+    def checked(self, check: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        """The request body as `check` returns it; None once the request is answered: `check`'s
+        ApiError in the provider's envelope, or a status/malformed fault."""
+        try:
+            body = check()
+        except ApiError as err:
+            self.send_api_error(err)
+            return None
+        return None if self.body_fault() else body
+
     def json_object(self) -> dict[str, Any]:
         return check_json_object(self.body)
 
-    async def send_json(self, payload: dict[str, Any]) -> None:
-        """Finish with a JSON body, honouring a non-stream disconnect fault."""
-        data = _dumps(payload)
+    async def send_json(self, payload: dict[str, Any], delay: float = 0.0) -> None:
+        """Finish with a JSON body after `delay` seconds (a reply's first-byte delay), honouring a
+        non-stream disconnect fault."""
+        if delay:
+            await asyncio.sleep(delay)
+        data = orjson.dumps(payload)
         if self.fault and self.fault.kind == "disconnect":
             self.set_header("Content-Length", str(len(data)))
             self.write(data[: len(data) // 2])
@@ -709,14 +733,13 @@ class _Base(tornado.web.RequestHandler):
             reply = replace(reply, text="" if reply.tool_calls else self.fake.default.text or "")
         return reply
 
-    async def start_stream(self, reply: Reply) -> None:
-        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+    async def send_stream(self, events: list[bytes], reply: Reply, content_type: str = SSE_TYPE) -> None:
+        """Stream `events` (SSE, or the provider's framing) one by one, flushing each, with the
+        reply's timing (first-byte and between-event delays) and the stream faults."""
+        self.set_header("Content-Type", content_type)
         self.set_header("Cache-Control", "no-cache")
         if reply.first_byte_delay:
             await asyncio.sleep(reply.first_byte_delay)
-
-    async def send_events(self, events: list[bytes], reply: Reply) -> None:
-        """Write SSE events one by one, flushing each, with the reply's timing and the stream faults."""
         fault = self.fault
         for i, event in enumerate(events):
             if fault and fault.kind == "disconnect" and i >= fault.after_chunks:
@@ -736,58 +759,54 @@ class _Base(tornado.web.RequestHandler):
         self.finish()
 
 
-class ChatCompletions(_Base):
+class ChatCompletions(ProviderHandler):
     """OpenAI `POST /v1/chat/completions`."""
 
     async def post(self) -> None:
-        try:
-            body = self.validate()
-        except ApiError as err:
-            self.send_api_error(err)
-            return
-        if self.body_fault():
+        body = self.checked(self.validate)
+        if body is None:
             return
         reply = self.reply_for(body)
         completion = openai_completion(body, reply)
         if not self.wants_stream():
-            if reply.first_byte_delay:
-                await asyncio.sleep(reply.first_byte_delay)
-            await self.send_json(completion)
+            await self.send_json(completion, reply.first_byte_delay)
             return
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        await self.start_stream(reply)
-        await self.send_events(openai_events(completion, reply.chunks, include_usage), reply)
+        await self.send_stream(openai_events(completion, reply.chunks, include_usage(body)), reply)
 
     def validate(self) -> dict[str, Any]:
         return check_openai_chat(self.body)
 
 
-class Embeddings(_Base):
+class Embeddings(ProviderHandler):
     """OpenAI `POST /v1/embeddings` (float or base64 encoding)."""
 
+    inputs: list[Any]  # the body's `input` as a list, once validated
+
+    def validate(self) -> dict[str, Any]:
+        body = self.json_object()
+        for name in ("model", "input"):
+            if name not in body:
+                raise ApiError(400, f"Missing required parameter: '{name}'.", param=name,
+                               code="missing_required_parameter")
+        inputs = body["input"]
+        if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs:
+            raise ApiError(400, "'input' : input must be a string, an array of strings, or an array of tokens.",
+                           param="input")
+        self.inputs = inputs
+        return body
+
     async def post(self) -> None:
-        try:
-            body = self.json_object()
-            for name in ("model", "input"):
-                if name not in body:
-                    raise ApiError(400, f"Missing required parameter: '{name}'.", param=name,
-                                   code="missing_required_parameter")
-            inputs = body["input"]
-            if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and isinstance(inputs[0], int)):
-                inputs = [inputs]
-            if not isinstance(inputs, list) or not inputs:
-                raise ApiError(400, "'input' : input must be a string, an array of strings, or an array of tokens.",
-                               param="input")
-        except ApiError as err:
-            self.send_api_error(err)
+        body = self.checked(self.validate)
+        if body is None:
             return
-        if self.body_fault():
-            return
+        inputs = self.inputs
         dims = int(body.get("dimensions") or 8)
         data, tokens = [], 0
         for i, item in enumerate(inputs):
             text = item if isinstance(item, str) else " ".join(map(str, item))
-            tokens += _tokens(text)
+            tokens += count_tokens(text)
             vector: Any = _embedding(text, dims)
             if body.get("encoding_format") == "base64":
                 vector = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
@@ -796,7 +815,7 @@ class Embeddings(_Base):
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
 
-class Models(_Base):
+class Models(ProviderHandler):
     """`GET /v1/models`, in Anthropic's shape when `anthropic-version` is sent, else OpenAI's."""
 
     def prepare(self) -> Any:
@@ -827,14 +846,14 @@ class Models(_Base):
         await self.send_json({"object": "list", "data": data})
 
 
-class Messages(_Base):
+class Messages(ProviderHandler):
     """Anthropic `POST /v1/messages`."""
 
     flavor = "anthropic"
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
-        self.set_header("request-id", _new_id("req_"))
+        self.set_header("request-id", new_id("req_"))
 
     def authenticate(self) -> None:
         key = self.request.headers.get("x-api-key", "")
@@ -852,25 +871,18 @@ class Messages(_Base):
         return check_anthropic(self.body, "anthropic-version" in self.request.headers)
 
     async def post(self) -> None:
-        try:
-            body = self.validate()
-        except ApiError as err:
-            self.send_api_error(err)
-            return
-        if self.body_fault():
+        body = self.checked(self.validate)
+        if body is None:
             return
         reply = self.reply_for(body)
         message = anthropic_message(body, reply)
         if not self.wants_stream():
-            if reply.first_byte_delay:
-                await asyncio.sleep(reply.first_byte_delay)
-            await self.send_json(message)
+            await self.send_json(message, reply.first_byte_delay)
             return
-        await self.start_stream(reply)
-        await self.send_events(anthropic_events(message, reply.chunks), reply)
+        await self.send_stream(anthropic_events(message, reply.chunks), reply)
 
 
-class NotFound(_Base):
+class NotFound(ProviderHandler):
     """Any other /v1 path: the OpenAI 404 envelope."""
 
     def authenticate(self) -> None:
@@ -895,7 +907,7 @@ class _Control(tornado.web.RequestHandler):
 class ControlRequests(_Control):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
-        self.finish(_dumps({"requests": [r.to_json() for r in self.fake.requests]}))
+        self.finish(orjson.dumps({"requests": [r.to_json() for r in self.fake.requests]}))
 
 
 class ControlReset(_Control):
@@ -966,13 +978,13 @@ class FastProtocol(asyncio.Protocol):
             if path == "/v1/models" and method == "GET":
                 data = [{"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "fake-upstream"}
                         for m in self.fake.models]
-                self.send(200, _dumps({"object": "list", "data": data}))
+                self.send(200, orjson.dumps({"object": "list", "data": data}))
                 return
             if method != "POST" or path not in ("/v1/chat/completions", "/v1/messages"):
                 raise ApiError(404, f"Invalid URL ({method} {path})")
             body = check_anthropic(body, "anthropic-version" in headers) if anthropic else check_openai_chat(body)
         except ApiError as err:
-            self.send(err.status, _dumps(anthropic_error(err) if anthropic else openai_error(err)))
+            self.send(err.status, orjson.dumps(anthropic_error(err) if anthropic else openai_error(err)))
             return
         directive = _directive(body)
         reply = Reply.from_dict(directive) if directive else self.fake.default
@@ -983,10 +995,9 @@ class FastProtocol(asyncio.Protocol):
             events = anthropic_events(message, reply.chunks) if body.get("stream") is True else None
         else:
             message = openai_completion(body, reply)
-            usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            events = openai_events(message, reply.chunks, usage) if body.get("stream") is True else None
+            events = openai_events(message, reply.chunks, include_usage(body)) if body.get("stream") is True else None
         if events is None and not reply.first_byte_delay:
-            self.send(200, _dumps(message))
+            self.send(200, orjson.dumps(message))
         else:
             task = asyncio.ensure_future(self.send_slowly(message, events, reply))
             self.tasks.add(task)
@@ -1001,7 +1012,7 @@ class FastProtocol(asyncio.Protocol):
         if reply.first_byte_delay:
             await asyncio.sleep(reply.first_byte_delay)
         if events is None:
-            self.send(200, _dumps(message))
+            self.send(200, orjson.dumps(message))
             return
         self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
                              b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
