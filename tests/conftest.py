@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.fake_upstream import FakeUpstream
+
+if TYPE_CHECKING:
+    from tests.gateway_process import GatewayProcess
 
 
 @pytest.fixture
@@ -40,6 +44,28 @@ def start_gateway(tmp_path: Any) -> Iterator[Any]:
     def start(config_path: Any, **settings: Any) -> GatewayThread:
         settings.setdefault("state_dir", tmp_path / f"state-{len(started)}")
         gw = GatewayThread(config_path, **settings).start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
+
+
+@pytest.fixture
+def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
+    """`gateway_process(config, *args, state=None, **kw)` -> a ready `kt gateway run` subprocess
+    (`tests.gateway_process.GatewayProcess`, `kw` as it takes them); every one is stopped after the test.
+
+    The state dir is `state` if given, else `tmp_path / "state"` for the test's first gateway and
+    `tmp_path / "state-N"` for the next ones."""
+    from tests.gateway_process import GatewayProcess
+
+    started: list[GatewayProcess] = []
+
+    def start(config: Path | None, *args: str, state: Path | None = None, **kw: Any) -> GatewayProcess:
+        state = state or tmp_path / (f"state-{len(started)}" if started else "state")
+        gw = GatewayProcess(config, state, *args, **kw)
         started.append(gw)
         return gw
 

@@ -10,14 +10,14 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import openai
 
-from tests.waiting import wait_for
+from tests.waiting import WaitTimeout, wait_for
 
 
 def free_port() -> int:
@@ -26,29 +26,54 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any `KEEPTRUSTS_*` variable, plus `extra`: what a
+    gateway started as an operator would start it sees (no state dir or token from the test run)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("KEEPTRUSTS_")}, **extra}
+
+
 class GatewayProcess:
     """`python -m kt gateway run` with its own state dir; stderr (JSON logs) goes to a file.
 
-    The one way tests start a gateway subprocess: `config` None runs it without `--policy-config`
-    (e.g. `--git-repo ...` in `args`); it is started once `ready` answers 200 (within `timeout` s).
+    The one way tests start a gateway subprocess (in a test, through the `gateway_process` fixture,
+    which stops it after): `config` None runs it without `--policy-config` (e.g. `--git-repo ...`
+    in `args`); `env` is added to this process's environment (`clean_env()` for none of the test
+    run's `KEEPTRUSTS_*`); it is started once `ready` answers 200 (within `timeout` s), or, with
+    `wait=False`, once `wait_ready()` is called. `argv` replaces the whole `kt ...` command line
+    that config, state dir and args would make (e.g. a container image's command); it must listen
+    on `port`.
     """
 
     def __init__(self, config: Path | None, state_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 preexec: Callable[[], None] | None = None, ready: str = "/readyz", timeout: float = 20) -> None:
-        self.port = free_port()
+                 preexec: Callable[[], None] | None = None, ready: str = "/readyz", timeout: float = 20,
+                 wait: bool = True, port: int | None = None, argv: Sequence[str] | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state_dir = state_dir
         self.log_path = state_dir.parent / f"gateway-{self.port}.log"
         self.env = {**os.environ, **(env or {})}
         self.admin_token = self.env.get("KEEPTRUSTS_ADMIN_TOKEN")
         source = ["--policy-config", str(config)] if config is not None else []
-        cmd = [sys.executable, "-m", "kt", "gateway", "run", *source,
-               "--listen", f"127.0.0.1:{self.port}", "--state-dir", str(state_dir), *args]
+        argv = argv or ["gateway", "run", *source, "--listen", f"127.0.0.1:{self.port}",
+                        "--state-dir", str(state_dir), *args]
         self.ready_path = ready
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "kt", *argv], stdout=subprocess.DEVNULL,
+                                     stderr=self._log, env=self.env,
                                      preexec_fn=preexec)  # e.g. a lower open-file limit
-        wait_for(self._ready, timeout=timeout, message=f"gateway did not become ready; log:\n{self.logs()}")
+        if wait:
+            self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        """Wait until `ready` answers 200; fail (and end the process) if it exits or `timeout` s pass."""
+        try:
+            wait_for(self._ready, timeout=timeout)
+        except WaitTimeout:
+            self.kill9()
+            raise WaitTimeout(f"gateway did not become ready within {timeout}s; log:\n{self.logs()}") from None
+        except AssertionError:  # it exited
+            self.kill9()
+            raise
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -136,6 +161,7 @@ class GatewayProcess:
         return self.proc.returncode
 
     def kill9(self) -> None:
+        """SIGKILL and wait (no drain)."""
         self.proc.kill()
         self.proc.wait()
         self._log.close()

@@ -61,23 +61,19 @@ class Console:
 
 
 @pytest.fixture
-def fleet(tmp_path):
+def fleet(tmp_path, gateway_process):
     """Two gateways on the same config (each its own file) with an admin token, and a console over both."""
-    started: list = []
     gateways = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         config = tmp_path / name / "policy-config.yaml"
         config.write_text(CONFIG)
-        gw = GatewayProcess(config, tmp_path / name / "state", env={"KEEPTRUSTS_ADMIN_TOKEN": TOKEN})
+        gw = gateway_process(config, state=tmp_path / name / "state", env={"KEEPTRUSTS_ADMIN_TOKEN": TOKEN})
         gw.config_path = config
-        started.append(gw)
         gateways.append(gw)
     console = Console(*(gw.url for gw in gateways))
-    started.append(console)
     yield gateways, console
-    for thing in reversed(started):
-        thing.stop()
+    console.stop()
 
 
 def blocked_request(gw: GatewayProcess, user: str = "alice") -> None:

@@ -49,21 +49,6 @@ def config(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def gateways():
-    started: list[GatewayProcess] = []
-
-    def start(config: Path, state: Path, *args: str) -> GatewayProcess:
-        gw = GatewayProcess(config, state, *args)
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        if gw.proc.poll() is None:
-            gw.stop()
-
-
-@pytest.fixture
 def redis(tmp_path: Path):
     server = RedisServer(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always").start()
     yield server
@@ -106,37 +91,37 @@ def test_redis_script_is_all_or_nothing_and_expires_at_the_window_end(redis: Red
 
 
 def test_two_gateways_on_one_redis_share_a_budget_to_the_cent(tmp_path: Path, config: Path, redis: RedisServer,
-                                                              gateways) -> None:
-    gws = [gateways(config, tmp_path / f"state-{i}", "--state-url", redis.url) for i in range(2)]
+                                                              gateway_process) -> None:
+    gws = [gateway_process(config, "--state-url", redis.url, state=tmp_path / f"state-{i}") for i in range(2)]
     statuses = race(gws, 12)
     assert statuses.count(200) == 5 and statuses.count(409) == 7
     assert gws[0].metric("keeptrusts_state_backend_up", '{backend="redis"}') == 1
 
 
 def test_two_gateways_on_one_state_dir_share_a_budget_and_a_restart_keeps_it(tmp_path: Path, config: Path,
-                                                                             gateways) -> None:
+                                                                             gateway_process) -> None:
     state = tmp_path / "state"
-    gws = [gateways(config, state) for _ in range(2)]  # the workers of one host: one counters.db
+    gws = [gateway_process(config, state=state) for _ in range(2)]  # the workers of one host: one counters.db
     assert race(gws, 8).count(200) == 5
     for gw in gws:
         gw.stop()
-    again = gateways(config, state)
+    again = gateway_process(config, state=state)
     status, body = ask(again)
     assert status == 409 and body["error"]["code"] == "budget_exceeded"  # a restart forgives nothing
 
 
-def test_a_restart_keeps_the_redis_budget(tmp_path: Path, config: Path, redis: RedisServer, gateways) -> None:
-    gw = gateways(config, tmp_path / "state-a", "--state-url", redis.url)
+def test_a_restart_keeps_the_redis_budget(tmp_path: Path, config: Path, redis: RedisServer, gateway_process) -> None:
+    gw = gateway_process(config, "--state-url", redis.url, state=tmp_path / "state-a")
     assert [ask(gw)[0] for _ in range(5)] == [200] * 5
     gw.stop()
-    again = gateways(config, tmp_path / "state-b", "--state-url", redis.url)
+    again = gateway_process(config, "--state-url", redis.url, state=tmp_path / "state-b")
     assert ask(again)[0] == 409
 
 
 def test_redis_down_follows_the_fail_mode_and_a_redis_restart_keeps_the_counts(
-        tmp_path: Path, config: Path, redis: RedisServer, gateways) -> None:
-    closed = gateways(config, tmp_path / "state-a", "--state-url", redis.url)
-    opened = gateways(config, tmp_path / "state-b", "--state-url", redis.url, "--fail-mode", "allow")
+        tmp_path: Path, config: Path, redis: RedisServer, gateway_process) -> None:
+    closed = gateway_process(config, "--state-url", redis.url, state=tmp_path / "state-a")
+    opened = gateway_process(config, "--state-url", redis.url, "--fail-mode", "allow", state=tmp_path / "state-b")
     assert [ask(closed)[0] for _ in range(3)] == [200] * 3
     redis.kill()  # a crash mid-load: appendfsync always loses nothing that was acknowledged
     status, body = ask(closed)
@@ -150,16 +135,16 @@ def test_redis_down_follows_the_fail_mode_and_a_redis_restart_keeps_the_counts(
     assert [ask(closed)[0] for _ in range(3)] == [200, 200, 409]  # 3 before the crash + 2 = the $0.05
 
 
-def test_the_password_never_shows(tmp_path: Path, config: Path, gateways) -> None:
+def test_the_password_never_shows(tmp_path: Path, config: Path, gateway_process) -> None:
     server = RedisServer(tmp_path / "redis", "--requirepass", "s3cret-pw").start()
     try:
         secret_file = tmp_path / "pw"
         secret_file.write_text("s3cret-pw\n")
-        gw = gateways(config, tmp_path / "state", "--state-url", server.url, "--state-password-file",
-                      str(secret_file))
+        gw = gateway_process(config, "--state-url", server.url, "--state-password-file", str(secret_file),
+                             state=tmp_path / "state")
         assert ask(gw)[0] == 200
         url_with_pw = server.url.replace("redis://", "redis://:s3cret-pw@")
-        gw2 = gateways(config, tmp_path / "state2", "--state-url", url_with_pw)
+        gw2 = gateway_process(config, "--state-url", url_with_pw, state=tmp_path / "state2")
         assert ask(gw2)[0] == 200
         server.kill()
         status, body = ask(gw2)
@@ -170,11 +155,11 @@ def test_the_password_never_shows(tmp_path: Path, config: Path, gateways) -> Non
 
 
 def test_kt_doctor_reports_an_unreachable_counter_store(tmp_path: Path, config: Path, redis: RedisServer,
-                                                       gateways) -> None:
+                                                       gateway_process) -> None:
     import subprocess
     import sys
 
-    gw = gateways(config, tmp_path / "state", "--state-url", redis.url)
+    gw = gateway_process(config, "--state-url", redis.url, state=tmp_path / "state")
 
     def doctor() -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "kt", "doctor", "--gateway", gw.url, "--json"],
@@ -190,7 +175,8 @@ def test_kt_doctor_reports_an_unreachable_counter_store(tmp_path: Path, config: 
     assert gw.get("/health")[1]["problems"] == ["counter store unreachable"]
 
 
-def test_a_redis_crash_mid_load_loses_no_acknowledged_count(tmp_path: Path, redis: RedisServer, gateways) -> None:
+def test_a_redis_crash_mid_load_loses_no_acknowledged_count(tmp_path: Path, redis: RedisServer,
+                                                          gateway_process) -> None:
     """Under load, kill -9 Redis (appendfsync always) and start it again: every request answered 200
     has its $0.01 in Redis afterwards (at most the requests in flight at the crash are counted but
     refused); the ones in between got 503 state_unavailable (block)."""
@@ -200,7 +186,7 @@ def test_a_redis_crash_mid_load_loses_no_acknowledged_count(tmp_path: Path, redi
 
     config = tmp_path / "big.yaml"
     config.write_text(BUDGET_CONFIG.replace("max_daily_usd: 0.05", "max_daily_usd: 1000"))
-    gws = [gateways(config, tmp_path / f"state-{i}", "--state-url", redis.url) for i in range(2)]
+    gws = [gateway_process(config, "--state-url", redis.url, state=tmp_path / f"state-{i}") for i in range(2)]
     statuses: list[int] = []
     stop = threading.Event()
 

@@ -20,7 +20,6 @@ import tornado.netutil
 import tornado.web
 
 from sync import manifest
-from tests.gateway_process import GatewayProcess
 from tests.gitserve import config_yaml
 from tests.waiting import wait_for
 
@@ -53,25 +52,10 @@ def publish(state, commit: str, text: str) -> None:
     os.replace(tmp, state / "current")
 
 
-@pytest.fixture
-def gateways():
-    started: list[GatewayProcess] = []
-
-    def start(config, tmp_path, *args, env=None):
-        gw = GatewayProcess(config, tmp_path / "state", *args, env=env)
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        if gw.proc.poll() is None:
-            gw.stop()
-
-
-def test_fifty_reloads_under_a_steady_stream_of_requests(tmp_path, gateways):
+def test_fifty_reloads_under_a_steady_stream_of_requests(tmp_path, gateway_process):
     path = tmp_path / "policy-config.yaml"
     path.write_text(ALLOW)
-    gw = gateways(path, tmp_path)
+    gw = gateway_process(path)
     expected = {sha(ALLOW): 200, sha(BLOCK): 409}
     seen: list[tuple[int, str]] = []
     stop = threading.Event()
@@ -104,10 +88,10 @@ def test_fifty_reloads_under_a_steady_stream_of_requests(tmp_path, gateways):
     assert gw.metric("keeptrusts_config_reloads_total", '{result="ok"}') >= 50
 
 
-def test_invalid_config_is_refused_whole_and_visible(tmp_path, gateways):
+def test_invalid_config_is_refused_whole_and_visible(tmp_path, gateway_process):
     path = tmp_path / "policy-config.yaml"
     path.write_text(ALLOW)
-    gw = gateways(path, tmp_path)
+    gw = gateway_process(path)
     write_atomic(path, INVALID)
     wait_for(lambda: gw.get("/keeptrusts/status")[1]["reload"]["last_result"] == "error", timeout=10)
     status = gw.get("/keeptrusts/status")[1]
@@ -126,11 +110,11 @@ def test_invalid_config_is_refused_whole_and_visible(tmp_path, gateways):
     assert gw.get("/keeptrusts/status")[1]["drift"] == {"drifted": False, "reason": None}
 
 
-def test_a_symlink_flip_of_current_reloads_with_the_git_revision(tmp_path, gateways):
+def test_a_symlink_flip_of_current_reloads_with_the_git_revision(tmp_path, gateway_process):
     state = tmp_path / "sync-state"
     commit_a, commit_b = "a" * 40, "b" * 40
     publish(state, commit_a, ALLOW)
-    gw = gateways(state / "current" / "policy-config.yaml", tmp_path)
+    gw = gateway_process(state / "current" / "policy-config.yaml")
     code, headers, _ = gw.chat(PROMPT)
     assert code == 200 and headers["X-Keeptrusts-Config-Revision"] == commit_a
     publish(state, commit_b, BLOCK)
@@ -140,10 +124,10 @@ def test_a_symlink_flip_of_current_reloads_with_the_git_revision(tmp_path, gatew
     assert (config["revision"], config["source"], config["sha256"]) == (commit_b, "git", sha(BLOCK))
 
 
-def test_sighup_reloads_when_watching_is_off(tmp_path, gateways):
+def test_sighup_reloads_when_watching_is_off(tmp_path, gateway_process):
     path = tmp_path / "policy-config.yaml"
     path.write_text(ALLOW)
-    gw = gateways(path, tmp_path, "--no-watch")
+    gw = gateway_process(path, "--no-watch")
     write_atomic(path, BLOCK)
     gw.signal(signal.SIGHUP)
     wait_for(lambda: gw.chat(PROMPT)[0] == 409, timeout=10)
@@ -158,10 +142,10 @@ def kt(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           env={**os.environ, **(env or {})})
 
 
-def test_events_acknowledged_by_the_store_survive_kill_9(tmp_path, gateways):
+def test_events_acknowledged_by_the_store_survive_kill_9(tmp_path, gateway_process):
     path = tmp_path / "policy-config.yaml"
     path.write_text(ALLOW)
-    gw = gateways(path, tmp_path)
+    gw = gateway_process(path)
     request_ids = [gw.chat(f"hello {n}")[1]["X-Request-Id"] for n in range(20)]
     wait_for(lambda: gw.metric("keeptrusts_events_stored_total") >= 20, timeout=10)
     gw.kill9()
@@ -209,10 +193,10 @@ def receiver():
     thread.join(timeout=10)
 
 
-def test_a_receiver_that_fails_then_recovers_gets_every_event(tmp_path, gateways, receiver):
+def test_a_receiver_that_fails_then_recovers_gets_every_event(tmp_path, gateway_process, receiver):
     path = tmp_path / "policy-config.yaml"
     path.write_text(ALLOW)
-    gw = gateways(path, tmp_path, env={"KEEPTRUSTS_API_URL": receiver["url"], "KEEPTRUSTS_GATEWAY_TOKEN": "gw-tok"})
+    gw = gateway_process(path, env={"KEEPTRUSTS_API_URL": receiver["url"], "KEEPTRUSTS_GATEWAY_TOKEN": "gw-tok"})
     request_ids = {gw.chat(f"n{n}")[1]["X-Request-Id"] for n in range(10)}
     backlog = '{stage="submission"}'
     wait_for(lambda: gw.metric("keeptrusts_events_pending", backlog) >= 10, timeout=10)  # rises
@@ -225,10 +209,10 @@ def test_a_receiver_that_fails_then_recovers_gets_every_event(tmp_path, gateways
     assert "gw-tok" not in gw.logs()
 
 
-def test_admin_token_guards_admin_endpoints_and_metrics_pass_promtool(tmp_path, gateways):
+def test_admin_token_guards_admin_endpoints_and_metrics_pass_promtool(tmp_path, gateway_process):
     path = tmp_path / "policy-config.yaml"
     path.write_text(BLOCK)
-    gw = gateways(path, tmp_path, env={"KEEPTRUSTS_ADMIN_TOKEN": "adm-s3cret"})
+    gw = gateway_process(path, env={"KEEPTRUSTS_ADMIN_TOKEN": "adm-s3cret"})
     assert gw.chat(PROMPT)[0] == 409 and gw.chat("hello")[0] == 200
     for admin_path in ("/keeptrusts/status", "/keeptrusts/config", "/keeptrusts/events"):
         code, body = gw.get(admin_path, admin=False)
@@ -251,11 +235,11 @@ def test_admin_token_guards_admin_endpoints_and_metrics_pass_promtool(tmp_path, 
         assert out.returncode == 0, out.stdout.decode() + out.stderr.decode()
 
 
-def test_kt_events_list_and_tail_against_a_running_gateway(tmp_path, gateways):
+def test_kt_events_list_and_tail_against_a_running_gateway(tmp_path, gateway_process):
     path = tmp_path / "policy-config.yaml"
     path.write_text(BLOCK)
     env = {"KEEPTRUSTS_ADMIN_TOKEN": "adm"}
-    gw = gateways(path, tmp_path, env=env)
+    gw = gateway_process(path, env=env)
     blocked = gw.chat(PROMPT)[1]["X-Request-Id"]
     allowed = gw.chat("hello")[1]["X-Request-Id"]
     wait_for(lambda: gw.metric("keeptrusts_events_stored_total") >= 2, timeout=10)

@@ -180,21 +180,16 @@ def test_traceparent_parsing() -> None:
         assert parse_traceparent(bad) is None
 
 
-def test_the_flag_and_its_env_var_reach_the_gateway(tmp_path: Path, receiver: Receiver) -> None:
+def test_the_flag_and_its_env_var_reach_the_gateway(tmp_path: Path, receiver: Receiver, gateway_process: Any) -> None:
     """`kt gateway run` with OTEL_EXPORTER_OTLP_ENDPOINT exports a span of a mock request."""
-    from tests.gateway_process import GatewayProcess
-
     config = tmp_path / "c.yaml"
     config.write_text("pack: {name: t, version: 1.0.0, enabled: true}\nproviders:\n  targets:\n"
                       "    - {id: demo, provider: mock, model: demo-model}\npolicies:\n  chain: []\npolicy: {}\n")
-    gw = GatewayProcess(config, tmp_path / "state", env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url})
-    try:
-        assert gw.chat("hello")[0] == 200
-        root = wait_for(lambda: next((s for s in receiver.spans if s["name"] == "chat demo-model"), None),
-                        timeout=20, message="no request span from kt gateway run")
-        assert root["attrs"]["gen_ai.provider.name"] == "mock"
-    finally:
-        gw.stop()
+    gw = gateway_process(config, env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url})
+    assert gw.chat("hello")[0] == 200
+    root = wait_for(lambda: next((s for s in receiver.spans if s["name"] == "chat demo-model"), None),
+                    timeout=20, message="no request span from kt gateway run")
+    assert root["attrs"]["gen_ai.provider.name"] == "mock"
 
 
 def test_without_the_extra_the_flag_is_refused_with_what_to_install(tmp_path: Path) -> None:

@@ -454,9 +454,7 @@ def test_a_stream_request_answered_with_a_json_error_or_nothing_is_an_error(serv
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
-def test_max_response_size_of_kt_gateway_run(tmp_path: Path, how: str) -> None:
-    from tests.gateway_process import GatewayProcess
-
+def test_max_response_size_of_kt_gateway_run(tmp_path: Path, how: str, gateway_process: Any) -> None:
     big = orjson.dumps({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop",
                                                    "message": {"role": "assistant", "content": "x" * 8000}}]})
     with RawUpstream(lambda req, conn: conn.send_json(big)) as up:
@@ -466,7 +464,7 @@ def test_max_response_size_of_kt_gateway_run(tmp_path: Path, how: str) -> None:
                                                                    "retry_on": []})
         args = ("--max-response-size", "4KiB") if how == "flag" else ()
         env = {KEY_ENV: SECRET, **({"KEEPTRUSTS_GATEWAY_MAX_RESPONSE_SIZE": "4KiB"} if how == "env" else {})}
-        gw = GatewayProcess(cfg, tmp_path / "state", *args, env=env)
+        gw = gateway_process(cfg, *args, env=env)
         try:
             status, _, body = gw.chat("hi")
             assert status == 502 and b"--max-response-size" in body and b"4096 bytes" in body

@@ -62,15 +62,10 @@ def test_over_max_concurrency_is_503_overloaded_at_once_and_health_still_answers
     assert post(port)[0] == 200  # capacity is back once they finished
 
 
-def test_max_concurrency_sizes_the_upstream_pool(tmp_path: Path) -> None:
-    from tests.gateway_process import GatewayProcess
-
+def test_max_concurrency_sizes_the_upstream_pool(tmp_path: Path, gateway_process: Any) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("pack: {name: cap, version: 1.0.0, enabled: true}\nproviders:\n  targets:\n"
                       "    - {id: demo, provider: mock, model: demo-model}\npolicies:\n  chain: [audit-logger]\n"
                       "policy:\n  audit-logger: {retention_days: 30}\n")
-    gw = GatewayProcess(config, tmp_path / "state", "--max-concurrency", "3000", "--log-format", "text")
-    try:
-        assert "at most 3000 requests in flight (--max-concurrency), 3000 upstream connections" in gw.logs()
-    finally:
-        gw.stop()
+    gw = gateway_process(config, "--max-concurrency", "3000", "--log-format", "text")
+    assert "at most 3000 requests in flight (--max-concurrency), 3000 upstream connections" in gw.logs()

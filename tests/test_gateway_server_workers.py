@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,21 +23,12 @@ from tests.waiting import wait_for
 CONFIG = config_yaml("1.0.0", name="workers")
 
 
-@pytest.fixture
-def started():
-    procs: list[GatewayProcess] = []
-    yield procs
-    for gw in procs:
-        if gw.proc.poll() is None:
-            gw.stop()
-
-
-def start(started: list[GatewayProcess], tmp_path: Path, text: str = CONFIG, *args: str,
+def start(gateway_process: Callable[..., GatewayProcess], tmp_path: Path, text: str = CONFIG, *args: str,
           env: dict[str, str] | None = None) -> GatewayProcess:
+    """A gateway with two workers on `text`, once both serve."""
     config = tmp_path / "policy-config.yaml"
     config.write_text(text)
-    gw = GatewayProcess(config, tmp_path / "state", "--workers", "2", *args, env=env)
-    started.append(gw)
+    gw = gateway_process(config, "--workers", "2", *args, env=env)
     wait_for(lambda: len(live_workers(gw)) == 2, timeout=20)
     return gw
 
@@ -45,8 +37,8 @@ def live_workers(gw: GatewayProcess) -> list[dict]:
     return [w for w in gw.get("/health")[1].get("workers") or () if w.get("ready")]
 
 
-def test_two_workers_serve_one_port_with_one_metrics_view_and_one_event_store(tmp_path: Path, started) -> None:
-    gw = start(started, tmp_path)
+def test_two_workers_serve_one_port_with_one_metrics_view_and_one_event_store(tmp_path: Path, gateway_process) -> None:
+    gw = start(gateway_process, tmp_path)
     workers = live_workers(gw)
     assert len({w["pid"] for w in workers}) == 2 and gw.proc.pid not in {w["pid"] for w in workers}
     assert len({w["revision"] for w in workers}) == 1
@@ -69,8 +61,8 @@ def test_two_workers_serve_one_port_with_one_metrics_view_and_one_event_store(tm
     assert len(events) == 40 and len({e["id"] for e in events}) == 40  # every worker's, in one store
 
 
-def test_a_dead_worker_is_started_again_and_sigterm_drains_all(tmp_path: Path, started) -> None:
-    gw = start(started, tmp_path)
+def test_a_dead_worker_is_started_again_and_sigterm_drains_all(tmp_path: Path, gateway_process) -> None:
+    gw = start(gateway_process, tmp_path)
     victim = live_workers(gw)[0]["pid"]
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(live_workers(gw)) == 2 and victim not in {w["pid"] for w in live_workers(gw)},
@@ -84,8 +76,8 @@ def test_a_dead_worker_is_started_again_and_sigterm_drains_all(tmp_path: Path, s
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
 
 
-def test_sighup_reloads_every_worker_on_the_same_revision(tmp_path: Path, started) -> None:
-    gw = start(started, tmp_path, CONFIG, "--no-watch")
+def test_sighup_reloads_every_worker_on_the_same_revision(tmp_path: Path, gateway_process) -> None:
+    gw = start(gateway_process, tmp_path, CONFIG, "--no-watch")
     before = {w["revision"] for w in live_workers(gw)}
     (tmp_path / "policy-config.yaml").write_text(CONFIG.replace("1.0.0", "2.0.0"))
     gw.proc.send_signal(signal.SIGHUP)
@@ -97,10 +89,10 @@ def test_sighup_reloads_every_worker_on_the_same_revision(tmp_path: Path, starte
     wait_for(moved, timeout=20)
 
 
-def test_sd_notify_ready_once_every_worker_serves(tmp_path: Path, started) -> None:
+def test_sd_notify_ready_once_every_worker_serves(tmp_path: Path, gateway_process) -> None:
     notify = NotifySocket()
     try:
-        gw = start(started, tmp_path, env={"NOTIFY_SOCKET": notify.path})
+        gw = start(gateway_process, tmp_path, env={"NOTIFY_SOCKET": notify.path})
         ready = notify.wait(lambda m: m.get("READY") == "1", "READY=1")
         assert "2 worker(s)" in ready.get("STATUS", "")
         assert len(live_workers(gw)) == 2
@@ -109,8 +101,8 @@ def test_sd_notify_ready_once_every_worker_serves(tmp_path: Path, started) -> No
         notify.close()
 
 
-def test_workers_share_one_budget(tmp_path: Path, started) -> None:
-    gw = start(started, tmp_path, BUDGET_CONFIG)
+def test_workers_share_one_budget(tmp_path: Path, gateway_process) -> None:
+    gw = start(gateway_process, tmp_path, BUDGET_CONFIG)
     with ThreadPoolExecutor(max_workers=10) as pool:
         statuses = list(pool.map(lambda _: ask(gw)[0], range(10)))
     assert statuses.count(200) == 5 and statuses.count(409) == 5
@@ -130,40 +122,33 @@ def test_workers_auto_and_invalid(tmp_path: Path) -> None:
     assert out.returncode != 0 and "--workers" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_git_repo_with_workers_one_agent_and_the_webhook_reaches_it(tmp_path: Path) -> None:
+def test_git_repo_with_workers_one_agent_and_the_webhook_reaches_it(tmp_path: Path, gateway_process) -> None:
     import hashlib
     import hmac
     import urllib.request
 
-    from tests.gateway_process import free_port
     from tests.gitserve import Upstream, config_yaml
 
     up = Upstream(tmp_path / "remote")
     up.commit({"policy-config.yaml": config_yaml("1.0.0")})
     secret = b"hook-secret"
-    port = free_port()
-    log = tmp_path / "gw.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "kt", "gateway", "run", "--git-repo", up.url,
-                                 "--sync-interval", "3600", "--listen", f"127.0.0.1:{port}",
-                                 "--state-dir", str(tmp_path / "state"), "--workers", "2"],
-                                stdout=subprocess.DEVNULL, stderr=out,
-                                env={**os.environ, "KEEPTRUSTS_WEBHOOK_SECRET": secret.decode()})
-    url = f"http://127.0.0.1:{port}"
+    gw = gateway_process(None, "--git-repo", up.url, "--sync-interval", "3600", "--workers", "2",
+                         env={"KEEPTRUSTS_WEBHOOK_SECRET": secret.decode()}, wait=False)
+    url = gw.url
 
     def health() -> dict:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
-                return json.loads(resp.read())
+            status, body = gw.get("/health")
         except OSError:
             return {}
+        return body if status == 200 else {}
 
     def versions() -> set[str]:
         return {w.get("revision") or "" for w in health().get("workers") or () if w.get("ready")}
 
     try:
         wait_for(lambda: len(versions()) == 1 and "" not in versions() and len(health()["workers"]) == 2,
-                 timeout=30, message=log.read_text())
+                 timeout=30, message=gw.logs())
         sha = up.commit({"policy-config.yaml": config_yaml("2.0.0")})
         body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
         request = urllib.request.Request(url + "/keeptrusts/sync/webhook", data=body, method="POST", headers={
@@ -172,10 +157,9 @@ def test_git_repo_with_workers_one_agent_and_the_webhook_reaches_it(tmp_path: Pa
         with urllib.request.urlopen(request, timeout=5) as resp:
             assert resp.status == 202
         wait_for(lambda: versions() == {sha}, timeout=30)  # every worker on the commit the one agent published
-        assert log.read_text().count("AgentLocked") == 0
+        assert gw.logs().count("AgentLocked") == 0
     finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
+        assert gw.stop() == 0
 
 
 def test_readyz_answers_for_the_whole_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_gateway) -> None:

@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -36,18 +36,14 @@ def kt_status(*urls: str, as_json: bool = True, token: str | None = ADMIN) -> tu
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[tuple[GatewayProcess, GatewayProcess, Path, Path]]:
+def fleet(tmp_path: Path, gateway_process: Callable[..., GatewayProcess]
+          ) -> tuple[GatewayProcess, GatewayProcess, Path, Path]:
     configs = [tmp_path / "a.yaml", tmp_path / "b.yaml"]
     for path in configs:
         path.write_text(config_text("1.0.0"))
-    gateways = []
-    try:
-        for i, path in enumerate(configs):
-            gateways.append(GatewayProcess(path, tmp_path / f"state-{i}", env={"KEEPTRUSTS_ADMIN_TOKEN": ADMIN}))
-        yield gateways[0], gateways[1], configs[0], configs[1]
-    finally:
-        for gw in gateways:
-            gw.stop()
+    a, b = (gateway_process(path, state=tmp_path / f"state-{i}", env={"KEEPTRUSTS_ADMIN_TOKEN": ADMIN})
+            for i, path in enumerate(configs))
+    return a, b, configs[0], configs[1]
 
 
 def test_fleet_agrees_then_disagrees_drifts_and_loses_a_member(fleet) -> None:

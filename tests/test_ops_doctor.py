@@ -317,53 +317,40 @@ def test_every_remote_hanging_still_finishes(tmp_path: Path, hanging_listener: s
     assert checks["config"]["status"] == "ok"
 
 
-def test_a_refused_reload_on_a_running_gateway_is_a_warning(tmp_path: Path) -> None:
-    from tests.gateway_process import GatewayProcess
+def test_a_refused_reload_on_a_running_gateway_is_a_warning(tmp_path: Path, gateway_process) -> None:
     from tests.waiting import wait_for
 
     config = write_config(tmp_path, "    - {id: demo, provider: mock, model: demo-model}")
-    gw = GatewayProcess(config, tmp_path / "state")
-    try:
-        code, report = kt_doctor("--gateway", gw.url)
-        checks = by_name(report)
-        assert code == 0 and checks["drift"]["status"] == "ok" and checks["gateway providers"]["status"] == "ok"
-        config.write_text("pack: {name: doctor-test, version: 2.0.0, enabled: true}\npolicies: {chain: [nope]}\n")
-        wait_for(lambda: gw.get("/keeptrusts/status")[1]["reload"]["last_result"] == "error", timeout=20)
-        code, report = kt_doctor("--gateway", gw.url)
-        checks = by_name(report)
-        assert code == 0, report  # the last good config keeps serving: the probe must not fail every replica
-        assert checks["drift"]["status"] == "warn" and "reload_failed" in checks["drift"]["detail"]
-        assert checks["gateway readiness"]["status"] == "ok"
-        code, report = kt_doctor("--gateway", gw.url, "--strict")
-        assert code == 1 and report["failures"] == 0 and report["warnings"] >= 1
-    finally:
-        gw.stop()
+    gw = gateway_process(config)
+    code, report = kt_doctor("--gateway", gw.url)
+    checks = by_name(report)
+    assert code == 0 and checks["drift"]["status"] == "ok" and checks["gateway providers"]["status"] == "ok"
+    config.write_text("pack: {name: doctor-test, version: 2.0.0, enabled: true}\npolicies: {chain: [nope]}\n")
+    wait_for(lambda: gw.get("/keeptrusts/status")[1]["reload"]["last_result"] == "error", timeout=20)
+    code, report = kt_doctor("--gateway", gw.url)
+    checks = by_name(report)
+    assert code == 0, report  # the last good config keeps serving: the probe must not fail every replica
+    assert checks["drift"]["status"] == "warn" and "reload_failed" in checks["drift"]["detail"]
+    assert checks["gateway readiness"]["status"] == "ok"
+    code, report = kt_doctor("--gateway", gw.url, "--strict")
+    assert code == 1 and report["failures"] == 0 and report["warnings"] >= 1
 
 
-def test_a_gateway_with_no_usable_target_fails_and_with_one_warns(tmp_path: Path) -> None:
-    from tests.gateway_process import GatewayProcess
-
-    config = write_config(tmp_path, """    - id: keyless
+@pytest.mark.parametrize(("targets", "code", "status", "detail"), [
+    ("""    - id: keyless
       provider: openai
       model: gpt-4o-mini
       base_url: http://127.0.0.1:9
-      secret_key_ref: {env: KT_DOCTOR_UNSET_KEY}""")
-    gw = GatewayProcess(config, tmp_path / "state")
-    try:
-        code, report = kt_doctor("--gateway", gw.url)
-        check = by_name(report)["gateway providers"]
-        assert code == 1 and check["status"] == "fail" and "KT_DOCTOR_UNSET_KEY" in check["detail"], report
-    finally:
-        gw.stop()
-    config = write_config(tmp_path, """    - {id: demo, provider: mock, model: demo-model}
+      secret_key_ref: {env: KT_DOCTOR_UNSET_KEY}""", 1, "fail", "KT_DOCTOR_UNSET_KEY"),
+    ("""    - {id: demo, provider: mock, model: demo-model}
     - id: keyless
       provider: openai
       model: gpt-4o-mini
-      secret_key_ref: {env: KT_DOCTOR_UNSET_KEY}""")
-    gw = GatewayProcess(config, tmp_path / "state2")
-    try:
-        code, report = kt_doctor("--gateway", gw.url)
-        check = by_name(report)["gateway providers"]
-        assert code == 0 and check["status"] == "warn" and "1 of 2 targets usable" in check["detail"], report
-    finally:
-        gw.stop()
+      secret_key_ref: {env: KT_DOCTOR_UNSET_KEY}""", 0, "warn", "1 of 2 targets usable"),
+], ids=["none-usable-fails", "one-usable-warns"])
+def test_a_gateway_with_no_usable_target_fails_and_with_one_warns(
+        tmp_path: Path, gateway_process, targets: str, code: int, status: str, detail: str) -> None:
+    gw = gateway_process(write_config(tmp_path, targets))
+    exit_code, report = kt_doctor("--gateway", gw.url)
+    check = by_name(report)["gateway providers"]
+    assert exit_code == code and check["status"] == status and detail in check["detail"], report
