@@ -19,7 +19,7 @@ from policies.kinds import KINDS
 from policies.model import DataPolicy, SecretRef, Target
 from policies.model_groups import compile_groups
 from policies.pricing import PriceTable, price_table
-from policies.providers import AZURE_API_VERSION, AZURE_OPENAI, GOOGLE, GOOGLE_KEY_HEADER
+from policies.providers import AZURE_API_VERSION, AZURE_OPENAI, GOOGLE, GOOGLE_KEY_HEADER, responses_native
 from policies.state import PolicyState
 
 
@@ -96,6 +96,7 @@ def _target(raw: dict[str, Any]) -> Target:
         deployment=raw.get("deployment", raw["model"]) if azure else None,
         api_version=raw.get("api_version", AZURE_API_VERSION) if azure else None,
         region=raw.get("region"),
+        responses_native=responses_native(raw["provider"], raw.get("base_url"), raw.get("responses_api")),
     )
 
 

@@ -8,6 +8,8 @@ OpenAI-compatible upstream.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 AZURE_OPENAI = "azure-openai"
 AZURE_API_VERSION = "2024-10-21"  # the newest GA data-plane version of Azure OpenAI's inference API
 
@@ -16,7 +18,14 @@ GOOGLE_KEY_HEADER = "x-goog-api-key"
 
 BEDROCK = "bedrock"
 
-NATIVE = ("openai", "anthropic", AZURE_OPENAI, GOOGLE, BEDROCK, "mock")
+OPENAI = "openai"
+OPENAI_HOST = "api.openai.com"
+# How a target serves `POST /v1/responses`: `native` forwards the Responses request to
+# `{base_url}/v1/responses`; `translate` sends it as chat completions. Default: native for
+# provider openai on api.openai.com (or no base_url), translate on any other base_url.
+RESPONSES_API = ("native", "translate")
+
+NATIVE = (OPENAI, "anthropic", AZURE_OPENAI, GOOGLE, BEDROCK, "mock")
 
 # ids users reach for that mean a native provider (lint W005 suggests it)
 ALIASES: dict[str, str] = {"gemini": GOOGLE, "google-genai": GOOGLE, "azure": AZURE_OPENAI, "azure-ai": AZURE_OPENAI,
@@ -33,4 +42,16 @@ ONLY_FOR: dict[str, str] = {
     "deployment": AZURE_OPENAI,
     "api_version": AZURE_OPENAI,
     "region": BEDROCK,
+    "responses_api": OPENAI,
 }
+
+
+def responses_native(provider: str, base_url: str | None, responses_api: str | None) -> bool:
+    """Whether a target serves `/v1/responses` natively (see `RESPONSES_API`)."""
+    if provider != OPENAI:
+        return False
+    if responses_api is not None:
+        return responses_api == "native"
+    if base_url is None:
+        return True
+    return urlsplit(base_url).hostname == OPENAI_HOST

@@ -15,7 +15,7 @@ import cerberus
 from cerberus import errors
 
 from policies.agents import AGENTS_RULE
-from policies.providers import AZURE_API_VERSION
+from policies.providers import AZURE_API_VERSION, RESPONSES_API
 
 SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -91,6 +91,11 @@ TARGET = {
                                    "2025-01-01-preview.", default=AZURE_API_VERSION)),
     "region": _str(regex=r"^[a-z]{2}(-[a-z]+)+-\d$",
                    meta=_meta("bedrock only: the AWS region, e.g. us-east-1 (endpoint host and SigV4 scope).")),
+    "responses_api": _str(allowed=list(RESPONSES_API),
+                          meta=_meta("openai only: how POST /v1/responses reaches this target: native (passed "
+                                     "through as Responses to {base_url}/v1/responses) or translate (sent as chat "
+                                     "completions). Default: native on api.openai.com, translate on any other "
+                                     "base_url.")),
     "data_policy": _dict({
         "zero_data_retention": {"type": "boolean", "meta": _meta("The provider keeps no data.", default=False)},
         "training_opt_out": {"type": "boolean", "meta": _meta("The provider does not train on data.", default=False)},
