@@ -1,6 +1,7 @@
 """The test upstream: a local LLM provider speaking the OpenAI and Anthropic wire formats.
 
 The only fake kt's tests and benchmarks allow. It answers like the real APIs (JSON and SSE,
+OpenAI's chat completions and Responses (`POST /v1/responses`, typed SSE events), embeddings,
 usage, their validation errors and error envelopes), records every request it received, and
 injects faults on demand.
 
@@ -228,6 +229,7 @@ class FakeUpstream:
         return [
             (r"/v1/chat/completions", ChatCompletions),
             (r"/v1/embeddings", Embeddings),
+            (r"/v1/responses", Responses),
             (r"/v1/models", Models),
             (r"/v1/messages", Messages),
             (r"/v1/.*", NotFound),
@@ -474,6 +476,120 @@ def anthropic_events(message: dict[str, Any], chunks: int) -> list[bytes]:
     events.append(event("message_stop", {}))
     return events
 
+
+
+# -- the Responses API (`POST /v1/responses`) ------------------------------------------------------
+
+RESPONSES_FIELDS = frozenset({
+    "model", "input", "instructions", "tools", "tool_choice", "text", "max_output_tokens", "temperature", "top_p",
+    "parallel_tool_calls", "reasoning", "user", "safety_identifier", "service_tier", "stream", "store", "background",
+    "previous_response_id", "conversation", "prompt", "metadata", "include", "truncation", "prompt_cache_key",
+    "top_logprobs", "stream_options", "max_tool_calls",
+})  # fmt: skip
+
+
+def check_responses(body: Any) -> dict[str, Any]:
+    """Validate a Responses request as OpenAI does (unknown parameters, model, input); ApiError otherwise."""
+    body = check_json_object(body)
+    for name in body:
+        if name not in RESPONSES_FIELDS:
+            raise ApiError(400, f"Unknown parameter: '{name}'.", param=name, code="unknown_parameter")
+    if not isinstance(body.get("model"), str):
+        raise ApiError(400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+    items = body.get("input")
+    if not isinstance(items, str | list):
+        raise ApiError(400, "Invalid type for 'input': expected one of a string or array of input items.",
+                       param="input", code="invalid_type")
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if kind not in ("message", "function_call", "function_call_output", "reasoning", "item_reference"):
+            raise ApiError(400, f"Invalid value: '{kind}'.", param=f"input[{i}].type", code="invalid_value")
+    return body
+
+
+def _responses_input_text(body: dict[str, Any]) -> str:
+    items = body["input"]
+    texts = [items] if isinstance(items, str) else [
+        content_text([{"text": p.get("text", "")} for p in item["content"] if isinstance(p, dict)])
+        if isinstance(item.get("content"), list) else str(item.get("content") or item.get("output") or "")
+        for item in items]
+    return " ".join([body.get("instructions") or "", *texts])
+
+
+def responses_response(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+    """The Response object answering `body` with `reply` (a message item, then function_call items)."""
+    output: list[dict[str, Any]] = []
+    content: list[dict[str, Any]] = []
+    if reply.text:
+        content.append({"type": "output_text", "annotations": [], "logprobs": [], "text": reply.text})
+    if reply.refusal:
+        content.append({"type": "refusal", "refusal": reply.refusal})
+    if content:
+        output.append({"id": new_id("msg_"), "type": "message", "status": "completed", "content": content,
+                       "role": "assistant"})
+    output += [{"id": new_id("fc_"), "type": "function_call", "status": "completed",
+                "arguments": json.dumps(t.arguments), "call_id": t.id or new_id("call_"), "name": t.name}
+               for t in reply.tool_calls]
+    prompt = count_tokens(_responses_input_text(body))
+    completion = count_tokens(reply.text or "") + sum(count_tokens(json.dumps(t.arguments)) for t in reply.tool_calls)
+    incomplete = reply.finish_reason in ("length", "max_output_tokens")
+    return {
+        "id": new_id("resp_"), "object": "response", "created_at": int(time.time()),
+        "status": "incomplete" if incomplete else "completed", "background": False, "error": None,
+        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+        "max_tool_calls": None, "model": body["model"] + "-2024-07-18", "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True), "previous_response_id": None,
+        "prompt_cache_key": None, "reasoning": {"effort": None, "summary": None}, "safety_identifier": None,
+        "service_tier": "default", "store": body.get("store", True), "temperature": 1.0,
+        "text": {"format": {"type": "text"}, "verbosity": "medium"}, "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [], "top_logprobs": 0, "top_p": 1.0, "truncation": "disabled",
+        "usage": {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": completion,
+                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": prompt + completion},
+        "user": None, "metadata": body.get("metadata") or {},
+    }
+
+
+def responses_events(response: dict[str, Any], chunks: int) -> list[bytes]:
+    """The typed SSE events streaming `response` as OpenAI sends them (`event:` line, `sequence_number`)."""
+    events: list[bytes] = []
+
+    def event(kind: str, **data: Any) -> None:
+        payload = {"type": kind, "sequence_number": len(events), **data}
+        events.append(sse(payload, kind))
+
+    start = {**response, "status": "in_progress", "output": [], "usage": None, "incomplete_details": None}
+    event("response.created", response=start)
+    event("response.in_progress", response=start)
+    for index, item in enumerate(response["output"]):
+        if item["type"] == "message":
+            event("response.output_item.added", output_index=index,
+                  item={**item, "status": "in_progress", "content": []})
+            for part_index, part in enumerate(item["content"]):
+                ids = {"item_id": item["id"], "output_index": index, "content_index": part_index}
+                key = "text" if part["type"] == "output_text" else "refusal"
+                event("response.content_part.added", **ids, part={**part, key: ""})
+                for piece in split_text(part[key], chunks):
+                    if key == "text":
+                        event("response.output_text.delta", **ids, delta=piece, logprobs=[], obfuscation="x")
+                    else:
+                        event("response.refusal.delta", **ids, delta=piece)
+                if key == "text":
+                    event("response.output_text.done", **ids, text=part["text"], logprobs=[])
+                else:
+                    event("response.refusal.done", **ids, refusal=part["refusal"])
+                event("response.content_part.done", **ids, part=part)
+        else:
+            event("response.output_item.added", output_index=index,
+                  item={**item, "status": "in_progress", "arguments": ""})
+            for piece in split_text(item["arguments"], chunks):
+                event("response.function_call_arguments.delta", item_id=item["id"], output_index=index, delta=piece,
+                      obfuscation="x")
+            event("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                  arguments=item["arguments"])
+        event("response.output_item.done", output_index=index, item=item)
+    event(f"response.{response['status']}", response=response)
+    return events
 
 
 class ApiError(Exception):
@@ -775,6 +891,21 @@ class ChatCompletions(ProviderHandler):
 
     def validate(self) -> dict[str, Any]:
         return check_openai_chat(self.body)
+
+
+class Responses(ProviderHandler):
+    """OpenAI `POST /v1/responses` (the Responses API: a Response object, or its typed SSE events)."""
+
+    async def post(self) -> None:
+        body = self.checked(lambda: check_responses(self.body))
+        if body is None:
+            return
+        reply = self.reply_for(body)
+        response = responses_response(body, reply)
+        if not self.wants_stream():
+            await self.send_json(response, reply.first_byte_delay)
+            return
+        await self.send_stream(responses_events(response, reply.chunks), reply)
 
 
 class Embeddings(ProviderHandler):

@@ -6,6 +6,8 @@
 - `google`: the Gemini API, translated both ways by `gateway.providers.google`.
 - `bedrock`: AWS Bedrock's Converse API, translated both ways by `gateway.providers.bedrock`.
 - `mock`: the built-in local provider (`gateway.providers.mock`), no network.
+- `respond` / `respond_stream`: a Responses request to an `openai` target that speaks it natively
+  (`responses_api: native`), read back as canonical answers (`gateway.providers.openai_responses`).
 
 `complete` returns `(completion dict, raw upstream bytes or None)` — the raw bytes let an
 unchanged OpenAI answer be forwarded without re-serialising. `stream` yields lists of chunk
@@ -22,7 +24,7 @@ from typing import Any
 import orjson
 
 from gateway.http.client import Response
-from gateway.providers import azure, bedrock, checks, google, mock, sse, translate
+from gateway.providers import azure, bedrock, checks, google, mock, openai_responses, sse, translate
 from gateway.providers.upstream import (
     DONE,
     UPSTREAM_TRACEPARENT,
@@ -369,6 +371,49 @@ async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) ->
     url = _openai_url(target, "embeddings")
     data = await client.post_json(target, url, _headers(target), orjson.dumps({**body, "model": target.model}))
     return _checked_answer(target, checks.embeddings, data, "data"), data
+
+
+async def respond(client: UpstreamClient, target: Target,
+                  body: dict[str, Any]) -> tuple[openai_responses.Answer, bytes]:
+    """One non-streaming Responses call (`body` as `openai_responses.forwarded_body` made it)."""
+    url = _url(target.base_url, "https://api.openai.com", "/responses")
+    data = await client.post_json(target, url, _headers(target), orjson.dumps(body))
+    answer = _loads(target, data)
+    if (failure := _error_answer(target, answer, "output")) is not None:
+        raise failure
+    if isinstance(answer, dict) and (message := openai_responses.failed_message(answer)) is not None:
+        raise UpstreamFailure("5xx", f"target {target.id} ({target.provider}) answered with a failed response: "
+                              f"{upstream_text(target, message)}")
+    try:
+        return openai_responses.Answer(answer), data
+    except _MALFORMED as exc:
+        raise _malformed(target, exc) from None
+
+
+async def respond_stream(client: UpstreamClient, target: Target, body: dict[str, Any],
+                         events: openai_responses.StreamToChat) -> AsyncIterator[Batch]:
+    """A streamed Responses call, as batches of canonical chunks (`events` converts; DONE after
+    `response.completed`). A stream cut before its last event is a `bad_response`."""
+    url = _url(target.base_url, "https://api.openai.com", "/responses")
+    resp = await client.open_stream(target, url, _headers(target), orjson.dumps(body))
+    parser = sse.SSEParser()
+
+    def parse(data: bytes) -> Batch:
+        batch: Batch = []
+        for _event, payload in parser.feed(data):
+            batch.extend(_checked_chunk(target, c) for c in events.feed(_loads(target, payload)))
+            if events.done:
+                batch.append(DONE)
+                break
+        return batch
+
+    def end() -> Batch:
+        raise UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) ended its Responses stream "
+                              "before response.completed")
+
+    async with aclosing(_batches(client, target, resp, parse, end)) as batches:
+        async for batch in batches:
+            yield batch
 
 
 def model_entry(target: Target) -> dict[str, Any]:

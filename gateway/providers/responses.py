@@ -23,6 +23,10 @@ from typing import Any
 
 from gateway.providers.translate import TranslationError
 
+# Where a text of the canonical request came from in the Responses request:
+# (canonical holder, key, Responses holder, key). `copy_back` puts what the chain changed there.
+Link = tuple[dict[str, Any], str, dict[str, Any], str]
+
 STATEFUL = {
     "previous_response_id": "kt keeps no responses: send the whole conversation in `input` instead",
     "conversation": "kt keeps no conversations: send the whole conversation in `input` instead",
@@ -41,19 +45,26 @@ def _fail(field: str, why: str) -> TranslationError:
     return TranslationError(f"`{field}`: {why}")
 
 
-def _content(content: Any, where: str) -> Any:
-    """A Responses message content (text or parts) as chat content."""
-    if isinstance(content, str):
-        return content
+def copy_back(links: list[Link]) -> None:
+    """Put the canonical texts the chain rewrote back where they stand in the Responses request."""
+    for holder, key, source, source_key in links:
+        value = holder.get(key)
+        if value is not source.get(source_key):
+            source[source_key] = value
+
+
+def _content(content: Any, where: str, message: dict[str, Any], links: list[Link]) -> Any:
+    """A Responses message content (text or parts) as chat content (for `message["content"]`)."""
     if not isinstance(content, list):
         raise _fail(f"{where}.content", "must be text or a list of content parts")
     parts: list[dict[str, Any]] = []
+    sources: list[tuple[dict[str, Any], str]] = []
     for i, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind in ("input_text", "output_text") and isinstance(part.get("text"), str):
-            parts.append({"type": "text", "text": part["text"]})
-        elif kind == "refusal" and isinstance(part.get("refusal"), str):
-            parts.append({"type": "text", "text": part["refusal"]})
+        key = "refusal" if kind == "refusal" else "text"
+        if kind in ("input_text", "output_text", "refusal") and isinstance(part.get(key), str):
+            parts.append({"type": "text", "text": part[key]})
+            sources.append((part, key))
         elif kind == "input_image" and isinstance(part.get("image_url"), str):
             image: dict[str, Any] = {"url": part["image_url"]}
             if part.get("detail") in ("low", "high", "auto"):
@@ -62,14 +73,29 @@ def _content(content: Any, where: str) -> Any:
         else:
             raise _fail(f"{where}.content[{i}]", f"content part type {kind!r} is not supported by kt "
                         "(use input_text, output_text, refusal or input_image with an image_url)")
-    if all(p["type"] == "text" for p in parts):
-        return "".join(p["text"] for p in parts) if len(parts) == 1 else parts
+    if len(parts) == 1 and sources:
+        links.append((message, "content", *sources[0]))
+        return parts[0]["text"]
+    texts = [p for p in parts if p["type"] == "text"]
+    links += [(p, "text", *source) for p, source in zip(texts, sources, strict=True)]
     return parts
 
 
-def _messages(items: Any) -> list[dict[str, Any]]:
+def _message(role: str, content: Any, where: str, source: dict[str, Any], key: str,
+             links: list[Link]) -> dict[str, Any]:
+    """A chat message of `role` for the Responses content `source[key]` (text or parts), linked to it."""
+    message: dict[str, Any] = {"role": role, "content": content}
+    if isinstance(content, str):
+        links.append((message, "content", source, key))
+    else:
+        message["content"] = _content(content, where, message, links)
+    return message
+
+
+def _messages(body: dict[str, Any], links: list[Link]) -> list[dict[str, Any]]:
+    items = body.get("input")
     if isinstance(items, str):
-        return [{"role": "user", "content": items}]
+        return [_message("user", items, "input", body, "input", links)]
     if not isinstance(items, list) or not items:
         raise _fail("input", "must be a string or a non-empty list of items")
     out: list[dict[str, Any]] = []
@@ -82,12 +108,14 @@ def _messages(items: Any) -> list[dict[str, Any]]:
             role = item.get("role")
             if role not in ("user", "assistant", "system", "developer"):
                 raise _fail(f"{where}.role", "must be user, assistant, system or developer")
-            out.append({"role": role, "content": _content(item.get("content"), where)})
+            out.append(_message(role, item.get("content"), where, item, "content", links))
         elif kind == "function_call":
             name, args, call_id = item.get("name"), item.get("arguments"), item.get("call_id")
             if not isinstance(name, str) or not isinstance(args, str) or not isinstance(call_id, str):
                 raise _fail(where, "a function_call needs string `call_id`, `name` and `arguments`")
-            call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+            function = {"name": name, "arguments": args}
+            links += [(function, "name", item, "name"), (function, "arguments", item, "arguments")]
+            call = {"id": call_id, "type": "function", "function": function}
             last = out[-1] if out else None
             if last and last["role"] == "assistant" and last.get("tool_calls") is not None:
                 last["tool_calls"].append(call)
@@ -97,8 +125,10 @@ def _messages(items: Any) -> list[dict[str, Any]]:
             call_id, output = item.get("call_id"), item.get("output")
             if not isinstance(call_id, str):
                 raise _fail(f"{where}.call_id", "must be a string")
-            out.append({"role": "tool", "tool_call_id": call_id, "content": _content(output, where)
-                        if isinstance(output, list) else output if isinstance(output, str) else ""})
+            message = _message("tool", output, where, item, "output", links) if isinstance(output, list | str) \
+                else {"role": "tool", "content": ""}
+            message["tool_call_id"] = call_id
+            out.append(message)
         elif kind == "reasoning":
             continue  # the provider's own reasoning state: nothing a chat upstream can take
         elif kind == "item_reference":
@@ -109,7 +139,7 @@ def _messages(items: Any) -> list[dict[str, Any]]:
     return out
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
+def _tools(tools: Any, links: list[Link]) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
         raise _fail("tools", "must be a list")
     out = []
@@ -119,19 +149,22 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
             raise _fail(f"tools[{i}]", f"tool type {kind!r} is not supported by kt: only `function` tools "
                         "(built-in tools run on OpenAI's side)")
         function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+        links += [(function, k, tool, k) for k in ("name", "description", "parameters") if k in function]
         out.append({"type": "function", "function": function})
     return out
 
 
-def _tool_choice(choice: Any) -> Any:
+def _tool_choice(choice: Any, links: list[Link]) -> Any:
     if choice in ("auto", "none", "required"):
         return choice
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("name"), str):
-        return {"type": "function", "function": {"name": choice["name"]}}
+        function = {"name": choice["name"]}
+        links.append((function, "name", choice, "name"))
+        return {"type": "function", "function": function}
     raise _fail("tool_choice", "must be auto, none, required or {type: function, name}")
 
 
-def _response_format(text: Any) -> dict[str, Any] | None:
+def _response_format(text: Any, links: list[Link]) -> dict[str, Any] | None:
     fmt = text.get("format") if isinstance(text, dict) else None
     if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
         return None
@@ -139,12 +172,16 @@ def _response_format(text: Any) -> dict[str, Any] | None:
         return {"type": "json_object"}
     if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
         spec = {k: fmt[k] for k in ("name", "description", "schema", "strict") if fmt.get(k) is not None}
+        links += [(spec, k, fmt, k) for k in ("name", "description", "schema") if k in spec]
         return {"type": "json_schema", "json_schema": spec}
     raise _fail("text.format", "must be {type: text}, {type: json_object} or {type: json_schema, name, schema}")
 
 
-def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
-    """The canonical chat request for a Responses request; `TranslationError` names what kt cannot do."""
+def responses_request_to_openai(body: dict[str, Any], links: list[Link] | None = None) -> dict[str, Any]:
+    """The canonical chat request for a Responses request; `TranslationError` names what kt cannot do.
+
+    `links` (when given) gets where each canonical text stands in `body`, for `copy_back`."""
+    links = [] if links is None else links
     for field, why in STATEFUL.items():
         if body.get(field) is not None:
             raise _fail(field, why)
@@ -161,18 +198,18 @@ def responses_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     for field in body:
         if field not in known:
             raise _fail(field, "is not a Responses field kt knows")
-    messages = _messages(body.get("input"))
+    messages = _messages(body, links)
     instructions = body.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
             raise _fail("instructions", "must be a string")
-        messages.insert(0, {"role": "system", "content": instructions})
+        messages.insert(0, _message("system", instructions, "instructions", body, "instructions", links))
     req: dict[str, Any] = {"model": model, "messages": messages}
     if body.get("tools"):
-        req["tools"] = _tools(body["tools"])
+        req["tools"] = _tools(body["tools"], links)
     if body.get("tool_choice") is not None:
-        req["tool_choice"] = _tool_choice(body["tool_choice"])
-    if (fmt := _response_format(body.get("text"))) is not None:
+        req["tool_choice"] = _tool_choice(body["tool_choice"], links)
+    if (fmt := _response_format(body.get("text"), links)) is not None:
         req["response_format"] = fmt
     limit = body.get("max_output_tokens")
     if limit is not None:

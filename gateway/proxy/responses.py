@@ -6,19 +6,28 @@ back as a Response object, a stream as Responses' typed SSE events (`response.cr
 `response.output_text.delta`, ..., `response.completed`). A stream that fails or is blocked
 after it started ends with an `error` event. Stored state (`previous_response_id`,
 `store: true`, `GET /v1/responses/{id}`) is refused with a 400 that names the field.
+
+A target that speaks Responses natively (`Target.responses_native`) gets the client's body
+itself, with the input chain's redactions copied back where each text stands; its answer is
+read as a canonical completion for the output chain and relayed as the upstream's Response
+with the chain's changes put back (`gateway.providers.openai_responses`). Its stream is read
+as canonical chunks and re-emitted like any other (the relay's guards and withholding need
+that), under the upstream's response id and model. Fallback mixes both kinds freely.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
-from gateway.providers import responses, translate
+from gateway.providers import adapters, openai_responses, responses, translate
 from gateway.providers.sse import format_sse
 from gateway.proxy.errors import GatewayError, invalid
 from gateway.proxy.routes import ChatHandler
 from gateway.proxy.validate import validate_chat
+from policies.model import Exchange, Target
 
 
 class ResponsesHandler(ChatHandler):
@@ -28,16 +37,50 @@ class ResponsesHandler(ChatHandler):
         super().__init__(settings, connection)
         self.shell: responses.Shell | None = None
         self.events: responses.ChatStreamToResponses | None = None
+        self.body: dict[str, Any] = {}  # the client's Responses request (the chain's redactions copied in)
+        self.links: list[responses.Link] = []
+        self.native: openai_responses.Answer | None = None  # the answer of a native target, if one served
 
     def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            req = responses.responses_request_to_openai(body)
+            req = responses.responses_request_to_openai(body, self.links)
         except translate.TranslationError as exc:
             raise invalid(str(exc)) from None
         if req.get("stream"):
             req["stream_options"] = {"include_usage": True}  # the usage of response.completed
+        self.body = body
         self.shell = responses.Shell(body, req["model"])
         return validate_chat(req)
+
+    def run_input(self, ex: Exchange) -> None:
+        super().run_input(ex)
+        responses.copy_back(self.links)  # a native target gets the redacted texts where they stand
+
+    async def _respond(self, target: Target) -> tuple[dict[str, Any], bytes | None]:
+        body = openai_responses.forwarded_body(self.body, target.model, stream=False)
+        self.native, raw = await adapters.respond(self.services.upstream, target, body)
+        return self.native.completion(), raw
+
+    def upstream_complete(self, target: Target, req: dict[str, Any]) -> Any:
+        self.native = None
+        if target.responses_native:
+            return self._respond(target)
+        return super().upstream_complete(target, req)
+
+    def _adopt(self, upstream: dict[str, Any]) -> None:
+        """The upstream's Response fields (id, model, created_at) for the events of a native stream."""
+        assert self.shell is not None
+        fields = self.shell.fields
+        for key in ("id", "created_at", "model"):
+            if upstream.get(key) is not None:
+                fields[key] = upstream[key]
+
+    def upstream_stream(self, target: Target, req: dict[str, Any]) -> AsyncIterator[adapters.Batch]:
+        if target.responses_native:
+            body = openai_responses.forwarded_body(self.body, target.model, stream=True)
+            return adapters.respond_stream(self.services.upstream, target, body,
+                                           openai_responses.StreamToChat(self._adopt))
+        return super().upstream_stream(target, req)
 
     def _converter(self) -> responses.ChatStreamToResponses:
         if self.events is None:
@@ -47,6 +90,12 @@ class ResponsesHandler(ChatHandler):
 
     def answer(self, resp: dict[str, Any], raw: bytes | None) -> None:
         assert self.shell is not None
+        native = self.native
+        if native is not None:  # the upstream's own Response, with what the output chain changed
+            if native.project(resp) or raw is None:
+                raw = orjson.dumps(native.response)
+            self.send_json(raw)
+            return
         try:
             body = orjson.dumps(responses.completion_to_response(resp, self.shell))
         except orjson.JSONEncodeError as exc:

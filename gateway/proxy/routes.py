@@ -542,6 +542,13 @@ class ChatHandler(ProxyHandler):
     def sse_done(self) -> bytes:
         return b"data: [DONE]\n\n"
 
+    # --- the upstream call of one attempt (overridden for Responses clients) ---------------
+    def upstream_complete(self, target: Target, req: dict[str, Any]) -> Awaitable[tuple[dict[str, Any], bytes | None]]:
+        return adapters.complete(self.services.upstream, target, req)
+
+    def upstream_stream(self, target: Target, req: dict[str, Any]) -> AsyncIterator[adapters.Batch]:
+        return adapters.stream(self.services.upstream, target, req)
+
     def sse_error(self, err: GatewayError) -> bytes:
         return translate.openai_stream_error(err.type, err.message, err.code, err.policy)
 
@@ -554,18 +561,17 @@ class ChatHandler(ProxyHandler):
         await self.reserve(ex, Phase.INPUT)
         self.run_input(ex)  # its redactions rewrite `req` where each text stands
         plan = self.plan(ex)
-        client = self.services.upstream
         if req.get("stream"):
             self.record.stream = True
 
             async def call_stream(target: Target) -> bool:
-                async with aclosing(adapters.stream(client, target, req)) as batches:
+                async with aclosing(self.upstream_stream(target, req)) as batches:
                     await self.relay(batches, ex)
                 return True
 
             await self.with_fallback(plan, call_stream)
             return
-        result = await self.with_fallback(plan, lambda target: adapters.complete(client, target, req))
+        result = await self.with_fallback(plan, lambda target: self.upstream_complete(target, req))
         assert result is not None
         resp, raw = result
         self.record_usage(ex, resp.get("usage"))
