@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import re
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,9 +94,9 @@ def event_time(event: dict[str, Any]) -> float:
 
 
 def file_bytes(path: Path) -> int:
-    """Bytes the store takes on disk: the database file, its write-ahead log and its reserve."""
+    """Bytes the store takes on disk: the database file, its write-ahead log, its shared-memory index, its reserve."""
     total = 0
-    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-reserve")):
+    for name in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-reserve"))):
         with contextlib.suppress(OSError):
             total += name.stat().st_size
     return total
@@ -115,6 +117,38 @@ def store_usage(path: Path) -> tuple[int, int] | None:
     return file_bytes(path), int(row[0]) if row else DEFAULT_MAX_BYTES
 
 
+class WriterLock:
+    """`<db>-lock`: one writer of the store at a time, across the threads and processes (`--workers`) that
+    write it, from a batch's first row to the checkpoint after it, so no writer appends to the WAL while
+    another one's checkpoint is due. An flock(2): the kernel releases it when its holder dies."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout  # as SQLite's busy_timeout: then the batch waits in memory and is retried
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the lock (waiting up to `timeout`, else `sqlite3.OperationalError`, as a busy store)."""
+        deadline, pause = time.monotonic() + self.timeout, 0.001
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError(f"event store is locked by another writer ({self.path})") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """True for SQLite's SQLITE_FULL (ENOSPC on a write, or the file at its largest)."""
     return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
@@ -127,8 +161,10 @@ class EventStore:
     that the control plane acknowledged (`forwarding`), or the oldest at all (no control
     plane), are deleted to make room; undelivered ones only when nothing else is left
     (`dropped`). Freed pages are reused (`auto_vacuum=INCREMENTAL` gives them back to the file
-    system when the file is over its share); the WAL is checkpointed once it holds a
-    sixteenth of the cap. A full disk (SQLITE_FULL) lowers the limit to what fits (`disk_full`).
+    system when the file is over its share); the WAL is checkpointed (TRUNCATE) before a transaction
+    whenever it holds a sixteenth of the cap. Writers of one file (`--workers`) take turns under a
+    `WriterLock`, so none appends while another's checkpoint is due. A full disk (SQLITE_FULL) lowers
+    the limit to what fits (`disk_full`).
     """
 
     def __init__(self, path: str | Path, readonly: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -166,7 +202,11 @@ class EventStore:
         self._db.create_function("event_json", 1, _event_json, deterministic=True)
         self._lock = threading.Lock()
         self.reserve = self.path.with_name(self.path.name + "-reserve")
+        self._wal = self.path.with_name(self.path.name + "-wal")
+        self._shm = self.path.with_name(self.path.name + "-shm")
+        self._writer: WriterLock | None = None
         if not readonly:
+            self._writer = WriterLock(self.path.with_name(self.path.name + "-lock"))
             self._make_reserve()
         self.last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events") if not readonly else 0
 
@@ -178,7 +218,8 @@ class EventStore:
     @property
     def limit(self) -> int:
         """Bytes the database file may use: the cap less the WAL's share (lower after a full disk)."""
-        limit = self.max_bytes - 4 * self.wal_bytes  # the WAL (and what writers add past it), the reserve
+        # The reserve, the WAL (its share and one transaction past it: see `_bound_wal`) and its index.
+        limit = self.max_bytes - 4 * self.wal_bytes - self._shm_bytes()
         if self._full_limit is not None:
             if time.monotonic() < self._full_until:
                 return min(limit, self._full_limit)
@@ -186,8 +227,20 @@ class EventStore:
         return limit
 
     def size_bytes(self) -> int:
-        """Bytes on disk now (database file + WAL)."""
+        """Bytes on disk now (database file, WAL, its index, reserve)."""
         return file_bytes(self.path)
+
+    def _shm_bytes(self) -> int:
+        with contextlib.suppress(OSError):
+            return self._shm.stat().st_size
+        return 32 * 1024  # SQLite's first WAL-index region
+
+    def _bound_wal(self) -> None:
+        """Checkpoint the WAL back to zero bytes once it holds its share (under the writer lock, so
+        no other writer appends meanwhile; a long reader of another process can still hold it off)."""
+        with contextlib.suppress(OSError):
+            if self._wal.stat().st_size > self.wal_bytes:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def add(self, events: list[dict[str, Any]]) -> int:
         """Commit `events` (duplicates by id are ignored), making room under the cap; return how many were new.
@@ -199,16 +252,16 @@ class EventStore:
                 for e in events]  # codec.encode, inlined: this loop is the writer's per-event cost
         rows = [r for r in rows if r[0]]
         added, start = 0, 0
-        with self._lock:
+        with self._lock, self._writing():
             while start < len(rows):
                 end, size = start, 0
                 while end < len(rows) and (end == start or size + len(rows[end][3]) <= self.wal_bytes // 4):
                     size += len(rows[end][3])
                     end += 1
+                self._bound_wal()
                 added += self._add_chunk(rows[start:end], size)
                 start = end
-                if file_bytes(self.path) - self._db_bytes() > self.wal_bytes:
-                    self._db.execute("PRAGMA wal_checkpoint(RESTART)")
+            self._bound_wal()
             self.last_seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             if self._full_limit is None:  # a full disk used the reserve: take it again once it passed
                 self._make_reserve()
@@ -243,13 +296,14 @@ class EventStore:
         self.evicted, self.dropped = self.evicted + evicted, self.dropped + dropped  # only once committed
         return added
 
+    def _writing(self) -> contextlib.AbstractContextManager[None]:
+        """The writer lock (a read-only store has none)."""
+        if self._writer is None:
+            raise sqlite3.OperationalError(f"event store {self.path} is open read-only")
+        return self._writer.held()
+
     def _pages(self) -> int:
         return int(self._db.execute("PRAGMA page_count").fetchone()[0])
-
-    def _db_bytes(self) -> int:
-        with contextlib.suppress(OSError):
-            return self.path.stat().st_size
-        return 0
 
     def _used(self) -> int:
         free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
@@ -302,7 +356,7 @@ class EventStore:
     def disk_full(self, batch_bytes: int) -> None:
         """After SQLITE_FULL: free the reserve, checkpoint; hold the database, for a while, at what it uses
         now less room for a batch; delete down to that and hand the freed pages back; reserve again."""
-        with self._lock:
+        with self._lock, self._writing():
             self.reserve.unlink(missing_ok=True)
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -324,7 +378,7 @@ class EventStore:
 
     def vacuum(self) -> None:
         """Give the free pages back to the file system (after retention deleted events)."""
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute("PRAGMA incremental_vacuum").fetchall()  # one page per step
 
     def query(
@@ -369,13 +423,13 @@ class EventStore:
         return self._scalar("SELECT value FROM meta WHERE key = ?", (key,))
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._lock:
+        with self._lock, self._writing():
             self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     def prune(self, before: float) -> int:
         """Delete events older than `before` (epoch seconds); return how many."""
-        with self._lock:
+        with self._lock, self._writing():
             return self._db.execute("DELETE FROM events WHERE ts < ?", (before,)).rowcount
 
     def count(self, since: float | None = None, until: float | None = None) -> int:
@@ -399,6 +453,8 @@ class EventStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._writer is not None:
+                self._writer.close()
 
 
 def _event_json(body: bytes) -> str:
