@@ -42,7 +42,10 @@ RULES = (
          "providers know nothing of the HTTP server nor of policies"),
     Rule("gateway.events", ("gateway.http", "gateway.proxy", "gateway.providers", "gateway.server"),
          "events know nothing of HTTP and providers"),
-    Rule("gateway.control", ("gateway.proxy.routes", "gateway.proxy.validate", "gateway.proxy.app",
+    Rule("gateway.control", ("gateway.proxy.base", "gateway.proxy.pipeline", "gateway.proxy.chat",
+                             "gateway.proxy.relay", "gateway.proxy.messages", "gateway.proxy.embeddings",
+                             "gateway.proxy.models", "gateway.proxy.responses", "gateway.proxy.validate",
+                             "gateway.proxy.app",
                              "gateway.providers.translate", "gateway.providers.adapters", "gateway.server"),
          "control knows no proxy internals"),
 )

@@ -1,2 +1,2 @@
-"""Owns the proxy routes: validation, inbound keys, the stream relay, fallback and breakers, the one error envelope.
+"""Owns the proxy: a module per route family, their shared steps, the stream relay, validation, keys, breakers, errors.
 Imports no socket/ssl/sqlite3, no wire server or client, no event store or counters: no sockets, no SQL."""

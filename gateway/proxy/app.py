@@ -18,17 +18,14 @@ import tornado.web
 from gateway.control.runtime import Runtime
 from gateway.http.handler import Handler
 from gateway.providers.upstream import Timeouts, UpstreamClient
+from gateway.proxy.base import NotFoundHandler, request_id_for
+from gateway.proxy.chat import ChatHandler
+from gateway.proxy.embeddings import EmbeddingsHandler
 from gateway.proxy.keys import GatewayKeys
+from gateway.proxy.messages import MessagesHandler
+from gateway.proxy.models import ModelsHandler
 from gateway.proxy.resilience import Breakers, RoundRobin
 from gateway.proxy.responses import ResponsesHandler
-from gateway.proxy.routes import (
-    ChatHandler,
-    EmbeddingsHandler,
-    MessagesHandler,
-    ModelsHandler,
-    NotFoundHandler,
-    request_id_for,
-)
 from gateway.proxy.services import SETTINGS_KEY, ProxyServices
 
 MIB = 1024 * 1024

@@ -24,8 +24,8 @@ import orjson
 
 from gateway.providers import adapters, openai_responses, responses, translate
 from gateway.providers.sse import format_sse
+from gateway.proxy.chat import ChatHandler
 from gateway.proxy.errors import GatewayError, invalid
-from gateway.proxy.routes import ChatHandler
 from gateway.proxy.validate import validate_chat
 from policies.model import Exchange, Target
 

@@ -1,0 +1,196 @@
+"""The stream relay: an upstream stream forwarded to the client chunk by chunk through the stream guards.
+
+Content and refusal deltas are scanned as they pass (one guard per choice); tool calls and the
+final chunks are withheld until each choice is whole and checked; a block or an upstream failure
+after the first byte ends the stream with an error event in the client's format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tornado.iostream import StreamClosedError
+
+from gateway.providers import adapters
+from gateway.providers.upstream import DONE, UpstreamFailure
+from gateway.proxy.errors import GatewayError
+from gateway.proxy.pipeline import ProxyHandler, blocks, policy_error
+from policies.model import ChainOutcome, Exchange, Phase
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no"}
+
+
+class ClientGone(Exception):
+    """The client closed the connection while we were answering."""
+
+
+class StreamRelay(ProxyHandler):
+    """A proxy route that relays streams; the route gives the client's format (`sse`, `sse_done`, `sse_error`)."""
+
+    client_usage: bool  # the client asked for the usage chunk (set by the route before it relays)
+
+    def sse(self, chunks: list[dict[str, Any]]) -> bytes:
+        """Canonical stream chunks as the client's SSE bytes."""
+        raise NotImplementedError
+
+    def sse_done(self) -> bytes:
+        """The end of a stream in the client's format."""
+        raise NotImplementedError
+
+    def sse_error(self, err: GatewayError) -> bytes:
+        """An error event in the client's format."""
+        raise NotImplementedError
+
+    async def write_sse(self, data: bytes) -> None:
+        if not self.sent_any:
+            for name, value in _SSE_HEADERS.items():
+                self.set_header(name, value)
+        if self.client_gone:
+            raise ClientGone
+        self.write(data)
+        try:
+            await self.flush()
+        except StreamClosedError:
+            raise ClientGone from None
+        self.sent_any = True
+
+    async def relay(self, batches: AsyncIterator[adapters.Batch], ex: Exchange) -> None:
+        """Forward a stream chunk by chunk through the stream guards; withhold tool calls and the final chunks.
+
+        Content and refusal deltas are scanned (one guard per choice) and forwarded at once. With
+        output policies, tool-call deltas are withheld and merged: each choice's whole calls are
+        checked (and redacted inside their JSON arguments) by `finish()`, then sent in one chunk
+        per choice before the held finish chunks (and usage). Every choice is checked; a block
+        ends the stream with an error event in the client's format (a 409 when nothing was sent yet).
+        """
+        assert self.snap is not None
+        config = self.snap.config
+        active = config.enabled and bool(config.chain.output_policies)
+        guards: dict[int, Any] = {}
+        tools: dict[int, dict[int, dict[str, Any]]] = {}
+        held: list[dict[str, Any]] = []
+        first: dict[str, Any] | None = None  # a chunk of the stream, for the fields of the tool-call chunks
+        try:
+            async for batch in batches:
+                out: list[dict[str, Any]] = []
+                for chunk in batch:
+                    if chunk is DONE:
+                        break
+                    if "error" in chunk and not chunk.get("choices"):
+                        raise UpstreamFailure("5xx", f"target {self.record.target} failed mid-stream: "
+                                              f"{str((chunk.get('error') or {}).get('message', ''))[:200]}")
+                    if chunk.get("usage"):
+                        self.record_usage(ex, chunk["usage"])
+                    hold = withheld = False
+                    choices = chunk.get("choices")
+                    for choice in choices or ():
+                        index = choice.get("index", 0)
+                        delta = choice.get("delta") or {}
+                        if active:
+                            for channel in ("content", "refusal"):
+                                text = delta.get(channel)
+                                if not isinstance(text, str) or not text:
+                                    continue
+                                guard = guards.get(index) or guards.setdefault(
+                                    index, config.chain.stream_guard(ex, self.runtime.fail_mode))
+                                forward, blocked = guard.feed(text, channel)
+                                if blocked is not None:
+                                    self.record.add_outcome(blocked)
+                                    if out:  # what passed before the match still goes out first
+                                        await self.write_sse(self.sse(out))
+                                    await self.end_blocked(blocked)
+                                    return
+                                if forward != text:
+                                    delta[channel] = forward
+                            if delta.get("tool_calls"):  # withheld until the choice's calls are whole and checked
+                                _merge_tool_calls(tools.setdefault(index, {}), delta.pop("tool_calls"))
+                                first, withheld = first or chunk, True
+                        elif delta.get("tool_calls"):
+                            _merge_tool_calls(tools.setdefault(index, {}), delta["tool_calls"])
+                        if choice.get("finish_reason"):
+                            hold = True
+                    if withheld:  # drop the choices that only carried tool-call deltas
+                        chunk["choices"] = choices = [c for c in choices if c.get("delta") or c.get("finish_reason")]
+                        if not choices and not chunk.get("usage"):
+                            continue
+                    if not self.client_usage and "usage" in chunk:
+                        if not chunk.get("choices"):
+                            continue
+                        del chunk["usage"]
+                    if hold or held:
+                        held.append(chunk)
+                    else:
+                        out.append(chunk)
+                if out:
+                    await self.write_sse(self.sse(out))
+            self.account(ex)
+            if active:
+                for index in sorted(set(guards) | set(tools) | {0}):  # every choice, however many
+                    guard = guards.get(index) or config.chain.stream_guard(ex, self.runtime.fail_mode)
+                    ex.response_tool_calls = list(tools.get(index, {}).values())
+                    await self.reserve(ex, Phase.OUTPUT)
+                    outcome = guard.finish()
+                    self.record.add_outcome(outcome)
+                    if blocks(outcome):
+                        await self.end_blocked(outcome)
+                        return
+                if tools and first is not None:
+                    held[:0] = [_tool_calls_chunk(first, index, tools[index]) for index in sorted(tools)]
+            await self.write_sse(self.sse(held) + self.sse_done())
+            self.finish()
+        except ClientGone:
+            self.record.status, self.record.error_code = 499, "client_closed"
+        except UpstreamFailure as failure:
+            if self.sent_any:
+                failure.committed = True
+                err = failure.error()
+                self.error_code = err.code
+                with _quiet():
+                    await self.write_sse(self.sse_error(err))
+                    self.finish()
+            raise
+
+    async def end_blocked(self, outcome: ChainOutcome) -> None:
+        if not self.sent_any:
+            raise policy_error(outcome, "output_blocked")  # nothing reached the client yet: a plain 409/503
+        err = policy_error(outcome, "output_blocked")
+        self.error_code = err.code
+        with _quiet():
+            await self.write_sse(self.sse_error(err))
+            self.finish()
+
+
+class _quiet:
+    """Swallow a client that went away while we send the last bytes."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, typ: Any, value: Any, tb: Any) -> bool:
+        return typ is not None and issubclass(typ, (ClientGone, StreamClosedError))
+
+
+def _tool_calls_chunk(like: dict[str, Any], index: int, calls: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One stream chunk carrying choice `index`'s whole (checked) tool calls, with the fields of chunk `like`."""
+    chunk = {k: v for k, v in like.items() if k not in ("choices", "usage")}
+    deltas = [{"index": i, **call} for i, call in sorted(calls.items())]
+    chunk["choices"] = [{"index": index, "delta": {"tool_calls": deltas}, "finish_reason": None}]
+    return chunk
+
+
+def _merge_tool_calls(acc: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    """Accumulate streamed tool-call deltas into whole calls (by their index)."""
+    for d in deltas:
+        if not isinstance(d, dict):
+            continue
+        call = acc.setdefault(d.get("index", 0), {"id": "", "type": "function",
+                                                  "function": {"name": "", "arguments": ""}})
+        if d.get("id"):
+            call["id"] = d["id"]
+        fn = d.get("function") or {}
+        if fn.get("name"):
+            call["function"]["name"] += fn["name"]
+        if fn.get("arguments"):
+            call["function"]["arguments"] += fn["arguments"]
