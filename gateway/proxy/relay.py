@@ -16,6 +16,7 @@ from gateway.providers import adapters
 from gateway.providers.upstream import DONE, UpstreamFailure
 from gateway.proxy.errors import GatewayError
 from gateway.proxy.pipeline import ProxyHandler, blocks, policy_error
+from policies.chain import Chain, StreamGuard
 from policies.model import ChainOutcome, Exchange, Phase
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
@@ -66,9 +67,9 @@ class StreamRelay(ProxyHandler):
         ends the stream with an error event in the client's format (a 409 when nothing was sent yet).
         """
         assert self.snap is not None
-        config = self.snap.config
-        active = config.enabled and bool(config.chain.output_policies)
-        guards: dict[int, Any] = {}
+        chain = self.snap.config.chain
+        active = self.snap.config.enabled and bool(chain.output_policies)
+        guards: dict[int, StreamGuard] = {}
         tools: dict[int, dict[int, dict[str, Any]]] = {}
         held: list[dict[str, Any]] = []
         first: dict[str, Any] | None = None  # a chunk of the stream, for the fields of the tool-call chunks
@@ -78,32 +79,19 @@ class StreamRelay(ProxyHandler):
                 for chunk in batch:
                     if chunk is DONE:
                         break
-                    if "error" in chunk and not chunk.get("choices"):
-                        raise UpstreamFailure("5xx", f"target {self.record.target} failed mid-stream: "
-                                              f"{str((chunk.get('error') or {}).get('message', ''))[:200]}")
-                    if chunk.get("usage"):
-                        self.record_usage(ex, chunk["usage"])
+                    self.note_chunk(chunk, ex)
                     hold = withheld = False
-                    choices = chunk.get("choices")
-                    for choice in choices or ():
+                    for choice in chunk.get("choices") or ():
                         index = choice.get("index", 0)
                         delta = choice.get("delta") or {}
                         if active:
-                            for channel in ("content", "refusal"):
-                                text = delta.get(channel)
-                                if not isinstance(text, str) or not text:
-                                    continue
-                                guard = guards.get(index) or guards.setdefault(
-                                    index, config.chain.stream_guard(ex, self.runtime.fail_mode))
-                                forward, blocked = guard.feed(text, channel)
-                                if blocked is not None:
-                                    self.record.add_outcome(blocked)
-                                    if out:  # what passed before the match still goes out first
-                                        await self.write_sse(self.sse(out))
-                                    await self.end_blocked(blocked)
-                                    return
-                                if forward != text:
-                                    delta[channel] = forward
+                            blocked = self.guard_text(delta, index, guards, chain, ex)
+                            if blocked is not None:
+                                self.record.add_outcome(blocked)
+                                if out:  # what passed before the match still goes out first
+                                    await self.write_sse(self.sse(out))
+                                await self.end_blocked(blocked)
+                                return
                             if delta.get("tool_calls"):  # withheld until the choice's calls are whole and checked
                                 _merge_tool_calls(tools.setdefault(index, {}), delta.pop("tool_calls"))
                                 first, withheld = first or chunk, True
@@ -111,14 +99,8 @@ class StreamRelay(ProxyHandler):
                             _merge_tool_calls(tools.setdefault(index, {}), delta["tool_calls"])
                         if choice.get("finish_reason"):
                             hold = True
-                    if withheld:  # drop the choices that only carried tool-call deltas
-                        chunk["choices"] = choices = [c for c in choices if c.get("delta") or c.get("finish_reason")]
-                        if not choices and not chunk.get("usage"):
-                            continue
-                    if not self.client_usage and "usage" in chunk:
-                        if not chunk.get("choices"):
-                            continue
-                        del chunk["usage"]
+                    if not self.trimmed(chunk, withheld):
+                        continue
                     if hold or held:
                         held.append(chunk)
                     else:
@@ -127,15 +109,10 @@ class StreamRelay(ProxyHandler):
                     await self.write_sse(self.sse(out))
             self.account(ex)
             if active:
-                for index in sorted(set(guards) | set(tools) | {0}):  # every choice, however many
-                    guard = guards.get(index) or config.chain.stream_guard(ex, self.runtime.fail_mode)
-                    ex.response_tool_calls = list(tools.get(index, {}).values())
-                    await self.reserve(ex, Phase.OUTPUT)
-                    outcome = guard.finish()
-                    self.record.add_outcome(outcome)
-                    if blocks(outcome):
-                        await self.end_blocked(outcome)
-                        return
+                blocked = await self.check_choices(ex, guards, tools, chain)
+                if blocked is not None:
+                    await self.end_blocked(blocked)
+                    return
                 if tools and first is not None:
                     held[:0] = [_tool_calls_chunk(first, index, tools[index]) for index in sorted(tools)]
             await self.write_sse(self.sse(held) + self.sse_done())
@@ -144,18 +121,71 @@ class StreamRelay(ProxyHandler):
             self.record.status, self.record.error_code = 499, "client_closed"
         except UpstreamFailure as failure:
             if self.sent_any:
-                failure.committed = True
-                err = failure.error()
-                self.error_code = err.code
-                with _quiet():
-                    await self.write_sse(self.sse_error(err))
-                    self.finish()
+                await self.end_failed(failure)
             raise
 
+    def note_chunk(self, chunk: dict[str, Any], ex: Exchange) -> None:
+        """An error chunk ends the attempt (`UpstreamFailure`); a chunk with usage records it."""
+        if "error" in chunk and not chunk.get("choices"):
+            raise UpstreamFailure("5xx", f"target {self.record.target} failed mid-stream: "
+                                  f"{str((chunk.get('error') or {}).get('message', ''))[:200]}")
+        if chunk.get("usage"):
+            self.record_usage(ex, chunk["usage"])
+
+    def guard_text(self, delta: dict[str, Any], index: int, guards: dict[int, StreamGuard], chain: Chain,
+                   ex: Exchange) -> ChainOutcome | None:
+        """A choice's content and refusal deltas through its stream guard (redactions in place); the block, if any."""
+        for channel in ("content", "refusal"):
+            text = delta.get(channel)
+            if not isinstance(text, str) or not text:
+                continue
+            guard = guards.get(index) or guards.setdefault(index, chain.stream_guard(ex, self.runtime.fail_mode))
+            forward, blocked = guard.feed(text, channel)
+            if blocked is not None:
+                return blocked
+            if forward != text:
+                delta[channel] = forward
+        return None
+
+    def trimmed(self, chunk: dict[str, Any], withheld: bool) -> bool:
+        """Drop what the client is not sent (withheld tool-call deltas, usage not asked for); False: nothing left."""
+        if withheld:  # drop the choices that only carried tool-call deltas
+            chunk["choices"] = choices = [c for c in chunk["choices"] if c.get("delta") or c.get("finish_reason")]
+            if not choices and not chunk.get("usage"):
+                return False
+        if not self.client_usage and "usage" in chunk:
+            if not chunk.get("choices"):
+                return False
+            del chunk["usage"]
+        return True
+
+    async def check_choices(self, ex: Exchange, guards: dict[int, StreamGuard],
+                            tools: dict[int, dict[int, dict[str, Any]]], chain: Chain) -> ChainOutcome | None:
+        """At the end of the stream, every choice's whole answer (its tool calls too) through `finish()`; the block."""
+        for index in sorted(set(guards) | set(tools) | {0}):  # every choice, however many
+            guard = guards.get(index) or chain.stream_guard(ex, self.runtime.fail_mode)
+            ex.response_tool_calls = list(tools.get(index, {}).values())
+            await self.reserve(ex, Phase.OUTPUT)
+            outcome = guard.finish()
+            self.record.add_outcome(outcome)
+            if blocks(outcome):
+                return outcome
+        return None
+
     async def end_blocked(self, outcome: ChainOutcome) -> None:
+        """A block: a plain 409/503 when nothing was sent yet, else the error event ends the stream."""
         if not self.sent_any:
             raise policy_error(outcome, "output_blocked")  # nothing reached the client yet: a plain 409/503
         err = policy_error(outcome, "output_blocked")
+        self.error_code = err.code
+        with _quiet():
+            await self.write_sse(self.sse_error(err))
+            self.finish()
+
+    async def end_failed(self, failure: UpstreamFailure) -> None:
+        """An upstream failure after the first byte: the attempt is committed and the error event ends the stream."""
+        failure.committed = True
+        err = failure.error()
         self.error_code = err.code
         with _quiet():
             await self.write_sse(self.sse_error(err))
