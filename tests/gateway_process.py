@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -17,13 +16,8 @@ from typing import Any
 
 import openai
 
+from tests.ports import free_port
 from tests.waiting import WaitTimeout, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -37,8 +31,8 @@ class GatewayProcess:
 
     The one way tests start a gateway subprocess (in a test, through the `gateway_process` fixture,
     which stops it after): `config` None runs it without `--policy-config` (e.g. `--git-repo ...`
-    in `args`); `env` is added to this process's environment (`clean_env()` for none of the test
-    run's `KEEPTRUSTS_*`); it is started once `ready` answers 200 (within `timeout` s), or, with
+    in `args`); `env` is added to this process's environment (to `clean_env()` with `clean=True`:
+    none of the test run's `KEEPTRUSTS_*`); it is started once `ready` answers 200 (within `timeout` s), or, with
     `wait=False`, once `wait_ready()` is called. `argv` replaces the whole `kt ...` command line
     that config, state dir and args would make (e.g. a container image's command); it must listen
     on `port`.
@@ -46,12 +40,13 @@ class GatewayProcess:
 
     def __init__(self, config: Path | None, state_dir: Path, *args: str, env: dict[str, str] | None = None,
                  preexec: Callable[[], None] | None = None, ready: str = "/readyz", timeout: float = 20,
-                 wait: bool = True, port: int | None = None, argv: Sequence[str] | None = None) -> None:
+                 wait: bool = True, port: int | None = None, argv: Sequence[str] | None = None,
+                 clean: bool = False) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.state_dir = state_dir
         self.log_path = state_dir.parent / f"gateway-{self.port}.log"
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**(clean_env() if clean else os.environ), **(env or {})}
         self.admin_token = self.env.get("KEEPTRUSTS_ADMIN_TOKEN")
         source = ["--policy-config", str(config)] if config is not None else []
         argv = argv or ["gateway", "run", *source, "--listen", f"127.0.0.1:{self.port}",

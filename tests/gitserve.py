@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from tests.ports import free_port
 from tests.waiting import wait_for
 
 HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
@@ -104,11 +105,6 @@ class Upstream:
         git("config", "receive.denyDeleteCurrent", "ignore", cwd=self.bare)
         git("push", "--quiet", "origin", "--delete", self.branch, cwd=self.work)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _connectable(port: int) -> bool:

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
 from tests.waiting import wait_for
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:
@@ -38,7 +33,7 @@ class RedisServer:
 
     def start(self) -> RedisServer:
         for _ in range(5):
-            port = self.port or _free_port()
+            port = self.port or free_port()
             log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 (the server holds it)
             self.proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
                                           "--dir", str(self.dir), "--save", "", *self.args],

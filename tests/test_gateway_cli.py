@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,21 +18,19 @@ import pytest
 
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import write_config
+from tests.ports import free_port
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DEFAULT_CONFIG = str(ROOT / "policies" / "examples" / "default" / "policy-config.yaml")
 
 
-def kt(*args: str, state: Path, env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
-    """`kt ...` as a process, its event store under `state` (never the user's home)."""
-    return subprocess.Popen([sys.executable, "-m", "kt", *args], cwd=ROOT, text=True,
-                            env={**os.environ, "KEEPTRUSTS_STATE_DIR": str(state), **(env or {})}, **kw)
+def kt(*args: str, state: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`kt ...` run to its end, its event store under `state` (never the user's home)."""
+    return subprocess.run([sys.executable, "-m", "kt", *args], cwd=ROOT, text=True, capture_output=True, timeout=30,
+                          env={**os.environ, "KEEPTRUSTS_STATE_DIR": str(state), **(env or {})})
 
 
 def status_of(url: str) -> int | None:
@@ -46,72 +43,53 @@ def status_of(url: str) -> int | None:
         return None
 
 
-def test_run_serves_and_drains_on_sigterm(tmp_path: Path, fake_upstream: FakeUpstream) -> None:
+def test_run_serves_and_drains_on_sigterm(tmp_path: Path, fake_upstream: FakeUpstream, gateway_process: Any) -> None:
     cfg = write_config(tmp_path / "c.yaml", [
         {"id": "main", "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
          "secret_key_ref": {"env": "KT_CLI_KEY"}},
         {"id": "gone", "provider": "anthropic", "model": "claude-x", "secret_key_ref": {"env": "KT_CLI_MISSING"}}])
-    port = free_port()
-    log = tmp_path / "gateway.log"
-    env = {"KT_CLI_KEY": "sk-up"}
     os.environ.pop("KT_CLI_MISSING", None)
-    with log.open("w") as err:
-        proc = kt("gateway", "run", "--config", str(cfg), "--listen", f"127.0.0.1:{port}", "--drain-timeout", "20",
-                  state=tmp_path, env=env, stderr=err, stdout=err)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: status_of(base + "/readyz") == 200 or proc.poll() is not None, timeout=15)
-        assert proc.poll() is None, log.read_text()
-        text = log.read_text()
-        assert "target gone (anthropic claude-x) is unavailable: secret env var KT_CLI_MISSING is not set" in text
-        assert "no --keys-file" in text
-        client = openai.OpenAI(base_url=base + "/v1", api_key="client", max_retries=0)
-        assert client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
+    gw = gateway_process(None, "--config", str(cfg), "--drain-timeout", "20", env={"KT_CLI_KEY": "sk-up"}, timeout=15)
+    proc, base = gw.proc, gw.url
+    text = gw.logs()
+    assert "target gone (anthropic claude-x) is unavailable: secret env var KT_CLI_MISSING is not set" in text
+    assert "no --keys-file" in text
+    client = openai.OpenAI(base_url=base + "/v1", api_key="client", max_retries=0)
+    assert client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}])
 
-        fake_upstream.queue_reply("a slow stream that must finish", chunks=6, chunk_delay=0.15)
-        received: list[str] = []
-        done = threading.Event()
+    fake_upstream.queue_reply("a slow stream that must finish", chunks=6, chunk_delay=0.15)
+    received: list[str] = []
+    done = threading.Event()
 
-        def consume() -> None:
-            for c in client.chat.completions.create(model="gpt-4o-mini", stream=True,
-                                                    messages=[{"role": "user", "content": "y"}]):
-                received.extend(c.choices[0].delta.content or "" for _ in [0] if c.choices)
-            done.set()
+    def consume() -> None:
+        for c in client.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                                messages=[{"role": "user", "content": "y"}]):
+            received.extend(c.choices[0].delta.content or "" for _ in [0] if c.choices)
+        done.set()
 
-        reader = threading.Thread(target=consume, daemon=True)
-        reader.start()
-        wait_for(lambda: received, timeout=10)  # the stream is flowing
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-        reader.join(10)
-        assert done.is_set() and "".join(received) == "a slow stream that must finish"
-        assert status_of(base + "/healthz") is None  # no longer listening
-        assert "draining" in log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    wait_for(lambda: received, timeout=10)  # the stream is flowing
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    reader.join(10)
+    assert done.is_set() and "".join(received) == "a slow stream that must finish"
+    assert status_of(base + "/healthz") is None  # no longer listening
+    assert "draining" in gw.logs()
 
 
-def test_default_config_answers_with_no_provider_key(tmp_path: Path) -> None:
+def test_default_config_answers_with_no_provider_key(tmp_path: Path, gateway_process: Any) -> None:
     port = free_port()
-    proc = kt("gateway", "run", "--policy-config", "policies/examples/default/policy-config.yaml",
-              "--port", str(port), "--listen", "127.0.0.1:0", state=tmp_path, stderr=subprocess.PIPE,
-              stdout=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: status_of(base + "/readyz") == 200 or proc.poll() is not None, timeout=15)
-        req = urllib.request.Request(base + "/v1/chat/completions", method="POST", data=json.dumps(
-            {"model": "demo-model", "messages": [{"role": "user", "content": "hello"}]}).encode())
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            body = json.load(resp)
-        assert body["choices"][0]["message"]["content"].startswith("[mock]")
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    gw = gateway_process(None, port=port, timeout=15, argv=[
+        "gateway", "run", "--policy-config", DEFAULT_CONFIG, "--port", str(port), "--listen", "127.0.0.1:0"])
+    proc, base = gw.proc, gw.url
+    req = urllib.request.Request(base + "/v1/chat/completions", method="POST", data=json.dumps(
+        {"model": "demo-model", "messages": [{"role": "user", "content": "hello"}]}).encode())
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        body = json.load(resp)
+    assert body["choices"][0]["message"]["content"].startswith("[mock]")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 0
 
 
 @pytest.mark.parametrize(("args", "code", "needle"), [
@@ -124,29 +102,23 @@ def test_default_config_answers_with_no_provider_key(tmp_path: Path) -> None:
      "--max-response-size"),
 ])
 def test_bad_input_exits_with_a_message(args: list[str], code: int, needle: str, tmp_path: Path) -> None:
-    proc = kt("gateway", "run", *args, state=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
-    out, err = proc.communicate(timeout=30)
+    proc = kt("gateway", "run", *args, state=tmp_path)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == code
     assert needle in out + err and "Traceback" not in out + err
 
 
-def test_https_proxy_is_named_at_start_without_its_credentials(tmp_path: Path) -> None:
+def test_https_proxy_is_named_at_start_without_its_credentials(tmp_path: Path, gateway_process: Any) -> None:
     bad = kt("gateway", "run", "--config", "policies/examples/default/policy-config.yaml", state=tmp_path,
-             env={"HTTPS_PROXY": "socks5://u:s3cret@proxy:1080"}, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
-    out, err = bad.communicate(timeout=30)
+             env={"HTTPS_PROXY": "socks5://u:s3cret@proxy:1080"})
+    out, err = bad.stdout, bad.stderr
     assert bad.returncode == 1 and "HTTPS_PROXY must be an http:// proxy" in err
     assert "s3cret" not in out + err and "Traceback" not in out + err
 
-    port, log = free_port(), tmp_path / "gateway.log"
-    with log.open("w") as stderr:
-        proc = kt("gateway", "run", "--config", "policies/examples/default/policy-config.yaml", "--port", str(port),
-                  "--listen", "127.0.0.1:0", state=tmp_path, stderr=stderr, stdout=subprocess.DEVNULL,
-                  env={"HTTPS_PROXY": "http://u:s3cret@127.0.0.1:9", "NO_PROXY": "internal.corp"})
-    try:
-        wait_for(lambda: status_of(f"http://127.0.0.1:{port}/readyz") == 200 or proc.poll() is not None, timeout=15)
-        text = log.read_text()
-        assert "https upstreams go through the proxy http://127.0.0.1:9 (CONNECT)" in text
-        assert "NO_PROXY=internal.corp" in text and "s3cret" not in text
-    finally:
-        proc.kill()
-        proc.wait()
+    port = free_port()
+    gw = gateway_process(None, port=port, timeout=15, argv=[
+        "gateway", "run", "--config", DEFAULT_CONFIG, "--port", str(port), "--listen", "127.0.0.1:0"],
+        env={"HTTPS_PROXY": "http://u:s3cret@127.0.0.1:9", "NO_PROXY": "internal.corp"})
+    text = gw.logs()
+    assert "https upstreams go through the proxy http://127.0.0.1:9 (CONNECT)" in text
+    assert "NO_PROXY=internal.corp" in text and "s3cret" not in text

@@ -155,38 +155,24 @@ def test_doctor_warns_when_the_store_is_over_80_percent_of_its_cap(tmp_path):
     assert check.status == "warn" and "of its cap" in check.detail, check
 
 
-def test_kt_gateway_run_takes_the_cap_from_its_env_and_refuses_one_too_small(tmp_path):
+def test_kt_gateway_run_takes_the_cap_from_its_env_and_refuses_one_too_small(tmp_path, gateway_process):
     import signal
-    import urllib.request
 
-    from tests.test_gateway_cli import free_port, kt, status_of
-    from tests.waiting import wait_for
+    from tests.test_gateway_cli import DEFAULT_CONFIG, kt
 
-    config = "policies/examples/default/policy-config.yaml"
-    small = kt("gateway", "run", "--config", config, "--events-max-size", "10KiB", state=tmp_path,
-               stderr=subprocess.PIPE, stdout=subprocess.PIPE)
-    out, err = small.communicate(timeout=30)
+    small = kt("gateway", "run", "--config", DEFAULT_CONFIG, "--events-max-size", "10KiB", state=tmp_path)
+    out, err = small.stdout, small.stderr
     assert small.returncode != 0 and "--events-max-size" in out + err and "at least 1MiB" in out + err
-    port = free_port()
-    proc = kt("gateway", "run", "--config", config, "--listen", f"127.0.0.1:{port}", state=tmp_path,
-              env={"KEEPTRUSTS_EVENTS_MAX_SIZE": "3MiB"}, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: status_of(base + "/readyz") == 200 or proc.poll() is not None, timeout=15)
-        with urllib.request.urlopen(base + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
-        assert float(values["keeptrusts_events_store_max_bytes"]) == 3 * MIB
-        assert 0 < float(values["keeptrusts_events_store_bytes"]) < 3 * MIB
-        assert float(values['keeptrusts_events_dropped_total{reason="disk_full"}']) == 0
-        store = EventStore(tmp_path / "events.db", readonly=True)
-        assert store.get_meta(MAX_BYTES_KEY) == str(3 * MIB)  # what kt doctor compares against
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    gw = gateway_process(None, "--config", DEFAULT_CONFIG, env={"KEEPTRUSTS_EVENTS_MAX_SIZE": "3MiB"}, timeout=15)
+    text = gw.get("/metrics")[1]
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(values["keeptrusts_events_store_max_bytes"]) == 3 * MIB
+    assert 0 < float(values["keeptrusts_events_store_bytes"]) < 3 * MIB
+    assert float(values['keeptrusts_events_dropped_total{reason="disk_full"}']) == 0
+    store = EventStore(gw.state_dir / "events.db", readonly=True)
+    assert store.get_meta(MAX_BYTES_KEY) == str(3 * MIB)  # what kt doctor compares against
+    gw.signal(signal.SIGINT)
+    assert gw.proc.wait(timeout=20) == 0
 
 
 class PeakSize:

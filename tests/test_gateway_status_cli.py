@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway_process import GatewayProcess, free_port
+from tests.gateway_process import GatewayProcess
+from tests.ports import free_port
 from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

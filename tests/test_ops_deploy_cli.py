@@ -6,15 +6,16 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.gateway_process import GatewayProcess
+from tests.ports import free_port
 from tests.test_ops_deploy import (
     ROOT,
     compose_command,
@@ -24,7 +25,6 @@ from tests.test_ops_deploy import (
     k8s_command,
     k8s_docs,
 )
-from tests.waiting import wait_for
 
 GUARD = 60
 
@@ -73,31 +73,14 @@ def test_flags_exist(where: str) -> None:
 
 
 @pytest.fixture
-def image_gateway(tmp_path: Path) -> Iterator[str]:
+def image_gateway(tmp_path: Path, gateway_process: Callable[..., GatewayProcess]) -> str:
     """The image's default command (paths and port moved to the test's), as a real process."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     argv = image_command()
     argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
     argv[argv.index("--state-dir") + 1] = str(tmp_path / "state")
     argv[argv.index("--policy-config") + 1] = str(ROOT / "policies" / "examples" / "default" / "policy-config.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPTRUSTS_")}
-    proc = subprocess.Popen([sys.executable, "-m", "kt", *argv[1:]], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            return urllib.request.urlopen(url + "/readyz", timeout=1).status == 200
-        except OSError:
-            return False
-
-    wait_for(ready, timeout=20)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    return gateway_process(None, state=tmp_path / "state", argv=argv[1:], port=port, clean=True).url
 
 
 def test_probes_scrape_path_and_healthcheck_against_the_image_command(image_gateway: str) -> None:

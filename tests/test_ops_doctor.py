@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "policies" / "examples" / "default" / "policy-config.yaml"
 GUARD = 30  # a hang guard for the subprocess, not a timing assertion
@@ -30,11 +32,6 @@ def kt_doctor(*args: str, env: dict[str, str] | None = None, cwd: Path | None = 
 def by_name(report: dict) -> dict[str, dict]:
     return {c["name"]: c for c in report["checks"]}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -20,13 +20,13 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 import pytest
 
-from tests.gitserve import GitDaemon, Upstream, free_port, git
+from tests.gateway_process import GatewayProcess
+from tests.gitserve import GitDaemon, Upstream, git
 from tests.waiting import wait_for
 
 ADMIN = "story-admin-token"
@@ -47,11 +47,14 @@ policy:
 """
 
 
-@dataclass
-class Gateway:
-    url: str
-    proc: subprocess.Popen
-    log: Path
+class Gateway(GatewayProcess):
+    """A gateway of the story: `--git-repo` on the story's Git server, polling every second, with an
+    admin token and a webhook secret and no other `KEEPTRUSTS_*` of the test run; `wait_ready()` to wait."""
+
+    def __init__(self, repo_url: str, state: Path) -> None:
+        super().__init__(None, state, "--git-repo", repo_url, "--git-branch", "main",
+                         "--git-path", "policy-config.yaml", "--sync-interval", "1", clean=True, wait=False,
+                         env={"KEEPTRUSTS_ADMIN_TOKEN": ADMIN, "KEEPTRUSTS_WEBHOOK_SECRET": WEBHOOK})
 
     def admin(self, path: str) -> dict:
         req = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {ADMIN}"})
@@ -66,13 +69,6 @@ class Gateway:
 
     def status(self) -> dict:
         return self.admin("/keeptrusts/status")
-
-    def ready(self) -> bool:
-        assert self.proc.poll() is None, f"gateway exited: {self.log.read_text()[-3000:]}"
-        try:
-            return urllib.request.urlopen(self.url + "/readyz", timeout=2).status == 200
-        except OSError:
-            return False
 
     def webhook(self) -> None:
         """What GitHub sends on a push: a hint to fetch now (the agent still polls)."""
@@ -117,27 +113,15 @@ def story(tmp_path: Path) -> Iterator[tuple[Upstream, list[Gateway]]]:
     upstream = Upstream(tmp_path / "server")
     upstream.commit({"policy-config.yaml": config(["project-bluebird"])}, "first policy")
     daemon = GitDaemon(tmp_path / "server")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPTRUSTS_")}
-    env.update(KEEPTRUSTS_ADMIN_TOKEN=ADMIN, KEEPTRUSTS_WEBHOOK_SECRET=WEBHOOK)
     gateways = []
-    for name in ("gw-a", "gw-b"):
-        port = free_port()
-        log = tmp_path / f"{name}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kt", "gateway", "run", "--listen", f"127.0.0.1:{port}",
-             "--state-dir", str(tmp_path / name), "--git-repo", daemon.url("policies.git"), "--git-branch", "main",
-             "--git-path", "policy-config.yaml", "--sync-interval", "1"],
-            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-        gateways.append(Gateway(f"http://127.0.0.1:{port}", proc, log))
     try:
+        gateways = [Gateway(daemon.url("policies.git"), tmp_path / name) for name in ("gw-a", "gw-b")]
         for gw in gateways:
-            wait_for(gw.ready, timeout=SYNC_WAIT, interval=0.05)
+            gw.wait_ready(SYNC_WAIT)
         yield upstream, gateways
     finally:
         for gw in gateways:
-            gw.proc.terminate()
-        for gw in gateways:
-            gw.proc.wait(timeout=30)
+            gw.stop()
         daemon.stop()
 
 
