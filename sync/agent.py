@@ -118,6 +118,11 @@ class SyncAgent:
         self._signer: dict | None = None  # who signed the commit in `_verified`
         self._restored = False  # set by the current run when it restored the applied revision
 
+    @property
+    def signers(self) -> TrustedSigners | None:
+        """The trusted signers commits are verified against (None when verification is off)."""
+        return self._signers
+
     def acquire(self) -> None:
         """Take the state-directory lock and write the pid file; AgentLocked if another agent runs."""
         self.state.mkdir(parents=True, exist_ok=True)

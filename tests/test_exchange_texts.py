@@ -228,7 +228,7 @@ def test_only_the_latest_definitions_are_kept() -> None:
         chain.run_input(Exchange(model="m", messages=[{"role": "user", "content": "q"}], tools=twenty_tools(f"v{i}")))
     chain.run_input(Exchange(model="m", messages=[{"role": "user", "content": "q"}], tools=twenty_tools("v0")))
     assert policy.scanned.count("does thing 0 v0") == 2  # the oldest set was dropped
-    assert len(policy._definitions) == 64
+    assert policy.definition_sets_kept == 64
 
 
 def test_redactions_compose_across_policies_in_definitions() -> None:

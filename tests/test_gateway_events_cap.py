@@ -29,7 +29,7 @@ def ev(n: int) -> dict:
 
 
 def seqs(store: EventStore) -> list[int]:
-    return [row[0] for row in store._db.execute("SELECT seq FROM events ORDER BY seq")]
+    return [seq for seq, _ in store.pending(0, store.count())]
 
 
 def test_a_capped_store_fills_under_load_stays_under_its_cap_and_evicts_delivered_first(tmp_path):
@@ -74,7 +74,7 @@ def test_an_outage_longer_than_the_cap_holds_is_survived_with_the_counts_right(t
             runtime.record_event(ev(n))
             if n % 500 == 0:
                 await asyncio.sleep(0)
-        await async_wait_for(lambda: store.count() + store.dropped == 5000 and writer._counted[1] == store.dropped,
+        await async_wait_for(lambda: store.count() + store.dropped == 5000 and runtime_dropped() == store.dropped,
                              timeout=60)
         await writer.stop()
 
@@ -131,7 +131,7 @@ def test_a_full_disk_loses_no_batch_silently(tiny_fs, caplog):
             if n % 200 == 0:
                 await async_wait_for(lambda: len(runtime.events) < 2000, timeout=60)
         await async_wait_for(lambda: store.count() + store.dropped + store.evicted == total
-                             and not writer._held and not len(runtime.events), timeout=60)
+                             and not writer.holding and not len(runtime.events), timeout=60)
         assert runtime.events.dropped == 0  # nothing lost in memory: the batch waited for room
         await writer.stop()
 
@@ -287,7 +287,7 @@ def test_disk_full_drops_are_logged_at_most_once_a_minute_and_all_counted(tmp_pa
     writer = StoreWriter(Runtime(), store)
     for now, dropped in ((100.0, 5), (110.0, 3), (159.0, 1), (161.0, 2)):
         store.dropped += dropped
-        writer._count_room(now=now)
+        writer.count_room(now=now)
     lines = [r for r in caplog.records if "undelivered decision events dropped" in r.getMessage()]
     assert [r.dropped for r in lines] == [5, 6]  # at 100 s, then at 161 s the 6 since
     assert metrics.EVENTS_DROPPED_DISK.value == 11

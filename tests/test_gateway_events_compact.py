@@ -4,6 +4,7 @@ most 400 bytes on disk."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -26,7 +27,8 @@ def test_events_read_back_exactly_as_the_store_before_compression_gave_them(tmp_
     store.add(GOLDEN["written"])
     assert read_back(store) == GOLDEN["read_back_bytes"]
     assert store.policy_names() == GOLDEN["policy_names"]
-    body = store._db.execute("SELECT body FROM events LIMIT 1").fetchone()[0]
+    with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as db:  # the file as written
+        body = db.execute("SELECT body FROM events LIMIT 1").fetchone()[0]
     assert body[:1] == b"\x01"  # compressed
 
 
@@ -49,6 +51,7 @@ def test_a_bench_event_costs_at_most_400_bytes_on_disk(tmp_path):
     events = list(sample_events(20_000, seed=5))  # not the dictionary's training seed
     for start in range(0, len(events), 500):
         store.add(events[start:start + 500])
-    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     per_event = (tmp_path / "events.db").stat().st_size / len(events)
     assert per_event <= 400, per_event

@@ -341,7 +341,7 @@ def test_gateway_checks_a_revision_reached_through_another_link(upstream, tmp_pa
     assert runtime.snapshot.config.pack.version == "1.0.0"
 
 
-def test_clone_that_lost_the_config_blob_is_recloned_not_refused(upstream, tmp_path):
+def test_clone_that_lost_the_config_blob_is_recloned_not_refused(upstream, tmp_path, monkeypatch):
     state = tmp_path / "state"
     agent = make_agent(upstream, state)
     assert agent.sync_once().result == "success"
@@ -349,7 +349,14 @@ def test_clone_that_lost_the_config_blob_is_recloned_not_refused(upstream, tmp_p
     agent.mirror.fetch(agent.settings.remote, 30)  # fetched (as loose objects), then the config blob is lost
     blob = git("-C", str(state / "repo"), "rev-parse", f"{sha}:{CFG}")
     (state / "repo" / "objects" / blob[:2] / blob[2:]).unlink()
-    agent._fetch = lambda deadline: sha  # this run's fetch does not notice (only a re-clone fetches again)
+    fetch, fetched = agent.mirror.fetch, []
+
+    def fetch_once_unnoticed(remote: Remote, timeout: float) -> str:
+        """This run's fetch does not notice (only a re-clone fetches again)."""
+        fetched.append(remote)
+        return sha if len(fetched) == 1 else fetch(remote, timeout)
+
+    monkeypatch.setattr(agent.mirror, "fetch", fetch_once_unnoticed)
     result = agent.sync_once()
     assert result.result == "success" and read_status(state)["applied_revision"] == sha, result
     assert "version: 2.0.0" in served(state)

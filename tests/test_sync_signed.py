@@ -156,8 +156,9 @@ def test_openpgp_signed_applied_unsigned_and_untrusted_refused_host_keyring_igno
         assert agent.sync_once().applied == fixed and "version: 2.0.0" in served(state)
     finally:
         daemon.stop()
-    assert not list(Path(agent._signers.home).glob("S.gpg-agent*"))  # no agent in the private home
-    home = agent._signers.home
+    assert agent.signers is not None
+    assert not list(Path(agent.signers.home).glob("S.gpg-agent*"))  # no agent in the private home
+    home = agent.signers.home
     agent.release()
     assert not home.exists()
 

@@ -514,6 +514,11 @@ class StoreWriter:
         self._full_logged = (store.dropped, -60.0)  # disk_full drops last logged, and when (monotonic)
         self._full_tries = 0  # SQLITE_FULL in a row on the held batch
 
+    @property
+    def holding(self) -> int:
+        """How many events this writer took from the queue and has not committed yet."""
+        return len(self._held)
+
     async def call(self, fn: Any, *args: Any) -> Any:
         """Run a blocking store call on the store's worker thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
@@ -537,7 +542,7 @@ class StoreWriter:
                     if self._full_tries > 3:  # no room even so: this batch is dropped, counted and logged
                         self.store.dropped += len(self._held)
                         self._held, self._full_tries = [], 0
-                        self._count_room()
+                        self.count_room()
                         await asyncio.sleep(delay)
                         delay = min(delay * 2, 5.0)
                         continue
@@ -558,11 +563,12 @@ class StoreWriter:
                 log.info("event store writable again", extra={"path": str(self.store.path)})
             self.error, delay, self._held, self._full_tries = None, 0.1, [], 0
             metrics.EVENTS_STORED.inc(added)
-            self._count_room()
+            self.count_room()
             self.stored.set()
 
-    def _count_room(self, now: float | None = None) -> None:
-        """Move the store's eviction and disk_full counts into the metrics; log drops at most once a minute."""
+    def count_room(self, now: float | None = None) -> None:
+        """Move the store's eviction and disk_full counts into the metrics; log drops at most once a minute
+        (`now`: a monotonic time, for tests)."""
         store = self.store
         evicted, dropped = store.evicted - self._counted[0], store.dropped - self._counted[1]
         self._counted = (store.evicted, store.dropped)
@@ -615,7 +621,7 @@ class StoreWriter:
                 self.store.dropped += len(batch)  # at exit there is no later: counted, logged
                 log.error("event store write failed at shutdown; events dropped",
                           extra={"events": len(batch), "error": str(exc)})
-            self._count_room(now=float("inf"))
+            self.count_room(now=float("inf"))
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -206,6 +206,11 @@ class Policy:
                 known[key] = found
         return found
 
+    @property
+    def definition_sets_kept(self) -> int:
+        """How many sets of definitions this policy remembers findings for (at most 64)."""
+        return len(self._definitions)
+
     def scan_definition(self, text: str) -> Sequence[Hit]:
         """Findings in a text of the definitions (`definition_findings` remembers them)."""
         return self.scan_text(text, Phase.INPUT)
