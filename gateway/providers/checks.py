@@ -99,20 +99,23 @@ def _choices(resp: dict[str, Any], key: str) -> None:
             _tool_calls(calls, f"choices[{index}].{key}")
 
 
+def _object(value: Any, what: str) -> dict[str, Any]:
+    """`value` when it is a JSON object; else `Malformed` saying that `what` is not one."""
+    if type(value) is not dict:
+        raise Malformed(f"{what} is not a JSON object")
+    return value
+
+
 def completion(resp: Any) -> dict[str, Any]:
     """`resp` when it is a chat completion the proxy can read; else `Malformed`."""
-    if type(resp) is not dict:
-        raise Malformed("the answer is not a JSON object")
-    _choices(resp, "message")
+    _choices(_object(resp, "the answer"), "message")
     usage(resp.get("usage"))
     return resp
 
 
 def chunk(value: Any) -> dict[str, Any]:
     """`value` when it is a stream chunk the proxy can read (an `error` chunk gets an object `error`)."""
-    if type(value) is not dict:
-        raise Malformed("a stream event is not a JSON object")
-    if "error" in value and not value.get("choices"):
+    if "error" in _object(value, "a stream event") and not value.get("choices"):
         error = value["error"]
         if not isinstance(error, dict) or not isinstance(error.get("message", ""), str):
             value["error"] = {"message": str(error)[:300] if not isinstance(error, dict) else ""}
@@ -124,9 +127,7 @@ def chunk(value: Any) -> dict[str, Any]:
 
 def embeddings(resp: Any) -> dict[str, Any]:
     """`resp` when it is an embeddings answer the proxy can read; else `Malformed`."""
-    if type(resp) is not dict:
-        raise Malformed("the answer is not a JSON object")
-    if type(resp.get("data")) is not list:
+    if type(_object(resp, "the answer").get("data")) is not list:
         raise Malformed("the answer has no `data` list")
     usage(resp.get("usage"))
     return resp
