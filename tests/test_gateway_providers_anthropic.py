@@ -1,4 +1,4 @@
-"""gateway/providers/translate.py: Anthropic <-> OpenAI requests, responses, streams, SSE and error envelopes."""
+"""gateway/providers/anthropic_*.py, py: Anthropic <-> OpenAI requests, responses, streams, SSE and error envelopes."""
 
 from __future__ import annotations
 
@@ -20,7 +20,18 @@ from openai.lib.streaming.chat._completions import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from gateway.providers import sse
-from gateway.providers import translate as t
+from gateway.providers.anthropic_request import anthropic_request_to_openai, openai_request_to_anthropic
+from gateway.providers.anthropic_response import (
+    anthropic_error,
+    anthropic_error_type,
+    anthropic_response_to_openai,
+    finish_reason_to_stop_reason,
+    openai_response_to_anthropic,
+    stop_reason_to_finish_reason,
+)
+from gateway.providers.anthropic_stream import AnthropicStreamToOpenAI, OpenAIStreamToAnthropic, anthropic_stream_error
+from gateway.providers.openai_stream import OPENAI_DONE, openai_error, openai_stream_error
+from gateway.providers.translate import TranslationError
 
 STREAM_EVENT = pydantic.TypeAdapter(RawMessageStreamEvent)
 
@@ -126,7 +137,7 @@ OPENAI_REQUEST = {
 
 
 def test_anthropic_request_to_openai_maps_every_field():
-    out = t.anthropic_request_to_openai(copy.deepcopy(ANTHROPIC_REQUEST))
+    out = anthropic_request_to_openai(copy.deepcopy(ANTHROPIC_REQUEST))
     assert out["model"] == "claude-sonnet-4-5"
     assert out["max_tokens"] == 512 and out["temperature"] == 0.3 and out["top_p"] == 0.9
     assert out["stop"] == ["END"] and out["user"] == "u-42" and out["tool_choice"] == "auto"
@@ -180,7 +191,7 @@ def test_anthropic_request_system_blocks_stream_and_tool_choices():
             {"type": "web_search_20250305", "name": "web_search"},  # server tool: dropped
         ],
     }
-    out = t.anthropic_request_to_openai(body)
+    out = anthropic_request_to_openai(body)
     assert out["messages"][0] == {
         "role": "system",
         "content": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}],
@@ -194,8 +205,8 @@ def test_anthropic_request_system_blocks_stream_and_tool_choices():
         ({"type": "none"}, "none"),
         ({"type": "tool", "name": "f"}, {"type": "function", "function": {"name": "f"}}),
     ]:
-        assert t.anthropic_request_to_openai({**body, "tool_choice": choice})["tool_choice"] == expected
-    out = t.anthropic_request_to_openai({**body, "tool_choice": {"type": "any", "disable_parallel_tool_use": True}})
+        assert anthropic_request_to_openai({**body, "tool_choice": choice})["tool_choice"] == expected
+    out = anthropic_request_to_openai({**body, "tool_choice": {"type": "any", "disable_parallel_tool_use": True}})
     assert out["parallel_tool_calls"] is False
 
 
@@ -221,7 +232,7 @@ def test_anthropic_tool_result_with_image_and_assistant_tool_only():
             },
         ],
     }
-    assistant, tool = t.anthropic_request_to_openai(body)["messages"]
+    assistant, tool = anthropic_request_to_openai(body)["messages"]
     assert assistant["content"] is None and assistant["tool_calls"][0]["function"]["arguments"] == "{}"
     assert tool == {
         "role": "tool",
@@ -254,18 +265,18 @@ def test_documents_map_to_text_or_file_parts_and_back():
             }
         ],
     }
-    parts = t.anthropic_request_to_openai(body)["messages"][0]["content"]
+    parts = anthropic_request_to_openai(body)["messages"][0]["content"]
     assert parts == [
         {"type": "text", "text": "secret"},
         {"type": "text", "text": "c"},
         {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}},
     ]
-    back = t.openai_request_to_anthropic({"messages": [{"role": "user", "content": parts}]}, "c")
+    back = openai_request_to_anthropic({"messages": [{"role": "user", "content": parts}]}, "c")
     assert back["messages"][0]["content"][2] == pdf
 
 
 def test_openai_request_to_anthropic_maps_every_field():
-    out = t.openai_request_to_anthropic(copy.deepcopy(OPENAI_REQUEST), "claude-haiku")
+    out = openai_request_to_anthropic(copy.deepcopy(OPENAI_REQUEST), "claude-haiku")
     assert out["model"] == "claude-haiku"
     assert out["system"] == [{"type": "text", "text": "You are terse."}, {"type": "text", "text": "Use metric units."}]
     assert out["max_tokens"] == 300 and out["temperature"] == 1.0 and out["top_p"] == 0.5
@@ -302,11 +313,11 @@ def test_openai_request_to_anthropic_maps_every_field():
 
 def test_openai_request_defaults_and_choices():
     base = {"model": "x", "messages": [{"role": "user", "content": "hi"}]}
-    out = t.openai_request_to_anthropic(base, "claude")
+    out = openai_request_to_anthropic(base, "claude")
     assert out == {"model": "claude", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4096}
-    assert t.openai_request_to_anthropic({**base, "max_tokens": 7}, "c")["max_tokens"] == 7
-    assert t.openai_request_to_anthropic({**base, "stop": ["a", "b"]}, "c")["stop_sequences"] == ["a", "b"]
-    assert t.openai_request_to_anthropic({**base, "temperature": 0.2}, "c")["temperature"] == 0.2
+    assert openai_request_to_anthropic({**base, "max_tokens": 7}, "c")["max_tokens"] == 7
+    assert openai_request_to_anthropic({**base, "stop": ["a", "b"]}, "c")["stop_sequences"] == ["a", "b"]
+    assert openai_request_to_anthropic({**base, "temperature": 0.2}, "c")["temperature"] == 0.2
     tools = [{"type": "function", "function": {"name": "f"}}]
     for choice, expected in [
         ("auto", {"type": "auto"}),
@@ -314,13 +325,13 @@ def test_openai_request_defaults_and_choices():
         ("required", {"type": "any"}),
         ({"type": "function", "function": {"name": "f"}}, {"type": "tool", "name": "f"}),
     ]:
-        out = t.openai_request_to_anthropic({**base, "tools": tools, "tool_choice": choice}, "c")
+        out = openai_request_to_anthropic({**base, "tools": tools, "tool_choice": choice}, "c")
         assert out["tool_choice"] == expected
         assert out["tools"] == [{"name": "f", "input_schema": {"type": "object"}}]
-    out = t.openai_request_to_anthropic({**base, "tools": tools, "parallel_tool_calls": False}, "c")
+    out = openai_request_to_anthropic({**base, "tools": tools, "parallel_tool_calls": False}, "c")
     assert out["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
     # consecutive user messages merge (Anthropic wants alternating turns); empty text is dropped
-    out = t.openai_request_to_anthropic(
+    out = openai_request_to_anthropic(
         {
             "messages": [
                 {"role": "user", "content": "a"},
@@ -342,7 +353,7 @@ def test_tool_ids_are_made_anthropic_safe_consistently():
             {"role": "tool", "tool_call_id": "functions.get:0", "content": "ok"},
         ]
     }
-    use, result = (m["content"][0] for m in t.openai_request_to_anthropic(body, "c")["messages"])
+    use, result = (m["content"][0] for m in openai_request_to_anthropic(body, "c")["messages"])
     assert use["id"] == result["tool_use_id"] == "functions_get_0"
 
 
@@ -357,7 +368,7 @@ def test_openai_assistant_text_with_tool_calls_and_invalid_arguments():
             },
         ]
     }
-    assistant = t.openai_request_to_anthropic(body, "c")["messages"][1]
+    assistant = openai_request_to_anthropic(body, "c")["messages"][1]
     assert assistant["content"] == [
         {"type": "text", "text": "Calling."},
         {"type": "tool_use", "id": "c1", "name": "f", "input": {"_raw_arguments": '{"a": '}},
@@ -376,8 +387,8 @@ def test_openai_assistant_text_with_tool_calls_and_invalid_arguments():
     ],
 )
 def test_anthropic_request_errors_say_what_to_fix(body, fragment):
-    with pytest.raises(t.TranslationError, match=re.escape(fragment)):
-        t.anthropic_request_to_openai(body)
+    with pytest.raises(TranslationError, match=re.escape(fragment)):
+        anthropic_request_to_openai(body)
 
 
 @pytest.mark.parametrize(
@@ -390,8 +401,8 @@ def test_anthropic_request_errors_say_what_to_fix(body, fragment):
     ],
 )
 def test_openai_request_errors_say_what_to_fix(body, fragment):
-    with pytest.raises(t.TranslationError) as info:
-        t.openai_request_to_anthropic(body, "c")
+    with pytest.raises(TranslationError) as info:
+        openai_request_to_anthropic(body, "c")
     assert fragment in str(info.value)
 
 
@@ -426,25 +437,25 @@ def _feed_all(translator, events):
 
 def test_malformed_input_raises_translation_error_never_anything_else():
     cases = [
-        (ANTHROPIC_REQUEST, t.anthropic_request_to_openai),
-        (OPENAI_REQUEST, lambda body: t.openai_request_to_anthropic(body, "c")),
-        (ANTHROPIC_RESPONSE, t.anthropic_response_to_openai),
-        (OPENAI_RESPONSE, t.openai_response_to_anthropic),
-        (ANTHROPIC_EVENTS, lambda events: _feed_all(t.AnthropicStreamToOpenAI(), events)),
-        (OPENAI_CHUNKS, lambda chunks: _feed_all(t.OpenAIStreamToAnthropic(), chunks)),
+        (ANTHROPIC_REQUEST, anthropic_request_to_openai),
+        (OPENAI_REQUEST, lambda body: openai_request_to_anthropic(body, "c")),
+        (ANTHROPIC_RESPONSE, anthropic_response_to_openai),
+        (OPENAI_RESPONSE, openai_response_to_anthropic),
+        (ANTHROPIC_EVENTS, lambda events: _feed_all(AnthropicStreamToOpenAI(), events)),
+        (OPENAI_CHUNKS, lambda chunks: _feed_all(OpenAIStreamToAnthropic(), chunks)),
     ]
     for fixture, translate in cases:
         for mutated in _mutations(fixture):
             try:
                 translate(mutated)
-            except t.TranslationError as exc:
+            except TranslationError as exc:
                 assert str(exc)
-    with pytest.raises(t.TranslationError, match=re.escape("`messages[1].tool_calls` must be a list")):
-        t.openai_request_to_anthropic(
+    with pytest.raises(TranslationError, match=re.escape("`messages[1].tool_calls` must be a list")):
+        openai_request_to_anthropic(
             {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": 3}]}, "c"
         )
-    with pytest.raises(t.TranslationError, match="`metadata` must be an object"):
-        t.anthropic_request_to_openai({"messages": [], "metadata": "u1"})
+    with pytest.raises(TranslationError, match="`metadata` must be an object"):
+        anthropic_request_to_openai({"messages": [], "metadata": "u1"})
 
 
 def _normalise_anthropic(body: dict) -> dict:
@@ -463,15 +474,15 @@ def _normalise_anthropic(body: dict) -> dict:
 
 
 def test_round_trip_anthropic_openai_anthropic():
-    openai_form = t.anthropic_request_to_openai(copy.deepcopy(ANTHROPIC_REQUEST))
-    back = t.openai_request_to_anthropic(openai_form, ANTHROPIC_REQUEST["model"])
+    openai_form = anthropic_request_to_openai(copy.deepcopy(ANTHROPIC_REQUEST))
+    back = openai_request_to_anthropic(openai_form, ANTHROPIC_REQUEST["model"])
     assert back["model"] == ANTHROPIC_REQUEST["model"]
     assert _normalise_anthropic(back) == _normalise_anthropic(ANTHROPIC_REQUEST)
 
 
 def test_round_trip_openai_anthropic_openai():
     body = {k: v for k, v in copy.deepcopy(OPENAI_REQUEST).items() if k not in ("presence_penalty", "n")}
-    back = t.anthropic_request_to_openai(t.openai_request_to_anthropic(copy.deepcopy(body), "gpt-4o-mini"))
+    back = anthropic_request_to_openai(openai_request_to_anthropic(copy.deepcopy(body), "gpt-4o-mini"))
     assert back["model"] == "gpt-4o-mini"
     assert back["max_tokens"] == 300 and back["temperature"] == 1.0 and back["stop"] == ["END"]
     assert back["tool_choice"] == "required" and back["parallel_tool_calls"] is False and back["user"] == "u-7"
@@ -492,9 +503,9 @@ def test_translated_requests_are_accepted_by_the_sdk_param_types():
     from anthropic.types import MessageCreateParams
     from openai.types.chat import CompletionCreateParams
 
-    anth = t.openai_request_to_anthropic(copy.deepcopy(OPENAI_REQUEST), "claude")
+    anth = openai_request_to_anthropic(copy.deepcopy(OPENAI_REQUEST), "claude")
     pydantic.TypeAdapter(MessageCreateParams).validate_python(anth)
-    oai = t.anthropic_request_to_openai(copy.deepcopy(ANTHROPIC_REQUEST))
+    oai = anthropic_request_to_openai(copy.deepcopy(ANTHROPIC_REQUEST))
     pydantic.TypeAdapter(CompletionCreateParams).validate_python(oai)
 
 
@@ -552,7 +563,7 @@ OPENAI_RESPONSE = {
 
 def test_anthropic_response_to_openai():
     Message.model_validate(ANTHROPIC_RESPONSE)
-    out = t.anthropic_response_to_openai(ANTHROPIC_RESPONSE)
+    out = anthropic_response_to_openai(ANTHROPIC_RESPONSE)
     completion = ChatCompletion.model_validate(out)
     assert completion.id == "chatcmpl-01ABC" and completion.model == "claude-sonnet-4-5"
     choice = completion.choices[0]
@@ -570,7 +581,7 @@ def test_anthropic_response_to_openai():
 def test_openai_response_to_anthropic():
     resp = copy.deepcopy(OPENAI_RESPONSE)
     ChatCompletion.model_validate(resp)
-    out = t.openai_response_to_anthropic(resp, "claude-alias")
+    out = openai_response_to_anthropic(resp, "claude-alias")
     message = Message.model_validate(out)
     assert message.id == "msg_xyz" and message.model == "claude-alias" and message.stop_reason == "tool_use"
     assert [b.type for b in message.content] == ["text", "tool_use", "tool_use"]
@@ -588,12 +599,12 @@ def test_openai_response_to_anthropic():
         "model": "m",
         "choices": [{"message": {"content": None, "refusal": "No."}, "finish_reason": "stop"}],
     }
-    out = Message.model_validate(t.openai_response_to_anthropic(refusal))
+    out = Message.model_validate(openai_response_to_anthropic(refusal))
     assert out.model == "m" and out.stop_reason == "refusal" and out.content[0].text == "No."
 
 
 def test_response_round_trips():
-    back = t.openai_response_to_anthropic(t.anthropic_response_to_openai(ANTHROPIC_RESPONSE))
+    back = openai_response_to_anthropic(anthropic_response_to_openai(ANTHROPIC_RESPONSE))
     assert back["id"] == "msg_01ABC" and back["stop_reason"] == "tool_use"
     assert back["content"] == [
         {"type": "text", "text": "Checking now."},
@@ -617,7 +628,7 @@ def test_response_round_trips():
     ],
 )
 def test_stop_reason_to_finish_reason(stop_reason, finish_reason):
-    assert t.stop_reason_to_finish_reason(stop_reason) == finish_reason
+    assert stop_reason_to_finish_reason(stop_reason) == finish_reason
 
 
 @pytest.mark.parametrize(
@@ -632,7 +643,7 @@ def test_stop_reason_to_finish_reason(stop_reason, finish_reason):
     ],
 )
 def test_finish_reason_to_stop_reason(finish_reason, stop_reason):
-    assert t.finish_reason_to_stop_reason(finish_reason) == stop_reason
+    assert finish_reason_to_stop_reason(finish_reason) == stop_reason
 
 
 def test_empty_anthropic_response_still_validates():
@@ -643,7 +654,7 @@ def test_empty_anthropic_response_still_validates():
         "stop_reason": "max_tokens",
         "usage": {"input_tokens": 3, "output_tokens": 0},
     }
-    completion = ChatCompletion.model_validate(t.anthropic_response_to_openai(resp))
+    completion = ChatCompletion.model_validate(anthropic_response_to_openai(resp))
     assert completion.choices[0].message.content is None and completion.choices[0].finish_reason == "length"
 
 
@@ -722,7 +733,7 @@ def test_anthropic_stream_events_are_valid_sdk_events():
 
 
 def test_anthropic_stream_to_openai_with_usage():
-    translator = t.AnthropicStreamToOpenAI(include_usage=True)
+    translator = AnthropicStreamToOpenAI(include_usage=True)
     chunks = [c for e in ANTHROPIC_EVENTS for c in translator.feed(e)] + translator.close()
     assert translator.close() == []  # idempotent
     for chunk in chunks:
@@ -745,7 +756,7 @@ def test_anthropic_stream_to_openai_with_usage():
 
 
 def test_anthropic_stream_to_openai_without_usage_and_truncated():
-    translator = t.AnthropicStreamToOpenAI(model="alias")
+    translator = AnthropicStreamToOpenAI(model="alias")
     chunks = [c for e in ANTHROPIC_EVENTS[:9] for c in translator.feed(e)]
     chunks += translator.close()  # upstream ended before message_delta: still a finish chunk
     assert all(c["model"] == "alias" and "usage" not in c for c in chunks)
@@ -754,7 +765,7 @@ def test_anthropic_stream_to_openai_without_usage_and_truncated():
 
 
 def test_anthropic_stream_error_event_becomes_openai_error():
-    translator = t.AnthropicStreamToOpenAI()
+    translator = AnthropicStreamToOpenAI()
     translator.feed(ANTHROPIC_EVENTS[0])
     out = translator.feed({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
     assert out == [{"error": {"type": "overloaded_error", "message": "Overloaded"}}]
@@ -872,7 +883,7 @@ def test_openai_stream_chunks_are_valid_sdk_chunks():
 
 
 def test_openai_stream_to_anthropic():
-    translator = t.OpenAIStreamToAnthropic(model="claude-alias", input_tokens=3)
+    translator = OpenAIStreamToAnthropic(model="claude-alias", input_tokens=3)
     events = [e for c in OPENAI_CHUNKS for e in translator.feed(c)] + translator.close()
     assert translator.close() == [] and translator.feed(OPENAI_CHUNKS[1]) == []
     for event in events:
@@ -908,12 +919,12 @@ def test_openai_stream_to_anthropic():
 
 def test_openai_stream_to_anthropic_edge_cases():
     # nothing at all from upstream still yields a valid, complete Anthropic sequence
-    translator = t.OpenAIStreamToAnthropic(model="c")
+    translator = OpenAIStreamToAnthropic(model="c")
     events = translator.close()
     assert [e["type"] for e in events] == ["message_start", "message_delta", "message_stop"]
     assert _accumulate_anthropic(events).stop_reason == "end_turn"
     # length finish, text after a tool call opens a new block, extra choices ignored
-    translator = t.OpenAIStreamToAnthropic()
+    translator = OpenAIStreamToAnthropic()
     chunks = [
         {
             "id": "chatcmpl-1",
@@ -931,7 +942,7 @@ def test_openai_stream_to_anthropic_edge_cases():
     assert [b.type for b in message.content] == ["tool_use", "text"] and message.content[1].text == "after"
     assert message.content[0].input == {}
     # an error chunk ends the stream with an Anthropic error event
-    translator = t.OpenAIStreamToAnthropic()
+    translator = OpenAIStreamToAnthropic()
     translator.feed(OPENAI_CHUNKS[1])
     assert translator.feed({"error": {"message": "boom", "type": "server_error"}}) == [
         {"type": "error", "error": {"type": "api_error", "message": "boom"}}
@@ -978,14 +989,14 @@ def test_format_sse():
     assert sse.format_sse("x", event="ping") == b"event: ping\ndata: x\n\n"
     assert sse.format_sse("a\nb") == b"data: a\ndata: b\n\n"
     assert _parse_all([sse.format_sse("a\nb", event="e")]) == [("e", "a\nb")]
-    assert sse.format_sse("[DONE]") == t.OPENAI_DONE
+    assert sse.format_sse("[DONE]") == OPENAI_DONE
 
 
 def test_anthropic_sse_split_at_every_offset_translates_identically():
     payload = _anthropic_sse(ANTHROPIC_EVENTS)
 
     def run(pieces: list[bytes]) -> list[dict]:
-        parser, translator = sse.SSEParser(), t.AnthropicStreamToOpenAI(include_usage=True)
+        parser, translator = sse.SSEParser(), AnthropicStreamToOpenAI(include_usage=True)
         translator.created = 0
         out = []
         for piece in pieces:
@@ -1003,11 +1014,11 @@ def test_anthropic_sse_split_at_every_offset_translates_identically():
 
 
 def test_openai_sse_split_at_every_offset_translates_identically():
-    payload = b"".join(sse.format_sse(c) for c in OPENAI_CHUNKS) + t.OPENAI_DONE
+    payload = b"".join(sse.format_sse(c) for c in OPENAI_CHUNKS) + OPENAI_DONE
     payload = payload.replace(b"\n", b"\r\n")
 
     def run(pieces: list[bytes]) -> list[dict]:
-        parser, translator = sse.SSEParser(), t.OpenAIStreamToAnthropic()
+        parser, translator = sse.SSEParser(), OpenAIStreamToAnthropic()
         out = []
         for piece in pieces:
             for _, data in parser.feed(piece):
@@ -1024,27 +1035,27 @@ def test_openai_sse_split_at_every_offset_translates_identically():
 
 
 def test_error_envelopes():
-    assert t.anthropic_error("invalid_request_error", "bad") == {
+    assert anthropic_error("invalid_request_error", "bad") == {
         "type": "error",
         "error": {"type": "invalid_request_error", "message": "bad"},
     }
-    body = t.anthropic_error("policy_violation", "blocked", code="input_blocked", policy="dlp-filter")
+    body = anthropic_error("policy_violation", "blocked", code="input_blocked", policy="dlp-filter")
     assert body["error"] == {
         "type": "policy_violation",
         "message": "blocked",
         "code": "input_blocked",
         "policy": "dlp-filter",
     }
-    assert t.openai_error("policy_violation", "blocked", "output_blocked", "dlp-filter") == {
+    assert openai_error("policy_violation", "blocked", "output_blocked", "dlp-filter") == {
         "error": {"type": "policy_violation", "code": "output_blocked", "message": "blocked", "policy": "dlp-filter"}
     }
-    assert t.openai_stream_error("policy_violation", "stop", "output_blocked", "dlp-filter").startswith(
+    assert openai_stream_error("policy_violation", "stop", "output_blocked", "dlp-filter").startswith(
         b'data: {"error"'
     )
-    assert _parse_all([t.anthropic_stream_error("overloaded_error", "busy")]) == [
+    assert _parse_all([anthropic_stream_error("overloaded_error", "busy")]) == [
         ("error", '{"type":"error","error":{"type":"overloaded_error","message":"busy"}}')
     ]
-    assert [t.anthropic_error_type(s) for s in (400, 401, 403, 404, 409, 413, 429, 500, 502, 503, 504, 599)] == [
+    assert [anthropic_error_type(s) for s in (400, 401, 403, 404, 409, 413, 429, 500, 502, 503, 504, 599)] == [
         "invalid_request_error",
         "authentication_error",
         "permission_error",
@@ -1098,16 +1109,16 @@ def canned() -> Iterator[_Canned]:
 
 def test_sdks_parse_translated_streams_over_http(canned):
     oai = openai.OpenAI(base_url=canned.url + "/v1", api_key="k", max_retries=0)
-    translator = t.AnthropicStreamToOpenAI(include_usage=True)
+    translator = AnthropicStreamToOpenAI(include_usage=True)
     chunks = [c for e in ANTHROPIC_EVENTS for c in translator.feed(e)] + translator.close()
-    canned.reply = (200, "text/event-stream", b"".join(sse.format_sse(c) for c in chunks) + t.OPENAI_DONE)
+    canned.reply = (200, "text/event-stream", b"".join(sse.format_sse(c) for c in chunks) + OPENAI_DONE)
     with oai.chat.completions.stream(model="m", messages=[{"role": "user", "content": "x"}]) as stream:
         final = stream.get_final_completion()
     assert final.choices[0].message.content == "Hello wörld ✓" and final.usage.completion_tokens == 42
     assert final.choices[0].message.tool_calls[1].function.arguments == '{"tz": "CET"}'
 
     ant = anthropic.Anthropic(base_url=canned.url, api_key="k", max_retries=0)
-    translator = t.OpenAIStreamToAnthropic(model="claude")
+    translator = OpenAIStreamToAnthropic(model="claude")
     events = [e for c in OPENAI_CHUNKS for e in translator.feed(c)] + translator.close()
     canned.reply = (200, "text/event-stream", _anthropic_sse(events))
     with ant.messages.stream(model="claude", max_tokens=5, messages=[{"role": "user", "content": "x"}]) as stream:
@@ -1119,7 +1130,7 @@ def test_sdks_parse_translated_streams_over_http(canned):
 
 def test_sdks_parse_translated_responses_and_errors_over_http(canned):
     oai = openai.OpenAI(base_url=canned.url + "/v1", api_key="k", max_retries=0)
-    canned.reply = (200, "application/json", orjson.dumps(t.anthropic_response_to_openai(ANTHROPIC_RESPONSE)))
+    canned.reply = (200, "application/json", orjson.dumps(anthropic_response_to_openai(ANTHROPIC_RESPONSE)))
     completion = oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
     assert completion.choices[0].message.tool_calls[0].function.name == "get_weather"
 
@@ -1127,7 +1138,7 @@ def test_sdks_parse_translated_responses_and_errors_over_http(canned):
         200,
         "text/event-stream",
         sse.format_sse(OPENAI_CHUNKS[1])
-        + t.openai_stream_error("policy_violation", "output blocked", "output_blocked", "dlp-filter"),
+        + openai_stream_error("policy_violation", "output blocked", "output_blocked", "dlp-filter"),
     )
     with pytest.raises(openai.APIError, match="output blocked"):
         for _ in oai.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}], stream=True):
@@ -1137,15 +1148,15 @@ def test_sdks_parse_translated_responses_and_errors_over_http(canned):
     canned.reply = (
         409,
         "application/json",
-        orjson.dumps(t.anthropic_error("policy_violation", "blocked", code="input_blocked", policy="p")),
+        orjson.dumps(anthropic_error("policy_violation", "blocked", code="input_blocked", policy="p")),
     )
     with pytest.raises(anthropic.APIStatusError) as info:
         ant.messages.create(model="c", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 409 and info.value.body["error"]["policy"] == "p"
 
-    translator = t.OpenAIStreamToAnthropic()
+    translator = OpenAIStreamToAnthropic()
     head = [e for e in translator.feed(OPENAI_CHUNKS[1])]
-    canned.reply = (200, "text/event-stream", _anthropic_sse(head) + t.anthropic_stream_error("api_error", "cut"))
+    canned.reply = (200, "text/event-stream", _anthropic_sse(head) + anthropic_stream_error("api_error", "cut"))
     request = {"model": "c", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}
     with pytest.raises(anthropic.APIStatusError, match="cut"), ant.messages.stream(**request) as stream:
         stream.get_final_message()
@@ -1153,7 +1164,7 @@ def test_sdks_parse_translated_responses_and_errors_over_http(canned):
     canned.reply = (
         200,
         "application/json",
-        orjson.dumps(t.openai_response_to_anthropic(completion.model_dump(), "claude")),
+        orjson.dumps(openai_response_to_anthropic(completion.model_dump(), "claude")),
     )
     message = ant.messages.create(model="c", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     assert message.content[-1].input == {"city": "Paris"} and message.model == "claude"

@@ -14,7 +14,10 @@ from openai.lib.streaming.chat._completions import ChatCompletionStreamState
 from openai.types import CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from gateway.providers import mock, translate
+from gateway.providers import mock
+from gateway.providers.anthropic_request import anthropic_request_to_openai
+from gateway.providers.anthropic_response import openai_response_to_anthropic
+from gateway.providers.anthropic_stream import OpenAIStreamToAnthropic
 
 TOOLS = [
     {"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}},
@@ -153,10 +156,10 @@ def test_mock_through_the_anthropic_translation():
         "messages": [{"role": "user", "content": "call read_file"}],
         "tools": [{"name": "read_file", "input_schema": {"type": "object"}}],
     }
-    openai_body = translate.anthropic_request_to_openai(request)
-    message = Message.model_validate(translate.openai_response_to_anthropic(mock.complete(openai_body), "demo"))
+    openai_body = anthropic_request_to_openai(request)
+    message = Message.model_validate(openai_response_to_anthropic(mock.complete(openai_body), "demo"))
     assert message.stop_reason == "tool_use" and message.content[0].name == "read_file"
-    translator = translate.OpenAIStreamToAnthropic(model="demo")
+    translator = OpenAIStreamToAnthropic(model="demo")
     events = [e for c in mock.stream({**openai_body, "stream": True}) for e in translator.feed(c)] + translator.close()
     assert events[-2]["delta"]["stop_reason"] == "tool_use" and events[-1] == {"type": "message_stop"}
 

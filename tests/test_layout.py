@@ -46,7 +46,10 @@ RULES = (
                              "gateway.proxy.relay", "gateway.proxy.messages", "gateway.proxy.embeddings",
                              "gateway.proxy.models", "gateway.proxy.responses", "gateway.proxy.validate",
                              "gateway.proxy.app",
-                             "gateway.providers.translate", "gateway.providers.adapters", "gateway.server"),
+                             "gateway.providers.translate", "gateway.providers.anthropic_request",
+                             "gateway.providers.anthropic_response", "gateway.providers.anthropic_stream",
+                             "gateway.providers.anthropic_content", "gateway.providers.openai_stream",
+                             "gateway.providers.adapters", "gateway.server"),
          "control knows no proxy internals"),
 )
 

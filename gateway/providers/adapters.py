@@ -1,7 +1,8 @@
 """Provider adapters: one canonical (OpenAI chat) request in, canonical answers out.
 
 - `openai` and every OpenAI-compatible `base_url`: the canonical form is the wire form.
-- `anthropic` (or `format: anthropic`): translated both ways by `gateway.providers.translate`.
+- `anthropic` (or `format: anthropic`): translated both ways by `gateway.providers.anthropic_request`,
+  `anthropic_response` and `anthropic_stream`.
 - `azure-openai`: the OpenAI form on Azure's deployment URLs (`gateway.providers.azure`).
 - `google`: the Gemini API, translated both ways by `gateway.providers.google`.
 - `bedrock`: AWS Bedrock's Converse API, translated both ways by `gateway.providers.bedrock`.
@@ -24,7 +25,20 @@ from typing import Any
 import orjson
 
 from gateway.http.client import Response
-from gateway.providers import azure, bedrock, checks, google, mock, openai_responses, sse, translate
+from gateway.providers import (
+    anthropic_request,
+    anthropic_response,
+    anthropic_stream,
+    azure,
+    bedrock,
+    checks,
+    google,
+    mock,
+    openai_responses,
+    openai_stream,
+    sse,
+    translate,
+)
 from gateway.providers.upstream import (
     DONE,
     UPSTREAM_TRACEPARENT,
@@ -52,7 +66,7 @@ def _url(base_url: str | None, default: str, path: str) -> str:
 def _to_anthropic(req: dict[str, Any], model: str) -> dict[str, Any]:
     """The Anthropic request for a canonical one; what it cannot express is the client's to fix (400, not 500)."""
     try:
-        return translate.openai_request_to_anthropic(req, model)
+        return anthropic_request.openai_request_to_anthropic(req, model)
     except translate.TranslationError as exc:
         raise invalid(str(exc)) from None
 
@@ -198,7 +212,7 @@ def _from_anthropic(target: Target, resp: Any) -> dict[str, Any]:
     try:
         if not isinstance(resp, dict):
             raise checks.Malformed("the answer is not a JSON object")
-        return checks.completion(translate.anthropic_response_to_openai(resp))
+        return checks.completion(anthropic_response.anthropic_response_to_openai(resp))
     except _MALFORMED as exc:
         raise _malformed(target, exc) from None
 
@@ -222,7 +236,7 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
         wire = orjson.dumps(_to_anthropic(body, target.model))
         resp = await client.open_stream(target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), wire)
-        converter = translate.AnthropicStreamToOpenAI(target.model, include_usage=True)
+        converter = anthropic_stream.AnthropicStreamToOpenAI(target.model, include_usage=True)
 
         def parse(data: bytes) -> Batch:
             batch: Batch = []
@@ -358,7 +372,7 @@ async def _json_stream(client: UpstreamClient, target: Target, resp: Response, f
             raise _malformed(target, exc) from None
         if target.provider == azure.PROVIDER:
             azure.check_answer(target, completion)
-    return [*translate.completion_to_chunks(completion), DONE]
+    return [*openai_stream.completion_to_chunks(completion), DONE]
 
 
 async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:

@@ -1,7 +1,7 @@
 """Server-Sent Events, both ways: the incremental parser of an upstream's stream and the formatter of ours.
 
-No provider knowledge: `gateway.providers.translate` and the adapters read provider streams
-through `SSEParser`; the proxy writes its streams with `format_sse`.
+No provider knowledge: the adapters read provider streams through `SSEParser`; the proxy,
+`anthropic_stream` and `openai_stream` write streams and their errors with `format_sse`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.providers import adapters, translate
+from gateway.providers import adapters, openai_stream
 from gateway.providers.upstream import UpstreamFailure, upstream_text
 from gateway.proxy.errors import GatewayError
 from gateway.proxy.pipeline import blocks, policy_error
@@ -63,7 +63,7 @@ class ChatHandler(StreamRelay):
         return adapters.stream(self.services.upstream, target, req)
 
     def sse_error(self, err: GatewayError) -> bytes:
-        return translate.openai_stream_error(err.type, err.message, err.code, err.policy)
+        return openai_stream.openai_stream_error(err.type, err.message, err.code, err.policy)
 
     # --- the route -------------------------------------------------------------------------
     async def post(self) -> None:
