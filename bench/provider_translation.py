@@ -1,16 +1,20 @@
-"""What translating one request and its answer costs per provider (CPU, in-process, no sockets).
+"""What translating one request, its answer and a stream chunk costs per provider (CPU, in-process, no sockets).
 
 For a chat request with a system prompt, three turns and one tool, and a text answer with
 usage, it times the request into each provider's wire body and the provider's answer back into
-the canonical completion, and the Responses route's own translation both ways:
+the canonical completion, and the Responses route's own translation both ways. A stream chunk
+is one text delta, in a stream of 100 (the converter's set-up shared among them): a
+provider's event into a canonical chunk, and for the client routes (`/v1/messages`,
+`/v1/responses`) a canonical chunk into theirs:
 
-    .venv/bin/python bench/provider_translation.py      # a few seconds
+    .venv/bin/python bench/provider_translation.py      # about 20 seconds
 """
 
 from __future__ import annotations
 
 import sys
 import timeit
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,15 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.providers import azure, bedrock, google, responses, translate  # noqa: E402
+from gateway.providers import (  # noqa: E402
+    anthropic_request,
+    anthropic_response,
+    anthropic_stream,
+    azure,
+    bedrock,
+    google,
+    responses,
+)
 from policies.model import Target  # noqa: E402
 
 REQ: dict[str, Any] = {
@@ -50,13 +62,35 @@ GOOGLE = Target("gm", "google", "m")
 BEDROCK = Target("br", "bedrock", "m", region="us-east-1")
 
 
-def cases() -> dict[str, Any]:
+WORDS = TEXT.split()
+OPENAI_CHUNK = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {"content": " order"}, "finish_reason": None}]}
+ANTHROPIC_EVENT = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": " order"}}
+GEMINI_CHUNK = {"candidates": [{"content": {"role": "model", "parts": [{"text": " order"}]}}]}
+CONVERSE_EVENT = ({":event-type": "contentBlockDelta"},
+                  orjson.dumps({"contentBlockIndex": 0, "delta": {"text": " order"}}))
+CHUNKS = 100  # stream chunks per timed call
+
+
+def stream(converter: Callable[[], Callable[..., Any]], *event: Any) -> Callable[[], None]:
+    """A call that feeds CHUNKS copies of `event` to a fresh converter (`converter()` returns its feed)."""
+
+    def run() -> None:
+        feed = converter()
+        for _ in range(CHUNKS):
+            feed(*event)
+
+    return run
+
+
+def cases() -> dict[str, tuple[Callable[[], Any], int]]:
+    """name -> (call, translations per call)."""
     shell = responses.Shell(RESPONSES_REQ, "m")
-    return {
+    one = {
         "openai       request (body as is)": lambda: orjson.dumps({**REQ, "model": "m"}),
         "openai       answer": lambda: orjson.loads(orjson.dumps(OPENAI)),
-        "anthropic    request": lambda: orjson.dumps(translate.openai_request_to_anthropic(REQ, "m")),
-        "anthropic    answer": lambda: translate.anthropic_response_to_openai(ANTHROPIC),
+        "anthropic    request": lambda: orjson.dumps(anthropic_request.openai_request_to_anthropic(REQ, "m")),
+        "anthropic    answer": lambda: anthropic_response.anthropic_response_to_openai(ANTHROPIC),
         "azure-openai request (URL cached + body)": lambda: (azure.url(AZURE, "chat/completions"),
                                                             orjson.dumps({**REQ, "model": "m"})),
         "azure-openai answer (+ content-filter check)": lambda: azure.check_answer(AZURE, dict(OPENAI)),
@@ -66,13 +100,26 @@ def cases() -> dict[str, Any]:
         "bedrock      answer": lambda: bedrock.completion(BEDROCK, CONVERSE),
         "/v1/responses request -> canonical": lambda: responses.responses_request_to_openai(RESPONSES_REQ),
         "/v1/responses canonical answer -> response": lambda: responses.completion_to_response(OPENAI, shell),
+        "/v1/messages canonical answer -> message": lambda: anthropic_response.openai_response_to_anthropic(OPENAI),
     }
+    streams = {
+        "openai       stream chunk (parsed as is)": stream(lambda: orjson.loads, orjson.dumps(OPENAI_CHUNK)),
+        "anthropic    stream chunk": stream(lambda: anthropic_stream.AnthropicStreamToOpenAI("m").feed,
+                                            ANTHROPIC_EVENT),
+        "google       stream chunk": stream(lambda: google.StreamToOpenAI(GOOGLE).feed, GEMINI_CHUNK),
+        "bedrock      stream chunk": stream(lambda: bedrock.StreamToOpenAI(BEDROCK).feed, *CONVERSE_EVENT),
+        "/v1/responses canonical chunk -> events": stream(lambda: responses.ChatStreamToResponses(shell).feed,
+                                                          OPENAI_CHUNK),
+        "/v1/messages canonical chunk -> events": stream(lambda: anthropic_stream.OpenAIStreamToAnthropic("m").feed,
+                                                         OPENAI_CHUNK),
+    }
+    return {**{k: (fn, 1) for k, fn in one.items()}, **{k: (fn, CHUNKS) for k, fn in streams.items()}}
 
 
 def main() -> None:
-    for name, fn in cases().items():
-        runs = 20000
-        best = min(timeit.repeat(fn, number=runs, repeat=5)) / runs
+    for name, (fn, per_call) in cases().items():
+        calls = 20000 // per_call
+        best = min(timeit.repeat(fn, number=calls, repeat=5)) / (calls * per_call)
         print(f"{name:48s} {best * 1e6:7.2f} us")
 
 
