@@ -18,7 +18,8 @@ from gateway.providers.anthropic_content import (
     tool_id,
     tool_use,
 )
-from gateway.providers.translate import TranslationError, guarded, text_of
+from gateway.providers.canonical import text_of
+from gateway.providers.translate import TranslationError, guarded
 
 DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
 

@@ -1,4 +1,4 @@
-"""Small readers and builders of the canonical (OpenAI chat) form shared by the native-provider translators.
+"""Small readers and builders of the canonical (OpenAI chat) form shared by the providers' translators.
 
 `text_of(content)`: the text of a message's content (a string, or the `text` parts of a list);
 `usage(prompt, completion, total)`: a canonical `usage` object from a provider's token counts.
@@ -10,10 +10,10 @@ from typing import Any
 
 
 def text_of(content: Any) -> str:
-    """The text of canonical message content: the string itself, or its `text` parts joined."""
+    """The text of canonical message content: the string itself, or its `text` parts joined (a null text is none)."""
     if isinstance(content, str):
         return content
-    return "".join(p.get("text", "") for p in content or () if isinstance(p, dict) and p.get("type") == "text")
+    return "".join(p.get("text") or "" for p in content or () if isinstance(p, dict) and p.get("type") == "text")
 
 
 def usage(prompt: Any, completion: Any, total: Any = None) -> dict[str, int]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from gateway.providers.canonical import text_of
 from gateway.providers.sse import format_sse
-from gateway.providers.translate import text_of
 from gateway.proxy.errors import envelope
 
 OPENAI_DONE = b"data: [DONE]\n\n"

@@ -1,4 +1,4 @@
-"""What every provider's translation shares: `TranslationError`, the guard that raises it, `text_of`.
+"""What every provider's translation shares: `TranslationError` and the guard that raises it.
 
 The translations themselves live one module per provider (and, for Anthropic, per direction),
 pure functions and stream converters with no I/O:
@@ -8,7 +8,7 @@ pure functions and stream converters with no I/O:
   `anthropic_stream.py` (streams both ways), `anthropic_content.py` (content blocks <-> parts
   and tool calls, which requests and answers share);
 - OpenAI chat (the canonical form itself): `openai_stream.py` (a completion as stream chunks,
-  the error on a stream); Azure OpenAI's URLs and content filter: `azure.py`;
+  the error on a stream), `canonical.py` (its text and usage); Azure OpenAI: `azure.py`;
 - Gemini: `google.py`; Bedrock Converse: `bedrock.py`; the Responses API: `responses.py`.
 """
 
@@ -47,13 +47,3 @@ def guarded(what: str) -> Callable[[_F], _F]:
 
     return decorate
 
-
-def text_of(content: Any) -> str:
-    """All text of an OpenAI or Anthropic `content` (string or list of parts/blocks), joined."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
-    raise TranslationError(f"content must be a string or a list of content blocks, got {type(content).__name__}")
