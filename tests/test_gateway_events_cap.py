@@ -16,7 +16,7 @@ import pytest
 
 from gateway.control import metrics
 from gateway.control.runtime import Runtime
-from gateway.events.store import CURSOR_KEY, MAX_BYTES_KEY, EventStore, StoreWriter, file_bytes
+from gateway.events.store import CURSOR_KEY, MAX_BYTES_KEY, EventStore, StoreWriter, file_bytes, parse_time
 from tests.waiting import async_wait_for
 
 MIB = 1024**2
@@ -291,3 +291,65 @@ def test_disk_full_drops_are_logged_at_most_once_a_minute_and_all_counted(tmp_pa
     lines = [r for r in caplog.records if "undelivered decision events dropped" in r.getMessage()]
     assert [r.dropped for r in lines] == [5, 6]  # at 100 s, then at 161 s the 6 since
     assert metrics.EVENTS_DROPPED_DISK.value == 11
+
+
+HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(600)  # holds the lock until killed
+"""
+
+
+def test_a_writer_killed_while_it_holds_the_lock_stops_no_other_and_loses_no_batch(tmp_path):
+    """The writer lock is an flock(2): while another process holds it, a batch waits in memory (the
+    store answers as a busy database would, the writer retries); once the holder is killed -9 the
+    kernel releases the lock and the batch goes in."""
+    store = EventStore(tmp_path / "events.db", max_bytes=2 * MIB)
+    store._writer.timeout = 0.2
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "events.db-lock")],
+                              stdout=subprocess.PIPE, text=True)
+
+    async def main() -> None:
+        runtime = Runtime()
+        writer = StoreWriter(runtime, store, batch=50, linger=0)
+        writer.start()
+        try:
+            assert holder.stdout.readline() == "held\n"
+            for n in range(10):
+                runtime.record_event(ev(n))
+            await async_wait_for(lambda: "locked by another writer" in (writer.error or ""), timeout=10)
+            assert store.count() == 0 and len(writer._held) == 10
+            holder.kill()
+            await async_wait_for(lambda: store.count() == 10 and writer.error is None, timeout=20)
+        finally:
+            await writer.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        holder.wait()
+    assert store.dropped == 0
+
+
+def test_retention_pruning_a_full_store_and_handing_its_pages_back_stays_under_the_cap(tmp_path):
+    """Retention deleting half of a store at its cap, then the vacuum that gives the pages back: both
+    go in steps checkpointed between, so the WAL never holds their pages at once (peaks were 22-48 %
+    over the cap when each was one transaction)."""
+    store = EventStore(tmp_path / "events.db", max_bytes=4 * MIB)
+    old, new = "2026-01-01T00:00:00.000Z", "2026-12-01T00:00:00.000Z"
+    n = 0
+    while not store.evicted:  # at the cap, old and new events interleaved in the file
+        store.add([{**ev(n + i), "timestamp": old if n // 100 % 2 else new} for i in range(100)])
+        n += 100
+    full = store.size_bytes()
+    with PeakSize(tmp_path / "events.db") as size:
+        removed = store.prune(parse_time(old) + 1)
+        store.vacuum()
+    assert removed > 0 and store.count() + removed + store.evicted == n
+    assert 0 < size.peak <= 4 * MIB
+    assert store.size_bytes() < full * 0.75  # the pages went back to the file system
+    assert all(e["timestamp"] == new for e in store.query(limit=10**6))

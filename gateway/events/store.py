@@ -377,9 +377,18 @@ class EventStore:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def vacuum(self) -> None:
-        """Give the free pages back to the file system (after retention deleted events)."""
-        with self._lock, self._writing():
-            self._db.execute("PRAGMA incremental_vacuum").fetchall()  # one page per step
+        """Give the free pages back to the file system (after retention deleted events).
+
+        In transactions of a quarter of the WAL's share in pages (a page moved writes it, its parent, its
+        pointer map), checkpointed between, each under the writer lock: the WAL stays within its share.
+        """
+        step = max(1, self.wal_bytes // self.page_size // 4)
+        while True:
+            with self._lock, self._writing():
+                self._bound_wal()
+                if not int(self._db.execute("PRAGMA freelist_count").fetchone()[0]):
+                    return
+                self._db.execute(f"PRAGMA incremental_vacuum({step})").fetchall()  # one page per row
 
     def query(
         self,
@@ -428,9 +437,21 @@ class EventStore:
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     def prune(self, before: float) -> int:
-        """Delete events older than `before` (epoch seconds); return how many."""
-        with self._lock, self._writing():
-            return self._db.execute("DELETE FROM events WHERE ts < ?", (before,)).rowcount
+        """Delete events older than `before` (epoch seconds); return how many.
+
+        In transactions of a few hundred rows, checkpointed between (as `vacuum`): one DELETE of a
+        month of events would write its pages to the WAL at once, far past the WAL's share.
+        """
+        step, removed = max(64, self.wal_bytes // 1024), 0
+        while True:
+            with self._lock, self._writing():
+                self._bound_wal()
+                gone = self._db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE ts < ? "
+                                        "LIMIT ?)", (before, step)).rowcount
+                removed += gone
+                if gone < step:
+                    self._bound_wal()
+                    return removed
 
     def count(self, since: float | None = None, until: float | None = None) -> int:
         """How many events are stored (with `since`/`until`: within that window)."""
