@@ -30,6 +30,7 @@ from gateway.providers import (  # noqa: E402
     azure,
     bedrock,
     google,
+    openai_responses,
     responses,
 )
 from policies.model import Target  # noqa: E402
@@ -58,6 +59,12 @@ RESPONSES_REQ = {"model": "m", "instructions": "Be brief.", "input": "Where is m
                  "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]}
 AZURE = Target("az", "azure-openai", "m", base_url="https://r.openai.azure.com", deployment="d",
                api_version="2024-10-21")
+NATIVE = {"id": "resp_1", "object": "response", "model": "m", "status": "completed",
+          "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                      "content": [{"type": "output_text", "text": TEXT, "annotations": []}]}],
+          "usage": {"input_tokens": 40, "output_tokens": 20, "total_tokens": 60}}
+NATIVE_EVENT = {"type": "response.output_text.delta", "sequence_number": 4, "item_id": "msg_1", "output_index": 0,
+                "content_index": 0, "delta": "Your order ", "logprobs": []}
 GOOGLE = Target("gm", "google", "m")
 BEDROCK = Target("br", "bedrock", "m", region="us-east-1")
 
@@ -101,6 +108,8 @@ def cases() -> dict[str, tuple[Callable[[], Any], int]]:
         "/v1/responses request -> canonical": lambda: responses.responses_request_to_openai(RESPONSES_REQ),
         "/v1/responses canonical answer -> response": lambda: responses.completion_to_response(OPENAI, shell),
         "/v1/messages canonical answer -> message": lambda: anthropic_response.openai_response_to_anthropic(OPENAI),
+        "/v1/responses native request (+ copy back, body)": lambda: _native_request(),
+        "/v1/responses native answer (parse + project)": lambda: _native_answer(),
     }
     streams = {
         "openai       stream chunk (parsed as is)": stream(lambda: orjson.loads, orjson.dumps(OPENAI_CHUNK)),
@@ -112,8 +121,22 @@ def cases() -> dict[str, tuple[Callable[[], Any], int]]:
                                                           OPENAI_CHUNK),
         "/v1/messages canonical chunk -> events": stream(lambda: anthropic_stream.OpenAIStreamToAnthropic("m").feed,
                                                          OPENAI_CHUNK),
+        "/v1/responses native event -> chunk": stream(lambda: openai_responses.StreamToChat().feed, NATIVE_EVENT),
     }
     return {**{k: (fn, 1) for k, fn in one.items()}, **{k: (fn, CHUNKS) for k, fn in streams.items()}}
+
+
+def _native_request() -> bytes:
+    body = dict(RESPONSES_REQ)
+    links: list[Any] = []
+    responses.responses_request_to_openai(body, links)
+    responses.copy_back(links)
+    return orjson.dumps(openai_responses.forwarded_body(body, "m", stream=False))
+
+
+def _native_answer() -> bool:
+    answer = openai_responses.Answer(orjson.loads(orjson.dumps(NATIVE)))
+    return answer.project(answer.completion())
 
 
 def main() -> None:
