@@ -30,7 +30,7 @@ from gateway.providers.anthropic_response import (
     stop_reason_to_finish_reason,
 )
 from gateway.providers.anthropic_stream import AnthropicStreamToOpenAI, OpenAIStreamToAnthropic, anthropic_stream_error
-from gateway.providers.openai_stream import OPENAI_DONE, openai_error, openai_stream_error
+from gateway.providers.openai_stream import OPENAI_DONE, completion_to_chunks, openai_error, openai_stream_error
 from gateway.providers.translate import TranslationError
 
 STREAM_EVENT = pydantic.TypeAdapter(RawMessageStreamEvent)
@@ -948,6 +948,23 @@ def test_openai_stream_to_anthropic_edge_cases():
         {"type": "error", "error": {"type": "api_error", "message": "boom"}}
     ]
     assert translator.close() == []
+
+
+def test_completion_to_chunks_reads_list_content_with_a_null_text():
+    """A JSON answer to a stream request becomes chunks the SDK accepts; a text part whose text is
+    null is no text (as before translate.py split), not an error."""
+    completion = {"id": "chatcmpl-1", "created": 7, "model": "m", "usage": {"prompt_tokens": 3,
+                  "completion_tokens": 2, "total_tokens": 5},
+                  "choices": [{"index": 0, "finish_reason": None, "message": {
+                      "role": "assistant", "content": [{"type": "text", "text": "hi"}, {"type": "text", "text": None}],
+                      "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}}]}
+    chunks = completion_to_chunks(completion)
+    for chunk in chunks:
+        ChatCompletionChunk.model_validate(chunk)
+    assert chunks[0]["choices"][0]["delta"]["content"] == "hi"
+    assert chunks[0]["choices"][0]["delta"]["tool_calls"][0]["index"] == 0
+    assert chunks[1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert chunks[2]["choices"] == [] and chunks[2]["usage"]["total_tokens"] == 5
 
 
 # ---------------------------------------------------------------------------------------------------- SSE
