@@ -19,8 +19,8 @@ import tornado.ioloop
 import tornado.netutil
 import tornado.web
 
-from sync import manifest
 from tests.gitserve import config_yaml
+from tests.state_dir import publish
 from tests.waiting import wait_for
 
 ALLOW = config_yaml("1.0.0", name="e2e")
@@ -39,17 +39,6 @@ def write_atomic(path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def publish(state, commit: str, text: str) -> None:
-    """What the sync agent does: write revisions/<sha>/, then rename a new symlink over `current`."""
-    rev = state / "revisions" / commit
-    rev.mkdir(parents=True)
-    (rev / "policy-config.yaml").write_text(text)
-    manifest.record(rev)  # the digest the agent records before it flips `current`
-    tmp = state / f".tmp-current-{commit}"
-    os.symlink(f"revisions/{commit}", tmp)
-    os.replace(tmp, state / "current")
 
 
 def test_fifty_reloads_under_a_steady_stream_of_requests(tmp_path, gateway_process):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
 from gateway.control.reload import Reloader, load_snapshot, revision_of, watch_dirs
 from gateway.control.runtime import Runtime
-from sync import manifest
+from tests.state_dir import publish
 from tests.waiting import async_wait_for
 
 SHA_A = "a" * 40
@@ -30,15 +33,21 @@ INVALID = "pack: {name: broken, version: 1.0.0, enabled: true}\npolicies:\n  cha
 
 
 
-def publish(state, sha: str, text: str) -> None:
-    """What the sync agent does: write revisions/<sha>/, then rename a new symlink over `current`."""
-    rev = state / "revisions" / sha
-    rev.mkdir(parents=True)
-    (rev / "policy-config.yaml").write_text(text)
-    manifest.record(rev)  # the digest the agent records before it flips `current`
-    tmp = state / f".current-{sha}"
-    os.symlink(f"revisions/{sha}", tmp)
-    os.replace(tmp, state / "current")
+@contextlib.asynccontextmanager
+async def started(path: Path, watch: bool = True, sighup: bool = False,
+                  first_tick: bool = False) -> AsyncIterator[tuple[Runtime, Reloader]]:
+    """A Reloader of `path` on a fresh Runtime, loaded and started (`first_tick`: once the watcher's
+    first tick has re-checked the file, a change missed while it started); stopped after."""
+    runtime = Runtime()
+    reloader = Reloader(runtime, path)
+    reloader.load_initial()
+    reloader.start(watch=watch, sighup=sighup)
+    try:
+        if first_tick:
+            await async_wait_for(lambda: reloader.last.trigger == "watch", timeout=20)
+        yield runtime, reloader
+    finally:
+        await reloader.stop()
 
 
 def test_revision_is_the_git_sha_inside_a_state_dir_else_the_file_hash(tmp_path):
@@ -95,11 +104,7 @@ def test_each_trigger_reloads(tmp_path, how):
         path.write_text(config("1.0.0"))
 
     async def main():
-        runtime = Runtime()
-        reloader = Reloader(runtime, path)
-        reloader.load_initial()
-        reloader.start(watch=how != "sighup", sighup=how == "sighup")
-        try:
+        async with started(path, watch=how != "sighup", sighup=how == "sighup") as (runtime, _):
             if how == "in_place":
                 with open(path, "r+") as fh:
                     fh.truncate(0)
@@ -117,8 +122,6 @@ def test_each_trigger_reloads(tmp_path, how):
                 assert (runtime.snapshot.revision, runtime.snapshot.source) == (SHA_B, "git")
                 publish(state, "c" * 40, config("2.0.0"))  # same bytes, new commit: revision moves
                 await async_wait_for(lambda: runtime.snapshot.revision == "c" * 40, timeout=20)
-        finally:
-            await reloader.stop()
 
     asyncio.run(main())
 
@@ -224,13 +227,7 @@ def test_writes_beside_the_config_never_reload_and_a_bad_edit_is_one_error(tmp_p
         beside = state / "gateway.log"
 
     async def main():
-        runtime = Runtime()
-        reloader = Reloader(runtime, path)
-        reloader.load_initial()
-        reloader.start(sighup=False)
-        try:
-            # the watcher's first tick re-checks the file once (a change missed while it started)
-            await async_wait_for(lambda: reloader.last.trigger == "watch", timeout=20)
+        async with started(path, first_tick=True) as (runtime, reloader):
             before = {r: _reloads(r) for r in ("ok", "noop", "error")}
             await _write_beside(beside)
             if layout == "state_dir":
@@ -252,8 +249,6 @@ def test_writes_beside_the_config_never_reload_and_a_bad_edit_is_one_error(tmp_p
                 path.write_text(config("3.0.0"))
             await async_wait_for(lambda: runtime.snapshot.config.pack.version == "3.0.0", timeout=20)
             assert {r: _reloads(r) - before[r] for r in before} == {"ok": 2, "noop": 0, "error": 1}
-        finally:
-            await reloader.stop()
 
     asyncio.run(main())
 
@@ -269,12 +264,7 @@ def test_a_configmap_style_data_link_flip_reloads_and_its_neighbours_do_not(tmp_
     path = mount / "policy-config.yaml"
 
     async def main():
-        runtime = Runtime()
-        reloader = Reloader(runtime, path)
-        reloader.load_initial()
-        reloader.start(sighup=False)
-        try:
-            await async_wait_for(lambda: reloader.last.trigger == "watch", timeout=20)
+        async with started(path, first_tick=True) as (runtime, _):
             before = _reloads("noop")
             await _write_beside(mount / "..2026_01" / "other-key.yaml", seconds=1.0)
             (mount / "..2026_02").mkdir()
@@ -283,7 +273,5 @@ def test_a_configmap_style_data_link_flip_reloads_and_its_neighbours_do_not(tmp_
             os.replace(mount / "..data_tmp", mount / "..data")
             await async_wait_for(lambda: runtime.snapshot.config.pack.version == "2.0.0", timeout=20)
             assert _reloads("noop") == before
-        finally:
-            await reloader.stop()
 
     asyncio.run(main())
