@@ -12,6 +12,7 @@ from tests.fake_upstream import FakeUpstream
 
 if TYPE_CHECKING:
     from tests.gateway_process import GatewayProcess
+    from tests.gitserve import Upstream
 
 
 @pytest.fixture
@@ -72,6 +73,16 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     yield start
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture
+def upstream(tmp_path: Path) -> Upstream:
+    """A Git remote (`tests.gitserve.Upstream`) whose first commit holds `CFG` at version 1.0.0."""
+    from tests.gitserve import CFG, Upstream, config_yaml
+
+    up = Upstream(tmp_path / "remote")
+    up.commit({CFG: config_yaml("1.0.0")}, "first")
+    return up
 
 
 @pytest.fixture(autouse=True)

@@ -32,6 +32,9 @@ def git(*args: str, cwd: Path | None = None) -> str:
     return proc.stdout.strip()
 
 
+CFG = "policy-config.yaml"  # where the policy config sits in the test repositories
+
+
 def config_yaml(version: str = "1.0.0", chain: Iterable[str] = ("audit-logger",), name: str = "sync-test") -> str:
     """A valid policy config whose pack version marks which commit it came from."""
     blocks = "\n".join(f"  {kind}: {{}}" for kind in chain if kind != "audit-logger")

@@ -8,8 +8,8 @@ import urllib.request
 from pathlib import Path
 
 from sync.clock import parse_time
-from tests.gitserve import GIT_ENV, Upstream, config_yaml
-from tests.test_sync_gateway import CFG, Gateway
+from tests.gitserve import CFG, GIT_ENV, Upstream, config_yaml
+from tests.test_sync_gateway import Gateway
 from tests.waiting import wait_for
 
 

@@ -8,9 +8,7 @@ from gateway.control.ops import Ops
 from gateway.control.runtime import Runtime
 from sync.agent import SyncAgent, SyncSettings
 from sync.repo import Remote
-from tests.gitserve import INVALID_YAML, Upstream, config_yaml
-
-CFG = "policy-config.yaml"
+from tests.gitserve import CFG, INVALID_YAML, Upstream, config_yaml
 
 
 def test_status_reports_the_agent_and_drift_follows_it(tmp_path):

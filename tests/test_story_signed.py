@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.gateway_process import GatewayProcess
-from tests.gitserve import GitHttpServer, Upstream, config_yaml
+from tests.gitserve import CFG, GitHttpServer, Upstream, config_yaml
 from tests.signing import SshKey, disabled, unsigned
 from tests.waiting import wait_for
 
-CFG = "policy-config.yaml"
 SECRET_WORD = "project-bluebird"
 pytestmark = pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="ssh-keygen (openssh-client) is not installed")
 

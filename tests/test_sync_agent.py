@@ -14,16 +14,7 @@ from sync.agent import AgentLocked, SyncAgent, SyncSettings
 from sync.publish import current_dir, revision_of
 from sync.repo import Remote
 from sync.status import read_status, report
-from tests.gitserve import INVALID_YAML, Upstream, config_yaml, git
-
-CFG = "policy-config.yaml"
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Upstream:
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")}, "first")
-    return up
+from tests.gitserve import CFG, INVALID_YAML, Upstream, config_yaml, git
 
 
 def make_agent(up: Upstream, state: Path, path: str = CFG, **kw) -> SyncAgent:

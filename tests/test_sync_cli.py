@@ -15,10 +15,9 @@ import pytest
 
 from sync.publish import current_dir, revision_of
 from sync.status import read_status
-from tests.gitserve import INVALID_YAML, Upstream, config_yaml
+from tests.gitserve import CFG, INVALID_YAML, Upstream, config_yaml
 from tests.waiting import wait_for
 
-CFG = "policy-config.yaml"
 KT = [sys.executable, "-m", "kt"]
 
 
@@ -33,13 +32,6 @@ def start_agent(up: Upstream, state: Path, *extra: str, path: str = CFG, **kw) -
 
 def applied(state: Path) -> str | None:
     return (read_status(state) or {}).get("applied_revision")
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Upstream:
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")}, "first")
-    return up
 
 
 def test_daemon_trigger_and_clean_exit(upstream, tmp_path):

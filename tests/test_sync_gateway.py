@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.gateway_process import GatewayProcess
-from tests.gitserve import Upstream, config_yaml
+from tests.gitserve import CFG, Upstream, config_yaml
 from tests.waiting import wait_for
 
-CFG = "policy-config.yaml"
 SECRET = "gateway-hook-secret"
 
 
@@ -51,13 +50,6 @@ class Gateway(GatewayProcess):
         except urllib.error.HTTPError as exc:
             return exc.code
 
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Upstream:
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")}, "first")
-    return up
 
 
 def test_merge_reaches_the_gateway_by_webhook_and_is_enforced(upstream, tmp_path):

@@ -22,16 +22,7 @@ from sync.manifest import manifest_path
 from sync.publish import current_dir
 from sync.repo import Remote
 from sync.status import read_status, report
-from tests.gitserve import INVALID_YAML, GitDaemon, Upstream, config_yaml, git
-
-CFG = "policy-config.yaml"
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Upstream:
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")}, "first")
-    return up
+from tests.gitserve import CFG, INVALID_YAML, GitDaemon, Upstream, config_yaml, git
 
 
 def make_agent(up: Upstream, state: Path, path: str = CFG) -> SyncAgent:

@@ -12,18 +12,9 @@ import pytest
 from sync.agent import SyncAgent, SyncSettings
 from sync.repo import Remote, check_ref_name
 from sync.status import read_status
-from tests.gitserve import GitDaemon, GitHttpServer, Upstream, config_yaml, git
+from tests.gitserve import CFG, GitDaemon, GitHttpServer, config_yaml, git
 from tests.test_sync_gateway import Gateway, dlp_config
 from tests.waiting import wait_for
-
-CFG = "policy-config.yaml"
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Upstream:
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")}, "first")
-    return up
 
 
 def agent_for(url: str, ref: str, state: Path, depth: int = 1) -> SyncAgent:

@@ -15,10 +15,8 @@ from sync.agent import SyncAgent, SyncResult, SyncSettings
 from sync.repo import Remote
 from sync.scheduler import SyncScheduler, next_delay
 from sync.status import read_status
-from tests.gitserve import Upstream, config_yaml
+from tests.gitserve import CFG, Upstream, config_yaml
 from tests.waiting import wait_for
-
-CFG = "policy-config.yaml"
 
 
 class GatedAgent(SyncAgent):

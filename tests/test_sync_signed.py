@@ -18,10 +18,9 @@ from sync.agent import SyncAgent, SyncSettings
 from sync.repo import Remote
 from sync.signature import SignersError, TrustedSigners
 from sync.status import read_status, report
-from tests.gitserve import GitDaemon, Upstream, config_yaml, git
+from tests.gitserve import CFG, GitDaemon, Upstream, config_yaml, git
 from tests.signing import GpgKey, SshKey, disabled, unsigned
 
-CFG = "policy-config.yaml"
 needs_ssh = pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="ssh-keygen (openssh-client) is not installed")
 needs_gpg = pytest.mark.skipif(not shutil.which("gpg"), reason="gpg is not installed")
 

@@ -14,17 +14,9 @@ from sync.agent import SyncAgent, SyncSettings
 from sync.credentials import Credentials, mask_url, split_url
 from sync.repo import Remote
 from sync.status import read_status, report
-from tests.gitserve import GitDaemon, GitHttpServer, HangingServer, Upstream, config_yaml
+from tests.gitserve import CFG, GitDaemon, GitHttpServer, HangingServer, config_yaml
 
-CFG = "policy-config.yaml"
 TOKEN = "s3cr3t-token-value"
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Upstream:
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")}, "first")
-    return up
 
 
 @pytest.fixture

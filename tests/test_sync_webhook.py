@@ -23,10 +23,9 @@ from gateway.control.gitsync import WEBHOOK_PATH, EmbeddedSync, webhook_routes
 from sync.agent import SyncSettings
 from sync.repo import Remote
 from sync.status import read_status
-from tests.gitserve import GitHttpServer, Upstream, config_yaml
+from tests.gitserve import CFG, GitHttpServer, Upstream, config_yaml
 from tests.waiting import wait_for
 
-CFG = "policy-config.yaml"
 SECRET = b"webhook-secret"
 
 
