@@ -17,6 +17,9 @@ from policies.kinds.base import Decision, Policy, apply_hits
 from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Verdict
 
 FAIL_MODES = ("block", "allow")
+# Stream-guard channels whose text stands for something kt cannot redact (an audio answer's
+# transcript says what its sound says): there a policy's redaction blocks instead.
+UNREDACTABLE = frozenset({"transcript"})
 
 
 def _result(policy: Policy, phase: Phase, decision: Decision | None, started: float) -> PolicyResult:
@@ -164,8 +167,10 @@ class StreamGuard:
     plus the new delta. Text already forwarded cannot be taken back: in streams, `block` is
     the action that guarantees nothing leaks past a match; `redact` covers what is unsent.
     The content and the refusal are two channels (`feed(delta, "refusal")`), each with its
-    own window. `finish()` scans the choice's whole tool calls (`ex.response_tool_calls`,
-    redacted in place), runs the structural output checks and returns the phase outcome.
+    own window. An audio answer's transcript is a third (`"transcript"`): the sound says what the
+    transcript says and cannot be redacted, so there a redaction blocks (`UNREDACTABLE`).
+    `finish()` scans the choice's whole tool calls (`ex.response_tool_calls`, redacted in
+    place), runs the structural output checks and returns the phase outcome.
     """
 
     def __init__(self, chain: Chain, ex: Exchange, fail_mode: str) -> None:
@@ -174,7 +179,7 @@ class StreamGuard:
         self.fail_mode = fail_mode
         self._text_policies = tuple(p for p in chain.output_policies if p.scans_text)
         self._tails: dict[str, str] = {}
-        self._parts: dict[str, list[str]] = {"content": [], "refusal": []}
+        self._parts: dict[str, list[str]] = {"content": [], "refusal": [], "transcript": []}
         self._results: dict[str, PolicyResult] = {}
         self._blocked: ChainOutcome | None = None
 
@@ -205,6 +210,13 @@ class StreamGuard:
                     return "", self._blocked
                 continue
             blocking = next((h for h in hits if h.verdict is not Verdict.REDACT), None)
+            if blocking is None and hits and channel in UNREDACTABLE:
+                blocking = hits[0]
+                decision = Decision(Verdict.BLOCK, blocking.reason_code, f"policy {policy.kind} would redact "
+                                    f"the answer's {channel}, and kt cannot redact the sound it transcribes")
+                self._record(_result(policy, Phase.OUTPUT, decision, started))
+                self._blocked = summarize(tuple(self._results.values()))
+                return "", self._blocked
             if blocking is not None:
                 decision = Decision(blocking.verdict, blocking.reason_code, blocking.message)
                 self._record(_result(policy, Phase.OUTPUT, decision, started))
@@ -238,6 +250,10 @@ class StreamGuard:
                 previous.redactions + result.redactions, previous.latency_ms + result.latency_ms, result.error,
             )
         self._results[result.policy] = result
+
+    def texts_outcome(self) -> ChainOutcome:
+        """The outcome of the texts fed so far, without `finish()`'s tool-call and structural checks."""
+        return self._blocked or summarize(tuple(self._results.values()))
 
     def finish(self) -> ChainOutcome:
         """Check the tool calls and run the structural output checks on the whole choice; the phase outcome."""

@@ -35,6 +35,7 @@ import base64
 import collections
 import contextlib
 import hashlib
+import itertools
 import json
 import struct
 import threading
@@ -80,6 +81,10 @@ class Reply:
     first_byte_delay: float = 0.0  # seconds before anything is sent
     finish_reason: str | None = None  # OpenAI or Anthropic vocabulary; default stop / tool calls
     refusal: str | None = None  # OpenAI: the message's `refusal` (streamed as `refusal` deltas)
+    # OpenAI: an audio answer (`modalities: ["text", "audio"]`): this transcript in `message.audio`
+    # with its sound (`audio_sound(transcript)`, base64), content null; streamed as transcript and
+    # data deltas in turn, then the audio's `expires_at`.
+    audio: str | None = None
     # OpenAI: more choices (index 1, 2, ...) after the one this reply describes, each its own Reply
     # (text, tool_calls, refusal); streamed one choice after the other.
     choices: tuple[Reply, ...] = ()
@@ -375,6 +380,11 @@ def include_usage(body: dict[str, Any]) -> bool:
 # -- response builders (shared by the Tornado handlers and the fast server) ---------------------
 
 
+def audio_sound(transcript: str) -> str:
+    """The fake's sound for an audio answer: base64 of a WAV-like header and the transcript's bytes."""
+    return base64.b64encode(b"RIFF\x00\x00\x00\x00WAVE" + transcript.encode()).decode()
+
+
 def _openai_choice(index: int, reply: Reply) -> dict[str, Any]:
     finish = _STOP_OPENAI.get(reply.finish_reason or "", reply.finish_reason) or (
         "tool_calls" if reply.tool_calls else "stop")
@@ -382,6 +392,10 @@ def _openai_choice(index: int, reply: Reply) -> dict[str, Any]:
               "function": {"name": t.name, "arguments": json.dumps(t.arguments)}} for t in reply.tool_calls]
     message: dict[str, Any] = {"role": "assistant", "content": reply.text if reply.text or not calls else None,
                                "refusal": reply.refusal}
+    if reply.audio is not None:
+        message["content"] = None
+        message["audio"] = {"id": new_id("audio_"), "data": audio_sound(reply.audio),
+                            "expires_at": int(time.time()) + 3600, "transcript": reply.audio}
     if calls:
         message["tool_calls"] = calls
     return {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
@@ -421,6 +435,16 @@ def openai_events(completion: dict[str, Any], chunks: int, include_usage: bool) 
             events += [chunk(i, {"content": piece}) for piece in split_text(message["content"], chunks)]
         if message.get("refusal"):
             events += [chunk(i, {"refusal": piece}) for piece in split_text(message["refusal"], chunks)]
+        if message.get("audio"):
+            audio = message["audio"]
+            pieces = itertools.zip_longest(split_text(audio["transcript"], chunks), split_text(audio["data"], chunks))
+            for n, (words, sound) in enumerate(pieces):
+                head = {"id": audio["id"]} if n == 0 else {}
+                if words:
+                    events.append(chunk(i, {"audio": {**head, "transcript": words}}))
+                if sound:
+                    events.append(chunk(i, {"audio": {"data": sound}}))
+            events.append(chunk(i, {"audio": {"id": audio["id"], "expires_at": audio["expires_at"]}}))
         for index, call in enumerate(message.get("tool_calls", ())):
             head = {"index": index, "id": call["id"], "type": "function",
                     "function": {"name": call["function"]["name"], "arguments": ""}}

@@ -20,7 +20,7 @@ from gateway.proxy.errors import GatewayError
 from gateway.proxy.pipeline import blocks, policy_error
 from gateway.proxy.relay import StreamRelay
 from gateway.proxy.validate import validate_chat
-from policies.model import Exchange, Phase, Target
+from policies.model import Exchange, Phase, Target, Verdict
 
 
 class ChatHandler(StreamRelay):
@@ -131,8 +131,23 @@ class ChatHandler(StreamRelay):
             if ex.response_refusal != (refusal if isinstance(refusal, str) else ""):
                 message["refusal"] = ex.response_refusal
             changed = changed or bool(outcome.redactions) or ex.response_text != text  # tool calls: in place
+            transcript = _transcript(message.get("audio"))
+            if transcript:
+                guard = config.chain.stream_guard(ex, self.runtime.fail_mode)
+                guard.feed(transcript, "transcript")
+                heard = guard.texts_outcome()
+                if heard.verdict is not Verdict.ALLOW:
+                    self.record.add_outcome(heard)
+                if blocks(heard):
+                    raise policy_error(heard, "output_blocked")
         return changed
 
+
+
+def _transcript(audio: Any) -> str:
+    """An audio answer's transcript (`message.audio.transcript` or a stream delta's), else ''."""
+    text = audio.get("transcript") if isinstance(audio, dict) else None
+    return text if isinstance(text, str) else ""
 
 
 def _parts_text(content: Any) -> str:

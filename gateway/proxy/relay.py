@@ -1,8 +1,9 @@
 """The stream relay: an upstream stream forwarded to the client chunk by chunk through the stream guards.
 
-Content and refusal deltas are scanned as they pass (one guard per choice); tool calls and the
-final chunks are withheld until each choice is whole and checked; a block or an upstream failure
-after the first byte ends the stream with an error event in the client's format.
+Content and refusal deltas are scanned as they pass (one guard per choice); tool calls, an audio
+answer's sound and the final chunks are withheld until each choice is whole and checked; a block
+or an upstream failure after the first byte ends the stream with an error event in the client's
+format.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class StreamRelay(ProxyHandler):
         Content and refusal deltas are scanned (one guard per choice) and forwarded at once. With
         output policies, tool-call deltas are withheld and merged: each choice's whole calls are
         checked (and redacted inside their JSON arguments) by `finish()`, then sent in one chunk
-        per choice before the held finish chunks (and usage). Every choice is checked; a block
+        per choice before the held finish chunks (and usage). An audio answer's transcript deltas
+        are scanned as they pass (a redaction there blocks: the sound cannot be redacted) and its
+        sound (`audio.data`) is withheld and sent whole, one chunk per choice, once the choice
+        passed. Every choice is checked; a block
         ends the stream with an error event in the client's format (a 409 when nothing was sent yet).
         """
         assert self.snap is not None
@@ -71,6 +75,7 @@ class StreamRelay(ProxyHandler):
         active = self.snap.config.enabled and bool(chain.output_policies)
         guards: dict[int, StreamGuard] = {}
         tools: dict[int, dict[int, dict[str, Any]]] = {}
+        sounds: dict[int, dict[str, Any]] = {}  # per choice: its audio's id, expires_at and whole data
         held: list[dict[str, Any]] = []
         first: dict[str, Any] | None = None  # a chunk of the stream, for the fields of the tool-call chunks
         try:
@@ -95,6 +100,8 @@ class StreamRelay(ProxyHandler):
                             if delta.get("tool_calls"):  # withheld until the choice's calls are whole and checked
                                 _merge_tool_calls(tools.setdefault(index, {}), delta.pop("tool_calls"))
                                 first, withheld = first or chunk, True
+                            if isinstance(delta.get("audio"), dict) and _hold_sound(sounds, index, delta):
+                                first, withheld = first or chunk, True
                         elif delta.get("tool_calls"):
                             _merge_tool_calls(tools.setdefault(index, {}), delta["tool_calls"])
                         if choice.get("finish_reason"):
@@ -113,8 +120,9 @@ class StreamRelay(ProxyHandler):
                 if blocked is not None:
                     await self.end_blocked(blocked)
                     return
-                if tools and first is not None:
-                    held[:0] = [_tool_calls_chunk(first, index, tools[index]) for index in sorted(tools)]
+                if (tools or sounds) and first is not None:
+                    held[:0] = [_tool_calls_chunk(first, index, tools[index]) for index in sorted(tools)] + [
+                        _choice_chunk(first, index, {"audio": sounds[index]}) for index in sorted(sounds)]
             await self.write_sse(self.sse(held) + self.sse_done())
             self.finish()
         except ClientGone:
@@ -135,8 +143,9 @@ class StreamRelay(ProxyHandler):
     def guard_text(self, delta: dict[str, Any], index: int, guards: dict[int, StreamGuard], chain: Chain,
                    ex: Exchange) -> ChainOutcome | None:
         """A choice's content and refusal deltas through its stream guard (redactions in place); the block, if any."""
-        for channel in ("content", "refusal"):
-            text = delta.get(channel)
+        audio = delta.get("audio")
+        for channel, holder in (("content", delta), ("refusal", delta), ("transcript", audio)):
+            text = holder.get(channel) if isinstance(holder, dict) else None
             if not isinstance(text, str) or not text:
                 continue
             guard = guards.get(index) or guards.setdefault(index, chain.stream_guard(ex, self.runtime.fail_mode))
@@ -144,7 +153,7 @@ class StreamRelay(ProxyHandler):
             if blocked is not None:
                 return blocked
             if forward != text:
-                delta[channel] = forward
+                holder[channel] = forward
         return None
 
     def trimmed(self, chunk: dict[str, Any], withheld: bool) -> bool:
@@ -204,10 +213,33 @@ class _quiet:
 
 def _tool_calls_chunk(like: dict[str, Any], index: int, calls: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """One stream chunk carrying choice `index`'s whole (checked) tool calls, with the fields of chunk `like`."""
+    return _choice_chunk(like, index, {"tool_calls": [{"index": i, **call} for i, call in sorted(calls.items())]})
+
+
+def _choice_chunk(like: dict[str, Any], index: int, delta: dict[str, Any]) -> dict[str, Any]:
+    """One stream chunk carrying `delta` for choice `index`, with the fields of chunk `like`."""
     chunk = {k: v for k, v in like.items() if k not in ("choices", "usage")}
-    deltas = [{"index": i, **call} for i, call in sorted(calls.items())]
-    chunk["choices"] = [{"index": index, "delta": {"tool_calls": deltas}, "finish_reason": None}]
+    chunk["choices"] = [{"index": index, "delta": delta, "finish_reason": None}]
     return chunk
+
+
+def _hold_sound(sounds: dict[int, dict[str, Any]], index: int, delta: dict[str, Any]) -> bool:
+    """Take an audio delta's sound (`data`, with its `id` and `expires_at`) into `sounds[index]`.
+
+    What is left of `delta["audio"]` is its transcript (scanned and forwarded as it passes); an
+    audio delta with nothing else goes. True when something was taken."""
+    audio = delta["audio"]
+    if not isinstance(audio.get("data"), str) and "expires_at" not in audio:
+        return False
+    sound = sounds.setdefault(index, {"id": audio.get("id"), "data": ""})
+    if isinstance(audio.get("data"), str):
+        sound["data"] += audio.pop("data")
+    if "expires_at" in audio:
+        sound["expires_at"] = audio.pop("expires_at")
+    sound["id"] = sound["id"] or audio.get("id")
+    if not audio.get("transcript"):
+        del delta["audio"]
+    return True
 
 
 def _merge_tool_calls(acc: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
