@@ -160,9 +160,10 @@ def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[
     if ref is not None and ref.store:
         return _fail(name, f"secret_key_ref store:{ref.store} cannot be resolved by the gateway",
                      f"use secret_key_ref {{env: VAR}} on target {target.id}")
-    if ref is not None and ref.env and not env.get(ref.env):
+    if ref is not None and ref.env and not env.get(ref.env) and not env.get(f"{ref.env}_FILE"):
         return _fail(name, f"secret {ref.env} is not set",
-                     f"set {ref.env} in the gateway's environment (kt.env, .env or the Kubernetes Secret)")
+                     f"set {ref.env} (or {ref.env}_FILE, a file holding it) in the gateway's environment "
+                     "(kt.env, .env or the Kubernetes Secret)")
     method, url, headers, body = probe_request(target)
     where = f"{method} {mask_url(url)}"
     started = time.monotonic()

@@ -325,10 +325,11 @@ def _validate_config(doc: dict[str, Any]) -> list[Finding]:
             findings += _provider_findings(target, f"providers.targets[{i}]")
         ref = target.get("secret_key_ref") if isinstance(target, dict) else None
         env = ref.get("env") if isinstance(ref, dict) else None
-        if isinstance(env, str) and env and env not in os.environ:
+        if isinstance(env, str) and env and env not in os.environ and f"{env}_FILE" not in os.environ:
             findings.append(Finding("W002", f"providers.targets[{i}].secret_key_ref.env",
                                     f"environment variable {env} is not set",
-                                    f"export {env} where the gateway runs; until then this target is unavailable",
+                                    f"export {env} (or {env}_FILE, a file holding the secret) where the gateway "
+                                    "runs; until then this target is unavailable",
                                     severity="warning"))
     return findings
 

@@ -6,8 +6,10 @@ prelude, string headers `:event-type`, `:content-type`, `:message-type`, a JSON 
 message CRC; events messageStart, contentBlockStart/Delta/Stop, messageStop, metadata), auth by
 SigV4 (`Authorization: AWS4-HMAC-SHA256 ...` with `X-Amz-Date`) or a Bedrock API key
 (`Authorization: Bearer`), errors as `{"message"}` with `x-amzn-ErrorType`, and
-`GET /foundation-models/{modelId}`. The signature itself is not verified (no AWS secret here);
-`api_key`, when set, is the only bearer key accepted. A prompt holding one of `blocked_terms`
+`GET /foundation-models/{modelId}`. The signature is verified as AWS does when `aws_keys`
+({access key id: secret access key}) is set, else only its shape is checked (`signed_with`
+records the access key and session token of each verified call); `api_key`, when set, is the
+only bearer key accepted. A prompt holding one of `blocked_terms`
 stops with `guardrail_intervened` and no content.
 """
 
@@ -49,6 +51,8 @@ class FakeBedrock(FakeUpstream):
         kwargs.setdefault("models", ("anthropic.claude-3-5-haiku-20241022-v1:0",))
         super().__init__(*args, **kwargs)
         self.blocked_terms = blocked_terms
+        self.aws_keys: dict[str, str] | None = None  # when set: SigV4 signatures are verified with these
+        self.signed_with: list[tuple[str, str | None]] = []  # (access key id, session token) per verified call
 
     def routes(self) -> list[tuple[str, type[tornado.web.RequestHandler]]]:
         return [
@@ -61,6 +65,31 @@ class FakeBedrock(FakeUpstream):
 class _Aws(ProviderHandler):
     fake: FakeBedrock
 
+    def verify_sigv4(self, auth: str) -> None:
+        """Recompute the SigV4 signature with the secret of the access key it names (botocore's signer)."""
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        fields = dict(part.strip().split("=", 1) for part in auth.split(" ", 1)[1].split(","))
+        access_key, _date, region, service, _ = fields["Credential"].split("/")
+        secret = (self.fake.aws_keys or {}).get(access_key)
+        if secret is None:
+            raise ApiError(403, "The security token included in the request is invalid.")
+        signed = fields["SignedHeaders"].split(";")
+        headers = {name: self.request.headers.get(name, "") for name in signed}
+        request = AWSRequest(method=self.request.method, url=f"http://{self.request.host}{self.request.uri}",
+                             data=self.request.body, headers=headers)
+        request.context["timestamp"] = self.request.headers["X-Amz-Date"]
+        token = self.request.headers.get("X-Amz-Security-Token")
+        signer = SigV4Auth(Credentials(access_key, secret, token), service, region)
+        expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+        if expected != fields["Signature"]:
+            raise ApiError(403, "The request signature we calculated does not match the signature you provided. "
+                           "Check your AWS Secret Access Key and signing method. Consult the service documentation "
+                           "for details.")
+        self.fake.signed_with.append((access_key, token))
+
     def error_body(self, err: ApiError) -> dict[str, Any]:
         self.set_header("x-amzn-ErrorType", f"{_ERROR_TYPES.get(err.status, 'InternalServerException')}:http://")
         return {"message": err.message}
@@ -69,6 +98,8 @@ class _Aws(ProviderHandler):
         auth = self.request.headers.get("Authorization", "")
         if auth.startswith("AWS4-HMAC-SHA256 ") and "Credential=" in auth and "Signature=" in auth \
                 and self.request.headers.get("X-Amz-Date"):
+            if self.fake.aws_keys is not None:
+                self.verify_sigv4(auth)
             return
         if auth.startswith("Bearer ") and (self.fake.api_key is None or auth[7:] == self.fake.api_key):
             return

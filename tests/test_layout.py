@@ -67,6 +67,8 @@ EXCEPTIONS = {
         "`Target` (model, region, base URL) is a value type of the config model",
     ("gateway.providers.google", "policies.model"):
         "`Target` (model, base URL) is a value type of the config model",
+    ("gateway.providers.secrets", "policies.model"):
+        "`SecretRef` ({env: VAR}) is a value type of the config model",
     ("gateway.providers.upstream", "policies.model"):
         "`Target` (credentials, base URL) is a value type of the config model",
 }

@@ -17,10 +17,10 @@ dicts as they arrive (one list per upstream read); `DONE` (None) marks the end.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -29,6 +29,7 @@ from gateway.providers import (
     anthropic_request,
     anthropic_response,
     anthropic_stream,
+    aws,
     azure,
     bedrock,
     checks,
@@ -36,6 +37,7 @@ from gateway.providers import (
     mock,
     openai_responses,
     openai_stream,
+    secrets,
     sse,
     translate,
 )
@@ -53,6 +55,7 @@ from policies.model import Target
 
 ANTHROPIC_VERSION = "2023-06-01"
 Batch = list[dict[str, Any] | None]
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=1024)
@@ -79,14 +82,35 @@ def _to_google(req: dict[str, Any]) -> bytes:
         raise invalid(str(exc)) from None
 
 
-def _to_bedrock(target: Target, req: dict[str, Any], stream: bool) -> tuple[str, dict[str, str], bytes]:
+async def _to_bedrock(client: UpstreamClient, target: Target, req: dict[str, Any],
+                      stream: bool) -> tuple[str, dict[str, str], bytes]:
     """(URL, headers, body) of a Converse call: the body translated, then signed (SigV4) when no API key is set."""
     try:
         body = orjson.dumps(bedrock.request(req))
     except translate.TranslationError as exc:
         raise invalid(str(exc)) from None
     address = bedrock.url(target, stream)
-    return address, {**_headers(target), **bedrock.sigv4_headers(target, "POST", address, body)}, body
+    headers = _headers(target)
+    if target.secret_key_ref is None:
+        headers.update(bedrock.signature(target, await bedrock.credentials(client.aws, target), "POST", address, body))
+    return address, headers, body
+
+
+async def _renewing(client: UpstreamClient, target: Target, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()`, and once more when the provider refused the credential and its source, read again now,
+    holds another one (a rotated secret file, rotated or revoked AWS credentials)."""
+    try:
+        return await call()
+    except UpstreamFailure as exc:
+        if not exc.credential_refused or not await _renewed(client, target):
+            raise
+    return await call()
+
+
+async def _renewed(client: UpstreamClient, target: Target) -> bool:
+    if target.secret_key_ref is not None:
+        return secrets.renew(target.secret_key_ref)
+    return target.provider == bedrock.PROVIDER and aws.has_botocore() and await client.aws.renew()
 
 
 def _from_bedrock(target: Target, answer: Any) -> dict[str, Any]:
@@ -143,7 +167,9 @@ def probe_request(target: Target) -> tuple[str, str, dict[str, str], bytes | Non
     if target.provider == bedrock.PROVIDER:
         address = bedrock.models_url(target)
         headers = {k: v for k, v in _headers(target).items() if k != "Content-Type"}
-        return "GET", address, {**headers, **bedrock.sigv4_headers(target, "GET", address, b"")}, None
+        if target.secret_key_ref is None:
+            headers.update(bedrock.signature(target, bedrock.credentials_now(target), "GET", address, b""))
+        return "GET", address, headers, None
     if is_anthropic(target):
         return "GET", _url(target.base_url, "https://api.anthropic.com", "/models"), _headers(
             target, {"anthropic-version": ANTHROPIC_VERSION}), None
@@ -168,18 +194,25 @@ async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) 
     if target.provider == "mock":
         return mock.complete({**req, "model": target.model}), None
     if target.provider == google.PROVIDER:
-        data = await client.post_json(target, google.url(target, False), _headers(target), _to_google(req))
+        body = _to_google(req)
+        data = await _renewing(client, target, lambda: client.post_json(
+            target, google.url(target, False), _headers(target), body))
         return _from_google(target, _loads(target, data)), None
     if target.provider == bedrock.PROVIDER:
-        data = await client.post_json(target, *_to_bedrock(target, req, False))
+        async def converse() -> bytes:
+            return await client.post_json(target, *await _to_bedrock(client, target, req, False))
+
+        data = await _renewing(client, target, converse)
         return _from_bedrock(target, _loads(target, data)), None
     if is_anthropic(target):
         body = orjson.dumps(_to_anthropic({**req, "stream": False}, target.model))
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
-        data = await client.post_json(target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), body)
+        data = await _renewing(client, target, lambda: client.post_json(
+            target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), body))
         return _from_anthropic(target, _loads(target, data)), None
     url = _openai_url(target, "chat/completions")
-    data = await client.post_json(target, url, _headers(target), orjson.dumps({**req, "model": target.model}))
+    body = orjson.dumps({**req, "model": target.model})
+    data = await _renewing(client, target, lambda: client.post_json(target, url, _headers(target), body))
     completion = _checked_answer(target, checks.completion, data, "choices")
     if target.provider == azure.PROVIDER:
         azure.check_answer(target, completion)
@@ -235,7 +268,8 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
     if anthropic:
         url = _url(target.base_url, "https://api.anthropic.com", "/messages")
         wire = orjson.dumps(_to_anthropic(body, target.model))
-        resp = await client.open_stream(target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), wire)
+        resp = await _renewing(client, target, lambda: client.open_stream(
+            target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), wire))
         converter = anthropic_stream.AnthropicStreamToOpenAI(target.model, include_usage=True)
 
         def parse(data: bytes) -> Batch:
@@ -252,7 +286,9 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
         def end() -> Batch:
             return [*converter.close(), DONE]
     elif target.provider == google.PROVIDER:
-        resp = await client.open_stream(target, google.url(target, True), _headers(target), _to_google(body))
+        wire = _to_google(body)
+        resp = await _renewing(client, target, lambda: client.open_stream(
+            target, google.url(target, True), _headers(target), wire))
         answers = google.StreamToOpenAI(target)
 
         def parse(data: bytes) -> Batch:  # Gemini's stream has no end marker: the body's end is the end
@@ -262,7 +298,10 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
         def end() -> Batch:
             return [*(_checked_chunk(target, c) for c in answers.close()), DONE]
     elif target.provider == bedrock.PROVIDER:
-        resp = await client.open_stream(target, *_to_bedrock(target, body, True))
+        async def converse_stream() -> Response:
+            return await client.open_stream(target, *await _to_bedrock(client, target, body, True))
+
+        resp = await _renewing(client, target, converse_stream)
         frames, events = bedrock.EventStreamParser(), bedrock.StreamToOpenAI(target)
 
         def parse(data: bytes) -> Batch:  # binary event-stream frames; the body's end is the end
@@ -276,7 +315,8 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
             return [*(_checked_chunk(target, c) for c in events.close()), DONE]
     else:
         url = _openai_url(target, "chat/completions")
-        resp = await client.open_stream(target, url, _headers(target), orjson.dumps(body))
+        wire = orjson.dumps(body)
+        resp = await _renewing(client, target, lambda: client.open_stream(target, url, _headers(target), wire))
 
         def parse(data: bytes) -> Batch:
             batch: Batch = []
@@ -383,15 +423,16 @@ async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) ->
         except ValueError as exc:
             raise UpstreamFailure("client_error", str(exc), 400) from None
     url = _openai_url(target, "embeddings")
-    data = await client.post_json(target, url, _headers(target), orjson.dumps({**body, "model": target.model}))
+    wire = orjson.dumps({**body, "model": target.model})
+    data = await _renewing(client, target, lambda: client.post_json(target, url, _headers(target), wire))
     return _checked_answer(target, checks.embeddings, data, "data"), data
 
 
 async def respond(client: UpstreamClient, target: Target,
                   body: dict[str, Any]) -> tuple[openai_responses.Answer, bytes]:
     """One non-streaming Responses call (`body` as `openai_responses.forwarded_body` made it)."""
-    url = _url(target.base_url, "https://api.openai.com", "/responses")
-    data = await client.post_json(target, url, _headers(target), orjson.dumps(body))
+    url, wire = _url(target.base_url, "https://api.openai.com", "/responses"), orjson.dumps(body)
+    data = await _renewing(client, target, lambda: client.post_json(target, url, _headers(target), wire))
     answer = _loads(target, data)
     if (failure := _error_answer(target, answer, "output")) is not None:
         raise failure
@@ -408,8 +449,8 @@ async def respond_stream(client: UpstreamClient, target: Target, body: dict[str,
                          events: openai_responses.StreamToChat) -> AsyncIterator[Batch]:
     """A streamed Responses call, as batches of canonical chunks (`events` converts; DONE after
     `response.completed`). A stream cut before its last event is a `bad_response`."""
-    url = _url(target.base_url, "https://api.openai.com", "/responses")
-    resp = await client.open_stream(target, url, _headers(target), orjson.dumps(body))
+    url, wire = _url(target.base_url, "https://api.openai.com", "/responses"), orjson.dumps(body)
+    resp = await _renewing(client, target, lambda: client.open_stream(target, url, _headers(target), wire))
     parser = sse.SSEParser()
 
     def parse(data: bytes) -> Batch:

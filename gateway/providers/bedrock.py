@@ -3,8 +3,8 @@
 `POST {base_url}/model/{modelId}/converse` and `/converse-stream` (answered in AWS's binary
 event-stream framing, `EventStreamParser`), `base_url` defaulting to
 `https://bedrock-runtime.{region}.amazonaws.com`. Auth: a Bedrock API key from `secret_key_ref`
-(`Authorization: Bearer`), else SigV4 with the standard AWS credential chain (environment,
-profile, instance role) through botocore's signer — the optional extra `kt-gateway[bedrock]`.
+(`Authorization: Bearer`), else SigV4 with the standard AWS credential chain, kept fresh by
+`gateway.providers.aws` (botocore, the optional extra `kt-gateway[bedrock]`).
 Request: system messages -> `system`, turns -> `messages` with `text`, `toolUse` and
 `toolResult` blocks (tool results of one turn merge), `tools` -> `toolConfig.tools[].toolSpec`,
 `tool_choice` -> `toolChoice`, limits and sampling -> `inferenceConfig`. Answer: `output.message`
@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import orjson
 
+from gateway.providers import aws
 from gateway.providers.canonical import text_of, usage
 from gateway.providers.translate import TranslationError
 from gateway.providers.upstream import UpstreamFailure
@@ -47,31 +48,35 @@ def models_url(target: Target) -> str:
     return f"{base}/foundation-models/{quote(target.model, safe='')}"
 
 
-def sigv4_headers(target: Target, method: str, address: str, body: bytes) -> dict[str, str]:
-    """The SigV4 headers of one call (no `secret_key_ref`: the standard AWS credential chain)."""
-    if target.secret_key_ref is not None:
-        return {}  # a Bedrock API key: sent as a bearer token by the generic credential header
+def signature(target: Target, credentials: Any, method: str, address: str, body: bytes) -> dict[str, str]:
+    """The SigV4 headers of one call to `target` (service `bedrock`, the target's region)."""
+    return aws.sign(credentials, target.region or "us-east-1", method, address, body)
+
+
+async def credentials(chain: aws.CredentialChain, target: Target) -> Any:
+    """The AWS credentials to sign a call to `target` with (no `secret_key_ref`); a clear failure when none."""
+    if not aws.has_botocore():
+        raise _unsigned(target, "needs a secret_key_ref (a Bedrock API key) or botocore for SigV4: "
+                        "pip install 'kt-gateway[bedrock]'")
     try:
-        from botocore.auth import SigV4Auth
-        from botocore.awsrequest import AWSRequest
-        from botocore.session import get_session
-    except ImportError:
-        raise UpstreamFailure("client_error", f"target {target.id} (bedrock) needs a secret_key_ref (a Bedrock API "
-                              "key) or botocore for SigV4: pip install 'kt-gateway[bedrock]'") from None
-    credentials = _credentials(get_session)
-    if credentials is None:
-        raise UpstreamFailure("client_error", f"target {target.id} (bedrock) found no AWS credentials (environment, "
-                              "profile or instance role) and has no secret_key_ref")
-    request = AWSRequest(method=method, url=address, data=body,
-                         headers={"Content-Type": "application/json"} if body else {})
-    SigV4Auth(credentials.get_frozen_credentials(), "bedrock", target.region or "us-east-1").add_auth(request)
-    return {k: v for k, v in request.headers.items() if k.lower() != "content-type"}
+        return await chain.frozen()
+    except aws.CredentialsUnavailable as exc:
+        raise _unsigned(target, f"has no secret_key_ref and {exc}; kt looks again every {aws.RETRY_S:g}s") from None
 
 
-@lru_cache(maxsize=1)
-def _credentials(get_session: Any) -> Any:
-    """The standard AWS credential chain, resolved once (botocore refreshes temporary credentials itself)."""
-    return get_session().get_credentials()
+def credentials_now(target: Target) -> Any:
+    """`credentials`, resolved now and blocking (kt doctor)."""
+    if not aws.has_botocore():
+        raise _unsigned(target, "needs a secret_key_ref (a Bedrock API key) or botocore for SigV4: "
+                        "pip install 'kt-gateway[bedrock]'")
+    try:
+        return aws.frozen_now()
+    except aws.CredentialsUnavailable as exc:
+        raise _unsigned(target, f"has no secret_key_ref and {exc}") from None
+
+
+def _unsigned(target: Target, why: str) -> UpstreamFailure:
+    return UpstreamFailure("client_error", f"target {target.id} (bedrock) {why}")
 
 
 # --- request -----------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ Tornado's clients were slower still (docs/gateway.md "Upstream connections", doc
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from typing import Any
 import orjson
 
 from gateway.http.client import DEFAULT_MAX_RESPONSE_SIZE, Pool, ProtocolError, Proxy, ProxyError, Response
+from gateway.providers import aws, secrets
 from gateway.providers.scrub import scrub
 from gateway.proxy.errors import GatewayError
 from gateway.proxy.resilience import parse_retry_after
@@ -54,7 +54,10 @@ class UpstreamFailure(Exception):
     kind: `5xx`, `rate_limit`, `timeout`, `connect` (refused/reset/disconnected),
     `bad_response` (not the JSON/SSE we expect), `client_error` (another 4xx; not retried).
     `committed`: bytes of a stream already reached the client, so it cannot be retried.
+    `credential_refused`: the upstream refused the gateway's credential (its source may have rotated).
     """
+
+    credential_refused = False
 
     def __init__(
         self,
@@ -106,14 +109,13 @@ def unavailable_reason(target: Target) -> str | None:
     if target.provider == "mock" or ref is None:
         return None
     if ref.env:
-        return None if os.environ.get(ref.env) else f"secret env var {ref.env} is not set"
+        return secrets.missing_reason(ref)
     return f"secret_key_ref store:{ref.store} cannot be resolved by this gateway; use {{env: VAR}}"
 
 
 def secret_value(target: Target) -> str | None:
-    """The credential the gateway sends to `target` (from its `secret_key_ref`), or None."""
-    ref = target.secret_key_ref
-    return os.environ.get(ref.env) if ref is not None and ref.env else None
+    """The credential the gateway sends to `target` (from its `secret_key_ref`: VAR or VAR_FILE), or None."""
+    return secrets.value(target.secret_key_ref)
 
 
 def auth_headers(target: Target) -> dict[str, str]:
@@ -162,7 +164,9 @@ def failure_for_status(target: Target, status: int, headers: Any, data: bytes) -
     if status < 400:  # a redirect or another status we do not follow: the upstream is misconfigured
         return UpstreamFailure("bad_response", f"{where}, which kt does not follow: {detail}", status)
     if status in (401, 403, 407) or (status == 400 and b"API_KEY_INVALID" in data):  # Gemini: 400 for a bad key
-        return UpstreamFailure("client_error", f"{where}: the gateway's key for this target was refused", status)
+        refused = UpstreamFailure("client_error", f"{where}: the gateway's key for this target was refused", status)
+        refused.credential_refused = True
+        return refused
     return UpstreamFailure("client_error", f"{where}: {detail}", status)
 
 
@@ -196,6 +200,7 @@ class UpstreamClient:
         self.max_connections = max_connections
         self.pool = Pool(timeouts.connect_s, timeouts.read_s, max_connections, ssl_context, Proxy.from_env(),
                          max_response_size)
+        self.aws = aws.CredentialChain()  # SigV4 credentials of bedrock targets without a secret_key_ref
 
     @property
     def proxy(self) -> Proxy | None:
