@@ -2,11 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, ClassVar
 
 from policies.chain import Chain
-from policies.kinds.base import Policy, apply_hits
-from policies.model import ChainOutcome, Exchange, Phase
+from policies.kinds.base import Hit, Policy, apply_hits
+from policies.model import ChainOutcome, Exchange, Phase, Verdict
+from policies.state import PolicyState
+
+
+class Term(Policy):
+    """A test kind: matches a regex, with a configurable verdict."""
+
+    kind = "term"
+    phases: ClassVar = frozenset({Phase.INPUT, Phase.OUTPUT})
+
+    def __init__(self, pattern: str, verdict: Verdict, name: str = "term") -> None:
+        super().__init__({}, PolicyState())
+        self.kind = name
+        self.regex = re.compile(pattern)
+        self.verdict = verdict
+
+    def scan_text(self, text: str, phase: Phase) -> list[Hit]:
+        return [Hit(m.start(), m.end(), self.verdict, f"{self.kind}_hit", "[X]") for m in self.regex.finditer(text)]
+
+
+class CountingTerm(Term):
+    """`Term` that counts the texts it scanned."""
+
+    def __init__(self, pattern: str, verdict: Verdict) -> None:
+        super().__init__(pattern, verdict)
+        self.scanned: list[str] = []
+
+    def scan_text(self, text: str, phase: Phase) -> list[Hit]:
+        self.scanned.append(text)
+        return super().scan_text(text, phase)
 
 
 def user(*texts: str, **kw: Any) -> Exchange:

@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from typing import ClassVar
-
 import pytest
 
 from policies.chain import Chain
-from policies.kinds.base import Hit, Policy
-from policies.model import Exchange, Phase, Verdict
+from policies.kinds.base import Policy
+from policies.model import Exchange, Verdict
 from policies.state import PolicyState
-
-
-class Term(Policy):
-    """A test kind: matches a regex, with a configurable verdict."""
-
-    kind = "term"
-    phases: ClassVar = frozenset({Phase.INPUT, Phase.OUTPUT})
-
-    def __init__(self, pattern: str, verdict: Verdict, name: str = "term") -> None:
-        super().__init__({}, PolicyState())
-        self.kind = name
-        self.regex = re.compile(pattern)
-        self.verdict = verdict
-
-    def scan_text(self, text: str, phase: Phase) -> list[Hit]:
-        return [Hit(m.start(), m.end(), self.verdict, f"{self.kind}_hit", "[X]") for m in self.regex.finditer(text)]
+from tests.kindutil import CountingTerm, Term
 
 
 class Boom(Policy):
@@ -87,18 +69,6 @@ def test_stream_redacts_unsent_part() -> None:
     assert guard.feed("pin 1234 ok")[0] == "pin [X] ok"
     outcome = guard.finish()
     assert outcome.verdict is Verdict.REDACT and outcome.redactions == 1
-
-
-class CountingTerm(Term):
-    """`Term` that counts the texts it scanned."""
-
-    def __init__(self, pattern: str, verdict: Verdict) -> None:
-        super().__init__(pattern, verdict)
-        self.scanned: list[str] = []
-
-    def scan_text(self, text: str, phase: Phase) -> list[Hit]:
-        self.scanned.append(text)
-        return super().scan_text(text, phase)
 
 
 def _request(system: str, user: str, role: str = "system") -> Exchange:

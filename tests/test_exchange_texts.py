@@ -10,7 +10,6 @@ import pytest
 
 from gateway.events.record import OUTCOMES_LISTED, RequestRecord
 from policies.chain import Chain, summarize
-from policies.kinds.base import Hit
 from policies.kinds.dlp_filter import DlpFilter
 from policies.kinds.pii_detector import PiiDetector
 from policies.kinds.prompt_injection import PromptInjection
@@ -18,7 +17,7 @@ from policies.kinds.safety_filter import SafetyFilter
 from policies.model import ChainOutcome, Exchange, Phase, PolicyResult, Verdict
 from policies.state import PolicyState
 from policies.texts import MAX_DEPTH, location
-from tests.test_chain import Term
+from tests.kindutil import CountingTerm, Term
 
 S = "secret-42"  # what the test policies find
 
@@ -185,23 +184,13 @@ def test_prompt_injection_still_trusts_system_messages() -> None:
     assert outcome.verdict is Verdict.ALLOW and outcome.results[0].reason_code == "prompt_injection_detected"
 
 
-class Counting(Term):
-    def __init__(self, pattern: str, verdict: Verdict) -> None:
-        super().__init__(pattern, verdict)
-        self.scanned: list[str] = []
-
-    def scan_text(self, text: str, phase: Phase) -> list[Hit]:
-        self.scanned.append(text)
-        return super().scan_text(text, phase)
-
-
 def twenty_tools(word: str = "") -> list[dict[str, Any]]:
     return [{"type": "function", "function": {"name": f"tool_{i}", "description": f"does thing {i} {word}",
                                               "parameters": schema(f"p{i}")}} for i in range(20)]
 
 
 def test_unchanged_tool_definitions_are_scanned_once() -> None:
-    policy = Counting(r"secret-\d+", Verdict.REDACT)
+    policy = CountingTerm(r"secret-\d+", Verdict.REDACT)
     chain = Chain((policy,))
     for _ in range(3):
         chain.run_input(Exchange(model="m", messages=[{"role": "user", "content": "q"}], tools=twenty_tools()))
@@ -214,7 +203,7 @@ def test_unchanged_tool_definitions_are_scanned_once() -> None:
         outcome = chain.run_input(Exchange(model="m", messages=[{"role": "user", "content": "q"}], tools=tools))
         assert outcome.redactions == 20 and tools[3]["function"]["description"] == "does thing 3 [X]"
     assert policy.scanned.count(f"does thing 3 {S}") == 1
-    blocker = Counting(r"secret-\d+", Verdict.BLOCK)
+    blocker = CountingTerm(r"secret-\d+", Verdict.BLOCK)
     for _ in range(2):
         ex = Exchange(model="m", messages=[{"role": "user", "content": "q"}], tools=twenty_tools(S))
         assert Chain((blocker,)).run_input(ex).blocked
@@ -222,7 +211,7 @@ def test_unchanged_tool_definitions_are_scanned_once() -> None:
 
 
 def test_only_the_latest_definitions_are_kept() -> None:
-    policy = Counting("x", Verdict.REDACT)
+    policy = CountingTerm("x", Verdict.REDACT)
     chain = Chain((policy,))
     for i in range(65):
         chain.run_input(Exchange(model="m", messages=[{"role": "user", "content": "q"}], tools=twenty_tools(f"v{i}")))
@@ -233,7 +222,7 @@ def test_only_the_latest_definitions_are_kept() -> None:
 
 def test_redactions_compose_across_policies_in_definitions() -> None:
     tools = twenty_tools(S)
-    chain = Chain((Term(r"secret-\d+", Verdict.REDACT, "one"), Counting(r"\[X\]", Verdict.BLOCK)))
+    chain = Chain((Term(r"secret-\d+", Verdict.REDACT, "one"), CountingTerm(r"\[X\]", Verdict.BLOCK)))
     outcome = chain.run_input(Exchange(model="m", messages=[{"role": "user", "content": "q"}], tools=tools))
     assert outcome.blocked  # the second policy saw the first one's redaction
 
