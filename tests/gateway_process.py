@@ -21,9 +21,11 @@ from tests.waiting import WaitTimeout, wait_for
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any `KEEPTRUSTS_*` variable, plus `extra`: what a
-    gateway started as an operator would start it sees (no state dir or token from the test run)."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("KEEPTRUSTS_")}, **extra}
+    """This process's environment without any `KEEPTRUSTS_*`, `NOTIFY_*` or `WATCHDOG_*` variable, plus
+    `extra`: what a process started as an operator would start it sees (no state dir or token of the
+    test run, no service manager of whatever runs the tests)."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(("KEEPTRUSTS_", "NOTIFY_", "WATCHDOG_"))}
+    return {**kept, **extra}
 
 
 class GatewayProcess:
@@ -31,8 +33,8 @@ class GatewayProcess:
 
     The one way tests start a gateway subprocess (in a test, through the `gateway_process` fixture,
     which stops it after): `config` None runs it without `--policy-config` (e.g. `--git-repo ...`
-    in `args`); `env` is added to this process's environment (to `clean_env()` with `clean=True`:
-    none of the test run's `KEEPTRUSTS_*`); it is started once `ready` answers 200 (within `timeout` s), or, with
+    in `args`); `env` is added to this process's environment (to `clean_env()` with `clean=True`);
+    it is started once `ready` answers 200 (within `timeout` s), or, with
     `wait=False`, once `wait_ready()` is called. `argv` replaces the whole `kt ...` command line
     that config, state dir and args would make (e.g. a container image's command); it must listen
     on `port`.

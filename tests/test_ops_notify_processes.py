@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.gateway_process import clean_env
 from tests.gitserve import INVALID_YAML, Upstream, config_yaml
 from tests.waiting import wait_for
 
@@ -63,8 +64,7 @@ def notify() -> Iterator[NotifySocket]:
 
 
 def _env(notify: NotifySocket, watchdog_usec: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEEPTRUSTS_", "WATCHDOG_", "NOTIFY_"))}
-    return {**env, "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(watchdog_usec)}
+    return clean_env(NOTIFY_SOCKET=notify.path, WATCHDOG_USEC=str(watchdog_usec))
 
 
 def test_sync_agent_notifies(tmp_path: Path, notify: NotifySocket) -> None:
@@ -89,40 +89,31 @@ def test_sync_agent_notifies(tmp_path: Path, notify: NotifySocket) -> None:
             proc.wait()
 
 
-def test_gateway_notifies(tmp_path: Path, notify: NotifySocket) -> None:
+def test_gateway_notifies(tmp_path: Path, notify: NotifySocket, gateway_process) -> None:
     config = tmp_path / "policy-config.yaml"
     config.write_text(config_yaml("1.0.0"))
     first = hashlib.sha256(config.read_bytes()).hexdigest()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kt", "gateway", "run", "--policy-config", str(config), "--no-watch",
-         "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state")],
-        env=_env(notify, 400_000), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        ready = notify.wait(lambda m: m.get("READY") == "1", "READY=1 once loaded and listening")
-        assert f"revision {first[:12]}" in ready["STATUS"]
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # READY=1 means the port listens
-        notify.wait(lambda m: m.get("WATCHDOG") == "1", "WATCHDOG=1 while WATCHDOG_USEC is set")
+    gw = gateway_process(config, "--no-watch", clean=True, wait=False,
+                         env={"NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": "400000"})
+    proc, port = gw.proc, gw.port
+    ready = notify.wait(lambda m: m.get("READY") == "1", "READY=1 once loaded and listening")
+    assert f"revision {first[:12]}" in ready["STATUS"]
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()  # READY=1 means the port listens
+    notify.wait(lambda m: m.get("WATCHDOG") == "1", "WATCHDOG=1 while WATCHDOG_USEC is set")
 
-        config.write_text(config_yaml("1.0.1"))
-        second = hashlib.sha256(config.read_bytes()).hexdigest()
-        proc.send_signal(signal.SIGHUP)  # `systemctl reload kt-gateway`
-        reloading = notify.wait(lambda m: m.get("RELOADING") == "1", "RELOADING=1 on SIGHUP")
-        assert int(reloading["MONOTONIC_USEC"]) > 0
-        again = notify.wait(lambda m: f"revision {second[:12]}" in m.get("STATUS", ""), "READY=1 after")
-        assert again.get("READY") == "1" and notify.index(again) > notify.index(reloading)
+    config.write_text(config_yaml("1.0.1"))
+    second = hashlib.sha256(config.read_bytes()).hexdigest()
+    proc.send_signal(signal.SIGHUP)  # `systemctl reload kt-gateway`
+    reloading = notify.wait(lambda m: m.get("RELOADING") == "1", "RELOADING=1 on SIGHUP")
+    assert int(reloading["MONOTONIC_USEC"]) > 0
+    again = notify.wait(lambda m: f"revision {second[:12]}" in m.get("STATUS", ""), "READY=1 after")
+    assert again.get("READY") == "1" and notify.index(again) > notify.index(reloading)
 
-        config.write_text(INVALID_YAML)
-        proc.send_signal(signal.SIGHUP)
-        refused = notify.wait(lambda m: "last reload refused" in m.get("STATUS", ""), "a refused reload in STATUS")
-        assert refused.get("READY") == "1" and f"revision {second[:12]}" in refused["STATUS"]
+    config.write_text(INVALID_YAML)
+    proc.send_signal(signal.SIGHUP)
+    refused = notify.wait(lambda m: "last reload refused" in m.get("STATUS", ""), "a refused reload in STATUS")
+    assert refused.get("READY") == "1" and f"revision {second[:12]}" in refused["STATUS"]
 
-        proc.terminate()
-        notify.wait(lambda m: m.get("STOPPING") == "1", "STOPPING=1 on drain")
-        assert proc.wait(timeout=WAIT) == 0, proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc.terminate()
+    notify.wait(lambda m: m.get("STOPPING") == "1", "STOPPING=1 on drain")
+    assert proc.wait(timeout=WAIT) == 0, gw.logs()
