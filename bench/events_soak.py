@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.event_samples import sample_events
-from gateway.events.store import EventStore, file_bytes
+from gateway.events.disk import file_bytes
+from gateway.events.store import EventStore
 from kt.commands.gateway import parse_size
 
 BATCH = 500

@@ -16,7 +16,10 @@ import pytest
 
 from gateway.control import metrics
 from gateway.control.runtime import Runtime
-from gateway.events.store import CURSOR_KEY, MAX_BYTES_KEY, EventStore, StoreWriter, file_bytes, parse_time
+from gateway.events.disk import file_bytes
+from gateway.events.store import CURSOR_KEY, MAX_BYTES_KEY, EventStore
+from gateway.events.times import parse_time
+from gateway.events.writer import StoreWriter
 from tests.waiting import async_wait_for
 
 MIB = 1024**2

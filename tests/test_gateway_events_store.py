@@ -14,7 +14,9 @@ import tornado.web
 
 from gateway.control.runtime import Runtime
 from gateway.events.forwarder import Forwarder, mask_url
-from gateway.events.store import EventStore, StoreWriter, parse_time
+from gateway.events.store import EventStore
+from gateway.events.times import parse_time
+from gateway.events.writer import StoreWriter
 from tests.waiting import async_wait_for
 
 
@@ -225,7 +227,7 @@ def test_writer_keeps_events_in_memory_while_the_store_is_unwritable_and_counts_
 
 def test_retention_comes_from_audit_logger(tmp_path):
     from gateway.control.reload import load_snapshot
-    from gateway.events.store import retention_days
+    from gateway.events.writer import retention_days
     from tests.test_gateway_control_reload import config
 
     path = tmp_path / "policy-config.yaml"

@@ -17,7 +17,7 @@ import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.control.ops import Ops
-from gateway.events.store import parse_time
+from gateway.events.times import parse_time
 from gateway.proxy.errors import envelope
 
 MAX_EVENTS = 1000

@@ -19,7 +19,7 @@ import orjson
 import yaml
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from gateway.events.store import parse_time
+from gateway.events.times import parse_time
 from sync.credentials import mask_url
 
 if TYPE_CHECKING:

@@ -25,7 +25,8 @@ from gateway.control.logs import log_request
 from gateway.control.reload import Reloader, ReloadResult, sync_state_of
 from gateway.control.runtime import Runtime, Snapshot
 from gateway.events.forwarder import Forwarder
-from gateway.events.store import DB_NAME, DEFAULT_MAX_BYTES, EventStore, StoreWriter
+from gateway.events.store import DB_NAME, DEFAULT_MAX_BYTES, EventStore
+from gateway.events.writer import StoreWriter
 from gateway.providers.upstream import unavailable_reason
 from policies import ConfigError
 from sync.clock import rfc3339

@@ -16,7 +16,8 @@ import orjson
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from gateway.control import metrics
-from gateway.events.store import CURSOR_KEY, StoreWriter
+from gateway.events.store import CURSOR_KEY
+from gateway.events.writer import StoreWriter
 from sync.backoff import backoff
 from sync.credentials import mask_url
 

@@ -1,34 +1,26 @@
 """The durable decision-event store: one SQLite file (WAL) under the state directory.
 
-The request path never touches it: `StoreWriter` drains `runtime.events` in batches on a
-single worker thread. Queries serve `GET /keeptrusts/events` and `kt events --db`.
+The request path never touches it: `StoreWriter` (gateway/events/writer.py) drains
+`runtime.events` in batches on a single worker thread. Queries serve `GET /keeptrusts/events`
+and `kt events --db`. Its files on disk, the reserve and the writer lock: gateway/events/disk.py.
 An event is acknowledged once its batch is committed; a committed event survives kill -9.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
-import logging
-import os
-import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from gateway.control import metrics
-from gateway.control.runtime import Runtime
 from gateway.events import codec
+from gateway.events.disk import WriterLock, file_bytes, make_reserve
+from gateway.events.times import event_time
 
-log = logging.getLogger("kt.gateway.events")
 DB_NAME = "events.db"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -47,59 +39,7 @@ DEFAULT_MAX_BYTES = 512 * 1024**2  # --events-max-size: half the deploy manifest
 MIN_MAX_BYTES = 1024**2
 MAX_BYTES_KEY = "max_bytes"  # in `meta`: the cap the writing gateway runs with (read by `kt doctor`)
 CURSOR_KEY = "forward_cursor"  # in `meta`: the last store sequence the control plane acknowledged
-SQLITE_FULL = 13
 FULL_BACKOFF_S = 60.0  # after a full disk, the lowered limit holds this long before the store tries to grow
-_RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(value: str | float | None, now: float | None = None) -> float | None:
-    """Epoch seconds from a duration back from now (`90s`, `5m`, `1h`, `7d`, `2w`), RFC 3339, or epoch.
-
-    Raises `ValueError` with a message saying what is accepted.
-    """
-    if value is None or value == "":
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    text = value.strip()
-    match = _RELATIVE.match(text)
-    if match:
-        return (now or time.time()) - float(match.group(1)) * _UNIT[match.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"invalid time {value!r}: use a duration like 5m, 1h, 7d or an RFC 3339 time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
-def event_time(event: dict[str, Any]) -> float:
-    """The event's timestamp as epoch seconds (now when missing or unreadable)."""
-    ts = event.get("timestamp")
-    if isinstance(ts, str) and ts.endswith("Z"):  # the gateway's own RFC 3339 UTC stamps: the fast path
-        try:
-            return datetime.fromisoformat(ts).timestamp()
-        except ValueError:
-            pass
-    try:
-        return parse_time(ts) or time.time()
-    except ValueError:
-        return time.time()
-
-
-def file_bytes(path: Path) -> int:
-    """Bytes the store takes on disk: the database file, its write-ahead log, its shared-memory index, its reserve."""
-    total = 0
-    for name in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-reserve"))):
-        with contextlib.suppress(OSError):
-            total += name.stat().st_size
-    return total
 
 
 def store_usage(path: Path) -> tuple[int, int] | None:
@@ -115,43 +55,6 @@ def store_usage(path: Path) -> tuple[int, int] | None:
     except sqlite3.Error:
         return None
     return file_bytes(path), int(row[0]) if row else DEFAULT_MAX_BYTES
-
-
-class WriterLock:
-    """`<db>-lock`: one writer of the store at a time, across the threads and processes (`--workers`) that
-    write it, from a batch's first row to the checkpoint after it, so no writer appends to the WAL while
-    another one's checkpoint is due. An flock(2): the kernel releases it when its holder dies."""
-
-    def __init__(self, path: Path, timeout: float = 5.0) -> None:
-        self.path = path
-        self.timeout = timeout  # as SQLite's busy_timeout: then the batch waits in memory and is retried
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the lock (waiting up to `timeout`, else `sqlite3.OperationalError`, as a busy store)."""
-        deadline, pause = time.monotonic() + self.timeout, 0.001
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise sqlite3.OperationalError(f"event store is locked by another writer ({self.path})") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True for SQLite's SQLITE_FULL (ENOSPC on a write, or the file at its largest)."""
-    return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
 
 
 class EventStore:
@@ -207,7 +110,7 @@ class EventStore:
         self._writer: WriterLock | None = None
         if not readonly:
             self._writer = WriterLock(self.path.with_name(self.path.name + "-lock"))
-            self._make_reserve()
+            make_reserve(self.reserve, self.wal_bytes)
         self.last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events") if not readonly else 0
 
     def _scalar(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
@@ -264,7 +167,7 @@ class EventStore:
             self._bound_wal()
             self.last_seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             if self._full_limit is None:  # a full disk used the reserve: take it again once it passed
-                self._make_reserve()
+                make_reserve(self.reserve, self.wal_bytes)
         return added
 
     def _add_chunk(self, rows: list[tuple[str, float, Any, bytes]], size: int) -> int:
@@ -341,17 +244,6 @@ class EventStore:
                                             "ORDER BY seq LIMIT ?)", (step,)).rowcount
             used = self._used()
         return evicted, dropped
-
-    def _make_reserve(self) -> None:
-        """Keep `<db>-reserve` (the WAL's share in bytes): on a full disk, deleting it lets the WAL be
-        checkpointed into the database file, where the events that make room are deleted."""
-        if self.reserve.exists():
-            return
-        try:
-            with open(self.reserve, "wb") as out:
-                os.posix_fallocate(out.fileno(), 0, self.wal_bytes)
-        except OSError:
-            self.reserve.unlink(missing_ok=True)
 
     def disk_full(self, batch_bytes: int) -> None:
         """After SQLITE_FULL: free the reserve, checkpoint; hold the database, for a while, at what it uses
@@ -490,165 +382,3 @@ def _window(since: float | None, until: float | None) -> tuple[str, tuple[float,
     return (" WHERE " + " AND ".join(where) if where else ""), args
 
 
-def retention_days(runtime: Runtime, default: int = 365) -> int:
-    """audit-logger's `retention_days` in the running config, else `default`."""
-    snap = runtime.snapshot
-    if snap is None:
-        return default
-    for policy in snap.config.chain.policies:
-        if policy.kind == "audit-logger":
-            return int(getattr(policy, "retention_days", default))
-    return default
-
-
-def background_thread() -> None:
-    """Lower this thread's scheduling priority (Linux: per thread), so the event loop's thread wins the core.
-
-    The gateway's helper threads (event store, log writer) batch work that can wait; on a busy
-    core the request path should not wait behind a commit.
-    """
-    with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-
-
-class StoreWriter:
-    """Background tasks: drain the in-memory queue into the store; prune by retention."""
-
-    def __init__(self, runtime: Runtime, store: EventStore, batch: int = 500,
-                 prune_interval: float = 3600.0, linger: float = 0.1) -> None:
-        self.runtime = runtime
-        self.store = store
-        self.batch = batch
-        # After the first event of a batch, wait this long for more: one transaction per ~100 ms
-        # instead of one per request at low traffic (a commit is ~100 us of the same core).
-        self.linger = linger
-        self.prune_interval = prune_interval
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kt-events", initializer=background_thread)
-        self.stored = asyncio.Event()  # set after each commit (the forwarder waits on it)
-        self.error: str | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        # The batch taken from the queue and not yet committed: kept here, not in `_drain`'s frame,
-        # so a stop while it lingers or retries stores it rather than losing it (ids deduplicate).
-        self._held: list[dict[str, Any]] = []
-        self._dropped_logged = 0
-        self._counted = (store.evicted, store.dropped)  # the store's counts already in the metrics
-        self._full_logged = (store.dropped, -60.0)  # disk_full drops last logged, and when (monotonic)
-        self._full_tries = 0  # SQLITE_FULL in a row on the held batch
-
-    @property
-    def holding(self) -> int:
-        """How many events this writer took from the queue and has not committed yet."""
-        return len(self._held)
-
-    async def call(self, fn: Any, *args: Any) -> Any:
-        """Run a blocking store call on the store's worker thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    async def _drain(self) -> None:
-        delay = 0.1
-        while True:
-            if not self._held:
-                self._held = await self.runtime.events.get_batch(self.batch)
-                if self._held and len(self._held) < self.batch and self.linger:
-                    await asyncio.sleep(self.linger)
-                    self._held += await self.runtime.events.get_batch(self.batch - len(self._held), timeout=0)
-            self._log_drops()
-            if not self._held:
-                continue
-            try:
-                added = await self.call(self.store.add, self._held)
-            except sqlite3.Error as exc:
-                if is_disk_full(exc):  # make room below what fits and retry now: the batch stays held
-                    self._full_tries += 1
-                    if self._full_tries > 3:  # no room even so: this batch is dropped, counted and logged
-                        self.store.dropped += len(self._held)
-                        self._held, self._full_tries = [], 0
-                        self.count_room()
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 5.0)
-                        continue
-                    size = sum(len(orjson.dumps(e, default=str)) for e in self._held)
-                    await self.call(self.store.disk_full, size)
-                    if self.error is None:
-                        log.error("event store: disk full; keeping it at what fits",
-                                  extra={"path": str(self.store.path), "error": str(exc)})
-                    self.error = str(exc)
-                    continue
-                if self.error is None:
-                    log.error("event store write failed; events wait in memory", extra={"error": str(exc)})
-                self.error = str(exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if self.error is not None:
-                log.info("event store writable again", extra={"path": str(self.store.path)})
-            self.error, delay, self._held, self._full_tries = None, 0.1, [], 0
-            metrics.EVENTS_STORED.inc(added)
-            self.count_room()
-            self.stored.set()
-
-    def count_room(self, now: float | None = None) -> None:
-        """Move the store's eviction and disk_full counts into the metrics; log drops at most once a minute
-        (`now`: a monotonic time, for tests)."""
-        store = self.store
-        evicted, dropped = store.evicted - self._counted[0], store.dropped - self._counted[1]
-        self._counted = (store.evicted, store.dropped)
-        if evicted:
-            metrics.EVENTS_EVICTED.inc(evicted)
-        if dropped:
-            metrics.EVENTS_DROPPED_DISK.inc(dropped)
-        now = time.monotonic() if now is None else now
-        since = store.dropped - self._full_logged[0]
-        if since and now - self._full_logged[1] >= 60.0:
-            log.warning("event store full: undelivered decision events dropped, oldest first",
-                        extra={"dropped": since, "dropped_total": store.dropped, "max_bytes": store.max_bytes,
-                               "path": str(store.path)})
-            self._full_logged = (store.dropped, now)
-
-    def _log_drops(self) -> None:
-        dropped = self.runtime.events.dropped
-        if dropped > self._dropped_logged:
-            log.warning("event queue full: decision events dropped",
-                        extra={"dropped": dropped - self._dropped_logged, "dropped_total": dropped})
-            self._dropped_logged = dropped
-
-    async def _prune(self) -> None:
-        while True:
-            days = retention_days(self.runtime)
-            try:
-                removed = await self.call(self.store.prune, time.time() - days * 86400)
-            except sqlite3.Error as exc:
-                log.warning("event retention pruning failed", extra={"error": str(exc)})
-            else:
-                if removed:
-                    metrics.EVENTS_PRUNED.inc(removed)
-                    log.info("events pruned by retention", extra={"removed": removed, "retention_days": days})
-                    with contextlib.suppress(sqlite3.Error):
-                        await self.call(self.store.vacuum)
-            await asyncio.sleep(self.prune_interval)
-
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._drain()), loop.create_task(self._prune())]
-
-    async def flush(self, timeout: float = 5.0) -> None:
-        """Store what is held and queued now (used at shutdown, after `_drain` stopped)."""
-        deadline = time.monotonic() + timeout
-        while (self._held or len(self.runtime.events)) and time.monotonic() < deadline:
-            batch, self._held = self._held or await self.runtime.events.get_batch(self.batch, timeout=0), []
-            try:
-                metrics.EVENTS_STORED.inc(await self.call(self.store.add, batch))
-            except sqlite3.Error as exc:
-                self.store.dropped += len(batch)  # at exit there is no later: counted, logged
-                log.error("event store write failed at shutdown; events dropped",
-                          extra={"events": len(batch), "error": str(exc)})
-            self.count_room(now=float("inf"))
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        await self.flush()

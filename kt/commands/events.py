@@ -67,7 +67,7 @@ def _db_fetch(path: str) -> Fetch:
     def fetch(query: dict[str, Any]) -> list[dict[str, Any]]:
         import sqlite3
 
-        from gateway.events.store import parse_time
+        from gateway.events.times import parse_time
 
         try:
             return store.query(parse_time(query.get("since")), parse_time(query.get("until")),
@@ -79,7 +79,7 @@ def _db_fetch(path: str) -> Fetch:
 
 
 def _time(value: Any) -> str:
-    from gateway.events.store import parse_time
+    from gateway.events.times import parse_time
 
     try:
         ts = parse_time(value)
@@ -124,7 +124,7 @@ def _options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _setup(since: str | None, until: str | None, gateway: str, db: str | None) -> Fetch:
-    from gateway.events.store import parse_time
+    from gateway.events.times import parse_time
 
     for name, value in (("--since", since), ("--until", until)):
         try:
@@ -250,7 +250,7 @@ def export_events(since: str | None, until: str | None, fmt: str, output: str | 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from gateway.events.store import parse_time
+    from gateway.events.times import parse_time
     from kt.event_export import write_events
 
     fetch = _setup(since, until, gateway, db)

@@ -1,0 +1,72 @@
+"""The event store's files on disk: what they take, the reserve kept for a full disk, full-disk
+errors, and the lock its writers take turns under."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+SQLITE_FULL = 13
+
+
+def file_bytes(path: Path) -> int:
+    """Bytes the store takes on disk: the database file, its write-ahead log, its shared-memory index, its reserve."""
+    total = 0
+    for name in (path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-reserve"))):
+        with contextlib.suppress(OSError):
+            total += name.stat().st_size
+    return total
+
+
+def make_reserve(reserve: Path, size: int) -> None:
+    """Keep `<db>-reserve` (`size` bytes, the WAL's share): on a full disk, deleting it lets the WAL be
+    checkpointed into the database file, where the events that make room are deleted."""
+    if reserve.exists():
+        return
+    try:
+        with open(reserve, "wb") as out:
+            os.posix_fallocate(out.fileno(), 0, size)
+    except OSError:
+        reserve.unlink(missing_ok=True)
+
+
+class WriterLock:
+    """`<db>-lock`: one writer of the store at a time, across the threads and processes (`--workers`) that
+    write it, from a batch's first row to the checkpoint after it, so no writer appends to the WAL while
+    another one's checkpoint is due. An flock(2): the kernel releases it when its holder dies."""
+
+    def __init__(self, path: Path, timeout: float = 5.0) -> None:
+        self.path = path
+        self.timeout = timeout  # as SQLite's busy_timeout: then the batch waits in memory and is retried
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Hold the lock (waiting up to `timeout`, else `sqlite3.OperationalError`, as a busy store)."""
+        deadline, pause = time.monotonic() + self.timeout, 0.001
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError(f"event store is locked by another writer ({self.path})") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for SQLite's SQLITE_FULL (ENOSPC on a write, or the file at its largest)."""
+    return getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or "disk is full" in str(exc)
