@@ -33,12 +33,14 @@ RULES = (
     Rule("gateway.http", ("policies", "sync", "gateway.proxy", "gateway.providers", "gateway.events",
                           "gateway.control", "gateway.server"),
          "the wire knows nothing of policies, providers, config"),
-    Rule("gateway.proxy", ("socket", "ssl", "sqlite3", "gateway.http.http1", "gateway.http.client",
+    Rule("gateway.proxy", ("socket", "ssl", "sqlite3", "gateway.http.http1", "gateway.http.connection",
+                           "gateway.http.exchange", "gateway.http.request_head", "gateway.http.client",
                            "gateway.events.store", "gateway.events.writer", "gateway.events.disk",
                            "gateway.control.counters_sqlite",
                            "gateway.control.counters_redis", "gateway.server"),
          "the proxy touches no sockets and no SQL"),
-    Rule("gateway.providers", ("gateway.http.http1", "gateway.http.handler", "tornado.web", "tornado.httpserver",
+    Rule("gateway.providers", ("gateway.http.http1", "gateway.http.connection", "gateway.http.exchange",
+                               "gateway.http.request_head", "gateway.http.handler", "tornado.web", "tornado.httpserver",
                                "gateway.events", "gateway.control", "gateway.server", "policies"),
          "providers know nothing of the HTTP server nor of policies"),
     Rule("gateway.events", ("gateway.http", "gateway.proxy", "gateway.providers", "gateway.server"),
@@ -58,7 +60,7 @@ RULES = (
 EXCEPTIONS = {
     ("gateway.http.handler", "sync.clock"):
         "the Date header uses the repo's one once-a-second clock cache (sync.clock.per_second)",
-    ("gateway.http.http1", "gateway.proxy.errors"):
+    ("gateway.http.request_head", "gateway.proxy.errors"):
         "the wire answers a malformed or oversized request in the one error envelope",
     ("gateway.providers.adapters", "policies.model"):
         "`Target` and the canonical request are policies' value types, not policy logic",

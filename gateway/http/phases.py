@@ -1,0 +1,59 @@
+"""The states of a server connection and of each request/response exchange on it.
+
+Each is a small `IntEnum` whose members are also module names (`OPEN`, `PARSED`, `CHUNKED`, ...):
+the connection and exchange code compares against those names with `is`, which costs what
+reading a boolean did.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Lifecycle(enum.IntEnum):
+    """A connection's life (`ServerConnection.phase`)."""
+
+    OPEN = 0  # reading requests and answering them
+    CLOSING = 1  # close(): what is buffered is being written (within --client-timeout), nothing more is read
+    CLOSED = 2  # aborted, refused or lost: nothing more is read or written
+
+
+class Event(enum.IntEnum):
+    """A parser event on its way to the handler."""
+
+    HEADERS = 0  # the head is complete: start_request + headers_received
+    DATA = 1  # a piece of the body: data_received
+    END = 2  # the end of the request: finish
+
+
+class Reading(enum.IntEnum):
+    """How far a request has been received (`ServerExchange.reading`); each implies the ones before."""
+
+    HEAD = 0  # the request line and headers are arriving
+    BODY = 1  # the head was parsed and checked; the body, if any, is arriving
+    PARSED = 2  # the parser saw the end of the request
+    DELIVERED = 3  # ... and the handler was told (delegate.finish)
+
+
+class Writing(enum.IntEnum):
+    """How far a response has been written (`ServerExchange.writing`)."""
+
+    PENDING = 0  # nothing written yet
+    STARTED = 1  # the status line and headers are written
+    FINISHED = 2  # the handler called finish()
+
+
+class Framing(enum.IntEnum):
+    """How a response body is delimited (`ServerExchange.framing`, decided by `write_headers`)."""
+
+    LENGTH = 0  # Content-Length: `remaining` bytes still owed
+    CHUNKED = 1  # Transfer-Encoding: chunked
+    NO_BODY = 2  # HEAD, 204, 304, 1xx: whatever is written is dropped
+    UNTIL_CLOSE = 3  # HTTP/1.0 without a length: the body ends when the connection closes
+
+
+OPEN, CLOSING, CLOSED = Lifecycle
+HEADERS, DATA, END = Event
+HEAD, BODY, PARSED, DELIVERED = Reading
+PENDING, STARTED, FINISHED = Writing
+LENGTH, CHUNKED, NO_BODY, UNTIL_CLOSE = Framing
