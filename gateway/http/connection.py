@@ -170,7 +170,19 @@ class ServerConnection(asyncio.Protocol):
         self.last_read = self.loop.time()
         self.feeding = True
         try:
-            self._feed(data)
+            while True:
+                try:
+                    self.parser.feed_data(data)
+                    break
+                except httptools.HttpParserUpgrade as exc:
+                    # kt does not upgrade (h2c, websocket; RFC 9110 7.8): the request is answered as plain
+                    # HTTP/1.1 (no 101), its body read by its framing, and the client goes on in HTTP/1.1.
+                    data = data[int(exc.args[0]):]
+                    req = self.parsing
+                    if req is not None and req.upgrade_body:
+                        self._read_upgrade_body(req)
+                    if not data:
+                        break
         except httptools.HttpParserError as exc:
             self._parser_error(exc)
         finally:
@@ -179,26 +191,11 @@ class ServerConnection(asyncio.Protocol):
         if req is not None and req.reading is HEAD and self.phase is OPEN:
             req.head_seen += len(data)  # a head line still incomplete is buffered by httptools: bound it
             if req.head_seen > 2 * self.server.max_header_size:
-                exc = head_too_large(self.server.max_header_size)
-                self.reject(req, exc.status, exc.code, exc.message)
+                too_large = head_too_large(self.server.max_header_size)
+                self.reject(req, too_large.status, too_large.code, too_large.message)
         req = self.current
         if req is not None and req.writing is FINISHED and req.reading < PARSED:
             self.close()  # answered before its body arrived (`response_finished`): only closing avoids reading it
-
-    def _feed(self, data: bytes) -> None:
-        while True:
-            try:
-                self.parser.feed_data(data)
-                return
-            except httptools.HttpParserUpgrade as exc:
-                # kt does not upgrade (h2c, websocket; RFC 9110 7.8): the request is answered as plain
-                # HTTP/1.1 (no 101), its body read by its framing, and the client goes on in HTTP/1.1.
-                data = data[int(exc.args[0]):]
-                req = self.parsing
-                if req is not None and req.upgrade_body:
-                    self._read_upgrade_body(req)
-                if not data:
-                    return
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.phase = CLOSED
