@@ -9,7 +9,6 @@ kernel releases when the process dies (so kill -9 never leaves a stale lock).
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import logging
 import os
 import shutil
@@ -17,12 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policies import load_config
+from policies import Config, load_config
 from sync import metrics
 from sync.clock import parse_time, rfc3339
 from sync.manifest import Tampered, verify, write_manifest
 from sync.publish import (
     REVISIONS,
+    Compile,
     check_config_path,
     cleanup,
     content_digest,
@@ -105,8 +105,9 @@ def lock_is_held(state: Path) -> bool:
 class SyncAgent:
     """Syncs one ref/path of one repository into one state directory."""
 
-    def __init__(self, settings: SyncSettings) -> None:
+    def __init__(self, settings: SyncSettings, load: Compile = load_config) -> None:
         self.settings = settings
+        self.load = load  # validates + compiles an export; the embedded gateway passes one that keeps the result
         self.state = settings.state_dir
         self.mirror = Mirror(self.state / "repo", self.state / ".askpass.sh")
         self._lock_fd: int | None = None
@@ -224,9 +225,10 @@ class SyncAgent:
             return refused
         tmp = new_tmp_dir(self.state, head)
         try:
+            configs: dict[str, Config] = {}
             try:
                 files = self._export(head, tmp, deadline)
-                findings = validate(tmp, s.path)
+                findings, configs = validate(tmp, s.path, self.load)
             except UnsafeTree as exc:
                 findings = [{"file": s.path, "code": UNSAFE_CODE, "path": "",
                              "message": f"commit {head[:12]} cannot be published safely: {exc}",
@@ -236,7 +238,7 @@ class SyncAgent:
                 return self._refuse(head, findings)
             committed = self.mirror.committed_at(head, deadline - time.monotonic())  # for the deploy-time metric
             digest = content_digest(tmp, s.path)
-            sha256, pack = _config_identity(tmp / s.path)
+            sha256, pack = _config_identity(configs.get(s.path))
             final = self._publish(head, tmp, files)
         finally:
             if tmp.exists():
@@ -361,12 +363,11 @@ class SyncAgent:
             return self.mirror.export(head, path, tmp, deadline - time.monotonic())
 
 
-def _config_identity(path: Path) -> tuple[str | None, dict | None]:
-    """(sha256 of the config bytes, {name, version} of its pack) for a single-file config."""
-    if not path.is_file():
+def _config_identity(config: Config | None) -> tuple[str | None, dict | None]:
+    """(sha256 of the config bytes, {name, version} of its pack) for a single-file config, from its validation."""
+    if config is None:
         return None, None
-    config = load_config(path)
-    return hashlib.sha256(path.read_bytes()).hexdigest(), {"name": config.pack.name, "version": config.pack.version}
+    return config.sha256, {"name": config.pack.name, "version": config.pack.version}
 
 
 def _read_pid(state: Path) -> int | None:

@@ -18,9 +18,10 @@ import hashlib
 import os
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
-from policies import ConfigError, load_config
+from policies import Config, ConfigError, load_config
 from sync.manifest import SUFFIX, manifest_path
 
 REVISIONS = "revisions"
@@ -30,7 +31,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 _AT_FDCWD = -100
 STATE_DIR_ENV = "KEEPTRUSTS_STATE_DIR"
 _RENAME_EXCHANGE = 2
-
+Compile = Callable[[Path], Config]  # reads, validates and compiles one config file; ConfigError if invalid
 
 
 def default_state_dir() -> Path:
@@ -164,24 +165,27 @@ def content_digest(root: Path, path: str) -> str | None:
     return h.hexdigest()
 
 
-def validate(root: Path, path: str) -> list[dict]:
-    """Lint findings (as dicts with `file`) for the config at `path`; empty means it may be published."""
+def validate(root: Path, path: str, load: Compile = load_config) -> tuple[list[dict], dict[str, Config]]:
+    """(lint findings as dicts with `file`, {repo-relative path: compiled Config}) for the config at `path`;
+    no findings means it may be published. Each file is compiled once, by `load` (the embedded
+    gateway passes its own, so the reload can take this result instead of compiling again)."""
     files = config_files(root, path)
     if not files:
         what = "no *.yaml files in directory" if (root / path).is_dir() else "no such file in the commit"
         return [{"file": path, "code": "E100", "path": "", "message": f"{path}: {what}",
-                 "suggestion": "check --path and the branch", "line": None}]
+                 "suggestion": "check --path and the branch", "line": None}], {}
     findings: list[dict] = []
+    configs: dict[str, Config] = {}
     for f in files:
         rel = str(f.relative_to(root))
         try:
-            load_config(f)
+            configs[rel] = load(f)
         except ConfigError as exc:
             findings += [{"file": rel, **finding.as_dict()} for finding in exc.findings]
         except Exception as exc:  # a loader bug must refuse the revision, not crash the agent
             findings.append({"file": rel, "code": "E999", "path": "", "message": f"cannot load: {exc!r}",
                              "suggestion": "", "line": None})
-    return findings
+    return findings, configs
 
 
 def _remove(path: Path) -> None:
