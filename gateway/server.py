@@ -115,12 +115,15 @@ async def start(settings: GatewaySettings, config_path: str | Path | None, runti
 
         runtime.tracer = Tracer(settings.otlp_endpoint, version=VERSION)
         log.info("traces go to %s (OTLP/HTTP)", mask_url(settings.otlp_endpoint))
+    state_dir = settings.state_dir or default_state_dir()
+    open_counters(runtime, settings, state_dir)
     if sync is not None:
         if sync.supervisor_pid is None:  # a worker serves only the webhook; its supervisor runs the agent
+            sync.handover.policy_state = runtime.policy_state  # the agent compiles what the reload swaps in
             sync.start()  # raises AgentLocked when another agent owns the state dir
         config_path = sync.config_path
     try:
-        return await _start(settings, str(config_path), runtime, sync)
+        return await _start(settings, str(config_path), runtime, sync, state_dir)
     except BaseException:
         if sync is not None and sync.supervisor_pid is None:
             sync.stop()
@@ -140,12 +143,12 @@ def open_counters(runtime: Runtime, settings: GatewaySettings, state_dir: Path) 
 
 
 async def _start(settings: GatewaySettings, config_path: str, runtime: Runtime,
-                 sync: EmbeddedSync | None) -> RunningGateway:
-    state_dir = settings.state_dir or default_state_dir()
-    open_counters(runtime, settings, state_dir)
+                 sync: EmbeddedSync | None, state_dir: Path) -> RunningGateway:
     ops = Ops(runtime, config_path, state_dir=state_dir, version=VERSION, events_max_size=settings.events_max_size,
               watch=settings.watch_config or sync is not None,
               sync_state_dir=sync.settings.state_dir if sync is not None else None)
+    if sync is not None and sync.supervisor_pid is None:
+        ops.reloader.handover = sync.handover  # a publish of the bytes the agent compiled is not compiled again
     # Raises ConfigError unless a config may come later; registers the metrics and request-log observers.
     ops.load_initial(required=sync is None and not settings.wait_for_config)
     if runtime.snapshot is not None:

@@ -4,6 +4,7 @@
     OpenAI(base_url=gw.base_url, api_key="x")
     gw.events           # decision events recorded so far
     gw.stop()
+    GatewayThread(None, sync=EmbeddedSync(...)).start()   # with the embedded Git agent (`--git-repo`)
 
 Also test-only policy kinds (`test-term`, `test-boom`, `test-tool`) that a fixture registers
 for the duration of a test, so gateway tests do not depend on the real kinds' tuning.
@@ -15,7 +16,7 @@ import asyncio
 import re
 import threading
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
@@ -27,15 +28,19 @@ from policies.kinds.base import Decision, Hit, Policy
 from policies.model import Exchange, Phase, Verdict
 from policies.state import PolicyState
 
+if TYPE_CHECKING:
+    from gateway.control.gitsync import EmbeddedSync
+
 
 class GatewayThread:
     """`gateway.server.start` on a background loop; `stop()` drains like SIGTERM does."""
 
-    def __init__(self, config_path: str | Path, **settings: Any) -> None:
+    def __init__(self, config_path: str | Path | None, sync: EmbeddedSync | None = None, **settings: Any) -> None:
         settings.setdefault("host", "127.0.0.1")
         settings.setdefault("port", 0)
         self.settings = GatewaySettings(**settings)
         self.config_path = config_path
+        self.sync = sync  # the embedded Git agent (`--git-repo`): the config is its `<state>/current/<path>`
         self.events: list[dict[str, Any]] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.gateway: RunningGateway | None = None
@@ -51,7 +56,7 @@ class GatewayThread:
             runtime = Runtime()
             runtime.observers.append(self.events.append)
             try:
-                self.gateway = loop.run_until_complete(start(self.settings, self.config_path, runtime))
+                self.gateway = loop.run_until_complete(start(self.settings, self.config_path, runtime, self.sync))
             except BaseException as exc:
                 errors.append(exc)
                 ready.set()

@@ -2,10 +2,12 @@
 
 The agent publishes into its state directory exactly as `kt sync run` does; the gateway loads
 `<state>/current/<path>` and reloads through its file watcher when `current` flips, so there is
-one reload path either way. The webhook only triggers a sync (the payload is a hint; the agent
-fetches the branch itself); a missing or wrong signature gets 401; a replayed delivery (same
-`X-GitHub-Delivery` / `X-Gitlab-Event-UUID`) is answered 200 and triggers nothing; bursts are
-debounced by the scheduler (`SyncScheduler.trigger`).
+one reload path either way. The config the agent compiled to validate a commit is handed to that
+reload (`gateway.control.handover`), which swaps it in when the published bytes are the same.
+The webhook only triggers a sync (the payload is a hint; the agent fetches the branch itself);
+a missing or wrong signature gets 401; a replayed delivery (same `X-GitHub-Delivery` /
+`X-Gitlab-Event-UUID`) is answered 200 and triggers nothing; bursts are debounced by the
+scheduler (`SyncScheduler.trigger`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import orjson
 import tornado.web
 
+from gateway.control.handover import Handover
 from gateway.proxy.errors import envelope
 from sync import webhook
 from sync.agent import SyncAgent, SyncResult, SyncSettings
@@ -36,7 +39,8 @@ class EmbeddedSync:
     def __init__(self, settings: SyncSettings, interval: float = 60.0, webhook_secret: bytes | None = None,
                  max_failures: int | None = None) -> None:
         self.settings = settings
-        self.agent = SyncAgent(settings)
+        self.handover = Handover()  # what the agent compiled, for the gateway's reload (no second compile)
+        self.agent = SyncAgent(settings, load=self.handover.load)
         self.scheduler = SyncScheduler(self.agent, interval=interval, max_failures=max_failures,
                                        on_result=self._on_result)
         self.webhook_secret = webhook_secret

@@ -5,7 +5,9 @@ directories along the config path, reacting only to the config file and the syml
 path (edit in place, rename over it, a flip of `<state>/current`), SIGHUP, and `POST /keeptrusts/config/reload` (which
 awaits `Reloader.reload`). Parsing, validation and compilation run in a thread; an invalid
 config is refused whole and the old snapshot keeps serving. Unchanged content is a no-op, and
-a watch event that finds the very bytes already refused is not counted again.
+a watch event that finds the very bytes already refused is not counted again. With the embedded
+sync agent, bytes that passed the revision's digest check and are the ones the agent compiled
+are not compiled again: the agent's `Config` is swapped in (`gateway.control.handover`).
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.control import metrics, sdnotify
+from gateway.control.handover import Handover
 from gateway.control.runtime import Runtime, Snapshot
-from policies import ConfigError, Finding, PolicyState, load_config_bytes
+from policies import Config, ConfigError, Finding, PolicyState, load_config_bytes
 from sync import manifest
 
 log = logging.getLogger("kt.gateway.reload")
@@ -98,14 +101,23 @@ def resolve_config(path: str | Path) -> tuple[str, str | None]:
     return real, recorded.get(os.path.relpath(real, rev))
 
 
-def read_verified(path: str | Path) -> tuple[str, bytes, str]:
-    """(real path, bytes, sha256) of the config at `path`, checked as `resolve_config` says."""
+class Verified(NamedTuple):
+    """A config read once from disk: its real path, bytes, their sha256, and the digest the agent recorded."""
+
+    real: str
+    data: bytes
+    sha256: str
+    published: str | None  # sha256 from the revision's `<sha>.digest` (equal to `sha256`); None for a plain file
+
+
+def read_verified(path: str | Path) -> Verified:
+    """The config at `path`, read once and checked as `resolve_config` says."""
     real, expected = resolve_config(path)
     data, sha = read_config(real)
     if expected is not None and sha != expected:
         raise ConfigError(str(path), [Finding("E111", "", f"{real} changed after it was published "
                                               f"(sha256 {sha[:12]}, recorded {expected[:12]})")])
-    return real, data, sha
+    return Verified(real, data, sha, expected)
 
 
 def read_config(path: str | Path) -> tuple[bytes, str]:
@@ -117,12 +129,26 @@ def read_config(path: str | Path) -> tuple[bytes, str]:
     return data, hashlib.sha256(data).hexdigest()
 
 
-def load_snapshot(path: str | Path, state: PolicyState | None = None) -> Snapshot:
-    """Read, validate and compile the config at `path` into a new `Snapshot` (blocking)."""
-    real, data, sha = read_verified(path)  # `<state>/current` resolved once: bytes and revision from one tree
-    config = load_config_bytes(data, str(path), state)
-    revision, source = revision_of(real, sha)
+def load_snapshot(path: str | Path, state: PolicyState | None = None, handover: Handover | None = None) -> Snapshot:
+    """Read, validate and compile the config at `path` into a new `Snapshot` (blocking); the
+    embedded agent's compile of the same published bytes is taken instead when `handover` holds it."""
+    read = read_verified(path)  # `<state>/current` resolved once: bytes and revision from one tree
+    config = handed_over(handover, read, state, str(path)) or load_config_bytes(read.data, str(path), state)
+    revision, source = revision_of(read.real, read.sha256)
     return Snapshot(config=config, revision=revision, source=source, path=str(path))
+
+
+def handed_over(handover: Handover | None, read: Verified, state: PolicyState | None, path: str) -> Config | None:
+    """The sync agent's compile of exactly these bytes, when `read` passed the published digest check
+    (never for a plain file: only a revision's `<sha>.digest` vouches that the bytes are what was validated)."""
+    if handover is None or state is None or read.published is None or read.published != read.sha256:
+        return None
+    config = handover.take(read.sha256, state)
+    if config is None:
+        return None
+    log.debug("config compiled by the sync agent taken over (no second compile)",
+              extra={"sha256": read.sha256, "path": path})
+    return dataclasses.replace(config, source=path)
 
 
 @dataclass(frozen=True)
@@ -190,6 +216,7 @@ class Reloader:
         self.debounce = debounce
         self.last: ReloadResult | None = None
         self.confirmed_at: float | None = None  # last time the file was seen to match what runs
+        self.handover: Handover | None = None  # the embedded sync agent's compiled config (gateway.control.handover)
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._triggers: set[str] = set()
@@ -200,7 +227,7 @@ class Reloader:
 
     def load_initial(self) -> Snapshot:
         """Load the first snapshot synchronously (before serving); raises `ConfigError`."""
-        snap = load_snapshot(self.path, self.runtime.policy_state)
+        snap = load_snapshot(self.path, self.runtime.policy_state, self.handover)
         self.runtime.snapshot = snap
         self.confirmed_at = snap.loaded_at
         self.last = ReloadResult("ok", "start", snap.revision)
@@ -243,8 +270,9 @@ class Reloader:
         try:
             # Resolve `<state>/current` once: a publish flipping it between reading the bytes and naming
             # the revision would otherwise label the old config with the new revision.
-            real, data, sha = await loop.run_in_executor(None, read_verified, self.path)
-            revision, source = revision_of(real, sha)
+            read = await loop.run_in_executor(None, read_verified, self.path)
+            sha = read.sha256
+            revision, source = revision_of(read.real, sha)
             if current is not None and current.sha256 == sha:
                 self.confirmed_at = time.time()
                 if current.revision == revision and current.path == self.path:
@@ -254,8 +282,9 @@ class Reloader:
                 snap = dataclasses.replace(current, revision=revision, source=source, path=self.path,
                                            loaded_at=time.time())
             else:
-                config = await loop.run_in_executor(None, load_config_bytes, data, self.path,
-                                                    self.runtime.policy_state)
+                state = self.runtime.policy_state
+                config = handed_over(self.handover, read, state, self.path) or \
+                    await loop.run_in_executor(None, load_config_bytes, read.data, self.path, state)
                 snap = Snapshot(config=config, revision=revision, source=source, path=self.path)
                 self.confirmed_at = snap.loaded_at
         except ConfigError as exc:
