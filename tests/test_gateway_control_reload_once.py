@@ -23,10 +23,10 @@ from policies import PolicyState
 from sync.agent import SyncAgent, SyncResult, SyncSettings
 from sync.repo import Remote
 from tests.gateway_harness import GatewayThread
-from tests.gitserve import Upstream, config_yaml
+from tests.gitserve import CFG, Upstream, config_yaml
+from tests.state_dir import publish
+from tests.test_gateway_control_reload import started
 from tests.waiting import async_wait_for, wait_for
-
-CFG = "policy-config.yaml"
 
 
 class Compiles:
@@ -49,13 +49,6 @@ class Compiles:
 @pytest.fixture
 def compiles(monkeypatch: pytest.MonkeyPatch) -> Compiles:
     return Compiles(monkeypatch)
-
-
-@pytest.fixture
-def upstream(tmp_path: Path) -> Upstream:
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")})
-    return up
 
 
 @pytest.fixture
@@ -162,19 +155,13 @@ def test_a_standalone_agent_and_a_watching_gateway_compile_once_each(upstream, t
     path = state / "current" / CFG
 
     async def main() -> None:
-        runtime = Runtime()
-        reloader = Reloader(runtime, path)
-        reloader.load_initial()
-        reloader.start(sighup=False)
-        try:
+        async with started(path, sighup=False) as (runtime, _):
             mark = len(compiles.versions)
             sha = upstream.commit({CFG: config_yaml("2.0.0")})
             assert agent.sync_once().result == "success"
             assert compiles.since(mark) == ["2.0.0"]  # the agent: validation and status from one compile
             await async_wait_for(lambda: runtime.snapshot.revision == sha, timeout=20)
             assert compiles.since(mark) == ["2.0.0", "2.0.0"]  # the gateway's own
-        finally:
-            await reloader.stop()
 
     try:
         asyncio.run(main())
@@ -186,7 +173,6 @@ def test_only_the_agents_compile_of_the_very_published_bytes_is_taken(tmp_path, 
     """Taken: same sha256 as the bytes on disk that matched `<sha>.digest`, same `PolicyState`. Compiled
     by the reload itself: other bytes, another `PolicyState`, a plain file (no published digest)."""
     from gateway.control.handover import Handover
-    from tests.test_gateway_control_reload import publish
 
     state = tmp_path / "state"
     publish(state, "a" * 40, config_yaml("1.0.0"))
