@@ -193,17 +193,44 @@ def test_fallback_from_a_native_target_to_a_translated_one(tmp_path: Path, fake_
                                                            start_gateway: Any, stream: bool) -> None:
     both = [native(fake_upstream, model="shared"), anthropic(fake_upstream, model="shared")]
     gw = start_gateway(write_config(tmp_path / "c.yaml", both))
-    fake_upstream.add_fault("status", status=503, path="/v1/responses")
-    if stream:
+    if stream:  # cut after response.created and in_progress: nothing reached the client, so the next target
+        fake_upstream.add_fault("disconnect", after_chunks=2, path="/v1/responses")
         events = list(client(gw).responses.create(model="shared", input="hi", stream=True))
         assert events[-1].type == "response.completed"
         resp = events[-1].response
     else:
+        fake_upstream.add_fault("status", status=503, path="/v1/responses")
         resp = client(gw).responses.create(model="shared", input="hi")
     assert resp.output_text == HI and resp.status == "completed"
+    assert resp.model == "shared"  # kt's own Response for a translated answer, nothing of the failed attempt
     assert [r.path for r in fake_upstream.requests] == ["/v1/responses", "/v1/messages"]
     event = wait_for(lambda: [e for e in gw.events if e.get("target")])[0]
     assert (event["target"], event["attempts"]) == ("an", 2)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_fallback_from_a_translated_target_to_a_native_one(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                           start_gateway: Any, stream: bool) -> None:
+    both = [anthropic(fake_upstream, model="shared"), native(fake_upstream, model="shared")]
+    gw = start_gateway(write_config(tmp_path / "c.yaml", both))
+    fake_upstream.add_fault("status", status=529, path="/v1/messages")
+    if stream:
+        events = list(client(gw).responses.create(model="shared", input="hi", stream=True))
+        resp = events[-1].response
+    else:
+        resp = client(gw).responses.create(model="shared", input="hi")
+    assert resp.output_text == HI and resp.model == "shared-2024-07-18"  # the native answer, as the upstream sent it
+    assert [r.path for r in fake_upstream.requests] == ["/v1/messages", "/v1/responses"]
+
+
+def test_an_input_block_stops_the_request_before_the_native_target(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                                   start_gateway: Any, test_kinds: None) -> None:
+    gw = start_gateway(redacting(tmp_path, fake_upstream, "bluebird", "block"))
+    with pytest.raises(openai.ConflictError) as err:
+        client(gw).responses.create(model="gpt-4o-mini", input=[
+            {"role": "user", "content": "hi"},
+            {"type": "function_call_output", "call_id": "c1", "output": "project bluebird files"}])
+    assert err.value.body["code"] == "input_blocked" and fake_upstream.requests == []
 
 
 def test_upstream_errors_are_scrubbed(gw: Any, fake_upstream: FakeUpstream) -> None:

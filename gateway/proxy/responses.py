@@ -40,6 +40,7 @@ class ResponsesHandler(ChatHandler):
         self.body: dict[str, Any] = {}  # the client's Responses request (the chain's redactions copied in)
         self.links: list[responses.Link] = []
         self.native: openai_responses.Answer | None = None  # the answer of a native target, if one served
+        self.adopted: dict[str, Any] = {}  # the streaming native target's response id, model, created_at
 
     def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -69,13 +70,10 @@ class ResponsesHandler(ChatHandler):
 
     def _adopt(self, upstream: dict[str, Any]) -> None:
         """The upstream's Response fields (id, model, created_at) for the events of a native stream."""
-        assert self.shell is not None
-        fields = self.shell.fields
-        for key in ("id", "created_at", "model"):
-            if upstream.get(key) is not None:
-                fields[key] = upstream[key]
+        self.adopted = {k: upstream[k] for k in ("id", "created_at", "model") if upstream.get(k) is not None}
 
     def upstream_stream(self, target: Target, req: dict[str, Any]) -> AsyncIterator[adapters.Batch]:
+        self.adopted = {}  # an attempt that failed before the first byte leaves nothing behind
         if target.responses_native:
             body = openai_responses.forwarded_body(self.body, target.model, stream=True)
             return adapters.respond_stream(self.services.upstream, target, body,
@@ -83,8 +81,9 @@ class ResponsesHandler(ChatHandler):
         return super().upstream_stream(target, req)
 
     def _converter(self) -> responses.ChatStreamToResponses:
-        if self.events is None:
+        if self.events is None:  # at the first bytes sent: the attempt that answers is known
             assert self.shell is not None
+            self.shell.fields.update(self.adopted)
             self.events = responses.ChatStreamToResponses(self.shell)
         return self.events
 
