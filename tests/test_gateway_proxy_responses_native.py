@@ -284,6 +284,25 @@ def test_what_kt_cannot_honour_is_a_400_on_a_native_target_too(gw: Any, fake_ups
     assert f"`{field}`" in err.value.body["message"] and fake_upstream.requests == []
 
 
+def test_kt_gateway_run_passes_responses_through_with_pii_redacted(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                                    gateway_process: Any) -> None:
+    cfg = write_config(tmp_path / "c.yaml", [native(fake_upstream)], ["pii-detector"],
+                       {"pii-detector": {"action": "redact"}})
+    gw = gateway_process(cfg, env={KEY_ENV: KEY})
+    sdk = openai.OpenAI(base_url=gw.url + "/v1", api_key="client-key", max_retries=0, timeout=20)
+    events = list(sdk.responses.create(model="gpt-4o-mini", stream=True, input=[
+        {"role": "user", "content": [{"type": "input_text", "text": "mail jane.doe@example.com please"}]}]))
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == HI
+    (sent,) = fake_upstream.requests
+    assert sent.path == "/v1/responses" and sent.body["stream"] is True and sent.body["store"] is False
+    (part,) = sent.body["input"][0]["content"]
+    assert part["type"] == "input_text" and "jane.doe@example.com" not in part["text"] and part["text"] != ""
+    assert wait_for(lambda: gw.metric("keeptrusts_gateway_tokens_total",
+                                      '{direction="output",model="gpt-4o-mini"}') == 5)
+    assert wait_for(lambda: gw.metric("keeptrusts_gateway_redactions_total") == 1)
+    assert KEY not in gw.logs()
+
+
 def _lint(target: dict[str, Any]) -> list[tuple[str, str, str]]:
     doc = {"pack": {"name": "p", "version": "1.0.0", "enabled": True}, "policies": {"chain": []},
            "providers": {"targets": [target]}}
