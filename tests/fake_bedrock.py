@@ -11,6 +11,11 @@ SigV4 (`Authorization: AWS4-HMAC-SHA256 ...` with `X-Amz-Date`) or a Bedrock API
 records the access key and session token of each verified call); `api_key`, when set, is the
 only bearer key accepted. A prompt holding one of `blocked_terms`
 stops with `guardrail_intervened` and no content.
+`POST /model/{modelId}/invoke` on an embeddings model (InvokeModel): Titan Text Embeddings
+(`{"inputText", "dimensions"?}` -> `{"embedding", "inputTextTokenCount", "embeddingsByType"}`)
+and Cohere Embed v3 (`{"texts" (at most 96), "input_type"}` -> `{"embeddings", "id",
+"response_type": "embeddings_floats", "texts"}`), with the `X-Amzn-Bedrock-Input-Token-Count`
+header; Bedrock's `Malformed input request` 400 for a body the model does not take.
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ from __future__ import annotations
 import struct
 import zlib
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 import tornado.web
 
-from tests.fake_upstream import ApiError, FakeUpstream, ProviderHandler, count_tokens, split_text
+from tests.fake_upstream import ApiError, FakeUpstream, ProviderHandler, _embedding, count_tokens, split_text
 
 _ERROR_TYPES = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
                 429: "ThrottlingException", 500: "InternalServerException", 503: "ServiceUnavailableException"}
@@ -59,6 +65,7 @@ class FakeBedrock(FakeUpstream):
             (r"/model/([^/]+)/converse", Converse),
             (r"/model/([^/]+)/converse-stream", Converse),
             (r"/foundation-models/([^/]+)", FoundationModel),
+            (r"/model/([^/]+)/invoke", InvokeEmbeddings),
         ]
 
 
@@ -171,3 +178,49 @@ class FoundationModel(_Aws):
         await self.send_json({"modelDetails": {"modelId": model, "modelArn": f"arn:aws:bedrock:us-east-1::"
                                                f"foundation-model/{model}", "providerName": "Anthropic",
                                                "responseStreamingSupported": True}})
+
+
+def _malformed(key: str) -> ApiError:
+    return ApiError(400, f"Malformed input request: #: required key [{key}] not found, please reformat your input "
+                    "and try again.")
+
+
+class InvokeEmbeddings(_Aws):
+    """InvokeModel on `amazon.titan-embed-*` and `cohere.embed-*` models (others: Bedrock's 400)."""
+
+    def embed(self, model: str) -> tuple[dict[str, Any], int]:
+        body = self.body if isinstance(self.body, dict) else {}
+        if "amazon.titan-embed" in model:
+            text = body.get("inputText")
+            if not isinstance(text, str):
+                raise _malformed("inputText")
+            vector = _embedding(text, int(body.get("dimensions") or 8))
+            tokens = count_tokens(text)
+            return {"embedding": vector, "inputTextTokenCount": tokens, "embeddingsByType": {"float": vector}}, tokens
+        if "cohere.embed" in model:
+            texts = body.get("texts")
+            if not isinstance(texts, list):
+                raise _malformed("texts")
+            if "input_type" not in body:
+                raise _malformed("input_type")
+            if len(texts) > 96:
+                raise ApiError(400, "Malformed input request: #/texts: expected maximum item count: 96, found: "
+                               f"{len(texts)}, please reformat your input and try again.")
+            tokens = sum(count_tokens(t) for t in texts)
+            return {"embeddings": [_embedding(t, 8) for t in texts], "id": "emb-fake", "response_type":
+                    "embeddings_floats", "texts": texts}, tokens
+        raise ApiError(400, "The provided model identifier is invalid.")
+
+    async def post(self, model: str) -> None:
+        found: list[int] = []
+
+        def check() -> dict[str, Any]:
+            answer, tokens = self.embed(unquote(model))
+            found.append(tokens)
+            return answer
+
+        answer = self.checked(check)
+        if answer is None:
+            return
+        self.set_header("X-Amzn-Bedrock-Input-Token-Count", str(found[0]))
+        await self.send_json(answer)

@@ -8,6 +8,10 @@ error envelope (`code`, `message`, `status`), `contents` with `user`/`model` rol
 `text`/`functionCall`/`functionResponse` parts, `usageMetadata`, `modelVersion`, `responseId`.
 A prompt holding one of `blocked_terms` gets 200 with `promptFeedback.blockReason: SAFETY` and
 no candidates; a reply with `finish_reason="SAFETY"` is a candidate withheld for safety.
+`models/{model}:batchEmbedContents` (models with `embedding` in the name; others 404 as Gemini
+answers them): `requests[]` each naming the same `models/{model}`, one `content.parts[].text`,
+optional `outputDimensionality` (default 8 here, 3072 on Gemini); the answer is
+`{"embeddings": [{"values": [...]}]}` with no token count, as Gemini's.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from tests.fake_upstream import (
     FakeUpstream,
     ProviderHandler,
     Reply,
+    _embedding,
     count_tokens,
     new_id,
     split_text,
@@ -47,6 +52,7 @@ class FakeGoogle(FakeUpstream):
             (r"/v1(?:beta)?/models/([^/:]+):generateContent", Generate),  # kt: v1beta; google-genai 3: v1
             (r"/v1(?:beta)?/models/([^/:]+):streamGenerateContent", Generate),
             (r"/v1(?:beta)?/models", ListModels),
+            (r"/v1(?:beta)?/models/([^/:]+):batchEmbedContents", BatchEmbed),
         ]
 
 
@@ -140,3 +146,37 @@ class ListModels(_Google):
         await self.send_json({"models": [{"name": f"models/{m}", "displayName": m, "version": "001",
                                           "supportedGenerationMethods": ["generateContent", "countTokens"]}
                                          for m in self.fake.models]})
+
+
+class BatchEmbed(_Google):
+    """`models/{model}:batchEmbedContents`: one embedding per request, in order."""
+
+    def validate(self, model: str) -> list[dict[str, Any]]:
+        if "embedding" not in model:
+            raise ApiError(404, f"models/{model} is not found for API version v1beta, or is not supported for "
+                           "embedContent. Call ListModels to see the list of available models and their supported "
+                           "methods.")
+        requests = self.body.get("requests") if isinstance(self.body, dict) else None
+        if not isinstance(requests, list) or not requests:
+            raise ApiError(400, "* BatchEmbedContentsRequest.requests: requests is not specified")
+        if len(requests) > 100:
+            raise ApiError(400, "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch")
+        for i, request in enumerate(requests):
+            if not isinstance(request, dict) or request.get("model") != f"models/{model}":
+                raise ApiError(400, f"Model name in the batch request (requests[{i}]) must match the model in the "
+                               "URL.")
+            parts = (request.get("content") or {}).get("parts")
+            if not isinstance(parts, list) or not parts:
+                raise ApiError(400, f"* BatchEmbedContentsRequest.requests[{i}].content.parts: contents.parts must "
+                               "not be empty.")
+        return requests
+
+    async def post(self, model: str) -> None:
+        requests = self.checked(lambda: {"requests": self.validate(model)})
+        if requests is None:
+            return
+        out = []
+        for request in requests["requests"]:
+            text = " ".join(p.get("text", "") for p in request["content"]["parts"] if isinstance(p, dict))
+            out.append({"values": _embedding(text, int(request.get("outputDimensionality") or 8))})
+        await self.send_json({"embeddings": out})

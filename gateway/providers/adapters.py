@@ -17,6 +17,7 @@ dicts as they arrive (one list per upstream read); `DONE` (None) marks the end.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from functools import lru_cache
@@ -54,6 +55,7 @@ from gateway.proxy.errors import invalid
 from policies.model import Target
 
 ANTHROPIC_VERSION = "2023-06-01"
+EMBED_CALLS = 8  # at most this many InvokeModel calls at once for one embeddings request (Titan: one a text)
 Batch = list[dict[str, Any] | None]
 T = TypeVar("T")
 
@@ -90,10 +92,15 @@ async def _to_bedrock(client: UpstreamClient, target: Target, req: dict[str, Any
     except translate.TranslationError as exc:
         raise invalid(str(exc)) from None
     address = bedrock.url(target, stream)
+    return address, await _bedrock_headers(client, target, address, body), body
+
+
+async def _bedrock_headers(client: UpstreamClient, target: Target, address: str, body: bytes) -> dict[str, str]:
+    """The headers of a POST to a bedrock target: its API key, else a SigV4 signature with fresh credentials."""
     headers = _headers(target)
     if target.secret_key_ref is None:
         headers.update(bedrock.signature(target, await bedrock.credentials(client.aws, target), "POST", address, body))
-    return address, headers, body
+    return headers
 
 
 async def _renewing(client: UpstreamClient, target: Target, call: Callable[[], Awaitable[T]]) -> T:
@@ -177,7 +184,13 @@ def probe_request(target: Target) -> tuple[str, str, dict[str, str], bytes | Non
 
 
 def supports_embeddings(target: Target) -> bool:
-    return not is_anthropic(target) and target.provider not in (google.PROVIDER, bedrock.PROVIDER)
+    """Whether `target` can answer `/v1/embeddings`: OpenAI-format targets, and google / bedrock targets whose
+    model is an embeddings model."""
+    if target.provider == google.PROVIDER:
+        return google.embeds(target)
+    if target.provider == bedrock.PROVIDER:
+        return bedrock.embed_family(target) is not None
+    return not is_anthropic(target)
 
 
 def _malformed(target: Target, exc: Exception) -> UpstreamFailure:
@@ -422,10 +435,48 @@ async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) ->
             return mock.embed({**body, "model": target.model}), None
         except ValueError as exc:
             raise UpstreamFailure("client_error", str(exc), 400) from None
+    if target.provider == google.PROVIDER:
+        wire = _client_side(lambda: orjson.dumps(google.embed_request(target, body)))
+        data = await _renewing(client, target, lambda: client.post_json(
+            target, google.embed_url(target), _headers(target), wire))
+        return _upstream_side(target, lambda: google.embed_answer(target, _loads(target, data), body)), None
+    if target.provider == bedrock.PROVIDER:
+        calls = _client_side(lambda: [orjson.dumps(b) for b in bedrock.embed_requests(target, body)])
+        room = asyncio.Semaphore(EMBED_CALLS)
+
+        async def invoke(wire: bytes) -> Any:
+            async with room:
+                data = await _renewing(client, target, lambda: _invoke(client, target, wire))
+            return _loads(target, data)
+
+        answers = await asyncio.gather(*(invoke(wire) for wire in calls))
+        return _upstream_side(target, lambda: bedrock.embed_answer(target, list(answers), body)), None
     url = _openai_url(target, "embeddings")
     wire = orjson.dumps({**body, "model": target.model})
     data = await _renewing(client, target, lambda: client.post_json(target, url, _headers(target), wire))
     return _checked_answer(target, checks.embeddings, data, "data"), data
+
+
+async def _invoke(client: UpstreamClient, target: Target, wire: bytes) -> bytes:
+    """One InvokeModel call on a bedrock target (signed like Converse)."""
+    address = bedrock.invoke_url(target)
+    return await client.post_json(target, address, await _bedrock_headers(client, target, address, wire), wire)
+
+
+def _client_side(build: Callable[[], T]) -> T:
+    """`build()`, a request translation: what it cannot express is the client's to fix (400)."""
+    try:
+        return build()
+    except translate.TranslationError as exc:
+        raise invalid(str(exc)) from None
+
+
+def _upstream_side(target: Target, read: Callable[[], T]) -> T:
+    """`read()`, an answer translation: what it cannot read is the upstream's fault (502 naming the target)."""
+    try:
+        return read()
+    except _MALFORMED as exc:
+        raise _malformed(target, exc) from None
 
 
 async def respond(client: UpstreamClient, target: Target,

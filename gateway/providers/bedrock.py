@@ -10,6 +10,7 @@ Request: system messages -> `system`, turns -> `messages` with `text`, `toolUse`
 `tool_choice` -> `toolChoice`, limits and sampling -> `inferenceConfig`. Answer: `output.message`
 -> message and tool calls, `stopReason` -> finish_reason, `usage` -> usage; a guardrail or
 content filter that stopped the answer with nothing in it is a 400 `content_filter`.
+Embeddings: InvokeModel (`/model/{modelId}/invoke`) on a Titan or Cohere embeddings model.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from urllib.parse import quote
 
 import orjson
 
-from gateway.providers import aws
+from gateway.providers import aws, embeddings
 from gateway.providers.canonical import text_of, usage
 from gateway.providers.translate import TranslationError
 from gateway.providers.upstream import UpstreamFailure
@@ -46,6 +47,60 @@ def models_url(target: Target) -> str:
     """GetFoundationModel on the control plane (`base_url` when set): proves the credentials, spends no token."""
     base = (target.base_url or f"https://bedrock.{target.region}.amazonaws.com").rstrip("/")
     return f"{base}/foundation-models/{quote(target.model, safe='')}"
+
+
+# --- embeddings (InvokeModel on an embeddings model) --------------------------------------------
+
+COHERE_BATCH = 96  # Cohere Embed on Bedrock takes at most 96 texts a call
+
+
+@lru_cache(maxsize=1024)
+def embed_family(target: Target) -> str | None:
+    """`titan` (amazon.titan-embed-*), `cohere` (cohere.embed-*), or None: not an embeddings model kt can call
+    (routing sends embeddings requests only to the first two). Inference profile ids and ARNs count too."""
+    model = target.model.rsplit("/", 1)[-1]
+    return "titan" if "amazon.titan-embed" in model else "cohere" if "cohere.embed" in model else None
+
+
+@lru_cache(maxsize=1024)
+def invoke_url(target: Target) -> str:
+    base = (target.base_url or f"https://bedrock-runtime.{target.region}.amazonaws.com").rstrip("/")
+    return f"{base}/model/{quote(target.model, safe='')}/invoke"
+
+
+def embed_requests(target: Target, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The InvokeModel bodies of an OpenAI embeddings request: Titan takes one `inputText` a call (`dimensions`
+    passed on), Cohere up to 96 `texts` with an `input_type` (the request's, else `search_document`)."""
+    items = embeddings.texts(body)
+    if embed_family(target) == "titan":
+        extra = {"dimensions": body["dimensions"]} if body.get("dimensions") is not None else {}
+        return [{"inputText": text, **extra} for text in items]
+    kind = body.get("input_type") or "search_document"
+    return [{"texts": items[i:i + COHERE_BATCH], "input_type": kind} for i in range(0, len(items), COHERE_BATCH)]
+
+
+def embed_answer(target: Target, answers: list[Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The InvokeModel answers (in call order) as the OpenAI embeddings answer; Titan counts the input tokens,
+    for Cohere they are estimated."""
+    items = embeddings.texts(body)
+    vectors: list[Any] = []
+    tokens = 0
+    for answer in answers:
+        if not isinstance(answer, dict):
+            raise TranslationError("the answer is not a JSON object")
+        if embed_family(target) == "titan":
+            vectors.append(answer.get("embedding"))
+            count = answer.get("inputTextTokenCount")
+            tokens += count if isinstance(count, int) else 0
+            continue
+        found = answer.get("embeddings")
+        found = found.get("float") if isinstance(found, dict) else found  # embed-v4 answers by type
+        if not isinstance(found, list):
+            raise TranslationError("the answer has no `embeddings` list")
+        vectors.extend(found)
+    if len(vectors) != len(items):
+        raise TranslationError(f"the answers do not hold {len(items)} embeddings")
+    return embeddings.answer(vectors, target.model, tokens or embeddings.estimated_tokens(items), body)
 
 
 def signature(target: Target, credentials: Any, method: str, address: str, body: bytes) -> dict[str, str]:

@@ -10,6 +10,7 @@ in `x-goog-api-key`. Request: system messages -> `systemInstruction`; user/assis
 and `functionCall` parts -> message and tool calls, `finishReason` -> finish_reason,
 `usageMetadata` -> usage. A prompt Gemini blocks (`promptFeedback.blockReason`) and an answer
 withheld for safety (`finishReason: SAFETY` ... with no content) are 400 `safety_block` errors.
+Embeddings (embedding models only): `:batchEmbedContents`, `embed_request` / `embed_answer`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from urllib.parse import quote
 
 import orjson
 
+from gateway.providers import embeddings
 from gateway.providers.canonical import text_of, usage
 from gateway.providers.translate import TranslationError
 from gateway.providers.upstream import UpstreamFailure
@@ -48,6 +50,41 @@ def url(target: Target, stream: bool) -> str:
 def models_url(target: Target) -> str:
     """`GET /v1beta/models`: proves the key, spends no token (kt doctor)."""
     return f"{(target.base_url or DEFAULT_BASE).rstrip('/')}/v1beta/models"
+
+
+def embeds(target: Target) -> bool:
+    """Whether `target` is an embedding model (`gemini-embedding-001`, `text-embedding-004`): routing sends
+    embeddings requests only to those."""
+    return "embedding" in target.model
+
+
+@lru_cache(maxsize=1024)
+def embed_url(target: Target) -> str:
+    """`models/{model}:batchEmbedContents`: one embedding per request of the batch."""
+    base = (target.base_url or DEFAULT_BASE).rstrip("/")
+    return f"{base}/v1beta/models/{quote(target.model.removeprefix('models/'), safe='-._')}:batchEmbedContents"
+
+
+def embed_request(target: Target, body: dict[str, Any]) -> dict[str, Any]:
+    """The `BatchEmbedContentsRequest` of an OpenAI embeddings request (`dimensions` -> `outputDimensionality`)."""
+    model = "models/" + target.model.removeprefix("models/")
+    extra = {"outputDimensionality": body["dimensions"]} if body.get("dimensions") is not None else {}
+    return {"requests": [{"model": model, "content": {"parts": [{"text": text}]}, **extra}
+                         for text in embeddings.texts(body)]}
+
+
+def embed_answer(target: Target, answer: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """A `BatchEmbedContentsResponse` as the OpenAI embeddings answer; usage from `usageMetadata` when Gemini
+    sends it, else estimated (Gemini's batch answer carries no token count)."""
+    items = embeddings.texts(body)
+    found = answer.get("embeddings") if isinstance(answer, dict) else None
+    if not isinstance(found, list) or len(found) != len(items):
+        raise TranslationError(f"the answer does not hold {len(items)} embeddings")
+    vectors = [e.get("values") if isinstance(e, dict) else None for e in found]
+    meta = answer.get("usageMetadata")
+    tokens = meta.get("promptTokenCount") if isinstance(meta, dict) else None
+    return embeddings.answer(vectors, target.model, tokens if isinstance(tokens, int) else
+                             embeddings.estimated_tokens(items), body)
 
 
 # --- request -----------------------------------------------------------------------------------
