@@ -314,6 +314,8 @@ def test_lint_and_the_default_of_responses_api(tmp_path: Path) -> None:
     assert (code, path) == ("E006", "providers.targets[0].responses_api") and "did you mean 'native'" in text
     (code, path, text), = _lint({"id": "a", "provider": "anthropic", "model": "m", "responses_api": "native"})
     assert (code, path) == ("E023", "providers.targets[0].responses_api") and "openai" in text
+    (code, path, text), = _lint({"id": "a", "provider": "openai", "model": "m", "response_api": "native"})
+    assert (code, path) == ("E002", "providers.targets[0].response_api") and "did you mean 'responses_api'" in text
     assert _lint({"id": "a", "provider": "openai", "model": "m", "responses_api": "translate"}) == []
     targets = [{"id": "official", "provider": "openai", "model": "m"},
                {"id": "spelled", "provider": "openai", "model": "m", "base_url": "https://api.openai.com/v1"},
