@@ -10,22 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from sync.agent import AgentLocked, SyncAgent, SyncSettings
+from sync.agent import AgentLocked
 from sync.publish import current_dir, revision_of
-from sync.repo import Remote
 from sync.status import read_status, report
-from tests.gitserve import CFG, INVALID_YAML, Upstream, config_yaml, git
-
-
-def make_agent(up: Upstream, state: Path, path: str = CFG, **kw) -> SyncAgent:
-    agent = SyncAgent(SyncSettings(Remote(up.url, up.branch, kw.pop("depth", 1)), state, path, **kw))
-    agent.acquire()
-    return agent
-
-
-def served(state: Path, path: str = CFG) -> str:
-    """The config text a gateway would read through `current`."""
-    return (state / "current" / path).read_text()
+from tests.gitserve import CFG, INVALID_YAML, config_yaml, git
+from tests.syncing import make_agent, served
 
 
 def test_first_sync_publishes_by_relative_symlink(upstream, tmp_path):

@@ -23,16 +23,7 @@ from sync.publish import current_dir
 from sync.repo import Remote
 from sync.status import read_status, report
 from tests.gitserve import CFG, INVALID_YAML, GitDaemon, Upstream, config_yaml, git
-
-
-def make_agent(up: Upstream, state: Path, path: str = CFG) -> SyncAgent:
-    agent = SyncAgent(SyncSettings(Remote(up.url, up.branch), state, path))
-    agent.acquire()
-    return agent
-
-
-def served(state: Path, path: str = CFG) -> str:
-    return (state / "current" / path).read_text()
+from tests.syncing import make_agent, served
 
 
 def files_below(root: Path) -> list[str]:
@@ -184,13 +175,19 @@ def test_host_git_config_hooks_and_filters_never_run(upstream, tmp_path, monkeyp
 # --- tampered publications ------------------------------------------------------------------------
 
 
-def test_hand_edit_is_restored_while_the_head_is_refused(upstream, tmp_path):
-    state = tmp_path / "state"
+def applied_then_refused(upstream: Upstream, state: Path) -> tuple[SyncAgent, str]:
+    """An agent that applied the remote's head, then refused an invalid commit; (agent, the applied sha)."""
     agent = make_agent(upstream, state)
     good = upstream.head()
     agent.sync_once()
     upstream.commit({CFG: INVALID_YAML}, "bad")
     assert agent.sync_once().result == "rejected"
+    return agent, good
+
+
+def test_hand_edit_is_restored_while_the_head_is_refused(upstream, tmp_path):
+    state = tmp_path / "state"
+    agent, good = applied_then_refused(upstream, state)
     published = state / "revisions" / good
     (published / CFG).write_text(config_yaml("6.6.6", name="edited-by-hand"))
     assert report(state, time.time())["drift"] == {"drifted": True, "reason": "modified"}
@@ -204,11 +201,7 @@ def test_hand_edit_is_restored_while_the_head_is_refused(upstream, tmp_path):
 
 def test_hand_moved_current_is_restored_while_the_head_is_refused(upstream, tmp_path):
     state = tmp_path / "state"
-    agent = make_agent(upstream, state)
-    good = upstream.head()
-    agent.sync_once()
-    upstream.commit({CFG: INVALID_YAML}, "bad")
-    assert agent.sync_once().result == "rejected"
+    agent, good = applied_then_refused(upstream, state)
     fake = state / "revisions" / ("f" * 40)
     fake.mkdir()
     (fake / CFG).write_text(config_yaml("6.6.6", name="by-hand"))

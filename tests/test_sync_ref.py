@@ -13,6 +13,7 @@ from sync.agent import SyncAgent, SyncSettings
 from sync.repo import Remote, check_ref_name
 from sync.status import read_status
 from tests.gitserve import CFG, GitDaemon, GitHttpServer, config_yaml, git
+from tests.syncing import served
 from tests.test_sync_gateway import Gateway, dlp_config
 from tests.waiting import wait_for
 
@@ -21,10 +22,6 @@ def agent_for(url: str, ref: str, state: Path, depth: int = 1) -> SyncAgent:
     agent = SyncAgent(SyncSettings(Remote(url, ref, depth), state, CFG, timeout=30))
     agent.acquire()
     return agent
-
-
-def served(state: Path) -> str:
-    return (state / "current" / CFG).read_text()
 
 
 @pytest.mark.parametrize("annotated", [False, True], ids=["lightweight", "annotated"])

@@ -20,6 +20,7 @@ from sync.signature import SignersError, TrustedSigners
 from sync.status import read_status, report
 from tests.gitserve import CFG, GitDaemon, Upstream, config_yaml, git
 from tests.signing import GpgKey, SshKey, disabled, unsigned
+from tests.syncing import served
 
 needs_ssh = pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="ssh-keygen (openssh-client) is not installed")
 needs_gpg = pytest.mark.skipif(not shutil.which("gpg"), reason="gpg is not installed")
@@ -53,10 +54,6 @@ def agent_for(url: str, state: Path, signers: Path | None) -> SyncAgent:
                                    verify_signers=str(signers) if signers else None))
     agent.acquire()
     return agent
-
-
-def served(state: Path) -> str:
-    return (state / "current" / CFG).read_text()
 
 
 def assert_refused(agent: SyncAgent, state: Path, good: str, bad: str, why: str) -> dict:
