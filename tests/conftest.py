@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pytest
 
 from tests.fake_upstream import FakeUpstream
 
 if TYPE_CHECKING:
+    from tests.gateway_harness import GatewayThread
     from tests.gateway_process import GatewayProcess
     from tests.gitserve import Upstream
 
@@ -33,24 +34,38 @@ def test_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(KINDS, name, cls)
 
 
+class _Stoppable(Protocol):
+    def stop(self) -> object: ...
+
+
+S = TypeVar("S", bound=_Stoppable)
+
+
+def _stopped_after(start: Callable[..., S]) -> Iterator[Callable[..., S]]:
+    """A fixture's body: `start(n, ...)` (n: how many it started before) for the test, every one stopped after."""
+    started: list[S] = []
+
+    def tracked(*args: Any, **kw: Any) -> S:
+        started.append(start(len(started), *args, **kw))
+        return started[-1]
+
+    yield tracked
+    for thing in started:
+        thing.stop()
+
+
 @pytest.fixture
-def start_gateway(tmp_path: Any) -> Iterator[Any]:
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
     """`start_gateway(config_path, **settings)` -> a running in-process `GatewayThread`; all stopped after.
 
     The event store goes to a fresh `state_dir` under `tmp_path` unless the test passes one."""
     from tests.gateway_harness import GatewayThread
 
-    started: list[GatewayThread] = []
+    def start(n: int, config_path: Any, **settings: Any) -> GatewayThread:
+        settings.setdefault("state_dir", tmp_path / f"state-{n}")
+        return GatewayThread(config_path, **settings).start()
 
-    def start(config_path: Any, **settings: Any) -> GatewayThread:
-        settings.setdefault("state_dir", tmp_path / f"state-{len(started)}")
-        gw = GatewayThread(config_path, **settings).start()
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
+    yield from _stopped_after(start)
 
 
 @pytest.fixture
@@ -62,17 +77,10 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     `tmp_path / "state-N"` for the next ones."""
     from tests.gateway_process import GatewayProcess
 
-    started: list[GatewayProcess] = []
+    def start(n: int, config: Path | None, *args: str, state: Path | None = None, **kw: Any) -> GatewayProcess:
+        return GatewayProcess(config, state or tmp_path / (f"state-{n}" if n else "state"), *args, **kw)
 
-    def start(config: Path | None, *args: str, state: Path | None = None, **kw: Any) -> GatewayProcess:
-        state = state or tmp_path / (f"state-{len(started)}" if started else "state")
-        gw = GatewayProcess(config, state, *args, **kw)
-        started.append(gw)
-        return gw
-
-    yield start
-    for gw in started:
-        gw.stop()
+    yield from _stopped_after(start)
 
 
 @pytest.fixture

@@ -309,8 +309,7 @@ def test_a_writer_killed_while_it_holds_the_lock_stops_no_other_and_loses_no_bat
     """The writer lock is an flock(2): while another process holds it, a batch waits in memory (the
     store answers as a busy database would, the writer retries); once the holder is killed -9 the
     kernel releases the lock and the batch goes in."""
-    store = EventStore(tmp_path / "events.db", max_bytes=2 * MIB)
-    store._writer.timeout = 0.2
+    store = EventStore(tmp_path / "events.db", max_bytes=2 * MIB, lock_timeout=0.2)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "events.db-lock")],
                               stdout=subprocess.PIPE, text=True)
 
@@ -323,7 +322,7 @@ def test_a_writer_killed_while_it_holds_the_lock_stops_no_other_and_loses_no_bat
             for n in range(10):
                 runtime.record_event(ev(n))
             await async_wait_for(lambda: "locked by another writer" in (writer.error or ""), timeout=10)
-            assert store.count() == 0 and len(writer._held) == 10
+            assert store.count() == 0 and writer.holding == 10
             holder.kill()
             await async_wait_for(lambda: store.count() == 10 and writer.error is None, timeout=20)
         finally:

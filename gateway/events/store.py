@@ -71,7 +71,9 @@ class EventStore:
     """
 
     def __init__(self, path: str | Path, readonly: bool = False, max_bytes: int = DEFAULT_MAX_BYTES,
-                 forwarding: bool = False) -> None:
+                 forwarding: bool = False, lock_timeout: float = 5.0) -> None:
+        """`lock_timeout`: how long a batch waits for the `WriterLock` before the store answers as a
+        busy database (the batch then waits in memory and is retried)."""
         self.path = Path(path)
         self.max_bytes = max(MIN_MAX_BYTES, int(max_bytes))
         self.forwarding = forwarding
@@ -109,7 +111,7 @@ class EventStore:
         self._shm = self.path.with_name(self.path.name + "-shm")
         self._writer: WriterLock | None = None
         if not readonly:
-            self._writer = WriterLock(self.path.with_name(self.path.name + "-lock"))
+            self._writer = WriterLock(self.path.with_name(self.path.name + "-lock"), lock_timeout)
             make_reserve(self.reserve, self.wal_bytes)
         self.last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events") if not readonly else 0
 
