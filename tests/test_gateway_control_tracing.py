@@ -233,8 +233,52 @@ def test_a_streamed_request_and_a_blocked_one_are_traced(
                      and [s for s in receiver.spans if s["name"] == "chat gpt-4o-mini"], timeout=20)
     streamed, refused = sorted(roots, key=lambda s: s["start"])
     names = {s["name"] for s in receiver.spans if s["parent"] == streamed["span_id"]}
-    assert names == {"input_chain", "upstream only"} and streamed["attrs"]["gen_ai.usage.output_tokens"] > 0
+    assert names == {"input_chain", "upstream only", "output_chain"}
+    assert streamed["attrs"]["gen_ai.usage.output_tokens"] > 0
     assert {s["name"] for s in receiver.spans if s["parent"] == refused["span_id"]} == {"input_chain"}
     assert refused["attrs"]["error.type"] == "input_blocked" and refused["status"] != 2
     chain = next(s for s in receiver.spans if s["parent"] == refused["span_id"])
     assert chain["attrs"]["kt.verdict"] == "block" and chain["attrs"]["kt.policy"] == "dlp-filter"
+
+
+def test_a_stream_has_its_output_chain_span_also_when_blocked_midway(
+        tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any, receiver: Receiver,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The output chain of a stream runs while it is relayed: its span lies within the attempt's and ends
+    with the last check (or with the block that cut the stream)."""
+    monkeypatch.setenv(KEY_ENV, "sk-up")
+    targets = [{"id": "only", "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
+                "secret_key_ref": {"env": KEY_ENV}}]
+    config = write_config(tmp_path / "c.yaml", targets, chain=["dlp-filter"],
+                          policy={"dlp-filter": {"blocked_terms": ["project-bluebird"], "action": "block"}})
+    gw = start_gateway(config, otlp_endpoint=receiver.url)
+    client = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    fake_upstream.queue_reply("all clear, nothing to see here", chunks=4)
+    assert "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
+    fake_upstream.queue_reply("first some words, then project-bluebird, then more", chunks=8)
+    got: list[str] = []
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(model="gpt-4o-mini", stream=True,
+                                                    messages=[{"role": "user", "content": "hi"}]):
+            got += [c.delta.content or "" for c in chunk.choices]
+    assert got and "project-bluebird" not in "".join(got)  # blocked after the first bytes
+
+    def roots() -> list[dict[str, Any]] | None:
+        found = [s for s in receiver.spans if s["name"] == "chat gpt-4o-mini"]
+        return found if len(found) >= 2 else None
+
+    passed, blocked = sorted(wait_for(roots, timeout=20, message="no traces of the two streams"),
+                             key=lambda s: s["start"])
+    assert blocked["attrs"]["error.type"] == "output_blocked"
+    for root in (passed, blocked):
+        children = {s["name"]: s for s in receiver.spans if s["parent"] == root["span_id"]}
+        assert set(children) == {"input_chain", "upstream only", "output_chain"}
+        chain, attempt = children["output_chain"], children["upstream only"]
+        assert chain["kind"] == 1  # INTERNAL
+        assert root["start"] <= attempt["start"] <= chain["start"] <= chain["end"] <= attempt["end"] <= root["end"]
+    with pytest.raises(openai.BadRequestError):  # refused before any child span: the request span alone
+        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    alone = wait_for(lambda: next((s for s in receiver.spans if s["attrs"].get("error.type") == "model_not_found"),
+                                  None), timeout=20, message="no span of the refused request")
+    assert alone["start"] <= alone["end"] and not [s for s in receiver.spans if s["parent"] == alone["span_id"]]

@@ -9,8 +9,9 @@ SDK's BatchSpanProcessor on its own thread, off the request path.
 
 Spans: `chat <model>` (the request; kind SERVER), children `input_chain`, one `upstream <target>`
 per attempt (kind CLIENT; a failed attempt has status ERROR, so a fallback shows as two), and
-`output_chain`. A client's W3C `traceparent` makes the request span its child; the attempt's
-own span id goes to the upstream in `traceparent`.
+`output_chain` (for a stream, from its first chunk to the chain's last decision, within the
+attempt). A client's W3C `traceparent` makes the request span its child; the attempt's own span
+id goes to the upstream in `traceparent`.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class Tracer:
         if rec.provider:
             attrs["gen_ai.provider.name"] = attrs["gen_ai.system"] = rec.provider
         end_ns = tr.start_ns + int(((rec.finished or time.perf_counter()) - rec.started) * 1e9)
+        end_ns = max(end_ns, max((span[3] for span in tr.spans), default=0))  # a stream attempt ends after it answered
         parent = self._context(tr.trace_id, tr.parent_id) if tr.parent_id else None
         root = self._start(f"{operation} {rec.model or ''}".strip(), parent, tr.start_ns, t.SpanKind.SERVER,
                            attrs, tr.trace_id, tr.span_id)

@@ -8,6 +8,7 @@ format.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -69,6 +70,7 @@ class StreamRelay(ProxyHandler):
         sound (`audio.data`) is withheld and sent whole, one chunk per choice, once the choice
         passed. Every choice is checked; a block
         ends the stream with an error event in the client's format (a 409 when nothing was sent yet).
+        A traced request gets an `output_chain` span from the first batch to the chain's last decision.
         """
         assert self.snap is not None
         chain = self.snap.config.chain
@@ -78,8 +80,12 @@ class StreamRelay(ProxyHandler):
         sounds: dict[int, dict[str, Any]] = {}  # per choice: its audio's id, expires_at and whole data
         held: list[dict[str, Any]] = []
         first: dict[str, Any] | None = None  # a chunk of the stream, for the fields of the tool-call chunks
+        traced = self.record.trace is not None
+        started = 0  # when the first batch came (epoch ns), for the output_chain span
         try:
             async for batch in batches:
+                if traced and not started:
+                    started = time.time_ns()
                 out: list[dict[str, Any]] = []
                 for chunk in batch:
                     if chunk is DONE:
@@ -95,7 +101,7 @@ class StreamRelay(ProxyHandler):
                                 self.record.add_outcome(blocked)
                                 if out:  # what passed before the match still goes out first
                                     await self.write_sse(self.sse(out))
-                                await self.end_blocked(blocked)
+                                await self.end_blocked(blocked, started)
                                 return
                             if delta.get("tool_calls"):  # withheld until the choice's calls are whole and checked
                                 _merge_tool_calls(tools.setdefault(index, {}), delta.pop("tool_calls"))
@@ -118,11 +124,13 @@ class StreamRelay(ProxyHandler):
             if active:
                 blocked = await self.check_choices(ex, guards, tools, chain)
                 if blocked is not None:
-                    await self.end_blocked(blocked)
+                    await self.end_blocked(blocked, started)
                     return
                 if (tools or sounds) and first is not None:
                     held[:0] = [_tool_calls_chunk(first, index, tools[index]) for index in sorted(tools)] + [
                         _choice_chunk(first, index, {"audio": sounds[index]}) for index in sorted(sounds)]
+            if traced:
+                self.output_span(started)
             await self.write_sse(self.sse(held) + self.sse_done())
             self.finish()
         except ClientGone:
@@ -181,8 +189,17 @@ class StreamRelay(ProxyHandler):
                 return outcome
         return None
 
-    async def end_blocked(self, outcome: ChainOutcome) -> None:
-        """A block: a plain 409/503 when nothing was sent yet, else the error event ends the stream."""
+    def output_span(self, started_ns: int) -> None:
+        """The stream's `output_chain` span: from `started_ns` (0: no batch came) to now."""
+        trace = self.record.trace
+        if trace is not None:
+            trace.child("output_chain", started_ns or time.time_ns(), {})
+
+    async def end_blocked(self, outcome: ChainOutcome, started_ns: int = 0) -> None:
+        """A block: a plain 409/503 when nothing was sent yet, else the error event ends the stream.
+
+        `started_ns`: when the stream's output chain began, for its span (traced requests)."""
+        self.output_span(started_ns)
         if not self.sent_any:
             raise policy_error(outcome, "output_blocked")  # nothing reached the client yet: a plain 409/503
         err = policy_error(outcome, "output_blocked")
