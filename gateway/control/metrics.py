@@ -336,8 +336,8 @@ class _StateCollector:
         yield dropped
         size = src.store_size() if src.store_size else None
         if size is not None:
-            yield _gauge("keeptrusts_events_store_bytes", "Bytes the event store takes on disk (database + WAL).",
-                         size[0])
+            yield _gauge("keeptrusts_events_store_bytes",
+                         "Bytes the event store takes on disk (database, WAL and its index, reserve).", size[0])
             yield _gauge("keeptrusts_events_store_max_bytes", "The event store's cap (--events-max-size).", size[1])
         pending = GaugeMetricFamily("keeptrusts_events_pending",
                                     "Event backlog: in the memory queue (stage=queue) or stored but not yet "
