@@ -21,8 +21,12 @@ from typing import Any
 
 import openai
 import pytest
+import yaml
 
 from gateway.providers import secrets
+from kt.doctor import provider_check
+from policies.config import load_config
+from policies.lint import validate_document
 from tests.fake_azure import FakeAzure
 from tests.fake_bedrock import FakeBedrock
 from tests.gateway_harness import write_config
@@ -107,6 +111,21 @@ def test_a_secret_file_that_appears_later_is_used(tmp_path: Path, fake_azure: Fa
     token.write_text("entra-late")
     assert wait_for(lambda: _served(gw), timeout=secrets.RECHECK_S + 5) == "Hello from Azure."
     assert fake_azure.requests[-1].header("authorization") == "Bearer entra-late"
+
+
+def test_lint_and_doctor_take_a_secret_file_for_the_variable(tmp_path: Path, fake_azure: FakeAzure,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    token = tmp_path / "entra-token"
+    token.write_text("entra-doctor\n")
+    monkeypatch.delenv("KT_TEST_ENTRA", raising=False)
+    monkeypatch.setenv("KT_TEST_ENTRA_FILE", str(token))
+    fake_azure.entra_token = "entra-doctor"
+    config = entra_config(tmp_path, fake_azure)
+    assert [f.code for f in validate_document(yaml.safe_load(config.read_text()))] == []
+    (check,) = provider_check(load_config(config).targets[0], os.environ, 5)
+    assert check.status == "ok" and "deployment 'chat' exists" in check.detail
+    assert fake_azure.requests[-1].header("authorization") == "Bearer entra-doctor"
+    assert "entra-doctor" not in check.detail + (check.fix or "")
 
 
 def _served(gw: Any) -> str | None:
