@@ -256,7 +256,7 @@ def test_expiring_container_credentials_are_refreshed_off_the_event_loop(
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(chat, gw)
         assert endpoint.waiting.wait(10), "the next request refreshes the credentials"
-        with urllib.request.urlopen(gw.url + "/healthz", timeout=1) as resp:  # the loop is free meanwhile
+        with urllib.request.urlopen(gw.url + "/healthz", timeout=3) as resp:  # the loop is free meanwhile
             assert resp.status == 200
         endpoint.release.set()
         assert pending.result(20) == "Hello from Bedrock."
