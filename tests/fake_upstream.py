@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import itertools
 import json
+import re
 import struct
 import threading
 import time
@@ -385,7 +386,15 @@ def audio_sound(transcript: str) -> str:
     return base64.b64encode(b"RIFF\x00\x00\x00\x00WAVE" + transcript.encode()).decode()
 
 
-def _openai_choice(index: int, reply: Reply) -> dict[str, Any]:
+def token_logprobs(text: str) -> dict[str, Any]:
+    """`logprobs` for `text` as OpenAI gives them (`logprobs: true`): a token a word, with its bytes."""
+    tokens = re.findall(r"\S+\s*|\s+", text)
+    return {"content": [{"token": t, "logprob": -0.25, "bytes": list(t.encode()),
+                         "top_logprobs": [{"token": t, "logprob": -0.25, "bytes": list(t.encode())}]}
+                        for t in tokens], "refusal": None}
+
+
+def _openai_choice(index: int, reply: Reply, logprobs: bool = False) -> dict[str, Any]:
     finish = _STOP_OPENAI.get(reply.finish_reason or "", reply.finish_reason) or (
         "tool_calls" if reply.tool_calls else "stop")
     calls = [{"id": t.id or new_id("call_"), "type": "function",
@@ -398,7 +407,8 @@ def _openai_choice(index: int, reply: Reply) -> dict[str, Any]:
                             "expires_at": int(time.time()) + 3600, "transcript": reply.audio}
     if calls:
         message["tool_calls"] = calls
-    return {"index": index, "message": message, "logprobs": None, "finish_reason": finish}
+    return {"index": index, "message": message, "finish_reason": finish,
+            "logprobs": token_logprobs(message["content"] or "") if logprobs else None}
 
 
 def openai_completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
@@ -409,7 +419,7 @@ def openai_completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
                      for r in replies)
     return {
         "id": new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": body["model"],
-        "choices": [_openai_choice(i, r) for i, r in enumerate(replies)],
+        "choices": [_openai_choice(i, r, body.get("logprobs") is True) for i, r in enumerate(replies)],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
         "system_fingerprint": "fp_fake",
     }
@@ -423,8 +433,8 @@ def openai_events(completion: dict[str, Any], chunks: int, include_usage: bool) 
     if include_usage:
         base["usage"] = None
 
-    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": None,
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> bytes:
+        return sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
                                          "finish_reason": finish_reason}]})
 
     events = []
@@ -432,7 +442,8 @@ def openai_events(completion: dict[str, Any], chunks: int, include_usage: bool) 
         i, message = choice["index"], choice["message"]
         events.append(chunk(i, {"role": "assistant", "content": "", "refusal": None}))
         if message["content"]:
-            events += [chunk(i, {"content": piece}) for piece in split_text(message["content"], chunks)]
+            events += [chunk(i, {"content": piece}, logprobs=choice["logprobs"] and token_logprobs(piece))
+                       for piece in split_text(message["content"], chunks)]
         if message.get("refusal"):
             events += [chunk(i, {"refusal": piece}) for piece in split_text(message["refusal"], chunks)]
         if message.get("audio"):

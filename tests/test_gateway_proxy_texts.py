@@ -287,3 +287,22 @@ def test_every_choice_is_checked(tmp_path: Path, fake_upstream: FakeUpstream, st
     chunks = list(oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[USER], n=12, stream=True))
     assert sorted({c.index for chunk in chunks for c in chunk.choices}) == list(range(12))
     assert wait_for(lambda: len(gw.events) == 2 and gw.events)[-1]["outcomes_unlisted"] == 12 - 7
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_redacted_answer_loses_the_logprobs_that_spell_it(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                            start_gateway: Any, test_kinds: None, stream: bool) -> None:
+    gw = gateway(tmp_path, fake_upstream, start_gateway, "redact")
+    fake_upstream.queue_reply(Reply(text=f"your code is {S} today", chunks=1))
+    if stream:
+        seen = json.dumps([c.model_dump() for c in oai(gw).chat.completions.create(
+            model="gpt-4o-mini", messages=[USER], logprobs=True, top_logprobs=1, stream=True)])
+    else:
+        seen = oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[USER], logprobs=True,
+                                               top_logprobs=1).model_dump_json()
+    assert "[REDACTED]" in seen and "secret" not in seen
+    fake_upstream.queue_reply(Reply(text="all clear today"))
+    logprobs = oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[USER], logprobs=True,
+                                               top_logprobs=1).choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None  # an answer left as it is keeps them
+    assert [t.token for t in logprobs.content] == ["all ", "clear ", "today"]

@@ -130,6 +130,8 @@ class ChatHandler(StreamRelay):
                 message["content"] = ex.response_text
             if ex.response_refusal != (refusal if isinstance(refusal, str) else ""):
                 message["refusal"] = ex.response_refusal
+            if outcome.redactions and choice.get("logprobs") is not None:
+                choice["logprobs"] = None  # their tokens spell the text the redaction removed
             changed = changed or bool(outcome.redactions) or ex.response_text != text  # tool calls: in place
             transcript = _transcript(message.get("audio"))
             if transcript:

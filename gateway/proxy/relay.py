@@ -96,7 +96,7 @@ class StreamRelay(ProxyHandler):
                         index = choice.get("index", 0)
                         delta = choice.get("delta") or {}
                         if active:
-                            blocked = self.guard_text(delta, index, guards, chain, ex)
+                            blocked = self.guard_text(choice, delta, index, guards, chain, ex)
                             if blocked is not None:
                                 self.record.add_outcome(blocked)
                                 if out:  # what passed before the match still goes out first
@@ -148,9 +148,11 @@ class StreamRelay(ProxyHandler):
         if chunk.get("usage"):
             self.record_usage(ex, chunk["usage"])
 
-    def guard_text(self, delta: dict[str, Any], index: int, guards: dict[int, StreamGuard], chain: Chain,
-                   ex: Exchange) -> ChainOutcome | None:
-        """A choice's content and refusal deltas through its stream guard (redactions in place); the block, if any."""
+    def guard_text(self, choice: dict[str, Any], delta: dict[str, Any], index: int, guards: dict[int, StreamGuard],
+                   chain: Chain, ex: Exchange) -> ChainOutcome | None:
+        """A choice's content and refusal deltas through its stream guard (redactions in place); the block, if any.
+
+        A redacted delta loses its `logprobs` (their tokens spell the text the redaction removed)."""
         audio = delta.get("audio")
         for channel, holder in (("content", delta), ("refusal", delta), ("transcript", audio)):
             text = holder.get(channel) if isinstance(holder, dict) else None
@@ -162,6 +164,8 @@ class StreamRelay(ProxyHandler):
                 return blocked
             if forward != text:
                 holder[channel] = forward
+                if choice.get("logprobs") is not None:
+                    choice["logprobs"] = None
         return None
 
     def trimmed(self, chunk: dict[str, Any], withheld: bool) -> bool:
