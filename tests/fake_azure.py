@@ -18,18 +18,8 @@ from typing import Any
 
 import tornado.web
 
-from tests.fake_upstream import (
-    ApiError,
-    ChatCompletions,
-    Embeddings,
-    FakeUpstream,
-    ProviderHandler,
-    content_text,
-    include_usage,
-    openai_completion,
-    openai_events,
-    sse,
-)
+from tests.fake_upstream import ChatCompletions, Embeddings, FakeUpstream, ProviderHandler
+from tests.fake_wire import ApiError, content_text, include_usage, openai_completion, openai_events, sse
 
 SAFE = {name: {"filtered": False, "severity": "safe"} for name in ("hate", "self_harm", "sexual", "violence")}
 DEPLOYMENTS = {"chat": "gpt-4o-mini-2024-07-18", "embed": "text-embedding-3-small"}

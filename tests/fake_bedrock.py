@@ -28,7 +28,8 @@ from urllib.parse import unquote
 import orjson
 import tornado.web
 
-from tests.fake_upstream import ApiError, FakeUpstream, ProviderHandler, _embedding, count_tokens, split_text
+from tests.fake_upstream import FakeUpstream, ProviderHandler
+from tests.fake_wire import ApiError, count_tokens, embedding, split_text
 
 _ERROR_TYPES = {400: "ValidationException", 403: "AccessDeniedException", 404: "ResourceNotFoundException",
                 429: "ThrottlingException", 500: "InternalServerException", 503: "ServiceUnavailableException"}
@@ -194,7 +195,7 @@ class InvokeEmbeddings(_Aws):
             text = body.get("inputText")
             if not isinstance(text, str):
                 raise _malformed("inputText")
-            vector = _embedding(text, int(body.get("dimensions") or 8))
+            vector = embedding(text, int(body.get("dimensions") or 8))
             tokens = count_tokens(text)
             return {"embedding": vector, "inputTextTokenCount": tokens, "embeddingsByType": {"float": vector}}, tokens
         if "cohere.embed" in model:
@@ -207,7 +208,7 @@ class InvokeEmbeddings(_Aws):
                 raise ApiError(400, "Malformed input request: #/texts: expected maximum item count: 96, found: "
                                f"{len(texts)}, please reformat your input and try again.")
             tokens = sum(count_tokens(t) for t in texts)
-            return {"embeddings": [_embedding(t, 8) for t in texts], "id": "emb-fake", "response_type":
+            return {"embeddings": [embedding(t, 8) for t in texts], "id": "emb-fake", "response_type":
                     "embeddings_floats", "texts": texts}, tokens
         raise ApiError(400, "The provided model identifier is invalid.")
 

@@ -20,17 +20,8 @@ from typing import Any
 
 import tornado.web
 
-from tests.fake_upstream import (
-    ApiError,
-    FakeUpstream,
-    ProviderHandler,
-    Reply,
-    _embedding,
-    count_tokens,
-    new_id,
-    split_text,
-    sse,
-)
+from tests.fake_upstream import FakeUpstream, ProviderHandler
+from tests.fake_wire import ApiError, Reply, count_tokens, embedding, new_id, split_text, sse
 
 STATUS = {400: "INVALID_ARGUMENT", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
           500: "INTERNAL", 503: "UNAVAILABLE"}
@@ -178,5 +169,5 @@ class BatchEmbed(_Google):
         out = []
         for request in requests["requests"]:
             text = " ".join(p.get("text", "") for p in request["content"]["parts"] if isinstance(p, dict))
-            out.append({"values": _embedding(text, int(request.get("outputDimensionality") or 8))})
+            out.append({"values": embedding(text, int(request.get("outputDimensionality") or 8))})
         await self.send_json({"embeddings": out})

@@ -14,7 +14,8 @@ import anthropic
 import openai
 import pytest
 
-from tests.fake_upstream import FakeUpstream, Fault, Reply, ToolCall
+from tests.fake_upstream import FakeUpstream, Fault
+from tests.fake_wire import Reply, ToolCall
 from tests.waiting import wait_for
 
 MSG = [{"role": "user", "content": "Say hello"}]

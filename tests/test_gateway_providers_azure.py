@@ -22,7 +22,8 @@ from policies.config import load_config
 from policies.lint import validate_document
 from policies.providers import AZURE_API_VERSION, AZURE_OPENAI
 from tests.fake_azure import FakeAzure
-from tests.fake_upstream import FakeUpstream, ToolCall
+from tests.fake_upstream import FakeUpstream
+from tests.fake_wire import ToolCall
 from tests.gateway_harness import write_config
 from tests.test_ops_doctor import by_name, kt_doctor
 from tests.waiting import wait_for

@@ -22,7 +22,8 @@ from kt.doctor import provider_check
 from policies.config import load_config
 from policies.lint import validate_document
 from tests.fake_bedrock import FakeBedrock, event
-from tests.fake_upstream import FakeUpstream, ToolCall
+from tests.fake_upstream import FakeUpstream
+from tests.fake_wire import ToolCall
 from tests.gateway_harness import write_config
 
 MODEL = "anthropic.claude-3-5-haiku-20241022-v1:0"

@@ -20,7 +20,7 @@ from google.genai import types
 
 from tests.fake_bedrock import FakeBedrock
 from tests.fake_google import FakeGoogle
-from tests.fake_upstream import _embedding, count_tokens
+from tests.fake_wire import count_tokens, embedding
 from tests.gateway_harness import write_config
 
 GOOGLE_KEY = "AIzaSyD-embeddings-test-key-0123456789ab"
@@ -68,7 +68,7 @@ def test_fake_google_embeddings_are_accepted_by_google_genai(fake_google: FakeGo
     client = genai.Client(api_key=GOOGLE_KEY, http_options=types.HttpOptions(base_url=fake_google.url))
     got = client.models.embed_content(model="gemini-embedding-001", contents=["a", "b"],
                                       config=types.EmbedContentConfig(output_dimensionality=4))
-    assert [e.values for e in got.embeddings] == [_embedding("a", 4), _embedding("b", 4)]
+    assert [e.values for e in got.embeddings] == [embedding("a", 4), embedding("b", 4)]
     assert fake_google.requests[-1].path.endswith("/models/gemini-embedding-001:batchEmbedContents")
 
 
@@ -77,10 +77,10 @@ def test_fake_bedrock_embeddings_are_accepted_by_boto3(fake_bedrock: FakeBedrock
                           aws_access_key_id=AWS_KEY[0], aws_secret_access_key=AWS_KEY[1])
     answer = client.invoke_model(modelId=TITAN, body=json.dumps({"inputText": "a", "dimensions": 4}))
     titan = json.loads(answer["body"].read())
-    assert titan["embedding"] == _embedding("a", 4) and titan["inputTextTokenCount"] > 0
+    assert titan["embedding"] == embedding("a", 4) and titan["inputTextTokenCount"] > 0
     assert int(answer["ResponseMetadata"]["HTTPHeaders"]["x-amzn-bedrock-input-token-count"]) > 0
     answer = client.invoke_model(modelId=COHERE, body=json.dumps({"texts": ["a", "b"], "input_type": "search_query"}))
-    assert json.loads(answer["body"].read())["embeddings"] == [_embedding("a", 8), _embedding("b", 8)]
+    assert json.loads(answer["body"].read())["embeddings"] == [embedding("a", 8), embedding("b", 8)]
     with pytest.raises(client.exceptions.ValidationException):
         client.invoke_model(modelId=COHERE, body=json.dumps({"texts": ["a"]}))
     assert fake_bedrock.signed_with[-1][0] == AWS_KEY[0], "boto3's own signature verifies"
@@ -95,7 +95,7 @@ def test_google_embeddings_through_kt_with_the_chain(tmp_path: Path, fake_google
               "secret_key_ref": {"env": "KT_TEST_GEMINI_KEY"}}
     gw = start_gateway(write_config(tmp_path / "c.yaml", [target], ["test-term"], REDACT))
     got = oai(gw).embeddings.create(model="gemini-embedding-001", input=["hello", "my secret-abc"])  # base64
-    assert close(got.data[0].embedding, _embedding("hello", 8)) and [d.index for d in got.data] == [0, 1]
+    assert close(got.data[0].embedding, embedding("hello", 8)) and [d.index for d in got.data] == [0, 1]
     assert got.model == "gemini-embedding-001" and got.usage.prompt_tokens > 0
     sent = fake_google.requests[-1]
     assert sent.path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
@@ -103,7 +103,7 @@ def test_google_embeddings_through_kt_with_the_chain(tmp_path: Path, fake_google
     assert [r["content"]["parts"][0]["text"] for r in sent.body["requests"]] == ["hello", "my [REDACTED]"]
     assert {r["model"] for r in sent.body["requests"]} == {"models/gemini-embedding-001"}
     floats = oai(gw).embeddings.create(model="gemini-embedding-001", input="x", dimensions=4, encoding_format="float")
-    assert floats.data[0].embedding == _embedding("x", 4)
+    assert floats.data[0].embedding == embedding("x", 4)
     assert fake_google.requests[-1].body["requests"][0]["outputDimensionality"] == 4
     with pytest.raises(openai.BadRequestError) as err:
         oai(gw).embeddings.create(model="gemini-embedding-001", input=[[1, 2, 3]])
@@ -118,7 +118,7 @@ def test_bedrock_titan_and_cohere_embeddings_through_kt(tmp_path: Path, fake_bed
                 "base_url": fake_bedrock.url}]
     gw = start_gateway(write_config(tmp_path / "c.yaml", targets, ["test-term"], REDACT))
     got = oai(gw).embeddings.create(model=TITAN, input=["a", "b", "my secret-x"], dimensions=4)
-    assert [close(d.embedding, _embedding(t, 4)) for d, t in zip(got.data, ["a", "b", "my [REDACTED]"],
+    assert [close(d.embedding, embedding(t, 4)) for d, t in zip(got.data, ["a", "b", "my [REDACTED]"],
                                                                   strict=True)] == [True] * 3
     calls = fake_bedrock.requests_to(f"/model/{TITAN.replace(':', '%3A')}/invoke")
     assert sorted(c.body["inputText"] for c in calls) == ["a", "b", "my [REDACTED]"]  # Titan: one text a call
@@ -129,7 +129,7 @@ def test_bedrock_titan_and_cohere_embeddings_through_kt(tmp_path: Path, fake_bed
     texts = [f"text {i}" for i in range(100)]
     got = oai(gw).embeddings.create(model=COHERE, input=texts, encoding_format="float",
                                     extra_body={"input_type": "search_query"})
-    assert [d.embedding for d in got.data] == [_embedding(t, 8) for t in texts] and got.usage.prompt_tokens > 0
+    assert [d.embedding for d in got.data] == [embedding(t, 8) for t in texts] and got.usage.prompt_tokens > 0
     calls = fake_bedrock.requests_to(f"/model/{COHERE}/invoke")
     assert [len(c.body["texts"]) for c in calls] == [96, 4] and {c.body["input_type"] for c in calls} == {
         "search_query"}

@@ -22,7 +22,8 @@ from kt.doctor import provider_check
 from policies.config import load_config
 from policies.lint import validate_document
 from tests.fake_google import FakeGoogle
-from tests.fake_upstream import FakeUpstream, ToolCall
+from tests.fake_upstream import FakeUpstream
+from tests.fake_wire import ToolCall
 from tests.gateway_harness import write_config
 
 KEY_ENV = "KT_TEST_GOOGLE_KEY"

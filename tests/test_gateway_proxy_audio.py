@@ -13,7 +13,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fake_upstream import FakeUpstream, Reply, audio_sound
+from tests.fake_upstream import FakeUpstream
+from tests.fake_wire import Reply, audio_sound
 from tests.gateway_harness import GatewayThread, write_config
 from tests.waiting import wait_for
 

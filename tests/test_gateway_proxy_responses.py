@@ -15,7 +15,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fake_upstream import FakeUpstream, ToolCall
+from tests.fake_upstream import FakeUpstream
+from tests.fake_wire import ToolCall
 from tests.gateway_harness import write_config
 
 KEY_ENV = "KT_TEST_RESPONSES_KEY"

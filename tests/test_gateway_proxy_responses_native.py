@@ -16,7 +16,8 @@ import pytest
 
 from policies.config import load_config
 from policies.lint import validate_document
-from tests.fake_upstream import FakeUpstream, Reply, ToolCall, responses_events, responses_response, sse
+from tests.fake_upstream import FakeUpstream
+from tests.fake_wire import Reply, ToolCall, responses_events, responses_response, sse
 from tests.gateway_harness import write_config
 from tests.raw_upstream import RawUpstream
 from tests.waiting import wait_for

@@ -14,7 +14,8 @@ import anthropic
 import openai
 import pytest
 
-from tests.fake_upstream import FakeUpstream, Reply, ToolCall
+from tests.fake_upstream import FakeUpstream
+from tests.fake_wire import Reply, ToolCall
 from tests.gateway_harness import GatewayThread, ToolKind, write_config
 from tests.waiting import wait_for
 

@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.fake_upstream import Reply, anthropic_events, anthropic_message, openai_completion, openai_events
+from tests.fake_wire import Reply, anthropic_events, anthropic_message, openai_completion, openai_events
 from tests.fuzzing import bodies
 from tests.fuzzing.bodies import Op
 
