@@ -7,6 +7,8 @@ zero delay, it starts three paths and measures them in one run:
 - passthrough  client -> bench/passthrough.py (minimal Tornado proxy, same upstream client as the gateway) -> fake
 - passthrough-kt  the same pass-through served by the gateway's HTTP layer (gateway/http/http1.py) on uvloop
 - gateway      client -> `kt gateway run` with bench/policy-config.yaml (five policies) -> fake
+- gateway-otlp the same gateway with `--otlp-endpoint` to a local OTLP/HTTP receiver (bench/otlp_receiver.py):
+               what tracing costs, printed next to the table (when the kt-gateway[otel] extra is installed)
 
 The proxy under test is pinned to CPU 0; the fake upstream and the load generators to the other
 CPUs. Added latency: concurrency 1, interleaved rounds (each round runs every path in turn),
@@ -15,6 +17,7 @@ perf_counter_ns client over a keep-alive connection. Throughput: concurrency 32 
 the first content delta at concurrency 1, interleaved likewise.
 
     python bench/overhead.py [--rounds 9] [--per-round 50] [--duration 10] [--quick] [--json out.json]
+    python bench/overhead.py --only gateway,gateway-otlp --quick    # the tracing cost alone, briefly
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import importlib.util
 import json
 import os
 import platform
@@ -48,6 +52,7 @@ CLIENT_KEY = os.environ.get("BENCH_CLIENT_KEY", "sk-client")
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
 # `python -m kt` with uvloop installed as the policy (the gateway picks uvloop itself when it is installed).
 UVLOOP_KT = "import sys, uvloop; uvloop.install(); from kt.cli import main; sys.argv[0] = 'kt'; main()"
+PATHS = ("passthrough", "passthrough-kt", "gateway", "gateway-otlp")  # measured besides direct (--only)
 TARGETS = {"added_p50_ms": 0.5, "added_p99_ms": 1.5, "rps": 3000, "rps_vs_passthrough": 0.75, "ttft_added_ms": 1.0}
 
 
@@ -314,6 +319,29 @@ def hot_spots(raw: Path, top: int = 20) -> str:
                       *block("inclusive time, kt functions:", incl)])
 
 
+def http_get(url: str) -> bytes:
+    host, port = url.split("//")[1].split("/")[0].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=5)
+    conn.request("GET", "/" + url.split("//")[1].partition("/")[2])
+    return conn.getresponse().read()
+
+
+def exported_spans(receiver: str, gateway: str, per_request: int = 4, wait_s: float = 8.0) -> tuple[int, int]:
+    """(spans the OTLP receiver got, requests the traced gateway served), once the export caught up.
+
+    A request makes `per_request` spans (request, input chain, upstream attempt, output chain); the
+    SDK exports a batch every 5 s or when 512 are queued, and drops spans past a full queue (2048).
+    """
+    served = sum(float(line.rsplit(" ", 1)[1]) for line in http_get(gateway + "/metrics").decode().splitlines()
+                 if line.startswith("keeptrusts_gateway_requests_total{"))
+    deadline = time.monotonic() + wait_s
+    while True:
+        spans = orjson.loads(http_get(receiver + "/count"))["spans"]
+        if spans >= served * per_request or time.monotonic() > deadline:
+            return spans, int(served)
+        time.sleep(0.2)
+
+
 # -- report ------------------------------------------------------------------------------------
 
 
@@ -342,8 +370,10 @@ def added_p50(p: Path_, direct: Path_) -> tuple[float, float]:
     return statistics.median(diffs), q3 - q1
 
 
-def report(paths: list[Path_], info: dict[str, str]) -> tuple[str, dict]:
-    """A markdown table (and the same numbers as a dict) with the targets checked."""
+def report(paths: list[Path_], info: dict[str, str], exported: tuple[int, int] | None = None) -> tuple[str, dict]:
+    """A markdown table (and the same numbers as a dict) with the targets checked.
+
+    `exported`: (spans the OTLP receiver got, requests the traced gateway served), for the tracing line."""
     direct = paths[0]
     passthrough = next((p for p in paths if p.name == "passthrough"), None)
     cols = ["path", "c=1 p50", "c=1 p99", "added p50 (IQR)", "added p99", f"c={info['concurrency']} RPS",
@@ -388,7 +418,23 @@ def report(paths: list[Path_], info: dict[str, str]) -> tuple[str, dict]:
         lines.append(f"\ngateway vs the same pass-through on kt's HTTP layer (passthrough-kt): "
                      f"{gw['rps_vs_passthrough_kt']:.0%} of its RPS, {p50:+.3f} ms at c=1 p50, "
                      f"{ttft:+.3f} ms to the first token")
+    plain = next((p for p in paths if p.name == "gateway"), None)
+    traced = next((p for p in paths if p.name == "gateway-otlp"), None)
+    if plain and traced:
+        data["tracing"] = cost = tracing_cost(traced, plain, exported)
+        lines.append(f"\ntracing on (gateway-otlp) vs off (gateway), same run: {cost['added_p50_ms']:+.3f} ms at c=1 "
+                     f"p50 (IQR {cost['added_p50_iqr_ms']:.3f}), {cost['rps_vs_off']:.0%} of the RPS, "
+                     f"{cost['ttft_added_ms']:+.3f} ms to the first token; the receiver got "
+                     f"{cost['spans']:,} spans for {cost['requests']:,} requests")
     return "\n".join(lines), data
+
+
+def tracing_cost(traced: Path_, plain: Path_, exported: tuple[int, int] | None) -> dict[str, float]:
+    """What `--otlp-endpoint` costs: the traced gateway against the plain one, paired per round."""
+    med, iqr = added_p50(traced, plain)
+    spans, requests = exported or (0, 0)
+    return {"added_p50_ms": med, "added_p50_iqr_ms": iqr, "rps_vs_off": rps_ratio(traced, plain),
+            "ttft_added_ms": pct(traced.ttft_ns, 50) - pct(plain.ttft_ns, 50), "spans": spans, "requests": requests}
 
 
 def _context(check: str, ok: bool, paths: dict[str, dict[str, float]]) -> str:
@@ -436,6 +482,10 @@ def main() -> int:
     parser.add_argument("--load-rounds", type=int, default=5, help="the c=32 time is cut into interleaved rounds")
     parser.add_argument("--quick", action="store_true", help="a short smoke run (numbers not meaningful)")
     parser.add_argument("--no-gateway", action="store_true", help="measure only direct and pass-through")
+    parser.add_argument("--no-tracing", action="store_true",
+                        help="skip gateway-otlp (the gateway with --otlp-endpoint, for the cost of tracing)")
+    parser.add_argument("--only", metavar="PATH,...",
+                        help=f"measure only these paths besides direct (of {', '.join(PATHS)})")
     parser.add_argument("--uvloop", action="store_true",
                         help="run the pass-through on uvloop too (the gateway uses uvloop whenever it is installed)")
     parser.add_argument("--client", choices=["kt", "curl", "aiohttp", "simple"],
@@ -465,6 +515,16 @@ def main() -> int:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every process started below
     if args.realtime:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(args.realtime))  # likewise inherited
+    wanted = set(PATHS if args.only is None else args.only.split(","))
+    if wanted - set(PATHS):
+        parser.error(f"--only: unknown path(s) {', '.join(sorted(wanted - set(PATHS)))}; of {', '.join(PATHS)}")
+    if args.no_gateway:
+        wanted -= {"gateway", "gateway-otlp"}
+    if args.no_tracing:
+        wanted.discard("gateway-otlp")
+    if "gateway-otlp" in wanted and importlib.util.find_spec("opentelemetry.exporter.otlp.proto.http") is None:
+        print("gateway-otlp skipped: tracing needs the kt-gateway[otel] extra", file=sys.stderr)
+        wanted.discard("gateway-otlp")
     server_cpu, other_cpu = cpus(args.layout)
     if other_cpu:
         first, _, last = other_cpu.partition("-")
@@ -483,40 +543,56 @@ def main() -> int:
         paths = [Path_("direct", f"http://127.0.0.1:{up_port}", fake)]
         wait_http(paths[0].url + "/v1/models", 10, fake)
 
-        pt_port = free_port()
-        pt = start(pinned([py, "bench/passthrough.py", "--listen", f"127.0.0.1:{pt_port}",
-                           "--upstream", paths[0].url, "--client", client, *(["--uvloop"] if args.uvloop else [])],
-                          server_cpu),
-                   log=args.logs / "passthrough.log")
-        procs.append(pt)
-        paths.append(Path_("passthrough", f"http://127.0.0.1:{pt_port}", pt))
-        # The same pass-through on the gateway's own stack (gateway/http/http1.py on uvloop): what is left
-        # between it and the gateway is the gateway's own work (policies, events, metrics, logs).
-        ptk_port = free_port()
-        ptk = start(pinned([py, "bench/passthrough.py", "--listen", f"127.0.0.1:{ptk_port}", "--upstream",
-                            paths[0].url, "--client", client, "--server", "kt", "--uvloop"], server_cpu),
-                    log=args.logs / "passthrough-kt.log")
-        procs.append(ptk)
-        paths.append(Path_("passthrough-kt", f"http://127.0.0.1:{ptk_port}", ptk, note="kt's HTTP layer"))
+        started: list[Path_] = []  # the proxies, started before any is waited for
+        if "passthrough" in wanted:
+            pt_port = free_port()
+            pt = start(pinned([py, "bench/passthrough.py", "--listen", f"127.0.0.1:{pt_port}", "--upstream",
+                               paths[0].url, "--client", client, *(["--uvloop"] if args.uvloop else [])], server_cpu),
+                       log=args.logs / "passthrough.log")
+            procs.append(pt)
+            started.append(Path_("passthrough", f"http://127.0.0.1:{pt_port}", pt))
+        if "passthrough-kt" in wanted:
+            # The same pass-through on the gateway's own stack (gateway/http/http1.py on uvloop): what is left
+            # between it and the gateway is the gateway's own work (policies, events, metrics, logs).
+            ptk_port = free_port()
+            ptk = start(pinned([py, "bench/passthrough.py", "--listen", f"127.0.0.1:{ptk_port}", "--upstream",
+                                paths[0].url, "--client", client, "--server", "kt", "--uvloop"], server_cpu),
+                        log=args.logs / "passthrough-kt.log")
+            procs.append(ptk)
+            started.append(Path_("passthrough-kt", f"http://127.0.0.1:{ptk_port}", ptk, note="kt's HTTP layer"))
 
-        if not args.no_gateway:
-            cfg = args.logs / "policy-config.yaml"
-            cfg.write_text((ROOT / "bench/policy-config.yaml").read_text().replace("__UPSTREAM__", paths[0].url))
+        receiver = ""
+        if "gateway-otlp" in wanted:  # the traced gateway's collector, beside the upstream
+            rec_port = free_port()
+            rec = start(pinned([py, "bench/otlp_receiver.py", "--port", str(rec_port)], other_cpu),
+                        log=args.logs / "otlp-receiver.log")
+            procs.append(rec)
+            receiver = f"http://127.0.0.1:{rec_port}"
+            wait_http(receiver + "/count", 10, rec)
+        gateways = [("gateway", [], "5 policies"),
+                    ("gateway-otlp", ["--otlp-endpoint", receiver], "5 policies, --otlp-endpoint")]
+        cfg = args.logs / "policy-config.yaml"
+        cfg.write_text((ROOT / "bench/policy-config.yaml").read_text().replace("__UPSTREAM__", paths[0].url))
+        kt = [py, "-c", UVLOOP_KT] if args.uvloop else [py, "-m", "kt"]
+        for name, flags, note in gateways:
+            if name not in wanted:
+                continue
             gw_port = free_port()
-            kt = [py, "-c", UVLOOP_KT] if args.uvloop else [py, "-m", "kt"]
-            gw = start(pinned([*kt, "gateway", "run", "--policy-config", str(cfg),
-                               "--listen", f"127.0.0.1:{gw_port}", "--state-dir", str(args.logs / "state")],
-                              server_cpu),
-                       env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY}, log=args.logs / "gateway.log")
+            gw = start(pinned([*kt, "gateway", "run", "--policy-config", str(cfg), "--listen", f"127.0.0.1:{gw_port}",
+                               "--state-dir", str(args.logs / name.replace("gateway", "state")), *flags], server_cpu),
+                       env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY}, log=args.logs / f"{name}.log")
             procs.append(gw)
-            gateway = Path_("gateway", f"http://127.0.0.1:{gw_port}", gw, note="5 policies")
+            started.append(Path_(name, f"http://127.0.0.1:{gw_port}", gw, note=note))
+        for p in started:
+            assert p.proc is not None
+            gateway = p.name.startswith("gateway")
             try:
-                wait_http(gateway.url + "/readyz", 30, gw)
-                paths.append(gateway)
+                wait_http(p.url + ("/readyz" if gateway else "/healthz"), 30 if gateway else 10, p.proc)
+                paths.append(p)
             except RuntimeError as err:
-                print(f"gateway did not start ({err}); see {args.logs / 'gateway.log'}", file=sys.stderr)
-        wait_http(paths[1].url + "/healthz", 10, pt)
-        wait_http(paths[2].url + "/healthz", 10, ptk)
+                if not gateway:
+                    raise
+                print(f"{p.name} did not start ({err}); see {args.logs / (p.name + '.log')}", file=sys.stderr)
 
         for extra in args.extra:
             name, _, url = extra.partition("=")
@@ -550,7 +626,9 @@ def main() -> int:
                 asyncio.run(load_asyncio(gateway, args.concurrency, 11))
             if spy:
                 spy.wait(30)
-        text, data = report(paths, machine(args, client, "wrk (1 thread)" if wrk else "asyncio client"))
+        traced = next((p for p in paths if p.name == "gateway-otlp"), None)
+        exported = exported_spans(receiver, traced.url) if traced else None
+        text, data = report(paths, machine(args, client, "wrk (1 thread)" if wrk else "asyncio client"), exported)
         print("\n" + text)
         if args.profile and (args.logs / "gateway.pyspy").exists():
             print("\n" + hot_spots(args.logs / "gateway.pyspy"))

@@ -3,19 +3,13 @@ the protobuf (opentelemetry-proto); W3C traceparent in from the client and out t
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
-import tornado.httpserver
-import tornado.ioloop
-import tornado.netutil
-import tornado.web
 
 from gateway.control.tracing import parse_traceparent
 from tests.fake_upstream import FakeUpstream
@@ -23,65 +17,16 @@ from tests.gateway_harness import write_config
 from tests.waiting import wait_for
 
 pytest.importorskip("opentelemetry.sdk", reason="the kt-gateway[otel] extra is not installed")
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from bench.otlp_receiver import Receiver
 
 KEY_ENV = "KT_TEST_UPSTREAM_KEY"
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 
 
-class Receiver:
-    """An OTLP/HTTP trace receiver on a free loopback port: `spans` as plain dicts."""
-
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-        self.content_types: list[str] = []
-        receiver = self
-
-        class Traces(tornado.web.RequestHandler):
-            def post(self) -> None:
-                receiver.content_types.append(self.request.headers.get("Content-Type", ""))
-                request = ExportTraceServiceRequest.FromString(self.request.body)
-                for resource in request.resource_spans:
-                    for scope in resource.scope_spans:
-                        for s in scope.spans:
-                            receiver.spans.append({
-                                "name": s.name, "trace_id": s.trace_id.hex(), "span_id": s.span_id.hex(),
-                                "parent": s.parent_span_id.hex(), "kind": s.kind, "status": s.status.code,
-                                "start": s.start_time_unix_nano, "end": s.end_time_unix_nano,
-                                "attrs": {a.key: _value(a.value) for a in s.attributes}})
-                self.set_header("Content-Type", "application/x-protobuf")
-                self.finish(b"")
-
-        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        self.url = f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(asyncio.new_event_loop())
-            self.loop = tornado.ioloop.IOLoop.current()
-            server = tornado.httpserver.HTTPServer(tornado.web.Application([(r"/v1/traces", Traces)]))
-            server.add_sockets(sockets)
-            ready.set()
-            self.loop.start()
-            server.stop()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(10)
-
-    def stop(self) -> None:
-        self.loop.add_callback(self.loop.stop)
-        self.thread.join(10)
-
-
-def _value(v: Any) -> Any:
-    return getattr(v, v.WhichOneof("value")) if v.WhichOneof("value") else None
-
-
 @pytest.fixture
 def receiver():
-    r = Receiver()
+    r = Receiver().start()
     yield r
     r.stop()
 
