@@ -23,22 +23,21 @@ from policies.counters import Claim, window_end
 from policies.kinds.base import Decision
 from policies.model import Exchange, Verdict
 from policies.pricing import PriceTable, cost_usd
+from policies.rules import meta, option
 from policies.state import PolicyState
 
 # Cerberus schema of one agent's block (`agents.<agent-id>`).
 AGENT_SCHEMA: dict[str, Any] = {
-    "max_cost_usd_per_day": {"type": "number", "min": 0,
-                             "meta": {"description": "Spend in USD per UTC day after which the agent is blocked."}},
-    "max_requests_per_hour": {"type": "integer", "min": 1,
-                              "meta": {"description": "Requests per rolling hour; past it 429 with Retry-After."}},
-    "description": {"type": "string", "maxlength": 2000, "meta": {"description": "What the agent is."}},
+    "max_cost_usd_per_day": option("number", "Spend in USD per UTC day after which the agent is blocked.", min=0),
+    "max_requests_per_hour": option("integer", "Requests per rolling hour; past it 429 with Retry-After.", min=1),
+    "description": option("string", "What the agent is.", maxlength=2000),
 }
 # Cerberus rule of the whole `agents` section.
 AGENTS_RULE: dict[str, Any] = {
     "type": "dict",
     "keysrules": {"type": "string", "regex": r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}"},
     "valuesrules": {"type": "dict", "schema": AGENT_SCHEMA},
-    "meta": {"description": "Per-agent limits, keyed by the agent id the client sends in X-Agent-ID."},
+    "meta": meta("Per-agent limits, keyed by the agent id the client sends in X-Agent-ID."),
 }
 
 

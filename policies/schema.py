@@ -16,6 +16,7 @@ from cerberus import errors
 
 from policies.agents import AGENTS_RULE
 from policies.providers import AZURE_API_VERSION, RESPONSES_API
+from policies.rules import meta
 
 SEMVER_RE = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -42,133 +43,128 @@ def _str(**rules: Any) -> dict[str, Any]:
     return {"type": "string", **rules}
 
 
-def _meta(description: str, **more: Any) -> dict[str, Any]:
-    """The `meta` rule (ignored by validation) that carries an option's description and default."""
-    return {"description": description, **more}
-
-
 PACK = {
     "name": _str(required=True, minlength=1, maxlength=200,
-                 meta=_meta("Name of the policy pack (shown in status and events).")),
+                 meta=meta("Name of the policy pack (shown in status and events).")),
     "version": {"required": True, "check_with": "semver",
-                "meta": _meta("SemVer version of the pack, e.g. 2.3.0 (quote it if YAML could read a number).")},
+                "meta": meta("SemVer version of the pack, e.g. 2.3.0 (quote it if YAML could read a number).")},
     "enabled": {"type": "boolean", "required": True,
-                "meta": _meta("Kill switch: false lets traffic pass with no policies (lint warns W004).")},
+                "meta": meta("Kill switch: false lets traffic pass with no policies (lint warns W004).")},
     "id": _str(minlength=1, maxlength=200,
-               meta=_meta("Stable id of the configuration; derived from name when absent.")),
-    "author": _str(maxlength=200, meta=_meta("Who maintains the pack.")),
-    "description": _str(maxlength=2000, meta=_meta("What the pack is for.")),
+               meta=meta("Stable id of the configuration; derived from name when absent.")),
+    "author": _str(maxlength=200, meta=meta("Who maintains the pack.")),
+    "description": _str(maxlength=2000, meta=meta("What the pack is for.")),
 }
 
 TARGET = {
     "id": _str(required=True, minlength=1, maxlength=200,
-               meta=_meta("Unique id of the target (duplicates are lint error E009).")),
+               meta=meta("Unique id of the target (duplicates are lint error E009).")),
     "provider": _str(required=True, regex=r"^[a-z0-9][a-z0-9._-]*$",
-                     meta=_meta("Provider id: openai, anthropic, azure-openai, google, bedrock, mock (local demo "
+                     meta=meta("Provider id: openai, anthropic, azure-openai, google, bedrock, mock (local demo "
                                 "upstream) or an OpenAI-compatible id.",
                                 examples=["openai", "anthropic", "azure-openai", "google", "bedrock", "mock"])),
-    "model": _str(required=True, minlength=1, meta=_meta("Model name sent upstream, e.g. gpt-4o-mini.")),
-    "base_url": _str(regex=r"^https?://\S+$", meta=_meta("Upstream base URL, http:// or https://.")),
+    "model": _str(required=True, minlength=1, meta=meta("Model name sent upstream, e.g. gpt-4o-mini.")),
+    "base_url": _str(regex=r"^https?://\S+$", meta=meta("Upstream base URL, http:// or https://.")),
     "secret_key_ref": _dict(
-        {"env": _str(regex=ENV_NAME, meta=_meta("Environment variable that holds the API key.")),
-         "store": _str(regex=STORE_NAME, meta=_meta("Name of a config variable that holds the API key."))},
+        {"env": _str(regex=ENV_NAME, meta=meta("Environment variable that holds the API key.")),
+         "store": _str(regex=STORE_NAME, meta=meta("Name of a config variable that holds the API key."))},
         check_with="secret_ref",
-        meta=_meta("Where the API key comes from: exactly one of {env: VAR} or {store: name}; never a literal key."),
+        meta=meta("Where the API key comes from: exactly one of {env: VAR} or {store: name}; never a literal key."),
     ),
     "api_key_header": _str(regex=r"^[A-Za-z0-9-]+$",
-                           meta=_meta("Header that carries the key (default: Authorization; x-api-key for the "
+                           meta=meta("Header that carries the key (default: Authorization; x-api-key for the "
                                       "anthropic format).")),
-    "api_key_prefix": _str(meta=_meta("Prefix before the key in that header (default: 'Bearer ' for the openai "
+    "api_key_prefix": _str(meta=meta("Prefix before the key in that header (default: 'Bearer ' for the openai "
                                       "format, '' for anthropic; '' for raw-key headers).")),
     "format": _str(allowed=["openai", "anthropic"],
-                   meta=_meta("Wire format the upstream speaks (default: anthropic for provider anthropic, "
+                   meta=meta("Wire format the upstream speaks (default: anthropic for provider anthropic, "
                               "else openai).")),
     "deployment": _str(minlength=1, regex=r"^[A-Za-z0-9._-]+$",
-                       meta=_meta("azure-openai only: the deployment name in the request URL "
+                       meta=meta("azure-openai only: the deployment name in the request URL "
                                   "(default: the target's model).")),
     "api_version": _str(regex=r"^\d{4}-\d{2}-\d{2}(-preview)?$",
-                        meta=_meta("azure-openai only: the api-version query parameter, e.g. 2024-10-21 or "
+                        meta=meta("azure-openai only: the api-version query parameter, e.g. 2024-10-21 or "
                                    "2025-01-01-preview.", default=AZURE_API_VERSION)),
     "region": _str(regex=r"^[a-z]{2}(-[a-z]+)+-\d$",
-                   meta=_meta("bedrock only: the AWS region, e.g. us-east-1 (endpoint host and SigV4 scope).")),
+                   meta=meta("bedrock only: the AWS region, e.g. us-east-1 (endpoint host and SigV4 scope).")),
     "responses_api": _str(allowed=list(RESPONSES_API),
-                          meta=_meta("openai only: how POST /v1/responses reaches this target: native (passed "
+                          meta=meta("openai only: how POST /v1/responses reaches this target: native (passed "
                                      "through as Responses to {base_url}/v1/responses) or translate (sent as chat "
                                      "completions). Default: native on api.openai.com, translate on any other "
                                      "base_url.")),
     "data_policy": _dict({
-        "zero_data_retention": {"type": "boolean", "meta": _meta("The provider keeps no data.", default=False)},
-        "training_opt_out": {"type": "boolean", "meta": _meta("The provider does not train on data.", default=False)},
+        "zero_data_retention": {"type": "boolean", "meta": meta("The provider keeps no data.", default=False)},
+        "training_opt_out": {"type": "boolean", "meta": meta("The provider does not train on data.", default=False)},
         "retention_days": {"type": "integer", "min": 0, "max": 36500,
-                           "meta": _meta("Days the provider retains data (unstated when absent).")},
-    }, meta=_meta("How the provider handles data; data-routing-policy routes on it.")),
+                           "meta": meta("Days the provider retains data (unstated when absent).")},
+    }, meta=meta("How the provider handles data; data-routing-policy routes on it.")),
 }
 
 PROVIDERS = {
     "model_groups": {
         "type": "dict", "keysrules": _str(minlength=1, maxlength=200),
         "valuesrules": _list(_dict({
-            "target": _str(required=True, minlength=1, meta=_meta("Id of a target in providers.targets.")),
+            "target": _str(required=True, minlength=1, meta=meta("Id of a target in providers.targets.")),
             "weight": {"type": "integer", "min": 1, "max": 1000000,
-                       "meta": _meta("Share of first attempts this member gets.", default=1)},
-        }, meta=_meta("One member of the group.")), minlength=1,
-            meta=_meta("Members of the logical model: drawn by weight, the others are the fallback.")),
-        "meta": _meta("Logical model names (what clients ask for) mapped to weighted targets across providers."),
+                       "meta": meta("Share of first attempts this member gets.", default=1)},
+        }, meta=meta("One member of the group.")), minlength=1,
+            meta=meta("Members of the logical model: drawn by weight, the others are the fallback.")),
+        "meta": meta("Logical model names (what clients ask for) mapped to weighted targets across providers."),
     },
-    "targets": _list(_dict(TARGET, meta=_meta("One upstream provider target.")), check_with="unique_ids",
-                     meta=_meta("Upstream provider targets, tried in order; ids must be unique.")),
+    "targets": _list(_dict(TARGET, meta=meta("One upstream provider target.")), check_with="unique_ids",
+                     meta=meta("Upstream provider targets, tried in order; ids must be unique.")),
     "fallback": _dict({
         "strategy": _str(allowed=["ordered", "round-robin"],
-                         meta=_meta("Order targets are tried in.", default="ordered")),
+                         meta=meta("Order targets are tried in.", default="ordered")),
         "max_retries": {"type": "integer", "min": 0, "max": 10,
-                        "meta": _meta("Further targets tried after a failed attempt.", default=2)},
+                        "meta": meta("Further targets tried after a failed attempt.", default=2)},
         "retry_on": _list(_str(allowed=["5xx", "timeout", "rate_limit"]),
-                          meta=_meta("Failures that move on to the next target.",
+                          meta=meta("Failures that move on to the next target.",
                                      default=["5xx", "timeout", "rate_limit"])),
-    }, meta=_meta("What happens when a target fails.")),
+    }, meta=meta("What happens when a target fails.")),
 }
 
 CASE = {
-    "name": _str(required=True, minlength=1, meta=_meta("Name of the case.")),
-    "description": _str(meta=_meta("What the case checks.")),
+    "name": _str(required=True, minlength=1, meta=meta("Name of the case.")),
+    "description": _str(meta=meta("What the case checks.")),
     "input": _dict({
-        "messages": _list({"type": "dict"}, required=True, meta=_meta("Chat messages of the request.")),
+        "messages": _list({"type": "dict"}, required=True, meta=meta("Chat messages of the request.")),
         "headers": {"type": "dict", "keysrules": _str(), "valuesrules": _str(),
-                    "meta": _meta("Request headers, e.g. X-User-ID.")},
-        "tools": _list({"type": "dict"}, meta=_meta("Tool definitions offered with the request.")),
-        "model": _str(meta=_meta("Model the request asks for.")),
+                    "meta": meta("Request headers, e.g. X-User-ID.")},
+        "tools": _list({"type": "dict"}, meta=meta("Tool definitions offered with the request.")),
+        "model": _str(meta=meta("Model the request asks for.")),
         "upstream_response": {"type": ["string", "dict"],
-                              "meta": _meta("What the upstream answers (text or a response body).")},
-    }, required=True, meta=_meta("The request of the case.")),
+                              "meta": meta("What the upstream answers (text or a response body).")},
+    }, required=True, meta=meta("The request of the case.")),
     "expected": _dict({
-        "verdict": _str(required=True, allowed=VERDICTS, meta=_meta("Expected overall verdict.")),
-        "reason_code": _str(meta=_meta("Expected reason code.")),
-        "targets": _list(_str(), meta=_meta("Expected target ids left after routing.")),
-    }, required=True, meta=_meta("What the chain must decide.")),
+        "verdict": _str(required=True, allowed=VERDICTS, meta=meta("Expected overall verdict.")),
+        "reason_code": _str(meta=meta("Expected reason code.")),
+        "targets": _list(_str(), meta=meta("Expected target ids left after routing.")),
+    }, required=True, meta=meta("What the chain must decide.")),
 }
 
 TESTING = {
-    "default_threshold": {"type": "number", "min": 0, "max": 1, "meta": _meta("Score threshold for suites.")},
+    "default_threshold": {"type": "number", "min": 0, "max": 1, "meta": meta("Score threshold for suites.")},
     "suites": _list(_dict({
-        "name": _str(required=True, minlength=1, meta=_meta("Name of the suite.")),
-        "description": _str(meta=_meta("What the suite covers.")),
-        "cases": _list(_dict(CASE, meta=_meta("One golden case.")), required=True, meta=_meta("The cases.")),
-    }, meta=_meta("A named group of golden cases.")), meta=_meta("Inline golden-test suites (kt policy test).")),
+        "name": _str(required=True, minlength=1, meta=meta("Name of the suite.")),
+        "description": _str(meta=meta("What the suite covers.")),
+        "cases": _list(_dict(CASE, meta=meta("One golden case.")), required=True, meta=meta("The cases.")),
+    }, meta=meta("A named group of golden cases.")), meta=meta("Inline golden-test suites (kt policy test).")),
 }
 
 
 def document_schema(kinds: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The schema of a ConfigDocument, given each known kind's block schema."""
     return {
-        "pack": _dict(PACK, required=True, meta=_meta("Pack metadata: name, SemVer version and the enabled switch.")),
-        "providers": _dict(PROVIDERS, meta=_meta("Upstream provider targets and fallback.")),
-        "policies": _dict({"chain": _list(_str(), required=True, meta=_meta(
+        "pack": _dict(PACK, required=True, meta=meta("Pack metadata: name, SemVer version and the enabled switch.")),
+        "providers": _dict(PROVIDERS, meta=meta("Upstream provider targets and fallback.")),
+        "policies": _dict({"chain": _list(_str(), required=True, meta=meta(
             "Policy kinds in order; the first block short-circuits the rest. Each needs a policy.<kind> block."))},
-            required=True, meta=_meta("The policy chain.")),
+            required=True, meta=meta("The policy chain.")),
         "policy": _dict({kind: _dict(schema, nullable=True) for kind, schema in kinds.items()},
-                        meta=_meta("Options of each kind in the chain (an empty mapping takes the defaults).")),
+                        meta=meta("Options of each kind in the chain (an empty mapping takes the defaults).")),
         "agents": AGENTS_RULE,
-        "testing": _dict(TESTING, meta=_meta("Inline golden tests.")),
+        "testing": _dict(TESTING, meta=meta("Inline golden tests.")),
     }
 
 
@@ -176,10 +172,10 @@ def single_policy_schema(kind_schema: dict[str, Any]) -> dict[str, Any]:
     """The schema of a single-policy document: `policy: {name, version, enabled}` + the kind's sections."""
     return {
         "policy": _dict({
-            "name": _str(required=True, meta=_meta("The policy kind of this document.")),
-            "version": {"required": True, "check_with": "semver", "meta": _meta("SemVer version of the policy.")},
-            "enabled": {"type": "boolean", "required": True, "meta": _meta("Whether the policy runs.")},
-        }, required=True, meta=_meta("Single-policy document header: name, version and enabled.")),
+            "name": _str(required=True, meta=meta("The policy kind of this document.")),
+            "version": {"required": True, "check_with": "semver", "meta": meta("SemVer version of the policy.")},
+            "enabled": {"type": "boolean", "required": True, "meta": meta("Whether the policy runs.")},
+        }, required=True, meta=meta("Single-policy document header: name, version and enabled.")),
         **kind_schema,
     }
 

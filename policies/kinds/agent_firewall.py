@@ -17,9 +17,9 @@ from policies.counters import Claim
 from policies.kinds import register
 from policies.kinds.base import Decision, Policy, compile_globs, tool_name
 from policies.model import Exchange, Phase, Verdict
+from policies.rules import choice, option, strings
 from policies.state import PolicyState
 
-_GLOBS = {"type": "list", "schema": {"type": "string", "empty": False}}
 _ALLOWED = "Tools (shell-style globs, case-insensitive) that may be offered and called; any other is refused."
 
 
@@ -28,13 +28,11 @@ class AgentFirewall(Policy):
     kind = "agent-firewall"
     phases = frozenset({Phase.INPUT, Phase.OUTPUT})
     schema = {
-        "allowed_tools": {**_GLOBS, "meta": {"description": _ALLOWED}},
-        "blocked_tools": {**_GLOBS, "meta": {
-            "description": "Tools (globs) always refused; they win over allowed_tools."}},
-        "max_actions_per_session": {"type": "integer", "min": 1, "meta": {
-            "description": "Response tool calls allowed per X-Session-ID (unlimited when absent)."}},
-        "action": {"type": "string", "allowed": ["block", "escalate"],
-                   "meta": {"description": "Verdict on a refused tool.", "default": "block"}},
+        "allowed_tools": strings(_ALLOWED),
+        "blocked_tools": strings("Tools (globs) always refused; they win over allowed_tools."),
+        "max_actions_per_session": option(
+            "integer", "Response tool calls allowed per X-Session-ID (unlimited when absent).", min=1),
+        "action": choice(["block", "escalate"], "Verdict on a refused tool.", "block"),
     }
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from policies.kinds import register
 from policies.kinds.base import Policy
 from policies.model import Phase
+from policies.rules import flag, option
 
 
 @register
@@ -12,13 +13,11 @@ class AuditLogger(Policy):
     kind = "audit-logger"
     phases = frozenset({Phase.INPUT})
     schema = {
-        "retention_days": {"type": "integer", "min": 1, "max": 36500, "meta": {
-            "description": "Days decision events are kept in the event store.", "default": 365}},
-        "immutable": {"type": "boolean", "meta": {
-            "description": "Accepted for compatibility; events are append-only."}},
-        "log_all_access": {"type": "boolean", "meta": {
-            "description": "Accepted for compatibility; every request is recorded."}},
-        "hipaa_audit_controls": {"type": "boolean", "meta": {"description": "Accepted for compatibility."}},
+        "retention_days": option("integer", "Days decision events are kept in the event store.", default=365,
+                                 min=1, max=36500),
+        "immutable": flag("Accepted for compatibility; events are append-only."),
+        "log_all_access": flag("Accepted for compatibility; every request is recorded."),
+        "hipaa_audit_controls": flag("Accepted for compatibility."),
     }
 
     @property

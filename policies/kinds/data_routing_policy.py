@@ -13,6 +13,7 @@ from typing import Any
 from policies.kinds import register
 from policies.kinds.base import Decision, Policy
 from policies.model import Exchange, Phase, Target, Verdict
+from policies.rules import choice, flag, option
 from policies.state import PolicyState
 
 
@@ -21,16 +22,12 @@ class DataRoutingPolicy(Policy):
     kind = "data-routing-policy"
     phases = frozenset({Phase.INPUT})
     schema = {
-        "require_zero_data_retention": {"type": "boolean", "meta": {
-            "description": "Only targets with data_policy.zero_data_retention.", "default": False}},
-        "require_no_training": {"type": "boolean", "meta": {
-            "description": "Only targets with data_policy.training_opt_out.", "default": False}},
-        "max_retention_days": {"type": "integer", "min": 0, "nullable": True, "meta": {
-            "description": "Only targets retaining data at most this many days (null: no limit).", "default": None}},
-        "on_no_compliant_provider": {"type": "string", "allowed": ["block"], "meta": {
-            "description": "What happens when no target complies.", "default": "block"}},
-        "log_provider_selection": {"type": "boolean", "meta": {
-            "description": "Record the chosen and dropped targets in the event.", "default": False}},
+        "require_zero_data_retention": flag("Only targets with data_policy.zero_data_retention.", False),
+        "require_no_training": flag("Only targets with data_policy.training_opt_out.", False),
+        "max_retention_days": option("integer", "Only targets retaining data at most this many days (null: no limit).",
+                                     default=None, min=0, nullable=True),
+        "on_no_compliant_provider": choice(["block"], "What happens when no target complies.", "block"),
+        "log_provider_selection": flag("Record the chosen and dropped targets in the event.", False),
     }
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from policies.kinds import register
 from policies.kinds.base import Hit, Policy, compile_regexes, context_free
 from policies.model import Phase, Verdict
+from policies.rules import FUZZY_DISTANCE, choice, flag, option, strings
 from policies.state import PolicyState
 from policies.termmatch import TermMatcher
 from policies.textfold import fold
@@ -45,19 +46,15 @@ class DlpFilter(Policy):
     regex_fields = ("detect_patterns",)
     window = 512
     schema = {
-        "detect_patterns": {"type": "list", "schema": {"type": "string", "empty": False}, "meta": {
-            "description": "Python regexes matched as written (add (?i) to ignore case)."}},
-        "blocked_terms": {"type": "list", "schema": {"type": "string", "empty": False, "maxlength": 200}, "meta": {
-            "description": "Terms matched case-insensitively as whole words, through look-alike evasions."}},
-        "action": {"type": "string", "allowed": ["redact", "block"], "meta": {
-            "description": "Redact the match or block the request.", "default": "redact"}},
-        "fuzzy_matching": {"type": "boolean", "meta": {
-            "description": "Also match misspelled terms within max_distance edits.", "default": False}},
-        "max_distance": {"type": "integer", "min": 0, "max": 8, "meta": {
-            "description": "Edits allowed by fuzzy_matching.", "default": 1}},
-        "sensitivity_level": {"type": "string", "allowed": ["standard", "high", "restricted"], "meta": {
-            "description": "high adds built-in credential patterns; restricted also always blocks.",
-            "default": "standard"}},
+        "detect_patterns": strings("Python regexes matched as written (add (?i) to ignore case)."),
+        "blocked_terms": option("list", "Terms matched case-insensitively as whole words, through look-alike evasions.",
+                                schema={"type": "string", "empty": False, "maxlength": 200}),
+        "action": choice(["redact", "block"], "Redact the match or block the request.", "redact"),
+        "fuzzy_matching": flag("Also match misspelled terms within max_distance edits.", False),
+        "max_distance": FUZZY_DISTANCE,
+        "sensitivity_level": choice(["standard", "high", "restricted"],
+                                    "high adds built-in credential patterns; restricted also always blocks.",
+                                    "standard"),
     }
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:

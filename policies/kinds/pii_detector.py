@@ -16,6 +16,7 @@ from typing import Any
 from policies.kinds import register
 from policies.kinds.base import Hit, Policy, compile_regexes
 from policies.model import Phase, Verdict
+from policies.rules import choice, flag, meta, option, section, strings
 from policies.state import PolicyState
 from policies.textfold import Folded, find_all, fold, merge_windows
 
@@ -163,33 +164,24 @@ class PiiDetector(Policy):
     regex_fields = ("detect_patterns",)
     window = 320  # longest e-mail address (254) with room to spare
     schema = {
-        "action": {"type": "string", "allowed": ["redact", "block"], "meta": {
-            "description": "Redact personal data or block the request.", "default": "redact"}},
-        "pci_mode": {"type": "boolean", "meta": {"description": "Detect payment card numbers.", "default": True}},
-        "healthcare_mode": {"type": "boolean", "meta": {
-            "description": "Also detect medical record numbers and NPIs.", "default": False}},
-        "entities": {"type": "list", "schema": {"type": "string", "allowed": list(ENTITIES)}, "meta": {
-            "description": "Entity types to detect (default: all but the healthcare ones)."}},
-        "detect_patterns": {"type": "list", "schema": {"type": "string", "empty": False}, "meta": {
-            "description": "Extra Python regexes, redacted as CUSTOM."}},
-        "redaction": {
-            "type": "dict",
-            "meta": {"description": "How redacted text is marked."},
-            "schema": {
-                "marker_format": {"type": "string", "allowed": ["label", "asterisks", "partial"], "meta": {
-                    "description": "[REDACTED:EMAIL], ****, or a partly masked value.", "default": "label"}},
-                "include_metadata": {"type": "boolean", "meta": {
-                    "description": "Count redactions in the event.", "default": True}},
-                "preserve_length": {"type": "boolean", "meta": {
-                    "description": "asterisks keep the length of the value.", "default": True}},
-                "custom_markers": {
-                    "type": "dict",
-                    "keysrules": {"type": "string", "allowed": LABELS},
-                    "valuesrules": {"type": "string"},
-                    "meta": {"description": "Replacement text per entity label, e.g. {EMAIL: '<email>'}."},
-                },
+        "action": choice(["redact", "block"], "Redact personal data or block the request.", "redact"),
+        "pci_mode": flag("Detect payment card numbers.", True),
+        "healthcare_mode": flag("Also detect medical record numbers and NPIs.", False),
+        "entities": option("list", "Entity types to detect (default: all but the healthcare ones).",
+                           schema={"type": "string", "allowed": list(ENTITIES)}),
+        "detect_patterns": strings("Extra Python regexes, redacted as CUSTOM."),
+        "redaction": section("How redacted text is marked.", {
+            "marker_format": choice(["label", "asterisks", "partial"],
+                                    "[REDACTED:EMAIL], ****, or a partly masked value.", "label"),
+            "include_metadata": flag("Count redactions in the event.", True),
+            "preserve_length": flag("asterisks keep the length of the value.", True),
+            "custom_markers": {
+                "type": "dict",
+                "keysrules": {"type": "string", "allowed": LABELS},
+                "valuesrules": {"type": "string"},
+                "meta": meta("Replacement text per entity label, e.g. {EMAIL: '<email>'}."),
             },
-        },
+        }),
     }
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:

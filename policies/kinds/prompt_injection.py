@@ -18,6 +18,7 @@ from typing import Any
 from policies.kinds import register
 from policies.kinds.base import Decision, Hit, Policy, compile_regexes, context_free, located
 from policies.model import INSTRUCTION_ROLES, Exchange, Phase, Verdict
+from policies.rules import choice, flag, option, section, strings
 from policies.state import PolicyState
 from policies.textfold import ascii_words, base64_segments, find_all, fold, lower, merge_windows, words_table
 from policies.texts import Path
@@ -79,52 +80,25 @@ class PromptInjection(Policy):
     regex_fields = ("detection.attack_patterns",)
     window = 512
     schema = {
-        "embedding_threshold": {"type": "number", "min": 0, "max": 1, "meta": {
-            "description": "Accepted for compatibility; matching is deterministic."}},
-        "detection": {
-            "type": "dict",
-            "meta": {"description": "What counts as an attack."},
-            "schema": {
-                "attack_patterns": {"type": "list", "schema": {"type": "string", "empty": False}, "meta": {
-                    "description": "Extra Python regexes (matched ignoring case) beside the built-in ones."}},
-                "embedding_threshold": {"type": "number", "min": 0, "max": 1, "meta": {
-                    "description": "Accepted for compatibility; unused."}},
-            },
-        },
-        "encoding": {
-            "type": "dict",
-            "meta": {"description": "Evasions undone before matching."},
-            "schema": {
-                "decode_base64": {"type": "boolean", "meta": {
-                    "description": "Scan base64 runs decoded (two levels deep).", "default": True}},
-                "normalize_unicode": {"type": "boolean", "meta": {
-                    "description": "Fold Unicode compatibility forms and zero-width characters.", "default": True}},
-                "detect_homoglyphs": {"type": "boolean", "meta": {
-                    "description": "Fold look-alike letters.", "default": True}},
-            },
-        },
-        "boundaries": {
-            "type": "dict",
-            "meta": {"description": "Fake role boundaries in user text."},
-            "schema": {
-                "enforce_delimiters": {"type": "boolean", "meta": {
-                    "description": "Flag chat-template delimiter tokens.", "default": True}},
-                "reject_fake_boundaries": {"type": "boolean", "meta": {
-                    "description": "Flag fake 'system:' style boundaries.", "default": True}},
-            },
-        },
-        "response": {
-            "type": "dict",
-            "meta": {"description": "What a detection does."},
-            "schema": {
-                "action": {"type": "string", "allowed": ["block", "escalate", "log"], "meta": {
-                    "description": "Verdict on a detection.", "default": "block"}},
-                "message": {"type": "string", "empty": False, "maxlength": 500, "meta": {
-                    "description": "Message returned to the client on a block."}},
-                "log_level": {"type": "string", "allowed": ["debug", "info", "warning", "error"], "meta": {
-                    "description": "Log level of a detection.", "default": "warning"}},
-            },
-        },
+        "embedding_threshold": option("number", "Accepted for compatibility; matching is deterministic.", min=0, max=1),
+        "detection": section("What counts as an attack.", {
+            "attack_patterns": strings("Extra Python regexes (matched ignoring case) beside the built-in ones."),
+            "embedding_threshold": option("number", "Accepted for compatibility; unused.", min=0, max=1),
+        }),
+        "encoding": section("Evasions undone before matching.", {
+            "decode_base64": flag("Scan base64 runs decoded (two levels deep).", True),
+            "normalize_unicode": flag("Fold Unicode compatibility forms and zero-width characters.", True),
+            "detect_homoglyphs": flag("Fold look-alike letters.", True),
+        }),
+        "boundaries": section("Fake role boundaries in user text.", {
+            "enforce_delimiters": flag("Flag chat-template delimiter tokens.", True),
+            "reject_fake_boundaries": flag("Flag fake 'system:' style boundaries.", True),
+        }),
+        "response": section("What a detection does.", {
+            "action": choice(["block", "escalate", "log"], "Verdict on a detection.", "block"),
+            "message": option("string", "Message returned to the client on a block.", empty=False, maxlength=500),
+            "log_level": choice(["debug", "info", "warning", "error"], "Log level of a detection.", "warning"),
+        }),
     }
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:

@@ -14,10 +14,10 @@ from typing import Any
 from policies.kinds import register
 from policies.kinds.base import Decision, Policy, compile_globs, tool_name
 from policies.model import Exchange, Phase, Verdict
+from policies.rules import flag, meta, option, strings
 from policies.state import PolicyState
 
 _HEADER = {"type": "string", "regex": r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"}
-_GLOBS = {"type": "list", "schema": {"type": "string", "empty": False}}
 
 
 @register
@@ -25,21 +25,17 @@ class Rbac(Policy):
     kind = "rbac"
     phases = frozenset({Phase.INPUT, Phase.OUTPUT})
     schema = {
-        "deny_if_missing": {"type": "list", "schema": _HEADER, "meta": {
-            "description": "Headers every request must carry.", "default": ["X-User-ID"]}},
-        "require_auth": {"type": "boolean", "meta": {
-            "description": "Block requests whose role (X-User-Role, else default_role) is not in roles.",
-            "default": False}},
-        "default_role": {"type": "string", "empty": False, "meta": {
-            "description": "Role of requests without X-User-Role."}},
+        "deny_if_missing": option("list", "Headers every request must carry.", default=["X-User-ID"], schema=_HEADER),
+        "require_auth": flag("Block requests whose role (X-User-Role, else default_role) is not in roles.", False),
+        "default_role": option("string", "Role of requests without X-User-Role.", empty=False),
         "roles": {
             "type": "dict",
             "keysrules": {"type": "string", "empty": False},
             "valuesrules": {"type": "dict", "schema": {
-                "allowed_tools": {**_GLOBS, "meta": {"description": "Tools (globs) the role may use; others denied."}},
-                "denied_tools": {**_GLOBS, "meta": {"description": "Tools (globs) the role may not use; these win."}},
+                "allowed_tools": strings("Tools (globs) the role may use; others denied."),
+                "denied_tools": strings("Tools (globs) the role may not use; these win."),
             }},
-            "meta": {"description": "Tool rules per role name."},
+            "meta": meta("Tool rules per role name."),
         },
     }
 

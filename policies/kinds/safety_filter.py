@@ -14,6 +14,7 @@ from typing import Any
 from policies.kinds import register
 from policies.kinds.base import Hit, Policy
 from policies.model import Phase, Verdict
+from policies.rules import FUZZY_DISTANCE, choice, flag, meta, option
 from policies.state import PolicyState
 from policies.termmatch import TermMatcher
 
@@ -81,22 +82,18 @@ class SafetyFilter(Policy):
     joins_texts = True  # whole-word phrases
     phases = frozenset({Phase.INPUT, Phase.OUTPUT})
     schema = {
-        "mode": {"type": "string", "allowed": list(MODES), "meta": {
-            "description": "Picks the default categories.", "default": "general"}},
-        "block_if": {"type": "list", "schema": {"type": "string", "allowed": list(CATEGORIES)}, "meta": {
-            "description": "Built-in categories to check, replacing the mode's."}},
+        "mode": choice(MODES, "Picks the default categories.", "general"),
+        "block_if": option("list", "Built-in categories to check, replacing the mode's.",
+                           schema={"type": "string", "allowed": list(CATEGORIES)}),
         "categories": {
             "type": "dict",
             "keysrules": {"type": "string", "regex": r"[a-z][a-z0-9_]*"},
             "valuesrules": {"type": "list", "schema": {"type": "string", "empty": False, "maxlength": 200}},
-            "meta": {"description": "Phrases added to a built-in category, or a custom category (always checked)."},
+            "meta": meta("Phrases added to a built-in category, or a custom category (always checked)."),
         },
-        "action": {"type": "string", "allowed": ["block", "escalate"], "meta": {
-            "description": "Verdict on a match.", "default": "block"}},
-        "fuzzy_matching": {"type": "boolean", "meta": {
-            "description": "Also match misspellings within max_distance edits.", "default": False}},
-        "max_distance": {"type": "integer", "min": 0, "max": 8, "meta": {
-            "description": "Edits allowed by fuzzy_matching.", "default": 1}},
+        "action": choice(["block", "escalate"], "Verdict on a match.", "block"),
+        "fuzzy_matching": flag("Also match misspellings within max_distance edits.", False),
+        "max_distance": FUZZY_DISTANCE,
     }
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:

@@ -21,6 +21,7 @@ from policies.kinds import register
 from policies.kinds.base import Decision, Policy
 from policies.model import Exchange, Phase, Verdict
 from policies.pricing import Price, lookup, price_table
+from policies.rules import choice, meta
 from policies.state import PolicyState
 
 REASON = "budget_exceeded"
@@ -32,24 +33,21 @@ class SpendLimit(Policy):
     kind = "spend-limit"
     phases = frozenset({Phase.INPUT, Phase.OUTPUT})
     schema = {
-        "max_daily_usd": {**_USD, "meta": {"description": "Budget in USD per UTC day (no limit when absent)."}},
-        "max_request_usd": {**_USD, "meta": {"description": "Largest estimated cost of one request in USD."}},
-        "per": {"type": "string", "allowed": ["global", "user", "agent"], "meta": {
-            "description": "Scope of the daily budget: the gateway, each X-User-ID or each X-Agent-ID.",
-            "default": "global"}},
+        "max_daily_usd": {**_USD, "meta": meta("Budget in USD per UTC day (no limit when absent).")},
+        "max_request_usd": {**_USD, "meta": meta("Largest estimated cost of one request in USD.")},
+        "per": choice(["global", "user", "agent"],
+                      "Scope of the daily budget: the gateway, each X-User-ID or each X-Agent-ID.", "global"),
         "prices": {
             "type": "dict",
             "keysrules": {"type": "string", "empty": False},
             "valuesrules": {
                 "type": "dict",
                 "schema": {
-                    "input_per_mtok": {**_USD, "required": True, "meta": {
-                        "description": "USD per million input tokens."}},
-                    "output_per_mtok": {**_USD, "required": True, "meta": {
-                        "description": "USD per million output tokens."}},
+                    "input_per_mtok": {**_USD, "required": True, "meta": meta("USD per million input tokens.")},
+                    "output_per_mtok": {**_USD, "required": True, "meta": meta("USD per million output tokens.")},
                 },
             },
-            "meta": {"description": "Prices per model name, beside the built-in table."},
+            "meta": meta("Prices per model name, beside the built-in table."),
         },
     }
 
