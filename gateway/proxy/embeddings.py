@@ -1,4 +1,7 @@
-"""POST /v1/embeddings: input policies on the texts, then an OpenAI-format embeddings target."""
+"""POST /v1/embeddings: input policies on the texts, then an embeddings target of any provider.
+
+The client speaks OpenAI's format; Google's and Bedrock's answers are translated by
+`gateway.providers.embeddings`."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from policies.model import Phase
 
 
 class EmbeddingsHandler(ProxyHandler):
-    """POST /v1/embeddings: input policies on the texts, then an OpenAI-format embeddings target."""
+    """POST /v1/embeddings: input policies on the texts, then the first embeddings target that answers."""
 
     async def post(self) -> None:
         body = self.body_json()

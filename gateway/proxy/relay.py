@@ -68,9 +68,9 @@ class StreamRelay(ProxyHandler):
         per choice before the held finish chunks (and usage). An audio answer's transcript deltas
         are scanned as they pass (a redaction there blocks: the sound cannot be redacted) and its
         sound (`audio.data`) is withheld and sent whole, one chunk per choice, once the choice
-        passed. Every choice is checked; a block
-        ends the stream with an error event in the client's format (a 409 when nothing was sent yet).
-        A traced request gets an `output_chain` span from the first batch to the chain's last decision.
+        passed. Every choice is checked; a block ends the stream with an error event in the
+        client's format (a 409 when nothing was sent yet). A traced request gets an `output_chain`
+        span from the first batch to the chain's last decision.
         """
         assert self.snap is not None
         chain = self.snap.config.chain
