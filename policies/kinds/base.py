@@ -111,6 +111,27 @@ def context_free(patterns: Sequence[re.Pattern[str]], multiline: bool = False) -
     return True
 
 
+class _Redactor:
+    """A text visitor (`Exchange.map_texts`, `map_response`) that redacts each text by its findings,
+    looked up by the text itself, and tallies the hits applied and the redactions made."""
+
+    __slots__ = ("by_text", "hits", "redactions")
+
+    def __init__(self, by_text: dict[str, Sequence[Hit]]) -> None:
+        self.by_text = by_text
+        self.hits: list[Hit] = []
+        self.redactions = 0
+
+    def __call__(self, path: Path, role: Any, text: str) -> str:
+        found = self.by_text.get(text)
+        if not found:
+            return text
+        self.hits.extend(found)
+        new, count = apply_hits(text, found)
+        self.redactions += count
+        return new
+
+
 class Policy:
     """Base class of all policy kinds."""
 
@@ -237,24 +258,11 @@ class Policy:
                 return _decide(found, 0, path)
         if not redacting and not defined:
             return None
-        hits: list[Hit] = []
-        redactions = 0
-
-        def redact(path: Path, role: Any, text: str) -> str:
-            nonlocal redactions
-            found = found_in.get(text)
-            if not found:
-                known = defined.get(text)
-                if known is None:
-                    return text
-                found = known[1]
-            hits.extend(found)
-            new, count = apply_hits(text, found)
-            redactions += count
-            return new
-
+        by_text = {text: found for text, (_, found) in defined.items()}
+        by_text.update((text, found) for text, found in found_in.items() if found)
+        redact = _Redactor(by_text)
         ex.map_texts(redact, conversation=redacting, definitions=bool(defined))
-        return _decide(hits, redactions)
+        return _decide(redact.hits, redact.redactions)
 
     def check_output(self, ex: Exchange) -> Decision | None:
         """Decide on one choice of the response; may rewrite its texts (content, refusal, tool calls)."""
@@ -286,21 +294,9 @@ class Policy:
                 found_in[text] = found
         if not found_in:
             return None
-        hits: list[Hit] = []
-        redactions = 0
-
-        def redact(path: Path, role: Any, text: str) -> str:
-            nonlocal redactions
-            found = found_in.get(text)
-            if not found:
-                return text
-            hits.extend(found)
-            new, count = apply_hits(text, found)
-            redactions += count
-            return new
-
+        redact = _Redactor(found_in)
         ex.map_response(redact, calls_only)
-        return _decide(hits, redactions)
+        return _decide(redact.hits, redact.redactions)
 
 
 def compile_regexes(kind: str, path: str, patterns: list[str], flags: int = 0) -> list[re.Pattern[str]]:
