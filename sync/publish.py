@@ -47,11 +47,6 @@ def check_config_path(path: str) -> str:
     return str(p)
 
 
-def revision_of(name: str) -> str:
-    """The commit sha of a revision directory name."""
-    return name
-
-
 def current_dir(state: Path) -> Path | None:
     """The revision directory `current` points at, or None if it is missing or dangling."""
     link = state / CURRENT

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from sync.agent import AgentLocked
-from sync.publish import current_dir, revision_of
+from sync.publish import current_dir
 from sync.status import read_status, report
 from tests.gitserve import CFG, INVALID_YAML, config_yaml, git
 from tests.syncing import make_agent, served
@@ -23,7 +23,7 @@ def test_first_sync_publishes_by_relative_symlink(upstream, tmp_path):
     result = agent.sync_once()
     assert result.result == "success" and result.applied == upstream.head()
     link = os.readlink(state / "current")
-    assert not os.path.isabs(link) and revision_of(Path(link).name) == upstream.head()
+    assert not os.path.isabs(link) and Path(link).name == upstream.head()
     assert "version: 1.0.0" in served(state)
     st = read_status(state)
     assert st["applied_revision"] == st["attempted_revision"] == st["remote_head"] == upstream.head()
@@ -43,7 +43,7 @@ def test_new_commit_is_published_and_old_revisions_pruned(upstream, tmp_path):
         sha = upstream.commit({CFG: config_yaml(f"{i}.0.0")})
         assert agent.sync_once().result == "success"
         assert f"version: {i}.0.0" in served(state)
-        assert revision_of(current_dir(state).name) == sha
+        assert current_dir(state).name == sha
     kept = sorted(p.name for p in (state / "revisions").iterdir() if p.is_dir())
     assert len(kept) == 3 and current_dir(state).name in kept
     digests = sorted(p.name for p in (state / "revisions").iterdir() if not p.is_dir())
