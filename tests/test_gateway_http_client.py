@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 from gateway.http import client as httpclient
+from gateway.http import upstream_connection
+from gateway.http.https_proxy import Proxy
 from gateway.providers import adapters
 from gateway.providers.upstream import Timeouts, UpstreamClient, UpstreamFailure, failure_for_exception, iter_stream
 from policies.model import SecretRef, Target
@@ -89,6 +91,38 @@ def reply(body: bytes = b'{"ok": true}', status: str = "200 OK", headers: str = 
 async def answer_ok(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
     writer.write(reply(b'{"n": %d}' % len(req.body)))
     return True
+
+
+async def first_chunk_then_silence(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """Start a chunked stream with the chunk `first`, then say nothing: what the client sent next (b"": it left)."""
+    writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+    await writer.drain()
+    return await reader.read(1)
+
+
+async def answer_silence(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    await reader.read(1)  # nothing until the client gives up
+    return False
+
+
+def answering(data: bytes) -> Answer:
+    """An upstream answer: `data` to every request, the connection kept."""
+    async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        writer.write(data)
+        return True
+
+    return answer
+
+
+def stream_stalls(otherwise: Answer) -> Answer:
+    """A request with the body b"stream" gets the chunk `first`, then silence; others, `otherwise`."""
+    async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        if req.body == b"stream":
+            await first_chunk_then_silence(reader, writer)
+            return False
+        return await otherwise(req, reader, writer)
+
+    return answer
 
 
 RUNNERS: dict[str, Callable[[Any], Any]] = {"asyncio": asyncio.run}
@@ -297,9 +331,7 @@ def test_streaming_yields_chunks_as_they_arrive_and_the_pool_keeps_a_finished_st
 
 def test_early_release_closes_the_connection() -> None:
     async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-        await writer.drain()
-        assert await reader.read(1) == b""  # the client went away mid-stream
+        assert await first_chunk_then_silence(reader, writer) == b""  # the client went away mid-stream
         return False
 
     async def main() -> None:
@@ -318,7 +350,7 @@ def test_early_release_closes_the_connection() -> None:
 @pytest.mark.parametrize("tail", ["in time", "never"])
 def test_a_stream_released_at_its_logical_end_is_pooled_when_its_body_ends(
         tail: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(httpclient, "DRAIN_S", 0.2)
+    monkeypatch.setattr(upstream_connection, "DRAIN_S", 0.2)
     go_on = asyncio.Event()
 
     async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
@@ -392,9 +424,8 @@ def test_a_lagging_reader_pauses_the_socket_instead_of_buffering() -> None:
         async with Upstream(answer) as up:
             up_client = client()
             resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"{}")
-            conn = resp._conn
-            await async_wait_for(lambda: conn.paused)
-            assert conn.buffered < httpclient.HIGH_WATER + 2 * len(piece)
+            await async_wait_for(lambda: resp.reading_paused)
+            assert resp.unread < upstream_connection.HIGH_WATER + 2 * len(piece)
             got = 0
             async for data in iter_stream(TARGET, resp):
                 got += len(data)
@@ -425,7 +456,7 @@ def test_max_response_size_bounds_whole_bodies_and_inflation_not_streams() -> No
                     await small.post_json(TARGET, up.url(), HEADERS, body)
                 assert failure.value.kind == "bad_response" and "--max-response-size" in failure.value.message
             resp = await small.open_stream(TARGET, up.url(), HEADERS, b"{}")  # a stream read late: not limited
-            await async_wait_for(lambda: resp._conn.complete or resp._conn.paused)
+            await async_wait_for(lambda: resp.body_received or resp.reading_paused)
             assert len(await resp.read()) == len(big)
             resp.release()
             assert up.connections == 3  # each body past the limit dropped its connection
@@ -435,15 +466,8 @@ def test_max_response_size_bounds_whole_bodies_and_inflation_not_streams() -> No
 
 
 def test_read_timeout_before_the_answer_and_mid_stream() -> None:
-    async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        if req.body == b"stream":
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-            await writer.drain()
-        await reader.read(1)  # silence until the client gives up
-        return False
-
     async def main() -> None:
-        async with Upstream(answer) as up:
+        async with Upstream(stream_stalls(answer_silence)) as up:
             up_client = client(read_s=0.2)
             with pytest.raises(UpstreamFailure) as failure:
                 await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
@@ -480,12 +504,9 @@ def test_connect_timeout_covers_a_tls_handshake_that_never_answers(tls: dict[str
 
 
 def test_refused_connection_and_error_status_are_classified_without_secrets() -> None:
-    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
-        writer.write(reply(b'{"error": {"message": "slow down"}}', "429 Too Many Requests", "Retry-After: 7\r\n"))
-        return True
-
     async def main() -> None:
-        async with Upstream(answer) as up:
+        slow_down = reply(b'{"error": {"message": "slow down"}}', "429 Too Many Requests", "Retry-After: 7\r\n")
+        async with Upstream(answering(slow_down)) as up:
             up_client = client()
             with pytest.raises(UpstreamFailure) as failure:
                 await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
@@ -510,17 +531,8 @@ def test_refused_connection_and_error_status_are_classified_without_secrets() ->
 
 
 def test_close_closes_idle_and_busy_connections() -> None:
-    async def answer(req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        if req.body == b"stream":
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-            await writer.drain()
-            await reader.read(1)
-            return False
-        writer.write(reply())
-        return True
-
     async def main() -> None:
-        async with Upstream(answer) as up:
+        async with Upstream(stream_stalls(answer_ok)) as up:
             up_client = client()
             resp = await up_client.open_stream(TARGET, up.url(), HEADERS, b"stream")
             await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")  # a second connection, now idle
@@ -540,12 +552,8 @@ def test_close_closes_idle_and_busy_connections() -> None:
 @pytest.mark.parametrize("answer_bytes", [b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 200 OK\r\nContent-Encoding: br\r\n"
                                           b"Content-Length: 2\r\n\r\n{}"])
 def test_an_answer_that_is_not_usable_http_is_a_bad_response(answer_bytes: bytes) -> None:
-    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
-        writer.write(answer_bytes)
-        return True
-
     async def main() -> None:
-        async with Upstream(answer) as up:
+        async with Upstream(answering(answer_bytes)) as up:
             up_client = client()
             with pytest.raises(UpstreamFailure) as failure:
                 await up_client.post_json(TARGET, up.url(), HEADERS, b"{}")
@@ -559,12 +567,8 @@ def test_an_answer_that_is_not_usable_http_is_a_bad_response(answer_bytes: bytes
 
 
 def test_an_unasked_second_answer_drops_the_connection() -> None:
-    async def answer(req: Request, reader: Any, writer: asyncio.StreamWriter) -> bool:
-        writer.write(reply(b'{"first": 1}') + reply(b'{"second": 2}'))
-        return True
-
     async def main() -> None:
-        async with Upstream(answer) as up:
+        async with Upstream(answering(reply(b'{"first": 1}') + reply(b'{"second": 2}'))) as up:
             up_client = client()
             for _ in range(2):
                 assert await up_client.post_json(TARGET, up.url(), HEADERS, b"{}") == b'{"first": 1}'
@@ -744,15 +748,15 @@ def test_a_proxy_that_refuses_or_hangs_up_is_a_clear_connect_failure(tls: dict[s
 
 
 def test_proxy_settings_from_the_environment() -> None:
-    proxy = httpclient.Proxy.from_env({"https_proxy": "http://u:pw@proxy.corp:3128", "NO_PROXY": "internal.corp,.svc"})
+    proxy = Proxy.from_env({"https_proxy": "http://u:pw@proxy.corp:3128", "NO_PROXY": "internal.corp,.svc"})
     assert proxy is not None and proxy.shown == "http://proxy.corp:3128" and "pw" not in repr(proxy)
     assert proxy.serves("api.openai.com") and proxy.serves("api.anthropic.com")
     for direct in ("internal.corp", "llm.internal.corp", "vllm.ns.svc", "127.0.0.1", "::1", "localhost"):
         assert not proxy.serves(direct), direct
-    assert httpclient.Proxy.from_env({}) is None and httpclient.Proxy.from_env({"HTTP_PROXY": "http://p:1"}) is None
+    assert Proxy.from_env({}) is None and Proxy.from_env({"HTTP_PROXY": "http://p:1"}) is None
     for bad in ("https://proxy:443", "socks5://proxy:1080", "http://", "http://proxy:99999"):
         with pytest.raises(ValueError, match="HTTPS_PROXY"):
-            httpclient.Proxy.from_env({"HTTPS_PROXY": bad})
+            Proxy.from_env({"HTTPS_PROXY": bad})
 
 
 def test_destination_parsing() -> None:

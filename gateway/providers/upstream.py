@@ -25,7 +25,9 @@ from typing import Any
 
 import orjson
 
-from gateway.http.client import DEFAULT_MAX_RESPONSE_SIZE, Pool, ProtocolError, Proxy, ProxyError, Response
+from gateway.http.client import DEFAULT_MAX_RESPONSE_SIZE, Pool, Response
+from gateway.http.https_proxy import Proxy, ProxyError
+from gateway.http.upstream_connection import ProtocolError
 from gateway.providers import aws, secrets
 from gateway.providers.scrub import scrub
 from gateway.proxy.errors import GatewayError

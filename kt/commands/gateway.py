@@ -147,7 +147,7 @@ def run(policy_config: str | None, listen: str, port: int | None, fail_mode: str
     if otlp_endpoint and not _has_module("opentelemetry.sdk"):
         raise click.ClickException("--otlp-endpoint needs the OpenTelemetry SDK: pip install 'kt-gateway[otel]'")
     from gateway.control.logs import setup_logging, shutdown_logging
-    from gateway.http.client import Proxy
+    from gateway.http.https_proxy import Proxy
     from gateway.providers.upstream import Timeouts
     from gateway.proxy.app import GatewaySettings
     from gateway.proxy.keys import KeysFileError, load_keys
