@@ -110,6 +110,12 @@ class GatewayThread:
 
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(5)
 
+    def open_connections(self) -> int:
+        """Client connections the gateway holds open now (what `keeptrusts_gateway_connections` reports)."""
+        assert self.gateway is not None
+        ops = self.gateway.ops
+        return self.call(lambda: ops.connections() if ops.connections else -1)
+
     def stop(self) -> None:
         if self.loop is None or self.gateway is None or self._thread is None:
             return
@@ -117,6 +123,9 @@ class GatewayThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.gateway = None
+
+
+MOCK_TARGETS = [{"id": "m", "provider": "mock", "model": "demo-model"}]  # the built-in mock provider: no upstream
 
 
 def write_config(path: Path, targets: list[dict[str, Any]], chain: list[str] | None = None,

@@ -29,10 +29,11 @@ import tornado.web
 from tornado.iostream import StreamClosedError
 
 from gateway.http.http1 import HTTP1Server
-from tests.gateway_harness import GatewayThread, write_config
+from tests.gateway_harness import MOCK_TARGETS, GatewayThread, write_config
 from tests.gateway_process import GatewayProcess
 from tests.http_wire import Wire, request
 from tests.waiting import async_wait_for, wait_for
+from tests.wire_server import serve_app
 
 CHAT = json.dumps({"model": "demo-model", "messages": [{"role": "user", "content": "hello wire"}]}).encode()
 H2C = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"}
@@ -52,15 +53,8 @@ def h2c_lines() -> list[str]:
 
 @pytest.fixture
 def gw(tmp_path: Path, start_gateway: Any) -> GatewayThread:
-    """A gateway with the built-in mock provider (no upstream)."""
-    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
-    return start_gateway(cfg, max_body_size=4096)
-
-
-def connections(gw: GatewayThread) -> int:
-    assert gw.gateway is not None
-    server = gw.gateway.server
-    return gw.call(lambda: len(server.connections))
+    """A gateway with the built-in mock provider (no upstream) and a 4 KiB body limit."""
+    return start_gateway(write_config(tmp_path / "c.yaml", MOCK_TARGETS), max_body_size=4096)
 
 
 def mock_reply(resp: Any) -> str:
@@ -286,7 +280,7 @@ def test_pipelined_requests_are_answered_in_order_with_their_own_bodies(gw: Gate
 
 @pytest.fixture
 def impatient(tmp_path: Path, start_gateway: Any) -> GatewayThread:
-    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
+    cfg = write_config(tmp_path / "c.yaml", MOCK_TARGETS)
     return start_gateway(cfg, client_timeout=0.5, drain_timeout=20)
 
 
@@ -298,7 +292,7 @@ def test_a_stalled_body_gets_408_and_close(impatient: GatewayThread) -> None:
     assert wire.closed()
     event = wait_for(lambda: impatient.events)[0]
     assert event["status"] == 408 and event["error_code"] == "request_timeout"
-    assert impatient.runtime.in_flight == 0 and connections(impatient) == 0
+    assert impatient.runtime.in_flight == 0 and impatient.open_connections() == 0
 
 
 def test_a_stalled_head_gets_408_and_close(impatient: GatewayThread) -> None:
@@ -330,7 +324,7 @@ def test_drain_finishes_with_a_stalled_client_connected(impatient: GatewayThread
 
 
 def test_sigterm_drain_of_a_real_gateway_finishes_with_a_stalled_client(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
+    cfg = write_config(tmp_path / "c.yaml", MOCK_TARGETS)
     gw = GatewayProcess(cfg, tmp_path / "state", "--client-timeout", "1", "--drain-timeout", "60")
     try:
         wire = Wire(gw.port)
@@ -380,26 +374,8 @@ def h1_server(loop_kind: str, **settings: Any) -> Iterator[tuple[int, dict[str, 
     """HTTP1Server with the Flood app in a thread, on asyncio's loop or on uvloop (what production runs)."""
     seen: dict[str, Any] = {"failed": threading.Event()}
     app = tornado.web.Application([(r"/flood", Flood, {"seen": seen}), (r"/dump", Dump)])
-    loop = asyncio.new_event_loop() if loop_kind == "asyncio" else pytest.importorskip("uvloop").new_event_loop()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.setblocking(False)
-    server = HTTP1Server(app, max_body_size=2**20, **settings)
-    loop.run_until_complete(server.add_sockets([sock]))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    try:
-        yield sock.getsockname()[1], seen, server, loop
-    finally:
-        async def shutdown() -> None:  # on the loop's own thread
-            server.stop()
-            await server.close_all_connections()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
-        loop.close()
+    with serve_app(app, loop_kind, **settings) as (port, server, loop):
+        yield port, seen, server, loop
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -442,7 +418,7 @@ def test_a_finished_response_left_unread_does_not_hold_the_connection(flood_serv
 
 def test_over_max_connections_a_new_connection_gets_503_and_the_others_live_on(
         tmp_path: Path, start_gateway: Any) -> None:
-    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
+    cfg = write_config(tmp_path / "c.yaml", MOCK_TARGETS)
     gw = start_gateway(cfg, max_connections=2)
     held = [Wire(gw.port), Wire(gw.port)]
     for wire in held:
@@ -457,7 +433,7 @@ def test_over_max_connections_a_new_connection_gets_503_and_the_others_live_on(
         wire.send(request("GET", "/v1/models"))
         assert wire.response().status == 200
     held.pop().close()
-    wait_for(lambda: connections(gw) == 1)
+    wait_for(lambda: gw.open_connections() == 1)
     fresh = Wire(gw.port)  # capacity freed: the health endpoints answer at once
     fresh.send(request("GET", "/readyz"))
     assert fresh.response().status == 200
@@ -483,7 +459,7 @@ def test_the_503_over_max_connections_reaches_the_client_on_both_loops(loop_kind
 
 
 def test_accept_failing_with_emfile_neither_spins_nor_crashes(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
+    cfg = write_config(tmp_path / "c.yaml", MOCK_TARGETS)
     limit = 96
 
     def low_fd_limit() -> None:
@@ -540,12 +516,12 @@ def test_a_stream_the_client_stops_reading_frees_the_connection_and_the_upstream
     assert event["status"] == 499 and event["error_code"] == "client_closed"
     pool = gw.services().upstream.pool
     wait_for(lambda: gw.call(lambda: pool.in_use) == 0)  # the upstream slot is free again
-    assert connections(gw) == 0
+    assert gw.open_connections() == 0
     sock.close()
 
 
 def test_the_default_max_connections_follows_the_raised_open_file_limit(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
+    cfg = write_config(tmp_path / "c.yaml", MOCK_TARGETS)
     hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
 
     def shell_like_limit() -> None:  # a low soft limit under a higher hard one, as a login shell has

@@ -19,11 +19,11 @@ import pytest
 import tornado.web
 from tornado.iostream import StreamClosedError
 
-from gateway.http.http1 import HTTP1Server
 from tests.fake_upstream import FakeUpstream
-from tests.gateway_harness import GatewayThread, write_config
+from tests.gateway_harness import MOCK_TARGETS, GatewayThread, write_config
 from tests.http_wire import Wire, request
 from tests.waiting import wait_for
+from tests.wire_server import serve_app
 
 CHAT = json.dumps({"model": "demo-model", "messages": [{"role": "user", "content": "hello wire"}]}).encode()
 STREAM = json.dumps({"model": "demo-model", "stream": True,
@@ -33,14 +33,7 @@ STREAM = json.dumps({"model": "demo-model", "stream": True,
 @pytest.fixture
 def gw(tmp_path: Path, start_gateway: Any) -> GatewayThread:
     """A gateway with the built-in mock provider (no upstream) and a small body limit (1 KiB)."""
-    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
-    return start_gateway(cfg, max_body_size=1024)
-
-
-def connections(gw: GatewayThread) -> int:
-    assert gw.gateway is not None
-    ops = gw.gateway.ops
-    return gw.call(lambda: ops.connections() if ops.connections else -1)
+    return start_gateway(write_config(tmp_path / "c.yaml", MOCK_TARGETS), max_body_size=1024)
 
 
 # --- the gateway over the wire -----------------------------------------------------------------
@@ -57,9 +50,9 @@ def test_keep_alive_serves_several_requests_on_one_socket(gw: GatewayThread) -> 
         resp = wire.response()
         assert resp.status == 200 and "hello wire" in resp.json()["choices"][0]["message"]["content"]
         assert resp.headers["content-length"] == str(len(resp.body))
-    assert connections(gw) == 1
+    assert gw.open_connections() == 1
     wire.close()
-    wait_for(lambda: connections(gw) == 0)
+    wait_for(lambda: gw.open_connections() == 0)
 
 
 def test_pipelined_requests_are_answered_in_order(gw: GatewayThread) -> None:
@@ -112,7 +105,7 @@ def test_expect_100_continue_refused_before_the_body(tmp_path: Path, start_gatew
 
     keys = tmp_path / "keys"
     keys.write_text(hashlib.sha256(b"good-key").hexdigest() + "  team\n")
-    cfg = write_config(tmp_path / "c.yaml", [{"id": "m", "provider": "mock", "model": "demo-model"}])
+    cfg = write_config(tmp_path / "c.yaml", MOCK_TARGETS)
     gw = start_gateway(cfg, keys=load_keys(keys))
     wire = Wire(gw.port)
     wire.send(request("POST", "/v1/chat/completions", None, Content_Length=str(len(CHAT)), Expect="100-continue",
@@ -188,7 +181,7 @@ def test_oversized_headers_get_431(gw: GatewayThread) -> None:
         wire.send(b"GET / HTTP/1.1\r\nX-Endless: ")
         for _ in range(1000):
             wire.send(b"b" * 65536)
-    wait_for(lambda: connections(gw) == 0)
+    wait_for(lambda: gw.open_connections() == 0)
 
 
 def test_body_beyond_the_hard_cap_drops_the_connection_unread(gw: GatewayThread) -> None:
@@ -204,7 +197,7 @@ def test_body_beyond_the_hard_cap_drops_the_connection_unread(gw: GatewayThread)
     with pytest.raises((BrokenPipeError, ConnectionResetError)):
         for _ in range(1024):  # 64 MiB: far more than the cap plus what the socket buffers hold
             wire.send(chunk)
-    wait_for(lambda: connections(gw) == 0)
+    wait_for(lambda: gw.open_connections() == 0)
     wait_for(lambda: gw.runtime.in_flight == 0)  # the handler that was reading the body is accounted for
     assert wait_for(lambda: [e for e in gw.events if e["status"] == 499])
 
@@ -253,7 +246,7 @@ def test_sse_is_chunked_and_a_client_leaving_mid_stream_is_noticed(
     wire.close()
     event = wait_for(lambda: [e for e in gw.events if e["status"] == 499], timeout=10)[0]
     assert event["error_code"] == "client_closed"
-    wait_for(lambda: connections(gw) == 0)
+    wait_for(lambda: gw.open_connections() == 0)
 
 
 def test_drain_lets_the_in_flight_request_finish(
@@ -277,7 +270,7 @@ def test_drain_lets_the_in_flight_request_finish(
     assert resp.status == 200 and resp.headers["connection"] == "close"
     assert busy.closed()
     draining.result(20)
-    assert connections(gw) == 0
+    assert gw.open_connections() == 0
 
 
 # --- a small app for what needs control -------------------------------------------------------
@@ -339,25 +332,8 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[int, Probe, asyncio
     """The test app on HTTP1Server in a thread, on asyncio's loop and on uvloop (what production runs)."""
     probe = Probe()
     app = tornado.web.Application([(r"/stream", Stream, {"probe": probe}), (r"/flood", Flood, {"probe": probe})])
-    loop = asyncio.new_event_loop() if request.param == "asyncio" else pytest.importorskip("uvloop").new_event_loop()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    sock.setblocking(False)
-    server = HTTP1Server(app, max_body_size=2**20, idle_timeout=0.5)
-    loop.run_until_complete(server.add_sockets([sock]))
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield sock.getsockname()[1], probe, loop
-
-    async def shutdown() -> None:  # on the loop's own thread: closing a uvloop server from another one can crash
-        server.stop()
-        await server.close_all_connections()
-
-    asyncio.run_coroutine_threadsafe(shutdown(), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.close()
+    with serve_app(app, request.param, idle_timeout=0.5) as (port, _, loop):
+        yield port, probe, loop
 
 
 def test_each_flush_reaches_the_client_at_once_as_a_chunk(served: tuple[int, Probe, asyncio.AbstractEventLoop]) -> None:
