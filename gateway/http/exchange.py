@@ -54,14 +54,11 @@ def closed_future() -> asyncio.Future[None]:
 class ServerExchange(httputil.HTTPConnection):
     """One request/response exchange on a `ServerConnection`: the `HTTPConnection` Tornado's handlers write to."""
 
-    # Defaults as class attributes: a request sets only what differs (this is the per-request path).
+    # Defaults as class attributes (immutable values only): a request sets only what differs.
     url = b""
     head_size = 0  # bytes of the request line and headers parsed so far
     head_seen = 0  # bytes received while the head was incomplete (httptools buffers an unfinished line)
     start_line: httputil.RequestStartLine
-    reading = HEAD
-    writing = PENDING
-    framing = LENGTH
     remaining = 0  # bytes still owed to a Content-Length
     keep_alive = True
     expect_continue = False  # a `100 Continue` is owed once the handler took the head
@@ -79,6 +76,12 @@ class ServerExchange(httputil.HTTPConnection):
         self.context: Context = conn.context
         self.headers = httputil.HTTPHeaders()
         self.max_body_size = conn.server.max_body_size
+        # Phases are set here, not as class defaults: an attribute whose class default is an enum
+        # member (a Python-level type) is never specialised by CPython, so each access would take
+        # the slow generic path.
+        self.reading = HEAD
+        self.writing = PENDING
+        self.framing = LENGTH
 
     # --- reading: parser events to the delegate ----------------------------------------------
     def push(self, kind: Event, data: bytes | None) -> None:
