@@ -124,6 +124,15 @@ DEFINITIONS_KEY_MAX = 256 * 1024
 _UNKNOWN: Any = object()
 
 
+def _header(name: str) -> property:
+    """A read-only property: the request header `name` (lower-cased), None when absent."""
+
+    def value(self: Exchange) -> str | None:
+        return self.headers.get(name)
+
+    return property(value, doc=f"The {name} request header (None when absent).")
+
+
 @dataclass(slots=True)
 class Exchange:
     """The mutable working copy of one request as it passes the chain.
@@ -155,21 +164,10 @@ class Exchange:
     _plain: bool = field(default=False, init=False, repr=False)  # `_texts` came from `plain_texts`
     _joined: str | None = field(default=None, init=False, repr=False)
 
-    @property
-    def user_id(self) -> str | None:
-        return self.headers.get("x-user-id")
-
-    @property
-    def agent_id(self) -> str | None:
-        return self.headers.get("x-agent-id")
-
-    @property
-    def user_role(self) -> str | None:
-        return self.headers.get("x-user-role")
-
-    @property
-    def session_id(self) -> str | None:
-        return self.headers.get("x-session-id")
+    user_id = _header("x-user-id")  # rbac, spend-limit per user
+    agent_id = _header("x-agent-id")  # agents: limits, spend-limit per agent
+    user_role = _header("x-user-role")  # rbac
+    session_id = _header("x-session-id")  # agent-firewall's actions per session
 
     # --- the request's texts ------------------------------------------------------------
     def texts(self) -> list[Text]:
