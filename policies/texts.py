@@ -305,15 +305,16 @@ def visit_request_extras(request: dict[str, Any], visit: Visit) -> None:
                 request[key] = new
 
 
-def visit_function(function: dict[str, Any], path: Path, visit: Visit) -> None:
-    """A function definition (`tools[].function`, legacy `functions[]`): name, description, parameters."""
-    _put(function, "name", path, None, visit)
-    _put(function, "description", path, None, visit)
-    if "parameters" in function:
-        schema = function["parameters"]
-        new = visit_schema(schema, (*path, "parameters"), None, visit)
+def visit_named_schema(spec: dict[str, Any], path: Path, schema_key: str, visit: Visit) -> None:
+    """A definition the model reads (in place): its name, description and the JSON schema under `schema_key`
+    (a function's `parameters`, `response_format.json_schema`'s `schema`)."""
+    _put(spec, "name", path, None, visit)
+    _put(spec, "description", path, None, visit)
+    if schema_key in spec:
+        schema = spec[schema_key]
+        new = visit_schema(schema, (*path, schema_key), None, visit)
         if new is not schema:
-            function["parameters"] = new
+            spec[schema_key] = new
 
 
 def visit_definitions(tools: list[Any], request: dict[str, Any], visit: Visit) -> None:
@@ -323,7 +324,7 @@ def visit_definitions(tools: list[Any], request: dict[str, Any], visit: Visit) -
             continue
         function = tool.get("function")
         if isinstance(function, dict):
-            visit_function(function, ("tools", k, "function"), visit)
+            visit_named_schema(function, ("tools", k, "function"), "parameters", visit)
             continue
         for key, value in tool.items():  # other tool types (e.g. custom): every string value
             if key != "type":
@@ -334,18 +335,10 @@ def visit_definitions(tools: list[Any], request: dict[str, Any], visit: Visit) -
     if isinstance(functions, list):
         for k, function in enumerate(functions):
             if isinstance(function, dict):
-                visit_function(function, ("functions", k), visit)
+                visit_named_schema(function, ("functions", k), "parameters", visit)
     response_format = request.get("response_format")
     if isinstance(response_format, dict) and isinstance(response_format.get("json_schema"), dict):
-        spec = response_format["json_schema"]
-        path = ("response_format", "json_schema")
-        _put(spec, "name", path, None, visit)
-        _put(spec, "description", path, None, visit)
-        if "schema" in spec:
-            schema = spec["schema"]
-            new = visit_schema(schema, (*path, "schema"), None, visit)
-            if new is not schema:
-                spec["schema"] = new
+        visit_named_schema(response_format["json_schema"], ("response_format", "json_schema"), "schema", visit)
 
 
 def definitions_json(tools: list[Any], request: dict[str, Any]) -> bytes | None:
