@@ -76,9 +76,7 @@ class ServerExchange(httputil.HTTPConnection):
         self.context: Context = conn.context
         self.headers = httputil.HTTPHeaders()
         self.max_body_size = conn.server.max_body_size
-        # Phases are set here, not as class defaults: an attribute whose class default is an enum
-        # member (a Python-level type) is never specialised by CPython, so each access would take
-        # the slow generic path.
+        # phases here, not as class defaults (see gateway/http/phases.py)
         self.reading = HEAD
         self.writing = PENDING
         self.framing = LENGTH

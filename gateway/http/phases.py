@@ -1,8 +1,12 @@
 """The states of a server connection and of each request/response exchange on it.
 
-Each is a small `IntEnum` whose members are also module names (`OPEN`, `PARSED`, `CHUNKED`, ...):
-the connection and exchange code compares against those names with `is`, which costs what
-reading a boolean did.
+Each is a small `IntEnum` whose members are also module names (`OPEN`, `PARSED`, `CHUNKED`, ...),
+compared with `is` (or `<` along a phase's order). On the request path two things keep them as
+cheap as the booleans they replace: the members are read as module globals (no `Lifecycle.OPEN`
+attribute lookup), and an attribute holding a phase is set in `__init__`, never given as a class
+default: CPython 3.11 does not specialise loads and stores of an attribute whose class default is
+an instance of a Python-level class such as an enum member (measured: ~2,800 instructions, ~2 %
+of the wire's work, per request).
 """
 
 from __future__ import annotations
