@@ -66,7 +66,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.buffered = 0
         self.head_size = 0  # bytes received before the (final) headers were complete
         self.body_size = 0  # decoded body bytes received
-        self.headers_done = self.complete = self.got_bytes = self.framed = self.paused = False
+        self.headers_done = self.complete = self.framed = self.paused = False
         self.keep_alive = False
         self.error: BaseException | None = None
         self.decoder: Any = None
@@ -180,7 +180,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.last_io = self.loop.time()
-        self.got_bytes = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:  # a 101 (or CONNECT-style answer) to a plain POST
