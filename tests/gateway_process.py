@@ -16,16 +16,9 @@ from typing import Any
 
 import openai
 
+from tests.kt_process import clean_env
 from tests.ports import free_port
 from tests.waiting import WaitTimeout, wait_for
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any `KEEPTRUSTS_*`, `NOTIFY_*` or `WATCHDOG_*` variable, plus
-    `extra`: what a process started as an operator would start it sees (no state dir or token of the
-    test run, no service manager of whatever runs the tests)."""
-    kept = {k: v for k, v in os.environ.items() if not k.startswith(("KEEPTRUSTS_", "NOTIFY_", "WATCHDOG_"))}
-    return {**kept, **extra}
 
 
 class GatewayProcess:

@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import time
 
 from gateway.events.store import EventStore
-
-
-def kt(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kt", *args], capture_output=True, text=True, timeout=60, env=env)
+from tests.kt_process import run_kt
 
 
 def test_list_reads_a_store_file_as_a_table_and_as_json(tmp_path):
@@ -26,25 +21,25 @@ def test_list_reads_a_store_file_as_a_table_and_as_json(tmp_path):
         {"id": "evt_new", "timestamp": now, "verdict": "allow", "reason_code": "all_policies_passed"},
     ])
     store.close()
-    out = kt("events", "list", "--db", str(db), "--since", "1h")
+    out = run_kt("events", "list", "--db", str(db), "--since", "1h")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].split() == ["TIME", "ID", "VERDICT", "REASON", "MODEL", "LATENCY"]
     assert [line.split()[2] for line in lines[1:]] == ["evt_blk", "evt_new"]
     assert "dlp_blocked_term" in lines[1] and "2.2ms" in lines[1]
-    out = kt("events", "list", "--db", str(db), "--verdict", "block", "--json")
+    out = run_kt("events", "list", "--db", str(db), "--verdict", "block", "--json")
     assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == ["evt_blk"]
-    out = kt("events", "list", "--db", str(db), "--limit", "1", "--json")
+    out = run_kt("events", "list", "--db", str(db), "--limit", "1", "--json")
     assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == ["evt_new"]
 
 
 def test_bad_input_and_unreachable_gateway_are_clear_errors(tmp_path):
-    out = kt("events", "list", "--db", str(tmp_path / "none.db"), "--since", "yesterday")
+    out = run_kt("events", "list", "--db", str(tmp_path / "none.db"), "--since", "yesterday")
     assert out.returncode == 1 and "duration like 5m" in out.stderr and "Traceback" not in out.stderr
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # closed again: nothing listens there
-    out = kt("events", "list", "--gateway", f"http://127.0.0.1:{port}")
+    out = run_kt("events", "list", "--gateway", f"http://127.0.0.1:{port}")
     assert out.returncode == 1 and "cannot reach the gateway" in out.stderr and "Traceback" not in out.stderr
-    out = kt("events", "list", "--db", str(tmp_path / "none.db"))
+    out = run_kt("events", "list", "--db", str(tmp_path / "none.db"))
     assert out.returncode == 1 and "cannot open event store" in out.stderr

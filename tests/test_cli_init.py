@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kt.commands.init import template_names
-from tests.test_cli_policy import kt
+from tests.kt_process import run_kt
 
 
 def test_templates_are_bundled() -> None:
@@ -17,14 +17,14 @@ def test_templates_are_bundled() -> None:
 
 @pytest.mark.parametrize("template", template_names())
 def test_template_passes_lint_and_test(tmp_path: Path, template: str) -> None:
-    r = kt("init", "--template", template, "--dir", str(tmp_path / "pack"))
+    r = run_kt("init", "--template", template, "--dir", str(tmp_path / "pack"))
     assert r.returncode == 0, r.stderr
     config = tmp_path / "pack" / "policy-config.yaml"
     assert config.is_file() and list((tmp_path / "pack" / "tests").glob("*.json"))
-    lint = kt("policy", "lint", "--file", str(config), "--json")
+    lint = run_kt("policy", "lint", "--file", str(config), "--json")
     assert lint.returncode == 0, lint.stdout
     assert json.loads(lint.stdout)["errors"] == []
-    test = kt("policy", "test", "--json", cwd=tmp_path / "pack")
+    test = run_kt("policy", "test", "--json", cwd=tmp_path / "pack")
     assert test.returncode == 0, test.stdout
     data = json.loads(test.stdout)
     assert data["ok"] is True and len(data["results"]) >= 3
@@ -32,18 +32,18 @@ def test_template_passes_lint_and_test(tmp_path: Path, template: str) -> None:
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
-    assert kt("init", "--dir", str(tmp_path)).returncode == 0
+    assert run_kt("init", "--dir", str(tmp_path)).returncode == 0
     config = tmp_path / "policy-config.yaml"
     config.write_text("# mine\n")
-    r = kt("init", "--dir", str(tmp_path), "--template", "agent-firewall")
+    r = run_kt("init", "--dir", str(tmp_path), "--template", "agent-firewall")
     assert r.returncode == 1 and "refusing to overwrite" in r.stderr and "--force" in r.stderr
     assert config.read_text() == "# mine\n"
-    r = kt("init", "--dir", str(tmp_path), "--template", "agent-firewall", "--force")
+    r = run_kt("init", "--dir", str(tmp_path), "--template", "agent-firewall", "--force")
     assert r.returncode == 0 and "pack: {name: agent-firewall" in config.read_text()
     assert "other case file" in r.stdout  # the default template's cases stay, and we say so
 
 
 def test_init_unknown_template_is_a_usage_error(tmp_path: Path) -> None:
-    r = kt("init", "--template", "defense-us", "--dir", str(tmp_path))
+    r = run_kt("init", "--template", "defense-us", "--dir", str(tmp_path))
     assert r.returncode == 1 and "agent-firewall" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "policy-config.yaml").exists()

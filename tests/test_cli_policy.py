@@ -9,15 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.kt_process import run_kt
 from tests.test_lint_codes import BASE
 from tests.test_lint_yaml import BOMB
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "policies" / "examples" / "default" / "policy-config.yaml"
-
-
-def kt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kt", *args], capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -30,7 +27,7 @@ def write(path: Path, text: str | bytes) -> Path:
 
 
 def test_lint_valid_human() -> None:
-    r = kt("policy", "lint", "--file", str(DEFAULT))
+    r = run_kt("policy", "lint", "--file", str(DEFAULT))
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == f"OK {DEFAULT} is valid"
@@ -41,7 +38,7 @@ def test_lint_valid_human() -> None:
 
 def test_lint_invalid_human(tmp_path: Path) -> None:
     cfg = write(tmp_path / "policy-config.yaml", BASE.replace("chain: [audit-logger]", "chain: [audit-loger]"))
-    r = kt("policy", "lint", "--file", str(cfg))
+    r = run_kt("policy", "lint", "--file", str(cfg))
     assert r.returncode == 2
     assert f"X {cfg} has 1 error" in r.stdout
     assert "error[E001]: unknown policy kind 'audit-loger'" in r.stdout
@@ -52,19 +49,19 @@ def test_lint_invalid_human(tmp_path: Path) -> None:
 
 def test_lint_json_shape(tmp_path: Path) -> None:
     good = write(tmp_path / "a" / "policy-config.yaml", BASE)
-    r = kt("policy", "lint", "--file", str(good), "--json")
+    r = run_kt("policy", "lint", "--file", str(good), "--json")
     assert r.returncode == 0
     data = json.loads(r.stdout)
     assert data == {"valid": True, "file": str(good), "pack": {"name": "shop", "version": "1.2.3"},
                     "chain": ["audit-logger"], "policy_count": 1, "warnings": [], "errors": []}
     bad = write(tmp_path / "b" / "policy-config.yaml", BASE.replace("1.2.3", "1.2"))
-    r = kt("policy", "lint", "--file", str(bad), "--format", "json")
+    r = run_kt("policy", "lint", "--file", str(bad), "--format", "json")
     assert r.returncode == 2
     data = json.loads(r.stdout)
     assert data["valid"] is False
     assert data["errors"] == [{"code": "E008", "path": "pack.version", "message": data["errors"][0]["message"],
                                "suggestion": "write MAJOR.MINOR.PATCH, e.g. 1.0.0", "line": 1}]
-    r = kt("policy", "lint", "--file", str(good), "--file", str(bad), "--json")
+    r = run_kt("policy", "lint", "--file", str(good), "--file", str(bad), "--json")
     assert r.returncode == 2
     assert [d["valid"] for d in json.loads(r.stdout)] == [True, False]
 
@@ -74,30 +71,30 @@ def test_lint_directory_finds_every_config(tmp_path: Path) -> None:
     write(tmp_path / "staging" / "gateway.yaml", BASE.replace("1.2.3", "bad"))
     write(tmp_path / "other" / "compose.yaml", "services: {}\n")
     write(tmp_path / ".github" / "workflows" / "ci.yml", "on: push\n")
-    r = kt("policy", "lint", "--file", str(tmp_path), "--json")
+    r = run_kt("policy", "lint", "--file", str(tmp_path), "--json")
     assert r.returncode == 2, r.stdout
     data = json.loads(r.stdout)
     assert sorted(Path(d["file"]).parent.name for d in data) == ["prod", "staging"]
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = kt("policy", "lint", "--file", str(empty))
+    r = run_kt("policy", "lint", "--file", str(empty))
     assert r.returncode == 1 and "E101" in r.stdout
 
 
 def test_lint_github_annotations(tmp_path: Path) -> None:
     cfg = write(tmp_path / "policy-config.yaml", BASE.replace("strategy: ordered", "strategy: fastest"))
-    r = kt("policy", "lint", "--file", str(cfg), "--format", "github")
+    r = run_kt("policy", "lint", "--file", str(cfg), "--format", "github")
     assert r.returncode == 2
     first = r.stdout.splitlines()[0]
     assert first.startswith(f"::error file={cfg},line=7,title=kt E006::providers.fallback.strategy: 'fastest'")
 
 
 def test_lint_usage_and_io_errors_exit_1(tmp_path: Path) -> None:
-    assert kt("policy", "lint").returncode == 1
-    assert kt("policy", "lint", "--file", str(DEFAULT), "--format", "xml").returncode == 1
-    r = kt("policy", "lint", "--file", str(tmp_path / "missing.yaml"))
+    assert run_kt("policy", "lint").returncode == 1
+    assert run_kt("policy", "lint", "--file", str(DEFAULT), "--format", "xml").returncode == 1
+    r = run_kt("policy", "lint", "--file", str(tmp_path / "missing.yaml"))
     assert r.returncode == 1 and "cannot read file" in r.stdout
-    r = kt("policy", "lint", "--file", str(tmp_path / "missing.yaml"), "--file", str(DEFAULT), "--json")
+    r = run_kt("policy", "lint", "--file", str(tmp_path / "missing.yaml"), "--file", str(DEFAULT), "--json")
     assert r.returncode == 1 and [d["valid"] for d in json.loads(r.stdout)] == [False, True]
 
 
@@ -113,7 +110,7 @@ def test_lint_usage_and_io_errors_exit_1(tmp_path: Path) -> None:
 )
 def test_bad_files_get_clear_errors(tmp_path: Path, content: bytes, code: str) -> None:
     cfg = write(tmp_path / "policy-config.yaml", content)
-    r = kt("policy", "lint", "--file", str(cfg), "--json")
+    r = run_kt("policy", "lint", "--file", str(cfg), "--json")
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert json.loads(r.stdout)["errors"][0]["code"] == code
@@ -125,7 +122,7 @@ def test_ten_megabyte_file(tmp_path: Path) -> None:
         fh.write(b"pack:\n")
         for _ in range(10 * 1024):
             fh.write(b"  # " + b"x" * 1020 + b"\n")
-    r = kt("policy", "lint", "--file", str(cfg))
+    r = run_kt("policy", "lint", "--file", str(cfg))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "error[E015]: file is too large (10.5 MB; the limit is 1 MiB)" in r.stdout
 
@@ -154,7 +151,7 @@ def test_policy_test_json_shape_and_pass(tmp_path: Path) -> None:
     write(tmp_path / "policy-config.yaml", PACK)
     write(tmp_path / "tests" / "hello.json", case("hello", "hi there", "allow"))
     write(tmp_path / "tests" / "leak.json", case("leak", "hi", "block", upstream_response="project-bluebird ships"))
-    r = kt("policy", "test", "--json", cwd=tmp_path)
+    r = run_kt("policy", "test", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stdout
     data = json.loads(r.stdout)
     assert data["ok"] is True
@@ -170,28 +167,28 @@ def test_policy_test_failure_exit_1_and_table(tmp_path: Path) -> None:
     write(tmp_path / "policy-config.yaml", PACK)
     write(tmp_path / "cases" / "wrong.json", case("wrong", "hi there", "block"))
     write(tmp_path / "cases" / "broken.json", "{not json")
-    r = kt("policy", "test", "--file", str(tmp_path / "policy-config.yaml"), "--cases", str(tmp_path / "cases"))
+    r = run_kt("policy", "test", "--file", str(tmp_path / "policy-config.yaml"), "--cases", str(tmp_path / "cases"))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "FAIL" in r.stdout and "cannot read golden case file" in r.stdout
     assert "1 passed, 2 failed" in r.stdout
-    data = json.loads(kt("policy", "test", "--json", "--pack-dir", str(tmp_path), "--cases",
+    data = json.loads(run_kt("policy", "test", "--json", "--pack-dir", str(tmp_path), "--cases",
                          str(tmp_path / "cases")).stdout)
     assert data["ok"] is False and [x["passed"] for x in data["results"]] == [False, False, True]
 
 
 def test_policy_test_invalid_or_missing_config(tmp_path: Path) -> None:
     write(tmp_path / "policy-config.yaml", BASE.replace("1.2.3", "x"))
-    r = kt("policy", "test", cwd=tmp_path)
+    r = run_kt("policy", "test", cwd=tmp_path)
     assert r.returncode == 2 and "E008" in r.stdout
-    r = kt("policy", "test", "--json", "--file", str(tmp_path / "nope.yaml"))
+    r = run_kt("policy", "test", "--json", "--file", str(tmp_path / "nope.yaml"))
     assert r.returncode == 1 and json.loads(r.stdout)["errors"][0]["code"] == "E100"
-    r = kt("policy", "test", "--file", str(DEFAULT), "--cases", str(tmp_path / "nope"))
+    r = run_kt("policy", "test", "--file", str(DEFAULT), "--cases", str(tmp_path / "nope"))
     assert r.returncode == 1 and "not a directory" in r.stderr
 
 
 def test_policy_test_without_cases(tmp_path: Path) -> None:
     write(tmp_path / "policy-config.yaml", BASE)
-    r = kt("policy", "test", cwd=tmp_path)
+    r = run_kt("policy", "test", cwd=tmp_path)
     assert r.returncode == 0 and "no golden cases found" in r.stdout
 
 

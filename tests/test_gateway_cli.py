@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ import pytest
 
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import write_config
+from tests.kt_process import run_kt
 from tests.ports import free_port
 from tests.waiting import wait_for
 
@@ -29,8 +29,7 @@ DEFAULT_CONFIG = str(ROOT / "policies" / "examples" / "default" / "policy-config
 
 def kt(*args: str, state: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """`kt ...` run to its end, its event store under `state` (never the user's home)."""
-    return subprocess.run([sys.executable, "-m", "kt", *args], cwd=ROOT, text=True, capture_output=True, timeout=30,
-                          env={**os.environ, "KEEPTRUSTS_STATE_DIR": str(state), **(env or {})})
+    return run_kt(*args, cwd=ROOT, timeout=30, env={**os.environ, "KEEPTRUSTS_STATE_DIR": str(state), **(env or {})})
 
 
 def status_of(url: str) -> int | None:

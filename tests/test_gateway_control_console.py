@@ -18,6 +18,7 @@ from gateway.control.console_data import Filters, GatewayView, config_diffs, con
 from gateway.control.console_page import fragment
 from tests.browser import CHROMIUM, Browser
 from tests.gateway_process import GatewayProcess
+from tests.kt_process import run_kt
 from tests.waiting import wait_for
 
 TOKEN = "adm-tok-7f3a9c"
@@ -259,7 +260,7 @@ def test_browser_page_renders_at_1280_and_on_a_phone(fleet, browser, tmp_path):
 
 
 def test_no_console_route_without_a_gateway_url():
-    result = subprocess.run([sys.executable, "-m", "kt", "console"], capture_output=True, text=True, timeout=60)
+    result = run_kt("console")
     assert result.returncode == 1 and "--gateway" in result.stderr
 
 

@@ -18,6 +18,7 @@ import pytest
 from gateway.control.counters_sqlite import SqliteCounters
 from policies.counters import Claim, storage_key
 from tests.gateway_process import GatewayProcess
+from tests.kt_process import run_kt
 from tests.redis_server import RedisServer
 from tests.waiting import wait_for
 
@@ -157,13 +158,11 @@ def test_the_password_never_shows(tmp_path: Path, config: Path, gateway_process)
 def test_kt_doctor_reports_an_unreachable_counter_store(tmp_path: Path, config: Path, redis: RedisServer,
                                                        gateway_process) -> None:
     import subprocess
-    import sys
 
     gw = gateway_process(config, "--state-url", redis.url, state=tmp_path / "state")
 
     def doctor() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "kt", "doctor", "--gateway", gw.url, "--json"],
-                              capture_output=True, text=True, timeout=60)
+        return run_kt("doctor", "--gateway", gw.url, "--json")
 
     checks = {c["name"]: c for c in json.loads(doctor().stdout)["checks"]}
     assert checks["counter store"]["status"] == "ok" and "redis" in checks["counter store"]["detail"]

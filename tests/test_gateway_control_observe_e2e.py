@@ -20,6 +20,7 @@ import tornado.netutil
 import tornado.web
 
 from tests.gitserve import config_yaml
+from tests.kt_process import run_kt
 from tests.state_dir import publish
 from tests.waiting import wait_for
 
@@ -127,8 +128,7 @@ def test_sighup_reloads_when_watching_is_off(tmp_path, gateway_process):
 
 
 def kt(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kt", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return run_kt(*args, env={**os.environ, **(env or {})})
 
 
 def test_events_acknowledged_by_the_store_survive_kill_9(tmp_path, gateway_process):

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.gitserve import config_yaml
+from tests.kt_process import run_kt
 from tests.test_gateway_control_counters import BUDGET_CONFIG, ask
 from tests.test_ops_notify_processes import NotifySocket
 from tests.waiting import wait_for
@@ -54,8 +54,7 @@ def test_two_workers_serve_one_port_with_one_metrics_view_and_one_event_store(tm
     status = gw.get("/keeptrusts/status")[1]
     assert len(status["workers"]) == 2
     gw.stop()
-    out = subprocess.run([sys.executable, "-m", "kt", "events", "list", "--db", str(tmp_path / "state" / "events.db"),
-                          "--limit", "100", "--json"], capture_output=True, text=True, timeout=60)
+    out = run_kt("events", "list", "--db", str(tmp_path / "state" / "events.db"), "--limit", "100", "--json")
     assert out.returncode == 0, out.stderr
     events = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
     assert len(events) == 40 and len({e["id"] for e in events}) == 40  # every worker's, in one store
@@ -117,8 +116,7 @@ def test_workers_auto_and_invalid(tmp_path: Path) -> None:
         worker_count("0")
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG)
-    out = subprocess.run([sys.executable, "-m", "kt", "gateway", "run", "--config", str(config), "--workers", "lots"],
-                         capture_output=True, text=True, timeout=60)
+    out = run_kt("gateway", "run", "--config", str(config), "--workers", "lots")
     assert out.returncode != 0 and "--workers" in out.stderr and "Traceback" not in out.stderr
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.gateway_process import GatewayProcess
+from tests.kt_process import run_kt
 from tests.ports import free_port
 from tests.waiting import wait_for
 
@@ -30,8 +29,7 @@ def kt_status(*urls: str, as_json: bool = True, token: str | None = ADMIN) -> tu
     if token:
         env["KEEPTRUSTS_ADMIN_TOKEN"] = token
     args = [a for url in urls for a in ("--gateway", url)] + (["--json"] if as_json else [])
-    proc = subprocess.run([sys.executable, "-m", "kt", "gateway", "status", *args], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=60)
+    proc = run_kt("gateway", "status", *args, env=env, cwd=ROOT)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc.returncode, proc.stdout
 

@@ -6,18 +6,19 @@ import json
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.kt_process import run_kt
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = 60
 
 
 def kt(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "kt", *args], cwd=cwd, capture_output=True, text=True, timeout=GUARD)
+    proc = run_kt(*args, cwd=cwd, timeout=GUARD)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.gateway_process import GatewayProcess
+from tests.kt_process import run_kt
 from tests.ports import free_port
 from tests.test_ops_deploy import (
     ROOT,
@@ -30,8 +29,7 @@ GUARD = 60
 
 
 def kt_help(*command: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "kt", *command, "--help"], capture_output=True, text=True,
-                          timeout=GUARD)
+    proc = run_kt(*command, "--help", timeout=GUARD)
     assert proc.returncode == 0, f"kt {' '.join(command)}: {proc.stderr}"
     return proc.stdout
 
@@ -94,6 +92,5 @@ def test_probes_scrape_path_and_healthcheck_against_the_image_command(image_gate
     check = healthcheck_command()
     check[check.index("--gateway") + 1] = image_gateway
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPTRUSTS_")}
-    proc = subprocess.run([sys.executable, "-m", "kt", *check[1:]], capture_output=True, text=True, env=env,
-                          timeout=GUARD)
+    proc = run_kt(*check[1:], env=env, timeout=GUARD)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kt_process import run_kt
 from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,8 +22,7 @@ GUARD = 30  # a hang guard for the subprocess, not a timing assertion
 
 def kt_doctor(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[int, dict]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("KEEPTRUSTS_")}
-    proc = subprocess.run([sys.executable, "-m", "kt", "doctor", "--json", *args], capture_output=True, text=True,
-                          env={**base, **(env or {})}, cwd=cwd or ROOT, timeout=GUARD)
+    proc = run_kt("doctor", "--json", *args, env={**base, **(env or {})}, cwd=cwd or ROOT, timeout=GUARD)
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc.returncode, json.loads(proc.stdout)
 
@@ -180,8 +178,7 @@ def test_valid_config_passes(tmp_path: Path) -> None:
 
 def test_human_output_has_header_marks_and_fixes(tmp_path: Path) -> None:
     config = write_config(tmp_path, "    - {id: demo, provider: mock, model: m}", chain="[audit-loger]")
-    proc = subprocess.run([sys.executable, "-m", "kt", "doctor", "--config", str(config)], capture_output=True,
-                          text=True, timeout=GUARD, cwd=tmp_path)
+    proc = run_kt("doctor", "--config", str(config), timeout=GUARD, cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stdout.startswith("Keeptrusts Gateway Diagnostics")
     assert "✗ config:" in proc.stdout and "✗ chain:" in proc.stdout and "E001" in proc.stdout

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway_process import clean_env
 from tests.gitserve import INVALID_YAML, Upstream, config_yaml
+from tests.kt_process import clean_env
 from tests.waiting import wait_for
 
 WAIT = 20

@@ -20,7 +20,7 @@ from kt.commands.init import MODELINE, SCHEMA_FILE, template_names
 from policies.json_schema import config_json_schema, convert, packaged_schema_text, render
 from policies.kinds import KINDS
 from policies.lint import lint_bytes
-from tests.test_cli_policy import kt
+from tests.kt_process import run_kt
 from tests.test_kind_schemas import BAD, EXAMPLES
 from tests.test_lint_codes import BASE
 from tests.test_lint_golden import CONFIG as GOLDEN_CONFIG
@@ -49,16 +49,16 @@ def lint_codes(text: str) -> list[str]:
 
 def test_shipped_schema_is_what_kt_policy_schema_generates(tmp_path: Path) -> None:
     assert packaged_schema_text() == render(), "run: kt policy schema --output policies/policy-config.schema.json"
-    r = kt("policy", "schema")
+    r = run_kt("policy", "schema")
     assert r.returncode == 0 and r.stdout == packaged_schema_text()
     out = tmp_path / "schema.json"
-    r = kt("policy", "schema", "--output", str(out))
+    r = run_kt("policy", "schema", "--output", str(out))
     assert r.returncode == 0 and out.read_text() == packaged_schema_text() and r.stdout == ""
     assert "Wrote" in r.stderr
 
 
 def test_output_to_an_unwritable_place_is_a_clear_error(tmp_path: Path) -> None:
-    r = kt("policy", "schema", "--output", str(tmp_path / "missing" / "schema.json"))
+    r = run_kt("policy", "schema", "--output", str(tmp_path / "missing" / "schema.json"))
     assert r.returncode == 1 and "cannot write" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -236,10 +236,10 @@ def test_every_kinds_bad_values_are_covered() -> None:
 
 def test_kt_init_writes_the_modeline_and_the_schema_beside_it(tmp_path: Path,
                                                                validator: jsonschema.Draft202012Validator) -> None:
-    r = kt("init", "--dir", str(tmp_path))
+    r = run_kt("init", "--dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     config = (tmp_path / "policy-config.yaml").read_text()
     assert config.splitlines()[0] == MODELINE.strip() == "# yaml-language-server: $schema=./policy-config.schema.json"
     assert (tmp_path / SCHEMA_FILE).read_text() == packaged_schema_text()
     assert schema_errors(validator, config) == []
-    assert kt("policy", "lint", "--file", str(tmp_path / "policy-config.yaml")).returncode == 0
+    assert run_kt("policy", "lint", "--file", str(tmp_path / "policy-config.yaml")).returncode == 0

@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.gitserve import GitDaemon, Upstream, git
+from tests.kt_process import run_kt
 from tests.waiting import wait_for
 
 ADMIN = "story-admin-token"
@@ -92,8 +92,7 @@ class Gateway(GatewayProcess):
 
 
 def kt(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kt", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return run_kt(*args, env={**os.environ, **(env or {})})
 
 
 def merge(upstream: Upstream, branch: str, text: str, message: str) -> str:

@@ -9,14 +9,13 @@ blocks. Revert it with a signed commit: both apply the revert."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.gitserve import CFG, GitHttpServer, Upstream, config_yaml
+from tests.kt_process import run_kt
 from tests.signing import SshKey, disabled, unsigned
 from tests.waiting import wait_for
 
@@ -88,8 +87,7 @@ def test_sign_push_apply_unsigned_refused_signed_revert_applied_on_two_gateways(
             finding = status["sync"]["findings"][0]
             assert finding["code"] == "E120" and finding["message"] == f"commit {bad} is not signed"
             assert gw.chat_status(f"status of {SECRET_WORD}?") == 409  # the last good config keeps serving
-        cli = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--gateway", gateways[0].url],
-                             capture_output=True, text=True, timeout=60)
+        cli = run_kt("sync", "status", "--gateway", gateways[0].url)
         assert cli.returncode == 0 and "E120" in cli.stdout and "is not signed" in cli.stdout
         assert "rejected" in cli.stdout and alice.fingerprint in cli.stdout
 

@@ -16,13 +16,10 @@ import pytest
 from sync.publish import current_dir
 from sync.status import read_status
 from tests.gitserve import CFG, INVALID_YAML, Upstream, config_yaml
+from tests.kt_process import run_kt
 from tests.waiting import wait_for
 
 KT = [sys.executable, "-m", "kt"]
-
-
-def kt(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([*KT, *args], capture_output=True, text=True, timeout=60, **kw)
 
 
 def start_agent(up: Upstream, state: Path, *extra: str, path: str = CFG, **kw) -> subprocess.Popen:
@@ -48,7 +45,7 @@ def test_daemon_trigger_and_clean_exit(upstream, tmp_path):
             message = notify.recv(4096).decode()
         assert "READY=1" in message and f"applied {upstream.head()[:12]}" in message  # systemd Type=notify
         sha = upstream.commit({CFG: config_yaml("2.0.0")})
-        now = kt("sync", "now", "--state-dir", str(state))
+        now = run_kt("sync", "now", "--state-dir", str(state))
         assert now.returncode == 0, now.stderr
         wait_for(lambda: applied(state) == sha, timeout=20, message="kt sync now did not trigger a sync")
         sha3 = upstream.commit({CFG: config_yaml("3.0.0")})
@@ -61,7 +58,7 @@ def test_daemon_trigger_and_clean_exit(upstream, tmp_path):
         proc.kill()
         proc.wait()
         notify.close()
-    gone = kt("sync", "now", "--state-dir", str(state))
+    gone = run_kt("sync", "now", "--state-dir", str(state))
     assert gone.returncode == 1 and "no sync agent is running" in gone.stderr
 
 
@@ -82,29 +79,30 @@ def test_polling_interval_picks_up_a_merge(upstream, tmp_path):
 def test_once_exit_codes_and_status_output(upstream, tmp_path):
     state = tmp_path / "state"
     args = ["sync", "run", "--repo", upstream.url, "--state-dir", str(state), "--once"]
-    assert kt(*args).returncode == 0
+    assert run_kt(*args).returncode == 0
     good = upstream.head()
     bad = upstream.commit({CFG: INVALID_YAML})
-    refused = kt(*args)
+    refused = run_kt(*args)
     assert refused.returncode == 1 and "refused" in refused.stderr
-    out = kt("sync", "status", "--state-dir", str(state), "--json")
+    out = run_kt("sync", "status", "--state-dir", str(state), "--json")
     data = json.loads(out.stdout)
     assert set(data) >= {"config", "sync", "age_seconds", "drift"}
     assert data["sync"]["applied_revision"] == good and data["sync"]["attempted_revision"] == bad
     assert data["drift"] == {"drifted": True, "reason": "rejected"}
     assert data["config"]["revision"] == good and data["config"]["pack"]["version"] == "1.0.0"
-    human = kt("sync", "status", "--state-dir", str(state))
+    human = run_kt("sync", "status", "--state-dir", str(state))
     assert human.returncode == 0 and "drifted: rejected" in human.stdout and "E001" in human.stdout
-    missing = kt("sync", "status", "--state-dir", str(tmp_path / "nothing"))
+    missing = run_kt("sync", "status", "--state-dir", str(tmp_path / "nothing"))
     assert missing.returncode == 1 and "no sync status" in missing.stderr
-    usage = kt("sync", "run", "--repo", upstream.url, "--state-dir", str(state), "--path", "../etc/passwd", "--once")
+    usage = run_kt("sync", "run", "--repo", upstream.url, "--state-dir", str(state), "--path", "../etc/passwd",
+                   "--once")
     assert usage.returncode == 1 and "relative" in usage.stderr and "Traceback" not in usage.stderr
 
 
 def test_max_failures_exits_non_zero(tmp_path):
     state = tmp_path / "state"
-    proc = subprocess.run([*KT, "sync", "run", "--repo", str(tmp_path / "missing.git"), "--state-dir", str(state),
-                           "--interval", "0.05", "--max-failures", "2"], capture_output=True, text=True, timeout=60)
+    proc = run_kt("sync", "run", "--repo", str(tmp_path / "missing.git"), "--state-dir", str(state),
+                  "--interval", "0.05", "--max-failures", "2")
     assert proc.returncode == 1 and "giving up after 2" in proc.stderr
     assert read_status(state)["consecutive_failures"] == 2 and not (state / "current").exists()
 
@@ -140,7 +138,7 @@ def test_kill9_leaves_old_or_new_never_a_mix(upstream, tmp_path, point):
     upstream.commit(tree(1))
     state = tmp_path / "state"
     once = ["sync", "run", "--repo", upstream.url, "--path", "conf", "--state-dir", str(state), "--once"]
-    assert kt(*once).returncode == 0
+    assert run_kt(*once).returncode == 0
     committed = {upstream.head()}
     for v in (2, 3):
         head = upstream.commit(tree(v))
@@ -151,7 +149,7 @@ def test_kill9_leaves_old_or_new_never_a_mix(upstream, tmp_path, point):
         proc.wait()
         assert len(versions(state)) == 1  # one version across all files: never a mix
         assert current_dir(state).name in committed
-        rerun = kt(*once)
+        rerun = run_kt(*once)
         assert rerun.returncode == 0, rerun.stderr
         assert applied(state) == head
         assert versions(state) == {f"pack: {{name: sync-test, version: {v}.0.0, enabled: true}}"}
@@ -162,32 +160,32 @@ def test_kill9_leaves_old_or_new_never_a_mix(upstream, tmp_path, point):
 def test_full_state_dir_keeps_the_old_revision(upstream, tmp_path):
     state = tmp_path / "state"
     args = ["sync", "run", "--repo", upstream.url, "--state-dir", str(state), "--once"]
-    assert kt(*args).returncode == 0
+    assert run_kt(*args).returncode == 0
     before = os.readlink(state / "current")
     upstream.commit({CFG: config_yaml("2.0.0") + "#" * 9000 + "\n"})  # compresses to a small git object
 
     def small_disk() -> None:  # files may not grow past 8 KB: git's small objects fit, the exported config does not
         resource.setrlimit(resource.RLIMIT_FSIZE, (8000, 8000))
 
-    full = kt(*args, preexec_fn=small_disk)
+    full = run_kt(*args, preexec_fn=small_disk)
     assert full.returncode == 1 and "cannot write the state directory" in full.stderr, full.stderr
     assert os.readlink(state / "current") == before and "1.0.0" in (state / "current" / CFG).read_text()
     assert not [p for p in (state / "revisions").iterdir() if p.name.startswith(".tmp-")]
     st = read_status(state)
     assert st["error_kind"] == "publish" and st["applied_revision"] != upstream.head()
-    assert kt(*args).returncode == 0 and applied(state) == upstream.head()
+    assert run_kt(*args).returncode == 0 and applied(state) == upstream.head()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
 def test_read_only_state_dir_keeps_the_old_revision(upstream, tmp_path):
     state = tmp_path / "state"
     args = ["sync", "run", "--repo", upstream.url, "--state-dir", str(state), "--once"]
-    assert kt(*args).returncode == 0
+    assert run_kt(*args).returncode == 0
     before = os.readlink(state / "current")
     upstream.commit({CFG: config_yaml("2.0.0")})
     (state / "revisions").chmod(0o555)
     try:
-        assert kt(*args).returncode == 1
+        assert run_kt(*args).returncode == 1
         assert os.readlink(state / "current") == before
     finally:
         (state / "revisions").chmod(0o755)

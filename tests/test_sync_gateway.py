@@ -6,8 +6,6 @@ import hashlib
 import hmac
 import json
 import signal
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.gitserve import CFG, Upstream, config_yaml
+from tests.kt_process import run_kt
 from tests.waiting import wait_for
 
 SECRET = "gateway-hook-secret"
@@ -65,8 +64,7 @@ def test_merge_reaches_the_gateway_by_webhook_and_is_enforced(upstream, tmp_path
         assert gw.chat_status("hello") == 200
         status = gw.status()
         assert status["sync"]["applied_revision"] == sha and status["drift"] == {"drifted": False, "reason": None}
-        cli = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--gateway", gw.url, "--json"],
-                             capture_output=True, text=True, timeout=60)
+        cli = run_kt("sync", "status", "--gateway", gw.url, "--json")
         assert cli.returncode == 0 and json.loads(cli.stdout)["config"]["revision"] == sha
         bad_sig = urllib.request.Request(gw.url + "/keeptrusts/sync/webhook", data=b"{}",
                                          headers={"X-Hub-Signature-256": "sha256=" + "0" * 64})

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from sync.agent import SyncAgent, SyncSettings
 from sync.repo import Remote, check_ref_name
 from sync.status import read_status
 from tests.gitserve import CFG, GitDaemon, GitHttpServer, config_yaml, git
+from tests.kt_process import run_kt
 from tests.syncing import served
 from tests.test_sync_gateway import Gateway, dlp_config
 from tests.waiting import wait_for
@@ -110,17 +109,15 @@ def test_kt_sync_run_takes_ref_branch_alias_and_env(upstream, tmp_path, how):
     pinned = upstream.head()
     upstream.commit({CFG: config_yaml("2.0.0")}, "second")
     env = dict(os.environ)
-    args = [sys.executable, "-m", "kt", "sync", "run", "--once", "--repo", upstream.url, "--path", CFG,
-            "--state-dir", str(tmp_path / "state")]
+    args = ["sync", "run", "--once", "--repo", upstream.url, "--path", CFG, "--state-dir", str(tmp_path / "state")]
     if how == "env":
         env["KEEPTRUSTS_GIT_REF"] = pinned
     else:
         args += [how, pinned]
-    out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+    out = run_kt(*args, env=env)
     assert out.returncode == 0, out.stderr
     assert read_status(tmp_path / "state")["applied_revision"] == pinned
-    status = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--state-dir", str(tmp_path / "state")],
-                            capture_output=True, text=True, timeout=60)
+    status = run_kt("sync", "status", "--state-dir", str(tmp_path / "state"))
     assert f"commit {pinned}" in status.stdout
 
 

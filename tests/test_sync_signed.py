@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from sync.repo import Remote
 from sync.signature import SignersError, TrustedSigners
 from sync.status import read_status, report
 from tests.gitserve import CFG, GitDaemon, Upstream, config_yaml, git
+from tests.kt_process import run_kt
 from tests.signing import GpgKey, SshKey, disabled, unsigned
 from tests.syncing import served
 
@@ -221,28 +221,23 @@ def test_cli_flags_env_and_startup_errors(upstream, alice, tmp_path):
     signers.write_text(alice.allowed_signers_line())
     unsigned(upstream)
     upstream.commit({CFG: config_yaml("1.0.0")}, "unsigned")
-    base = [sys.executable, "-m", "kt", "sync", "run", "--once", "--repo", upstream.url, "--path", CFG]
+    base = ["sync", "run", "--once", "--repo", upstream.url, "--path", CFG]
     env = {**os.environ, "KEEPTRUSTS_GIT_VERIFY_SIGNERS": str(signers)}
-    out = subprocess.run([*base, "--state-dir", str(tmp_path / "a")], capture_output=True, text=True, timeout=60,
-                         env=env)
+    out = run_kt(*base, "--state-dir", str(tmp_path / "a"), env=env)
     assert out.returncode == 1 and "E120" in out.stderr and "is not signed" in out.stderr
-    status = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--state-dir", str(tmp_path / "a")],
-                            capture_output=True, text=True, timeout=60)
+    status = run_kt("sync", "status", "--state-dir", str(tmp_path / "a"))
     assert "verified: ssh keys" in status.stdout and "E120" in status.stdout and "not signed" in status.stdout
-    as_json = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--state-dir", str(tmp_path / "a"),
-                              "--json"], capture_output=True, text=True, timeout=60)
+    as_json = run_kt("sync", "status", "--state-dir", str(tmp_path / "a"), "--json")
     sync = json.loads(as_json.stdout)["sync"]
     assert sync["verify_signers"] == {"enabled": True, "format": "ssh", "file": str(signers), "keys": 1}
     assert sync["applied_signer"] is None and sync["findings"][0]["code"] == "E120"
     bad = tmp_path / "bad"
     bad.write_text("not a key\n")
     for flag in ("--verify-signers", "--git-verify-signers"):
-        out = subprocess.run([*base, "--state-dir", str(tmp_path / "b"), flag, str(bad)], capture_output=True,
-                             text=True, timeout=60)
+        out = run_kt(*base, "--state-dir", str(tmp_path / "b"), flag, str(bad))
         assert out.returncode == 1 and "neither an SSH allowed_signers file" in out.stderr, out.stderr
-    gw = subprocess.run([sys.executable, "-m", "kt", "gateway", "run", "--git-repo", upstream.url,
-                         "--state-dir", str(tmp_path / "c"), "--listen", "127.0.0.1:0",
-                         "--git-verify-signers", str(bad)], capture_output=True, text=True, timeout=60)
+    gw = run_kt("gateway", "run", "--git-repo", upstream.url, "--state-dir", str(tmp_path / "c"),
+                "--listen", "127.0.0.1:0", "--git-verify-signers", str(bad))
     assert gw.returncode == 1 and "--git-verify-signers" in gw.stderr and "neither" in gw.stderr
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from sync.credentials import Credentials, mask_url, split_url
 from sync.repo import Remote
 from sync.status import read_status, report
 from tests.gitserve import CFG, GitDaemon, GitHttpServer, HangingServer, config_yaml
+from tests.kt_process import run_kt
 
 TOKEN = "s3cr3t-token-value"
 
@@ -112,8 +111,7 @@ def test_password_with_a_raw_at_is_masked_whole_in_status_and_cli(upstream, tmp_
         assert read_status(state)["repo"] == masked
         assert report(state, time.time())["sync"]["repo"] == masked
         for args in ([], ["--json"]):
-            out = subprocess.run([sys.executable, "-m", "kt", "sync", "status", "--state-dir", str(state), *args],
-                                 capture_output=True, text=True, timeout=60)
+            out = run_kt("sync", "status", "--state-dir", str(state), *args)
             assert out.returncode == 0, out.stderr
             assert "ss%word" not in out.stdout and "p@ss" not in out.stdout and "***@127.0.0.1" in out.stdout
     finally:
