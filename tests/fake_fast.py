@@ -9,20 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from tests.fake_wire import (
-    ApiError,
-    Reply,
-    anthropic_error,
-    anthropic_events,
-    anthropic_message,
-    check_anthropic,
-    check_openai_chat,
-    fake_directive,
-    include_usage,
-    openai_completion,
-    openai_error,
-    openai_events,
-)
+from tests import fake_wire as wire
 
 if TYPE_CHECKING:
     from tests.fake_upstream import FakeUpstream
@@ -72,21 +59,23 @@ class FastProtocol(asyncio.Protocol):
                 self.send(200, orjson.dumps({"object": "list", "data": data}))
                 return
             if method != "POST" or path not in ("/v1/chat/completions", "/v1/messages"):
-                raise ApiError(404, f"Invalid URL ({method} {path})")
-            body = check_anthropic(body, "anthropic-version" in headers) if anthropic else check_openai_chat(body)
-        except ApiError as err:
-            self.send(err.status, orjson.dumps(anthropic_error(err) if anthropic else openai_error(err)))
+                raise wire.ApiError(404, f"Invalid URL ({method} {path})")
+            body = (wire.check_anthropic(body, "anthropic-version" in headers) if anthropic
+                    else wire.check_openai_chat(body))
+        except wire.ApiError as err:
+            self.send(err.status, orjson.dumps(wire.anthropic_error(err) if anthropic else wire.openai_error(err)))
             return
-        directive = fake_directive(body)
-        reply = Reply.from_dict(directive) if directive else self.fake.default
+        directive = wire.fake_directive(body)
+        reply = wire.Reply.from_dict(directive) if directive else self.fake.default
         if reply.text is None:
             reply = replace(reply, text=self.fake.default.text or "")
         if anthropic:
-            message = anthropic_message(body, reply)
-            events = anthropic_events(message, reply.chunks) if body.get("stream") is True else None
+            message = wire.anthropic_message(body, reply)
+            events = wire.anthropic_events(message, reply.chunks) if body.get("stream") is True else None
         else:
-            message = openai_completion(body, reply)
-            events = openai_events(message, reply.chunks, include_usage(body)) if body.get("stream") is True else None
+            message = wire.openai_completion(body, reply)
+            stream = body.get("stream") is True
+            events = wire.openai_events(message, reply.chunks, wire.include_usage(body)) if stream else None
         if events is None and not reply.first_byte_delay:
             self.send(200, orjson.dumps(message))
         else:
@@ -99,7 +88,7 @@ class FastProtocol(asyncio.Protocol):
         self.transport.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                              % (status, reason, len(body), body))
 
-    async def send_slowly(self, message: dict[str, Any], events: list[bytes] | None, reply: Reply) -> None:
+    async def send_slowly(self, message: dict[str, Any], events: list[bytes] | None, reply: wire.Reply) -> None:
         if reply.first_byte_delay:
             await asyncio.sleep(reply.first_byte_delay)
         if events is None:

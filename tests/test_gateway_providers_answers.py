@@ -23,6 +23,7 @@ import pytest
 
 from gateway.providers.scrub import scrub
 from gateway.providers.sse import SSEError, SSEParser
+from tests.fake_wire import sse
 from tests.gateway_harness import GatewayThread, write_config
 from tests.raw_upstream import RawConn, RawRequest, RawUpstream
 from tests.waiting import wait_for
@@ -90,8 +91,9 @@ def messages_error(gw: GatewayThread) -> anthropic.APIStatusError:
     return err.value
 
 
-def sse(*events: Any) -> bytes:
-    return b"".join(b"data: " + (e if isinstance(e, bytes) else orjson.dumps(e)) + b"\n\n" for e in events)
+def sse_body(*events: Any) -> bytes:
+    """A stream body of `events` (JSON objects, or bytes as they are)."""
+    return b"".join(map(sse, events))
 
 
 def stored_events(gw: GatewayThread) -> str:
@@ -159,13 +161,12 @@ def test_a_stream_error_event_echoing_the_key_is_scrubbed(serve: Any, provider: 
         if provider == "openai":
             chunk = {"id": "c", "object": "chat.completion.chunk", "model": "m",
                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": "partial "}}]}
-            body = sse(chunk, {"error": {"message": f"upstream broke, key {SECRET}"}})
+            body = sse_body(chunk, {"error": {"message": f"upstream broke, key {SECRET}"}})
         else:
             start = {"type": "message_start", "message": {"id": "msg_1", "model": "m", "usage": {"input_tokens": 1}}}
             delta = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "partial "}}
             error = {"type": "error", "error": {"type": "api_error", "message": f"overloaded, x-api-key {SECRET}"}}
-            body = b"".join(b"event: %s\ndata: %s\n\n" % (e["type"].encode(), orjson.dumps(e))
-                            for e in (start, delta, error))
+            body = b"".join(sse(e, e["type"]) for e in (start, delta, error))
         return conn.send_response(body, headers={"Content-Type": "text/event-stream"})
 
     gw, _ = serve(respond, provider=provider)
@@ -237,7 +238,7 @@ def test_an_answer_that_cannot_be_reencoded_is_a_502(serve: Any, test_kinds: Non
     assert chat_error(gw).status_code == 502
     chunk = (b'{"id": "c", "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}], '
              + DEEP_FIELD + b"}")
-    gw, _ = serve(lambda req, conn: conn.send_response(sse(chunk, b"[DONE]"),
+    gw, _ = serve(lambda req, conn: conn.send_response(sse_body(chunk, b"[DONE]"),
                                                        headers={"Content-Type": "text/event-stream"}))
     assert chat_error(gw, stream=True).status_code == 502
     image = {"choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -286,7 +287,7 @@ def test_an_unusable_retry_after_on_a_429_is_a_429_with_a_finite_retry_after(ser
     [1, 2],
 ])
 def test_a_junk_stream_chunk_is_a_502(serve: Any, chunk: Any) -> None:
-    gw, _ = serve(lambda req, conn: conn.send_response(sse(chunk, b"[DONE]"),
+    gw, _ = serve(lambda req, conn: conn.send_response(sse_body(chunk, b"[DONE]"),
                                                        headers={"Content-Type": "text/event-stream"}))
     err = chat_error(gw, stream=True)
     assert err.status_code == 502 and err.body["type"] == "upstream_error"

@@ -15,9 +15,9 @@ from typing import Any
 
 import anthropic
 import openai
-import orjson
 import pytest
 
+from tests.fake_wire import sse
 from tests.gateway_harness import GatewayThread, write_config
 from tests.raw_upstream import RawConn, RawRequest, RawUpstream
 from tests.waiting import wait_for
@@ -148,7 +148,7 @@ def test_a_client_that_leaves_mid_stream_closes_the_upstream_stream(serve: Any) 
     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
              "choices": [{"index": 0, "delta": {"role": "assistant", "content": "first words"}}]}
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-    event = b"data: " + orjson.dumps(chunk) + b"\n\n"
+    event = sse(chunk)
     gw, up = serve(holding(head + b"%x\r\n%s\r\n" % (len(event), event)))
     stream = oai(gw).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, stream=True)
     first = next(iter(stream))
