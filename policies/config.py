@@ -25,6 +25,8 @@ from policies.state import PolicyState
 
 @dataclass(frozen=True, slots=True)
 class Pack:
+    """The config's `pack:` block: what it is (shown in status and events) and its kill switch."""
+
     name: str
     version: str
     enabled: bool
