@@ -189,3 +189,47 @@ def test_read_only_state_dir_keeps_the_old_revision(upstream, tmp_path):
         assert os.readlink(state / "current") == before
     finally:
         (state / "revisions").chmod(0o755)
+
+
+@pytest.fixture
+def admin_answer():
+    """A loopback HTTP server that answers every GET with the (status, body) put in `answer`."""
+    import http.server
+    import threading
+
+    answer: dict = {"status": 200, "body": b"{}"}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(answer["status"])
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer["body"])))
+            self.end_headers()
+            self.wfile.write(answer["body"])
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    answer["url"] = f"http://127.0.0.1:{server.server_address[1]}"
+    yield answer
+    server.shutdown()
+    server.server_close()
+
+
+def test_status_from_a_gateway_says_what_to_fix(admin_answer):
+    url = admin_answer["url"]
+    admin_answer.update(status=401, body=b'{"error": {"message": "bad token"}}')
+    r = kt("sync", "status", "--gateway", url)
+    assert r.returncode == 1 and f"{url} refused the admin token: set KEEPTRUSTS_ADMIN_TOKEN" in r.stderr
+    admin_answer.update(status=503, body=b'{"error": {"type": "unavailable", "message": "no config loaded"}}')
+    r = kt("sync", "status", "--gateway", url)
+    assert r.returncode == 1 and f"{url} answered 503: no config loaded" in r.stderr
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    r = kt("sync", "status", "--gateway", closed)
+    assert r.returncode == 1 and f"cannot reach the gateway at {closed} (" in r.stderr
+    assert "is `kt gateway run` up?" in r.stderr and "Traceback" not in r.stderr

@@ -8,13 +8,13 @@ import os
 import signal
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 import click
+
+from kt.admin_api import get_json
 
 DEFAULT_GATEWAY = "http://127.0.0.1:41002"
 Fetch = Callable[[dict[str, Any]], list[dict[str, Any]]]
@@ -23,25 +23,7 @@ _COLUMNS = (("TIME", 20), ("ID", 36), ("VERDICT", 9), ("REASON", 28), ("MODEL", 
 
 def _get_json(url: str, token: str | None, path: str) -> Any:
     """GET `path` of the gateway at `url` (with the admin token) as JSON; a clear error otherwise."""
-    request = urllib.request.Request(f"{url.rstrip('/')}{path}")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 401:
-            raise click.ClickException(f"{url} refused the admin token: set KEEPTRUSTS_ADMIN_TOKEN") from None
-        try:
-            message = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = exc.reason
-        raise click.ClickException(f"{url} answered {exc.code}: {message}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise click.ClickException(
-            f"cannot reach the gateway at {url} ({reason}); is `kt gateway run` up? (or read a store with --db)"
-        ) from None
+    return get_json(url, path, token, 30, "; is `kt gateway run` up? (or read a store with --db)")
 
 
 def _gateway_fetch(url: str, token: str | None) -> Fetch:

@@ -171,20 +171,10 @@ def status(state_dir: str, gateway: str | None, as_json: bool) -> None:
 
 
 def _gateway_status(url: str) -> dict:
-    import urllib.error
-    import urllib.request
+    from kt.admin_api import get_json
 
-    req = urllib.request.Request(url.rstrip("/") + "/keeptrusts/status")
-    token = os.environ.get("KEEPTRUSTS_ADMIN_TOKEN")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        raise click.ClickException(f"{url} answered HTTP {exc.code} for /keeptrusts/status") from exc
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise click.ClickException(f"cannot read status from {url}: {exc}") from exc
+    return get_json(url, "/keeptrusts/status", os.environ.get("KEEPTRUSTS_ADMIN_TOKEN"), 10,
+                    "; is `kt gateway run` up?")
 
 
 def _ago(age: float | None) -> str:
