@@ -254,6 +254,12 @@ def http_get(url: str, path: str, timeout: float, token: str | None = None) -> t
         return status, body.decode("utf-8", "replace")
 
 
+def _health_part(url: str, key: str, timeout: float) -> Any:
+    """The `key` part of the gateway's `GET /health` JSON (None when absent). Raises OSError on network failure."""
+    _, health = http_get(url, "/health", timeout)
+    return health.get(key) if isinstance(health, dict) else None
+
+
 def _unreachable(name: str, url: str, exc: OSError, fix: str) -> list[Check]:
     reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
     return _fail(name, f"{mask_url(url)} unreachable: {reason}", fix)
@@ -323,11 +329,10 @@ def gateway_events_check(url: str, timeout: float) -> list[Check]:
     """Event pipeline of a running gateway: store errors, backlog, submission failures."""
     name = "event pipeline"
     try:
-        _, health = http_get(url, "/health", timeout)
+        events = _health_part(url, "events", timeout) or {}
         _, metrics = http_get(url, "/metrics", timeout)
     except OSError as exc:
         return _unreachable(name, url, exc, SEE_LIVENESS)
-    events = health.get("events") or {} if isinstance(health, dict) else {}
     failures = _metric(metrics, "keeptrusts_events_submission_failures_total")
     backlog = events.get("pending_submission")
     detail = f"memory queue {events.get('queue', 0)}, dropped {events.get('dropped', 0)}"
@@ -352,10 +357,9 @@ def gateway_providers_check(url: str, timeout: float) -> list[Check]:
     cannot resolve its secret."""
     name = "gateway providers"
     try:
-        _, health = http_get(url, "/health", timeout)
+        providers = _health_part(url, "providers", timeout)
     except OSError as exc:
         return _unreachable(name, url, exc, SEE_LIVENESS)
-    providers = health.get("providers") if isinstance(health, dict) else None
     if not providers:
         return [Check(name, "skip", "no targets reported (no config loaded)")]
     down = []
@@ -379,10 +383,9 @@ def gateway_state_check(url: str, timeout: float) -> list[Check]:
     """The running gateway's counter store (`/health` "state"): Redis unreachable is a failure."""
     name = "counter store"
     try:
-        _, health = http_get(url, "/health", timeout)
+        state = _health_part(url, "state", timeout)
     except OSError as exc:
         return _unreachable(name, url, exc, SEE_LIVENESS)
-    state = health.get("state") if isinstance(health, dict) else None
     if not isinstance(state, dict):
         return [Check(name, "skip", "not reported by this gateway")]
     where = state.get("url") or state.get("path") or "in memory"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,13 @@ def _has_module(name: str) -> bool:
         return False
 
 
+def _cap_option(flag: str, envvar: str, default: str, text: str) -> Callable[[Any], Any]:
+    """A count limit (at least 1, also read from `envvar`) whose `default` the gateway works out when it
+    starts (None here), shown in the help as click shows a default."""
+    return click.option(flag, type=click.IntRange(min=1), default=None, envvar=envvar,
+                        help=f"{text} [default: {default}]")
+
+
 @gateway.command(name="run")
 @click.option("--policy-config", "--config", "policy_config", type=click.Path(dir_okay=False),
               help="Policy config file (policy-config.yaml); required unless --git-repo is given.")
@@ -96,17 +104,14 @@ def _has_module(name: str) -> bool:
               envvar="KEEPTRUSTS_GATEWAY_CLIENT_TIMEOUT",
               help="Longest silence (s) of a client sending a request head or body, or not reading its "
                    "answer; past it the connection closes (408 when an answer can still be sent).")
-@click.option("--max-connections", type=click.IntRange(min=1), default=None,
-              envvar="KEEPTRUSTS_GATEWAY_MAX_CONNECTIONS",
-              help="Client connections at once; past it a new one gets 503 and is closed. "
-                   "[default: (open-file limit - 128) / 2]")
+@_cap_option("--max-connections", "KEEPTRUSTS_GATEWAY_MAX_CONNECTIONS", "(open-file limit - 128) / 2",
+             "Client connections at once; past it a new one gets 503 and is closed.")
 @click.option("--workers", default="1", show_default=True, envvar="KEEPTRUSTS_GATEWAY_WORKERS", metavar="N|auto",
               help="Worker processes serving one port; auto = the CPUs this process may use. With more than one "
                    "a supervisor binds the socket, restarts workers that die and runs the one sync agent.")
-@click.option("--max-concurrency", type=click.IntRange(min=1), default=None,
-              envvar="KEEPTRUSTS_GATEWAY_MAX_CONCURRENCY",
-              help="Proxied requests in flight at once (per worker); past it 503 overloaded with Retry-After, "
-                   "at once (never queued). Health and admin routes are never refused. [default: 1000]")
+@_cap_option("--max-concurrency", "KEEPTRUSTS_GATEWAY_MAX_CONCURRENCY", "1000",
+             "Proxied requests in flight at once (per worker); past it 503 overloaded with Retry-After, "
+             "at once (never queued). Health and admin routes are never refused.")
 @click.option("--keys-file", type=click.Path(dir_okay=False), default=None,
               help="Gateway keys: lines of '<sha256 hex> <label>'. Without it the gateway is open.")
 @click.option("--upstream-connect-timeout", type=click.FloatRange(min=0.01), default=5.0, show_default=True,
