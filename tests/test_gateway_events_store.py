@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import openai
@@ -238,3 +239,14 @@ def test_retention_comes_from_audit_logger(tmp_path):
     path.write_text(no_audit)
     assert retention_days(Runtime(snapshot=load_snapshot(path))) == 365
     assert retention_days(Runtime()) == 365
+
+
+def test_closing_a_store_twice_closes_no_file_of_someone_else(tmp_path):
+    store = EventStore(tmp_path / "events.db")
+    store.close()
+    other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT)  # may take the lock's old number
+    try:
+        store.close()
+        os.fstat(other)  # still open
+    finally:
+        os.close(other)

@@ -64,7 +64,11 @@ class WriterLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Release the file; a second call does nothing (closing the number twice could close a
+        file or socket opened since under the same number)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
 
 def is_disk_full(exc: BaseException) -> bool:

@@ -366,10 +366,12 @@ class EventStore:
         return sorted(name for (name,) in rows if isinstance(name, str))
 
     def close(self) -> None:
+        """Close the store's connections and its writer lock; a second call does nothing."""
         with self._lock:
             self._db.close()
             if self._writer is not None:
                 self._writer.close()
+                self._writer = None
 
 
 def _event_json(body: bytes) -> str:
