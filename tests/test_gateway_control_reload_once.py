@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,15 +52,14 @@ def compiles(monkeypatch: pytest.MonkeyPatch) -> Compiles:
 
 
 @pytest.fixture
-def gateway(upstream: Upstream, tmp_path: Path) -> Iterator[GatewayThread]:
+def gateway(upstream: Upstream, tmp_path: Path, start_gateway: Callable[..., GatewayThread]) -> GatewayThread:
     """A gateway with its embedded agent (`kt gateway run --git-repo`), serving the first commit."""
     from gateway.control.gitsync import EmbeddedSync
 
     sync = EmbeddedSync(SyncSettings(Remote(upstream.url), tmp_path / "state", CFG), interval=3600)
-    gw = GatewayThread(None, sync=sync, state_dir=tmp_path / "gw").start()
+    gw = start_gateway(None, sync=sync, state_dir=tmp_path / "gw")
     wait_for(lambda: served(gw) == upstream.head(), timeout=30)
-    yield gw
-    gw.stop()
+    return gw
 
 
 def served(gw: GatewayThread) -> str | None:
