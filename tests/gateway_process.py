@@ -16,6 +16,7 @@ from typing import Any
 
 import openai
 
+from tests.gitserve import push_signature
 from tests.kt_process import clean_env
 from tests.ports import free_port
 from tests.waiting import WaitTimeout, wait_for
@@ -92,6 +93,17 @@ class GatewayProcess:
         status, headers, body = self.request("GET", path, **kw)
         is_json = headers.get("Content-Type", "").startswith("application/json")
         return status, json.loads(body) if is_json else body.decode()
+
+    def push_webhook(self, secret: str | bytes, payload: dict[str, Any] | None = None,
+                     event: str | None = None) -> int:
+        """POST a GitHub push webhook (default payload: a push to main) signed with `secret`, with
+        `X-GitHub-Event: <event>` when given; its status."""
+        payload = payload if payload is not None else {"ref": "refs/heads/main"}
+        key = secret.encode() if isinstance(secret, str) else secret
+        headers = {"X-Hub-Signature-256": push_signature(key, json.dumps(payload).encode())}
+        if event:
+            headers["X-GitHub-Event"] = event
+        return self.request("POST", "/keeptrusts/sync/webhook", payload, headers, admin=False)[0]
 
     def chat(self, text: str) -> tuple[int, Message, bytes]:
         return self.request("POST", "/v1/chat/completions",

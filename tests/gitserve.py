@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
 import socket
 import subprocess
@@ -33,6 +35,11 @@ def git(*args: str, cwd: Path | None = None) -> str:
 
 
 CFG = "policy-config.yaml"  # where the policy config sits in the test repositories
+
+
+def push_signature(secret: bytes, body: bytes) -> str:
+    """What GitHub sends in `X-Hub-Signature-256` for a webhook `body` signed with `secret`."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 def config_yaml(version: str = "1.0.0", chain: Iterable[str] = ("audit-logger",), name: str = "sync-test") -> str:

@@ -121,9 +121,6 @@ def test_workers_auto_and_invalid(tmp_path: Path) -> None:
 
 
 def test_git_repo_with_workers_one_agent_and_the_webhook_reaches_it(tmp_path: Path, gateway_process) -> None:
-    import hashlib
-    import hmac
-    import urllib.request
 
     from tests.gitserve import Upstream, config_yaml
 
@@ -132,7 +129,6 @@ def test_git_repo_with_workers_one_agent_and_the_webhook_reaches_it(tmp_path: Pa
     secret = b"hook-secret"
     gw = gateway_process(None, "--git-repo", up.url, "--sync-interval", "3600", "--workers", "2",
                          env={"KEEPTRUSTS_WEBHOOK_SECRET": secret.decode()}, wait=False)
-    url = gw.url
 
     def health() -> dict:
         try:
@@ -148,12 +144,7 @@ def test_git_repo_with_workers_one_agent_and_the_webhook_reaches_it(tmp_path: Pa
         wait_for(lambda: len(versions()) == 1 and "" not in versions() and len(health()["workers"]) == 2,
                  timeout=30, message=gw.logs())
         sha = up.commit({"policy-config.yaml": config_yaml("2.0.0")})
-        body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
-        request = urllib.request.Request(url + "/keeptrusts/sync/webhook", data=body, method="POST", headers={
-            "X-Hub-Signature-256": "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest(),
-            "X-GitHub-Event": "push", "Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            assert resp.status == 202
+        assert gw.push_webhook(secret, {"ref": "refs/heads/main", "after": sha}, event="push") == 202
         wait_for(lambda: versions() == {sha}, timeout=30)  # every worker on the commit the one agent published
         assert gw.logs().count("AgentLocked") == 0
     finally:

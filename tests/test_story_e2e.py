@@ -11,8 +11,6 @@ The only fake is the LLM provider: the config uses the built-in `mock` provider.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.client
 import json
 import os
@@ -70,15 +68,6 @@ class Gateway(GatewayProcess):
     def status(self) -> dict:
         return self.admin("/keeptrusts/status")
 
-    def webhook(self) -> None:
-        """What GitHub sends on a push: a hint to fetch now (the agent still polls)."""
-        body = json.dumps({"ref": "refs/heads/main"}).encode()
-        sig = "sha256=" + hmac.new(WEBHOOK.encode(), body, hashlib.sha256).hexdigest()
-        req = urllib.request.Request(self.url + "/keeptrusts/sync/webhook", data=body, method="POST", headers={
-            "Content-Type": "application/json", "X-GitHub-Event": "push", "X-Hub-Signature-256": sig})
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            assert resp.status in (200, 202, 204)
-
     def ask(self, text: str) -> tuple[str, str]:
         """(outcome, revision that served it): outcome 'allowed' or 'blocked'."""
         client = openai.OpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=10)
@@ -126,7 +115,7 @@ def story(tmp_path: Path) -> Iterator[tuple[Upstream, list[Gateway]]]:
 
 def converge(gateways: list[Gateway], predicate, what: str) -> None:
     for gw in gateways:
-        gw.webhook()
+        assert gw.push_webhook(WEBHOOK, event="push") in (200, 202, 204)  # a hint to fetch now
     for gw in gateways:
         wait_for(lambda gw=gw: predicate(gw.status()), timeout=SYNC_WAIT, interval=0.05,
                  message=f"{gw.url}: {what}")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import signal
 import urllib.error
@@ -39,15 +37,6 @@ class Gateway(GatewayProcess):
                          "--log-format", "text", *extra, env={"KEEPTRUSTS_ADMIN_TOKEN": ""}, ready="/healthz",
                          timeout=30)
 
-    def webhook(self, body: bytes = b'{"ref": "refs/heads/main"}') -> int:
-        sig = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        req = urllib.request.Request(self.url + "/keeptrusts/sync/webhook", data=body,
-                                     headers={"X-Hub-Signature-256": sig, "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                return resp.status
-        except urllib.error.HTTPError as exc:
-            return exc.code
 
 
 
@@ -58,7 +47,7 @@ def test_merge_reaches_the_gateway_by_webhook_and_is_enforced(upstream, tmp_path
         assert gw.get("/readyz")[0] == 200
         assert gw.chat_status("status of project-bluebird?") == 200
         sha = upstream.commit({CFG: dlp_config("2.0.0")}, "block bluebird")
-        assert gw.webhook() == 202
+        assert gw.push_webhook(SECRET) == 202
         wait_for(lambda: gw.revision() == sha, timeout=30, message="webhook merge did not reach the gateway")
         assert gw.chat_status("status of project-bluebird?") == 409
         assert gw.chat_status("hello") == 200
@@ -130,7 +119,7 @@ def test_hand_edited_revision_is_refused_and_restored_while_the_head_is_refused(
         wait_for(lambda: gw.revision() == good, timeout=30)
         assert gw.chat_status("status of project-bluebird?") == 409
         upstream.commit({CFG: "pack: {name: broken"}, "bad")
-        assert gw.webhook() == 202
+        assert gw.push_webhook(SECRET) == 202
         wait_for(lambda: gw.status()["drift"]["reason"] == "rejected", timeout=30)
         (state / "revisions" / good / CFG).write_text(config_yaml("6.6.6", name="by-hand"))  # no dlp-filter
         wait_for(lambda: (gw.status().get("reload") or {}).get("last_result") == "error", timeout=15,
@@ -140,7 +129,7 @@ def test_hand_edited_revision_is_refused_and_restored_while_the_head_is_refused(
         assert status["drift"] == {"drifted": True, "reason": "modified"}
         assert status["config"]["revision"] == good and status["config"]["pack"]["version"] == "1.0.0"
         assert gw.chat_status("status of project-bluebird?") == 409
-        assert gw.webhook() == 202  # the next run: head still refused, publication restored
+        assert gw.push_webhook(SECRET) == 202  # the next run: head still refused, publication restored
         wait_for(lambda: gw.status()["drift"]["reason"] == "rejected", timeout=30)
         wait_for(lambda: (gw.status().get("reload") or {}).get("last_result") != "error", timeout=15)
         assert "version: 1.0.0" in (state / "current" / CFG).read_text()

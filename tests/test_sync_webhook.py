@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import threading
 import time
@@ -23,7 +21,7 @@ from gateway.control.gitsync import WEBHOOK_PATH, EmbeddedSync, webhook_routes
 from sync.agent import SyncSettings
 from sync.repo import Remote
 from sync.status import read_status
-from tests.gitserve import CFG, GitHttpServer, Upstream, config_yaml
+from tests.gitserve import CFG, GitHttpServer, Upstream, config_yaml, push_signature
 from tests.waiting import wait_for
 
 SECRET = b"webhook-secret"
@@ -73,9 +71,8 @@ def env(tmp_path: Path):
 
 
 def github(body: bytes, secret: bytes = SECRET, delivery: str | None = None) -> dict[str, str]:
-    sig = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return {"X-Hub-Signature-256": sig, "X-GitHub-Event": "push", "Content-Type": "application/json",
-            "X-GitHub-Delivery": delivery or str(uuid.uuid4())}
+    return {"X-Hub-Signature-256": push_signature(secret, body), "X-GitHub-Event": "push",
+            "Content-Type": "application/json", "X-GitHub-Delivery": delivery or str(uuid.uuid4())}
 
 
 def no_sync_due(sync: EmbeddedSync) -> bool:
