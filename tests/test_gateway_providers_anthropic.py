@@ -772,108 +772,26 @@ def test_anthropic_stream_error_event_becomes_openai_error():
     assert translator.close() == []
 
 
+CHUNK_HEAD = {"id": "chatcmpl-Q", "object": "chat.completion.chunk", "created": 1, "model": "gpt-x"}
+
+
+def openai_chunk(delta: dict, finish_reason: str | None = None) -> dict:
+    """A chunk of the test stream: one choice (index 0) carrying `delta`."""
+    return {**CHUNK_HEAD, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
 OPENAI_CHUNKS = [
-    {
-        "id": "chatcmpl-Q",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-    },
-    {
-        "id": "chatcmpl-Q",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [{"index": 0, "delta": {"content": "Hi "}, "finish_reason": None}],
-    },
-    {
-        "id": "chatcmpl-Q",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [{"index": 0, "delta": {"content": "there"}, "finish_reason": None}],
-    },
-    {
-        "id": "chatcmpl-Q",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [
-            {
-                "index": 0,
-                "delta": {
-                    "tool_calls": [
-                        {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
-                    ]
-                },
-                "finish_reason": None,
-            }
-        ],
-    },
-    {
-        "id": "chatcmpl-Q",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [
-            {
-                "index": 0,
-                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]},
-                "finish_reason": None,
-            }
-        ],
-    },
-    {
-        "id": "chatcmpl-Q",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [
-            {
-                "index": 0,
-                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": " 1}"}}]},
-                "finish_reason": None,
-            }
-        ],
-    },
-    {
-        "id": "chatcmpl-Q",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [
-            {
-                "index": 0,
-                "delta": {
-                    "tool_calls": [
-                        {
-                            "index": 1,
-                            "id": "call_2",
-                            "type": "function",
-                            "function": {"name": "g", "arguments": '{"b": 2}'},
-                        }
-                    ]
-                },
-                "finish_reason": None,
-            }
-        ],
-    },
-    {
-        "id": "chatcmpl-Q",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}],
-    },
-    {
-        "id": "chatcmpl-Q",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "gpt-x",
-        "choices": [],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
-    },
+    openai_chunk({"role": "assistant", "content": ""}),
+    openai_chunk({"content": "Hi "}),
+    openai_chunk({"content": "there"}),
+    openai_chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                  "function": {"name": "f", "arguments": ""}}]}),
+    openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"a":'}}]}),
+    openai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": " 1}"}}]}),
+    openai_chunk({"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
+                                  "function": {"name": "g", "arguments": '{"b": 2}'}}]}),
+    openai_chunk({}, "tool_calls"),
+    {**CHUNK_HEAD, "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}},
 ]
 
 
