@@ -346,8 +346,9 @@ def _provider_findings(target: dict[str, Any], path: str) -> list[Finding]:
         if name not in target:
             findings.append(Finding("E022", f"{path}.{name}", f"provider {provider} needs `{name}`",
                                     f"add `{name}: {example}`"))
-    for name, owner in ONLY_FOR.items():
-        if name in target and provider != owner:
+    for name, owners in ONLY_FOR.items():
+        if name in target and provider not in owners:
+            owner = " or ".join(owners)
             findings.append(Finding("E023", f"{path}.{name}", f"`{name}` applies only to provider {owner}, "
                                     f"not {provider}", near or f"remove `{name}`, or set provider: {owner}"))
     if near and not findings:

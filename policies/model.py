@@ -77,7 +77,7 @@ class Target:
     deployment: str | None = None  # azure-openai: the deployment name in the URL (default: `model`)
     api_version: str | None = None  # azure-openai: the `api-version` query parameter
     region: str | None = None  # bedrock: the AWS region (endpoint host and SigV4 scope)
-    responses_native: bool = False  # openai: /v1/responses is passed through as Responses (`responses_api`)
+    responses_native: bool = False  # openai, azure-openai: /v1/responses passed through as Responses (`responses_api`)
 
 
 @dataclass(slots=True)

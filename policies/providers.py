@@ -21,8 +21,10 @@ BEDROCK = "bedrock"
 OPENAI = "openai"
 OPENAI_HOST = "api.openai.com"
 # How a target serves `POST /v1/responses`: `native` forwards the Responses request to
-# `{base_url}/v1/responses`; `translate` sends it as chat completions. Default: native for
-# provider openai on api.openai.com (or no base_url), translate on any other base_url.
+# `{base_url}/v1/responses` (azure-openai: `{base_url}/openai/v1/responses`, Azure's GA v1 API);
+# `translate` sends it as chat completions. Default: native for provider openai on api.openai.com
+# (or no base_url), translate on any other base_url and on azure-openai (Azure serves Responses
+# only in some regions and for some models: native is the operator's choice, per deployment).
 RESPONSES_API = ("native", "translate")
 
 NATIVE = (OPENAI, "anthropic", AZURE_OPENAI, GOOGLE, BEDROCK, "mock")
@@ -37,21 +39,23 @@ REQUIRED: dict[str, dict[str, str]] = {
     BEDROCK: {"region": "us-east-1"},
 }
 
-# fields only one provider understands: on another target they are a mistake, not a no-op
-ONLY_FOR: dict[str, str] = {
-    "deployment": AZURE_OPENAI,
-    "api_version": AZURE_OPENAI,
-    "region": BEDROCK,
-    "responses_api": OPENAI,
+# fields only some providers understand: on another target they are a mistake, not a no-op
+ONLY_FOR: dict[str, tuple[str, ...]] = {
+    "deployment": (AZURE_OPENAI,),
+    "api_version": (AZURE_OPENAI,),
+    "region": (BEDROCK,),
+    "responses_api": (OPENAI, AZURE_OPENAI),
 }
 
 
 def responses_native(provider: str, base_url: str | None, responses_api: str | None) -> bool:
     """Whether a target serves `/v1/responses` natively (see `RESPONSES_API`)."""
-    if provider != OPENAI:
+    if provider not in ONLY_FOR["responses_api"]:
         return False
     if responses_api is not None:
         return responses_api == "native"
+    if provider == AZURE_OPENAI:
+        return False
     if base_url is None:
         return True
     return urlsplit(base_url).hostname == OPENAI_HOST

@@ -88,10 +88,11 @@ TARGET = {
     "region": _str(regex=r"^[a-z]{2}(-[a-z]+)+-\d$",
                    meta=meta("bedrock only: the AWS region, e.g. us-east-1 (endpoint host and SigV4 scope).")),
     "responses_api": _str(allowed=list(RESPONSES_API),
-                          meta=meta("openai only: how POST /v1/responses reaches this target: native (passed "
-                                     "through as Responses to {base_url}/v1/responses) or translate (sent as chat "
-                                     "completions). Default: native on api.openai.com, translate on any other "
-                                     "base_url.")),
+                          meta=meta("openai and azure-openai only: how POST /v1/responses reaches this target: "
+                                     "native (passed through as Responses to {base_url}/v1/responses; azure-openai: "
+                                     "{base_url}/openai/v1/responses) or translate (sent as chat completions). "
+                                     "Default: native on api.openai.com, translate on any other base_url and on "
+                                     "azure-openai.")),
     "data_policy": _dict({
         "zero_data_retention": {"type": "boolean", "meta": meta("The provider keeps no data.", default=False)},
         "training_opt_out": {"type": "boolean", "meta": meta("The provider does not train on data.", default=False)},

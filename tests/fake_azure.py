@@ -10,16 +10,37 @@ answer names the model behind it), `prompt_filter_results` and per-choice
 carries the prompt's), and the content filter: a prompt holding one of `filtered_terms` gets
 400 `content_filter` with `innererror.content_filter_result`; a reply with
 `finish_reason="content_filter"` is an answer the filter withheld.
+
+Azure's Responses API (`AzureResponses`): `POST /openai/v1/responses` (the GA v1 API: no dated
+`api-version`; the key in `api-key`, or `Authorization: Bearer` with the key or an Entra ID
+token, as the plain `openai.OpenAI` client sends it) and the older preview route
+`POST /openai/responses?api-version=2025-03-01-preview` (what `openai.AzureOpenAI` calls). The
+body's `model` names the deployment; the answer is OpenAI's Response object and typed events
+(`tests.fake_wire`), naming the model behind the deployment. The content filter as on chat: a
+filtered prompt is the 400 `content_filter`; a withheld answer is `status: incomplete` with
+`incomplete_details.reason: content_filter` and no message.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import tornado.web
 
-from tests.fake_upstream import ChatCompletions, Embeddings, FakeUpstream, ProviderHandler
-from tests.fake_wire import ApiError, content_text, include_usage, openai_completion, openai_events, sse
+from tests.fake_upstream import ChatCompletions, Embeddings, FakeUpstream, ProviderHandler, Responses
+from tests.fake_wire import (
+    ApiError,
+    Reply,
+    check_responses,
+    content_text,
+    include_usage,
+    openai_completion,
+    openai_events,
+    responses_events,
+    responses_response,
+    sse,
+)
 
 SAFE = {name: {"filtered": False, "severity": "safe"} for name in ("hate", "self_harm", "sexual", "violence")}
 DEPLOYMENTS = {"chat": "gpt-4o-mini-2024-07-18", "embed": "text-embedding-3-small"}
@@ -44,6 +65,8 @@ class FakeAzure(FakeUpstream):
             (r"/openai/deployments/([^/]+)/chat/completions", AzureChat),
             (r"/openai/deployments/([^/]+)/embeddings", AzureEmbeddings),
             (r"/openai/models", AzureModels),
+            (r"/openai/v1/responses", AzureResponses),
+            (r"/openai/responses", AzureResponses),
             (r"/.*", AzureNotFound),
         ]
 
@@ -70,11 +93,17 @@ class _Azure(ProviderHandler):
     def authenticate(self) -> None:
         if not self.get_query_argument("api-version", ""):
             raise ApiError(404, "Resource not found")
+        self.check_credential()
+
+    def check_credential(self, key_as_bearer: bool = False) -> None:
+        """The `api-key` header, or an Entra ID bearer token (`key_as_bearer`: the v1 API takes the key so too)."""
         key = self.request.headers.get("api-key", "")
         auth = self.request.headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else ""
         if token and self.fake.entra_token is not None and token == self.fake.entra_token:
             return
+        if key_as_bearer and token and not key:
+            key = token
         if (not key and not token) or (self.fake.api_key is not None and key != self.fake.api_key):
             raise ApiError(401, "Access denied due to invalid subscription key or wrong API endpoint. Make sure to "
                            "provide a valid key for an active subscription and use a correct regional API endpoint "
@@ -122,6 +151,39 @@ class AzureChat(_Azure, ChatCompletions):
         if any(term in prompt for term in self.fake.filtered_terms):
             raise ApiError(400, FILTER_MESSAGE, code="content_filter")
         return body
+
+
+class AzureResponses(_Azure, Responses):
+    """`POST /openai/v1/responses` (v1 API) and `POST /openai/responses?api-version=...` (preview)."""
+
+    def authenticate(self) -> None:
+        version = self.get_query_argument("api-version", "")
+        if self.request.path.startswith("/openai/v1/"):
+            if version not in ("", "preview", "latest"):
+                raise ApiError(400, "API version not supported", code="BadRequest")
+            self.check_credential(key_as_bearer=True)
+            return
+        super().authenticate()
+
+    async def post(self) -> None:
+        await self.answer(self.validate, self.response,
+                          lambda response, reply, _: responses_events(response, reply.chunks))
+
+    def validate(self) -> dict[str, Any]:
+        """OpenAI's checks, the deployment named by `model`, then the content filter on the prompt."""
+        body = check_responses(self.body)
+        self.model = self.model_of(body["model"])
+        prompt = orjson.dumps([body.get("instructions"), body["input"]]).decode()
+        if any(term in prompt for term in self.fake.filtered_terms):
+            raise ApiError(400, FILTER_MESSAGE, code="content_filter")
+        return body
+
+    def response(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        """OpenAI's Response object, naming the deployment's model; a filtered answer is incomplete."""
+        response = {**responses_response(body, reply), "model": self.model}
+        if reply.finish_reason == "content_filter":
+            response.update(status="incomplete", incomplete_details={"reason": "content_filter"})
+        return response
 
 
 class AzureEmbeddings(_Azure, Embeddings):

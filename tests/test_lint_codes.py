@@ -191,6 +191,16 @@ def test_e019_invalid_key() -> None:
     assert f.path == "agents.bad agent!" and "not a valid key in agents" in f.message and f.line == 13
 
 
+def test_e023_responses_api_is_for_openai_and_azure_openai_only() -> None:
+    azure = "provider: azure-openai\n      base_url: https://r.openai.azure.com\n      responses_api: native"
+    assert codes(lint(BASE.replace("provider: mock", azure))) == []
+    assert codes(lint(BASE.replace("provider: mock", "provider: openai\n      responses_api: translate"))) == []
+    f = the_error(BASE.replace("provider: mock", "provider: anthropic\n      responses_api: native"), "E023")
+    assert f.path == "providers.targets[0].responses_api"
+    assert "only to provider openai or azure-openai, not anthropic" in f.message
+    assert f.suggestion == "remove `responses_api`, or set provider: openai or azure-openai"
+
+
 def test_e020_kind_twice() -> None:
     f = the_error(BASE.replace("chain: [audit-logger]", "chain: [audit-logger, audit-logger]"), "E020")
     assert f.path == "policies.chain[1]"

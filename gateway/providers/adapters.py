@@ -7,8 +7,9 @@
 - `google`: the Gemini API, translated both ways by `gateway.providers.google`.
 - `bedrock`: AWS Bedrock's Converse API, translated both ways by `gateway.providers.bedrock`.
 - `mock`: the built-in local provider (`gateway.providers.mock`), no network.
-- `respond` / `respond_stream`: a Responses request to an `openai` target that speaks it natively
-  (`responses_api: native`), read back as canonical answers (`gateway.providers.openai_responses`).
+- `respond` / `respond_stream`: a Responses request to an `openai` or `azure-openai` target that
+  speaks it natively (`responses_api: native`), read back as canonical answers
+  (`gateway.providers.openai_responses`); only the URL and the `model` (Azure: the deployment) differ.
 
 `complete` returns `(completion dict, raw upstream bytes or None)` — the raw bytes let an
 unchanged OpenAI answer be forwarded without re-serialising. `stream` yields lists of chunk
@@ -479,10 +480,22 @@ def _upstream_side(target: Target, read: Callable[[], T]) -> T:
         raise _malformed(target, exc) from None
 
 
+def native_model(target: Target) -> str:
+    """The `model` a native Responses target is called with: an azure-openai target's deployment, else its model."""
+    return target.deployment or target.model
+
+
+def _responses_url(target: Target) -> str:
+    """The Responses API of a native target: Azure's v1 API on its resource, else `{base_url}/v1/responses`."""
+    if target.provider == azure.PROVIDER:
+        return azure.responses_url(target)
+    return _url(target.base_url, "https://api.openai.com", "/responses")
+
+
 async def respond(client: UpstreamClient, target: Target,
                   body: dict[str, Any]) -> tuple[openai_responses.Answer, bytes]:
     """One non-streaming Responses call (`body` as `openai_responses.forwarded_body` made it)."""
-    url, wire = _url(target.base_url, "https://api.openai.com", "/responses"), orjson.dumps(body)
+    url, wire = _responses_url(target), orjson.dumps(body)
     data = await _renewing(client, target, lambda: client.post_json(target, url, _headers(target), wire))
     answer = _loads(target, data)
     if (failure := _error_answer(target, answer, "output")) is not None:
@@ -491,16 +504,19 @@ async def respond(client: UpstreamClient, target: Target,
         raise UpstreamFailure("5xx", f"target {target.id} ({target.provider}) answered with a failed response: "
                               f"{upstream_text(target, message)}")
     try:
-        return openai_responses.Answer(answer), data
+        native = openai_responses.Answer(answer)
     except _MALFORMED as exc:
         raise _malformed(target, exc) from None
+    if target.provider == azure.PROVIDER:
+        azure.check_answer(target, native.completion())
+    return native, data
 
 
 async def respond_stream(client: UpstreamClient, target: Target, body: dict[str, Any],
                          events: openai_responses.StreamToChat) -> AsyncIterator[Batch]:
     """A streamed Responses call, as batches of canonical chunks (`events` converts; DONE after
     `response.completed`). A stream cut before its last event is a `bad_response`."""
-    url, wire = _url(target.base_url, "https://api.openai.com", "/responses"), orjson.dumps(body)
+    url, wire = _responses_url(target), orjson.dumps(body)
     resp = await _renewing(client, target, lambda: client.open_stream(target, url, _headers(target), wire))
     parser = sse.SSEParser()
 

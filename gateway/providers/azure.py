@@ -11,6 +11,10 @@ only the URL; what Azure adds is its content filter, which this module turns int
 - the answer was withheld: `finish_reason: content_filter` with nothing in the message ->
   400 `content_filter`. A filtered answer with partial content, and a stream (already under
   way), keep `finish_reason: content_filter`, which OpenAI clients read as it is.
+`/v1/responses` to a target with `responses_api: native` goes to Azure's v1 Responses API,
+`POST {base_url}/openai/v1/responses` with the deployment as the body's `model`, through the same
+native pass-through as OpenAI's (`gateway.providers.openai_responses`); a Response the filter
+withheld (`incomplete_details.reason: content_filter`, nothing in it) is the same 400 as on chat.
 URLs are built once per target (cached), not per request. `kt doctor` proves the deployment exists
 with a request Azure refuses before generating (`PROBE_BODY`).
 """
@@ -34,6 +38,13 @@ def url(target: Target, operation: str) -> str:
     base = (target.base_url or "").rstrip("/")
     deployment = quote(target.deployment or target.model, safe="")
     return f"{base}/openai/deployments/{deployment}/{operation}?api-version={quote(target.api_version or '')}"
+
+
+@lru_cache(maxsize=1024)
+def responses_url(target: Target) -> str:
+    """The Responses API of the target's resource: Azure's GA v1 API, which takes no `api-version`
+    (the body's `model` names the deployment)."""
+    return f"{(target.base_url or '').rstrip('/')}/openai/v1/responses"
 
 
 # kt doctor's probe: an empty JSON body POSTed to the deployment's chat/completions. Azure resolves the

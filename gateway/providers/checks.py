@@ -134,8 +134,9 @@ def embeddings(resp: Any) -> dict[str, Any]:
 
 
 def error_message(resp: Any, key: str) -> str | None:
-    """The message of a 2xx answer that is an error object (`{"error": ...}` and no `key`), else None."""
-    if type(resp) is not dict or "error" not in resp or resp.get(key):
+    """The message of a 2xx answer that is an error object (`{"error": ...}` and no `key`), else None.
+    `"error": null` is no error (a Response object carries it, and may have an empty `output`)."""
+    if type(resp) is not dict or resp.get("error") is None or resp.get(key):
         return None
     error = resp["error"]
     message = error.get("message") if isinstance(error, dict) else error

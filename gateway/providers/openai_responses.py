@@ -1,14 +1,15 @@
 """OpenAI's Responses API spoken natively: a `/v1/responses` request passed through as Responses.
 
-For a target with `responses_api: native` (the default for provider openai on api.openai.com)
-kt forwards the client's Responses body to `{base_url}/v1/responses` instead of translating it
-to chat completions. The policies still see every text: the request went through the
-canonical translation first (`gateway.providers.responses`) and the chain's redactions were
-copied back into the body (`copy_back`); the answer is read here into a canonical completion
-(or canonical stream chunks) for the output chain, and what the chain changed is put back
-into the Response object (`project`). Pure functions and one stream converter, no I/O.
+For a target with `responses_api: native` (the default for provider openai on api.openai.com;
+azure-openai targets may opt in) kt forwards the client's Responses body to `{base_url}/v1/responses`
+(Azure: `{base_url}/openai/v1/responses`) instead of translating it to chat completions. The
+policies still see every text: the request went through the canonical translation first
+(`gateway.providers.responses`) and the chain's redactions were copied back into the body
+(`copy_back`); the answer is read here into a canonical completion (or canonical stream chunks)
+for the output chain, and what the chain changed is put back into the Response object
+(`project`). Pure functions and one stream converter, no I/O.
 
-What the forwarded body differs in (`forwarded_body`): the target's `model`; `store: false`
+What the forwarded body differs in (`forwarded_body`): the target's `model` (Azure: the deployment); `store: false`
 (kt keeps nothing and asks OpenAI to keep nothing either); `reasoning` only with its `effort`
 (summaries are texts the output chain would not see); no `include` or `top_logprobs` (they
 add texts around the chain: encrypted reasoning, token log-probabilities); no `reasoning`

@@ -57,9 +57,11 @@ class ResponsesHandler(ChatHandler):
         super().run_input(ex)
         responses.copy_back(self.links)  # a native target gets the redacted texts where they stand
 
+    def _forwarded(self, target: Target, stream: bool) -> dict[str, Any]:
+        return openai_responses.forwarded_body(self.body, adapters.native_model(target), stream)
+
     async def _respond(self, target: Target) -> tuple[dict[str, Any], bytes | None]:
-        body = openai_responses.forwarded_body(self.body, target.model, stream=False)
-        self.native, raw = await adapters.respond(self.services.upstream, target, body)
+        self.native, raw = await adapters.respond(self.services.upstream, target, self._forwarded(target, False))
         return self.native.completion(), raw
 
     def upstream_complete(self, target: Target, req: dict[str, Any]) -> Any:
@@ -75,8 +77,7 @@ class ResponsesHandler(ChatHandler):
     def upstream_stream(self, target: Target, req: dict[str, Any]) -> AsyncIterator[adapters.Batch]:
         self.adopted = {}  # an attempt that failed before the first byte leaves nothing behind
         if target.responses_native:
-            body = openai_responses.forwarded_body(self.body, target.model, stream=True)
-            return adapters.respond_stream(self.services.upstream, target, body,
+            return adapters.respond_stream(self.services.upstream, target, self._forwarded(target, True),
                                            openai_responses.StreamToChat(self._adopt))
         return super().upstream_stream(target, req)
 
