@@ -42,6 +42,15 @@ def push_signature(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+def dlp_config(version: str = "1.0.0", name: str = "sync-e2e") -> str:
+    """A valid policy config whose dlp-filter blocks 'project-bluebird' (then an audit-logger)."""
+    return (f"pack: {{name: {name}, version: {version}, enabled: true}}\n"
+            "providers:\n  targets:\n    - {id: demo, provider: mock, model: demo-model}\n"
+            "policies:\n  chain: [dlp-filter, audit-logger]\n"
+            "policy:\n  dlp-filter: {blocked_terms: [project-bluebird], action: block}\n"
+            "  audit-logger: {retention_days: 30}\n")
+
+
 def config_yaml(version: str = "1.0.0", chain: Iterable[str] = ("audit-logger",), name: str = "sync-test") -> str:
     """A valid policy config whose pack version marks which commit it came from."""
     blocks = "\n".join(f"  {kind}: {{}}" for kind in chain if kind != "audit-logger")

@@ -18,21 +18,12 @@ from gateway.control.console_data import Filters, GatewayView, config_diffs, con
 from gateway.control.console_page import fragment
 from tests.browser import CHROMIUM, Browser
 from tests.gateway_process import GatewayProcess
+from tests.gitserve import dlp_config
 from tests.kt_process import run_kt
 from tests.waiting import wait_for
 
 TOKEN = "adm-tok-7f3a9c"
-CONFIG = """\
-pack: {name: console-e2e, version: 1.0.0, enabled: true}
-providers:
-  targets:
-    - {id: demo, provider: mock, model: demo-model}
-policies:
-  chain: [dlp-filter, audit-logger]
-policy:
-  dlp-filter: {blocked_terms: [project-bluebird], action: block}
-  audit-logger: {retention_days: 30}
-"""
+CONFIG = dlp_config(name="console-e2e")
 XSS_USER = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2">'
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 

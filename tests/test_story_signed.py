@@ -14,22 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.gateway_process import GatewayProcess
-from tests.gitserve import CFG, GitHttpServer, Upstream, config_yaml
+from tests.gitserve import CFG, GitHttpServer, Upstream, config_yaml, dlp_config
 from tests.kt_process import run_kt
 from tests.signing import SshKey, disabled, unsigned
 from tests.waiting import wait_for
 
 SECRET_WORD = "project-bluebird"
 pytestmark = pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="ssh-keygen (openssh-client) is not installed")
-
-
-def dlp_config(version: str) -> str:
-    """A config whose dlp-filter blocks SECRET_WORD."""
-    return (f"pack: {{name: signed-story, version: {version}, enabled: true}}\n"
-            "providers:\n  targets:\n    - {id: demo, provider: mock, model: demo-model}\n"
-            "policies:\n  chain: [dlp-filter, audit-logger]\n"
-            f"policy:\n  dlp-filter: {{blocked_terms: [{SECRET_WORD}], action: block}}\n"
-            "  audit-logger: {retention_days: 30}\n")
 
 
 class Gateway(GatewayProcess):
@@ -70,14 +61,14 @@ def test_sign_push_apply_unsigned_refused_signed_revert_applied_on_two_gateways(
             assert "p%40ss" not in body and "p@ss" not in body
 
         # 1. Sign with SSH, push: both apply it and enforce it.
-        signed = up.commit({CFG: dlp_config("2.0.0")}, "signed: block the secret project")
+        signed = up.commit({CFG: dlp_config("2.0.0", name="signed-story")}, "signed: block the secret project")
         for gw in gateways:
             wait_for(lambda gw=gw: gw.revision() == signed, timeout=30, message="signed commit not applied")
             assert gw.chat_status(f"status of {SECRET_WORD}?") == 409 and gw.chat_status("hello") == 200
 
         # 2. An unsigned push that switches every policy off: refused and reported, the policy still blocks.
         unsigned(up)
-        bad = up.commit({CFG: disabled(dlp_config("2.0.1"))}, "unsigned: enabled false")
+        bad = up.commit({CFG: disabled(dlp_config("2.0.1", name="signed-story"))}, "unsigned: enabled false")
         for gw in gateways:
             wait_for(lambda gw=gw: gw.status()["sync"].get("attempted_revision") == bad, timeout=30,
                      message="the unsigned commit was never attempted")

@@ -11,20 +11,11 @@ from pathlib import Path
 import pytest
 
 from tests.gateway_process import GatewayProcess
-from tests.gitserve import CFG, Upstream, config_yaml
+from tests.gitserve import CFG, Upstream, config_yaml, dlp_config
 from tests.kt_process import run_kt
 from tests.waiting import wait_for
 
 SECRET = "gateway-hook-secret"
-
-
-def dlp_config(version: str) -> str:
-    """A config whose dlp-filter blocks 'project-bluebird'."""
-    return (f"pack: {{name: sync-e2e, version: {version}, enabled: true}}\n"
-            "providers:\n  targets:\n    - {id: demo, provider: mock, model: demo-model}\n"
-            "policies:\n  chain: [dlp-filter, audit-logger]\n"
-            "policy:\n  dlp-filter: {blocked_terms: [project-bluebird], action: block}\n"
-            "  audit-logger: {retention_days: 30}\n")
 
 
 class Gateway(GatewayProcess):
