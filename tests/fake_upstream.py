@@ -24,7 +24,8 @@ directive in the last user message, ``[[fake {"text": "...", "chunks": 4, "fault
 then the queued replies, then the default. Faults: ``status`` (any code; 429 carries
 Retry-After), ``slow`` (delay before the first byte), ``disconnect`` (cut the connection after
 ``after_chunks`` stream events, or mid-body), ``malformed`` (invalid JSON / SSE data), ``hang``
-(never answer).
+(never answer), ``json`` (answer a stream request with the plain JSON answer, as some
+OpenAI-compatible servers that ignore ``stream: true`` do; OpenAI and Azure routes).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ from tests.fake_wire import (
 
 DEFAULT_TEXT = "Hello from the fake upstream."
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-3-5-haiku-latest")
-FAULT_KINDS = ("status", "slow", "disconnect", "malformed", "hang")
+FAULT_KINDS = ("status", "slow", "disconnect", "malformed", "hang", "json")
 
 
 @dataclass(frozen=True)
@@ -386,6 +387,9 @@ class ProviderHandler(tornado.web.RequestHandler):
         return False
 
     def wants_stream(self) -> bool:
+        """Whether to answer with a stream: the request asks for one and no `json` fault ignores that."""
+        if self.fault is not None and self.fault.kind == "json":
+            return False
         return isinstance(self.body, dict) and self.body.get("stream") is True
 
     def checked(self, check: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:

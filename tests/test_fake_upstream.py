@@ -292,6 +292,25 @@ def test_malformed_and_disconnect(fake_upstream: FakeUpstream, oai: openai.OpenA
         oai.chat.completions.create(model="m", messages=MSG)
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
+def test_a_json_fault_answers_a_stream_request_with_json(fake_upstream: FakeUpstream, path: str) -> None:
+    body = {"model": "m", "stream": True,
+            **({"input": "hi"} if path == "/v1/responses" else {"messages": MSG})}
+    fake_upstream.add_fault("json")
+    status, headers, data = http(fake_upstream, "POST", path, body, {"Authorization": "Bearer k"})
+    answer = json.loads(data)
+    assert status == 200 and headers["Content-Type"].startswith("application/json")
+    assert answer["object"] == ("response" if path == "/v1/responses" else "chat.completion")
+    status, headers, _ = http(fake_upstream, "POST", path, body, {"Authorization": "Bearer k"})
+    assert headers["Content-Type"].startswith("text/event-stream")  # the fault applied once
+
+
+def test_an_empty_responses_body_is_the_apis_missing_parameter_400(fake_upstream: FakeUpstream) -> None:
+    status, _, data = http(fake_upstream, "POST", "/v1/responses", {}, {"Authorization": "Bearer k"})
+    error = json.loads(data)["error"]
+    assert status == 400 and (error["code"], error["param"]) == ("missing_required_parameter", "model")
+
+
 def test_slow_and_hang_trip_client_timeouts(fake_upstream: FakeUpstream) -> None:
     client = openai.OpenAI(base_url=fake_upstream.base_url, api_key="k", max_retries=0, timeout=0.2)
     fake_upstream.add_fault("slow", delay=2)

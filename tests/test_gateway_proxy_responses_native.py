@@ -241,6 +241,72 @@ def test_upstream_errors_are_scrubbed(gw: Any, fake_upstream: FakeUpstream) -> N
     assert KEY not in json.dumps(err.value.body) and "is odd" in err.value.body["message"]
 
 
+def test_a_stream_request_answered_with_one_response_object_is_relayed_as_a_stream(gw: Any,
+                                                                                   fake_upstream: FakeUpstream) -> None:
+    fake_upstream.add_fault("json", path="/v1/responses")  # an upstream that ignores `stream: true`
+    fake_upstream.queue_reply("here it is", tool_calls=(ToolCall("lookup", {"q": "A-1"}, id="call_5"),))
+    events = list(client(gw).responses.create(model="gpt-4o-mini", input="hi", tools=[TOOL], stream=True))
+    types = [e.type for e in events]
+    assert types[:2] == ["response.created", "response.in_progress"] and types[-1] == "response.completed"
+    assert "response.output_text.delta" in types and "response.function_call_arguments.delta" in types
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    resp = events[-1].response
+    message, call = resp.output
+    assert message.type == "message" and resp.output_text == "here it is" and resp.status == "completed"
+    assert (call.call_id, call.name, json.loads(call.arguments)) == ("call_5", "lookup", {"q": "A-1"})
+    assert resp.id.startswith("resp_") and resp.model == "gpt-4o-mini-2024-07-18"  # the upstream's Response
+    assert events[0].response.id == resp.id and resp.usage.output_tokens > 0
+    (sent,) = fake_upstream.requests
+    assert sent.path == "/v1/responses" and sent.body["stream"] is True
+    event = wait_for(lambda: [e for e in gw.events if e.get("output_tokens")])[0]
+    assert (event["target"], event["output_tokens"]) == ("oa", resp.usage.output_tokens) and event["cost_usd"] > 0
+
+
+@pytest.mark.parametrize("verdict", ["block", "redact"])
+def test_the_output_chain_applies_to_a_response_object_answering_a_stream(
+        tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any, test_kinds: None, verdict: str) -> None:
+    gw = start_gateway(redacting(tmp_path, fake_upstream, "forbidden", verdict))
+    fake_upstream.add_fault("json", path="/v1/responses")
+    fake_upstream.queue_reply("this is forbidden text")
+    if verdict == "redact":
+        events = list(client(gw).responses.create(model="gpt-4o-mini", input="hi", stream=True))
+        assert events[-1].type == "response.completed"
+        assert events[-1].response.output_text == "this is [REDACTED] text"
+        return
+    try:
+        events = list(client(gw).responses.create(model="gpt-4o-mini", input="hi", stream=True))
+    except openai.ConflictError as err:  # blocked before the stream started: the usual JSON error
+        assert err.body["code"] == "output_blocked"
+    else:
+        assert events[-1].type == "error" and events[-1].code == "output_blocked"
+        assert "forbidden" not in "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert [r.path for r in fake_upstream.requests] == ["/v1/responses"]
+
+
+def _answering(answer: dict[str, Any]) -> RawUpstream:
+    """An upstream that answers every request (a stream request too) with the JSON `answer`, status 200."""
+    return RawUpstream(lambda request, conn: conn.send_json(json.dumps(answer).encode()))
+
+
+@pytest.mark.parametrize("answer", [
+    {"error": {"message": f"quota exceeded for {KEY}", "type": "insufficient_quota"}},
+    {**responses_response({"model": "gpt-4o-mini", "input": "hi"}, Reply(text=HI)), "status": "failed",
+     "output": [], "error": {"code": "server_error", "message": f"quota exceeded for {KEY}"}},
+    {"id": "chatcmpl-1", "object": "chat.completion", "choices": []},
+], ids=["error body", "failed response", "not a response"])
+def test_a_json_error_answering_a_native_stream_is_a_scrubbed_502(tmp_path: Path, start_gateway: Any,
+                                                                  answer: dict[str, Any]) -> None:
+    with _answering(answer) as up:
+        gw = start_gateway(write_config(tmp_path / "c.yaml", [native_to(up.base_url)]))
+        with pytest.raises(openai.InternalServerError) as err:
+            list(client(gw).responses.create(model="gpt-4o-mini", input="hi", stream=True))
+    assert err.value.status_code == 502 and KEY not in json.dumps(err.value.body)
+    if "error" in answer:
+        assert "quota exceeded for [REDACTED]" in err.value.body["message"]
+    else:
+        assert "not a Response object" in err.value.body["message"]
+
+
 def _scripted(events: list[bytes]) -> RawUpstream:
     """An upstream whose stream body is `events`, complete as sent (Content-Length)."""
 

@@ -367,15 +367,17 @@ def _json_answer(resp: Response, first: bytes) -> bool:
 
 
 async def _batches(client: UpstreamClient, target: Target, resp: Response, parse: Callable[[bytes], Batch],
-                   end: Callable[[], Batch]) -> AsyncIterator[Batch]:
+                   end: Callable[[], Batch],
+                   whole: Callable[[Target, Any], dict[str, Any]] | None = None) -> AsyncIterator[Batch]:
     """The batches `parse` makes of a streamed response's bytes, up to the one ending in DONE (else `end()`).
 
-    The response is released when the caller stops; once DONE arrived, its connection goes back
-    to the pool when the body's last bytes follow."""
+    A JSON answer instead of a stream is read whole by `whole` (default: as the target's chat answer)
+    into a canonical completion, relayed as its chunks. The response is released when the caller
+    stops; once DONE arrived, its connection goes back to the pool when the body's last bytes follow."""
     try:
         first = await read_chunk(target, resp)
         if _json_answer(resp, first):
-            yield await _json_stream(client, target, resp, first)
+            yield await _json_stream(client, target, resp, first, whole or _chat_answer)
             return
         seen = False
         data = first
@@ -400,8 +402,9 @@ async def _batches(client: UpstreamClient, target: Target, resp: Response, parse
         resp.release()
 
 
-async def _json_stream(client: UpstreamClient, target: Target, resp: Response, first: bytes) -> Batch:
-    """A whole JSON answer to a stream request, as the canonical chunks of that answer and DONE."""
+async def _json_stream(client: UpstreamClient, target: Target, resp: Response, first: bytes,
+                       whole: Callable[[Target, Any], dict[str, Any]]) -> Batch:
+    """A whole JSON answer to a stream request, read by `whole`, as the canonical chunks of that answer and DONE."""
     limit = client.pool.max_response_size
     parts, size = [first], len(first)
     while data := await read_chunk(target, resp):
@@ -410,7 +413,11 @@ async def _json_stream(client: UpstreamClient, target: Target, resp: Response, f
         if size > limit:
             raise UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) sent an answer larger "
                                   f"than {limit} bytes (--max-response-size)")
-    answer = _loads(target, b"".join(parts))
+    return [*openai_stream.completion_to_chunks(whole(target, _loads(target, b"".join(parts)))), DONE]
+
+
+def _chat_answer(target: Target, answer: Any) -> dict[str, Any]:
+    """A whole chat answer of `target` (its provider's format) as a checked canonical completion."""
     if (failure := _error_answer(target, answer, "choices")) is not None:
         raise failure
     if is_anthropic(target):
@@ -426,7 +433,7 @@ async def _json_stream(client: UpstreamClient, target: Target, resp: Response, f
             raise _malformed(target, exc) from None
         if target.provider == azure.PROVIDER:
             azure.check_answer(target, completion)
-    return [*openai_stream.completion_to_chunks(completion), DONE]
+    return completion
 
 
 async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
@@ -497,7 +504,11 @@ async def respond(client: UpstreamClient, target: Target,
     """One non-streaming Responses call (`body` as `openai_responses.forwarded_body` made it)."""
     url, wire = _responses_url(target), orjson.dumps(body)
     data = await _renewing(client, target, lambda: client.post_json(target, url, _headers(target), wire))
-    answer = _loads(target, data)
+    return _native_answer(target, _loads(target, data)), data
+
+
+def _native_answer(target: Target, answer: Any) -> openai_responses.Answer:
+    """A native target's Response object, checked (an error body or a failed Response is a scrubbed failure)."""
     if (failure := _error_answer(target, answer, "output")) is not None:
         raise failure
     if isinstance(answer, dict) and (message := openai_responses.failed_message(answer)) is not None:
@@ -509,13 +520,14 @@ async def respond(client: UpstreamClient, target: Target,
         raise _malformed(target, exc) from None
     if target.provider == azure.PROVIDER:
         azure.check_answer(target, native.completion())
-    return native, data
+    return native
 
 
 async def respond_stream(client: UpstreamClient, target: Target, body: dict[str, Any],
                          events: openai_responses.StreamToChat) -> AsyncIterator[Batch]:
     """A streamed Responses call, as batches of canonical chunks (`events` converts; DONE after
-    `response.completed`). A stream cut before its last event is a `bad_response`."""
+    `response.completed`). A stream cut before its last event is a `bad_response`; one Response
+    object instead of a stream is read as a JSON answer is, then relayed as the chunks of it."""
     url, wire = _responses_url(target), orjson.dumps(body)
     resp = await _renewing(client, target, lambda: client.open_stream(target, url, _headers(target), wire))
     parser = sse.SSEParser()
@@ -533,7 +545,12 @@ async def respond_stream(client: UpstreamClient, target: Target, body: dict[str,
         raise UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) ended its Responses stream "
                               "before response.completed")
 
-    async with aclosing(_batches(client, target, resp, parse, end)) as batches:
+    def whole(target: Target, answer: Any) -> dict[str, Any]:  # one Response object instead of the stream
+        completion = _native_answer(target, answer).completion()
+        events.started(answer)
+        return completion
+
+    async with aclosing(_batches(client, target, resp, parse, end, whole)) as batches:
         async for batch in batches:
             yield batch
 

@@ -154,13 +154,21 @@ class StreamToChat:
     Text and refusal deltas become content and refusal deltas; each function_call item a tool
     call (its arguments deltas as they come); `response.completed` / `response.incomplete`
     the finish chunk and the usage chunk (`done` is set); `error` and `response.failed` an
-    error chunk. `on_start` gets the upstream's Response (of `response.created`) once."""
+    error chunk. `on_start` gets the upstream's Response (of `response.created`) once (`started`)."""
 
     def __init__(self, on_start: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.on_start = on_start
         self.base: dict[str, Any] = {"id": "", "object": "chat.completion.chunk", "created": 0, "model": ""}
         self.calls: dict[str, int] = {}  # function_call item id -> tool-call index
         self.done = False
+
+    def started(self, response: dict[str, Any]) -> None:
+        """The upstream's Response began (`response.created`, or a whole Response answering the stream
+        request): its id, model and created_at for the chunks, and `on_start`."""
+        self.base.update(id=response.get("id") or "", created=response.get("created_at") or 0,
+                         model=response.get("model") or "")
+        if self.on_start is not None:
+            self.on_start(response)
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -193,10 +201,7 @@ class StreamToChat:
         if kind == "response.created":
             response = event.get("response")
             if isinstance(response, dict):
-                self.base.update(id=response.get("id") or "", created=response.get("created_at") or 0,
-                                 model=response.get("model") or "")
-                if self.on_start is not None:
-                    self.on_start(response)
+                self.started(response)
             return []
         if kind in ("response.completed", "response.incomplete"):
             response = event.get("response") if isinstance(event.get("response"), dict) else {}
