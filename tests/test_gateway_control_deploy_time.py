@@ -31,17 +31,15 @@ def commit_at(up: Upstream, version: str, committed: int) -> str:
     return up.head()
 
 
-def test_a_merge_is_timed_from_its_commit_to_serving(tmp_path: Path) -> None:
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")}, "first")
-    gw = Gateway(up, tmp_path / "state", "--sync-interval", "0.2")
+def test_a_merge_is_timed_from_its_commit_to_serving(upstream, tmp_path: Path) -> None:
+    gw = Gateway(upstream, tmp_path / "state", "--sync-interval", "0.2")
     count = "keeptrusts_config_deploy_seconds_count"
     try:
-        wait_for(lambda: gw.revision() == up.head(), timeout=30)
+        wait_for(lambda: gw.revision() == upstream.head(), timeout=30)
         assert sample(gw.url, count) == 0, "the revision a gateway starts on is not a config change"
 
         ten_minutes_ago = int(time.time()) - 600
-        slow = commit_at(up, "2.0.0", ten_minutes_ago)
+        slow = commit_at(upstream, "2.0.0", ten_minutes_ago)
         wait_for(lambda: gw.revision() == slow, timeout=30)
         wait_for(lambda: sample(gw.url, count) == 1, timeout=30, message="deploy time not observed")
         took = sample(gw.url, "keeptrusts_config_deploy_seconds_sum")
@@ -50,7 +48,7 @@ def test_a_merge_is_timed_from_its_commit_to_serving(tmp_path: Path) -> None:
         assert sample(gw.url, 'keeptrusts_config_deploy_seconds_bucket{le="900.0"}') == 1
         assert parse_time(gw.status()["sync"]["applied_committed_at"]) == ten_minutes_ago
 
-        fast = commit_at(up, "3.0.0", int(time.time()))
+        fast = commit_at(upstream, "3.0.0", int(time.time()))
         wait_for(lambda: gw.revision() == fast, timeout=30)
         wait_for(lambda: sample(gw.url, count) == 2, timeout=30)
         assert sample(gw.url, "keeptrusts_config_deploy_seconds_sum") - took < 60

@@ -15,7 +15,7 @@ from sync.agent import SyncAgent, SyncResult, SyncSettings
 from sync.repo import Remote
 from sync.scheduler import SyncScheduler, next_delay
 from sync.status import read_status
-from tests.gitserve import CFG, Upstream, config_yaml
+from tests.gitserve import CFG, config_yaml
 from tests.waiting import wait_for
 
 
@@ -37,17 +37,15 @@ class GatedAgent(SyncAgent):
         return result
 
 
-def test_trigger_burst_applies_only_the_newest_head(tmp_path: Path):
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")})
+def test_trigger_burst_applies_only_the_newest_head(upstream, tmp_path: Path):
     state = tmp_path / "state"
-    agent = GatedAgent(SyncSettings(Remote(up.url), state, CFG))
+    agent = GatedAgent(SyncSettings(Remote(upstream.url), state, CFG))
     agent.acquire()
     sched = SyncScheduler(agent, interval=3600)
     sched.start()
     try:
         wait_for(agent.in_first_run.is_set, timeout=30)
-        heads = [up.commit({CFG: config_yaml(f"{i}.0.0")}) for i in range(2, 6)]
+        heads = [upstream.commit({CFG: config_yaml(f"{i}.0.0")}) for i in range(2, 6)]
         for _ in range(25):
             sched.trigger()
         agent.release_first.set()
@@ -66,18 +64,16 @@ def test_trigger_burst_applies_only_the_newest_head(tmp_path: Path):
         sched.stop()
 
 
-def test_polling_picks_up_commits_and_max_failures_stops(tmp_path: Path):
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")})
+def test_polling_picks_up_commits_and_max_failures_stops(upstream, tmp_path: Path):
     state = tmp_path / "state"
-    agent = SyncAgent(SyncSettings(Remote(up.url), state, CFG))
+    agent = SyncAgent(SyncSettings(Remote(upstream.url), state, CFG))
     agent.acquire()
     sched = SyncScheduler(agent, interval=0.05, max_failures=3, max_backoff=0.1)
     sched.start()
     try:
-        sha = up.commit({CFG: config_yaml("2.0.0")})
+        sha = upstream.commit({CFG: config_yaml("2.0.0")})
         wait_for(lambda: (read_status(state) or {}).get("applied_revision") == sha, timeout=30)
-        up.bare.rename(up.bare.with_name("gone.git"))
+        upstream.bare.rename(upstream.bare.with_name("gone.git"))
         assert sched.done.wait(20)
         assert sched.failed and read_status(state)["consecutive_failures"] == 3
     finally:
@@ -145,12 +141,9 @@ class CountingAgent(SyncAgent):
         return super().sync_once()
 
 
-def test_trigger_debounce_leading_run_trailing_run_and_max_wait(tmp_path: Path):
+def test_trigger_debounce_leading_run_trailing_run_and_max_wait(upstream, tmp_path: Path):
     import time
-
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")})
-    agent = CountingAgent(SyncSettings(Remote(up.url), tmp_path / "state", CFG))
+    agent = CountingAgent(SyncSettings(Remote(upstream.url), tmp_path / "state", CFG))
     agent.acquire()
     sched = SyncScheduler(agent, interval=3600, quiet=0.3, max_wait=0.8)
     sched.start(first_delay=3600)

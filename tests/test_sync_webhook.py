@@ -21,7 +21,7 @@ from gateway.control.gitsync import WEBHOOK_PATH, EmbeddedSync, webhook_routes
 from sync.agent import SyncSettings
 from sync.repo import Remote
 from sync.status import read_status
-from tests.gitserve import CFG, GitHttpServer, Upstream, config_yaml, push_signature
+from tests.gitserve import CFG, GitHttpServer, config_yaml, push_signature
 from tests.waiting import wait_for
 
 SECRET = b"webhook-secret"
@@ -58,14 +58,14 @@ class Server:
 
 
 @pytest.fixture
-def env(tmp_path: Path):
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")})
-    sync = EmbeddedSync(SyncSettings(Remote(up.url), tmp_path / "state", CFG), interval=3600, webhook_secret=SECRET)
+def env(upstream, tmp_path: Path):
+    sync = EmbeddedSync(SyncSettings(Remote(upstream.url), tmp_path / "state", CFG), interval=3600,
+                        webhook_secret=SECRET)
     sync.start()
     server = Server(sync)
-    wait_for(lambda: (read_status(sync.settings.state_dir) or {}).get("applied_revision") == up.head(), timeout=30)
-    yield up, sync, server
+    wait_for(lambda: (read_status(sync.settings.state_dir) or {}).get("applied_revision") == upstream.head(),
+             timeout=30)
+    yield upstream, sync, server
     server.stop()
     sync.stop()
 
@@ -139,10 +139,8 @@ def test_webhook_storm_applies_only_the_newest_head(env):
     assert not names & set(heads[:-1])
 
 
-def test_webhook_disabled_without_secret(tmp_path):
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")})
-    sync = EmbeddedSync(SyncSettings(Remote(up.url), tmp_path / "state", CFG), interval=3600)
+def test_webhook_disabled_without_secret(upstream, tmp_path):
+    sync = EmbeddedSync(SyncSettings(Remote(upstream.url), tmp_path / "state", CFG), interval=3600)
     server = Server(sync)
     try:
         status, answer = server.post(b"{}", {"X-Gitlab-Token": "x"})
@@ -169,18 +167,16 @@ def test_replayed_delivery_is_answered_but_triggers_nothing(env):
     assert server.post(body, gitlab)[1].get("duplicate") is True and no_sync_due(sync)
 
 
-def test_signed_burst_runs_one_fetch_in_flight_plus_one_trailing(tmp_path: Path):
-    up = Upstream(tmp_path / "remote")
-    up.commit({CFG: config_yaml("1.0.0")})
-    http = GitHttpServer(up.root)
-    sync = EmbeddedSync(SyncSettings(Remote(http.url(up.bare.name)), tmp_path / "state", CFG), interval=3600,
+def test_signed_burst_runs_one_fetch_in_flight_plus_one_trailing(upstream, tmp_path: Path):
+    http = GitHttpServer(upstream.root)
+    sync = EmbeddedSync(SyncSettings(Remote(http.url(upstream.bare.name)), tmp_path / "state", CFG), interval=3600,
                         webhook_secret=SECRET)
     sync.start()
     server = Server(sync)
     try:
-        wait_for(lambda: applied(sync) == up.head() and no_sync_due(sync), timeout=30)
+        wait_for(lambda: applied(sync) == upstream.head() and no_sync_due(sync), timeout=30)
         before = http.fetches
-        head = up.commit({CFG: config_yaml("2.0.0")})
+        head = upstream.commit({CFG: config_yaml("2.0.0")})
         body = json.dumps({"ref": "refs/heads/main", "after": head}).encode()
         started = time.monotonic()
 
