@@ -50,6 +50,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from gateway.http.https_proxy import Proxy, open_tunnel
+from gateway.http.phases import IDLE, OFF, PARSED, USABLE
 from gateway.http.upstream_connection import UpstreamConnection, still_open
 
 # An idle connection older than this is closed rather than reused: below the shortest idle
@@ -142,7 +143,7 @@ class Response:
     @property
     def body_received(self) -> bool:
         """Whether the whole body has arrived (a stream's last bytes may still be unread); True once released."""
-        return self._conn is None or self._conn.complete
+        return self._conn is None or self._conn.reading is PARSED
 
     async def read_chunk(self) -> bytes:
         """The next bytes of a streamed body as they arrived, `b""` at its end."""
@@ -231,7 +232,7 @@ class Pool:
             await conn.wait()
         except BaseException:
             if conn is not None:
-                conn.busy = False
+                conn.duty = OFF
                 conn.close()
             self._release_slot()
             raise
@@ -243,13 +244,13 @@ class Pool:
 
     def done(self, conn: UpstreamConnection, finished: bool = False) -> None:
         """The exchange on `conn` is over: pool it if it may carry another request, else close it."""
-        if finished and not conn.complete and conn.error is None and conn.usable:
+        if finished and conn.reading is not PARSED and conn.error is None and conn.link is USABLE:
             conn.drain()  # back here at the body's end (pooled) or on error/timeout (closed)
             return
-        conn.busy = conn.draining = False
+        conn.duty = OFF
         conn.waiter = None
         transport = conn.transport
-        if conn.complete and conn.keep_alive and conn.usable and not transport.is_closing() \
+        if conn.reading is PARSED and conn.keep_alive and conn.link is USABLE and not transport.is_closing() \
                 and not transport.get_write_buffer_size():
             conn.chunks = []
             conn.idle_since = now = self.loop.time()
@@ -258,9 +259,9 @@ class Pool:
                 idle = self.idle[conn.key] = deque()
             while idle and now - idle[0].idle_since > KEEPALIVE_S:
                 old = idle.popleft()
-                old.pooled = False
+                old.duty = OFF
                 old.close()
-            conn.pooled = True
+            conn.duty = IDLE
             idle.append(conn)
         else:
             conn.close()
@@ -268,13 +269,14 @@ class Pool:
 
     def forget(self, conn: UpstreamConnection) -> None:
         """Drop an idle connection the server closed."""
-        conn.pooled = False
+        conn.duty = OFF
         self.idle[conn.key].remove(conn)
 
     async def close(self) -> None:
         """Close every connection, idle or in use."""
         for conn in list(self.conns):
-            conn.pooled = False
+            if conn.duty is IDLE:
+                conn.duty = OFF
             conn.close()
         self.idle.clear()
         await asyncio.sleep(0)  # let the transports report their loss
@@ -285,9 +287,9 @@ class Pool:
         now = self.loop.time()
         while idle:
             conn = idle.pop()
-            conn.pooled = False
+            conn.duty = OFF
             age = now - conn.idle_since
-            if conn.usable and not conn.transport.is_closing() and age < KEEPALIVE_S \
+            if conn.link is USABLE and not conn.transport.is_closing() and age < KEEPALIVE_S \
                     and (age < PEEK_AFTER_S or still_open(conn.transport)):
                 return conn
             conn.close()

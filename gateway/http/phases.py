@@ -1,4 +1,4 @@
-"""The states of a server connection and of each request/response exchange on it.
+"""The states of a server connection and of each request/response exchange on it, and of an upstream connection.
 
 Each is a small `IntEnum` whose members are also module names (`OPEN`, `PARSED`, `CHUNKED`, ...),
 compared with `is` (or `<` along a phase's order). On the request path two things keep them as
@@ -31,7 +31,8 @@ class Event(enum.IntEnum):
 
 
 class Reading(enum.IntEnum):
-    """How far a request has been received (`ServerExchange.reading`); each implies the ones before."""
+    """How far a request (`ServerExchange.reading`) or an upstream response (`UpstreamConnection.reading`,
+    HEAD to PARSED) has been received; each implies the ones before."""
 
     HEAD = 0  # the request line and headers are arriving
     BODY = 1  # the head was parsed and checked; the body, if any, is arriving
@@ -56,8 +57,28 @@ class Framing(enum.IntEnum):
     UNTIL_CLOSE = 3  # HTTP/1.0 without a length: the body ends when the connection closes
 
 
+class Link(enum.IntEnum):
+    """An upstream connection's socket (`UpstreamConnection.link`); it only moves forward."""
+
+    CONNECTING = 0  # no transport yet
+    USABLE = 1  # connected, no EOF or error seen: may carry a request
+    ENDED = 2  # EOF seen, or closed by us: carries nothing more; the transport is going
+    LOST = 3  # connection_lost: the transport is gone
+
+
+class Duty(enum.IntEnum):
+    """What the pool has an upstream connection doing (`UpstreamConnection.duty`); from BUSY on, a request is on it."""
+
+    OFF = 0  # new, just taken from the pool, or done with and closed
+    IDLE = 1  # in the pool's idle deque, waiting for a request
+    BUSY = 2  # a request was written: its response is being read (or a stream held by its caller)
+    DRAINING = 3  # released at a stream's logical end: the body's last bytes are awaited, then it is pooled
+
+
 OPEN, CLOSING, CLOSED = Lifecycle
 HEADERS, DATA, END = Event
 HEAD, BODY, PARSED, DELIVERED = Reading
 PENDING, STARTED, FINISHED = Writing
 LENGTH, CHUNKED, NO_BODY, UNTIL_CLOSE = Framing
+CONNECTING, USABLE, ENDED, LOST = Link
+OFF, IDLE, BUSY, DRAINING = Duty

@@ -8,6 +8,12 @@ body and a stream's unread bytes (`max_response_size`); pauses the socket while 
 unread bytes are above `HIGH_WATER`; fails a response that stays silent for the read timeout;
 and, released at a stream's logical end, awaits the body's last bytes in the background
 (`drain`, bounded by `DRAIN_S` and `DRAIN_BYTES`) so the connection can be pooled again.
+
+Its state is three phases (phases.py) and a few facts: `link`, the socket (connecting, usable,
+ended, lost); `duty`, what the pool has it doing (off, idle in the pool, busy with a request,
+draining); `reading`, how far the current response has arrived (head, body, parsed); and
+`stream`, `framed` (a Content-Length or Transfer-Encoding: the body does not end at EOF),
+`paused` (reading stopped for backpressure) and `keep_alive` (the complete response allows reuse).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 import httptools
+
+from gateway.http.phases import BODY, BUSY, CONNECTING, DRAINING, ENDED, HEAD, IDLE, LOST, OFF, PARSED, USABLE
 
 if TYPE_CHECKING:
     from gateway.http.client import Pool
@@ -48,11 +56,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.max_body = pool.max_response_size
         self.parser = httptools.HttpResponseParser(self)
         self.transport: Any = None
-        self.usable = False  # connected, no EOF or error seen: may carry a request
-        self.lost = False
-        self.busy = False
-        self.draining = False  # released after its logical end: awaiting the body's last bytes to be pooled
-        self.pooled = False  # sits in the pool's idle deque
+        self.link = CONNECTING
+        self.duty = OFF
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -66,8 +71,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.buffered = 0
         self.head_size = 0  # bytes received before the (final) headers were complete
         self.body_size = 0  # decoded body bytes received
-        self.headers_done = self.complete = self.framed = self.paused = False
-        self.keep_alive = False
+        self.reading = HEAD
+        self.framed = self.paused = self.keep_alive = False
         self.error: BaseException | None = None
         self.decoder: Any = None
 
@@ -76,7 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
     def send(self, data: bytes, stream: bool) -> None:
         """Write one request and start the read timeout."""
         self._reset(stream)
-        self.busy = True
+        self.duty = BUSY
         self.transport.write(data)
         self.last_io = self.loop.time()
         if self.timer is None:  # an armed timer stays armed across requests and re-checks `last_io`
@@ -84,7 +89,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     async def wait(self) -> None:
         """Until the headers (stream) or the whole response arrived; raise the connection's error."""
-        while not (self.complete or (self.stream and self.headers_done)):
+        while not (self.reading is PARSED or (self.stream and self.reading is BODY)):
             if self.error is not None:
                 raise self.error
             self.waiter = self.loop.create_future()
@@ -95,7 +100,7 @@ class UpstreamConnection(asyncio.Protocol):
         while not self.chunks:
             if self.error is not None:
                 raise self.error
-            if self.complete:
+            if self.reading is PARSED:
                 return b""
             self.waiter = self.loop.create_future()
             await self.waiter
@@ -103,7 +108,7 @@ class UpstreamConnection(asyncio.Protocol):
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self.chunks = []
         self.buffered = 0
-        if self.paused and self.usable:
+        if self.paused and self.link is USABLE:
             self.paused = False
             self.last_io = self.loop.time()
             self.transport.resume_reading()
@@ -111,7 +116,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def drain(self) -> None:
         """Await the rest of a body in the background (bounded); the pool takes the connection at its end."""
-        self.draining = True
+        self.duty = DRAINING
         self.chunks = []
         self.buffered = 0
         self.waiter = None
@@ -124,17 +129,25 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self, exc: BaseException | None = None) -> None:
         """Close the socket; a response being read fails with `exc` (or `ConnectionAbortedError`)."""
-        if self.draining:
-            self.draining = False
-            self.pool.done(self)  # incomplete: closes the connection and frees its slot
+        if self.duty is DRAINING:
+            self.pool.done(self)  # incomplete: closes the connection (off duty) and frees its slot
             return
-        self.usable = False
+        self._end_link()
         self._cancel_timer()
-        if self.busy and not self.complete and self.error is None:
+        if self.duty is BUSY and self.reading is not PARSED and self.error is None:
             self.error = exc or ConnectionAbortedError("the connection was closed")
             self._wake()
-        if self.transport is not None and not self.lost:
+        if self.transport is not None and self.link is not LOST:
             self.transport.abort()
+
+    @property
+    def usable(self) -> bool:
+        """Connected, and no EOF or error seen: may carry a request."""
+        return self.link is USABLE
+
+    def _end_link(self) -> None:
+        if self.link is USABLE:
+            self.link = ENDED
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -150,10 +163,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self.timer = None
-        if not self.busy or self.complete or self.error is not None:
+        if self.duty < BUSY or self.reading is PARSED or self.error is not None:
             return
         now = self.loop.time()
-        deadline = now + self.read_s if self.paused else self.last_io + (DRAIN_S if self.draining else self.read_s)
+        silence = DRAIN_S if self.duty is DRAINING else self.read_s
+        deadline = now + self.read_s if self.paused else self.last_io + silence
         if deadline - now > 0.005:
             self.timer = self.loop.call_at(deadline, self._on_timer)
         else:
@@ -161,8 +175,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _ended(self) -> None:
         """The socket ended (EOF or loss): the end of a read-until-close body, or an error."""
-        self.usable = False
-        if self.busy and self.headers_done and not self.complete and not self.framed:
+        self._end_link()
+        if self.duty >= BUSY and self.reading is BODY and not self.framed:
             self.on_message_complete()
             self.keep_alive = False
         else:
@@ -172,11 +186,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        self.usable = True
+        self.link = USABLE
         self.pool.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
-        if not self.busy or self.complete:  # nothing asked: the connection is out of step
+        if self.duty < BUSY or self.reading is PARSED:  # nothing asked: the connection is out of step
             self.close()
             return
         self.last_io = self.loop.time()
@@ -189,7 +203,7 @@ class UpstreamConnection(asyncio.Protocol):
             cause = exc.__context__ if isinstance(exc.__context__, ProtocolError) else None
             self.close(cause or ProtocolError("sent an invalid HTTP response"))
             return
-        if not self.headers_done:  # httptools buffers an unfinished head line: bound what it may hold
+        if self.reading is HEAD:  # httptools buffers an unfinished head line: bound what it may hold
             self.head_size += len(data)
             if self.head_size > MAX_HEAD_SIZE:
                 self.close(ProtocolError(f"sent response headers larger than {MAX_HEAD_SIZE // 1024} KiB"))
@@ -199,19 +213,19 @@ class UpstreamConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self.lost = True
+        self.link = LOST
         self.pool.conns.discard(self)
-        if self.busy and not self.complete and self.error is None and exc is None:
+        if self.duty >= BUSY and self.reading is not PARSED and self.error is None and exc is None:
             self._ended()
         else:
             self.close(exc)
-        if self.pooled:
+        if self.duty is IDLE:
             self.pool.forget(self)
 
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self.complete:  # a second answer to one request: keep the first, drop the connection
+        if self.reading is PARSED:  # a second answer to one request: keep the first, drop the connection
             raise ProtocolError("sent more than one answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -237,12 +251,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.framed = False
             self.decoder = None
             return
-        self.headers_done = True
+        self.reading = BODY
         if self.stream:
             self._wake()
 
     def on_body(self, body: bytes) -> None:
-        if self.draining:
+        if self.duty is DRAINING:
             self.buffered += len(body)
             if self.buffered > DRAIN_BYTES:
                 raise ProtocolError("kept sending after the end of its stream")
@@ -269,13 +283,13 @@ class UpstreamConnection(asyncio.Protocol):
             self._wake()
 
     def on_message_complete(self) -> None:
-        if not self.headers_done:  # the end of an informational answer
+        if self.reading is HEAD:  # the end of an informational answer
             return
         if self.decoder is not None and (rest := self.decoder.flush()):  # at most what the last step held back
             self.chunks.append(rest)
-        self.complete = True
+        self.reading = PARSED
         self.keep_alive = self.parser.should_keep_alive()
-        if self.draining:
+        if self.duty is DRAINING:
             self.pool.done(self)
         else:
             self._wake()
