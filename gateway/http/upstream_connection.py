@@ -146,6 +146,7 @@ class UpstreamConnection(asyncio.Protocol):
         return self.link is USABLE
 
     def _end_link(self) -> None:
+        """After an EOF or our close the link carries nothing more (a lost one stays lost)."""
         if self.link is USABLE:
             self.link = ENDED
 
