@@ -9,12 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import EXAMPLE_CONFIG
 from tests.kt_process import run_kt
 from tests.test_lint_codes import BASE
 from tests.test_lint_yaml import BOMB
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = ROOT / "policies" / "examples" / "default" / "policy-config.yaml"
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -27,10 +25,10 @@ def write(path: Path, text: str | bytes) -> Path:
 
 
 def test_lint_valid_human() -> None:
-    r = run_kt("policy", "lint", "--file", str(DEFAULT))
+    r = run_kt("policy", "lint", "--file", str(EXAMPLE_CONFIG))
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0] == f"OK {DEFAULT} is valid"
+    assert lines[0] == f"OK {EXAMPLE_CONFIG} is valid"
     assert lines[1].startswith("Pack: kt-default (v")
     assert lines[2].startswith("Chain: ") and "audit-logger" in lines[2]
     assert lines[3].startswith("Policies validated: ")
@@ -91,10 +89,10 @@ def test_lint_github_annotations(tmp_path: Path) -> None:
 
 def test_lint_usage_and_io_errors_exit_1(tmp_path: Path) -> None:
     assert run_kt("policy", "lint").returncode == 1
-    assert run_kt("policy", "lint", "--file", str(DEFAULT), "--format", "xml").returncode == 1
+    assert run_kt("policy", "lint", "--file", str(EXAMPLE_CONFIG), "--format", "xml").returncode == 1
     r = run_kt("policy", "lint", "--file", str(tmp_path / "missing.yaml"))
     assert r.returncode == 1 and "cannot read file" in r.stdout
-    r = run_kt("policy", "lint", "--file", str(tmp_path / "missing.yaml"), "--file", str(DEFAULT), "--json")
+    r = run_kt("policy", "lint", "--file", str(tmp_path / "missing.yaml"), "--file", str(EXAMPLE_CONFIG), "--json")
     assert r.returncode == 1 and [d["valid"] for d in json.loads(r.stdout)] == [False, True]
 
 
@@ -182,7 +180,7 @@ def test_policy_test_invalid_or_missing_config(tmp_path: Path) -> None:
     assert r.returncode == 2 and "E008" in r.stdout
     r = run_kt("policy", "test", "--json", "--file", str(tmp_path / "nope.yaml"))
     assert r.returncode == 1 and json.loads(r.stdout)["errors"][0]["code"] == "E100"
-    r = run_kt("policy", "test", "--file", str(DEFAULT), "--cases", str(tmp_path / "nope"))
+    r = run_kt("policy", "test", "--file", str(EXAMPLE_CONFIG), "--cases", str(tmp_path / "nope"))
     assert r.returncode == 1 and "not a directory" in r.stderr
 
 
@@ -195,7 +193,7 @@ def test_policy_test_without_cases(tmp_path: Path) -> None:
 def test_lint_imports_no_server_or_git_code() -> None:
     code = (
         "import sys\n"
-        f"sys.argv = ['kt', 'policy', 'lint', '--file', {str(DEFAULT)!r}]\n"
+        f"sys.argv = ['kt', 'policy', 'lint', '--file', {str(EXAMPLE_CONFIG)!r}]\n"
         "from kt.cli import main\n"
         "try:\n    main()\nexcept SystemExit as exc:\n    assert exc.code == 0, exc.code\n"
         "heavy = ('tornado', 'git', 'watchfiles', 'apscheduler', 'gateway', 'sync')\n"

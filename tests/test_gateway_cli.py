@@ -15,16 +15,14 @@ from typing import Any
 import openai
 import pytest
 
+from tests import EXAMPLE_CONFIG, ROOT
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import write_config
 from tests.kt_process import run_kt
 from tests.ports import free_port
 from tests.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-DEFAULT_CONFIG = str(ROOT / "policies" / "examples" / "default" / "policy-config.yaml")
+DEFAULT_CONFIG = str(EXAMPLE_CONFIG)
 
 
 def kt(*args: str, state: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -161,12 +161,15 @@ def test_doctor_warns_when_the_store_is_over_80_percent_of_its_cap(tmp_path):
 def test_kt_gateway_run_takes_the_cap_from_its_env_and_refuses_one_too_small(tmp_path, gateway_process):
     import signal
 
-    from tests.test_gateway_cli import DEFAULT_CONFIG, kt
+    from tests import EXAMPLE_CONFIG
+    from tests.kt_process import run_kt
 
-    small = kt("gateway", "run", "--config", DEFAULT_CONFIG, "--events-max-size", "10KiB", state=tmp_path)
+    config = str(EXAMPLE_CONFIG)
+    small = run_kt("gateway", "run", "--config", config, "--events-max-size", "10KiB",
+                   env={**os.environ, "KEEPTRUSTS_STATE_DIR": str(tmp_path)})
     out, err = small.stdout, small.stderr
     assert small.returncode != 0 and "--events-max-size" in out + err and "at least 1MiB" in out + err
-    gw = gateway_process(None, "--config", DEFAULT_CONFIG, env={"KEEPTRUSTS_EVENTS_MAX_SIZE": "3MiB"}, timeout=15)
+    gw = gateway_process(None, "--config", config, env={"KEEPTRUSTS_EVENTS_MAX_SIZE": "3MiB"}, timeout=15)
     text = gw.get("/metrics")[1]
     values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     assert float(values["keeptrusts_events_store_max_bytes"]) == 3 * MIB

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from tests import ROOT
 from tests.gateway_process import GatewayProcess
 from tests.kt_process import run_kt
 from tests.ports import free_port
 from tests.waiting import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "fleet-admin-token"
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import ROOT
+
 OURS = ("policies", "sync", "gateway", "kt")
 ROOMS = ("http", "proxy", "providers", "events", "control")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import ROOT
 from tests.kt_process import run_kt
 
-ROOT = Path(__file__).resolve().parent.parent
 GUARD = 60
 
 

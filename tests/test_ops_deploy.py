@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests import ROOT
+
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 PROBE_PATHS = {"/healthz", "/readyz"}

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import EXAMPLE_CONFIG, ROOT
 from tests.kt_process import run_kt
 from tests.ports import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = ROOT / "policies" / "examples" / "default" / "policy-config.yaml"
 GUARD = 30  # a hang guard for the subprocess, not a timing assertion
 
 
@@ -161,7 +160,7 @@ policy:
 
 
 def test_valid_config_passes(tmp_path: Path) -> None:
-    code, report = kt_doctor("--config", str(DEFAULT_CONFIG), "--state-dir", str(tmp_path / "state"))
+    code, report = kt_doctor("--config", str(EXAMPLE_CONFIG), "--state-dir", str(tmp_path / "state"))
     checks = by_name(report)
     assert code == 0 and report["ok"] is True, report
     assert checks["config"]["status"] == "ok" and "kt-default" in checks["config"]["detail"]
@@ -172,7 +171,7 @@ def test_valid_config_passes(tmp_path: Path) -> None:
     assert checks["control plane"]["status"] == "warn" and "KEEPTRUSTS_API_URL" in checks["control plane"]["fix"]
     assert report["warnings"] == 1 and report["failures"] == 0
     assert not any(name.startswith("gateway") for name in checks), "no gateway is checked unless asked"
-    code, report = kt_doctor("--config", str(DEFAULT_CONFIG), "--state-dir", str(tmp_path / "state"), "--strict")
+    code, report = kt_doctor("--config", str(EXAMPLE_CONFIG), "--state-dir", str(tmp_path / "state"), "--strict")
     assert code == 1 and report["ok"] is False and report["strict"] is True
 
 
@@ -273,7 +272,7 @@ def test_control_plane_token_proven_by_an_empty_batch(control_plane: str) -> Non
 def test_unwritable_state_dir(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    code, report = kt_doctor("--config", str(DEFAULT_CONFIG), "--state-dir", str(blocker / "state"))
+    code, report = kt_doctor("--config", str(EXAMPLE_CONFIG), "--state-dir", str(blocker / "state"))
     check = by_name(report)["event store"]
     assert code == 1 and check["status"] == "fail" and "--state-dir" in check["fix"]
 

@@ -20,12 +20,12 @@ from kt.commands.init import MODELINE, SCHEMA_FILE, template_names
 from policies.json_schema import config_json_schema, convert, packaged_schema_text, render
 from policies.kinds import KINDS
 from policies.lint import lint_bytes
+from tests import ROOT
 from tests.kt_process import run_kt
 from tests.test_kind_schemas import BAD, EXAMPLES
 from tests.test_lint_codes import BASE
 from tests.test_lint_golden import CONFIG as GOLDEN_CONFIG
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIGS = sorted((ROOT / "policies" / "examples").glob("**/policy-config.yaml"))
 
 

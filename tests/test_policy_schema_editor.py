@@ -14,11 +14,11 @@ import pytest
 
 from kt.commands.init import MODELINE, SCHEMA_FILE
 from policies.json_schema import packaged_schema_text
+from tests import EXAMPLE_CONFIG
 from tests.lsp_client import LspClient
 
 SERVER = shutil.which("yaml-language-server")
 pytestmark = pytest.mark.skipif(SERVER is None, reason="yaml-language-server is not installed (.ci/install-tools)")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def messages(diagnostics: list[dict]) -> list[tuple[int, str]]:
 
 
 def test_a_valid_config_has_no_diagnostics(editor: LspClient, tmp_path: Path) -> None:
-    text = MODELINE + (ROOT / "policies" / "examples" / "default" / "policy-config.yaml").read_text()
+    text = MODELINE + (EXAMPLE_CONFIG).read_text()
     assert editor.open(tmp_path / "policy-config.yaml", text) == []
 
 
