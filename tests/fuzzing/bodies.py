@@ -129,6 +129,37 @@ def messages_body(rng: random.Random, model: str, stream: bool, marker: str) -> 
     return body
 
 
+def responses_body(rng: random.Random, model: str, stream: bool, marker: str) -> dict[str, Any]:
+    """A valid /v1/responses body: `input` a string or items (a function call and its output too)."""
+    if rng.random() < 0.4:
+        items: Any = f"{text(rng)} {marker}"
+    else:
+        items = []
+        if rng.random() < 0.3:
+            items += [
+                {"type": "message", "role": "user", "content": text(rng)},
+                {"type": "function_call", "call_id": "call_1", "name": "lookup", "arguments": '{"q": "x"}'},
+                {"type": "function_call_output", "call_id": "call_1", "output": text(rng)},
+            ]
+        content: Any = f"{text(rng)} {marker}"
+        if rng.random() < 0.5:
+            content = [{"type": "input_text", "text": text(rng)}, {"type": "input_text", "text": marker}]
+        items.append({"role": "user", "content": content})
+    body: dict[str, Any] = {"model": model, "input": items}
+    if rng.random() < 0.4:
+        body["instructions"] = text(rng)
+    if stream:
+        body["stream"] = True
+    if rng.random() < 0.3:
+        body["max_output_tokens"] = rng.choice((16, 256))
+    if rng.random() < 0.3:
+        body["tools"] = [{"type": "function", "name": "lookup", "description": text(rng),
+                          "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}]
+    if rng.random() < 0.1:
+        body["text"] = {"format": {"type": "json_object"}}
+    return body
+
+
 def embeddings_body(rng: random.Random, model: str, marker: str) -> dict[str, Any]:
     """A valid /v1/embeddings body."""
     shape = rng.random()

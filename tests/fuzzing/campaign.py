@@ -79,7 +79,7 @@ def make_case(seed: int, index: int, keep: set[int] | None = None, skip: frozens
     marker = f"fz:{seed:x}:{index}"
     request_id = f"fz-{index}"
     draft = requests.base_draft(rng, marker, request_id, upstream_only=family == "upstream",
-                                route=rng.choice(requests.ROUTES[:3]) if family == "upstream" else None)
+                                route=rng.choice(requests.UPSTREAM_ROUTES) if family == "upstream" else None)
     answer: Answer | None = None
     targets: list[tuple[bodies.Op, Callable[[bodies.Op], None]]] = []
     count = rng.randrange(1, 4)

@@ -22,7 +22,9 @@ from typing import Any
 from tests.fuzzing import bodies
 from tests.fuzzing.bodies import Op
 
-ROUTES = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models")
+ROUTES = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/v1/responses")
+ROUTE_WEIGHTS = (5, 4, 2, 1, 3)
+UPSTREAM_ROUTES = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/responses")  # routes that call one
 OTHER_TARGETS = ("/healthz", "/readyz", "/health", "/metrics", "/keeptrusts/status", "/keeptrusts/config",
                  "/keeptrusts/events?limit=3&verdict=block", "/v1/chat/completions/", "/v1/chat/completions?x=1",
                  "/v1//messages", "/V1/MODELS", "/v1/models/../messages", "/%76%31/models", "/nope", "*", "/v2/x")
@@ -135,7 +137,7 @@ class Draft:
 def base_draft(rng: random.Random, marker: str, request_id: str, route: str | None = None,
                upstream_only: bool = False) -> Draft:
     """A valid request to one route; `upstream_only` keeps to models the fuzz upstream serves."""
-    route = route or rng.choices(ROUTES, weights=(5, 4, 2, 1))[0]
+    route = route or rng.choices(ROUTES, weights=ROUTE_WEIGHTS)[0]
     draft = Draft(route=route, target=route.encode())
     draft.headers = [(b"Host", b"127.0.0.1"), (b"X-Request-ID", request_id.encode())]
     if route == "/v1/models":
@@ -151,6 +153,8 @@ def base_draft(rng: random.Random, marker: str, request_id: str, route: str | No
     if route == "/v1/messages":
         draft.headers.append((b"anthropic-version", b"2023-06-01"))
         draft.doc = bodies.messages_body(rng, model, draft.stream, marker)
+    elif route == "/v1/responses":
+        draft.doc = bodies.responses_body(rng, model, draft.stream, marker)
     else:
         draft.doc = bodies.chat_body(rng, model, draft.stream, marker)
     return draft
