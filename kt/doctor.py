@@ -9,7 +9,8 @@ only under `strict`. A bad merge must not take every replica out at once.
 Every probe runs in its own daemon thread with a hard deadline (network calls also carry a
 socket timeout), so a diagnosis finishes within `timeout` seconds even when every remote hangs.
 Providers get one authenticated `GET /v1/models` (Azure OpenAI: an empty-body POST that its deployment
-refuses before generating; no token spent); the control plane gets an
+refuses before generating; no token spent), and a target with native Responses an empty-body POST to
+its Responses URL (refused before generating); the control plane gets an
 empty event batch (nothing stored).
 """
 
@@ -147,7 +148,8 @@ def provider_probes(path: str, env: Mapping[str, str], timeout: float) -> list[P
 
 def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[Check]:
     """Ask the provider for its model list with the target's key: reachable, answering, key accepted
-    (azure-openai: an empty-body POST to the deployment, which also proves that the deployment exists).
+    (azure-openai: an empty-body POST to the deployment, which also proves that the deployment exists);
+    for a target with `responses_api: native`, then `_responses_check`.
 
     A `fail` here is one unusable target; `grade_providers` turns it into a warning while another
     target is usable."""
@@ -164,30 +166,23 @@ def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[
         return _fail(name, f"secret {ref.env} is not set",
                      f"set {ref.env} (or {ref.env}_FILE, a file holding it) in the gateway's environment "
                      "(kt.env, .env or the Kubernetes Secret)")
-    method, url, headers, body = probe_request(target)
-    where = f"{method} {mask_url(url)}"
-    started = time.monotonic()
-    answer = b""
+    request = probe_request(target)
+    where = f"{request[0]} {mask_url(request[1])}"
     try:
-        with urlopen(Request(url, data=body, method=method, headers={**headers, "User-Agent": "kt-doctor"}),
-                     timeout=timeout) as resp:
-            status = resp.status
-    except HTTPError as exc:
-        status = exc.code
-        answer = exc.read(65536)
-        exc.close()
+        status, answer, ms = _call(request, timeout)
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        cause = getattr(exc, "reason", exc)
-        reason = f"no answer within {timeout:g}s" if isinstance(cause, TimeoutError) else \
-            getattr(cause, "strerror", None) or cause
-        return _fail(name, f"{where}: {reason}",
-                     f"check DNS, firewall and egress proxy from this host to {urlsplit(url).netloc}")
-    ms = (time.monotonic() - started) * 1000
-    key = f" with {ref.env}" if ref is not None and ref.env else ""
+        return _unanswered(name, where, request[1], exc, timeout)
     # Gemini answers a wrong key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID
     if status in (401, 403) or (status == 400 and b"API_KEY_INVALID" in answer):
-        return _fail(name, f"key rejected: {where}{key} answered HTTP {status}",
-                     f"put a valid {target.provider} key in {ref.env if ref and ref.env else 'the target secret'}")
+        return _key_rejected(name, target, where, status)
+    checks = _provider_answer(name, target, where, status, answer, ms)
+    if target.responses_native and checks[0].status == "ok":
+        checks += _responses_check(target, timeout)
+    return checks
+
+
+def _provider_answer(name: str, target: Any, where: str, status: int, answer: bytes, ms: float) -> list[Check]:
+    """What the provider's answer (key accepted) to the probe says."""
     if target.provider == "azure-openai" and status in (400, 404):
         return _azure_deployment(name, target, where, status, answer, ms)
     if 200 <= status < 300:
@@ -199,6 +194,66 @@ def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[
         return _warn(name, f"{target.provider} {where} HTTP 429: key accepted but rate-limited",
                      "check the provider account's rate limits and quota")
     return _fail(name, f"{target.provider} {where} answered HTTP {status}",
+                 "the provider is failing: check its status page; the gateway falls back to other targets")
+
+
+def _call(request: tuple[str, str, dict[str, str], bytes | None], timeout: float) -> tuple[int, bytes, float]:
+    """One probe request (method, URL, headers, body): (status, up to 64 KiB of an error body, ms).
+    Raises OSError, http.client.HTTPException or ValueError when nothing answered."""
+    method, url, headers, body = request
+    started = time.monotonic()
+    answer = b""
+    try:
+        with urlopen(Request(url, data=body, method=method, headers={**headers, "User-Agent": "kt-doctor"}),
+                     timeout=timeout) as resp:
+            status = resp.status
+    except HTTPError as exc:
+        status = exc.code
+        answer = exc.read(65536)
+        exc.close()
+    return status, answer, (time.monotonic() - started) * 1000
+
+
+def _unanswered(name: str, where: str, url: str, exc: Exception, timeout: float) -> list[Check]:
+    cause = getattr(exc, "reason", exc)
+    reason = f"no answer within {timeout:g}s" if isinstance(cause, TimeoutError) else \
+        getattr(cause, "strerror", None) or cause
+    return _fail(name, f"{where}: {reason}",
+                 f"check DNS, firewall and egress proxy from this host to {urlsplit(url).netloc}")
+
+
+def _key_rejected(name: str, target: Any, where: str, status: int) -> list[Check]:
+    ref = target.secret_key_ref
+    key = f" with {ref.env}" if ref is not None and ref.env else ""
+    return _fail(name, f"key rejected: {where}{key} answered HTTP {status}",
+                 f"put a valid {target.provider} key in {ref.env if ref and ref.env else 'the target secret'}")
+
+
+def _responses_check(target: Any, timeout: float) -> list[Check]:
+    """A native Responses target (`responses_api: native`): `{}` POSTed to its Responses URL, refused
+    before anything is generated. 400 = the route is there and the key accepted; 404 = no Responses API."""
+    from gateway.providers.adapters import responses_probe_request
+
+    name = f"provider {target.id} responses"
+    request = responses_probe_request(target)
+    where = f"POST {mask_url(request[1])}"
+    try:
+        status, _, ms = _call(request, timeout)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return _unanswered(name, where, request[1], exc, timeout)
+    if status == 400:
+        return _ok(name, f"{where} HTTP 400 ({ms:.0f} ms): the Responses API is there and the key accepted "
+                   "(the empty body was refused before anything was generated)")
+    if status in (401, 403):
+        return _key_rejected(name, target, where, status)
+    if status == 404:
+        return _fail(name, f"{where} answered 404: no Responses API for target {target.id} (responses_api: native)",
+                     f"set `responses_api: translate` on target {target.id} (kt then sends /v1/responses as chat "
+                     "completions), or use a region and model that has the Responses API")
+    if status == 429:
+        return _warn(name, f"{where} HTTP 429: key accepted but rate-limited",
+                     "check the provider account's rate limits and quota")
+    return _fail(name, f"{where} answered HTTP {status}",
                  "the provider is failing: check its status page; the gateway falls back to other targets")
 
 

@@ -393,8 +393,12 @@ class ProviderHandler(tornado.web.RequestHandler):
         return isinstance(self.body, dict) and self.body.get("stream") is True
 
     def checked(self, check: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
-        """The request body as `check` returns it; None once the request is answered: `check`'s
-        ApiError in the provider's envelope, or a status/malformed fault."""
+        """The request body as `check` returns it; None once the request is answered: a status fault
+        (an outage, a missing route or a refused key comes before the body is read), `check`'s
+        ApiError in the provider's envelope, or a malformed fault."""
+        if self.fault is not None and self.fault.kind == "status":
+            self.status_fault(self.fault)
+            return None
         try:
             body = check()
         except ApiError as err:

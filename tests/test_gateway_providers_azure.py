@@ -252,6 +252,29 @@ def test_doctor_proves_the_deployment_exists_without_spending_tokens(fake_azure:
     assert KEY not in json.dumps(report) and "az-wrong" not in json.dumps(report)
 
 
+def test_doctor_proves_a_native_responses_target_without_spending_tokens(fake_azure: FakeAzure,
+                                                                        tmp_path: Path) -> None:
+    """`responses_api: native`: after the deployment, `{}` to `{base_url}/openai/v1/responses` (400 = there)."""
+    config = write_config(tmp_path / "c.yaml", [azure_target(fake_azure, responses_api="native")])
+
+    def doctor() -> tuple[int, dict[str, dict[str, Any]]]:
+        code, report = kt_doctor("--config", str(config), "--state-dir", str(tmp_path / "s"), "--timeout", "5",
+                                 env={KEY_ENV: KEY})
+        assert KEY not in json.dumps(report)
+        return code, by_name(report)
+
+    code, checks = doctor()
+    there = checks["provider az responses"]
+    assert code == 0 and there["status"] == "ok" and "/openai/v1/responses HTTP 400" in there["detail"], there
+    assert [(r.path, r.raw) for r in fake_azure.requests][-1] == ("/openai/v1/responses", b"{}")
+    assert fake_azure.requests[-1].header("api-key") == KEY
+    fake_azure.add_fault("status", status=404, path="/openai/v1/responses")  # a region without Responses
+    code, checks = doctor()
+    missing = checks["provider az responses"]
+    assert missing["status"] == "warn" and "404" in missing["detail"] and code == 0, missing
+    assert "responses_api: translate" in missing["fix"] and "region" in missing["fix"]
+
+
 def test_fake_azure_resolves_the_deployment_before_the_body_like_azure(fake_azure: FakeAzure) -> None:
     """The `openai` SDK sees what kt doctor relies on: 404 DeploymentNotFound before a 400 for the body."""
     with pytest.raises(openai.NotFoundError) as missing:

@@ -347,3 +347,37 @@ def test_a_gateway_with_no_usable_target_fails_and_with_one_warns(
     exit_code, report = kt_doctor("--gateway", gw.url)
     check = by_name(report)["gateway providers"]
     assert exit_code == code and check["status"] == status and detail in check["detail"], report
+
+
+def test_a_native_responses_target_is_proven_without_spending_tokens(tmp_path: Path, fake_upstream) -> None:
+    """`responses_api: native`: `{}` POSTed to the Responses URL; 400 = there, 404 = missing, 401 = bad key."""
+    config = write_config(tmp_path, f"""    - id: native
+      provider: openai
+      model: gpt-4o-mini
+      base_url: {fake_upstream.base_url}
+      responses_api: native
+      secret_key_ref: {{env: KT_DOCTOR_GOOD_KEY}}""")
+
+    def doctor() -> tuple[int, dict[str, dict]]:
+        code, report = kt_doctor("--config", str(config), "--state-dir", str(tmp_path / "s"), "--timeout", "5",
+                                 env={"KT_DOCTOR_GOOD_KEY": "sk-good-secret-value"})
+        assert "secret-value" not in json.dumps(report)
+        return code, by_name(report)
+
+    code, checks = doctor()
+    there = checks["provider native responses"]
+    assert code == 0 and checks["provider native"]["status"] == "ok", checks
+    assert there["status"] == "ok" and "POST" in there["detail"] and "/v1/responses HTTP 400" in there["detail"]
+    assert [(r.method, r.path) for r in fake_upstream.requests] == [("GET", "/v1/models"), ("POST", "/v1/responses")]
+    assert fake_upstream.requests[-1].raw == b"{}", "an empty body: refused before anything is generated"
+
+    fake_upstream.add_fault("status", status=404, path="/v1/responses")
+    code, checks = doctor()
+    missing = checks["provider native responses"]
+    assert missing["status"] == "warn" and "answered 404" in missing["detail"], missing  # chat still serves
+    assert "responses_api: translate" in missing["fix"] and code == 0
+
+    fake_upstream.add_fault("status", status=401, path="/v1/responses")
+    code, checks = doctor()
+    refused = checks["provider native responses"]
+    assert "key rejected" in refused["detail"] and "401" in refused["detail"] and "KT_DOCTOR_GOOD_KEY" in refused["fix"]

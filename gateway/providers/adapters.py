@@ -184,6 +184,13 @@ def probe_request(target: Target) -> tuple[str, str, dict[str, str], bytes | Non
     return "GET", _url(target.base_url, "https://api.openai.com", "/models"), _headers(target), None
 
 
+def responses_probe_request(target: Target) -> tuple[str, str, dict[str, str], bytes]:
+    """(method, URL, headers, body) of `kt doctor`'s check of a native Responses target: an empty body `{}`
+    POSTed to the Responses URL the gateway calls, which the API refuses (400, a missing parameter) before
+    generating anything; 404 means no Responses API there."""
+    return "POST", _responses_url(target), _headers(target), b"{}"
+
+
 def supports_embeddings(target: Target) -> bool:
     """Whether `target` can answer `/v1/embeddings`: OpenAI-format targets, and google / bedrock targets whose
     model is an embeddings model."""
