@@ -166,12 +166,10 @@ def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[
         return _fail(name, f"secret {ref.env} is not set",
                      f"set {ref.env} (or {ref.env}_FILE, a file holding it) in the gateway's environment "
                      "(kt.env, .env or the Kubernetes Secret)")
-    request = probe_request(target)
-    where = f"{request[0]} {mask_url(request[1])}"
-    try:
-        status, answer, ms = _call(request, timeout)
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        return _unanswered(name, where, request[1], exc, timeout)
+    asked = _ask(name, probe_request(target), timeout)
+    if isinstance(asked, list):
+        return asked
+    where, status, answer, ms = asked
     # Gemini answers a wrong key with 400 INVALID_ARGUMENT, reason API_KEY_INVALID
     if status in (401, 403) or (status == 400 and b"API_KEY_INVALID" in answer):
         return _key_rejected(name, target, where, status)
@@ -190,6 +188,11 @@ def _provider_answer(name: str, target: Any, where: str, status: int, answer: by
     if status in (404, 405):
         return _ok(name, f"{target.provider} {where} HTTP {status} ({ms:.0f} ms): reachable, "
                    "no model list here, key not verified")
+    return _unexpected(name, target, where, status)
+
+
+def _unexpected(name: str, target: Any, where: str, status: int) -> list[Check]:
+    """A 429 (a warning) or another status no check expects (the provider is failing)."""
     if status == 429:
         return _warn(name, f"{target.provider} {where} HTTP 429: key accepted but rate-limited",
                      "check the provider account's rate limits and quota")
@@ -214,6 +217,16 @@ def _call(request: tuple[str, str, dict[str, str], bytes | None], timeout: float
     return status, answer, (time.monotonic() - started) * 1000
 
 
+def _ask(name: str, request: tuple[str, str, dict[str, str], bytes | None],
+         timeout: float) -> tuple[str, int, bytes, float] | list[Check]:
+    """`_call(request)` as (where, status, error body, ms); the failed check when nothing answered."""
+    where = f"{request[0]} {mask_url(request[1])}"
+    try:
+        return (where, *_call(request, timeout))
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return _unanswered(name, where, request[1], exc, timeout)
+
+
 def _unanswered(name: str, where: str, url: str, exc: Exception, timeout: float) -> list[Check]:
     cause = getattr(exc, "reason", exc)
     reason = f"no answer within {timeout:g}s" if isinstance(cause, TimeoutError) else \
@@ -235,12 +248,10 @@ def _responses_check(target: Any, timeout: float) -> list[Check]:
     from gateway.providers.adapters import responses_probe_request
 
     name = f"provider {target.id} responses"
-    request = responses_probe_request(target)
-    where = f"POST {mask_url(request[1])}"
-    try:
-        status, _, ms = _call(request, timeout)
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        return _unanswered(name, where, request[1], exc, timeout)
+    asked = _ask(name, responses_probe_request(target), timeout)
+    if isinstance(asked, list):
+        return asked
+    where, status, _, ms = asked
     if status == 400:
         return _ok(name, f"{where} HTTP 400 ({ms:.0f} ms): the Responses API is there and the key accepted "
                    "(the empty body was refused before anything was generated)")
@@ -250,11 +261,7 @@ def _responses_check(target: Any, timeout: float) -> list[Check]:
         return _fail(name, f"{where} answered 404: no Responses API for target {target.id} (responses_api: native)",
                      f"set `responses_api: translate` on target {target.id} (kt then sends /v1/responses as chat "
                      "completions), or use a region and model that has the Responses API")
-    if status == 429:
-        return _warn(name, f"{where} HTTP 429: key accepted but rate-limited",
-                     "check the provider account's rate limits and quota")
-    return _fail(name, f"{where} answered HTTP {status}",
-                 "the provider is failing: check its status page; the gateway falls back to other targets")
+    return _unexpected(name, target, where, status)
 
 
 def _azure_deployment(name: str, target: Any, where: str, status: int, answer: bytes, ms: float) -> list[Check]:
