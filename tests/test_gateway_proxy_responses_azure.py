@@ -208,6 +208,24 @@ def test_a_withheld_answer_is_as_on_chat(tmp_path: Path, fake_azure: FakeAzure, 
     assert err.value.body["code"] == "content_filter" and "withheld the answer" in err.value.body["message"]
 
 
+@pytest.mark.parametrize("withheld", [False, True])
+def test_a_response_object_answering_a_stream_is_read_as_a_json_answer(tmp_path: Path, fake_azure: FakeAzure,
+                                                                       start_gateway: Any, withheld: bool) -> None:
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [native(fake_azure)]))
+    fake_azure.add_fault("json", path=V1)  # the stream request answered with one Response object
+    if withheld:  # Azure's filter checks apply as to a JSON answer: the 400, before any event
+        fake_azure.queue_reply("", finish_reason="content_filter")
+        with pytest.raises(openai.BadRequestError) as err:
+            list(client(gw).responses.create(model="gpt-4o-mini", input="hi", stream=True))
+        assert err.value.body["code"] == "content_filter"
+        return
+    events = list(client(gw).responses.create(model="gpt-4o-mini", input="hi", stream=True))
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert (events[-1].response.output_text, events[-1].response.model) == (HI, MODEL)
+    (sent,) = fake_azure.requests  # answered at the first attempt, not by a retry
+    assert sent.body["stream"] is True
+
+
 def test_azure_errors_are_scrubbed_of_the_key(tmp_path: Path, fake_azure: FakeAzure, start_gateway: Any) -> None:
     gw = start_gateway(write_config(tmp_path / "c.yaml", [native(fake_azure)]))
     fake_azure.add_fault("status", status=400, message=f"Invalid input: key {KEY} is odd.", path=V1)
