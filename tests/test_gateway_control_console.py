@@ -3,17 +3,20 @@ token, masking and escaping, and a real headless Chromium reading what a person 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from gateway.control import console_data
 from gateway.control.console_data import Filters, GatewayView, config_diffs, config_text, mask_config
 from gateway.control.console_page import fragment
 from tests.browser import CHROMIUM, Browser
@@ -279,3 +282,21 @@ def test_policy_counts_are_per_request_and_latency_percentiles_per_slice():
     events = [{"_ts": f.since + 10, "latency_ms": ms} for ms in (1, 2, 3, 100)]
     [(index, p50, p99)] = latency_series(events, f)
     assert (index, p50, p99) == (0, 2, 100)
+
+
+def test_a_verdict_filter_is_asked_of_the_gateway_so_a_block_stays_in_view(tmp_path, gateway_process,
+                                                                          monkeypatch):
+    config = tmp_path / "policy-config.yaml"
+    config.write_text(CONFIG)
+    gw = gateway_process(config, state=tmp_path / "state", env={"KEEPTRUSTS_ADMIN_TOKEN": TOKEN})
+    since = time.time() - 60
+    blocked_request(gw)
+    allowed = {"model": "demo-model", "messages": [{"role": "user", "content": "hello"}]}
+    for _ in range(4):
+        assert gw.request("POST", "/v1/chat/completions", allowed)[0] == 200
+    wait_for(lambda: gw.get("/keeptrusts/events?limit=10")[1]["count"] == 5, timeout=10)
+    monkeypatch.setattr(console_data, "EVENTS_PER_GATEWAY", 3)  # a busy gateway: more events than are asked for
+    newest = asyncio.run(console_data.remote_view(gw.url, TOKEN, since))
+    assert [e["verdict"] for e in newest.events] == ["allow"] * 3
+    blocks = asyncio.run(console_data.remote_view(gw.url, TOKEN, since, verdict="block"))
+    assert [(e["verdict"], e["policy"]) for e in blocks.events] == [("block", "dlp-filter")]

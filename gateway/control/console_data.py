@@ -90,8 +90,12 @@ class Filters:
 # -- gathering ---------------------------------------------------------------------------------
 
 
-async def remote_view(url: str, token: str | None, since: float, timeout: float = 5.0) -> GatewayView:
-    """A gateway's /health, /keeptrusts/status, /keeptrusts/config and events since `since`, asked at once."""
+async def remote_view(url: str, token: str | None, since: float, timeout: float = 5.0,
+                      verdict: str = "") -> GatewayView:
+    """A gateway's /health, /keeptrusts/status, /keeptrusts/config and events since `since`, asked at once.
+
+    With `verdict` the gateway's store picks the newest events of that verdict, so a block stays
+    in view on a gateway that allowed more than `EVENTS_PER_GATEWAY` requests since."""
     view = GatewayView(mask_url(url))
     base = url.rstrip("/")
     headers = {"Accept": "application/json", "User-Agent": "kt-console"}
@@ -114,7 +118,8 @@ async def remote_view(url: str, token: str | None, since: float, timeout: float 
         except orjson.JSONDecodeError:
             return response.code, None
 
-    query = urlencode({"since": f"{since:.3f}", "limit": EVENTS_PER_GATEWAY})
+    asked = {"since": f"{since:.3f}", "limit": EVENTS_PER_GATEWAY}
+    query = urlencode({**asked, "verdict": verdict} if verdict else asked)
     answers = await asyncio.gather(get("/health"), get("/keeptrusts/status"), get("/keeptrusts/config"),
                                    get(f"/keeptrusts/events?{query}"), return_exceptions=True)
     errors = [str(a) for a in answers if isinstance(a, BaseException)]
@@ -135,14 +140,14 @@ class _Unanswered(Exception):
     pass
 
 
-async def local_view(ops: Ops, since: float) -> GatewayView:
-    """This gateway's own view, read in-process (no HTTP round trip)."""
+async def local_view(ops: Ops, since: float, verdict: str = "") -> GatewayView:
+    """This gateway's own view, read in-process (no HTTP round trip); `verdict` as for `remote_view`."""
     view = GatewayView("this gateway", health=ops.health(), status=ops.status(), config=ops.config_view())
     writer = ops.writer
     if writer is None:
         view.error = "the event store is not open"
     else:
-        view.events = await writer.call(writer.store.query, since, None, EVENTS_PER_GATEWAY, None, None)
+        view.events = await writer.call(writer.store.query, since, None, EVENTS_PER_GATEWAY, verdict or None, None)
     return view
 
 
