@@ -153,7 +153,7 @@ def provider_check(target: Any, env: Mapping[str, str], timeout: float) -> list[
 
     A `fail` here is one unusable target; `grade_providers` turns it into a warning while another
     target is usable."""
-    from gateway.providers.adapters import probe_request
+    from gateway.providers.probes import probe_request
 
     name = f"provider {target.id}"
     if target.provider == "mock":
@@ -245,7 +245,7 @@ def _key_rejected(name: str, target: Any, where: str, status: int) -> list[Check
 def _responses_check(target: Any, timeout: float) -> list[Check]:
     """A native Responses target (`responses_api: native`): `{}` POSTed to its Responses URL, refused
     before anything is generated. 400 = the route is there and the key accepted; 404 = no Responses API."""
-    from gateway.providers.adapters import responses_probe_request
+    from gateway.providers.probes import responses_probe_request
 
     name = f"provider {target.id} responses"
     asked = _ask(name, responses_probe_request(target), timeout)
@@ -566,7 +566,7 @@ def plan(config: str | None, gateway: str | None, state_dir: str | None, env: Ma
          timeout: float, max_age: float = MAX_CONFIG_AGE) -> list[Probe]:
     """The probes for what was asked: a local config, a state directory, a gateway, the control plane."""
     # imported here, not in a probe thread, so that importing does not eat the deadline
-    import_module("gateway.providers.adapters")
+    import_module("gateway.providers.probes")
     import_module("policies")
 
     net = max(0.2, min(2.0, timeout / 2))

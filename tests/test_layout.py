@@ -54,7 +54,8 @@ RULES = (
                              "gateway.providers.translate", "gateway.providers.anthropic_request",
                              "gateway.providers.anthropic_response", "gateway.providers.anthropic_stream",
                              "gateway.providers.anthropic_content", "gateway.providers.openai_stream",
-                             "gateway.providers.adapters", "gateway.server"),
+                             "gateway.providers.adapters", "gateway.providers.responses_native",
+                             "gateway.providers.probes", "gateway.server"),
          "control knows no proxy internals"),
 )
 
@@ -66,6 +67,10 @@ EXCEPTIONS = {
         "the wire answers a malformed or oversized request in the one error envelope",
     ("gateway.providers.adapters", "policies.model"):
         "`Target` and the canonical request are policies' value types, not policy logic",
+    ("gateway.providers.responses_native", "policies.model"):
+        "`Target` (model, deployment, base URL) is a value type of the config model",
+    ("gateway.providers.probes", "policies.model"):
+        "`Target` (credentials, base URL) is a value type of the config model",
     ("gateway.providers.azure", "policies.model"):
         "`Target` (deployment, api-version, base URL) is a value type of the config model",
     ("gateway.providers.bedrock", "policies.model"):

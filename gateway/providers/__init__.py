@@ -1,2 +1,2 @@
-"""Owns the providers: a module per provider (and direction: anthropic_request/_response/_stream), SSE, checks, scrub.
+"""Owns the providers: call dispatch (adapters, responses_native, probes), a module per provider/direction, SSE, checks.
 Imports no HTTP server (http.http1, http.handler, tornado.web), no events, no control; of policies only .model."""

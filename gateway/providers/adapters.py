@@ -7,9 +7,9 @@
 - `google`: the Gemini API, translated both ways by `gateway.providers.google`.
 - `bedrock`: AWS Bedrock's Converse API, translated both ways by `gateway.providers.bedrock`.
 - `mock`: the built-in local provider (`gateway.providers.mock`), no network.
-- `respond` / `respond_stream`: a Responses request to an `openai` or `azure-openai` target that
-  speaks it natively (`responses_api: native`), read back as canonical answers
-  (`gateway.providers.openai_responses`); only the URL and the `model` (Azure: the deployment) differ.
+
+Native Responses calls are in `gateway.providers.responses_native`, `kt doctor`'s credential
+probes in `gateway.providers.probes`; both use this module's headers, URLs and answer checks.
 
 `complete` returns `(completion dict, raw upstream bytes or None)` — the raw bytes let an
 unchanged OpenAI answer be forwarded without re-serialising. `stream` yields lists of chunk
@@ -37,7 +37,6 @@ from gateway.providers import (
     checks,
     google,
     mock,
-    openai_responses,
     openai_stream,
     secrets,
     sse,
@@ -62,7 +61,8 @@ T = TypeVar("T")
 
 
 @lru_cache(maxsize=1024)
-def _url(base_url: str | None, default: str, path: str) -> str:
+def api_url(base_url: str | None, default: str, path: str) -> str:
+    """`path` under a target's `base_url` (else `default`), with `/v1` added when the base lacks it."""
     base = (base_url or default).rstrip("/")
     if not base.endswith("/v1"):
         base += "/v1"
@@ -98,13 +98,13 @@ async def _to_bedrock(client: UpstreamClient, target: Target, req: dict[str, Any
 
 async def _bedrock_headers(client: UpstreamClient, target: Target, address: str, body: bytes) -> dict[str, str]:
     """The headers of a POST to a bedrock target: its API key, else a SigV4 signature with fresh credentials."""
-    headers = _headers(target)
+    headers = request_headers(target)
     if target.secret_key_ref is None:
         headers.update(bedrock.signature(target, await bedrock.credentials(client.aws, target), "POST", address, body))
     return headers
 
 
-async def _renewing(client: UpstreamClient, target: Target, call: Callable[[], Awaitable[T]]) -> T:
+async def renewing(client: UpstreamClient, target: Target, call: Callable[[], Awaitable[T]]) -> T:
     """`call()`, and once more when the provider refused the credential and its source, read again now,
     holds another one (a rotated secret file, rotated or revoked AWS credentials)."""
     try:
@@ -124,19 +124,20 @@ async def _renewed(client: UpstreamClient, target: Target) -> bool:
 def _from_bedrock(target: Target, answer: Any) -> dict[str, Any]:
     try:
         return checks.completion(bedrock.completion(target, answer))
-    except _MALFORMED as exc:
-        raise _malformed(target, exc) from None
+    except MALFORMED as exc:
+        raise malformed(target, exc) from None
 
 
 def _from_google(target: Target, answer: Any) -> dict[str, Any]:
     """A Gemini answer as a checked canonical completion."""
     try:
         return checks.completion(google.completion(target, answer))
-    except _MALFORMED as exc:
-        raise _malformed(target, exc) from None
+    except MALFORMED as exc:
+        raise malformed(target, exc) from None
 
 
-def _headers(target: Target, extra: dict[str, str] | None = None) -> dict[str, str]:
+def request_headers(target: Target, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The headers of a JSON call to `target`: its credential, the trace parent when traced, `extra`."""
     headers = {"Content-Type": "application/json", **auth_headers(target)}
     parent = UPSTREAM_TRACEPARENT.get()  # None unless --otlp-endpoint traces this request
     if parent is not None:
@@ -146,7 +147,8 @@ def _headers(target: Target, extra: dict[str, str] | None = None) -> dict[str, s
     return headers
 
 
-def _loads(target: Target, data: bytes | str) -> Any:
+def parse_json(target: Target, data: bytes | str) -> Any:
+    """An upstream body parsed as JSON; invalid JSON is a `bad_response` naming the target."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -161,34 +163,8 @@ def _openai_url(target: Target, operation: str) -> str:
     """The URL of an OpenAI-format `operation` (`chat/completions`, `embeddings`) on `target`."""
     if target.provider == azure.PROVIDER:
         return azure.url(target, operation)
-    return _url(target.base_url, "https://api.openai.com", "/" + operation)
+    return api_url(target.base_url, "https://api.openai.com", "/" + operation)
 
-
-def probe_request(target: Target) -> tuple[str, str, dict[str, str], bytes | None]:
-    """(method, URL, headers, body) of the call `kt doctor` makes to `target` with its credential: it proves
-    the key (and what else the provider lets a free call prove), spends no token. Mostly `GET /v1/models`;
-    azure-openai: an empty body POSTed to the deployment (`azure.PROBE_BODY`: 400 proves the deployment)."""
-    if target.provider == azure.PROVIDER:
-        return "POST", azure.url(target, "chat/completions"), _headers(target), azure.PROBE_BODY
-    if target.provider == google.PROVIDER:
-        return "GET", google.models_url(target), _headers(target), None
-    if target.provider == bedrock.PROVIDER:
-        address = bedrock.models_url(target)
-        headers = {k: v for k, v in _headers(target).items() if k != "Content-Type"}
-        if target.secret_key_ref is None:
-            headers.update(bedrock.signature(target, bedrock.credentials_now(target), "GET", address, b""))
-        return "GET", address, headers, None
-    if is_anthropic(target):
-        return "GET", _url(target.base_url, "https://api.anthropic.com", "/models"), _headers(
-            target, {"anthropic-version": ANTHROPIC_VERSION}), None
-    return "GET", _url(target.base_url, "https://api.openai.com", "/models"), _headers(target), None
-
-
-def responses_probe_request(target: Target) -> tuple[str, str, dict[str, str], bytes]:
-    """(method, URL, headers, body) of `kt doctor`'s check of a native Responses target: an empty body `{}`
-    POSTed to the Responses URL the gateway calls, which the API refuses (400, a missing parameter) before
-    generating anything; 404 means no Responses API there."""
-    return "POST", _responses_url(target), _headers(target), b"{}"
 
 
 def supports_embeddings(target: Target) -> bool:
@@ -201,13 +177,13 @@ def supports_embeddings(target: Target) -> bool:
     return not is_anthropic(target)
 
 
-def _malformed(target: Target, exc: Exception) -> UpstreamFailure:
+def malformed(target: Target, exc: Exception) -> UpstreamFailure:
     """The failure for an answer the checks or the translation refused (`exc` names what, not upstream text)."""
     return UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) sent a malformed answer: "
                            f"{upstream_text(target, str(exc), 200)}")
 
 
-_MALFORMED = (translate.TranslationError, checks.Malformed, RecursionError)
+MALFORMED = (translate.TranslationError, checks.Malformed, RecursionError)
 
 
 async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
@@ -216,24 +192,24 @@ async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) 
         return mock.complete({**req, "model": target.model}), None
     if target.provider == google.PROVIDER:
         body = _to_google(req)
-        data = await _renewing(client, target, lambda: client.post_json(
-            target, google.url(target, False), _headers(target), body))
-        return _from_google(target, _loads(target, data)), None
+        data = await renewing(client, target, lambda: client.post_json(
+            target, google.url(target, False), request_headers(target), body))
+        return _from_google(target, parse_json(target, data)), None
     if target.provider == bedrock.PROVIDER:
         async def converse() -> bytes:
             return await client.post_json(target, *await _to_bedrock(client, target, req, False))
 
-        data = await _renewing(client, target, converse)
-        return _from_bedrock(target, _loads(target, data)), None
+        data = await renewing(client, target, converse)
+        return _from_bedrock(target, parse_json(target, data)), None
     if is_anthropic(target):
         body = orjson.dumps(_to_anthropic({**req, "stream": False}, target.model))
-        url = _url(target.base_url, "https://api.anthropic.com", "/messages")
-        data = await _renewing(client, target, lambda: client.post_json(
-            target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), body))
-        return _from_anthropic(target, _loads(target, data)), None
+        url = api_url(target.base_url, "https://api.anthropic.com", "/messages")
+        data = await renewing(client, target, lambda: client.post_json(
+            target, url, request_headers(target, {"anthropic-version": ANTHROPIC_VERSION}), body))
+        return _from_anthropic(target, parse_json(target, data)), None
     url = _openai_url(target, "chat/completions")
     body = orjson.dumps({**req, "model": target.model})
-    data = await _renewing(client, target, lambda: client.post_json(target, url, _headers(target), body))
+    data = await renewing(client, target, lambda: client.post_json(target, url, request_headers(target), body))
     completion = _checked_answer(target, checks.completion, data, "choices")
     if target.provider == azure.PROVIDER:
         azure.check_answer(target, completion)
@@ -243,14 +219,14 @@ async def complete(client: UpstreamClient, target: Target, req: dict[str, Any]) 
 def _checked_answer(target: Target, check: Callable[[Any], dict[str, Any]], data: bytes, key: str) -> dict[str, Any]:
     """An OpenAI-format answer body, parsed and checked: a 502 naming the target when it is junk, or
     when it is an error object instead of `key` (its message scrubbed)."""
-    answer = _loads(target, data)
+    answer = parse_json(target, data)
     try:
         return check(answer)
-    except _MALFORMED as exc:
-        raise _error_answer(target, answer, key) or _malformed(target, exc) from None
+    except MALFORMED as exc:
+        raise error_answer(target, answer, key) or malformed(target, exc) from None
 
 
-def _error_answer(target: Target, answer: Any, key: str) -> UpstreamFailure | None:
+def error_answer(target: Target, answer: Any, key: str) -> UpstreamFailure | None:
     """The failure for a 2xx answer that is an error object (its message scrubbed), else None."""
     message = checks.error_message(answer, key)
     if message is None:
@@ -261,14 +237,14 @@ def _error_answer(target: Target, answer: Any, key: str) -> UpstreamFailure | No
 
 def _from_anthropic(target: Target, resp: Any) -> dict[str, Any]:
     """An Anthropic Message as a checked canonical completion."""
-    if (failure := _error_answer(target, resp, "content")) is not None:  # {"type": "error", "error": {...}}
+    if (failure := error_answer(target, resp, "content")) is not None:  # {"type": "error", "error": {...}}
         raise failure
     try:
         if not isinstance(resp, dict):
             raise checks.Malformed("the answer is not a JSON object")
         return checks.completion(anthropic_response.anthropic_response_to_openai(resp))
-    except _MALFORMED as exc:
-        raise _malformed(target, exc) from None
+    except MALFORMED as exc:
+        raise malformed(target, exc) from None
 
 
 async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) -> AsyncIterator[Batch]:
@@ -287,19 +263,19 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
     parser = sse.SSEParser()
     anthropic = is_anthropic(target)
     if anthropic:
-        url = _url(target.base_url, "https://api.anthropic.com", "/messages")
+        url = api_url(target.base_url, "https://api.anthropic.com", "/messages")
         wire = orjson.dumps(_to_anthropic(body, target.model))
-        resp = await _renewing(client, target, lambda: client.open_stream(
-            target, url, _headers(target, {"anthropic-version": ANTHROPIC_VERSION}), wire))
+        resp = await renewing(client, target, lambda: client.open_stream(
+            target, url, request_headers(target, {"anthropic-version": ANTHROPIC_VERSION}), wire))
         converter = anthropic_stream.AnthropicStreamToOpenAI(target.model, include_usage=True)
 
         def parse(data: bytes) -> Batch:
             batch: Batch = []
             for _event, payload in parser.feed(data):
-                event = _loads(target, payload)
+                event = parse_json(target, payload)
                 if not isinstance(event, dict):
                     raise checks.Malformed("a stream event is not a JSON object")
-                batch.extend(_checked_chunk(target, c) for c in converter.feed(event))
+                batch.extend(checked_chunk(target, c) for c in converter.feed(event))
                 if event.get("type") == "message_stop":
                     batch.append(DONE)
             return batch
@@ -308,21 +284,21 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
             return [*converter.close(), DONE]
     elif target.provider == google.PROVIDER:
         wire = _to_google(body)
-        resp = await _renewing(client, target, lambda: client.open_stream(
-            target, google.url(target, True), _headers(target), wire))
+        resp = await renewing(client, target, lambda: client.open_stream(
+            target, google.url(target, True), request_headers(target), wire))
         answers = google.StreamToOpenAI(target)
 
         def parse(data: bytes) -> Batch:  # Gemini's stream has no end marker: the body's end is the end
-            return [_checked_chunk(target, c) for _event, payload in parser.feed(data)
-                    for c in answers.feed(_loads(target, payload))]
+            return [checked_chunk(target, c) for _event, payload in parser.feed(data)
+                    for c in answers.feed(parse_json(target, payload))]
 
         def end() -> Batch:
-            return [*(_checked_chunk(target, c) for c in answers.close()), DONE]
+            return [*(checked_chunk(target, c) for c in answers.close()), DONE]
     elif target.provider == bedrock.PROVIDER:
         async def converse_stream() -> Response:
             return await client.open_stream(target, *await _to_bedrock(client, target, body, True))
 
-        resp = await _renewing(client, target, converse_stream)
+        resp = await renewing(client, target, converse_stream)
         frames, events = bedrock.EventStreamParser(), bedrock.StreamToOpenAI(target)
 
         def parse(data: bytes) -> Batch:  # binary event-stream frames; the body's end is the end
@@ -330,14 +306,14 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
                 messages = frames.feed(data)
             except bedrock.EventStreamError as exc:
                 raise checks.Malformed(str(exc)) from None
-            return [_checked_chunk(target, c) for headers, payload in messages for c in events.feed(headers, payload)]
+            return [checked_chunk(target, c) for headers, payload in messages for c in events.feed(headers, payload)]
 
         def end() -> Batch:
-            return [*(_checked_chunk(target, c) for c in events.close()), DONE]
+            return [*(checked_chunk(target, c) for c in events.close()), DONE]
     else:
         url = _openai_url(target, "chat/completions")
         wire = orjson.dumps(body)
-        resp = await _renewing(client, target, lambda: client.open_stream(target, url, _headers(target), wire))
+        resp = await renewing(client, target, lambda: client.open_stream(target, url, request_headers(target), wire))
 
         def parse(data: bytes) -> Batch:
             batch: Batch = []
@@ -345,18 +321,18 @@ async def stream(client: UpstreamClient, target: Target, req: dict[str, Any]) ->
                 if payload == "[DONE]":
                     batch.append(DONE)
                     break
-                batch.append(_checked_chunk(target, _loads(target, payload)))
+                batch.append(checked_chunk(target, parse_json(target, payload)))
             return batch
 
         def end() -> Batch:  # the upstream ended without [DONE]: the end of the body is the end
             return [DONE]
 
-    async with aclosing(_batches(client, target, resp, parse, end)) as batches:
+    async with aclosing(stream_batches(client, target, resp, parse, end)) as batches:
         async for batch in batches:
             yield batch
 
 
-def _checked_chunk(target: Target, chunk: Any) -> dict[str, Any]:
+def checked_chunk(target: Target, chunk: Any) -> dict[str, Any]:
     """A canonical stream chunk, checked; an error chunk's message scrubbed of credentials."""
     chunk = checks.chunk(chunk)
     error = chunk.get("error") if not chunk.get("choices") else None
@@ -373,7 +349,7 @@ def _json_answer(resp: Response, first: bytes) -> bool:
     return "event-stream" not in kind and first.lstrip()[:1] == b"{"
 
 
-async def _batches(client: UpstreamClient, target: Target, resp: Response, parse: Callable[[bytes], Batch],
+async def stream_batches(client: UpstreamClient, target: Target, resp: Response, parse: Callable[[bytes], Batch],
                    end: Callable[[], Batch],
                    whole: Callable[[Target, Any], dict[str, Any]] | None = None) -> AsyncIterator[Batch]:
     """The batches `parse` makes of a streamed response's bytes, up to the one ending in DONE (else `end()`).
@@ -391,8 +367,8 @@ async def _batches(client: UpstreamClient, target: Target, resp: Response, parse
         while data:
             try:
                 batch = parse(data)
-            except (*_MALFORMED, sse.SSEError) as exc:
-                raise _malformed(target, exc) from None
+            except (*MALFORMED, sse.SSEError) as exc:
+                raise malformed(target, exc) from None
             if batch:
                 seen = True
                 if ended := batch[-1] is DONE:
@@ -420,12 +396,12 @@ async def _json_stream(client: UpstreamClient, target: Target, resp: Response, f
         if size > limit:
             raise UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) sent an answer larger "
                                   f"than {limit} bytes (--max-response-size)")
-    return [*openai_stream.completion_to_chunks(whole(target, _loads(target, b"".join(parts)))), DONE]
+    return [*openai_stream.completion_to_chunks(whole(target, parse_json(target, b"".join(parts)))), DONE]
 
 
 def _chat_answer(target: Target, answer: Any) -> dict[str, Any]:
     """A whole chat answer of `target` (its provider's format) as a checked canonical completion."""
-    if (failure := _error_answer(target, answer, "choices")) is not None:
+    if (failure := error_answer(target, answer, "choices")) is not None:
         raise failure
     if is_anthropic(target):
         completion = _from_anthropic(target, answer)
@@ -436,8 +412,8 @@ def _chat_answer(target: Target, answer: Any) -> dict[str, Any]:
     else:
         try:
             completion = checks.completion(answer)
-        except _MALFORMED as exc:
-            raise _malformed(target, exc) from None
+        except MALFORMED as exc:
+            raise malformed(target, exc) from None
         if target.provider == azure.PROVIDER:
             azure.check_answer(target, completion)
     return completion
@@ -452,23 +428,23 @@ async def embed(client: UpstreamClient, target: Target, body: dict[str, Any]) ->
             raise UpstreamFailure("client_error", str(exc), 400) from None
     if target.provider == google.PROVIDER:
         wire = _client_side(lambda: orjson.dumps(google.embed_request(target, body)))
-        data = await _renewing(client, target, lambda: client.post_json(
-            target, google.embed_url(target), _headers(target), wire))
-        return _upstream_side(target, lambda: google.embed_answer(target, _loads(target, data), body)), None
+        data = await renewing(client, target, lambda: client.post_json(
+            target, google.embed_url(target), request_headers(target), wire))
+        return _upstream_side(target, lambda: google.embed_answer(target, parse_json(target, data), body)), None
     if target.provider == bedrock.PROVIDER:
         calls = _client_side(lambda: [orjson.dumps(b) for b in bedrock.embed_requests(target, body)])
         room = asyncio.Semaphore(EMBED_CALLS)
 
         async def invoke(wire: bytes) -> Any:
             async with room:
-                data = await _renewing(client, target, lambda: _invoke(client, target, wire))
-            return _loads(target, data)
+                data = await renewing(client, target, lambda: _invoke(client, target, wire))
+            return parse_json(target, data)
 
         answers = await asyncio.gather(*(invoke(wire) for wire in calls))
         return _upstream_side(target, lambda: bedrock.embed_answer(target, list(answers), body)), None
     url = _openai_url(target, "embeddings")
     wire = orjson.dumps({**body, "model": target.model})
-    data = await _renewing(client, target, lambda: client.post_json(target, url, _headers(target), wire))
+    data = await renewing(client, target, lambda: client.post_json(target, url, request_headers(target), wire))
     return _checked_answer(target, checks.embeddings, data, "data"), data
 
 
@@ -490,76 +466,8 @@ def _upstream_side(target: Target, read: Callable[[], T]) -> T:
     """`read()`, an answer translation: what it cannot read is the upstream's fault (502 naming the target)."""
     try:
         return read()
-    except _MALFORMED as exc:
-        raise _malformed(target, exc) from None
-
-
-def native_model(target: Target) -> str:
-    """The `model` a native Responses target is called with: an azure-openai target's deployment, else its model."""
-    return target.deployment or target.model
-
-
-def _responses_url(target: Target) -> str:
-    """The Responses API of a native target: Azure's v1 API on its resource, else `{base_url}/v1/responses`."""
-    if target.provider == azure.PROVIDER:
-        return azure.responses_url(target)
-    return _url(target.base_url, "https://api.openai.com", "/responses")
-
-
-async def respond(client: UpstreamClient, target: Target,
-                  body: dict[str, Any]) -> tuple[openai_responses.Answer, bytes]:
-    """One non-streaming Responses call (`body` as `openai_responses.forwarded_body` made it)."""
-    url, wire = _responses_url(target), orjson.dumps(body)
-    data = await _renewing(client, target, lambda: client.post_json(target, url, _headers(target), wire))
-    return _native_answer(target, _loads(target, data)), data
-
-
-def _native_answer(target: Target, answer: Any) -> openai_responses.Answer:
-    """A native target's Response object, checked (an error body or a failed Response is a scrubbed failure)."""
-    if (failure := _error_answer(target, answer, "output")) is not None:
-        raise failure
-    if isinstance(answer, dict) and (message := openai_responses.failed_message(answer)) is not None:
-        raise UpstreamFailure("5xx", f"target {target.id} ({target.provider}) answered with a failed response: "
-                              f"{upstream_text(target, message)}")
-    try:
-        native = openai_responses.Answer(answer)
-    except _MALFORMED as exc:
-        raise _malformed(target, exc) from None
-    if target.provider == azure.PROVIDER:
-        azure.check_answer(target, native.completion())
-    return native
-
-
-async def respond_stream(client: UpstreamClient, target: Target, body: dict[str, Any],
-                         events: openai_responses.StreamToChat) -> AsyncIterator[Batch]:
-    """A streamed Responses call, as batches of canonical chunks (`events` converts; DONE after
-    `response.completed`). A stream cut before its last event is a `bad_response`; one Response
-    object instead of a stream is read as a JSON answer is, then relayed as the chunks of it."""
-    url, wire = _responses_url(target), orjson.dumps(body)
-    resp = await _renewing(client, target, lambda: client.open_stream(target, url, _headers(target), wire))
-    parser = sse.SSEParser()
-
-    def parse(data: bytes) -> Batch:
-        batch: Batch = []
-        for _event, payload in parser.feed(data):
-            batch.extend(_checked_chunk(target, c) for c in events.feed(_loads(target, payload)))
-            if events.done:
-                batch.append(DONE)
-                break
-        return batch
-
-    def end() -> Batch:
-        raise UpstreamFailure("bad_response", f"target {target.id} ({target.provider}) ended its Responses stream "
-                              "before response.completed")
-
-    def whole(target: Target, answer: Any) -> dict[str, Any]:  # one Response object instead of the stream
-        completion = _native_answer(target, answer).completion()
-        events.started(answer)
-        return completion
-
-    async with aclosing(_batches(client, target, resp, parse, end, whole)) as batches:
-        async for batch in batches:
-            yield batch
+    except MALFORMED as exc:
+        raise malformed(target, exc) from None
 
 
 def model_entry(target: Target) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from gateway.providers import adapters, openai_responses, responses, translate
+from gateway.providers import adapters, openai_responses, responses, responses_native, translate
 from gateway.providers.sse import format_sse
 from gateway.proxy.chat import ChatHandler
 from gateway.proxy.errors import GatewayError, invalid
@@ -58,10 +58,11 @@ class ResponsesHandler(ChatHandler):
         responses.copy_back(self.links)  # a native target gets the redacted texts where they stand
 
     def _forwarded(self, target: Target, stream: bool) -> dict[str, Any]:
-        return openai_responses.forwarded_body(self.body, adapters.native_model(target), stream)
+        return openai_responses.forwarded_body(self.body, responses_native.native_model(target), stream)
 
     async def _respond(self, target: Target) -> tuple[dict[str, Any], bytes | None]:
-        self.native, raw = await adapters.respond(self.services.upstream, target, self._forwarded(target, False))
+        self.native, raw = await responses_native.respond(self.services.upstream, target,
+                                                          self._forwarded(target, False))
         return self.native.completion(), raw
 
     def upstream_complete(self, target: Target, req: dict[str, Any]) -> Any:
@@ -77,8 +78,8 @@ class ResponsesHandler(ChatHandler):
     def upstream_stream(self, target: Target, req: dict[str, Any]) -> AsyncIterator[adapters.Batch]:
         self.adopted = {}  # an attempt that failed before the first byte leaves nothing behind
         if target.responses_native:
-            return adapters.respond_stream(self.services.upstream, target, self._forwarded(target, True),
-                                           openai_responses.StreamToChat(self._adopt))
+            return responses_native.respond_stream(self.services.upstream, target, self._forwarded(target, True),
+                                                   openai_responses.StreamToChat(self._adopt))
         return super().upstream_stream(target, req)
 
     def _converter(self) -> responses.ChatStreamToResponses:
