@@ -127,3 +127,17 @@ def test_hand_edited_revision_is_refused_and_restored_while_the_head_is_refused(
         assert gw.status()["sync"]["last_restored_at"] and gw.chat_status("status of project-bluebird?") == 409
     finally:
         gw.stop()
+
+
+def test_sigterm_right_after_a_request_stops_a_synced_gateway_at_once(upstream, tmp_path):
+    """The drain once hung in the config watcher's stop (a cancel swallowed inside watchfiles' thread
+    call) until the process was killed; it happened about every second time, so six tries."""
+    for attempt in range(6):
+        gw = Gateway(upstream, tmp_path / f"state{attempt}", "--sync-interval", "0.2")
+        try:
+            wait_for(lambda gw=gw: gw.revision() == upstream.head(), timeout=30)
+            assert gw.chat_status("hello") == 200
+            gw.proc.send_signal(signal.SIGTERM)
+            assert gw.proc.wait(timeout=10) == 0, f"attempt {attempt}: no clean exit"
+        finally:
+            gw.stop()

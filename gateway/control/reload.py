@@ -33,6 +33,7 @@ from policies import Config, ConfigError, Finding, PolicyState, load_config_byte
 from sync import manifest
 
 log = logging.getLogger("kt.gateway.reload")
+STOP_WAIT_S = 2.0  # how long `Reloader.stop` waits for the worker and the watcher to end
 _REVISION_DIR = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 
@@ -221,6 +222,7 @@ class Reloader:
         self._wake = asyncio.Event()
         self._triggers: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()  # ends the watcher from inside (see `stop`)
         self.on_sighup: list[Callable[[], None]] = []  # also run on SIGHUP (e.g. an embedded sync agent's trigger)
         # run on the loop when a reload moves a serving gateway to another revision (not on the first load)
         self.on_new_revision: list[Callable[[Snapshot], None]] = []
@@ -324,7 +326,7 @@ class Reloader:
     async def _watch(self, force_polling: bool | None = None) -> None:
         import watchfiles
 
-        while True:
+        while not self._stopping.is_set():
             names = watch_names(self.path)
             dirs = {d for d in map(os.path.dirname, names) if os.path.isdir(d)}
             if not dirs:  # nothing to watch yet (e.g. state dir not created): look again later
@@ -334,7 +336,7 @@ class Reloader:
             try:
                 async for changes in watchfiles.awatch(*sorted(dirs), recursive=False, debounce=400, step=30,
                                                        force_polling=force_polling, rust_timeout=500,
-                                                       yield_on_timeout=True):
+                                                       yield_on_timeout=True, stop_event=self._stopping):
                     if first or any(changed in names for _, changed in changes):
                         self.request("watch")
                     first = False
@@ -360,10 +362,19 @@ class Reloader:
             hook()
 
     async def stop(self) -> None:
-        """Cancel the worker and the watcher."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        """End the watcher through its stop event and cancel the worker; waits at most `STOP_WAIT_S`.
+
+        The watcher is not cancelled: a cancel that reaches it inside watchfiles' thread call
+        (an anyio shielded scope) can be swallowed, and awaiting it then hung a draining gateway
+        until it was killed. Its stop event ends it within one `step` (30 ms)."""
+        self._stopping.set()
+        if self._tasks:
+            self._tasks[0].cancel()  # the worker (`start` puts it first)
+            done, pending = await asyncio.wait(self._tasks, timeout=STOP_WAIT_S)
+            for task in pending:  # never seen; left behind rather than awaited for ever
+                task.cancel()
+                log.warning("config watcher did not stop in %.0f s", STOP_WAIT_S)
+            for task in done:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    task.result()
         self._tasks.clear()
