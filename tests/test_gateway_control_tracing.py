@@ -31,18 +31,25 @@ def receiver():
     r.stop()
 
 
+def traced_gateway(tmp_path: Path, fake: FakeUpstream, start_gateway: Any, receiver: Receiver, *ids: str,
+                   **extra: Any) -> openai.OpenAI:
+    """A gateway traced to `receiver`, one openai target per id on `fake` and dlp-filter blocking
+    project-bluebird; an SDK client of it. `KEY_ENV` must be set (monkeypatch)."""
+    targets = [{"id": i, "provider": "openai", "model": "gpt-4o-mini", "base_url": fake.base_url,
+                "secret_key_ref": {"env": KEY_ENV}} for i in ids]
+    config = write_config(tmp_path / "c.yaml", targets, chain=["dlp-filter"],
+                          policy={"dlp-filter": {"blocked_terms": ["project-bluebird"], "action": "block"}}, **extra)
+    gw = start_gateway(config, otlp_endpoint=receiver.url)
+    return openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+
+
 def test_a_fallback_is_one_request_span_with_two_attempts_under_the_clients_trace(
         tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any, receiver: Receiver,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-up")
-    targets = [{"id": i, "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
-                "secret_key_ref": {"env": KEY_ENV}} for i in ("primary", "backup")]
-    config = write_config(tmp_path / "c.yaml", targets, chain=["dlp-filter"],
-                          policy={"dlp-filter": {"blocked_terms": ["project-bluebird"], "action": "block"}},
-                          fallback={"strategy": "ordered", "max_retries": 1, "retry_on": ["5xx"]})
-    gw = start_gateway(config, otlp_endpoint=receiver.url)
+    client = traced_gateway(tmp_path, fake_upstream, start_gateway, receiver, "primary", "backup",
+                            fallback={"strategy": "ordered", "max_retries": 1, "retry_on": ["5xx"]})
     fake_upstream.add_fault("status", status=503)
-    client = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
     answer = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
         extra_headers={"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"})
@@ -161,12 +168,7 @@ def test_a_streamed_request_and_a_blocked_one_are_traced(
         tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any, receiver: Receiver,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-up")
-    targets = [{"id": "only", "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
-                "secret_key_ref": {"env": KEY_ENV}}]
-    config = write_config(tmp_path / "c.yaml", targets, chain=["dlp-filter"],
-                          policy={"dlp-filter": {"blocked_terms": ["project-bluebird"], "action": "block"}})
-    gw = start_gateway(config, otlp_endpoint=receiver.url)
-    client = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    client = traced_gateway(tmp_path, fake_upstream, start_gateway, receiver, "only")
     stream = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
                                             stream=True, stream_options={"include_usage": True})
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
@@ -192,12 +194,7 @@ def test_a_stream_has_its_output_chain_span_also_when_blocked_midway(
     """The output chain of a stream runs while it is relayed: its span lies within the attempt's and ends
     with the last check (or with the block that cut the stream)."""
     monkeypatch.setenv(KEY_ENV, "sk-up")
-    targets = [{"id": "only", "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
-                "secret_key_ref": {"env": KEY_ENV}}]
-    config = write_config(tmp_path / "c.yaml", targets, chain=["dlp-filter"],
-                          policy={"dlp-filter": {"blocked_terms": ["project-bluebird"], "action": "block"}})
-    gw = start_gateway(config, otlp_endpoint=receiver.url)
-    client = openai.OpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+    client = traced_gateway(tmp_path, fake_upstream, start_gateway, receiver, "only")
     fake_upstream.queue_reply("all clear, nothing to see here", chunks=4)
     assert "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
