@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.events.disk import SETUP_TIMEOUT_S, WriterLock
 from policies.counters import Claim, ClaimResult, decide, results_of, storage_key
 
 DB_NAME = "counters.db"
@@ -30,9 +31,14 @@ class SqliteCounters:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        setup = WriterLock(self.path.with_name(self.path.name + "-lock"))
+        try:
+            with setup.held(SETUP_TIMEOUT_S):  # workers starting at once set the file up one at a time
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute(_SCHEMA)
+        finally:
+            setup.close()
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute(_SCHEMA)
         self._writes = 0
 
     def _values(self, keys: Sequence[str], now: float) -> list[float]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 SQLITE_FULL = 13
+SETUP_TIMEOUT_S = 60.0  # how long a process waits while another sets a shared file up (a VACUUM may take long)
 
 
 def file_bytes(path: Path) -> int:
@@ -36,9 +37,11 @@ def make_reserve(reserve: Path, size: int) -> None:
 
 
 class WriterLock:
-    """`<db>-lock`: one writer of the store at a time, across the threads and processes (`--workers`) that
-    write it, from a batch's first row to the checkpoint after it, so no writer appends to the WAL while
-    another one's checkpoint is due. An flock(2): the kernel releases it when its holder dies."""
+    """`<db>-lock`: one writer of a SQLite file at a time, across the threads and processes (`--workers`)
+    that write it. The event store holds it from a batch's first row to the checkpoint after it, so no
+    writer appends to the WAL while another one's checkpoint is due; every shared file holds it while it
+    is set up (WAL mode, schema), which SQLite's busy timeout does not cover (two workers starting at once
+    got "database is locked" at once). An flock(2): the kernel releases it when its holder dies."""
 
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
         self.path = path
@@ -46,9 +49,10 @@ class WriterLock:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
     @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the lock (waiting up to `timeout`, else `sqlite3.OperationalError`, as a busy store)."""
-        deadline, pause = time.monotonic() + self.timeout, 0.001
+    def held(self, timeout: float | None = None) -> Iterator[None]:
+        """Hold the lock (waiting up to `timeout`, by default the lock's, else `sqlite3.OperationalError`,
+        as a busy store)."""
+        deadline, pause = time.monotonic() + (self.timeout if timeout is None else timeout), 0.001
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

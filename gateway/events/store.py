@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from gateway.events import codec
-from gateway.events.disk import WriterLock, file_bytes, make_reserve
+from gateway.events.disk import SETUP_TIMEOUT_S, WriterLock, file_bytes, make_reserve
 from gateway.events.times import event_time
 
 DB_NAME = "events.db"
@@ -81,39 +81,44 @@ class EventStore:
         self.dropped = 0  # undelivered events deleted or refused for room (reason disk_full)
         self._full_limit: int | None = None  # a lower limit learnt from SQLITE_FULL
         self._full_until = 0.0
+        self._writer: WriterLock | None = None
         if readonly:
             if not self.path.exists():
                 raise FileNotFoundError(f"no event store at {self.path}")
             self._db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = WriterLock(self.path.with_name(self.path.name + "-lock"), lock_timeout)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file (else by VACUUM)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            if self._db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # a store from before the cap
-                self._db.execute("VACUUM")
-            self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-            # The WAL's share: a sixteenth of the cap, at most 1 MiB (a checkpoint every 256 pages), so
-            # a full disk finds most pages in the database file, where freed ones can be reused.
-            self.wal_bytes = min(1024**2, max(16 * self.page_size, self.max_bytes // 16))
-            self._db.execute(f"PRAGMA wal_autocheckpoint={self.wal_bytes // self.page_size}")
-            self._db.execute(f"PRAGMA journal_size_limit={self.wal_bytes}")
-            self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
-                             "SET value = excluded.value", (MAX_BYTES_KEY, str(self.max_bytes)))
+            with self._writer.held(SETUP_TIMEOUT_S):  # one process at a time sets the file up
+                self._set_up()
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.create_function("event_json", 1, _event_json, deterministic=True)
         self._lock = threading.Lock()
         self.reserve = self.path.with_name(self.path.name + "-reserve")
         self._wal = self.path.with_name(self.path.name + "-wal")
         self._shm = self.path.with_name(self.path.name + "-shm")
-        self._writer: WriterLock | None = None
         if not readonly:
-            self._writer = WriterLock(self.path.with_name(self.path.name + "-lock"), lock_timeout)
             make_reserve(self.reserve, self.wal_bytes)
         self.last_seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM events") if not readonly else 0
+
+    def _set_up(self) -> None:
+        db = self._db
+        db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # takes effect on a new file (else by VACUUM)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # a store from before the cap
+            db.execute("VACUUM")
+        self.page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
+        # The WAL's share: a sixteenth of the cap, at most 1 MiB (a checkpoint every 256 pages), so
+        # a full disk finds most pages in the database file, where freed ones can be reused.
+        self.wal_bytes = min(1024**2, max(16 * self.page_size, self.max_bytes // 16))
+        db.execute(f"PRAGMA wal_autocheckpoint={self.wal_bytes // self.page_size}")
+        db.execute(f"PRAGMA journal_size_limit={self.wal_bytes}")
+        db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+                   "SET value = excluded.value", (MAX_BYTES_KEY, str(self.max_bytes)))
 
     def _scalar(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         with self._lock:
