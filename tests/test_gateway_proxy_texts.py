@@ -16,9 +16,10 @@ import anthropic
 import openai
 import pytest
 
+from gateway.control import metrics
 from tests.fake_upstream import FakeUpstream
 from tests.fake_wire import Reply, ToolCall
-from tests.gateway_harness import GatewayThread, write_config
+from tests.gateway_harness import GatewayThread, ToolKind, write_config
 from tests.waiting import wait_for
 
 KEY_ENV = "KT_TEST_UPSTREAM_KEY"
@@ -307,3 +308,34 @@ def test_a_redacted_answer_loses_the_logprobs_that_spell_it(tmp_path: Path, fake
                                                top_logprobs=1).choices[0].logprobs
     assert logprobs is not None and logprobs.content is not None  # an answer left as it is keeps them
     assert [t.token for t in logprobs.content] == ["all ", "clear ", "today"]
+
+
+def _evaluations(result: str | None = None) -> float:
+    results = [result] if result else ["allow", "block", "redact", "escalate", "error", "other"]
+    return sum(metrics.REGISTRY.get_sample_value("keeptrusts_gateway_policy_evaluations_total",
+                                                 {"policy": "test-tool", "result": r}) or 0.0 for r in results)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_evaluation_metric_counts_every_choice_checked(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                           start_gateway: Any, test_kinds: None, stream: bool) -> None:
+    """An answer of 12 choices lists 8 outcomes in its event; the metric still counts all 12 evaluations."""
+    target = {"id": "t", "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
+              "secret_key_ref": {"env": KEY_ENV}}
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [target], ["test-tool"],
+                                    {"test-tool": {"blocked": "shell_exec"}}))
+    for blocked, answers in (("search", 1), ("shell_exec", 2)):
+        before, blocks, ran = _evaluations(), _evaluations("block"), len(ToolKind.seen_usage)
+        fake_upstream.queue_reply(twelve_choices(11, blocked))
+        try:
+            answer = oai(gw).chat.completions.create(model="gpt-4o-mini", messages=[USER], n=12, stream=stream)
+            if stream:
+                list(answer)
+        except openai.APIError:
+            assert blocked == "shell_exec"
+        event = wait_for(lambda n=answers: len(gw.events) == n and gw.events)[-1]
+        assert event["outcomes_unlisted"] > 0 and "_unlisted_results" not in event  # the event stays small
+        ran = len(ToolKind.seen_usage) - ran
+        assert ran == 12  # one evaluation per choice
+        assert wait_for(lambda b=before, r=ran: _evaluations() - b == r, timeout=5)
+        assert _evaluations("block") - blocks == (blocked == "shell_exec")

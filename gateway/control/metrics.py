@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from gateway.control.runtime import Runtime, Snapshot
+from gateway.events.record import UNLISTED_RESULTS
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 # seconds to hours: a deploy is a webhook (seconds), a poll (a minute), or a review queue (hours)
@@ -225,6 +226,17 @@ def _observe_policies(results: Any, kinds: frozenset[str]) -> None:
             POLICY_DURATION.observe(keys[1], spent / 1000.0)
 
 
+def _count_unlisted(unlisted: Any, kinds: frozenset[str]) -> None:
+    """Count the policy results an event does not list ({(policy, outcome): count}, see `RequestRecord`)."""
+    counts = POLICY_RESULTS.values
+    try:
+        for (policy, outcome), n in unlisted.items():
+            key = (policy if policy in kinds else "other", outcome if outcome in VERDICTS else "other")
+            counts[key] = counts.get(key, 0) + n
+    except (AttributeError, TypeError, ValueError):  # not the shape the record gives
+        return
+
+
 def _bounded(value: Any, allowed: frozenset[str], empty: str = "none") -> str:
     if not value:
         return empty
@@ -255,6 +267,9 @@ def observe_event(event: dict[str, Any]) -> None:
     results = event.get("policies")
     if results:
         _observe_policies(results, kinds)
+    unlisted = event.get(UNLISTED_RESULTS)
+    if unlisted:
+        _count_unlisted(unlisted, kinds)
     for direction in ("input", "output"):
         tokens = event.get(f"{direction}_tokens")
         if isinstance(tokens, int) and tokens > 0:

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from gateway.control.state_backend import StateBackend
 from gateway.events.queue import EventQueue
+from gateway.events.record import UNLISTED_RESULTS
 from policies import Config, PolicyState
 from policies.counters import MemoryCounters
 
@@ -110,4 +111,5 @@ class Runtime:
                 except Exception:  # one observer's bug must not cost the events
                     log.exception("event observer %r failed", observe)
         for event in events:
+            event.pop(UNLISTED_RESULTS, None)  # the observers' alone: events stay their size
             self.events.put(event)

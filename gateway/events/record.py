@@ -23,6 +23,9 @@ from sync.clock import rfc3339
 # Phase outcomes an event lists in full (the input phase and the first choices' output phase);
 # past these, only the first outcome of each verdict other than allow is listed, the rest counted.
 OUTCOMES_LISTED = 8
+# The event key (in this process only: `Runtime` removes it before the event is queued) of the policy
+# results an event does not list, as {(policy, "allow"|"block"|"redact"|"escalate"|"error"): count}.
+UNLISTED_RESULTS = "_unlisted_results"
 
 
 class _Ids:
@@ -84,6 +87,7 @@ class RequestRecord:
     outcomes_unlisted: int = 0  # checked, passed or repeating a listed verdict, and not in the event
     unlisted_redactions: int = 0
     unlisted_error: bool = False
+    unlisted_results: dict[tuple[str, str], int] | None = None  # (policy, outcome) -> results not listed
     trace: Any = None  # gateway.control.tracing.RequestTrace with --otlp-endpoint, else None
 
     def add_outcome(self, outcome: ChainOutcome) -> None:
@@ -92,7 +96,8 @@ class RequestRecord:
         A response with many choices gives one output outcome per choice: the event lists the
         first `OUTCOMES_LISTED` and then only the first of each verdict other than allow (so the
         decisive ones always are); the others are counted in `outcomes_unlisted`, their
-        redactions and policy errors still in `redactions` and `policy_error`.
+        redactions and policy errors still in `redactions` and `policy_error`, their policy results
+        in `unlisted_results` (for the metrics, which count every evaluation).
         """
         outcomes = self.outcomes
         verdict = outcome.verdict
@@ -103,11 +108,19 @@ class RequestRecord:
         self.outcomes_unlisted += 1
         self.unlisted_redactions += outcome.redactions
         self.unlisted_error = self.unlisted_error or outcome.policy_error
+        tally = self.unlisted_results
+        if tally is None:
+            tally = self.unlisted_results = {}
+        for result in outcome.results:
+            key = (result.policy, "error" if result.error else result.verdict._value_)
+            tally[key] = tally.get(key, 0) + 1
 
     def to_event(self) -> dict[str, Any]:
+        """The decision event; with unlisted outcomes, also their policy results under `UNLISTED_RESULTS`
+        (for the observers; not stored, not sent)."""
         verdict, reason, policy = _overall(self.outcomes, self.policies_enabled, self.error_code,
                                            self.unlisted_redactions)
-        return {
+        event = {
             "id": new_event_id(),
             "event_type": "decision",
             "timestamp": rfc3339(self.timestamp),
@@ -144,6 +157,9 @@ class RequestRecord:
             "prompt_sha256": self.prompt_sha256,
             "outcomes_unlisted": self.outcomes_unlisted,
         }
+        if self.unlisted_results:
+            event[UNLISTED_RESULTS] = self.unlisted_results
+        return event
 
 
 def _overall(outcomes: list[ChainOutcome], enabled: bool, error_code: str | None,
