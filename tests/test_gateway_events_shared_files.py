@@ -6,6 +6,8 @@ others serve). Before the setup lock, switching the file to WAL mode answered on
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sqlite3
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.control.counters_sqlite import SqliteCounters
+from gateway.events.disk import WriterLock
 from gateway.events.store import EventStore
 
 PROCESSES = 6
@@ -44,3 +47,34 @@ def test_processes_opening_one_fresh_file_at_once_all_get_it(tmp_path: Path, poo
         at = time.time() + 0.05
         outcomes = list(pool.map(open_at, [kind] * PROCESSES, [path] * PROCESSES, [at] * PROCESSES))
         assert outcomes == ["ok"] * PROCESSES, f"round {round_}: {outcomes}"
+
+
+def _gone(lock_path: Path, how: str) -> None:
+    if how == "deleted":  # an operator cleaning the state dir, a tmp cleaner
+        lock_path.unlink()
+    else:  # another file put in its place
+        other = lock_path.with_name("other")
+        other.write_text("")
+        os.replace(other, lock_path)
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_deleted_or_replaced_lock_file_still_admits_one_writer(tmp_path: Path, how: str) -> None:
+    """A writer that opened `<db>-lock` before it went and one that opened it after lock the same file."""
+    path = tmp_path / "events.db-lock"
+    early = WriterLock(path)
+    _gone(path, how)
+    late = WriterLock(path)  # a worker started again, or one that opened the path anew
+    try:
+        for first, second in ((late, early), (early, late)):
+            with first.held(), pytest.raises(sqlite3.OperationalError, match="locked by another"), second.held(0.05):
+                pass
+            with second.held(0.05):  # and free again once released
+                pass
+        _gone(path, how)  # again while neither holds it: still one file between them
+        with late.held(), pytest.raises(sqlite3.OperationalError), early.held(0.05):
+            pass
+        assert path.exists()
+    finally:
+        early.close()
+        late.close()

@@ -41,12 +41,28 @@ class WriterLock:
     that write it. The event store holds it from a batch's first row to the checkpoint after it, so no
     writer appends to the WAL while another one's checkpoint is due; every shared file holds it while it
     is set up (WAL mode, schema), which SQLite's busy timeout does not cover (two workers starting at once
-    got "database is locked" at once). An flock(2): the kernel releases it when its holder dies."""
+    got "database is locked" at once). An flock(2): the kernel releases it when its holder dies.
+
+    The lock is the file at the path, not a file once opened: after taking the flock the holder checks
+    that its open file still is the one at the path (device and inode) and, when the path was deleted or
+    replaced meanwhile, opens the path again and retries, so every holder locks the same file."""
 
     def __init__(self, path: Path, timeout: float = 5.0) -> None:
         self.path = path
         self.timeout = timeout  # as SQLite's busy_timeout: then the batch waits in memory and is retried
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _at_path(self) -> bool:
+        """Whether the open file is the one at the path now (not deleted, not replaced)."""
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(self._fd)
+        return (mine.st_dev, mine.st_ino) == (there.st_dev, there.st_ino)
 
     @contextlib.contextmanager
     def held(self, timeout: float | None = None) -> Iterator[None]:
@@ -56,12 +72,16 @@ class WriterLock:
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     raise sqlite3.OperationalError(f"event store is locked by another writer ({self.path})") from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
+                continue
+            if self._at_path():
+                break
+            fd, self._fd = self._fd, self._open()  # the file was deleted or replaced: lock the one there now
+            os.close(fd)  # (closing it releases the flock on the old file)
         try:
             yield
         finally:
