@@ -214,8 +214,9 @@ async def serve(settings: GatewaySettings, config_path: str | Path | None, sync:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("listening on http://%s:%d (ready in %.2f s)", settings.host or "0.0.0.0", gateway.port,
-             time.perf_counter() - began)
+    host = settings.host or "0.0.0.0"
+    log.info("listening on http://%s:%d (ready in %.2f s)", host, gateway.port, time.perf_counter() - began,
+             extra={"host": host, "port": gateway.port})  # the bound port (--listen HOST:0 picks one)
     tune_gc()
     notifier = loop.create_task(tell_systemd(gateway))
     await stop.wait()

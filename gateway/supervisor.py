@@ -115,8 +115,9 @@ class Supervisor:
         self.pool = [Worker(i) for i in range(self.workers)]
         for worker in self.pool:
             self._spawn(worker)
-        log.info("supervisor %d: %d worker(s) on %s:%d", os.getpid(), self.workers, self.host or "0.0.0.0",
-                 sockets[0].getsockname()[1])
+        host, port = self.host or "0.0.0.0", sockets[0].getsockname()[1]  # the bound port (HOST:0 picks one)
+        log.info("supervisor %d: %d worker(s) on %s:%d", os.getpid(), self.workers, host, port,
+                 extra={"host": host, "port": port})
         try:
             return self._loop()
         finally:

@@ -1,12 +1,14 @@
-"""A real `kt gateway run` subprocess on a free loopback port, for end-to-end tests."""
+"""A real `kt gateway run` subprocess on a loopback port it binds itself (port 0), for end-to-end tests."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -18,8 +20,27 @@ import openai
 
 from tests.gitserve import push_signature
 from tests.kt_process import clean_env
-from tests.ports import free_port
 from tests.waiting import WaitTimeout, wait_for
+
+REPORTERS = ("kt.gateway", "kt.gateway.supervisor")  # the loggers of the lines that say the bound port
+_TEXT_PORT = re.compile(r"^\S+ INFO (?:kt\.gateway|kt\.gateway\.supervisor): .* port=(\d+)$")
+
+
+def reported_port(log: str) -> int | None:
+    """The port a gateway said it listens on (its "listening on" line, or with `--workers` its supervisor's),
+    from its stderr: JSON lines (the `port` field) or `--log-format text` (`port=N`); None before it says.
+    Only whole lines count (a line being written is not read half)."""
+    for line in log.split("\n")[:-1]:
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("logger") in REPORTERS and isinstance(record.get("port"), int):
+                return record["port"]
+        elif found := _TEXT_PORT.match(line):
+            return int(found[1])
+    return None
 
 
 class GatewayProcess:
@@ -29,23 +50,27 @@ class GatewayProcess:
     which stops it after): `config` None runs it without `--policy-config` (e.g. `--git-repo ...`
     in `args`); `env` is added to this process's environment (to `clean_env()` with `clean=True`);
     it is started once `ready` answers 200 (within `timeout` s), or, with
-    `wait=False`, once `wait_ready()` is called. `argv` replaces the whole `kt ...` command line
-    that config, state dir and args would make (e.g. a container image's command); it must listen
-    on `port`.
+    `wait=False`, once `wait_ready()` is called. It listens on `--listen 127.0.0.1:0` and `port`
+    is the one its log reports (read on first use); an explicit `port` listens there instead (e.g. a
+    restart on the port an earlier gateway reported). `argv` replaces the whole `kt ...` command line
+    that config, state dir and args would make (e.g. a container image's command); it listens on
+    loopback, on `port` if given, else on the port its log reports (e.g. `--listen 127.0.0.1:0`).
     """
 
     def __init__(self, config: Path | None, state_dir: Path, *args: str, env: dict[str, str] | None = None,
                  preexec: Callable[[], None] | None = None, ready: str = "/readyz", timeout: float = 20,
                  wait: bool = True, port: int | None = None, argv: Sequence[str] | None = None,
                  clean: bool = False) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self._port = port
+        self._timeout = timeout
         self.state_dir = state_dir
-        self.log_path = state_dir.parent / f"gateway-{self.port}.log"
+        fd, log_path = tempfile.mkstemp(prefix="gateway-", suffix=".log", dir=state_dir.parent)
+        os.close(fd)
+        self.log_path = Path(log_path)
         self.env = {**(clean_env() if clean else os.environ), **(env or {})}
         self.admin_token = self.env.get("KEEPTRUSTS_ADMIN_TOKEN")
         source = ["--policy-config", str(config)] if config is not None else []
-        argv = argv or ["gateway", "run", *source, "--listen", f"127.0.0.1:{self.port}",
+        argv = argv or ["gateway", "run", *source, "--listen", f"127.0.0.1:{port or 0}",
                         "--state-dir", str(state_dir), *args]
         self.ready_path = ready
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
@@ -54,6 +79,29 @@ class GatewayProcess:
                                      preexec_fn=preexec)  # e.g. a lower open-file limit
         if wait:
             self.wait_ready(timeout)
+
+    @property
+    def port(self) -> int:
+        """The port it listens on: the one given, else the one its log reports (waited for, up to the start
+        `timeout`; fails at once if the process exits first)."""
+        if self._port is None:
+            try:
+                self._port = wait_for(self._reported_port, timeout=self._timeout)
+            except WaitTimeout:
+                raise WaitTimeout(f"gateway did not report its port within {self._timeout}s; log:\n"
+                                  f"{self.logs()}") from None
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _reported_port(self) -> int | None:
+        port = reported_port(self.logs())
+        if port is None and self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {self.proc.returncode} before it reported its port; "
+                                 f"log:\n{self.logs()}")
+        return port
 
     def wait_ready(self, timeout: float = 20) -> None:
         """Wait until `ready` answers 200; fail (and end the process) if it exits or `timeout` s pass."""
@@ -69,6 +117,10 @@ class GatewayProcess:
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"gateway exited with {self.proc.returncode}; log:\n{self.logs()}")
+        if self._port is None:
+            self._port = self._reported_port()
+            if self._port is None:
+                return False
         try:
             return self.get(self.ready_path)[0] == 200
         except OSError:

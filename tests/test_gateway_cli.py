@@ -19,7 +19,6 @@ from tests import EXAMPLE_CONFIG, ROOT
 from tests.fake_upstream import FakeUpstream
 from tests.gateway_harness import write_config
 from tests.kt_process import run_kt
-from tests.ports import free_port
 from tests.waiting import wait_for
 
 DEFAULT_CONFIG = str(EXAMPLE_CONFIG)
@@ -75,11 +74,37 @@ def test_run_serves_and_drains_on_sigterm(tmp_path: Path, fake_upstream: FakeUps
     assert "draining" in gw.logs()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_listen_on_port_0_serves_on_the_port_it_reports(workers: int, gateway_process: Any) -> None:
+    gw = gateway_process(None, "--config", DEFAULT_CONFIG, "--workers", str(workers), timeout=30)
+    assert gw.proc.args[gw.proc.args.index("--listen") + 1] == "127.0.0.1:0"
+    port = gw.port  # the `port` field of its log, as a program reads it
+    assert port != 0 and gw.get("/readyz")[0] == 200
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=5) as resp:
+        assert resp.status == 200
+
+    def listening() -> list[dict[str, Any]]:
+        lines = [ln for ln in gw.log_lines() if ln.get("msg", "").startswith("listening on ")]
+        return lines if len(lines) == workers else []
+
+    for line in wait_for(listening, timeout=10):  # with --workers, each on the one socket the supervisor bound
+        assert (line["logger"], line["host"], line["port"]) == ("kt.gateway", "127.0.0.1", port)
+        assert line["msg"].startswith(f"listening on http://127.0.0.1:{port} (ready in "), line
+    supervisor = [ln for ln in gw.log_lines() if ln.get("logger") == "kt.gateway.supervisor" and "port" in ln]
+    if workers == 1:
+        assert supervisor == []
+    else:
+        assert [(ln["host"], ln["port"]) for ln in supervisor] == [("127.0.0.1", port)]
+        assert supervisor[0]["msg"].endswith(f": 2 worker(s) on 127.0.0.1:{port}")
+        wait_for(lambda: gw.get("/readyz")[1]["workers"] == {"ready": 2, "total": 2}, timeout=10)
+
+
 def test_default_config_answers_with_no_provider_key(tmp_path: Path, gateway_process: Any) -> None:
-    port = free_port()
-    gw = gateway_process(None, port=port, timeout=15, argv=[
-        "gateway", "run", "--policy-config", DEFAULT_CONFIG, "--port", str(port), "--listen", "127.0.0.1:0"])
+    # --port overrides the port of --listen (9 would be refused without root, or reported)
+    gw = gateway_process(None, timeout=15, argv=[
+        "gateway", "run", "--policy-config", DEFAULT_CONFIG, "--port", "0", "--listen", "127.0.0.1:9"])
     proc, base = gw.proc, gw.url
+    assert gw.port != 9
     req = urllib.request.Request(base + "/v1/chat/completions", method="POST", data=json.dumps(
         {"model": "demo-model", "messages": [{"role": "user", "content": "hello"}]}).encode())
     with urllib.request.urlopen(req, timeout=5) as resp:
@@ -112,9 +137,8 @@ def test_https_proxy_is_named_at_start_without_its_credentials(tmp_path: Path, g
     assert bad.returncode == 1 and "HTTPS_PROXY must be an http:// proxy" in err
     assert "s3cret" not in out + err and "Traceback" not in out + err
 
-    port = free_port()
-    gw = gateway_process(None, port=port, timeout=15, argv=[
-        "gateway", "run", "--config", DEFAULT_CONFIG, "--port", str(port), "--listen", "127.0.0.1:0"],
+    gw = gateway_process(None, timeout=15, argv=[
+        "gateway", "run", "--config", DEFAULT_CONFIG, "--listen", "127.0.0.1:0"],
         env={"HTTPS_PROXY": "http://u:s3cret@127.0.0.1:9", "NO_PROXY": "internal.corp"})
     text = gw.logs()
     assert "https upstreams go through the proxy http://127.0.0.1:9 (CONNECT)" in text
