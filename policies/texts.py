@@ -259,6 +259,37 @@ def visit_messages(messages: list[Any], visit: Visit) -> None:
                 visit_call(message["function_call"], ("messages", i, "function_call"), role, visit)
 
 
+# Content-part types whose every model-visible byte is a text `visit_parts` visits; any other part
+# (`image_url`, `input_audio`, `file`, a server's `video_url`, ...) holds what no text policy reads.
+READABLE_PARTS = frozenset({"text", "refusal"})
+_SHOWN_TYPE = 40  # longest part type named in a message (it comes from the client)
+
+
+def unreadable_parts(messages: list[Any]) -> list[tuple[Path, str]]:
+    """(where, part type) of every content part of the messages that holds something other than text.
+
+    The type is named only when it is a short identifier (it comes from the client); a part that is not
+    an object is `"not an object"`, one without a usable `type` `"untyped"`."""
+    out: list[tuple[Path, str]] = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if type(kind) is str and kind in READABLE_PARTS:
+                continue
+            if not isinstance(part, dict):
+                shown = "not an object"
+            elif isinstance(kind, str) and 0 < len(kind) <= _SHOWN_TYPE and kind.replace("_", "").isalnum() \
+                    and kind.isascii():
+                shown = kind
+            else:
+                shown = "untyped"
+            out.append((("messages", i, "content", j), shown))
+    return out
+
+
 def plain_texts(messages: list[Any]) -> list[Text] | None:
     """The texts of messages that are all `{"role", "content": "<string>"}` (the usual request), else None."""
     out: list[Text] = []

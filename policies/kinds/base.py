@@ -25,8 +25,9 @@ from typing import Any, ClassVar
 
 from policies.counters import Claim
 from policies.model import INSTRUCTION_ROLES, Exchange, Phase, Verdict
+from policies.rules import choice
 from policies.state import PolicyState
-from policies.texts import Path, location
+from policies.texts import Path, location, unreadable_parts
 
 _INSTRUCTIONS_KEPT = 64  # instruction texts whose findings a policy remembers (see `Policy.scan_input`)
 _INSTRUCTION_MAX_CHARS = 64 * 1024
@@ -91,6 +92,27 @@ def located(message: str, path: Path | None) -> str:
     if path is None or path[0] == "content" or (path[0] == "messages" and path[2:3] == ("content",)):
         return message
     return f"{message} (in {location(path)})" if message else f"found in {location(path)}"
+
+
+# Every text kind's option for content it cannot read (images, audio, files): `allow` forwards it
+# unscanned (the default), `block` refuses the request in the input phase (`unscannable_decision`).
+UNSCANNABLE_OPTION = "on_unscannable_input"
+UNSCANNABLE_REASON = "unscannable_input"
+UNSCANNABLE_RULE = choice(["allow", "block"], "What a request carrying content this kind cannot scan (an image, "
+                          "audio, a file) gets: allow forwards it unscanned, block refuses it (unscannable_input).",
+                          "allow")
+
+
+def unscannable_decision(kind: str, ex: Exchange) -> Decision | None:
+    """A block naming where the request carries content `kind` cannot scan (never the content), or None."""
+    found = unreadable_parts(ex.messages)
+    if not found:
+        return None
+    path, part = found[0]
+    more = f"; {len(found)} such parts in all" if len(found) > 1 else ""
+    return Decision(Verdict.BLOCK, UNSCANNABLE_REASON,
+                    f"policy {kind} cannot scan {location(path)} ({part}{more}) and blocks what it cannot scan "
+                    f"({UNSCANNABLE_REASON}); send text instead")
 
 
 _NOTHING: dict[str, Any] = {}
@@ -158,10 +180,15 @@ class Policy:
         super().__init_subclass__(**kwargs)
         cls.scans_text = cls.scan_text is not Policy.scan_text
         cls.counts = cls.claims is not Policy.claims
+        if cls.scans_text and UNSCANNABLE_OPTION not in cls.schema:  # every text kind takes the option
+            cls.schema = {**cls.schema, UNSCANNABLE_OPTION: UNSCANNABLE_RULE}
 
     def __init__(self, options: dict[str, Any], state: PolicyState) -> None:
         self.options = options
         self.state = state
+        # `on_unscannable_input: block`: a text kind's `check_input` first asks `unscannable_decision` (with
+        # `allow`, the default, a request costs this one flag test).
+        self.refuses_unreadable = self.scans_text and options.get(UNSCANNABLE_OPTION) == "block"
         self._instructions: dict[str, tuple[Hit, ...]] = {}  # see `scan_input`
         self._definitions: dict[bytes, dict[str, tuple[Path, tuple[Hit, ...]]]] = {}  # see `definition_findings`
 
@@ -241,6 +268,8 @@ class Policy:
         """Decide on the request; may redact its texts where they stand, or narrow `ex.targets`."""
         if not self.scans_text:
             return None
+        if self.refuses_unreadable and (refused := unscannable_decision(self.kind, ex)) is not None:
+            return refused
         found_in: dict[str, Sequence[Hit]] = {}  # text -> its findings, so no text is scanned twice
         redacting = False
         # Scan first without changing anything, so a block leaves the request untouched.

@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from policies.kinds import register
-from policies.kinds.base import Decision, Hit, Policy, compile_regexes, context_free, located
+from policies.kinds.base import Decision, Hit, Policy, compile_regexes, context_free, located, unscannable_decision
 from policies.model import INSTRUCTION_ROLES, Exchange, Phase, Verdict
 from policies.rules import choice, flag, option, section, strings
 from policies.state import PolicyState
@@ -191,6 +191,8 @@ class PromptInjection(Policy):
         return self._hits(text)
 
     def check_input(self, ex: Exchange) -> Decision | None:
+        if self.refuses_unreadable and (refused := unscannable_decision(self.kind, ex)) is not None:
+            return refused
         for path, role, text in ex.texts():
             if role in INSTRUCTION_ROLES:  # the application's own instructions are trusted
                 continue
