@@ -97,3 +97,12 @@ def upstream(tmp_path: Path) -> Upstream:
 def _kt_state_in_tmp(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test (and every `kt` subprocess it starts) keeps its state dir under `tmp_path`, never in ~."""
     monkeypatch.setenv("KEEPTRUSTS_STATE_DIR", str(tmp_path / "kt-state"))
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port where nothing listens (connections are refused), held for the test (`tests.ports`)."""
+    from tests.ports import closed_port
+
+    with closed_port() as port:
+        yield port

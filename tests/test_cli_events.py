@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 from gateway.events.store import EventStore
@@ -33,13 +32,10 @@ def test_list_reads_a_store_file_as_a_table_and_as_json(tmp_path):
     assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == ["evt_new"]
 
 
-def test_bad_input_and_unreachable_gateway_are_clear_errors(tmp_path):
+def test_bad_input_and_unreachable_gateway_are_clear_errors(tmp_path, closed_port):
     out = run_kt("events", "list", "--db", str(tmp_path / "none.db"), "--since", "yesterday")
     assert out.returncode == 1 and "duration like 5m" in out.stderr and "Traceback" not in out.stderr
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed again: nothing listens there
-    out = run_kt("events", "list", "--gateway", f"http://127.0.0.1:{port}")
+    out = run_kt("events", "list", "--gateway", f"http://127.0.0.1:{closed_port}")
     assert out.returncode == 1 and "cannot reach the gateway" in out.stderr and "Traceback" not in out.stderr
     out = run_kt("events", "list", "--db", str(tmp_path / "none.db"))
     assert out.returncode == 1 and "cannot open event store" in out.stderr

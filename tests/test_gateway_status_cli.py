@@ -12,7 +12,6 @@ import pytest
 from tests import ROOT
 from tests.gateway_process import GatewayProcess
 from tests.kt_process import run_kt
-from tests.ports import free_port
 from tests.waiting import wait_for
 
 ADMIN = "fleet-admin-token"
@@ -45,7 +44,7 @@ def fleet(tmp_path: Path, gateway_process: Callable[..., GatewayProcess]
     return a, b, configs[0], configs[1]
 
 
-def test_fleet_agrees_then_disagrees_drifts_and_loses_a_member(fleet) -> None:
+def test_fleet_agrees_then_disagrees_drifts_and_loses_a_member(fleet, closed_port: int) -> None:
     a, b, config_a, config_b = fleet
     code, out = kt_status(a.url, b.url)
     report = json.loads(out)
@@ -60,7 +59,7 @@ def test_fleet_agrees_then_disagrees_drifts_and_loses_a_member(fleet) -> None:
     # b runs another config: the fleet disagrees on the revision
     config_b.write_text(config_text("2.0.0"))
     wait_for(lambda: b.get("/keeptrusts/status")[1]["config"]["pack"]["version"] == "2.0.0", timeout=20)
-    down = f"http://127.0.0.1:{free_port()}"
+    down = f"http://127.0.0.1:{closed_port}"
     code, out = kt_status(a.url, b.url, down)
     report = json.loads(out)
     assert code == 1 and report["ok"] is False and len(report["revisions"]) == 2

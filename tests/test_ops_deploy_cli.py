@@ -14,7 +14,6 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.kt_process import run_kt
-from tests.ports import free_port
 from tests.test_ops_deploy import (
     ROOT,
     compose_command,
@@ -73,12 +72,11 @@ def test_flags_exist(where: str) -> None:
 @pytest.fixture
 def image_gateway(tmp_path: Path, gateway_process: Callable[..., GatewayProcess]) -> str:
     """The image's default command (paths and port moved to the test's), as a real process."""
-    port = free_port()
     argv = image_command()
-    argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
+    argv[argv.index("--listen") + 1] = "127.0.0.1:0"  # the gateway reports the port it got
     argv[argv.index("--state-dir") + 1] = str(tmp_path / "state")
     argv[argv.index("--policy-config") + 1] = str(ROOT / "policies" / "examples" / "default" / "policy-config.yaml")
-    return gateway_process(None, state=tmp_path / "state", argv=argv[1:], port=port, clean=True).url
+    return gateway_process(None, state=tmp_path / "state", argv=argv[1:], clean=True).url
 
 
 def test_probes_scrape_path_and_healthcheck_against_the_image_command(image_gateway: str) -> None:

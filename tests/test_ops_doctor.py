@@ -14,7 +14,6 @@ import pytest
 
 from tests import EXAMPLE_CONFIG, ROOT
 from tests.kt_process import run_kt
-from tests.ports import free_port
 
 GUARD = 30  # a hang guard for the subprocess, not a timing assertion
 
@@ -195,8 +194,7 @@ def test_invalid_config_fails_with_findings(tmp_path: Path) -> None:
 
 
 def test_providers_are_asked_for_their_models_with_their_key(tmp_path: Path, provider: str,
-                                                          hanging_listener: str) -> None:
-    closed = free_port()
+                                                          hanging_listener: str, closed_port: int) -> None:
     config = write_config(tmp_path, f"""    - id: good-openai
       provider: openai
       model: a
@@ -220,7 +218,7 @@ def test_providers_are_asked_for_their_models_with_their_key(tmp_path: Path, pro
     - id: refused
       provider: anthropic
       model: d
-      base_url: http://127.0.0.1:{closed}
+      base_url: http://127.0.0.1:{closed_port}
       secret_key_ref: {{env: KT_DOCTOR_GOOD_KEY}}
     - id: no-secret
       provider: openai
@@ -277,17 +275,17 @@ def test_unwritable_state_dir(tmp_path: Path) -> None:
     assert code == 1 and check["status"] == "fail" and "--state-dir" in check["fix"]
 
 
-def test_gateway_down_is_one_failure_with_a_fix() -> None:
-    code, report = kt_doctor("--gateway", f"http://127.0.0.1:{free_port()}")
+def test_gateway_down_is_one_failure_with_a_fix(closed_port: int) -> None:
+    code, report = kt_doctor("--gateway", f"http://127.0.0.1:{closed_port}")
     checks = by_name(report)
     assert code == 1
     assert checks["gateway liveness"]["status"] == "fail" and "running" in checks["gateway liveness"]["fix"]
     assert {checks[n]["status"] for n in ("gateway readiness", "running config", "event pipeline")} == {"skip"}
 
 
-def test_gateway_alone_needs_no_config_file(tmp_path: Path) -> None:
+def test_gateway_alone_needs_no_config_file(tmp_path: Path, closed_port: int) -> None:
     (tmp_path / "policy-config.yaml").write_text("not: [valid")  # must not be picked up when --gateway is given
-    _, report = kt_doctor("--gateway", f"http://127.0.0.1:{free_port()}", cwd=tmp_path)
+    _, report = kt_doctor("--gateway", f"http://127.0.0.1:{closed_port}", cwd=tmp_path)
     assert "config" not in by_name(report)
 
 
