@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import os
@@ -223,6 +224,18 @@ def test_ambiguous_framing_gets_an_error_and_close(gw: GatewayThread, lines: lis
     resp = wire.response()
     assert resp.status in (400, 501), (lines, resp.status, resp.body)
     assert resp.headers["connection"] == "close" and wire.closed()  # nothing after it is read as a request
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_body_is_refused_with_415_not_read_as_json(gw: GatewayThread, coding: str) -> None:
+    wire = Wire(gw.port)
+    wire.send(raw("POST", "/v1/chat/completions", gzip.compress(CHAT), f"Content-Encoding: {coding}"))
+    resp = wire.response()
+    assert resp.status == 415 and json.loads(resp.body)["error"]["code"] == "unsupported_content_encoding"
+    assert coding in json.loads(resp.body)["error"]["message"] and wire.closed()
+    wire = Wire(gw.port)  # identity is no coding at all
+    wire.send(raw("POST", "/v1/chat/completions", CHAT, "Content-Encoding: identity"))
+    assert wire.response().status == 200
 
 
 def test_transfer_encoding_on_http10_is_refused(gw: GatewayThread) -> None:

@@ -96,7 +96,12 @@ def origin_form(req: ServerExchange, url: bytes, method: str) -> bytes:
 
 
 def body_size(headers: httputil.HTTPHeaders, version: str, max_body_size: int) -> int:
-    """The announced body: its Content-Length, `CHUNKED`, or 0 for none; refused beyond `max_body_size`."""
+    """The announced body: its Content-Length, `CHUNKED`, or 0 for none; refused beyond `max_body_size`,
+    or when it is compressed (`Content-Encoding`: kt reads bodies as they are sent, RFC 9110 15.5.16)."""
+    coding = headers.get("Content-Encoding")
+    if coding is not None and coding.strip().lower() not in ("", "identity"):
+        raise Reject(415, "unsupported_content_encoding",
+                     f"Content-Encoding {coding!r} is not supported: send the request body uncompressed")
     if "Transfer-Encoding" in headers:
         codings = headers.get_list("Transfer-Encoding")
         if len(codings) != 1 or codings[0].strip().lower() != "chunked":
