@@ -135,6 +135,9 @@ class MemoryCounters:
         entry = self._data.get(key)
         return entry[0] if entry is not None and entry[1] > now else 0.0
 
+    def _add(self, namespace: str, key: str, amount: float, expires: float, now: float) -> None:
+        self._data[key] = (self._get(key, now) + amount, expires)
+
     def value(self, namespace: str, key: str, window: str, now: float | None = None) -> float:
         now = time.time() if now is None else now
         return self._get(storage_key(namespace, key, window, now)[0], now)
@@ -146,7 +149,7 @@ class MemoryCounters:
         all_ok, passed = decide(claims, values)
         for claim, (key, expires) in zip(claims, keys, strict=True):
             if claim.add and (all_ok or claim.limit is None):
-                self._data[key] = (self._get(key, now) + claim.add, expires)
+                self._add(namespace, key, claim.add, expires, now)
         self._writes += 1
         if self._writes % 1024 == 0:  # forget expired counters now and then
             self._data = {k: e for k, e in self._data.items() if e[1] > now}

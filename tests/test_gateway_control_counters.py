@@ -132,8 +132,10 @@ def test_redis_down_follows_the_fail_mode_and_a_redis_restart_keeps_the_counts(
     assert opened.metric("keeptrusts_state_backend_up", '{backend="redis"}') == 0
     assert closed.metric("keeptrusts_state_backend_errors_total") >= 1
     redis.start()
-    wait_for(lambda: closed.metric("keeptrusts_state_backend_up", '{backend="redis"}') == 1, timeout=15)
-    assert [ask(closed)[0] for _ in range(3)] == [200, 200, 409]  # 3 before the crash + 2 = the $0.05
+    wait_for(lambda: all(gw.metric("keeptrusts_state_backend_up", '{backend="redis"}') == 1
+                         for gw in (closed, opened)), timeout=15)
+    # 3 before the crash + the 1 `opened` admitted meanwhile (merged when Redis was back) + 1 = the $0.05
+    assert [ask(closed)[0] for _ in range(2)] == [200, 409]
 
 
 def test_the_password_never_shows(tmp_path: Path, config: Path, gateway_process) -> None:
@@ -215,3 +217,45 @@ def test_a_redis_crash_mid_load_loses_no_acknowledged_count(tmp_path: Path, redi
     counted = round(float(client.get(key) or 0) / 0.01, 6)
     # nothing answered is lost; a request in flight at the crash (4 clients) may be counted and refused
     assert statuses.count(200) <= counted <= statuses.count(200) + len(threads), (counted, statuses.count(200))
+
+
+def stored_spend(redis: RedisServer) -> float:
+    """Today's global spend of the `budget` pack as Redis holds it."""
+    import redis as redis_py
+
+    client = redis_py.Redis.from_url(redis.url)
+    try:
+        return float(client.get(storage_key("budget", "spend-limit:global", "day", time.time())[0]) or 0)
+    finally:
+        client.close()
+
+
+def test_spend_admitted_during_a_redis_outage_is_merged_when_it_is_back(
+        tmp_path: Path, config: Path, redis: RedisServer, gateway_process) -> None:
+    """Fail-open: what a replica admitted while Redis was down counts against the budget afterwards,
+    on every replica; the budget left is budget - (spend before + spend during the outage)."""
+    a = gateway_process(config, "--state-url", redis.url, "--fail-mode", "allow", state=tmp_path / "state-a")
+    b = gateway_process(config, "--state-url", redis.url, "--fail-mode", "allow", state=tmp_path / "state-b")
+    assert ask(a)[0] == 200  # $0.01 in Redis
+    redis.kill()
+    assert [ask(a)[0] for _ in range(2)] == [200, 200]  # $0.02 counted in a's memory
+    assert a.metric("keeptrusts_state_backend_up", '{backend="redis"}') == 0
+    redis.start()  # same port, same data dir
+    wait_for(lambda: a.metric("keeptrusts_state_backend_up", '{backend="redis"}') == 1, timeout=15)
+    assert stored_spend(redis) == pytest.approx(0.03)
+    assert a.metric("keeptrusts_state_backend_merged_keys_total") == 1
+    assert "merged 1 counter(s)" in a.logs()
+    assert [ask(b)[0], ask(a)[0], ask(b)[0], ask(a)[0]] == [200, 200, 409, 409]  # $0.05 - $0.03 left
+    assert stored_spend(redis) == pytest.approx(0.05)
+
+
+def test_during_a_redis_outage_a_replica_starts_from_the_spend_it_last_saw(
+        tmp_path: Path, config: Path, redis: RedisServer, gateway_process) -> None:
+    gw = gateway_process(config, "--state-url", redis.url, "--fail-mode", "allow")
+    assert [ask(gw)[0] for _ in range(2)] == [200, 200]
+    redis.kill()
+    assert [ask(gw)[0] for _ in range(4)] == [200, 200, 200, 409]  # $0.02 seen: $0.03 left, not $0.05
+    redis.start()
+    wait_for(lambda: gw.metric("keeptrusts_state_backend_up", '{backend="redis"}') == 1, timeout=15)
+    assert stored_spend(redis) == pytest.approx(0.05)
+    assert ask(gw)[0] == 409

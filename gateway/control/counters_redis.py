@@ -6,6 +6,10 @@ server: two replicas racing for the last dollar cannot both win. Each key expire
 window's end (`EXPIREAT`). Keys are `kt:{<pack>}:<policy key>:<bucket>`: the pack is a Redis
 Cluster hash tag, so one call's keys share a slot. `redis.asyncio` keeps the event loop free;
 the script is sent once and then called by its SHA (reloaded after a Redis restart).
+
+Each reply also updates `seen` (the counter's value, for the fail-open fallback to start from),
+and `merge` adds what the fallback counted during an outage, one batch once (a second Lua
+script; see `gateway.control.counters_fallback`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.control.counters_fallback import MergeBatch, Merged
 from policies.counters import EPSILON, Claim, ClaimResult, storage_key
 
 SCHEMES = ("redis://", "rediss://", "unix://")
@@ -53,6 +58,32 @@ return out
 """
 
 
+# KEYS[1]: the batch's marker; KEYS[2..]: counters; ARGV[1]: the marker's expire-at; ARGV per counter:
+# amount, expire-at. Adds a batch once (the marker says it was), skips counters whose window ended,
+# never shortens an expiry (a session's may have moved on). Returns {1, new value or '' per counter},
+# or {0} when the batch was merged before.
+MERGE_LUA = """
+if redis.replicate_commands then redis.replicate_commands() end
+if not redis.call('SET', KEYS[1], '1', 'NX') then return {0} end
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+local now = tonumber(redis.call('TIME')[1])
+local out = {1}
+for i = 2, #KEYS do
+  local expires = tonumber(ARGV[2 * i - 1])
+  if expires > now then
+    out[i] = redis.call('INCRBYFLOAT', KEYS[i], ARGV[2 * i - 2])
+    local ttl = redis.call('TTL', KEYS[i])
+    if ttl < 0 or now + ttl < expires then redis.call('EXPIREAT', KEYS[i], ARGV[2 * i - 1]) end
+  else
+    out[i] = ''
+  end
+end
+return out
+"""
+SEEN_MAX = 100_000  # counter values remembered for the fail-open fallback (bounded memory)
+SEEN_PRUNE_S = 60.0  # a full `seen` forgets expired values at most this often
+
+
 def read_password(path: str | Path | None) -> str | None:
     """The Redis password from a file (first line), or None."""
     if path is None:
@@ -77,24 +108,68 @@ class RedisCounters:
             kwargs["password"] = password
         self.client = aioredis.Redis.from_url(url, **kwargs)
         self.script = self.client.register_script(RESERVE_LUA)
+        self.merge_script = self.client.register_script(MERGE_LUA)
+        self.seen: dict[str, tuple[float, float]] = {}  # key -> (value after the last reply, expires_at)
+        self._pruned_at = 0.0
 
     async def reserve(self, namespace: str, claims: Sequence[Claim], now: float | None = None) -> list[ClaimResult]:
         now = time.time() if now is None else now
-        keys: list[str] = []
+        keys: list[tuple[str, float]] = []
         args: list[str] = []
         for c in claims:
             key, expires = storage_key(namespace, c.key, c.window, now)
-            keys.append(key)
+            keys.append((key, expires))
             need = c.add if c.need is None else c.need
             args += [repr(c.add), repr(need), "" if c.limit is None else repr(c.limit), str(math.ceil(expires))]
-        out = await self.script(keys=keys, args=args)
+        out = await self.script(keys=[k for k, _ in keys], args=args)
         all_ok = out[0] == 1
-        return [ClaimResult(out[1 + 2 * i] == 1, float(out[2 + 2 * i]), all_ok or c.limit is None)
-                for i, c in enumerate(claims)]
+        results = []
+        for i, c in enumerate(claims):
+            value, applied = float(out[2 + 2 * i]), all_ok or c.limit is None
+            results.append(ClaimResult(out[1 + 2 * i] == 1, value, applied))
+            key, expires = keys[i]
+            self._see(key, value + c.add if applied else value, expires, now)
+        return results
+
+    def _see(self, key: str, value: float, expires: float, now: float) -> None:
+        """Remember `key`'s value for the fail-open fallback; a full memory takes no new keys."""
+        seen = self.seen
+        if key not in seen and len(seen) >= SEEN_MAX:
+            if now - self._pruned_at < SEEN_PRUNE_S:
+                return
+            self._pruned_at = now
+            for k in [k for k, (_, e) in seen.items() if e <= now]:
+                del seen[k]
+            if len(seen) >= SEEN_MAX:
+                return
+        seen[key] = (value, expires)
+
+    async def merge(self, batch: MergeBatch) -> Merged | None:
+        """Add `batch` (counted during an outage) to Redis; None when Redis had already applied it."""
+        marker = f"kt:{{{batch.namespace}}}:merged:{batch.id}"
+        args = [str(math.ceil(max(e for _, _, e in batch.entries)))]
+        for _, amount, expires in batch.entries:
+            args += [repr(amount), str(math.ceil(expires))]
+        out = await self.merge_script(keys=[marker, *(k for k, _, _ in batch.entries)], args=args)
+        if out[0] != 1:
+            return None
+        keys, amount, now = 0, 0.0, time.time()
+        for (key, add, expires), value in zip(batch.entries, out[1:], strict=True):
+            if value:
+                keys, amount = keys + 1, amount + add
+                self._see(key, float(value), expires, now)
+        return Merged(keys, amount, len(batch.entries) - keys)
 
     async def value(self, namespace: str, key: str, window: str, now: float | None = None) -> float:
         raw = await self.client.get(storage_key(namespace, key, window, time.time() if now is None else now)[0])
         return float(raw) if raw is not None else 0.0
+
+    @staticmethod
+    def answered(exc: Exception) -> bool:
+        """Whether `exc` is an error reply (Redis is reachable) rather than a connection failure."""
+        from redis.exceptions import ResponseError
+
+        return isinstance(exc, ResponseError)
 
     async def ping(self) -> bool:
         return bool(await self.client.ping())

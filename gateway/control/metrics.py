@@ -312,6 +312,11 @@ class _StateCollector:
                                        "Counter-backend calls that failed (Redis unreachable or timed out).")
         failures.add_metric([], state.failures)
         yield failures
+        merged = CounterMetricFamily("keeptrusts_state_backend_merged_keys",
+                                     "Counters this process counted while Redis was unreachable (--fail-mode "
+                                     "allow, settlements) and added to Redis when it was back.")
+        merged.add_metric([], state.merged_keys)
+        yield merged
         if src.connections is not None:
             yield _gauge("keeptrusts_gateway_active_connections", "Open client connections.", src.connections())
         limits = src.limits() if src.limits else None

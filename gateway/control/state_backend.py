@@ -8,7 +8,9 @@ Redis unreachable (a call fails or times out): the backend is marked down
 (`keeptrusts_state_backend_up 0`) and a probe reconnects with backoff; until it succeeds no
 request waits on Redis. Meanwhile `--fail-mode block` answers requests that need a counter
 with 503 `state_unavailable`; `allow` counts them in this process's memory (logged once per
-outage) — limits then hold per process only, and those counts are not merged back.
+outage; `FallbackCounters`: each counter starts from the last value this process saw in Redis).
+When the probe reaches Redis again, what was counted locally is merged into Redis (each batch
+once) before requests go back to Redis, so the next request sees the combined count.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.control.counters_fallback import FallbackCounters, Merged
 from policies.counters import Claim, ClaimResult, Counters, MemoryCounters
 from sync.backoff import backoff
 from sync.credentials import mask_url
@@ -42,6 +46,7 @@ class StateBackend:
         self.up = True
         self.last_error: str | None = None
         self.failures = 0  # calls that found Redis unreachable
+        self.merged_keys = 0  # counters the fallback added to Redis after outages
         self._probe: asyncio.Task[None] | None = None
         self._pending: set[asyncio.Task[Any]] = set()
 
@@ -79,10 +84,13 @@ class StateBackend:
         task.add_done_callback(self._pending.discard)
 
     async def _apply(self, namespace: str, claims: list[Claim]) -> None:
-        try:
-            await self.reserve(namespace, claims)
-        except StateUnavailable:
-            log.warning("state backend down: %d counter update(s) not recorded", len(claims))
+        if self.up:
+            try:
+                await self.redis.reserve(namespace, claims)
+                return
+            except Exception as exc:
+                self._down(exc)
+        self.local.reserve(namespace, claims)  # either fail mode: merged into Redis when it is back
 
     def _down(self, exc: Exception) -> None:
         self.failures += 1
@@ -96,22 +104,84 @@ class StateBackend:
         if self._probe is None or self._probe.done():
             self._probe = asyncio.ensure_future(self._reconnect())
 
-    async def _reconnect(self, base: float = 0.1, cap: float = 5.0) -> None:
+    @property
+    def unmerged(self) -> int:
+        """Counters this process counted during an outage that Redis has not confirmed yet."""
+        return self.local.unmerged if isinstance(self.local, FallbackCounters) else 0
+
+    async def _reconnect(self, base: float = 0.1, cap: float = 5.0, passes: int = 8) -> None:
+        """Probe with backoff; once Redis answers, merge the fallback's counts, then send requests there again.
+
+        Requests keep counting locally while a merge pass awaits Redis; after `passes` passes
+        what the last one let in is merged right after requests went back to Redis."""
         attempt = 0
-        while not self.up:
+        while True:
+            if self.up:
+                if not self.unmerged:
+                    return
+                try:
+                    await self._merge(1)
+                except Exception as exc:
+                    if self._refused(exc):
+                        return
+                    self._down(exc)  # down again: the batches wait for the next recovery
+                continue
             await asyncio.sleep(backoff(attempt, base, cap, least=base / 2))
             attempt += 1
+            refused = False
             try:
                 await self.redis.ping()
+                await self._merge(passes)
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {mask_url(str(exc))}"[:300]
-                continue
+                refused = self._refused(exc)
+                if not refused:
+                    self.last_error = f"{type(exc).__name__}: {mask_url(str(exc))}"[:300]
+                    continue
             self.up = True
+            attempt = 0
             log.info("state backend %s reachable again", self.url)
+            if refused:  # kept for the next recovery, not retried against a server that refuses them
+                return
+
+    async def _merge(self, passes: int) -> None:
+        """Add what the fallback counted to Redis, batch by batch, and log it; raises when Redis fails
+        (what is not confirmed stays in the fallback)."""
+        total = Merged()
+        local = self.local
+        if not isinstance(local, FallbackCounters):
+            return
+        try:
+            for _ in range(passes):
+                batches = local.cut(time.time())
+                if not batches:
+                    break
+                for batch in batches:
+                    done = await self.redis.merge(batch)
+                    local.merged(batch)
+                    if done is not None:
+                        total += done
+                        self.merged_keys += done.keys
+        finally:
+            if total.keys or total.expired:
+                log.info("state backend %s: merged %d counter(s) counted in this process during the outage "
+                         "(amounts summed: %.6g; %d skipped: their window had ended)",
+                         self.url, total.keys, total.amount, total.expired)
+
+    def _refused(self, exc: Exception) -> bool:
+        """Whether Redis answered a merge with an error (then it is reachable; the batches wait)."""
+        if not self.redis.answered(exc):
+            return False
+        log.error("state backend %s refused to merge %d counter(s) counted during the outage (%s): kept in "
+                  "this process for the next recovery", self.url, self.unmerged, mask_url(str(exc))[:300])
+        return True
+
 
     async def close(self) -> None:
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=2.0)
+        if self.unmerged:
+            log.warning("state backend %s: %d counter(s) counted in this process during the outage were not "
+                        "merged into Redis (the process ends)", self.url, self.unmerged)
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -130,7 +200,8 @@ def open_state_backend(state_dir: Path | None, url: str | None = None, password_
     if url:
         from gateway.control.counters_redis import RedisCounters, read_password
 
-        return StateBackend(MemoryCounters(), fail_mode, RedisCounters(url, read_password(password_file)), url)
+        redis = RedisCounters(url, read_password(password_file))
+        return StateBackend(FallbackCounters(redis.seen), fail_mode, redis, url)
     if state_dir is None:
         return StateBackend(MemoryCounters(), fail_mode)
     from gateway.control.counters_sqlite import DB_NAME, SqliteCounters
