@@ -272,8 +272,8 @@ def unreadable_parts(messages: list[Any]) -> list[tuple[Path, str]]:
     an object is `"not an object"`, one without a usable `type` `"untyped"`."""
     out: list[tuple[Path, str]] = []
     for i, message in enumerate(messages):
-        content = message.get("content") if isinstance(message, dict) else None
-        if not isinstance(content, list):
+        content = message.get("content") if type(message) is dict else None
+        if type(content) is not list:  # a string (the usual message), None, or a shape validation refused
             continue
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
