@@ -23,7 +23,7 @@ import openai
 import pytest
 import yaml
 
-from gateway.providers import secrets
+from gateway.providers import aws, secrets
 from kt.doctor import provider_check
 from policies.config import load_config
 from policies.lint import validate_document
@@ -263,4 +263,25 @@ def test_expiring_container_credentials_are_refreshed_off_the_event_loop(
     assert fake_bedrock.signed_with[-1] == (KEY_B[0], "session-token-b")
     hits = endpoint.hits
     assert chat(gw) and chat(gw) and endpoint.hits == hits, "fresh credentials: read from memory, not per request"
+    assert fake_bedrock.signed_with[-1] == (KEY_B[0], "session-token-b")
+
+
+def test_refused_signatures_do_not_look_credentials_up_per_request(
+        tmp_path: Path, fake_bedrock: FakeBedrock, credentials_endpoint: CredentialsEndpoint,
+        start_gateway: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 requests Bedrock answers 403 (a model the role may not use) cost one credential lookup, not 50;
+    a key rotated meanwhile is still picked up once the throttle window has passed."""
+    endpoint = credentials_endpoint
+    endpoint.serve(KEY_A, "session-token-a", timedelta(hours=1))
+    fake_bedrock.aws_keys = {}  # every signature refused: 403
+    gw = start_gateway(bedrock_config(tmp_path, fake_bedrock))
+    with ThreadPoolExecutor(5) as pool:  # five at a time, so refusals also arrive while a renewal runs
+        answers = list(pool.map(lambda _: _served(gw), range(50)))
+    assert answers == [None] * 50 and len(fake_bedrock.requests) >= 50
+    assert endpoint.hits <= 2, f"{endpoint.hits} credential lookups: the first one and at most one renewal"
+
+    monkeypatch.setattr(aws, "RENEW_S", 0.2)
+    endpoint.serve(KEY_B, "session-token-b", timedelta(hours=1))
+    fake_bedrock.aws_keys = dict([KEY_B])
+    assert wait_for(lambda: _served(gw), timeout=10) == "Hello from Bedrock."
     assert fake_bedrock.signed_with[-1] == (KEY_B[0], "session-token-b")

@@ -12,7 +12,10 @@ fresh, never blocking the event loop on it:
   do, one worker thread refreshes them and the requests that need them wait for that one;
 - when the provider refuses a signature (401/403, `renew`), the chain is resolved again in a
   thread (static keys rotated in the shared credentials file, revoked session credentials) and
-  the caller retries once if the credentials changed;
+  the caller retries once if the credentials changed; at most once every `RENEW_S` seconds
+  (a client that makes Bedrock answer 403 again and again, e.g. for a model the role may not
+  use, must not turn each request into a credential lookup, maybe a metadata-endpoint call),
+  and the refusals that come while one renewal runs wait for that one;
 - no credentials: the chain is tried again (in a thread) at most every `RETRY_S` seconds, so a
   gateway started before its credentials exist serves bedrock once they appear.
 """
@@ -26,6 +29,7 @@ from functools import lru_cache
 from typing import Any
 
 RETRY_S = 5.0
+RENEW_S = 15.0  # a refused signature resolves the chain again at most this often
 SERVICE = "bedrock"
 
 
@@ -65,6 +69,8 @@ class CredentialChain:
         self._next_try = 0.0  # no credentials: monotonic time of the next attempt
         self._error: str | None = None
         self._pending: asyncio.Future[None] | None = None
+        self._renewal: asyncio.Future[bool] | None = None  # the renewal running now
+        self._renewed_at = -RENEW_S  # monotonic time the last renewal started
 
     async def frozen(self) -> Any:
         """The credentials to sign with now (`CredentialsUnavailable` when there are none)."""
@@ -77,7 +83,19 @@ class CredentialChain:
         return self._frozen
 
     async def renew(self) -> bool:
-        """Resolve the chain again now (the provider refused a signature): True when the credentials changed."""
+        """Resolve the chain again (the provider refused a signature): True when the credentials changed.
+
+        At most once every `RENEW_S` seconds (False meanwhile); callers while one runs share it."""
+        renewal = self._renewal
+        if renewal is None or renewal.done() or renewal.get_loop() is not asyncio.get_running_loop():
+            now = time.monotonic()
+            if now - self._renewed_at < RENEW_S:
+                return False
+            self._renewed_at = now
+            renewal = self._renewal = asyncio.ensure_future(self._renew())
+        return await asyncio.shield(renewal)
+
+    async def _renew(self) -> bool:
         before = self._frozen
         self._stale = True
         while self._stale:
