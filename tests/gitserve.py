@@ -14,9 +14,6 @@ from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from tests.ports import free_port
-from tests.waiting import wait_for
-
 HTTP_BACKEND = "/usr/lib/git-core/git-http-backend"
 GIT_ENV = {
     **os.environ,
@@ -126,34 +123,47 @@ class Upstream:
 
 
 
-def _connectable(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 class GitDaemon:
-    """`git daemon` exporting every repository under `base` on a loopback port (git:// URLs)."""
+    """The real `git daemon` exporting every repository under `base` on a loopback port (git:// URLs).
+
+    `git daemon --port=0` listens on 9418, so the port is bound here (to 0, reported by the socket) and
+    each accepted connection is served by its own `git daemon --inetd` (as inetd would run it)."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}", "--listen=127.0.0.1",
-             f"--port={self.port}", str(base)],
-            env=GIT_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: self.proc.poll() is not None or _connectable(self.port), timeout=10)
-        assert self.proc.poll() is None, "git daemon did not start"
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(32)
+        self.port = self.sock.getsockname()[1]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._thread = threading.Thread(target=self._serve, name=f"git-daemon-{self.port}", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, (addr, port) = self.sock.accept()
+            except OSError:  # stopped
+                return
+            with conn:  # the child holds its own copy
+                self.procs.append(subprocess.Popen(
+                    ["git", "daemon", "--inetd", "--export-all", "--log-destination=none",
+                     f"--base-path={self.base}", str(self.base)],
+                    stdin=conn, stdout=conn, stderr=subprocess.DEVNULL,
+                    env={**GIT_ENV, "REMOTE_ADDR": addr, "REMOTE_PORT": str(port)}))
 
     def url(self, name: str) -> str:
         return f"git://127.0.0.1:{self.port}/{name}"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        """Stop listening (connections are refused from now on) and end the connections still served."""
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept (a close alone would leave it listening)
+        self.sock.close()
+        self._thread.join(10)
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(10)
 
 
 class _CgiHandler(BaseHTTPRequestHandler):
