@@ -172,3 +172,19 @@ def test_a_real_kt_gateway_blocks_an_image_and_records_why(tmp_path: Path, fake_
     assert [(p["policy"], p["reason_code"]) for p in event["policies"]] == [
         ("pii-detector", "passed"), ("dlp-filter", "unscannable_input")]
     assert PNG not in gp.logs() and PNG not in json.dumps(event)
+
+
+def test_a_streamed_request_is_refused_before_any_chunk(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                        start_gateway: Any) -> None:
+    gw = gateway(tmp_path, fake_upstream, start_gateway, "block")
+    with pytest.raises(openai.ConflictError) as err:
+        oai(gw).chat.completions.create(model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": [
+            {"type": "text", "text": "read"}, {"type": "input_audio", "input_audio": {"data": WAV, "format": "wav"}}]}])
+    assert "messages[0].content[1] (input_audio)" in err.value.body["message"]
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.org/customers.png"}}
+    with pytest.raises(anthropic.ConflictError), ant(gw).messages.stream(
+            model="gpt-4o-mini", max_tokens=50, messages=[{"role": "user", "content": [image]}]) as s:
+        list(s)
+    assert not fake_upstream.requests
+    assert [e["reason_code"] for e in wait_for(lambda: len(gw.events) == 2 and gw.events)] == [
+        "unscannable_input"] * 2

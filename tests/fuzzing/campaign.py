@@ -274,6 +274,8 @@ def write_config(path: Path, upstream_port: int) -> Path:
     example = Path(__file__).resolve().parents[2] / "policies/examples/default/policy-config.yaml"
     doc = yaml.safe_load(example.read_text())
     doc["pack"] = {"name": "fuzz", "version": "1.0.0", "enabled": True}
+    # Mutated content parts of odd types must reach translation and the upstreams, not stop at a 409.
+    doc["policy"]["dlp-filter"]["on_unscannable_input"] = "allow"
     doc["providers"] = {"targets": targets,
                         "fallback": {"strategy": "ordered", "max_retries": 1, "retry_on": ["5xx", "timeout",
                                                                                           "rate_limit"]}}
