@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import http.client
 import importlib.util
 import json
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -96,9 +98,32 @@ def pinned(cmd: list[str], cpu: str | None) -> list[str]:
 
 
 def free_port() -> int:
+    """A port free a moment ago, for a server that cannot bind 0 and report it (redis-server: 0 = no TCP)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+LISTENING = re.compile(r"listening on http://[^\s/]+:(\d+)")
+
+
+def reported_port(log: Path, proc: subprocess.Popen, timeout: float) -> int:
+    """The port a server started on port 0 says it got, from its log: the `port` field of a JSON line (kt
+    gateway run; docs/gateway.md), else `listening on http://HOST:PORT` (the fake upstream, the pass-through,
+    the OTLP receiver). A port picked free beforehand could be taken by another socket before the bind."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in (log.read_text(errors="replace") if log.exists() else "").split("\n")[:-1]:  # whole lines
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    if isinstance(port := orjson.loads(line).get("port"), int):
+                        return port
+            elif found := LISTENING.search(line):
+                return int(found[1])
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode} before it reported its port")
+        time.sleep(0.05)
+    raise RuntimeError(f"reported no port within {timeout}s")
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
@@ -535,39 +560,36 @@ def main() -> int:
     py = sys.executable
     procs: list[subprocess.Popen] = []
     try:
-        up_port = args.upstream_port or free_port()
-        fake = start(pinned([py, "-m", "tests.fake_upstream", "--fast", "--port", str(up_port), "--chunks", "8",
-                             "--text", "Hello! Your last order, #4411, shipped on Monday and arrives Thursday."],
+        fake = start(pinned([py, "-m", "tests.fake_upstream", "--fast", "--port", str(args.upstream_port), "--chunks",
+                             "8", "--text", "Hello! Your last order, #4411, shipped on Monday and arrives Thursday."],
                             other_cpu), log=args.logs / "fake-upstream.log")
         procs.append(fake)
+        up_port = reported_port(args.logs / "fake-upstream.log", fake, 10)
         paths = [Path_("direct", f"http://127.0.0.1:{up_port}", fake)]
         wait_http(paths[0].url + "/v1/models", 10, fake)
 
         started: list[Path_] = []  # the proxies, started before any is waited for
         if "passthrough" in wanted:
-            pt_port = free_port()
-            pt = start(pinned([py, "bench/passthrough.py", "--listen", f"127.0.0.1:{pt_port}", "--upstream",
+            pt = start(pinned([py, "bench/passthrough.py", "--listen", "127.0.0.1:0", "--upstream",
                                paths[0].url, "--client", client, *(["--uvloop"] if args.uvloop else [])], server_cpu),
                        log=args.logs / "passthrough.log")
             procs.append(pt)
-            started.append(Path_("passthrough", f"http://127.0.0.1:{pt_port}", pt))
+            started.append(Path_("passthrough", "", pt))
         if "passthrough-kt" in wanted:
             # The same pass-through on the gateway's own stack (gateway/http/http1.py on uvloop): what is left
             # between it and the gateway is the gateway's own work (policies, events, metrics, logs).
-            ptk_port = free_port()
-            ptk = start(pinned([py, "bench/passthrough.py", "--listen", f"127.0.0.1:{ptk_port}", "--upstream",
+            ptk = start(pinned([py, "bench/passthrough.py", "--listen", "127.0.0.1:0", "--upstream",
                                 paths[0].url, "--client", client, "--server", "kt", "--uvloop"], server_cpu),
                         log=args.logs / "passthrough-kt.log")
             procs.append(ptk)
-            started.append(Path_("passthrough-kt", f"http://127.0.0.1:{ptk_port}", ptk, note="kt's HTTP layer"))
+            started.append(Path_("passthrough-kt", "", ptk, note="kt's HTTP layer"))
 
         receiver = ""
         if "gateway-otlp" in wanted:  # the traced gateway's collector, beside the upstream
-            rec_port = free_port()
-            rec = start(pinned([py, "bench/otlp_receiver.py", "--port", str(rec_port)], other_cpu),
+            rec = start(pinned([py, "bench/otlp_receiver.py", "--port", "0"], other_cpu),
                         log=args.logs / "otlp-receiver.log")
             procs.append(rec)
-            receiver = f"http://127.0.0.1:{rec_port}"
+            receiver = f"http://127.0.0.1:{reported_port(args.logs / 'otlp-receiver.log', rec, 10)}"
             wait_http(receiver + "/count", 10, rec)
         gateways = [("gateway", [], "5 policies"),
                     ("gateway-otlp", ["--otlp-endpoint", receiver], "5 policies, --otlp-endpoint")]
@@ -577,16 +599,16 @@ def main() -> int:
         for name, flags, note in gateways:
             if name not in wanted:
                 continue
-            gw_port = free_port()
-            gw = start(pinned([*kt, "gateway", "run", "--policy-config", str(cfg), "--listen", f"127.0.0.1:{gw_port}",
+            gw = start(pinned([*kt, "gateway", "run", "--policy-config", str(cfg), "--listen", "127.0.0.1:0",
                                "--state-dir", str(args.logs / name.replace("gateway", "state")), *flags], server_cpu),
                        env={"BENCH_UPSTREAM_KEY": UPSTREAM_KEY}, log=args.logs / f"{name}.log")
             procs.append(gw)
-            started.append(Path_(name, f"http://127.0.0.1:{gw_port}", gw, note=note))
-        for p in started:
+            started.append(Path_(name, "", gw, note=note))
+        for p in started:  # each listens on port 0 and reports the port it got in its log
             assert p.proc is not None
             gateway = p.name.startswith("gateway")
             try:
+                p.url = f"http://127.0.0.1:{reported_port(args.logs / f'{p.name}.log', p.proc, 30 if gateway else 10)}"
                 wait_http(p.url + ("/readyz" if gateway else "/healthz"), 30 if gateway else 10, p.proc)
                 paths.append(p)
             except RuntimeError as err:

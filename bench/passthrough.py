@@ -16,7 +16,9 @@ from typing import Any
 
 import orjson
 import tornado.httpclient
+import tornado.httpserver
 import tornado.web
+from tornado.netutil import bind_sockets
 
 UPSTREAM_KEY = "sk-upstream-bench"
 
@@ -140,16 +142,15 @@ def main() -> None:
         routes = [(r"/healthz", Health), (r"/v1/(.*)", Proxy, {"client": client, "upstream": args.upstream})]
         app = tornado.web.Application(routes,
                                       log_function=lambda handler: None)
+        sockets = bind_sockets(int(port), host)  # port 0: the system picks one, printed below
         if args.server == "kt":
-            from tornado.netutil import bind_sockets
-
             from gateway.http.http1 import HTTP1Server
 
-            await HTTP1Server(app, max_body_size=64 * 2**20).add_sockets(bind_sockets(int(port), host))
+            await HTTP1Server(app, max_body_size=64 * 2**20).add_sockets(sockets)
         else:
-            app.listen(int(port), host)
-        print(f"pass-through ({args.server} server, {args.client} client) listening on http://{host}:{port}",
-              flush=True)
+            tornado.httpserver.HTTPServer(app).add_sockets(sockets)
+        print(f"pass-through ({args.server} server, {args.client} client) listening on "
+              f"http://{host}:{sockets[0].getsockname()[1]}", flush=True)
         await asyncio.Event().wait()
 
     if args.uvloop:

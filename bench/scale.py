@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))  # after the packages: bench/sync.py must not shadow sync/
-import overhead  # noqa: E402  (free_port, wait_http, start, rss_mb, connect, one_request)
+import overhead  # noqa: E402  (free_port, reported_port, wait_http, start, rss_mb, connect, one_request)
 
 KEY_ENV = "BENCH_UPSTREAM_KEY"
 CONFIG = """\
@@ -165,10 +165,11 @@ class Stack:
         self.procs: list[subprocess.Popen] = []
 
     def upstream(self, *args: str) -> str:
-        port = overhead.free_port()
+        log = self.tmp / f"upstream-{len(self.procs)}.log"
         proc = overhead.start([sys.executable, "-m", "tests.fake_upstream", "--fast", "--no-record",
-                               "--port", str(port), *args])
+                               "--port", "0", *args], log=log)
         self.procs.append(proc)
+        port = overhead.reported_port(log, proc, 10)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -181,6 +182,8 @@ class Stack:
     def gateway(self, upstream: str, chain: str, *args: str, name: str = "gw") -> tuple[subprocess.Popen, int]:
         cfg = self.tmp / f"{name}.yaml"
         cfg.write_text(CONFIG.format(upstream=upstream, key=KEY_ENV, chain=chain))
+        # --log-level warning (no per-request lines in the figures) also hides the line that reports the port
+        # of --listen HOST:0, so this gateway gets a port that was free a moment ago.
         port = overhead.free_port()
         proc = overhead.start([sys.executable, "-m", "kt", "gateway", "run", "--config", str(cfg),
                                "--listen", f"127.0.0.1:{port}", "--state-dir", str(self.tmp / f"state-{name}"),
@@ -277,7 +280,7 @@ def part_b(stack: Stack, args: argparse.Namespace) -> list[dict]:
 
 def part_c(stack: Stack, args: argparse.Namespace) -> list[dict]:
     upstream = stack.upstream()
-    redis_port = overhead.free_port()
+    redis_port = overhead.free_port()  # redis-server cannot report a port: --port 0 turns TCP off
     paths: dict[str, int] = {}
     if shutil.which("redis-server"):
         redis = overhead.start(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
