@@ -45,13 +45,58 @@ RESTARTS_FILE = "restarts"  # in the group dir: worker restarts so far (keeptrus
 STABLE_S = 60.0  # a worker that served this long resets its backoff
 
 
-def cgroup_cpus(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
-    """The CPU quota of this process's cgroup (v2 `cpu.max`, e.g. a container's CPU limit), or None."""
+V1_CPU_MOUNTS = ("cpu,cpuacct", "cpuacct,cpu", "cpu")  # where cgroup v1 mounts its cpu controller
+
+
+def cgroup_cpus(root: Path = Path("/")) -> float | None:
+    """The CPU quota of this process's cgroup (e.g. a container's CPU limit) in CPUs, or None for no limit.
+
+    cgroup v2 `cpu.max` ("max 100000": none) and v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`
+    (-1: none), in the cgroup `/proc/self/cgroup` names and each of its parents up to the
+    hierarchy's root (a limit on a parent holds too; in a container the hierarchy's root is the
+    container's own cgroup): the smallest found. `root` is the file system root (tests pass a tree)."""
     try:
-        quota, period = path.read_text().split()[:2]
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    v2, v1 = "/", "/"
+    for line in lines:
+        number, controllers, path = [*line.split(":", 2), "", ""][:3]
+        if number == "0" and not controllers:
+            v2 = path
+        elif "cpu" in controllers.split(","):
+            v1 = path
+    base = root / "sys/fs/cgroup"
+    quotas = [_v2_quota(d) for d in _up_from(base, v2)]
+    mount = next((base / name for name in V1_CPU_MOUNTS if (base / name).is_dir()), None)
+    if mount is not None:
+        quotas += [_v1_quota(d) for d in _up_from(mount, v1)]
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _up_from(mount: Path, path: str) -> list[Path]:
+    """`mount/path` and its parents up to `mount` (those that exist)."""
+    parts = [p for p in path.split("/") if p and p not in (".", "..")]
+    dirs = [mount.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+    return [d for d in dirs if d.is_dir()]
+
+
+def _v2_quota(cgroup: Path) -> float | None:
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" or int(period) <= 0 else int(quota) / int(period)
     except (OSError, ValueError):
         return None
-    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1_quota(cgroup: Path) -> float | None:
+    try:
+        quota = int((cgroup / "cpu.cfs_quota_us").read_text())
+        period = int((cgroup / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def worker_count(value: str | int, quota: float | None = None) -> int:
