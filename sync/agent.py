@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from policies import Config, load_config
-from sync import metrics
+from sync import metrics, rewind
 from sync.clock import parse_time, rfc3339
 from sync.manifest import Tampered, verify, write_manifest
 from sync.publish import (
@@ -58,8 +58,11 @@ class SyncSettings:
     timeout: float = 120.0  # per sync: a git command still running at the deadline is killed
     keep: int = 5
     verify_signers: str | None = None  # apply only commits signed by a key in this file (sync.signature)
+    on_rewind: str | None = None  # follow | refuse a head that does not descend from the applied commit (sync.rewind);
+    # None: refuse with verify_signers, follow without
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "on_rewind", rewind.policy(self.on_rewind, self.verify_signers))
         object.__setattr__(self, "path", check_config_path(self.path))
         object.__setattr__(self, "state_dir", Path(self.state_dir).absolute())
         if self.keep < 1:
@@ -153,8 +156,12 @@ class SyncAgent:
         deadline = started + self.settings.timeout
         s = self.settings
         status = read_status(self.state) or {}
+        if status.get("applied_revision"):  # a state dir of an older kt: applied from the ref of its last run
+            status.setdefault("applied_ref", status.get("ref") or status.get("branch") or s.remote.ref)
+            status.setdefault("applied_repo", status.get("repo") or s.remote.masked_url)
         status.update(repo=s.remote.masked_url, branch=s.remote.ref, ref=s.remote.ref, path=s.path,
-                      verify_signers=self._signers.describe() if self._signers else {"enabled": False})
+                      verify_signers=self._signers.describe() if self._signers else {"enabled": False},
+                      on_rewind=s.on_rewind)
         status.setdefault("applied_signer", None)
         status["last_attempt_at"] = rfc3339(time.time())
         self._restored = False
@@ -220,7 +227,7 @@ class SyncAgent:
             return SyncResult("rejected", head, error=status.get("last_error"), error_kind="rejected",
                               findings=tuple(status.get("findings") or ()))
         status["attempted_revision"] = head
-        refused = self._untrusted(head, status, deadline)
+        refused = self._untrusted(head, status, deadline) or self._rewound(head, status, deadline)
         if refused is not None:
             return refused
         tmp = new_tmp_dir(self.state, head)
@@ -245,6 +252,7 @@ class SyncAgent:
                 shutil.rmtree(tmp, ignore_errors=True)
         self._rejected = None
         status.update(applied_signer=self._signer if self._signers is not None else None)
+        status.update(applied_ref=s.remote.ref, applied_repo=s.remote.masked_url)
         status.update(applied_revision=head, applied_at=rfc3339(time.time()), applied_digest=digest,
                       applied_sha256=sha256, applied_pack=pack, applied_dir=f"revisions/{final.name}",
                       applied_committed_at=rfc3339(committed) if committed is not None else None)
@@ -318,6 +326,22 @@ class SyncAgent:
         self._verified = (head, signers.digest)
         self._signer = verdict.signer.as_dict() if verdict.signer else None
         return None
+
+    def _rewound(self, head: str, status: dict, deadline: float) -> SyncResult | None:
+        """The refusal of `head` when it does not descend from the applied commit and rewinds are refused.
+
+        Judged between heads of the same --repo and --ref: a pinned SHA names its commit itself, and
+        after the operator changes the repository or the ref, the first head is the new baseline."""
+        s = self.settings
+        applied = status.get("applied_revision")
+        if (s.on_rewind != rewind.REFUSE or not applied or s.remote.pinned
+                or (status.get("applied_ref"), status.get("applied_repo")) != (s.remote.ref, s.remote.masked_url)):
+            return None
+        if rewind.descends(self.mirror, s.remote, applied, head, deadline):
+            return None
+        log.warning("commit %s refused: it does not descend from the applied revision %s (a force-push or rewind)",
+                    head[:12], applied[:12])
+        return self._refuse(head, [rewind.finding(head, applied)])
 
     def _current_signers(self, status: dict) -> TrustedSigners | None:
         """The trusted signers, re-read when the file changed (a key rotation needs no restart)."""

@@ -32,6 +32,7 @@ _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 SCAN_REFS = "refs/kt/scan/"  # all branches and tags, fetched only to look up a SHA the server will not serve by SHA
 _MISSING_REF = re.compile(r"couldn't find remote ref|could not find remote ref", re.IGNORECASE)
 _REFUSED_SHA = re.compile(r"not our ref|unadvertised object|allow request for unadvertised", re.IGNORECASE)
+DEEPEN_REF = "refs/kt/deepen"  # scratch ref of a deepening fetch (the ref may have moved since the fetch)
 APPLIED_REF = "refs/kt/applied"  # keeps the applied commit's objects (restores after tampering) through gc
 _AUTH = re.compile(
     r"authentication failed|could not read (username|password)|terminal prompts disabled|permission denied"
@@ -186,10 +187,12 @@ class Mirror:
         return sha
 
     def _fetch_refspecs(self, remote: Remote, url: str, env: dict[str, str], secrets: list[str],
-                        refspecs: list[str], deadline: float, depth: int | None = None) -> None:
+                        refspecs: list[str], deadline: float, depth: int | None = None, deepen: int = 0) -> None:
         depth = remote.depth if depth is None else depth
         args = ["fetch", "--no-tags", "--no-auto-gc", "--no-write-fetch-head", "--quiet"]
-        if depth > 0:
+        if deepen > 0:
+            args.append(f"--deepen={deepen}")
+        elif depth > 0:
             args.append(f"--depth={depth}")
         elif (self.path / "shallow").exists():
             args.append("--unshallow")
@@ -224,6 +227,46 @@ class Mirror:
         finally:
             for scanned in self._git(["for-each-ref", "--format=%(refname)", SCAN_REFS], 30).split():
                 self._git(["update-ref", "-d", scanned], 30)  # only `ref` keeps the objects alive
+
+    def deepen(self, remote: Remote, by: int, timeout: float) -> str:
+        """Fetch `by` more commits of history below the shallow boundary of the ref fetched last; the commit
+        the ref points at now (it may have moved since). `refs/kt/head` is left as it is."""
+        try:
+            url, env, secrets = remote.credentials.git_env(remote.url, self.askpass)
+        except CredentialError as exc:
+            raise GitError("auth", str(exc)) from None
+        source = self.source or remote.sources()[0]
+        try:
+            self._fetch_refspecs(remote, url, env, secrets, [f"+{source}:{DEEPEN_REF}"], time.monotonic() + timeout,
+                                 deepen=by)
+            return self._git(["rev-parse", "--verify", f"{DEEPEN_REF}^{{commit}}"], 30)
+        except GitError as exc:
+            raise _classify(exc, remote) from None
+        finally:
+            with contextlib.suppress(GitError):
+                self._git(["update-ref", "-d", DEEPEN_REF], 30)
+
+    def is_ancestor(self, ancestor: str, sha: str, timeout: float = 30) -> bool:
+        """True when commit `ancestor` is in the history of `sha` as far as the clone has it (False when
+        `ancestor` is not in the clone at all)."""
+        try:
+            self._git(["merge-base", "--is-ancestor", ancestor, sha], timeout)
+            return True
+        except GitError as exc:
+            if exc.kind == "timeout":
+                raise
+            return False
+
+    def shallow_boundary(self, sha: str, timeout: float = 30) -> set[str]:
+        """The commits of `sha`'s history whose parents the clone does not have (a shallow fetch's cut);
+        empty when that history is complete down to its root commits."""
+        try:
+            shallow = set((self.path / "shallow").read_text().split())
+        except FileNotFoundError:
+            return set()
+        if not shallow:
+            return set()
+        return shallow.intersection(self._git(["rev-list", sha, "--"], timeout).split())
 
     def pin(self, sha: str) -> None:
         """Point `refs/kt/applied` at the commit just published."""

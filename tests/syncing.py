@@ -11,9 +11,10 @@ from tests.gitserve import CFG, Upstream
 
 
 def make_agent(up: Upstream, state: Path, path: str = CFG, **kw: Any) -> SyncAgent:
-    """A SyncAgent of `up`'s branch (depth 1 unless `depth=`) into `state`, holding its lock;
-    other `kw` are SyncSettings fields."""
-    agent = SyncAgent(SyncSettings(Remote(up.url, up.branch, kw.pop("depth", 1)), state, path, **kw))
+    """A SyncAgent of `up`'s branch (depth 1 unless `depth=`; another ref with `ref=`, another URL of `up`,
+    e.g. over HTTP, with `url=`) into `state`, holding its lock; other `kw` are SyncSettings fields."""
+    remote = Remote(kw.pop("url", up.url), kw.pop("ref", up.branch), kw.pop("depth", 1))
+    agent = SyncAgent(SyncSettings(remote, state, path, **kw))
     agent.acquire()
     return agent
 

@@ -16,6 +16,11 @@ VERIFY_SIGNERS_ENV = "KEEPTRUSTS_GIT_VERIFY_SIGNERS"
 VERIFY_SIGNERS_HELP = ("Apply only commits whose own signature verifies against FILE: an SSH allowed_signers file or "
                        "an armored OpenPGP public-key file (env KEEPTRUSTS_GIT_VERIFY_SIGNERS). Unsigned or "
                        "untrusted commits are refused (E120).")
+ON_REWIND_ENV = "KEEPTRUSTS_GIT_ON_REWIND"
+ON_REWIND_HELP = ("What to do with a head that does not descend from the applied commit (a force-push, a tag "
+                  "moved back): refuse it (E121) or follow it (env KEEPTRUSTS_GIT_ON_REWIND). Default: refuse "
+                  "with --verify-signers, follow without.")
+ON_REWIND_CHOICE = click.Choice(["follow", "refuse"])
 
 
 def _default_state_dir() -> str:
@@ -61,9 +66,12 @@ def sync() -> None:
 @click.option("--keep", type=click.IntRange(min=1), default=5, show_default=True, help="Published revisions to keep.")
 @click.option("--verify-signers", "--git-verify-signers", "verify_signers", type=click.Path(dir_okay=False),
               envvar=VERIFY_SIGNERS_ENV, help=VERIFY_SIGNERS_HELP)
+@click.option("--on-rewind", "--git-on-rewind", "on_rewind", type=ON_REWIND_CHOICE, envvar=ON_REWIND_ENV,
+              help=ON_REWIND_HELP)
 def run(repo: str, ref: str, config_path: str, state_dir: str, interval: float, once: bool, depth: int,
         max_failures: int | None, token_file: str | None, username: str | None, ssh_key: str | None,
-        known_hosts: str | None, timeout: float, keep: int, verify_signers: str | None) -> None:
+        known_hosts: str | None, timeout: float, keep: int, verify_signers: str | None,
+        on_rewind: str | None) -> None:
     """Run the sync agent: fetch, validate and publish every --interval; SIGHUP syncs now, SIGTERM stops."""
     import logging
 
@@ -77,7 +85,7 @@ def run(repo: str, ref: str, config_path: str, state_dir: str, interval: float, 
         check_ref_name(ref)
         creds = Credentials(token_file=token_file, ssh_key=ssh_key, known_hosts=known_hosts, username=username)
         settings = SyncSettings(Remote(repo, ref, depth, creds), Path(state_dir), config_path, timeout, keep,
-                                verify_signers)
+                                verify_signers, on_rewind)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     try:
@@ -216,6 +224,7 @@ def _render(data: dict) -> None:
          else "unknown"),
         ("Signatures", _signatures(s.get("verify_signers"))),
         ("Signed by", _signer(s.get("applied_signer")) if (s.get("verify_signers") or {}).get("enabled") else "-"),
+        ("Rewinds", _rewinds(s.get("on_rewind"))),
         ("Failures", str(s.get("consecutive_failures", 0))),
         ("Last error", s.get("last_error") or "none"),
         ("Drift", f"[red]drifted: {drift.get('reason')}[/red]" if drift.get("drifted") else "[green]in sync[/green]"),
@@ -232,6 +241,12 @@ def _signatures(verify: dict | None) -> str:
     if not (verify or {}).get("enabled"):
         return "not verified (no --verify-signers)"
     return f"verified: {verify.get('format')} keys from {verify.get('file')} ({verify.get('keys')} trusted)"
+
+
+def _rewinds(policy: str | None) -> str:
+    if policy == "refuse":
+        return "refused (a head must descend from the applied commit; --on-rewind refuse)"
+    return "followed (--on-rewind follow)" if policy == "follow" else "unknown"
 
 
 def _signer(signer: dict | None) -> str:
@@ -272,6 +287,7 @@ def embedded_sync_options(f):
         click.option("--git-known-hosts", type=click.Path(dir_okay=False), help="known_hosts file."),
         click.option("--git-verify-signers", type=click.Path(dir_okay=False), envvar=VERIFY_SIGNERS_ENV,
                      help=VERIFY_SIGNERS_HELP),
+        click.option("--git-on-rewind", type=ON_REWIND_CHOICE, envvar=ON_REWIND_ENV, help=ON_REWIND_HELP),
         click.option("--webhook-secret-file", type=click.Path(dir_okay=False),
                      help="Secret of POST /keeptrusts/sync/webhook (default: $KEEPTRUSTS_WEBHOOK_SECRET)."),
     ]
@@ -283,7 +299,8 @@ def embedded_sync_options(f):
 def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_ref: str, git_path: str,
                         sync_interval: float, git_depth: int, sync_timeout: float, sync_keep: int,
                         git_token_file: str | None, git_username: str | None, git_ssh_key: str | None,
-                        git_known_hosts: str | None, git_verify_signers: str | None, webhook_secret_file: str | None):
+                        git_known_hosts: str | None, git_verify_signers: str | None, webhook_secret_file: str | None,
+                        git_on_rewind: str | None = None):
     """The `EmbeddedSync` for `kt gateway run --git-repo ...`, or None without `--git-repo`."""
     if not git_repo:
         return None
@@ -299,7 +316,7 @@ def build_embedded_sync(state_dir: str | None, git_repo: str | None, git_ref: st
         creds = Credentials(token_file=git_token_file, ssh_key=git_ssh_key, known_hosts=git_known_hosts,
                             username=git_username)
         settings = SyncSettings(Remote(git_repo, git_ref, git_depth, creds), Path(state_dir or _default_state_dir()),
-                                git_path, sync_timeout, sync_keep, git_verify_signers)
+                                git_path, sync_timeout, sync_keep, git_verify_signers, git_on_rewind)
         secret = load_secret(webhook_secret_file)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
