@@ -116,16 +116,19 @@ async def start(settings: GatewaySettings, config_path: str | Path | None, runti
         runtime.tracer = Tracer(settings.otlp_endpoint, version=VERSION)
         log.info("traces go to %s (OTLP/HTTP)", mask_url(settings.otlp_endpoint))
     state_dir = settings.state_dir or default_state_dir()
-    open_counters(runtime, settings, state_dir)
-    if sync is not None:
-        if sync.supervisor_pid is None:  # a worker serves only the webhook; its supervisor runs the agent
-            sync.handover.policy_state = runtime.policy_state  # the agent compiles what the reload swaps in
-            sync.start()  # raises AgentLocked when another agent owns the state dir
-        config_path = sync.config_path
+    agent = sync is not None and sync.supervisor_pid is None  # a worker serves only the webhook; its supervisor syncs
+    if agent:
+        sync.acquire()  # AgentLocked when another agent owns the state dir: before any state file is opened
     try:
+        open_counters(runtime, settings, state_dir)
+        if sync is not None:
+            if agent:
+                sync.handover.policy_state = runtime.policy_state  # the agent compiles what the reload swaps in
+                sync.start()
+            config_path = sync.config_path
         return await _start(settings, str(config_path), runtime, sync, state_dir)
     except BaseException:
-        if sync is not None and sync.supervisor_pid is None:
+        if agent:
             sync.stop()
         raise
 

@@ -143,7 +143,14 @@ class Supervisor:
     _signals: list[int] = field(default_factory=list)
 
     def run(self) -> int:
-        sockets = bind_sockets(self.port, self.host or None, backlog=1024)
+        if self.sync is not None:
+            self.sync.acquire()  # AgentLocked before a socket is bound or the group dir is made
+        try:
+            sockets = bind_sockets(self.port, self.host or None, backlog=1024)
+        except BaseException:
+            if self.sync is not None:
+                self.sync.stop()
+            raise
         self.group = Path(tempfile.mkdtemp(prefix="kt-gateway-group-"))
         notify_path = self.group / "notify"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)

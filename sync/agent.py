@@ -128,7 +128,10 @@ class SyncAgent:
         return self._signers
 
     def acquire(self) -> None:
-        """Take the state-directory lock and write the pid file; AgentLocked if another agent runs."""
+        """Take the state-directory lock and write the pid file; AgentLocked if another agent runs.
+        Taking it again while held does nothing."""
+        if self._lock_fd is not None:
+            return
         self.state.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.state / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -12,7 +12,8 @@ import pytest
 
 from tests.gateway_process import GatewayProcess
 from tests.gitserve import CFG, Upstream, config_yaml, dlp_config
-from tests.kt_process import run_kt
+from tests.kt_process import clean_env, run_kt
+from tests.redis_server import RedisServer
 from tests.waiting import wait_for
 
 SECRET = "gateway-hook-secret"
@@ -141,3 +142,31 @@ def test_sigterm_right_after_a_request_stops_a_synced_gateway_at_once(upstream, 
             assert gw.proc.wait(timeout=10) == 0, f"attempt {attempt}: no clean exit"
         finally:
             gw.stop()
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_second_gateway_on_a_locked_state_dir_exits_before_it_touches_a_file(upstream, tmp_path, workers):
+    """The first gateway keeps its counters in Redis, so counters.db in the state dir would be the second's."""
+    redis = RedisServer(tmp_path / "redis").start()
+    state = tmp_path / "state"
+    gw = Gateway(upstream, state, "--sync-interval", "3600", "--state-url", redis.url)
+    try:
+        wait_for(lambda: gw.revision() == upstream.head(), timeout=30)
+        before = _files(state)
+        tmp = tmp_path / "tmp"  # where a supervisor makes its group dir
+        tmp.mkdir()
+        second = run_kt("gateway", "run", "--git-repo", upstream.url, "--git-path", CFG, "--state-dir", str(state),
+                        "--listen", "127.0.0.1:0", "--workers", workers, "--sync-interval", "3600",
+                        env=clean_env(TMPDIR=str(tmp)))
+        assert second.returncode != 0
+        assert f"another sync agent (pid {gw.proc.pid}) is already running for {state}" in second.stderr
+        assert _files(state) == before, "the second gateway created files in the state dir"
+        assert not list(tmp.iterdir())
+        assert gw.get("/readyz")[0] == 200
+    finally:
+        gw.stop()
+        redis.kill()

@@ -53,8 +53,13 @@ class EmbeddedSync:
         """Where the gateway reads its config: `<state>/current/<path>`."""
         return self.settings.state_dir / "current" / self.settings.path
 
+    def acquire(self) -> None:
+        """Take the state-dir lock (AgentLocked if another agent owns it); a gateway does so before it
+        opens any state file, so a second one exits without touching the first one's files."""
+        self.agent.acquire()
+
     def start(self) -> None:
-        """Take the state-dir lock (AgentLocked if another agent owns it) and start syncing now."""
+        """Take the state-dir lock (unless taken; AgentLocked if another agent owns it) and start syncing now."""
         self.agent.acquire()
         self.scheduler.start()
 
