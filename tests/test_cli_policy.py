@@ -11,8 +11,7 @@ import pytest
 
 from tests import EXAMPLE_CONFIG
 from tests.kt_process import run_kt
-from tests.test_lint_codes import BASE
-from tests.test_lint_yaml import BOMB
+from tests.policy_samples import BASE, BOMB
 
 
 def write(path: Path, text: str | bytes) -> Path:

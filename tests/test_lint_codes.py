@@ -10,20 +10,7 @@ import pytest
 from policies import ConfigError, load_config_bytes
 from policies.kinds import KINDS, Policy
 from policies.lint import LintReport, lint_bytes, validate_document
-
-BASE = """\
-pack: {name: shop, version: 1.2.3, enabled: true}
-providers:
-  targets:
-    - id: demo
-      provider: mock
-      model: demo-model
-  fallback: {strategy: ordered, max_retries: 1, retry_on: [5xx, timeout]}
-policies:
-  chain: [audit-logger]
-policy:
-  audit-logger: {retention_days: 30}
-"""
+from tests.policy_samples import BASE
 
 
 def lint(text: str) -> LintReport:

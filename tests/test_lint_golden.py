@@ -7,20 +7,7 @@ from pathlib import Path
 
 from policies import load_config_bytes
 from policies.golden import run_golden
-
-CONFIG = b"""\
-pack: {name: g, version: 1.0.0, enabled: true}
-providers:
-  targets:
-    - {id: zdr, provider: mock, model: m, data_policy: {zero_data_retention: true, training_opt_out: true}}
-    - {id: std, provider: mock, model: m}
-policies:
-  chain: [data-routing-policy, agent-firewall, audit-logger]
-policy:
-  data-routing-policy: {require_zero_data_retention: true}
-  agent-firewall: {allowed_tools: [search], max_actions_per_session: 1}
-  audit-logger: {}
-"""
+from tests.policy_samples import GOLDEN_CONFIG
 
 CALL = {"id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}}
 
@@ -43,7 +30,7 @@ def test_output_phase_and_isolation(tmp_path: Path) -> None:
     write_case(tmp_path, "c", {"messages": msgs, "upstream_response": {"tool_calls": [bad_call]}},
                {"verdict": "block", "reason_code": "tool_not_allowed"})
     write_case(tmp_path, "d", {"messages": msgs}, {"verdict": "allow", "targets": ["std"]})
-    results = run_golden(load_config_bytes(CONFIG), tmp_path)
+    results = run_golden(load_config_bytes(GOLDEN_CONFIG), tmp_path)
     assert [(r.name, r.passed) for r in results] == [("a", True), ("b", True), ("c", True), ("d", False)]
     assert results[0].targets == ("zdr",)
     assert [p.phase.value for p in results[2].policy_results][-1] == "output"
@@ -56,7 +43,7 @@ def test_malformed_cases_are_failed_results(tmp_path: Path) -> None:
         "not an object",
     ]))
     (tmp_path / "latin1.json").write_bytes(b'{"name": "caf\xe9"}')
-    results = run_golden(load_config_bytes(CONFIG), tmp_path)
+    results = run_golden(load_config_bytes(GOLDEN_CONFIG), tmp_path)
     by_name = {r.name: r for r in results}
     assert by_name["ok"].passed
     assert "E004" in by_name["no-expected"].error and by_name["no-expected"].verdict == "error"

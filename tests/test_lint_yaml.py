@@ -5,10 +5,7 @@ from __future__ import annotations
 import pytest
 
 from policies.yaml_loader import MAX_BYTES, load_yaml
-
-BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
-    f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
-)
+from tests.policy_samples import BOMB
 
 
 def only(data: bytes):

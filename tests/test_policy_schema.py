@@ -1,6 +1,7 @@
 """`kt policy schema`: the JSON Schema of policy-config.yaml agrees with lint, and the shipped copy is current.
 
-The invalid documents are the lint tests' fixtures (tests/test_lint_codes.py, tests/test_kind_schemas.py),
+The invalid documents are the lint tests' fixtures (tests/policy_samples.py, as tests/test_lint_codes.py and
+tests/test_kind_schemas.py use them),
 each with the code lint gives it. Where the rule is structural the schema rejects the document too;
 the few checks JSON Schema cannot express (regexes compile, unique target ids, YAML-level findings)
 stay lint's alone, and `LINT_ONLY` pins exactly which (docs/configuration.md, "Editor support").
@@ -22,9 +23,7 @@ from policies.kinds import KINDS
 from policies.lint import lint_bytes
 from tests import ROOT
 from tests.kt_process import run_kt
-from tests.test_kind_schemas import BAD, EXAMPLES
-from tests.test_lint_codes import BASE
-from tests.test_lint_golden import CONFIG as GOLDEN_CONFIG
+from tests.policy_samples import BAD, BASE, EXAMPLES, GOLDEN_CONFIG
 
 EXAMPLE_CONFIGS = sorted((ROOT / "policies" / "examples").glob("**/policy-config.yaml"))
 
