@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway_process import GatewayProcess
-from tests.kt_process import run_kt
-from tests.test_ops_deploy import (
-    ROOT,
+from tests import ROOT
+from tests.deploy_manifests import (
     compose_command,
     gateway_container,
     healthcheck_command,
@@ -23,6 +21,8 @@ from tests.test_ops_deploy import (
     k8s_command,
     k8s_docs,
 )
+from tests.gateway_process import GatewayProcess
+from tests.kt_process import run_kt
 
 GUARD = 60
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from gateway.supervisor import cgroup_cpus, worker_count
-from tests.test_ops_deploy import ROOT, gateway_container, k8s_command, k8s_docs
+from tests import ROOT
+from tests.deploy_manifests import gateway_container, k8s_command, k8s_docs
 
 
 def cpus(value: str) -> float:
