@@ -52,6 +52,9 @@ def descends(repo: History, remote: Any, ancestor: str, head: str, deadline: flo
     while not repo.is_ancestor(ancestor, head, _left(deadline)):
         if not boundary:
             return False  # the whole history of `head` is here and `ancestor` is not in it
+        if time.monotonic() >= deadline:
+            raise GitError("timeout", f"the history of {head[:12]} could not be fetched deep enough to find "
+                                      f"{ancestor[:12]} within the sync's --timeout")
         now_at = repo.deepen(remote, step, _left(deadline))
         deeper = repo.shallow_boundary(head, _left(deadline))
         if deeper == boundary:  # nothing fetched below the cut of `head`
