@@ -24,21 +24,29 @@ _UPSERT = ("INSERT INTO counters (key, value, expires_at) VALUES (?, ?, ?) ON CO
            "expires_at = excluded.expires_at")
 
 
+def open_shared_db(path: Path, schema: Sequence[str], busy_timeout_s: float = 5.0) -> sqlite3.Connection:
+    """A SQLite file of the state dir that the workers of a host share: WAL, `synchronous=NORMAL`,
+    autocommit; `schema` (CREATE ... IF NOT EXISTS) applied by one process at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
+    setup = WriterLock(path.with_name(path.name + "-lock"))
+    try:
+        with setup.held(SETUP_TIMEOUT_S):  # workers starting at once set the file up one at a time
+            db.execute("PRAGMA journal_mode=WAL")
+            for statement in schema:
+                db.execute(statement)
+    finally:
+        setup.close()
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
 class SqliteCounters:
     """`policies.counters.Counters` over a SQLite file (see the module docstring)."""
 
     def __init__(self, path: str | Path, busy_timeout_s: float = 5.0) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s, check_same_thread=False)
-        setup = WriterLock(self.path.with_name(self.path.name + "-lock"))
-        try:
-            with setup.held(SETUP_TIMEOUT_S):  # workers starting at once set the file up one at a time
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute(_SCHEMA)
-        finally:
-            setup.close()
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db = open_shared_db(self.path, [_SCHEMA], busy_timeout_s)
         self._writes = 0
 
     def _values(self, keys: Sequence[str], now: float) -> list[float]:
