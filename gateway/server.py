@@ -141,6 +141,7 @@ def open_counters(runtime: Runtime, settings: GatewaySettings, state_dir: Path) 
     runtime.state = open_state_backend(state_dir, settings.state_url, settings.state_password_file,
                                        settings.fail_mode)
     runtime.policy_state = PolicyState(runtime.state.local)
+    runtime.state.resume()
     shown = runtime.state.describe()
     log.info("counters (spend, rates, sessions): %s %s", shown["backend"], shown["url"] or shown["path"])
 

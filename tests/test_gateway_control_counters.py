@@ -8,6 +8,7 @@ $10,000 per output Mtok; input free), so a $0.05 day lets exactly five through, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -259,3 +260,40 @@ def test_during_a_redis_outage_a_replica_starts_from_the_spend_it_last_saw(
     wait_for(lambda: gw.metric("keeptrusts_state_backend_up", '{backend="redis"}') == 1, timeout=15)
     assert stored_spend(redis) == pytest.approx(0.05)
     assert ask(gw)[0] == 409
+
+
+def test_a_gateway_restarted_during_a_redis_outage_merges_what_it_admitted_when_redis_is_back(
+        tmp_path: Path, config: Path, redis: RedisServer, gateway_process) -> None:
+    gw = gateway_process(config, "--state-url", redis.url, "--fail-mode", "allow")
+    assert ask(gw)[0] == 200
+    redis.kill()
+    assert [ask(gw)[0] for _ in range(2)] == [200, 200]  # journalled in <state>/counters-journal.db
+    gw.stop()
+    redis.start()
+    again = gateway_process(config, "--state-url", redis.url, "--fail-mode", "allow", state=tmp_path / "state")
+    wait_for(lambda: again.metric("keeptrusts_state_backend_merged_keys_total") == 1, timeout=15)
+    assert stored_spend(redis) == pytest.approx(0.03)
+    assert [ask(again)[0] for _ in range(3)] == [200, 200, 409]
+    assert "1 counter(s) counted during an outage are not merged into Redis yet" in gw.logs()
+
+
+def test_the_workers_of_a_host_share_one_journal_and_merge_it_once(tmp_path: Path, redis: RedisServer,
+                                                                  gateway_process) -> None:
+    import sqlite3
+
+    config = tmp_path / "big.yaml"
+    config.write_text(BUDGET_CONFIG.replace("max_daily_usd: 0.05", "max_daily_usd: 1000"))
+    gw = gateway_process(config, "--workers", "2", "--state-url", redis.url, "--fail-mode", "allow")
+    wait_for(lambda: len([w for w in gw.get("/health")[1].get("workers") or () if w.get("ready")]) == 2, timeout=20)
+    assert race([gw], 4) == [200] * 4
+    redis.kill()
+    assert race([gw], 16) == [200] * 16  # counted by whichever worker took each, journalled in one file
+    redis.start()
+
+    def unmerged() -> int:
+        with contextlib.closing(sqlite3.connect(tmp_path / "state" / "counters-journal.db")) as db:
+            return db.execute("SELECT (SELECT count(*) FROM journal) + (SELECT count(*) FROM batches)").fetchone()[0]
+
+    wait_for(lambda: unmerged() == 0 and gw.metric("keeptrusts_state_backend_up", '{backend="redis"}') == 1,
+             timeout=15)
+    assert stored_spend(redis) == pytest.approx(0.20)

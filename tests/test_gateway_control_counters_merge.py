@@ -83,7 +83,7 @@ def test_an_outage_is_merged_once_even_when_the_merge_is_cut_off_before_and_afte
 def test_a_redis_crash_between_two_batches_merges_the_rest_at_the_next_recovery(redis: RedisServer) -> None:
     async def go() -> None:
         backend = open_state_backend(None, redis.url, fail_mode="allow")
-        backend.local.batch_keys = 1
+        backend.local.journal.batch_keys = 1
         await backend.reserve("p", spend(0.1))
         redis.kill()
         await backend.reserve("p", [Claim("a", "day", 1), Claim("b", "hour", 2), Claim("c", "session", 3)])
@@ -143,5 +143,35 @@ def test_merging_skips_ended_windows_and_never_shortens_an_expiry(redis: RedisSe
         assert await backend.redis.merge(batch) is None  # the same batch again: already applied
         assert float(await backend.redis.client.get(session)) == 3
         await backend.close()
+
+    asyncio.run(go())
+
+
+def test_a_merge_cut_off_by_the_process_ending_is_finished_once_by_the_next_one(tmp_path: Path,
+                                                                                 redis: RedisServer) -> None:
+    async def go() -> None:
+        state = tmp_path / "state"
+        first = open_state_backend(state, redis.url, fail_mode="allow")
+        await first.reserve("p", spend(0.25))
+        redis.kill()
+        await first.reserve("p", spend(0.25))
+        real, applied = first.redis.merge, asyncio.Event()
+
+        async def applied_then_dies(batch: MergeBatch) -> Any:
+            await real(batch)
+            applied.set()
+            await asyncio.Event().wait()  # the process ends here: Redis applied it, nobody confirmed it
+
+        first.redis.merge = applied_then_dies
+        redis.start()
+        await asyncio.wait_for(applied.wait(), 15)
+        await first.close()
+        assert await stored(open_state_backend(None, redis.url)) == pytest.approx(0.5)
+        again = open_state_backend(state, redis.url, fail_mode="allow")
+        assert again.unmerged == 1
+        again.resume()
+        await async_wait_for(lambda: again.unmerged == 0, timeout=15)
+        assert await stored(again) == pytest.approx(0.5)  # sent again under its id: not 0.75
+        await again.close()
 
     asyncio.run(go())

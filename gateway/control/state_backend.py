@@ -10,7 +10,8 @@ request waits on Redis. Meanwhile `--fail-mode block` answers requests that need
 with 503 `state_unavailable`; `allow` counts them in this process's memory (logged once per
 outage; `FallbackCounters`: each counter starts from the last value this process saw in Redis).
 When the probe reaches Redis again, what was counted locally is merged into Redis (each batch
-once) before requests go back to Redis, so the next request sees the combined count.
+once) before requests go back to Redis, so the next request sees the combined count; what a
+process did not merge before it ended is merged by the next one to start on the state dir.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.control.counters_fallback import FallbackCounters, Merged
+from gateway.control.counters_fallback import JOURNAL_NAME, FallbackCounters, Journal, Merged
 from policies.counters import Claim, ClaimResult, Counters, MemoryCounters
 from sync.backoff import backoff
 from sync.credentials import mask_url
@@ -104,6 +105,13 @@ class StateBackend:
         if self._probe is None or self._probe.done():
             self._probe = asyncio.ensure_future(self._reconnect())
 
+    def resume(self) -> None:
+        """At start (in the event loop): merge what an earlier process journalled and did not merge."""
+        if self.redis is not None and self.unmerged and (self._probe is None or self._probe.done()):
+            log.info("state backend %s: %d counter(s) counted during an earlier outage are not merged yet; "
+                     "merging them", self.url, self.unmerged)
+            self._probe = asyncio.ensure_future(self._reconnect())
+
     @property
     def unmerged(self) -> int:
         """Counters this process counted during an outage that Redis has not confirmed yet."""
@@ -180,8 +188,10 @@ class StateBackend:
         if self._pending:
             await asyncio.wait(list(self._pending), timeout=2.0)
         if self.unmerged:
-            log.warning("state backend %s: %d counter(s) counted in this process during the outage were not "
-                        "merged into Redis (the process ends)", self.url, self.unmerged)
+            path = self.local.journal.path
+            log.warning("state backend %s: %d counter(s) counted during an outage are not merged into Redis yet: %s",
+                        self.url, self.unmerged, f"the next gateway to start with {path} merges them" if path
+                        else "lost (no state dir)")
         if self._probe is not None:
             self._probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -201,7 +211,8 @@ def open_state_backend(state_dir: Path | None, url: str | None = None, password_
         from gateway.control.counters_redis import RedisCounters, read_password
 
         redis = RedisCounters(url, read_password(password_file))
-        return StateBackend(FallbackCounters(redis.seen), fail_mode, redis, url)
+        journal = Journal(Path(state_dir) / JOURNAL_NAME if state_dir is not None else None)
+        return StateBackend(FallbackCounters(redis.seen, journal), fail_mode, redis, url)
     if state_dir is None:
         return StateBackend(MemoryCounters(), fail_mode)
     from gateway.control.counters_sqlite import DB_NAME, SqliteCounters
