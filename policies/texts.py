@@ -48,6 +48,12 @@ _SUBSCHEMA = frozenset({
 _SUBSCHEMA_LISTS = frozenset({"anyOf", "oneOf", "allOf", "prefixItems"})
 _NAMED_SUBSCHEMAS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
 _PART_TEXTS = ("text", "refusal")
+_MEDIA = frozenset({"image_url", "input_audio", "file"})  # a media part's object, e.g. {"url", "detail"}
+_MEDIA_PAYLOADS = frozenset({"data", "file_data"})  # the media itself; a `url` only when it is data
+_PAYLOAD_TEXT = 8192  # a media URL longer than this is data, not an address to scan
+# Message fields walked by name, or ids the model does not read as text; any other field of a
+# message is forwarded as it is (a chat template may print it), so every string in it is scanned.
+_MESSAGE_FIELDS = frozenset({"role", "content", "name", "refusal", "tool_calls", "function_call", "tool_call_id"})
 # Top-level request fields that hold no text a model reads, or whose texts are walked by name.
 # Any other field (e.g. an OpenAI-compatible server's `documents` or `chat_template`) is forwarded
 # as it is, so every string in it is a text to scan.
@@ -203,16 +209,40 @@ def _put(holder: dict[str, Any], key: str, path: Path, role: Any, visit: Visit) 
 
 
 def visit_parts(parts: list[Any], path: Path, role: Any, visit: Visit) -> None:
-    """Content parts: `text` of any part, `refusal` parts, a file part's `filename` (in place)."""
+    """Content parts (in place): `text` of any part, `refusal` parts, and every other string a part
+    carries (a media part's `detail`, `format`, `filename`, a URL that is not a `data:` URL, any field
+    kt does not know), but not the media payloads themselves (`on_unscannable_input` decides on those)."""
     for j, part in enumerate(parts):
         if not isinstance(part, dict):
             continue
         for key in _PART_TEXTS:
             if key in part:
                 _put(part, key, (*path, j), role, visit)
-        file = part.get("file")
-        if isinstance(file, dict):
-            _put(file, "filename", (*path, j, "file"), role, visit)
+        if len(part) > 2 or part.get("type") not in _PART_TEXTS:  # not a plain {type, text} part
+            _visit_part_fields(part, (*path, j), role, visit)
+
+
+def _visit_part_fields(part: dict[str, Any], path: Path, role: Any, visit: Visit) -> None:
+    for key in [k for k in part if k not in _PART_TEXTS and k != "type"]:
+        value = part[key]
+        if key in _MEDIA and isinstance(value, dict):
+            for field in [f for f in value if not _is_payload(f, value[f])]:
+                item = value[field]
+                new = visit_data(item, (*path, key, field), role, visit, keys=False)
+                if new is not item:
+                    value[field] = new
+            continue
+        new = visit_data(value, (*path, key), role, visit, keys=False)
+        if new is not value:
+            part[key] = new
+
+
+def _is_payload(field: str, value: Any) -> bool:
+    """A media part's bytes, which no text policy reads: audio or file data, a `data:` URL (an address
+    such as `https://…/customer-42.png` is a text that leaves with the request, and is scanned)."""
+    if field != "url":
+        return field in _MEDIA_PAYLOADS
+    return not isinstance(value, str) or value[:5].lower() == "data:" or len(value) > _PAYLOAD_TEXT
 
 
 def visit_call(call: Any, path: Path, role: Any, visit: Visit) -> None:
@@ -257,6 +287,11 @@ def visit_messages(messages: list[Any], visit: Visit) -> None:
                     visit_call(call, ("messages", i, "tool_calls", k), role, visit)
             if "function_call" in message:
                 visit_call(message["function_call"], ("messages", i, "function_call"), role, visit)
+            for key in [k for k in message if k not in _MESSAGE_FIELDS]:
+                value = message[key]
+                new = visit_data(value, ("messages", i, key), role, visit, keys=False)
+                if new is not value:
+                    message[key] = new
 
 
 # Content-part types whose every model-visible byte is a text `visit_parts` visits; any other part

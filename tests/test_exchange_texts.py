@@ -308,6 +308,33 @@ def test_fields_the_gateway_does_not_know_are_scanned() -> None:
     assert req["documents"] == [{"title": "doc", "text": "body [X]"}]
 
 
+def test_every_string_a_part_or_message_carries_is_scanned_but_not_media_bytes() -> None:
+    """A field kt does not know is forwarded as it is (an OpenAI-compatible server's chat template may
+    print it): a text part's extra key, an unknown part type, a message's unknown field, a media part's
+    address and settings. The media payloads themselves are `on_unscannable_input`'s."""
+    payload = f"QUJD{S}"  # what a base64 payload could hold by chance: never scanned as text
+    req = {"model": "m", "messages": [
+        {"role": "user", "content": [
+            {"type": "text", "text": "hi", "note": f"note {S}"},
+            {"type": "image_url", "image_url": {"url": f"https://files.example/{S}.png", "detail": "low"}},
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{payload}"}},
+            {"type": "input_audio", "input_audio": {"data": payload, "format": f"wav-{S}"}},
+            {"type": "file", "file": {"file_data": payload, "filename": "a.pdf"}},
+            {"type": "video_url", "video_url": {"url": f"https://v.example/{S}"}, "caption": [f"cap {S}"]},
+        ]},
+        {"role": "assistant", "content": "ok", "reasoning_content": f"thinking {S}", "audio": {"id": "audio_1"}},
+    ]}
+    ex = exchange(req)
+    assert where_found(ex.texts()) == {
+        "messages[0].content[0].note", "messages[0].content[1].image_url.url",
+        "messages[0].content[3].input_audio.format", "messages[0].content[5].video_url",
+        "messages[0].content[5].caption", "messages[1].reasoning_content"}
+    assert Chain((Term(r"secret-\d+", Verdict.REDACT),)).run_input(ex).redactions == 6
+    assert req["messages"][0]["content"][1]["image_url"] == {"url": "https://files.example/[X].png", "detail": "low"}
+    assert req["messages"][1]["reasoning_content"] == "thinking [X]"
+    assert json.dumps(req).count(payload) == 3  # the payloads went on untouched
+
+
 def test_one_scan_of_the_joined_definitions_misses_nothing_a_text_alone_shows() -> None:
     # A pattern anchored to a text's ends matches each text alone, not a joined run: scanned alone.
     dlp = DlpFilter({"detect_patterns": [r"^secret-\d+$"], "action": "block"}, PolicyState())

@@ -153,7 +153,8 @@ def test_anthropic_target_for_openai_and_anthropic_clients(
 @pytest.mark.parametrize("stream", [False, True])
 def test_chat_request_an_anthropic_target_cannot_take_is_400(
         tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any, stream: bool) -> None:
-    """Found by the fuzz suite: a content list with a bare string, sent to an anthropic target, was a 500."""
+    """Found by the fuzz suite: a content list with a bare string, sent to an anthropic target, was a 500.
+    Now no target gets one: validation refuses it for every target (and upstream nothing is sent)."""
     cfg = write_config(tmp_path / "c.yaml", [
         {"id": "claude", "provider": "anthropic", "model": "claude-3-5-haiku-latest", "base_url": fake_upstream.url,
          "secret_key_ref": {"env": KEY_ENV}}])
@@ -162,7 +163,7 @@ def test_chat_request_an_anthropic_target_cannot_take_is_400(
                        "messages": [{"role": "user", "content": ["hi", {"type": "text", "text": "x"}]}]}).encode()
     status, _, data = raw(gw, "POST", "/v1/chat/completions", body)
     error = json.loads(data)["error"]
-    assert status == 400 and error["code"] == "invalid_request" and "messages[0].content" in error["message"]
+    assert status == 400 and error["code"] == "invalid_messages" and "messages[0].content[0]" in error["message"]
     assert fake_upstream.requests_to("/v1/messages") == []
 
 
@@ -217,6 +218,9 @@ def test_unknown_model_lists_available(plain: GatewayThread) -> None:
     (b'{"model": "gpt-4o-mini", "messages": "hi"}', "invalid_messages", "list"),
     (b'{"model": 5, "messages": [{"role": "user", "content": "x"}]}', "missing_model", "model"),
     (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": 5}]}', "invalid_messages", "content"),
+    # a bare string part is no OpenAI shape; forwarded, a lenient server would print it unscanned
+    (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": ["project bluebird"]}]}',
+     "invalid_messages", "`messages[0].content[0]` must be a content part object"),
     (b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
      "invalid_stream", "stream"),
 ])

@@ -96,6 +96,11 @@ def validate_chat(body: dict[str, Any]) -> dict[str, Any]:
         content = message.get("content")
         if content is not None and not isinstance(content, (str, list)):
             raise invalid(f"`messages[{i}].content` must be a string or a list of content parts", "invalid_messages")
+        if type(content) is list:  # a bare string part is no OpenAI shape, and a server may still print it
+            for j, part in enumerate(content):
+                if not isinstance(part, dict):
+                    raise invalid(f"`messages[{i}].content[{j}]` must be a content part object such as "
+                                  '{"type": "text", "text": "..."}', "invalid_messages")
     boolean(body, "stream")
     if body.get("tools") is not None and not isinstance(body["tools"], list):
         raise invalid("`tools` must be a list of tool definitions", "invalid_tools")
