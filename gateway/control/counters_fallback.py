@@ -155,10 +155,10 @@ class FallbackCounters(MemoryCounters):
         return self.journal.cut(now)
 
     def merged(self, batch: MergeBatch) -> None:
+        # the local counts stay: a next outage in the same window starts from no less than this
+        # process's own adds, even when another worker merged them and this one saw no reply
         self.journal.merged(batch)
-        if not self.journal.unmerged():
-            self._data.clear()  # Redis holds it all now; a next outage starts from `seen` again
-            self._journal_failed = False
+        self._journal_failed = False
 
     def close(self) -> None:
         self.journal.close()

@@ -171,7 +171,7 @@ class StateBackend:
                         self.merged_keys += done.keys
         finally:
             if total.keys or total.expired:
-                log.info("state backend %s: merged %d counter(s) counted in this process during the outage "
+                log.info("state backend %s: merged %d counter(s) counted while it was unreachable "
                          "(amounts summed: %.6g; %d skipped: their window had ended)",
                          self.url, total.keys, total.amount, total.expired)
 
