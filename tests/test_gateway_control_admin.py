@@ -98,7 +98,7 @@ def test_invalid_reload_is_refused_and_visible(tmp_path):
 
 def test_admin_endpoints_need_the_token_health_and_metrics_stay_open(tmp_path):
     async def body(ops, fetch):
-        for path in ("/keeptrusts/status", "/keeptrusts/config", "/keeptrusts/events"):
+        for path in ("/keeptrusts/status", "/keeptrusts/config", "/keeptrusts/events", "/keeptrusts/events/summary"):
             code, answer = await fetch(path)
             assert code == 401 and answer["error"]["code"] == "invalid_admin_token"
             assert (await fetch(path, headers={"Authorization": "Bearer wrong"}))[0] == 401
@@ -126,5 +126,32 @@ def test_events_endpoint_filters_and_pages(tmp_path):
         assert code == 400 and "5m" in answer["error"]["message"]
         code, answer = await fetch("/keeptrusts/events?limit=-3")
         assert code == 400 and "whole number" in answer["error"]["message"]
+
+    run_admin(tmp_path, body)
+
+
+def test_events_summary_counts_every_event_of_the_window_not_the_newest_1000(tmp_path):
+    async def body(ops, fetch):
+        now = time.time()
+        verdicts = ["allow", "allow", "block", "redact"] * 400  # 1,600 events in the last 20 minutes
+        for n, verdict in enumerate(verdicts):
+            ops.runtime.record_event({"id": f"evt_{n}", "timestamp": now - 1200 + n * 0.7, "verdict": verdict,
+                                      "model": "demo-model", "provider": "mock", "latency_ms": 1.0 + n % 50,
+                                      "policies": [{"policy": "dlp-filter", "verdict": verdict}]})
+        await async_wait_for(lambda: ops.store.count() == 1600, timeout=20)
+        assert len((await fetch("/keeptrusts/events?since=1h&limit=5000"))[1]["events"]) == 1000  # the old limit
+        code, summary = await fetch("/keeptrusts/events/summary?since=1h&slices=12")
+        assert code == 200 and summary["requests"] == 1600 and summary["slices"] == 12
+        assert summary["verdicts"] == {"allow": 800, "block": 400, "redact": 400}
+        assert summary["policies"] == [{"policy": "dlp-filter", "requests": 1600, "blocks": 400, "redactions": 0}]
+        assert 45 <= summary["latency"]["p99_ms"] <= 55 and summary["histogram"]["relative_error"] < 0.1
+        _, blocks = await fetch("/keeptrusts/events/summary?since=1h&verdict=block&model=DEMO")
+        assert blocks["requests"] == 400
+        _, other = await fetch("/keeptrusts/events/summary?since=1h&provider=openai")
+        assert other["requests"] == 0 and other["latency"]["p50_ms"] is None
+        code, answer = await fetch("/keeptrusts/events/summary?slices=0")
+        assert code == 400 and "slices" in answer["error"]["message"]
+        code, answer = await fetch("/keeptrusts/events/summary?until=soon")
+        assert code == 400 and "5m" in answer["error"]["message"]
 
     run_admin(tmp_path, body)

@@ -2,14 +2,15 @@
 
 Open: `GET /healthz`, `/readyz`, `/health`, `/metrics`. Admin (Bearer `$KEEPTRUSTS_ADMIN_TOKEN`
 when set, else open): `GET /keeptrusts/config`, `POST /keeptrusts/config/reload`,
-`GET /keeptrusts/status`, `GET /keeptrusts/events`, `GET /keeptrusts/ui` (the console page,
-gateway/control/console_web.py).
+`GET /keeptrusts/status`, `GET /keeptrusts/events`, `GET /keeptrusts/events/summary`,
+`GET /keeptrusts/ui` (the console page, gateway/control/console_web.py).
 """
 
 from __future__ import annotations
 
 import base64
 import hmac
+import time
 from typing import Any
 
 import orjson
@@ -17,10 +18,12 @@ import tornado.web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.control.ops import Ops
+from gateway.events.rollup import MAX_SLICES, SummaryQuery
 from gateway.events.times import parse_time
 from gateway.proxy.errors import envelope
 
 MAX_EVENTS = 1000
+SUMMARY_WINDOW_S = 3600.0  # `since` of /keeptrusts/events/summary when not given
 
 
 class _Base(tornado.web.RequestHandler):
@@ -156,6 +159,36 @@ class Events(_Admin):
         self.send_json({"events": events, "count": len(events), "next_after": next_after})
 
 
+class EventsSummary(_Admin):
+    """`GET /keeptrusts/events/summary`: counts and latency of a window from the store's per-minute rollups."""
+
+    async def get(self) -> None:
+        writer = self.ops.writer
+        if writer is None:
+            self.send_error_envelope(503, "not_ready", "no_event_store", "the event store is not open")
+            return
+        try:
+            now = time.time()
+            until = parse_time(self.get_query_argument("until", None), now) or now
+            since = parse_time(self.get_query_argument("since", None), now)
+        except ValueError as exc:
+            self.send_error_envelope(400, "validation_error", "invalid_query", str(exc))
+            return
+        since = until - SUMMARY_WINDOW_S if since is None else since
+        slices = self.get_query_argument("slices", "24")
+        if not slices.isdigit() or not 1 <= int(slices) <= MAX_SLICES:
+            self.send_error_envelope(400, "validation_error", "invalid_query",
+                                     f"invalid slices {slices!r}: use a whole number from 1 to {MAX_SLICES}")
+            return
+        if since > until:
+            self.send_error_envelope(400, "validation_error", "invalid_query", "since is after until")
+            return
+        text = {name: (self.get_query_argument(name, None) or "").strip()[:200]
+                for name in ("verdict", "policy", "model", "provider")}
+        query = SummaryQuery(since=since, until=until, slices=int(slices), **text)
+        self.send_json(await writer.call(writer.store.summary, query))
+
+
 def admin_routes(ops: Ops) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
     """The route table entries for health, metrics and admin endpoints."""
     from gateway.control.console_web import ui_routes  # it builds on _Admin below
@@ -171,4 +204,5 @@ def admin_routes(ops: Ops) -> list[tuple[str, type[tornado.web.RequestHandler], 
         (r"/keeptrusts/config/reload", ConfigReload, kwargs),
         (r"/keeptrusts/status", Status, kwargs),
         (r"/keeptrusts/events", Events, kwargs),
+        (r"/keeptrusts/events/summary", EventsSummary, kwargs),
     ]

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from gateway.events import codec
+from gateway.events import codec, rollup
 from gateway.events.disk import SETUP_TIMEOUT_S, WriterLock, file_bytes, make_reserve
 from gateway.events.times import event_time
 
@@ -39,6 +39,7 @@ DEFAULT_MAX_BYTES = 512 * 1024**2  # --events-max-size: half the deploy manifest
 MIN_MAX_BYTES = 1024**2
 MAX_BYTES_KEY = "max_bytes"  # in `meta`: the cap the writing gateway runs with (read by `kt doctor`)
 CURSOR_KEY = "forward_cursor"  # in `meta`: the last store sequence the control plane acknowledged
+ROLLUP_SHARE = 0.125  # rollups may take this share of the database's limit; past it the oldest hours go
 FULL_BACKOFF_S = 60.0  # after a full disk, the lowered limit holds this long before the store tries to grow
 
 
@@ -94,6 +95,7 @@ class EventStore:
                 self._set_up()
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.create_function("event_json", 1, _event_json, deterministic=True)
+        rollup.register(self._db)
         self._lock = threading.Lock()
         self.reserve = self.path.with_name(self.path.name + "-reserve")
         self._wal = self.path.with_name(self.path.name + "-wal")
@@ -109,6 +111,7 @@ class EventStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        rollup.set_up(db)
         if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # a store from before the cap
             db.execute("VACUUM")
         self.page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
@@ -157,10 +160,10 @@ class EventStore:
 
         Rows go in transactions of at most a quarter of the WAL's share, so the WAL stays bounded too.
         """
+        events = [e for e in events if e.get("id")]
         compress, dumps, prefix = codec.compressor().compress, orjson.dumps, codec.PREFIX
-        rows = [(str(e.get("id") or ""), event_time(e), e.get("verdict"), prefix + compress(dumps(e, default=str)))
+        rows = [(str(e["id"]), event_time(e), e.get("verdict"), prefix + compress(dumps(e, default=str)))
                 for e in events]  # codec.encode, inlined: this loop is the writer's per-event cost
-        rows = [r for r in rows if r[0]]
         added, start = 0, 0
         with self._lock, self._writing():
             while start < len(rows):
@@ -169,7 +172,7 @@ class EventStore:
                     size += len(rows[end][3])
                     end += 1
                 self._bound_wal()
-                added += self._add_chunk(rows[start:end], size)
+                added += self._add_chunk(rows[start:end], size, events[start:end])
                 start = end
             self._bound_wal()
             self.last_seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
@@ -177,7 +180,8 @@ class EventStore:
                 make_reserve(self.reserve, self.wal_bytes)
         return added
 
-    def _add_chunk(self, rows: list[tuple[str, float, Any, bytes]], size: int) -> int:
+    def _add_chunk(self, rows: list[tuple[str, float, Any, bytes]], size: int, events: list[dict[str, Any]]) -> int:
+        """Make room for `rows` and insert them with the rollups of those that were new, in one transaction."""
         need = size + size // 4 + 64 * len(rows)  # the rows, their index entries and page slack
         self._db.execute("BEGIN IMMEDIATE")  # the room made and the rows added: one writer at a time
         try:
@@ -186,14 +190,24 @@ class EventStore:
                 evicted, dropped = 0, dropped + len(rows)  # this batch alone does not fit: refused, counted
                 added = 0
             else:
-                before = self._db.total_changes
+                new: list[str] = []
                 # Multi-row INSERTs, not executemany: sqlite3 gives up and retakes the GIL around every
                 # statement it steps, and each retake from this thread stalls the event loop's thread.
                 for start in range(0, len(rows), _ROWS_PER_INSERT):
                     chunk = rows[start:start + _ROWS_PER_INSERT]
-                    self._db.execute(_INSERT + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
-                                     [value for row in chunk for value in row])
-                added = self._db.total_changes - before
+                    new += [row[0] for row in self._db.execute(
+                        _INSERT + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + " RETURNING id",
+                        [value for row in chunk for value in row])]
+                added = len(new)
+                if added == len(rows):  # the rollups count each event once: a retried batch's stored ones not again
+                    rollup.write(self._db, events, [row[1] for row in rows])
+                elif added:
+                    fresh, kept = set(new), []
+                    for i, row in enumerate(rows):
+                        if row[0] in fresh:
+                            fresh.discard(row[0])  # an id twice in one batch was stored once
+                            kept.append(i)
+                    rollup.write(self._db, [events[i] for i in kept], [rows[i][1] for i in kept])
             if self._pages() * self.page_size > self.limit:  # over its share: trim, give pages back
                 more = self._make_room(0)
                 evicted, dropped = evicted + max(0, more[0]), dropped + more[1]
@@ -240,7 +254,10 @@ class EventStore:
             delivered = 1 << 62  # no control plane: every stored event may go, oldest first
         while used + need > limit:
             if self._db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is None:
-                return -1, dropped
+                if not self._drop_oldest_rollups():  # no event left: the oldest hour of rollups goes
+                    return -1, dropped
+                used = self._used()
+                continue
             step = max(8, (used + need - limit) // 512)
             gone = self._db.execute("DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE seq <= ? "
                                     "ORDER BY seq LIMIT ?)", (delivered, step)).rowcount
@@ -336,10 +353,12 @@ class EventStore:
                              "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
 
     def prune(self, before: float) -> int:
-        """Delete events older than `before` (epoch seconds); return how many.
+        """Delete events older than `before` (epoch seconds), and the rollups of the minutes before its
+        minute; return how many events.
 
-        In transactions of a few hundred rows, checkpointed between (as `vacuum`): one DELETE of a
-        month of events would write its pages to the WAL at once, far past the WAL's share.
+        In transactions of a few hundred rows (rollups: an hour of minutes), checkpointed between (as
+        `vacuum`): one DELETE of a month of events would write its pages to the WAL at once, far past
+        the WAL's share.
         """
         step, removed = max(64, self.wal_bytes // 1024), 0
         while True:
@@ -349,8 +368,50 @@ class EventStore:
                                         "LIMIT ?)", (before, step)).rowcount
                 removed += gone
                 if gone < step:
-                    self._bound_wal()
-                    return removed
+                    break
+        while self._drop_oldest_rollups(int(before // 60)):
+            pass
+        return removed
+
+    def _drop_oldest_rollups(self, before_minute: int | None = None) -> bool:
+        """Delete the oldest hour of rollups (only minutes before `before_minute`); False when none was.
+
+        Takes the lock and its own transaction when called outside one (inside `_make_room`, it runs in the
+        caller's)."""
+        if self._db.in_transaction:
+            oldest = rollup.oldest_minute(self._db)
+            if oldest is None or (before_minute is not None and oldest >= before_minute):
+                return False
+            end = oldest + 60 if before_minute is None else min(oldest + 60, before_minute)
+            return rollup.delete_before(self._db, end) > 0
+        with self._lock, self._writing():
+            self._bound_wal()
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                done = self._drop_oldest_rollups(before_minute)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._bound_wal()
+            return done
+
+    def bound_rollups(self) -> int:
+        """Delete the oldest rollups, an hour at a time, while they take more than `ROLLUP_SHARE` of the
+        database's limit; return how many hours went (the writer calls it hourly, after retention)."""
+        hours = 0
+        while True:
+            with self._lock:
+                over = rollup.size_bytes(self._db) > self.limit * ROLLUP_SHARE
+            if not over or not self._drop_oldest_rollups():
+                return hours
+            hours += 1
+
+    def summary(self, query: rollup.SummaryQuery) -> dict[str, Any]:
+        """The window's counts and latency from the rollups (see gateway/events/rollup.py)."""
+        with self._lock:
+            return rollup.summary(self._db, query)
 
     def count(self, since: float | None = None, until: float | None = None) -> int:
         """How many events are stored (with `since`/`until`: within that window)."""

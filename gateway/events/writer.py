@@ -158,6 +158,13 @@ class StoreWriter:
                     log.info("events pruned by retention", extra={"removed": removed, "retention_days": days})
                     with contextlib.suppress(sqlite3.Error):
                         await self.call(self.store.vacuum)
+            try:
+                hours = await self.call(self.store.bound_rollups)
+            except sqlite3.Error as exc:
+                log.warning("bounding the event rollups failed", extra={"error": str(exc)})
+            else:
+                if hours:
+                    log.info("oldest event rollups deleted for room", extra={"hours": hours})
             await asyncio.sleep(self.prune_interval)
 
     def start(self) -> None:

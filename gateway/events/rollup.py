@@ -1,0 +1,263 @@
+"""Per-minute rollups of decision events, kept in the event store next to the events: what the console's
+charts and counts are drawn from, true over a whole window however many events it held.
+
+Two tables, one row per (minute, key), written with each batch of events (aggregated in memory,
+one upsert per key and batch, in the batch's transaction):
+
+- `rollup_requests` (minute, verdict, provider, model): requests, values redacted, latency histogram;
+- `rollup_policies` (minute, verdict, provider, model, policy, outcome): requests the policy ran on
+  (once per request, whatever its phases), with `outcome` the policy's verdict on the request
+  (block over escalate over redact over the rest), values it redacted, latency histogram.
+
+`verdict` is the request's. Latency histograms: gateway/events/latency_histogram.py.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from gateway.events import latency_histogram as lh
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollup_requests (
+    minute INTEGER NOT NULL, verdict TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+    requests INTEGER NOT NULL, redactions INTEGER NOT NULL, latency BLOB NOT NULL,
+    PRIMARY KEY (minute, verdict, provider, model)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_policies (
+    minute INTEGER NOT NULL, verdict TEXT NOT NULL, provider TEXT NOT NULL, model TEXT NOT NULL,
+    policy TEXT NOT NULL, outcome TEXT NOT NULL,
+    requests INTEGER NOT NULL, redactions INTEGER NOT NULL, latency BLOB NOT NULL,
+    PRIMARY KEY (minute, verdict, provider, model, policy, outcome)) WITHOUT ROWID;
+"""
+TABLES = ("rollup_requests", "rollup_policies")
+SINCE_KEY = "rollups_since"  # in `meta`: when this store started keeping rollups (epoch seconds)
+MAX_SLICES = 1440
+_ROWS_PER_UPSERT = 100  # 900 parameters at most: below SQLite's oldest limit of 999
+_OUTCOME_RANK = {"block": 4, "escalate": 3, "redact": 2, "allow": 0, "": -1}  # others: 1
+_UPSERT_REQUESTS = (
+    "INSERT INTO rollup_requests (minute, verdict, provider, model, requests, redactions, latency) VALUES {} "
+    "ON CONFLICT (minute, verdict, provider, model) DO UPDATE SET requests = requests + excluded.requests, "
+    "redactions = redactions + excluded.redactions, latency = hist_merge(latency, excluded.latency)")
+_UPSERT_POLICIES = (
+    "INSERT INTO rollup_policies (minute, verdict, provider, model, policy, outcome, requests, redactions, latency) "
+    "VALUES {} ON CONFLICT (minute, verdict, provider, model, policy, outcome) DO UPDATE SET "
+    "requests = requests + excluded.requests, redactions = redactions + excluded.redactions, "
+    "latency = hist_merge(latency, excluded.latency)")
+
+
+def set_up(db: sqlite3.Connection) -> None:
+    """Create the tables (a store from before rollups gets them now) and note when rollups started."""
+    db.executescript(SCHEMA)
+    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (SINCE_KEY, f"{time.time():.3f}"))
+
+
+def register(db: sqlite3.Connection) -> None:
+    """The SQL function the upserts use."""
+    db.create_function("hist_merge", 2, lh.merge_encoded, deterministic=True)
+
+
+def aggregate(events: Sequence[dict[str, Any]], times: Sequence[float]) -> tuple[dict[tuple, list], dict[tuple, list]]:
+    """The batch's rows: {(minute, verdict, provider, model): [requests, redactions, histogram]} and
+    {(minute, verdict, provider, model, policy, outcome): [requests, redactions, histogram]}.
+
+    Events are grouped first by key and by the (policy, verdict[, redactions]) of their results, which
+    most requests of a batch share, so the per-policy work is done once per group, not per event.
+    """
+    groups: dict[tuple, list] = {}
+    bucket, pv = lh.bucket, _POLICY_VERDICT
+    for event, ts in zip(events, times, strict=True):
+        results = event.get("policies") or ()
+        redactions = event.get("redactions") or 0
+        try:
+            sig: tuple = tuple(map(pv, results))
+            if redactions:  # the policies that redacted, and how many values each
+                sig = ("r", sig, tuple([(r["policy"], r["redactions"]) for r in results if "redactions" in r]))
+        except (KeyError, TypeError, AttributeError):  # not the gateway's own shape: the slow way
+            sig = ("", _results(results))
+        gkey = (int(ts // 60), event.get("verdict") or "", event.get("provider") or "", event.get("model") or "", sig)
+        row = groups.get(gkey)
+        if row is None:
+            row = groups[gkey] = [0, 0, {}]
+        row[0] += 1
+        row[1] += redactions
+        ms = event.get("latency_ms")
+        if isinstance(ms, int | float):
+            b = bucket(ms)
+            row[2][b] = row[2].get(b, 0) + 1
+    requests: dict[tuple, list] = {}
+    policies: dict[tuple, list] = {}
+    outcomes: dict[tuple, list[tuple[str, str, int]]] = {}
+    for (*key, sig), (n, redactions, hist) in groups.items():
+        _add(requests, tuple(key), n, redactions, hist)
+        found = outcomes.get(sig)
+        if found is None:
+            found = outcomes[sig] = _outcomes(sig)
+        for policy, outcome, policy_redactions in found:
+            _add(policies, (*key, policy, outcome), n, policy_redactions * n, hist)
+    return requests, policies
+
+
+_POLICY_VERDICT = itemgetter("policy", "verdict")
+
+
+def _results(results: Any) -> tuple:
+    """(policy, verdict, redactions) of each well-formed result of an event not in the gateway's own shape."""
+    return tuple((str(r.get("policy")), str(r.get("verdict") or ""), int(r.get("redactions") or 0))
+                 for r in results if isinstance(r, dict) and r.get("policy"))
+
+
+def _outcomes(sig: tuple) -> list[tuple[str, str, int]]:
+    """(policy, outcome, values redacted) per policy of a result signature (see `aggregate`), once per policy.
+
+    A signature is the (policy, verdict) pairs of an event's results; ("r", pairs, (policy, redactions)
+    pairs) when it redacted; ("", (policy, verdict, redactions) triples) for an event not in the gateway's shape.
+    """
+    if not sig:
+        return []
+    if sig[0] == "":
+        triples: tuple = sig[1]
+    elif sig[0] == "r":
+        triples = tuple((p, v, 0) for p, v in sig[1]) + tuple((p, "", n or 0) for p, n in sig[2])
+    else:
+        triples = tuple((p, v, 0) for p, v in sig)
+    seen: dict[str, list] = {}
+    for policy, verdict, redactions in triples:
+        if not policy:
+            continue
+        mine = seen.get(policy)
+        if mine is None:
+            seen[policy] = [verdict, redactions]
+            continue
+        if _OUTCOME_RANK.get(verdict, 1) > _OUTCOME_RANK.get(mine[0], 1):
+            mine[0] = verdict
+        mine[1] += redactions
+    return [(policy, outcome, redactions) for policy, (outcome, redactions) in seen.items()]
+
+
+def _add(rows: dict[tuple, list], key: tuple, n: int, redactions: int, hist: lh.Histogram) -> None:
+    row = rows.get(key)
+    if row is None:
+        rows[key] = [n, redactions, dict(hist)]
+        return
+    row[0] += n
+    row[1] += redactions
+    lh.merge(row[2], hist)
+
+
+def write(db: sqlite3.Connection, events: Sequence[dict[str, Any]], times: Sequence[float]) -> None:
+    """Upsert the rollups of `events` (inside the caller's transaction)."""
+    requests, policies = aggregate(events, times)
+    for sql, rows in ((_UPSERT_REQUESTS, requests), (_UPSERT_POLICIES, policies)):
+        values = [(*key, n, red, lh.encode(hist)) for key, (n, red, hist) in rows.items()]
+        width = len(values[0]) if values else 0
+        for start in range(0, len(values), _ROWS_PER_UPSERT):
+            chunk = values[start:start + _ROWS_PER_UPSERT]
+            db.execute(sql.format(", ".join(["(" + ", ".join("?" * width) + ")"] * len(chunk))),
+                       [v for row in chunk for v in row])
+
+
+def oldest_minute(db: sqlite3.Connection) -> int | None:
+    """The oldest minute any rollup holds (None without rollups, or without the tables)."""
+    try:
+        found = [db.execute(f"SELECT MIN(minute) FROM {t}").fetchone()[0] for t in TABLES]
+    except sqlite3.OperationalError:
+        return None
+    found = [m for m in found if m is not None]
+    return min(found) if found else None
+
+
+def delete_before(db: sqlite3.Connection, minute: int) -> int:
+    """Delete the rollups of the minutes before `minute` (inside the caller's transaction); return the rows."""
+    return sum(db.execute(f"DELETE FROM {t} WHERE minute < ?", (minute,)).rowcount for t in TABLES)
+
+
+def size_bytes(db: sqlite3.Connection) -> int:
+    """Bytes the rollup tables take in the database file (pages, from `dbstat`; a row estimate without it)."""
+    try:
+        row = db.execute("SELECT SUM(pgsize) FROM dbstat WHERE name IN (?, ?)", TABLES).fetchone()
+        return int(row[0] or 0)
+    except sqlite3.OperationalError:
+        try:
+            return sum(64 * db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in TABLES)
+        except sqlite3.OperationalError:
+            return 0
+
+
+@dataclass(frozen=True)
+class SummaryQuery:
+    """A window and the filters rollups can serve; `model`/`provider` match case-insensitive substrings."""
+
+    since: float
+    until: float
+    slices: int = 24
+    verdict: str = ""
+    policy: str = ""
+    model: str = ""
+    provider: str = ""
+
+
+def summary(db: sqlite3.Connection, q: SummaryQuery) -> dict[str, Any]:
+    """Counts and latency over the window's whole minutes (the minute holding `since` included), from rollups.
+
+    With `policy`: the requests that policy ran on, their verdicts and latency, and that policy's own
+    row; without: every request, and one row per policy.
+    """
+    slices = max(1, min(MAX_SLICES, int(q.slices)))
+    width = max(1e-9, (q.until - q.since) / slices)
+    first, last = int(q.since // 60), int(q.until // 60)
+    where, args = ["minute >= ?", "minute <= ?"], [first, last]
+    if q.verdict:
+        where.append("verdict = ?")
+        args.append(q.verdict)
+    for column in ("model", "provider"):
+        wanted = getattr(q, column)
+        if wanted:
+            where.append(f"instr(lower({column}), ?) > 0")
+            args.append(wanted.lower())
+    if q.policy:
+        where.append("policy = ?")
+        args.append(q.policy)
+    clause = " AND ".join(where)
+    table = "rollup_policies" if q.policy else "rollup_requests"
+    verdicts: dict[str, int] = {}
+    series: list[list[Any]] = [[0, {}] for _ in range(slices)]
+    total: lh.Histogram = {}
+    requests = redactions = 0
+    answer: dict[str, Any] = {"since": q.since, "until": q.until, "from": first * 60.0, "slices": slices,
+                              "slice_seconds": width, "rollups_since": None}
+    try:
+        since_row = db.execute("SELECT value FROM meta WHERE key = ?", (SINCE_KEY,)).fetchone()
+        rows = db.execute(f"SELECT minute, verdict, requests, redactions, latency FROM {table} "
+                          f"WHERE {clause}", args).fetchall()
+        policy_rows = db.execute(
+            "SELECT policy, SUM(requests), SUM(CASE WHEN outcome = 'block' THEN requests ELSE 0 END), "
+            f"SUM(redactions) FROM rollup_policies WHERE {clause} GROUP BY policy", args).fetchall()
+    except sqlite3.OperationalError as exc:  # a read-only store from before rollups: nothing counted yet
+        if "no such table" not in str(exc):
+            raise
+        since_row, rows, policy_rows = None, [], []
+    for minute, verdict, n, red, latency in rows:
+        requests += n
+        redactions += red
+        verdicts[verdict] = verdicts.get(verdict, 0) + n
+        part = series[min(slices - 1, max(0, int((minute * 60 - q.since) // width)))]
+        part[0] += n
+        lh.add_encoded(part[1], latency)
+    for _, hist in series:
+        lh.merge(total, hist)
+    answer.update(
+        rollups_since=float(since_row[0]) if since_row else None,
+        requests=requests, redactions=redactions, verdicts=verdicts,
+        policies=[{"policy": p, "requests": n, "blocks": b, "redactions": r}
+                  for p, n, b, r in sorted(policy_rows, key=lambda row: (-row[1], row[0]))],
+        latency={"p50_ms": lh.percentile_ms(total, 0.5), "p99_ms": lh.percentile_ms(total, 0.99),
+                 "histogram": lh.as_json(total)},
+        series=[{"slice": i, "requests": n, "histogram": lh.as_json(h)} for i, (n, h) in enumerate(series) if n],
+        histogram={"base_ms": lh.BASE_MS, "growth": lh.GROWTH, "relative_error": round(lh.RELATIVE_ERROR, 4)},
+    )
+    return answer

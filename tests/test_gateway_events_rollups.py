@@ -1,0 +1,203 @@
+"""Per-minute rollups in the event store: exact counts and bounded-error percentiles over windows of far more
+than the console's 1,000 newest events, each event counted once, deleted with retention and under the cap,
+and a store from before rollups opening and filling from then on. Real SQLite files."""
+
+from __future__ import annotations
+
+import math
+import random
+import sqlite3
+import time
+
+import orjson
+import pytest
+
+from gateway.events import latency_histogram as lh
+from gateway.events import store as store_module
+from gateway.events.rollup import SummaryQuery
+from gateway.events.store import EventStore
+from gateway.events.times import event_time
+from sync.clock import rfc3339
+
+POLICIES = ("prompt-injection", "pii-detector", "dlp-filter")
+
+
+def synthetic(n: int, start: float, span: float, seed: int = 7) -> list[dict]:
+    """`n` decision events shaped as the gateway writes them, spread over [start, start + span)."""
+    rnd = random.Random(seed)
+    events = []
+    for i in range(n):
+        verdict = rnd.choices(("allow", "block", "redact", "error"), (70, 15, 10, 5))[0]
+        results = []
+        if verdict != "error":
+            for name in POLICIES:
+                v = "allow"
+                if verdict == "block" and name == "dlp-filter":
+                    v = "block"
+                if verdict == "redact" and name == "pii-detector":
+                    v = "redact"
+                results.append({"policy": name, "phase": "input", "verdict": v, "reason_code": "x", "latency_ms": 0.01,
+                                **({"redactions": 2} if v == "redact" else {})})
+                if verdict != "block":  # an output phase too: a policy counts once per request
+                    results.append({"policy": name, "phase": "output", "verdict": "allow", "reason_code": "x",
+                                    "latency_ms": 0.01})
+        events.append({"id": f"evt_{seed:04d}{i:08d}", "timestamp": rfc3339(start + span * i / n), "verdict": verdict,
+                       "model": rnd.choice(("gpt-4o-mini", "claude-3-haiku")),
+                       "provider": "openai" if rnd.random() < 0.6 else "anthropic",
+                       "latency_ms": round(rnd.lognormvariate(3, 1.2), 3),
+                       "redactions": 2 if verdict == "redact" else 0, "policies": results, "user_id": f"u{i % 7}"})
+    return events
+
+
+def _ts(event: dict) -> float:
+    return event_time(event)
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def expected(events: list[dict]) -> dict:
+    verdicts: dict[str, int] = {}
+    policies: dict[str, list[int]] = {}
+    for e in events:
+        verdicts[e["verdict"]] = verdicts.get(e["verdict"], 0) + 1
+        names = {r["policy"] for r in e["policies"]}
+        for name in names:
+            row = policies.setdefault(name, [0, 0, 0])
+            row[0] += 1
+            row[1] += any(r["policy"] == name and r["verdict"] == "block" for r in e["policies"])
+            row[2] += sum(r.get("redactions", 0) for r in e["policies"] if r["policy"] == name)
+    return {"verdicts": verdicts, "policies": {p: tuple(v) for p, v in policies.items()}}
+
+
+def close(estimate: float, exact: float) -> bool:
+    return abs(estimate - exact) <= exact * lh.RELATIVE_ERROR + 1e-9
+
+
+def test_counts_are_exact_and_percentiles_within_the_bucket_error_over_5000_events(tmp_path):
+    start = (time.time() // 60 - 120) * 60  # two hours ago, on a minute
+    events = synthetic(5000, start, 3600)
+    store = EventStore(tmp_path / "events.db")
+    for i in range(0, len(events), 500):  # batches, as the writer gives them
+        store.add(events[i:i + 500])
+    got = store.summary(SummaryQuery(since=start, until=start + 3600, slices=24))
+    want = expected(events)
+    assert got["requests"] == 5000 and got["verdicts"] == want["verdicts"]
+    assert {p["policy"]: (p["requests"], p["blocks"], p["redactions"]) for p in got["policies"]} == want["policies"]
+    assert got["redactions"] == sum(e["redactions"] for e in events)
+    latencies = [e["latency_ms"] for e in events]
+    assert close(got["latency"]["p50_ms"], nearest_rank(latencies, 0.5))
+    assert close(got["latency"]["p99_ms"], nearest_rank(latencies, 0.99))
+    assert sum(s["requests"] for s in got["series"]) == 5000 and len(got["series"]) == 24
+    # slice 0: the minutes that start in its first 150 s (a minute is counted whole, in the slice of its start)
+    first = [e["latency_ms"] for e in events if _ts(e) // 60 * 60 < start + 150]
+    assert got["series"][0]["requests"] == len(first)
+    assert close(lh.percentile_ms({int(k): v for k, v in got["series"][0]["histogram"].items()}, 0.99),
+                 nearest_rank(first, 0.99))
+    # the filters rollups serve: verdict, policy (requests it ran on), model/provider substrings
+    blocks = store.summary(SummaryQuery(since=start, until=start + 3600, verdict="block"))
+    assert blocks["requests"] == want["verdicts"]["block"] and set(blocks["verdicts"]) == {"block"}
+    dlp = store.summary(SummaryQuery(since=start, until=start + 3600, policy="dlp-filter"))
+    ran = [e for e in events if any(r["policy"] == "dlp-filter" for r in e["policies"])]
+    assert dlp["requests"] == len(ran) and [p["policy"] for p in dlp["policies"]] == ["dlp-filter"]
+    assert close(dlp["latency"]["p99_ms"], nearest_rank([e["latency_ms"] for e in ran], 0.99))
+    claude = store.summary(SummaryQuery(since=start, until=start + 3600, model="CLAUDE", provider="anthrop"))
+    assert claude["requests"] == sum(e["model"] == "claude-3-haiku" and e["provider"] == "anthropic" for e in events)
+    # a window is whole minutes: the last half hour
+    half = store.summary(SummaryQuery(since=start + 1800, until=start + 3600))
+    assert half["requests"] == sum(_ts(e) >= start + 1800 for e in events)
+    store.close()
+
+
+def test_a_retried_batch_and_an_id_twice_are_counted_once(tmp_path):
+    start = time.time() - 600
+    events = synthetic(300, start, 300)
+    store = EventStore(tmp_path / "events.db")
+    assert store.add(events[:200]) == 200
+    assert store.add(events) == 100  # the first 200 again (a batch retried after a failed checkpoint)
+    assert store.add([events[0], {**events[0]}]) == 0
+    got = store.summary(SummaryQuery(since=start - 60, until=time.time()))
+    assert got["requests"] == 300 and got["verdicts"] == expected(events)["verdicts"]
+    store.close()
+
+
+def test_retention_deletes_the_rollups_of_older_minutes(tmp_path):
+    now = time.time()
+    old, new = synthetic(100, now - 3 * 86400, 600, seed=1), synthetic(50, now - 3600, 600, seed=2)
+    store = EventStore(tmp_path / "events.db")
+    store.add(old + new)
+    assert store.summary(SummaryQuery(since=now - 4 * 86400, until=now))["requests"] == 150
+    assert store.prune(now - 86400) == 100
+    assert store.summary(SummaryQuery(since=now - 4 * 86400, until=now))["requests"] == 50
+    db = sqlite3.connect(tmp_path / "events.db")
+    oldest = min(db.execute("SELECT MIN(minute) FROM rollup_requests").fetchone()[0],
+                 db.execute("SELECT MIN(minute) FROM rollup_policies").fetchone()[0])
+    db.close()
+    assert oldest * 60 >= now - 86400 - 60
+    store.close()
+
+
+def test_rollups_count_in_the_cap_and_the_oldest_hours_go_when_over_their_share(tmp_path, monkeypatch):
+    now = time.time()
+    store = EventStore(tmp_path / "events.db", max_bytes=2 * 1024**2)
+    for hour in range(6):  # six hours of one request a minute: rollup rows of 360 minutes
+        store.add(synthetic(60, now - (6 - hour) * 3600, 3600, seed=10 + hour))
+    total = store.summary(SummaryQuery(since=now - 7 * 3600, until=now))["requests"]
+    assert total == 360
+    monkeypatch.setattr(store_module, "ROLLUP_SHARE", 0.0)  # any rollup is over its share
+    assert store.bound_rollups() >= 6
+    assert store.summary(SummaryQuery(since=now - 7 * 3600, until=now))["requests"] == 0
+    # with no event left to delete, room for a batch is made from the oldest rollups, not refused
+    monkeypatch.setattr(store_module, "ROLLUP_SHARE", 0.125)
+    store.add(synthetic(60, now - 3 * 3600, 3600, seed=30))
+    store._db.execute("DELETE FROM events")
+    assert store._drop_oldest_rollups()
+    assert store.summary(SummaryQuery(since=now - 7 * 3600, until=now))["requests"] == 0
+    store.close()
+
+
+OLD_SCHEMA = """
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, ts REAL NOT NULL,
+                     verdict TEXT, body BLOB NOT NULL);
+CREATE INDEX events_ts ON events (ts);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def test_a_store_from_before_rollups_opens_and_counts_from_then_on(tmp_path):
+    path = tmp_path / "events.db"
+    db = sqlite3.connect(path)
+    db.executescript(OLD_SCHEMA)
+    before = synthetic(20, time.time() - 1800, 60, seed=3)
+    db.executemany("INSERT INTO events (id, ts, verdict, body) VALUES (?, ?, ?, ?)",
+                   [(e["id"], _ts(e), e["verdict"], orjson.dumps(e)) for e in before])
+    db.commit()
+    db.close()
+    reader = EventStore(path, readonly=True)  # read-only, before any gateway added the tables: no rollups yet
+    empty = reader.summary(SummaryQuery(since=time.time() - 3600, until=time.time()))
+    assert empty["requests"] == 0 and empty["rollups_since"] is None
+    reader.close()
+    opened = time.time()
+    store = EventStore(path)
+    assert [e["id"] for e in store.query(limit=100)] == [e["id"] for e in before]
+    after = synthetic(30, time.time() - 60, 30, seed=4)
+    store.add(after)
+    got = store.summary(SummaryQuery(since=time.time() - 3600, until=time.time()))
+    assert got["requests"] == 30 and got["rollups_since"] >= opened - 1
+    store.close()
+
+
+@pytest.mark.parametrize("ms", [0.0, 0.004, 0.01, 0.3, 1.0, 57.3, 1234.5, 9e7])
+def test_a_bucket_stands_for_its_values_within_the_stated_error(ms):
+    middle = lh.middle_ms(lh.bucket(ms))
+    if ms < lh.BASE_MS:
+        assert middle == lh.BASE_MS / 2
+    elif lh.bucket(ms) < lh.TOP:
+        assert abs(middle - ms) <= ms * lh.RELATIVE_ERROR * (1 + 1e-9)
+    hist = {3: 1, 9: 200, 60: 70000}
+    decoded: dict[int, int] = {}
+    lh.add_encoded(decoded, lh.encode(hist))
+    assert decoded == hist
+    assert lh.merge_encoded(lh.encode(hist), lh.encode({9: 1})) == lh.encode({3: 1, 9: 201, 60: 70000})
