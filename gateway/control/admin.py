@@ -133,24 +133,36 @@ class Status(_Admin):
         self.send_json(self.ops.status())
 
 
-class Events(_Admin):
-    async def get(self) -> None:
+class _EventsAdmin(_Admin):
+    def store_window(self) -> tuple[Any, float | None, float | None] | None:
+        """The store's writer and the query's `since`/`until`; None once a 503 or 400 was answered."""
         writer = self.ops.writer
         if writer is None:
             self.send_error_envelope(503, "not_ready", "no_event_store", "the event store is not open")
-            return
+            return None
         try:
-            since = parse_time(self.get_query_argument("since", None))
-            until = parse_time(self.get_query_argument("until", None))
+            return writer, parse_time(self.get_query_argument("since", None)), parse_time(
+                self.get_query_argument("until", None))
         except ValueError as exc:
             self.send_error_envelope(400, "validation_error", "invalid_query", str(exc))
+            return None
+
+    def whole_number(self, name: str, default: str, wanted: str, low: int = 0, high: int | None = None) -> int | None:
+        """The query argument `name` as a whole number in [low, high]; None once a 400 saying `wanted` was answered."""
+        text = self.get_query_argument(name, default)
+        if text.isdigit() and int(text) >= low and (high is None or int(text) <= high):
+            return int(text)
+        self.send_error_envelope(400, "validation_error", "invalid_query", f"invalid {name} {text!r}: use {wanted}")
+        return None
+
+
+class Events(_EventsAdmin):
+    async def get(self) -> None:
+        asked = self.store_window()
+        limit = asked and self.whole_number("limit", "50", f"a whole number up to {MAX_EVENTS}")
+        if asked is None or limit is None:
             return
-        limit_arg = self.get_query_argument("limit", "50")
-        if not limit_arg.isdigit():
-            self.send_error_envelope(400, "validation_error", "invalid_query",
-                                     f"invalid limit {limit_arg!r}: use a whole number up to {MAX_EVENTS}")
-            return
-        limit = int(limit_arg)
+        writer, since, until = asked
         verdict = self.get_query_argument("verdict", None) or None
         after = self.get_query_argument("after", None) or None
         limit = min(limit, MAX_EVENTS)
@@ -159,33 +171,23 @@ class Events(_Admin):
         self.send_json({"events": events, "count": len(events), "next_after": next_after})
 
 
-class EventsSummary(_Admin):
+class EventsSummary(_EventsAdmin):
     """`GET /keeptrusts/events/summary`: counts and latency of a window from the store's per-minute rollups."""
 
     async def get(self) -> None:
-        writer = self.ops.writer
-        if writer is None:
-            self.send_error_envelope(503, "not_ready", "no_event_store", "the event store is not open")
+        asked = self.store_window()
+        slices = asked and self.whole_number("slices", "24", f"a whole number from 1 to {MAX_SLICES}", 1, MAX_SLICES)
+        if asked is None or slices is None:
             return
-        try:
-            now = time.time()
-            until = parse_time(self.get_query_argument("until", None), now) or now
-            since = parse_time(self.get_query_argument("since", None), now)
-        except ValueError as exc:
-            self.send_error_envelope(400, "validation_error", "invalid_query", str(exc))
-            return
+        writer, since, until = asked
+        until = time.time() if until is None else until
         since = until - SUMMARY_WINDOW_S if since is None else since
-        slices = self.get_query_argument("slices", "24")
-        if not slices.isdigit() or not 1 <= int(slices) <= MAX_SLICES:
-            self.send_error_envelope(400, "validation_error", "invalid_query",
-                                     f"invalid slices {slices!r}: use a whole number from 1 to {MAX_SLICES}")
-            return
         if since > until:
             self.send_error_envelope(400, "validation_error", "invalid_query", "since is after until")
             return
         text = {name: (self.get_query_argument(name, None) or "").strip()[:200]
                 for name in ("verdict", "policy", "model", "provider")}
-        query = SummaryQuery(since=since, until=until, slices=int(slices), **text)
+        query = SummaryQuery(since=since, until=until, slices=slices, **text)
         self.send_json(await writer.call(writer.store.summary, query))
 
 

@@ -97,8 +97,8 @@ def percentile_ms(hist: Mapping[int, int], q: float) -> float | None:
 def histogram_of(values: Iterable[float]) -> Histogram:
     """The histogram of latencies given one by one."""
     hist: Histogram = {}
-    for ms in values:
-        b = bucket(ms)
+    log2, base, steps, top = math.log2, _LOG_BASE, STEPS_PER_DOUBLING, TOP
+    for b in [min(top, int((log2(ms) - base) * steps) + 1) if ms >= BASE_MS else 0 for ms in values]:
         hist[b] = hist.get(b, 0) + 1
     return hist
 

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS rollup_policies (
     PRIMARY KEY (minute, verdict, provider, model, policy, outcome)) WITHOUT ROWID;
 """
 TABLES = ("rollup_requests", "rollup_policies")
-SINCE_KEY = "rollups_since"  # in `meta`: when this store started keeping rollups (epoch seconds)
+SINCE_KEY = "rollups_since"  # in `meta`: from when the rollups count every event (epoch seconds; 0: always)
 MAX_SLICES = 1440
 _ROWS_PER_UPSERT = 100  # 900 parameters at most: below SQLite's oldest limit of 999
 _OUTCOME_RANK = {"block": 4, "escalate": 3, "redact": 2, "allow": 0, "": -1}  # others: 1
@@ -51,9 +51,14 @@ _UPSERT_POLICIES = (
 
 
 def set_up(db: sqlite3.Connection) -> None:
-    """Create the tables (a store from before rollups gets them now) and note when rollups started."""
+    """Create the tables and note from when rollups count: a new store from its start (0), a store from
+    before rollups (it holds events they never counted) from now."""
+    new = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'rollup_requests'").fetchone() is None
     db.executescript(SCHEMA)
-    db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (SINCE_KEY, f"{time.time():.3f}"))
+    if new:
+        had_events = db.execute("SELECT 1 FROM events LIMIT 1").fetchone() is not None
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+                   (SINCE_KEY, f"{time.time():.3f}" if had_events else "0"))
 
 
 def register(db: sqlite3.Connection) -> None:
@@ -61,38 +66,59 @@ def register(db: sqlite3.Connection) -> None:
     db.create_function("hist_merge", 2, lh.merge_encoded, deterministic=True)
 
 
-def aggregate(events: Sequence[dict[str, Any]], times: Sequence[float]) -> tuple[dict[tuple, list], dict[tuple, list]]:
-    """The batch's rows: {(minute, verdict, provider, model): [requests, redactions, histogram]} and
-    {(minute, verdict, provider, model, policy, outcome): [requests, redactions, histogram]}.
+Groups = dict[tuple, list]  # (minute, verdict, provider, model, signature) -> [redactions, latencies]
 
-    Events are grouped first by key and by the (policy, verdict[, redactions]) of their results, which
-    most requests of a batch share, so the per-policy work is done once per group, not per event.
-    """
-    groups: dict[tuple, list] = {}
-    bucket, pv = lh.bucket, _POLICY_VERDICT
+
+def note(groups: Groups, event: dict[str, Any], ts: float, pv: Any = itemgetter("policy", "verdict")) -> None:
+    """Count one event into `groups`: by key and by the (policy, verdict[, redactions]) signature of its
+    results, which most requests of a batch share, so the per-policy work is done once per group.
+
+    The writer's per-event cost, so kept to the bone; called in the loop that encodes the event, while
+    the event is still in the CPU's caches."""
+    get = event.get
+    results = get("policies")
+    redactions = get("redactions")
+    try:
+        sig: tuple = tuple(map(pv, results)) if results else ()
+        if redactions:  # the policies that redacted, and how many values each
+            sig = ("r", sig, tuple([(r["policy"], r["redactions"]) for r in results if "redactions" in r]))
+    except (KeyError, TypeError, AttributeError):  # not the gateway's own shape: the slow way
+        sig = ("", _results(results or ()))
+    gkey = (ts // 60, get("verdict"), get("provider"), get("model"), sig)
+    row = groups.get(gkey)
+    if row is None:
+        groups[gkey] = [redactions or 0, [get("latency_ms")]]
+    else:
+        row[0] += redactions or 0
+        row[1].append(get("latency_ms"))
+
+
+def group(events: Sequence[dict[str, Any]], times: Sequence[float]) -> Groups:
+    """The groups of `events` (see `note`)."""
+    groups: Groups = {}
     for event, ts in zip(events, times, strict=True):
-        results = event.get("policies") or ()
-        redactions = event.get("redactions") or 0
-        try:
-            sig: tuple = tuple(map(pv, results))
-            if redactions:  # the policies that redacted, and how many values each
-                sig = ("r", sig, tuple([(r["policy"], r["redactions"]) for r in results if "redactions" in r]))
-        except (KeyError, TypeError, AttributeError):  # not the gateway's own shape: the slow way
-            sig = ("", _results(results))
-        gkey = (int(ts // 60), event.get("verdict") or "", event.get("provider") or "", event.get("model") or "", sig)
-        row = groups.get(gkey)
+        note(groups, event, ts)
+    return groups
+
+
+def aggregate(groups: Groups) -> tuple[dict[tuple, list], dict[tuple, list]]:
+    """The rows of `groups`: {(minute, verdict, provider, model): [requests, redactions, histogram]} and
+    {(minute, verdict, provider, model, policy, outcome): [requests, redactions, histogram]}."""
+    folded: dict[tuple, list] = {}
+    for (minute, verdict, provider, model, sig), (redactions, latencies) in groups.items():
+        key = (int(minute), verdict or "", provider or "", model or "", sig)
+        hist = lh.histogram_of([ms for ms in latencies if isinstance(ms, int | float)])
+        row = folded.get(key)
         if row is None:
-            row = groups[gkey] = [0, 0, {}]
-        row[0] += 1
-        row[1] += redactions
-        ms = event.get("latency_ms")
-        if isinstance(ms, int | float):
-            b = bucket(ms)
-            row[2][b] = row[2].get(b, 0) + 1
+            folded[key] = [len(latencies), redactions, hist]
+        else:  # a None and a "" of the same field
+            row[0] += len(latencies)
+            row[1] += redactions
+            lh.merge(row[2], hist)
     requests: dict[tuple, list] = {}
     policies: dict[tuple, list] = {}
     outcomes: dict[tuple, list[tuple[str, str, int]]] = {}
-    for (*key, sig), (n, redactions, hist) in groups.items():
+    for (*key, sig), (n, redactions, hist) in folded.items():
         _add(requests, tuple(key), n, redactions, hist)
         found = outcomes.get(sig)
         if found is None:
@@ -100,9 +126,6 @@ def aggregate(events: Sequence[dict[str, Any]], times: Sequence[float]) -> tuple
         for policy, outcome, policy_redactions in found:
             _add(policies, (*key, policy, outcome), n, policy_redactions * n, hist)
     return requests, policies
-
-
-_POLICY_VERDICT = itemgetter("policy", "verdict")
 
 
 def _results(results: Any) -> tuple:
@@ -149,9 +172,9 @@ def _add(rows: dict[tuple, list], key: tuple, n: int, redactions: int, hist: lh.
     lh.merge(row[2], hist)
 
 
-def write(db: sqlite3.Connection, events: Sequence[dict[str, Any]], times: Sequence[float]) -> None:
-    """Upsert the rollups of `events` (inside the caller's transaction)."""
-    requests, policies = aggregate(events, times)
+def write(db: sqlite3.Connection, groups: Groups) -> None:
+    """Upsert the rollups of `groups` (inside the caller's transaction)."""
+    requests, policies = aggregate(groups)
     for sql, rows in ((_UPSERT_REQUESTS, requests), (_UPSERT_POLICIES, policies)):
         values = [(*key, n, red, lh.encode(hist)) for key, (n, red, hist) in rows.items()]
         width = len(values[0]) if values else 0

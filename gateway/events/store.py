@@ -161,9 +161,13 @@ class EventStore:
         Rows go in transactions of at most a quarter of the WAL's share, so the WAL stays bounded too.
         """
         events = [e for e in events if e.get("id")]
-        compress, dumps, prefix = codec.compressor().compress, orjson.dumps, codec.PREFIX
-        rows = [(str(e["id"]), event_time(e), e.get("verdict"), prefix + compress(dumps(e, default=str)))
-                for e in events]  # codec.encode, inlined: this loop is the writer's per-event cost
+        compress, dumps, prefix, note = codec.compressor().compress, orjson.dumps, codec.PREFIX, rollup.note
+        rows: list[tuple[str, float, Any, bytes]] = []
+        groups: rollup.Groups = {}
+        for e in events:  # the writer's per-event cost: codec.encode inlined, the rollups noted
+            ts = event_time(e)
+            rows.append((str(e["id"]), ts, e.get("verdict"), prefix + compress(dumps(e, default=str))))
+            note(groups, e, ts)
         added, start = 0, 0
         with self._lock, self._writing():
             while start < len(rows):
@@ -172,7 +176,8 @@ class EventStore:
                     size += len(rows[end][3])
                     end += 1
                 self._bound_wal()
-                added += self._add_chunk(rows[start:end], size, events[start:end])
+                whole = start == 0 and end == len(rows)  # one transaction (as usual): the groups noted above
+                added += self._add_chunk(rows[start:end], size, events[start:end], groups if whole else None)
                 start = end
             self._bound_wal()
             self.last_seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
@@ -180,8 +185,10 @@ class EventStore:
                 make_reserve(self.reserve, self.wal_bytes)
         return added
 
-    def _add_chunk(self, rows: list[tuple[str, float, Any, bytes]], size: int, events: list[dict[str, Any]]) -> int:
-        """Make room for `rows` and insert them with the rollups of those that were new, in one transaction."""
+    def _add_chunk(self, rows: list[tuple[str, float, Any, bytes]], size: int, events: list[dict[str, Any]],
+                   groups: rollup.Groups | None) -> int:
+        """Make room for `rows` and insert them with the rollups of those that were new, in one transaction
+        (`groups`: the rollups of all `rows`, when noted already)."""
         need = size + size // 4 + 64 * len(rows)  # the rows, their index entries and page slack
         self._db.execute("BEGIN IMMEDIATE")  # the room made and the rows added: one writer at a time
         try:
@@ -190,24 +197,24 @@ class EventStore:
                 evicted, dropped = 0, dropped + len(rows)  # this batch alone does not fit: refused, counted
                 added = 0
             else:
-                new: list[str] = []
+                last = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+                before = self._db.total_changes
                 # Multi-row INSERTs, not executemany: sqlite3 gives up and retakes the GIL around every
                 # statement it steps, and each retake from this thread stalls the event loop's thread.
                 for start in range(0, len(rows), _ROWS_PER_INSERT):
                     chunk = rows[start:start + _ROWS_PER_INSERT]
-                    new += [row[0] for row in self._db.execute(
-                        _INSERT + ", ".join(["(?, ?, ?, ?)"] * len(chunk)) + " RETURNING id",
-                        [value for row in chunk for value in row])]
-                added = len(new)
+                    self._db.execute(_INSERT + ", ".join(["(?, ?, ?, ?)"] * len(chunk)),
+                                     [value for row in chunk for value in row])
+                added = self._db.total_changes - before
                 if added == len(rows):  # the rollups count each event once: a retried batch's stored ones not again
-                    rollup.write(self._db, events, [row[1] for row in rows])
-                elif added:
-                    fresh, kept = set(new), []
+                    rollup.write(self._db, groups if groups is not None else rollup.group(events, [r[1] for r in rows]))
+                elif added:  # some were stored before: the new rows are those past the last sequence
+                    fresh, kept = {i for (i,) in self._db.execute("SELECT id FROM events WHERE seq > ?", (last,))}, []
                     for i, row in enumerate(rows):
                         if row[0] in fresh:
                             fresh.discard(row[0])  # an id twice in one batch was stored once
                             kept.append(i)
-                    rollup.write(self._db, [events[i] for i in kept], [rows[i][1] for i in kept])
+                    rollup.write(self._db, rollup.group([events[i] for i in kept], [rows[i][1] for i in kept]))
             if self._pages() * self.page_size > self.limit:  # over its share: trim, give pages back
                 more = self._make_room(0)
                 evicted, dropped = evicted + max(0, more[0]), dropped + more[1]
