@@ -266,7 +266,7 @@ def test_unknown_path_of_the_console_is_404(fleet):
 
 
 def test_policy_counts_are_per_request_and_latency_percentiles_per_slice():
-    from gateway.control.console_data import latency_series, percentile, policy_counts
+    from gateway.control.console_charts import Charts, policy_counts
 
     both = [{"policy": "dlp-filter", "phase": "input", "verdict": "allow"},
             {"policy": "dlp-filter", "phase": "output", "verdict": "allow"},
@@ -275,13 +275,34 @@ def test_policy_counts_are_per_request_and_latency_percentiles_per_slice():
     counts = {c.policy: c for c in policy_counts([{"policies": both}, {"policies": blocked}])}
     assert (counts["dlp-filter"].requests, counts["dlp-filter"].blocks) == (2, 1)
     assert (counts["pii-detector"].requests, counts["pii-detector"].redactions) == (1, 2)
-    assert percentile([], 0.5) == 0 and percentile([5.0], 0.99) == 5.0
-    assert percentile([float(i) for i in range(1, 101)], 0.5) == 50 and percentile(
-        [float(i) for i in range(1, 101)], 0.99) == 99
     f = Filters()
-    events = [{"_ts": f.since + 10, "latency_ms": ms} for ms in (1, 2, 3, 100)]
-    [(index, p50, p99)] = latency_series(events, f)
-    assert (index, p50, p99) == (0, 2, 100)
+    numbers = Charts()
+    numbers.add_events([{"_ts": f.since + 10, "latency_ms": ms} for ms in (1, 2, 3, 100)], f.since, 3600)
+    [(index, p50, p99)] = numbers.latency_series()
+    assert index == 0 and abs(p50 - 2) <= 2 * 0.0906 and abs(p99 - 100) <= 100 * 0.0906
+
+
+def test_charts_say_which_part_covers_only_the_newest_events():
+    from gateway.control.console_charts import charts
+
+    f = Filters()
+    summary = {"requests": 5000, "verdicts": {"allow": 4000, "block": 1000}, "redactions": 0, "rollups_since": 1.0,
+               "policies": [{"policy": "dlp-filter", "requests": 5000, "blocks": 1000, "redactions": 0}],
+               "series": [{"slice": 3, "requests": 5000, "histogram": {"40": 5000}}]}
+    events = [{"gateway": "old", "verdict": "block", "_ts": f.since + 5, "latency_ms": 3.0,
+               "policies": [{"policy": "dlp-filter", "verdict": "block"}]}]
+    views = [GatewayView("new", status={}, summary=summary), GatewayView("old", status={})]
+    numbers = charts(views, events, f, 1000)
+    assert numbers.requests == 5001 and numbers.verdicts == {"allow": 4000, "block": 1001}
+    assert [(r.policy, r.requests, r.blocks) for r in numbers.policy_rows()] == [("dlp-filter", 5001, 1001)]
+    assert not numbers.whole and numbers.notes == [
+        "old gave no summary (an older kt, or its event store is not open): its part covers only its newest "
+        "1,000 events in the window."]
+    html = fragment(views, f)
+    assert 'id="chart-scope"' in html and "only its newest 1,000 events" in html
+    assert charts(views[:1], [], f, 1000).whole  # all from rollups: whole
+    by_user = charts(views[:1], events, Filters(user="alice"), 1000)
+    assert by_user.requests == 1 and "user filter is not kept in the per-minute rollups" in by_user.notes[0]
 
 
 def test_a_verdict_filter_is_asked_of_the_gateway_so_a_block_stays_in_view(tmp_path, gateway_process,
@@ -300,3 +321,52 @@ def test_a_verdict_filter_is_asked_of_the_gateway_so_a_block_stays_in_view(tmp_p
     assert [e["verdict"] for e in newest.events] == ["allow"] * 3
     blocks = asyncio.run(console_data.remote_view(gw.url, TOKEN, since, verdict="block"))
     assert [(e["verdict"], e["policy"]) for e in blocks.events] == [("block", "dlp-filter")]
+
+
+@pytest.fixture
+def busy_gateway(tmp_path, gateway_process):
+    """A gateway whose store already holds 1,500 decisions of the last 50 minutes (more than the 1,000 newest
+    events the console asks for), written by the store as a gateway writes them, and a console over it."""
+    from gateway.events.store import EventStore
+    from tests.test_gateway_events_rollups import expected, synthetic
+
+    events = synthetic(1500, time.time() - 3000, 2900, seed=5)
+    store = EventStore(tmp_path / "state" / "events.db")
+    for i in range(0, len(events), 500):
+        store.add(events[i:i + 500])
+    store.close()
+    config = tmp_path / "policy-config.yaml"
+    config.write_text(CONFIG)
+    gw = gateway_process(config, state=tmp_path / "state", env={"KEEPTRUSTS_ADMIN_TOKEN": TOKEN})
+    console = Console(gw.url)
+    yield gw, console, expected(events)
+    console.stop()
+
+
+def test_console_counts_every_event_of_the_window_not_the_newest_1000(busy_gateway):
+    gw, console, want = busy_gateway
+    page = console.get("?fragment=1")
+    totals = page.split('id="chart-totals">')[1].split("</p>")[0]
+    assert "<b>1500</b> requests" in totals and f"<b>{want['verdicts']['block']}</b> blocked" in totals
+    counts = page.split('id="verdict-counts">')[1].split("</p>")[0]
+    for verdict, n in want["verdicts"].items():
+        assert f'data-verdict="{verdict}">{n}</b>' in counts
+    assert "Counted over the whole 1h" in page.split('id="chart-scope">')[1].split("</p>")[0]
+    assert f"dlp-filter: {want['policies']['dlp-filter'][1]} blocks" in page  # the bar's tooltip
+    decisions = page.split('<table id="decisions">')[1].split("</table>")[0]
+    assert decisions.count("<tr class=") == 200  # the table: still the newest events
+    # a filter the rollups do not keep is said to cover the newest events only
+    by_user = console.get("?fragment=1&user=u1")
+    assert "cover only the newest 1,000 events" in by_user.split('id="chart-scope"')[1].split("</p>")[0]
+    # the gateway's own page counts the same
+    status, _, body = gw.request("GET", "/keeptrusts/ui?fragment=1")
+    assert status == 200 and "<b>1500</b> requests" in body.decode()
+    status, _, _ = gw.request("GET", "/keeptrusts/events/summary?since=1h", admin=False)
+    assert status == 401
+
+
+@needs_browser
+def test_browser_shows_the_true_total_of_a_window_over_1000_events(busy_gateway, browser):
+    _, console, _ = busy_gateway
+    browser.goto(console.url)
+    assert browser.text("#chart-totals").startswith("1500 requests")

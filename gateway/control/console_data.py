@@ -19,6 +19,8 @@ import orjson
 import yaml
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from gateway.control.console_charts import SERVED, SLICES
+from gateway.events.rollup import SummaryQuery
 from gateway.events.times import parse_time
 from sync.credentials import mask_url
 
@@ -42,6 +44,7 @@ class GatewayView:
     status: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] | None = None  # the window's rollups (/keeptrusts/events/summary); None: not given
     error: str | None = None
 
     @property
@@ -80,6 +83,12 @@ class Filters:
     def since(self) -> float:
         return time.time() - WINDOWS[self.window]
 
+    def summary_args(self) -> dict[str, str]:
+        """The `/keeptrusts/events/summary` query of this view: the window and the filters rollups serve."""
+        now = time.time()
+        args = {"since": f"{now - WINDOWS[self.window]:.3f}", "until": f"{now:.3f}", "slices": str(SLICES)}
+        return {**args, **{name: getattr(self, name) for name in SERVED if getattr(self, name)}}
+
     def query(self, **change: str) -> str:
         """This view's query string, with `change` applied (empty values left out)."""
         values = {name: getattr(self, name) for name in ("window", "verdict", *TEXT_FILTERS, "event")}
@@ -91,8 +100,9 @@ class Filters:
 
 
 async def remote_view(url: str, token: str | None, since: float, timeout: float = 5.0,
-                      verdict: str = "") -> GatewayView:
-    """A gateway's /health, /keeptrusts/status, /keeptrusts/config and events since `since`, asked at once.
+                      verdict: str = "", summary: dict[str, str] | None = None) -> GatewayView:
+    """A gateway's /health, /keeptrusts/status, /keeptrusts/config and events since `since`, asked at once,
+    and with `summary` (`Filters.summary_args`) its /keeptrusts/events/summary.
 
     With `verdict` the gateway's store picks the newest events of that verdict, so a block stays
     in view on a gateway that allowed more than `EVENTS_PER_GATEWAY` requests since."""
@@ -120,15 +130,20 @@ async def remote_view(url: str, token: str | None, since: float, timeout: float 
 
     asked = {"since": f"{since:.3f}", "limit": EVENTS_PER_GATEWAY}
     query = urlencode({**asked, "verdict": verdict} if verdict else asked)
-    answers = await asyncio.gather(get("/health"), get("/keeptrusts/status"), get("/keeptrusts/config"),
-                                   get(f"/keeptrusts/events?{query}"), return_exceptions=True)
+    asks = [get("/health"), get("/keeptrusts/status"), get("/keeptrusts/config"), get(f"/keeptrusts/events?{query}")]
+    if summary is not None:
+        asks.append(get(f"/keeptrusts/events/summary?{urlencode(summary)}"))
+    answers = await asyncio.gather(*asks, return_exceptions=True)
     errors = [str(a) for a in answers if isinstance(a, BaseException)]
-    health, status, config, events = (None if isinstance(a, BaseException) else a for a in answers)
+    health, status, config, events, rollups = (None if isinstance(a, BaseException) else a
+                                               for a in (*answers, None)[:5])
     view.health = health[1] if health and isinstance(health[1], dict) else None
     view.status = status[1] if status and status[0] == 200 and isinstance(status[1], dict) else None
     view.config = config[1] if config and config[0] == 200 and isinstance(config[1], dict) else None
     if events and events[0] == 200 and isinstance(events[1], dict):
         view.events = [e for e in events[1].get("events") or () if isinstance(e, dict)]
+    if rollups and rollups[0] == 200 and isinstance(rollups[1], dict):  # an older gateway answers 404
+        view.summary = rollups[1]
     if errors:
         view.error = errors[0]
     elif view.status is None:
@@ -140,14 +155,18 @@ class _Unanswered(Exception):
     pass
 
 
-async def local_view(ops: Ops, since: float, verdict: str = "") -> GatewayView:
-    """This gateway's own view, read in-process (no HTTP round trip); `verdict` as for `remote_view`."""
+async def local_view(ops: Ops, since: float, verdict: str = "", summary: dict[str, str] | None = None) -> GatewayView:
+    """This gateway's own view, read in-process (no HTTP round trip); `verdict` and `summary` as for `remote_view`."""
     view = GatewayView("this gateway", health=ops.health(), status=ops.status(), config=ops.config_view())
     writer = ops.writer
     if writer is None:
         view.error = "the event store is not open"
     else:
         view.events = await writer.call(writer.store.query, since, None, EVENTS_PER_GATEWAY, verdict or None, None)
+        if summary is not None:
+            query = SummaryQuery(since=float(summary["since"]), until=float(summary["until"]),
+                                 slices=int(summary["slices"]), **{k: summary.get(k, "") for k in SERVED})
+            view.summary = await writer.call(writer.store.summary, query)
     return view
 
 
@@ -208,49 +227,6 @@ def _passes(event: dict[str, Any], f: Filters) -> bool:
         if wanted and wanted.lower() not in str(event.get(key) or "").lower():
             return False
     return True
-
-
-@dataclass(frozen=True)
-class PolicyCounts:
-    policy: str
-    requests: int
-    blocks: int
-    redactions: int
-
-
-def policy_counts(events: list[dict[str, Any]]) -> list[PolicyCounts]:
-    """Per policy: requests it checked, requests it blocked, values it redacted (busiest first)."""
-    seen: dict[str, list[int]] = {}
-    for event in events:
-        results = [r for r in event.get("policies") or () if isinstance(r, dict) and r.get("policy")]
-        for policy in {str(r["policy"]) for r in results}:
-            seen.setdefault(policy, [0, 0, 0])[0] += 1
-        for policy in {str(r["policy"]) for r in results if r.get("verdict") == "block"}:
-            seen[policy][1] += 1
-        for r in results:
-            seen[str(r["policy"])][2] += int(r.get("redactions") or 0)
-    rows = [PolicyCounts(p, *counts) for p, counts in seen.items()]
-    return sorted(rows, key=lambda r: (-r.requests, r.policy))
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The nearest-rank `q` percentile (0 < q <= 1) of `values` (0 when empty)."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, int(q * len(ordered) + 0.999999) - 1))]
-
-
-def latency_series(events: list[dict[str, Any]], filters: Filters,
-                   buckets: int = 24) -> list[tuple[int, float, float]]:
-    """(slice index, p50 ms, p99 ms) of each of the window's `buckets` equal slices that has requests."""
-    start, width = filters.since, WINDOWS[filters.window] / buckets
-    slices: list[list[float]] = [[] for _ in range(buckets)]
-    for event in events:
-        i = int((event["_ts"] - start) // width)
-        if 0 <= i < buckets and isinstance(event.get("latency_ms"), int | float):
-            slices[i].append(float(event["latency_ms"]))
-    return [(i, percentile(s, 0.5), percentile(s, 0.99)) for i, s in enumerate(slices) if s]
 
 
 # -- config ------------------------------------------------------------------------------------------

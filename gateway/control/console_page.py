@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.control.console_charts import Charts, charts
 from gateway.control.console_data import (
+    EVENTS_PER_GATEWAY,
     TEXT_FILTERS,
     VERDICTS,
     WINDOWS,
@@ -22,11 +24,10 @@ from gateway.control.console_data import (
     config_diffs,
     config_text,
     disagreement,
-    latency_series,
     merged_events,
-    policy_counts,
     problems,
 )
+from gateway.events.latency_histogram import RELATIVE_ERROR
 
 ASSETS = Path(__file__).with_name("console_assets")
 STYLE = (ASSETS / "console.css").read_text()
@@ -62,7 +63,7 @@ def fragment(views: list[GatewayView], filters: Filters) -> str:
         f'window {esc(filters.window)}</p>',
         _banners(views),
         _fleet(views),
-        _charts(events, filters),
+        _charts(charts(views, events, filters, EVENTS_PER_GATEWAY), filters),
         _decisions(events, filters),
         _trace(events, filters),
         _config(views),
@@ -146,20 +147,26 @@ def _fleet(views: list[GatewayView]) -> str:
 # -- charts -----------------------------------------------------------------------------------------
 
 
-def _charts(events: list[dict[str, Any]], filters: Filters) -> str:
-    blocked = sum(e.get("verdict") == "block" for e in events)
-    redacted = sum(int(e.get("redactions") or 0) for e in events)
-    summary = (f'<p class="summary"><b>{len(events)}</b> requests · <b>{blocked}</b> blocked · '
-               f"<b>{redacted}</b> values redacted</p>")
-    return (f'<section><h2>Charts</h2>{summary}<div class="charts"><figure>{policy_bars(events)}'
-            f"<figcaption>Requests, blocks and redactions per policy</figcaption></figure>"
-            f"<figure>{latency_chart(events, filters)}<figcaption>Latency p50 / p99 (ms) over the last "
+def _charts(numbers: Charts, filters: Filters) -> str:
+    blocked = numbers.verdicts.get("block", 0)
+    summary = (f'<p class="summary" id="chart-totals"><b>{numbers.requests}</b> requests · <b>{blocked}</b> blocked · '
+               f"<b>{numbers.redactions}</b> values redacted</p>")
+    per_verdict = " · ".join(f'{esc(v)} <b data-verdict="{esc(v)}">{numbers.verdicts.get(v, 0)}</b>' for v in VERDICTS)
+    counts = f'<p class="summary" id="verdict-counts">{per_verdict}</p>'
+    if numbers.whole:
+        scope = (f'<p class="note" id="chart-scope">Counted over the whole {esc(filters.window)} from each gateway\'s '
+                 f"per-minute rollups (whole minutes; p50/p99 within {RELATIVE_ERROR:.0%}).</p>")
+    else:
+        scope = '<p class="note partial" id="chart-scope">' + "<br>".join(esc(n) for n in numbers.notes) + "</p>"
+    return (f'<section><h2>Charts</h2>{summary}{counts}{scope}<div class="charts"><figure>'
+            f"{policy_bars(numbers)}<figcaption>Requests, blocks and redactions per policy</figcaption></figure>"
+            f"<figure>{latency_chart(numbers, filters)}<figcaption>Latency p50 / p99 (ms) over the last "
             f"{esc(filters.window)}</figcaption></figure></div></section>")
 
 
-def policy_bars(events: list[dict[str, Any]]) -> str:
+def policy_bars(numbers: Charts) -> str:
     """Three bars per policy (requests, blocks, redactions), scaled to the largest count."""
-    rows = policy_counts(events)[:BARS_SHOWN]
+    rows = numbers.policy_rows()[:BARS_SHOWN]
     if not rows:
         return '<p class="empty">no policy decisions in this window</p>'
     top = max(max(r.requests, r.blocks, r.redactions) for r in rows) or 1
@@ -181,9 +188,10 @@ def policy_bars(events: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def latency_chart(events: list[dict[str, Any]], filters: Filters, buckets: int = 24) -> str:
+def latency_chart(numbers: Charts, filters: Filters) -> str:
     """Two lines, p50 and p99 of request latency, over the slices of the window that had requests."""
-    series = latency_series(events, filters, buckets)
+    series = numbers.latency_series()
+    buckets = len(numbers.slices)
     top = max((p99 for _, _, p99 in series), default=0.0)
     if top <= 0:
         return '<p class="empty">no requests in this window</p>'

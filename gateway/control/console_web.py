@@ -61,14 +61,16 @@ class GatewayUi(_Admin):
 
     async def get(self) -> None:
         filters = Filters.parse(lambda name: self.get_query_argument(name, None))
-        _answer(self, [await local_view(self.ops, filters.since, filters.verdict)], filters, "kt gateway")
+        view = await local_view(self.ops, filters.since, filters.verdict, filters.summary_args())
+        _answer(self, [view], filters, "kt gateway")
 
 
 def fleet_gather(urls: Sequence[str], token: str | None, timeout: float = 5.0) -> Gather:
     """Ask every gateway at once; the views in the order given."""
 
     async def gather(filters: Filters) -> list[GatewayView]:
-        return list(await asyncio.gather(*(remote_view(u, token, filters.since, timeout, filters.verdict)
+        summary = filters.summary_args()
+        return list(await asyncio.gather(*(remote_view(u, token, filters.since, timeout, filters.verdict, summary)
                                            for u in urls)))
 
     return gather
