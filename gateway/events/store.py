@@ -376,7 +376,7 @@ class EventStore:
                 removed += gone
                 if gone < step:
                     break
-        while self._drop_oldest_rollups(int(before // 60)):
+        while self._drop_oldest_rollups(int(min(before, 1e15) // 60)):  # prune(inf): everything
             pass
         return removed
 
