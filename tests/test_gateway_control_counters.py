@@ -21,26 +21,8 @@ from policies.counters import Claim, storage_key
 from tests.gateway_process import GatewayProcess
 from tests.kt_process import run_kt
 from tests.redis_server import RedisServer
+from tests.spend_budget import BUDGET_CONFIG, ask
 from tests.waiting import wait_for
-
-BUDGET_CONFIG = """\
-pack: {name: budget, version: 1.0.0, enabled: true}
-providers:
-  targets:
-    - {id: demo, provider: mock, model: demo-model}
-policies:
-  chain: [spend-limit]
-policy:
-  spend-limit:
-    max_daily_usd: 0.05
-    prices: {demo-model: {input_per_mtok: 0, output_per_mtok: 10000}}
-"""
-
-
-def ask(gw: GatewayProcess) -> tuple[int, dict]:
-    status, _, body = gw.request("POST", "/v1/chat/completions", {
-        "model": "demo-model", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]})
-    return status, json.loads(body)
 
 
 @pytest.fixture

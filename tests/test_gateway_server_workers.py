@@ -16,8 +16,8 @@ import pytest
 from tests.gateway_process import GatewayProcess
 from tests.gitserve import config_yaml
 from tests.kt_process import run_kt
-from tests.test_gateway_control_counters import BUDGET_CONFIG, ask
-from tests.test_ops_notify_processes import NotifySocket
+from tests.notify_socket import NotifySocket
+from tests.spend_budget import BUDGET_CONFIG, ask
 from tests.waiting import wait_for
 
 CONFIG = config_yaml("1.0.0", name="workers")
