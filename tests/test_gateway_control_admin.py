@@ -14,7 +14,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from gateway.control.admin import admin_routes
 from gateway.control.ops import Ops
 from gateway.control.runtime import Runtime
-from tests.test_gateway_control_reload import INVALID, config
+from tests.reloading import INVALID, config
 from tests.waiting import async_wait_for
 
 

@@ -24,8 +24,8 @@ from sync.agent import SyncAgent, SyncResult, SyncSettings
 from sync.repo import Remote
 from tests.gateway_harness import GatewayThread
 from tests.gitserve import CFG, Upstream, config_yaml
+from tests.reloading import started
 from tests.state_dir import publish
-from tests.test_gateway_control_reload import started
 from tests.waiting import async_wait_for, wait_for
 
 

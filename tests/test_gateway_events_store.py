@@ -229,7 +229,7 @@ def test_writer_keeps_events_in_memory_while_the_store_is_unwritable_and_counts_
 def test_retention_comes_from_audit_logger(tmp_path):
     from gateway.control.reload import load_snapshot
     from gateway.events.writer import retention_days
-    from tests.test_gateway_control_reload import config
+    from tests.reloading import config
 
     path = tmp_path / "policy-config.yaml"
     path.write_text(config("1.0.0", retention=7))
