@@ -25,7 +25,7 @@ from tests.fake_azure import FakeAzure
 from tests.fake_upstream import FakeUpstream
 from tests.fake_wire import ToolCall
 from tests.gateway_harness import write_config
-from tests.test_ops_doctor import by_name, kt_doctor
+from tests.kt_doctor import by_name, kt_doctor
 from tests.waiting import wait_for
 
 KEY_ENV = "KT_TEST_AZURE_KEY"
