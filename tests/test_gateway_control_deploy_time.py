@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sync.clock import parse_time
 from tests.gitserve import CFG, GIT_ENV, Upstream, config_yaml
-from tests.test_sync_gateway import Gateway
+from tests.sync_gateway import Gateway
 from tests.waiting import wait_for
 
 

@@ -10,26 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.gateway_process import GatewayProcess
-from tests.gitserve import CFG, Upstream, config_yaml, dlp_config
+from tests.gitserve import CFG, config_yaml, dlp_config
 from tests.kt_process import clean_env, run_kt
 from tests.redis_server import RedisServer
+from tests.sync_gateway import SECRET, Gateway
 from tests.waiting import wait_for
-
-SECRET = "gateway-hook-secret"
-
-
-class Gateway(GatewayProcess):
-    """A `kt gateway run --git-repo` subprocess with a webhook secret."""
-
-    def __init__(self, up: Upstream, state: Path, *extra: str) -> None:
-        secret = state.parent / "hook-secret"
-        secret.write_text(SECRET + "\n")
-        super().__init__(None, state, "--git-repo", up.url, "--git-path", CFG, "--webhook-secret-file", str(secret),
-                         "--log-format", "text", *extra, env={"KEEPTRUSTS_ADMIN_TOKEN": ""}, ready="/healthz",
-                         timeout=30)
-
-
 
 
 def test_merge_reaches_the_gateway_by_webhook_and_is_enforced(upstream, tmp_path):

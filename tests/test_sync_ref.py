@@ -12,8 +12,8 @@ from sync.repo import Remote, check_ref_name
 from sync.status import read_status
 from tests.gitserve import CFG, GitDaemon, GitHttpServer, config_yaml, dlp_config, git
 from tests.kt_process import run_kt
+from tests.sync_gateway import Gateway
 from tests.syncing import served
-from tests.test_sync_gateway import Gateway
 from tests.waiting import wait_for
 
 

@@ -19,8 +19,8 @@ from sync.status import read_status, report
 from tests.gitserve import CFG, GitHttpServer, Upstream, config_yaml, dlp_config, git
 from tests.kt_process import run_kt
 from tests.signing import SshKey
+from tests.sync_gateway import Gateway
 from tests.syncing import make_agent, served
-from tests.test_sync_gateway import Gateway
 from tests.waiting import wait_for
 
 needs_ssh = pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="ssh-keygen (openssh-client) is not installed")
