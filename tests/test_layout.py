@@ -199,3 +199,13 @@ def test_the_gateway_reports_the_installed_version() -> None:
     from gateway.server import VERSION
 
     assert VERSION == kt.__version__ == version("kt-gateway")
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test helpers live in helper modules (tests/<name>.py without `test_`): importing a test module
+    would run its module-level code and tie one module's run to another's."""
+    found = [f"{module_name(path)} imports {imported}"
+             for path in sorted((ROOT / "tests").rglob("*.py"))
+             for imported in sorted(imports_of(path))
+             if imported.rpartition(".")[2].startswith("test_") and under(imported, "tests")]
+    assert found == []
