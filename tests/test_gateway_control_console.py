@@ -328,7 +328,7 @@ def busy_gateway(tmp_path, gateway_process):
     """A gateway whose store already holds 1,500 decisions of the last 50 minutes (more than the 1,000 newest
     events the console asks for), written by the store as a gateway writes them, and a console over it."""
     from gateway.events.store import EventStore
-    from tests.test_gateway_events_rollups import expected, synthetic
+    from tests.synthetic_events import expected, synthetic
 
     events = synthetic(1500, time.time() - 3000, 2900, seed=5)
     store = EventStore(tmp_path / "state" / "events.db")
