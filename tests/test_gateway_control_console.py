@@ -301,6 +301,8 @@ def test_charts_say_which_part_covers_only_the_newest_events():
     html = fragment(views, f)
     assert 'id="chart-scope"' in html and "only its newest 1,000 events" in html
     assert charts(views[:1], [], f, 1000).whole  # all from rollups: whole
+    assert charts([*views[:1], GatewayView("gone", error="unreachable")], [], f, 1000).notes == [
+        "gone did not answer: not counted."]
     by_user = charts(views[:1], events, Filters(user="alice"), 1000)
     assert by_user.requests == 1 and "user filter is not kept in the per-minute rollups" in by_user.notes[0]
 

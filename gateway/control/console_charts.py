@@ -127,7 +127,9 @@ def charts(views: list[GatewayView], events: list[dict[str, Any]], filters: Filt
         mine = [e for e in events if e.get("gateway") == view.name]
         out.add_events(mine, since, window)
         out.whole = False
-        if view.status is not None or mine:
+        if view.status is None and not mine:
+            out.notes.append(f"{view.name} did not answer: not counted.")
+        else:
             out.notes.append(f"{view.name} gave no summary (an older kt, or its event store is not open): its part "
                              f"covers only its newest {newest:,} events in the window.")
     return out
