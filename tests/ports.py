@@ -1,8 +1,15 @@
 """Loopback ports for tests: one where nothing listens, and a free one for the processes that cannot bind
 port 0 and report theirs.
 
-Servers a test starts bind port 0 and report the port they got (`GatewayProcess` reads the gateway's log,
-the Python servers ask their socket). `free_port` stays only for those that cannot (see its docstring).
+Servers a test starts bind port 0 and report the port they got: `kt gateway run --listen 127.0.0.1:0`
+says it in its log (`GatewayProcess` reads the `port` field), the Python servers ask their socket,
+`GitDaemon` binds its own socket and runs `git daemon --inetd` per connection (`git daemon --port=0`
+listens on 9418). A port picked "free" first can be taken before the bind (an outgoing connection's
+ephemeral port, another server), which fails a test for no bug.
+
+`free_port` remains for one caller, `tests/redis_server.py`: `redis-server --port 0` turns TCP off and
+the tests need `redis://` URLs; it retries on another port when the start fails, and a restart after
+`kill()` reuses the port it had. For "a port where nothing listens" use `closed_port` (the fixture too).
 """
 
 from __future__ import annotations

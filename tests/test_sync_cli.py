@@ -219,7 +219,7 @@ def admin_answer():
     server.server_close()
 
 
-def test_status_from_a_gateway_says_what_to_fix(admin_answer):
+def test_status_from_a_gateway_says_what_to_fix(admin_answer, closed_port):
     url = admin_answer["url"]
     admin_answer.update(status=401, body=b'{"error": {"message": "bad token"}}')
     r = run_kt("sync", "status", "--gateway", url)
@@ -227,9 +227,7 @@ def test_status_from_a_gateway_says_what_to_fix(admin_answer):
     admin_answer.update(status=503, body=b'{"error": {"type": "unavailable", "message": "no config loaded"}}')
     r = run_kt("sync", "status", "--gateway", url)
     assert r.returncode == 1 and f"{url} answered 503: no config loaded" in r.stderr
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    closed = f"http://127.0.0.1:{closed_port}"
     r = run_kt("sync", "status", "--gateway", closed)
     assert r.returncode == 1 and f"cannot reach the gateway at {closed} (" in r.stderr
     assert "is `kt gateway run` up?" in r.stderr and "Traceback" not in r.stderr
