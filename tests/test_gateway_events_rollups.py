@@ -16,7 +16,8 @@ from gateway.events import store as store_module
 from gateway.events.rollup import SummaryQuery
 from gateway.events.store import EventStore
 from gateway.events.times import event_time
-from tests.synthetic_events import expected, synthetic
+from sync.clock import rfc3339
+from tests.synthetic_events import POLICIES, expected, synthetic
 
 
 def _ts(event: dict) -> float:
@@ -158,3 +159,19 @@ def test_a_bucket_stands_for_its_values_within_the_stated_error(ms):
     lh.add_encoded(decoded, lh.encode(hist))
     assert decoded == hist
     assert lh.merge_encoded(lh.encode(hist), lh.encode({9: 1})) == lh.encode({3: 1, 9: 201, 60: 70000})
+
+
+def test_events_of_odd_shape_are_stored_and_counted_without_breaking_the_batch(tmp_path):
+    now = time.time()
+    odd = [{"id": "evt_odd1", "timestamp": rfc3339(now), "verdict": None, "model": ["a", "list"], "redactions": "2",
+            "latency_ms": "slow",
+            "policies": [{"policy": "dlp-filter", "verdict": None}, "junk", {"verdict": "block"}]},
+           {"id": "evt_odd2", "timestamp": rfc3339(now), "verdict": "block", "provider": 7, "redactions": 1,
+            "policies": [{"policy": "dlp-filter", "verdict": "block", "redactions": "x"}]},
+           {"id": "evt_odd3", "timestamp": rfc3339(now), "verdict": "allow", "policies": "not a list"}]
+    store = EventStore(tmp_path / "events.db")
+    assert store.add([*odd, *synthetic(10, now - 30, 20)]) == 13
+    got = store.summary(SummaryQuery(since=now - 120, until=now + 60))
+    assert got["requests"] == 13 and got["verdicts"][""] == 1
+    assert {p["policy"] for p in got["policies"]} == {"dlp-filter", *POLICIES}
+    store.close()

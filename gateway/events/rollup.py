@@ -82,15 +82,32 @@ def note(groups: Groups, event: dict[str, Any], ts: float, pv: Any = itemgetter(
         sig: tuple = tuple(map(pv, results)) if results else ()
         if redactions:  # the policies that redacted, and how many values each
             sig = ("r", sig, tuple([(r["policy"], r["redactions"]) for r in results if "redactions" in r]))
-    except (KeyError, TypeError, AttributeError):  # not the gateway's own shape: the slow way
-        sig = ("", _results(results or ()))
-    gkey = (ts // 60, get("verdict"), get("provider"), get("model"), sig)
-    row = groups.get(gkey)
-    if row is None:
-        groups[gkey] = [redactions or 0, [get("latency_ms")]]
-    else:
-        row[0] += redactions or 0
-        row[1].append(get("latency_ms"))
+        gkey = (ts // 60, get("verdict"), get("provider"), get("model"), sig)
+        row = groups.get(gkey)
+        if row is None:
+            groups[gkey] = [redactions + 0 if redactions else 0, [get("latency_ms")]]
+        else:
+            row[0] += redactions or 0
+            row[1].append(get("latency_ms"))
+    except (KeyError, TypeError, AttributeError):  # not the gateway's own shape: counted the slow way
+        _note_odd(groups, event, ts)
+
+
+def _note_odd(groups: Groups, event: dict[str, Any], ts: float) -> None:
+    """`note` for an event not in the gateway's own shape (a list for a model, a text for a count): its
+    fields as text, counts that are not whole numbers as 0, results as (policy, verdict, redactions)."""
+    results = event.get("policies")
+    redactions = event.get("redactions")
+    redactions = redactions if isinstance(redactions, int) else 0
+    sig = ("", _results(results if isinstance(results, list | tuple) else ()))
+    gkey = (ts // 60, *(_text(event.get(name)) for name in ("verdict", "provider", "model")), sig)
+    row = groups.setdefault(gkey, [0, []])
+    row[0] += redactions
+    row[1].append(event.get("latency_ms"))
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else "" if value is None else str(value)
 
 
 def group(events: Sequence[dict[str, Any]], times: Sequence[float]) -> Groups:
@@ -106,7 +123,7 @@ def aggregate(groups: Groups) -> tuple[dict[tuple, list], dict[tuple, list]]:
     {(minute, verdict, provider, model, policy, outcome): [requests, redactions, histogram]}."""
     folded: dict[tuple, list] = {}
     for (minute, verdict, provider, model, sig), (redactions, latencies) in groups.items():
-        key = (int(minute), verdict or "", provider or "", model or "", sig)
+        key = (int(minute), _text(verdict), _text(provider), _text(model), sig)
         hist = lh.histogram_of([ms for ms in latencies if isinstance(ms, int | float)])
         row = folded.get(key)
         if row is None:
@@ -130,8 +147,12 @@ def aggregate(groups: Groups) -> tuple[dict[tuple, list], dict[tuple, list]]:
 
 def _results(results: Any) -> tuple:
     """(policy, verdict, redactions) of each well-formed result of an event not in the gateway's own shape."""
-    return tuple((str(r.get("policy")), str(r.get("verdict") or ""), int(r.get("redactions") or 0))
+    return tuple((_text(r.get("policy")), _text(r.get("verdict")), _count(r.get("redactions")))
                  for r in results if isinstance(r, dict) and r.get("policy"))
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) else 0
 
 
 def _outcomes(sig: tuple) -> list[tuple[str, str, int]]:
@@ -145,9 +166,10 @@ def _outcomes(sig: tuple) -> list[tuple[str, str, int]]:
     if sig[0] == "":
         triples: tuple = sig[1]
     elif sig[0] == "r":
-        triples = tuple((p, v, 0) for p, v in sig[1]) + tuple((p, "", n or 0) for p, n in sig[2])
+        triples = tuple((p, v, 0) for p, v in sig[1]) + tuple((p, "", _count(n)) for p, n in sig[2])
     else:
         triples = tuple((p, v, 0) for p, v in sig)
+    triples = tuple((_text(p), _text(v), n) for p, v, n in triples if p)  # a None verdict would break the upsert
     seen: dict[str, list] = {}
     for policy, verdict, redactions in triples:
         if not policy:
