@@ -147,10 +147,11 @@ def test_a_store_from_before_rollups_opens_and_counts_from_then_on(tmp_path):
     store.close()
 
 
-@pytest.mark.parametrize("ms", [0.0, 0.004, 0.01, 0.3, 1.0, 57.3, 1234.5, 9e7])
+@pytest.mark.parametrize("ms", [0.0, 0.004, 0.01, 0.3, 1.0, 57.3, 1234.5, 9e7, 1e300, float("inf"), float("nan"), -1.0])
 def test_a_bucket_stands_for_its_values_within_the_stated_error(ms):
+    assert lh.histogram_of([ms]) == {lh.bucket(ms): 1}
     middle = lh.middle_ms(lh.bucket(ms))
-    if ms < lh.BASE_MS:
+    if not ms >= lh.BASE_MS:  # NaN and negatives too
         assert middle == lh.BASE_MS / 2
     elif lh.bucket(ms) < lh.TOP:
         assert abs(middle - ms) <= ms * lh.RELATIVE_ERROR * (1 + 1e-9)

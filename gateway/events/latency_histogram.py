@@ -18,14 +18,17 @@ GROWTH = 2.0 ** (1.0 / STEPS_PER_DOUBLING)  # ~1.189
 RELATIVE_ERROR = math.sqrt(GROWTH) - 1.0  # ~0.0905: the middle of a bucket is this close to any value in it
 TOP = 127  # the last bucket (one byte): from BASE_MS * GROWTH**126 ms (~8.4 hours) on
 _LOG_BASE = math.log2(BASE_MS)
+_TOP_MS = BASE_MS * GROWTH ** (TOP - 1)  # from here on (infinity too): the last bucket
 
 Histogram = dict[int, int]  # bucket index -> count
 
 
 def bucket(ms: float) -> int:
     """The bucket of a latency in milliseconds."""
-    if ms < BASE_MS:
+    if not ms >= BASE_MS:  # NaN too
         return 0
+    if ms >= _TOP_MS:
+        return TOP
     return min(TOP, int((math.log2(ms) - _LOG_BASE) * STEPS_PER_DOUBLING) + 1)
 
 
@@ -97,8 +100,9 @@ def percentile_ms(hist: Mapping[int, int], q: float) -> float | None:
 def histogram_of(values: Iterable[float]) -> Histogram:
     """The histogram of latencies given one by one."""
     hist: Histogram = {}
-    log2, base, steps, top = math.log2, _LOG_BASE, STEPS_PER_DOUBLING, TOP
-    for b in [min(top, int((log2(ms) - base) * steps) + 1) if ms >= BASE_MS else 0 for ms in values]:
+    log2, base, steps, top, top_ms = math.log2, _LOG_BASE, STEPS_PER_DOUBLING, TOP, _TOP_MS
+    for b in [(min(top, int((log2(ms) - base) * steps) + 1) if ms < top_ms else top) if ms >= BASE_MS else 0
+              for ms in values]:
         hist[b] = hist.get(b, 0) + 1
     return hist
 
