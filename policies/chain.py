@@ -168,7 +168,9 @@ class StreamGuard:
     the action that guarantees nothing leaks past a match; `redact` covers what is unsent.
     The content and the refusal are two channels (`feed(delta, "refusal")`), each with its
     own window. An audio answer's transcript is a third (`"transcript"`): the sound says what the
-    transcript says and cannot be redacted, so there a redaction blocks (`UNREDACTABLE`).
+    transcript says and cannot be redacted, so there a redaction blocks (`UNREDACTABLE`). Any
+    other name is a channel of its own too (the relay feeds a reasoning delta's text as
+    `"reasoning_content"`, a `reasoning_details` item's as `"reasoning_details.text"`).
     `finish()` scans the choice's whole tool calls (`ex.response_tool_calls`, redacted in
     place), runs the structural output checks and returns the phase outcome.
     """
@@ -179,7 +181,7 @@ class StreamGuard:
         self.fail_mode = fail_mode
         self._text_policies = tuple(p for p in chain.output_policies if p.scans_text)
         self._tails: dict[str, str] = {}
-        self._parts: dict[str, list[str]] = {"content": [], "refusal": [], "transcript": []}
+        self._parts: dict[str, list[str]] = {"content": [], "refusal": []}
         self._results: dict[str, PolicyResult] = {}
         self._blocked: ChainOutcome | None = None
 
@@ -188,12 +190,13 @@ class StreamGuard:
         return bool(self.chain.output_policies)
 
     def feed(self, delta: str, channel: str = "content") -> tuple[str, ChainOutcome | None]:
-        """Scan one delta of the content (or `"refusal"`); return (text to forward, blocking outcome or None)."""
+        """Scan one delta of the content (or another `channel`); return (text to forward, blocking outcome or None)."""
         if self._blocked is not None:
             return "", self._blocked
-        parts = self._parts[channel]
+        parts = self._parts.get(channel)  # the texts `finish()` reads; other channels are not kept
         if not delta or not self._text_policies:
-            parts.append(delta)
+            if parts is not None:
+                parts.append(delta)
             return delta, None
         tail = self._tails.get(channel, "")
         offset = len(tail)
@@ -236,7 +239,8 @@ class StreamGuard:
                 self._record(_result(policy, Phase.OUTPUT, decision, started))
             elif policy.kind not in self._results:
                 self._record(_result(policy, Phase.OUTPUT, None, started))
-        parts.append(delta)
+        if parts is not None:
+            parts.append(delta)
         self._tails[channel] = (tail + delta)[-self.chain.stream_window :]
         return delta, None
 

@@ -141,7 +141,8 @@ class Exchange:
     `definition_texts()`: tools, functions, response schema) and may rewrite them where they
     stand (`map_texts`), and narrow `targets` (data routing). Output-phase policies read and may
     rewrite the answer's texts of one choice (`response_texts()` / `map_response`): its
-    `response_text`, `response_refusal` and `response_tool_calls` (rewritten in place).
+    `response_text`, `response_refusal`, `response_tool_calls` (rewritten in place) and the
+    strings of `response_fields` (a rewritten field gets a new value there).
     """
 
     model: str
@@ -154,6 +155,9 @@ class Exchange:
     response_text: str = ""
     response_refusal: str = ""
     response_tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # The answer's other fields, by name (e.g. `reasoning_content`, `annotations`): every string in
+    # them is checked, and a rewritten field is stored back here as a new value.
+    response_fields: dict[str, Any] = field(default_factory=dict)
     input_tokens: int = 0  # usage, known after the upstream answered
     output_tokens: int = 0
     notes: dict[str, Any] = field(default_factory=dict)  # per-request scratch space of policies
@@ -261,7 +265,8 @@ class Exchange:
 
     # --- the answer's texts (one choice) -----------------------------------------------
     def response_texts(self, calls_only: bool = False) -> list[Text]:
-        """(where, "assistant", text) of the answer: content, refusal, each tool call's name and arguments."""
+        """(where, "assistant", text) of the answer: content, refusal, each tool call's name and arguments,
+        every string of its other fields."""
         return where.collect(lambda visit: self.map_response(visit, calls_only))
 
     def map_response(self, fn: Callable[[Path, Any, str], str], calls_only: bool = False) -> None:
@@ -271,6 +276,12 @@ class Exchange:
                 self.response_text = fn(("content",), "assistant", self.response_text)
             if self.response_refusal:
                 self.response_refusal = fn(("refusal",), "assistant", self.response_refusal)
+            fields = self.response_fields
+            for key in fields:  # values replaced, keys kept: iterating is safe
+                value = fields[key]
+                new = where.visit_answer_fields(value, (key,), fn)
+                if new is not value:
+                    fields[key] = new
         for k, call in enumerate(self.response_tool_calls):
             where.visit_call(call, ("tool_calls", k), "assistant", fn)
 

@@ -66,6 +66,20 @@ REQUEST_FIELDS = frozenset({
 })  # fmt: skip  # content parts: text parts (and any part's `text`), refusal parts
 
 
+# An answer's message fields walked by name (`Exchange.map_response`, the stream relay's channels), or
+# holding no text (`role`; `audio` is its sound and the transcript the relay checks on its own); any
+# other field (`reasoning_content`, `reasoning`, `reasoning_details`, `annotations`, ...) reaches the
+# client as it is, so every string in it is a text to check (`visit_answer_fields`).
+ANSWER_FIELDS = frozenset({"role", "content", "refusal", "tool_calls", "function_call", "audio"})
+# Keys whose values in such a field are not text a model wrote: ids, types, positions, and opaque
+# reasoning state (signed or encrypted: `signature`, `encrypted_content`, a `redacted_thinking`
+# or `reasoning.encrypted` item's `data`), which a redaction would only break.
+OPAQUE_ANSWER_KEYS = frozenset({
+    "id", "type", "index", "role", "format", "signature", "encrypted_content", "data", "finish_reason",
+    "logprobs",
+})  # fmt: skip
+
+
 def location(path: Path) -> str:
     """`("messages", 2, "content")` -> `messages[2].content`."""
     out = ""
@@ -104,16 +118,53 @@ def visit_data(value: Any, path: Path, role: Any, visit: Visit, keys: bool = Tru
                 out[new_key] = new_item
         return value if out is None else out
     if isinstance(value, list):
-        copy: list[Any] | None = None
-        for n, item in enumerate(value):
-            new = visit_data(item, path, role, visit, keys, depth)
-            if copy is not None:
-                copy.append(new)
-            elif new is not item:
-                copy = value[:n]
-                copy.append(new)
-        return value if copy is None else copy
+        return _mapped(value, lambda n, item: visit_data(item, path, role, visit, keys, depth))
     return value
+
+
+def _mapped(items: list[Any], fn: Callable[[int, Any], Any]) -> list[Any]:
+    """`fn(position, item)` over a list: the list itself when every result is its item, else a new list."""
+    copy: list[Any] | None = None
+    for n, item in enumerate(items):
+        new = fn(n, item)
+        if copy is not None:
+            copy.append(new)
+        elif new is not item:
+            copy = items[:n]
+            copy.append(new)
+    return items if copy is None else copy
+
+
+def answer_fields(message: dict[str, Any], known: frozenset[str] = ANSWER_FIELDS) -> dict[str, Any]:
+    """The fields of an answer's message (or stream delta) beyond `known` that hold something, by name."""
+    if message.keys() <= known:  # the usual answer: one set comparison
+        return {}
+    return {k: v for k, v in message.items() if k not in known and v is not None}
+
+
+def visit_answer_fields(value: Any, path: Path, visit: Visit, depth: int = 0) -> Any:
+    """Every string of an answer's field kt does not know (`ANSWER_FIELDS`), with its path (keys and
+    list positions), except under `OPAQUE_ANSWER_KEYS`; not numbers (positions, scores), not keys.
+
+    Returns `value` itself when nothing changed, else a rebuilt value; deeper than `MAX_DEPTH`, a
+    value is visited as one text."""
+    if isinstance(value, str):
+        return visit(path, "assistant", value)
+    if not isinstance(value, dict | list):
+        return value
+    if depth >= MAX_DEPTH:
+        return _as_one_text(value, path, "assistant", visit)
+    depth += 1
+    if isinstance(value, dict):
+        out: dict[Any, Any] | None = None  # a copy, made at the first change
+        for n, (key, item) in enumerate(value.items()):
+            new = item if key in OPAQUE_ANSWER_KEYS else visit_answer_fields(item, (*path, key), visit, depth)
+            if out is None and new is not item:
+                out = dict(itertools.islice(value.items(), n))
+            if out is not None:
+                out[key] = new
+        return value if out is None else out
+    return _mapped(value, lambda n, item: visit_answer_fields(item, (*path, n), visit, depth))
 
 
 def _as_one_text(value: Any, path: Path, role: Any, visit: Visit) -> Any:
@@ -156,15 +207,7 @@ def visit_schema(schema: Any, path: Path, role: Any, visit: Visit, depth: int = 
         return _as_one_text(schema, path, role, visit)
     depth += 1
     if isinstance(schema, list):  # a list of schemas (`items: [...]`)
-        copy: list[Any] | None = None
-        for n, sub in enumerate(schema):
-            new = visit_schema(sub, path, role, visit, depth)
-            if copy is not None:
-                copy.append(new)
-            elif new is not sub:
-                copy = schema[:n]
-                copy.append(new)
-        return schema if copy is None else copy
+        return _mapped(schema, lambda n, sub: visit_schema(sub, path, role, visit, depth))
     out: dict[str, Any] | None = None  # a copy, made at the first change
     for n, (key, value) in enumerate(schema.items()):
         if key in _SCHEMA_KEYWORDS:

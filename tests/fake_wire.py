@@ -53,6 +53,15 @@ class Reply:
     # with its sound (`audio_sound(transcript)`, base64), content null; streamed as transcript and
     # data deltas in turn, then the audio's `expires_at`.
     audio: str | None = None
+    # OpenAI-compatible reasoning models: this reasoning text in `message[reasoning_field]`
+    # (`reasoning_content`: DeepSeek, vLLM; `reasoning`: OpenRouter, Groq, Ollama), streamed as
+    # `{reasoning_field: piece}` deltas (cut into `chunks`) before the content, whose deltas then
+    # carry `reasoning_field: null` as DeepSeek's do.
+    reasoning: str | None = None
+    reasoning_field: str = "reasoning_content"
+    # OpenAI: the answer's `annotations` (url citations): in `message.annotations` (chat) and on the
+    # `output_text` part (Responses).
+    annotations: tuple[dict[str, Any], ...] = ()
     # OpenAI: more choices (index 1, 2, ...) after the one this reply describes, each its own Reply
     # (text, tool_calls, refusal); streamed one choice after the other.
     choices: tuple[Reply, ...] = ()
@@ -64,6 +73,7 @@ class Reply:
         kwargs = {k: v for k, v in data.items() if k in known}
         kwargs["tool_calls"] = tuple(ToolCall(**t) for t in data.get("tool_calls") or ())
         kwargs["choices"] = tuple(cls.from_dict(c) for c in data.get("choices") or ())
+        kwargs["annotations"] = tuple(data.get("annotations") or ())
         return cls(**kwargs)
 
 
@@ -165,6 +175,10 @@ def _openai_choice(index: int, reply: Reply, logprobs: bool = False) -> dict[str
         message["content"] = None
         message["audio"] = {"id": new_id("audio_"), "data": audio_sound(reply.audio),
                             "expires_at": int(time.time()) + 3600, "transcript": reply.audio}
+    if reply.reasoning is not None:
+        message[reply.reasoning_field] = reply.reasoning
+    if reply.annotations:
+        message["annotations"] = list(reply.annotations)
     if calls:
         message["tool_calls"] = calls
     return {"index": index, "message": message, "finish_reason": finish,
@@ -201,9 +215,15 @@ def openai_events(completion: dict[str, Any], chunks: int, include_usage: bool) 
     for choice in completion["choices"]:
         i, message = choice["index"], choice["message"]
         events.append(chunk(i, {"role": "assistant", "content": "", "refusal": None}))
+        thought = next(((k, v) for k, v in message.items() if k in ("reasoning_content", "reasoning")), None)
+        if thought is not None:
+            events += [chunk(i, {thought[0]: piece}) for piece in split_text(thought[1], chunks)]
         if message["content"]:
-            events += [chunk(i, {"content": piece}, logprobs=choice["logprobs"] and token_logprobs(piece))
+            after = {thought[0]: None} if thought is not None else {}
+            events += [chunk(i, {"content": piece, **after}, logprobs=choice["logprobs"] and token_logprobs(piece))
                        for piece in split_text(message["content"], chunks)]
+        if message.get("annotations"):
+            events.append(chunk(i, {"annotations": message["annotations"]}))
         if message.get("refusal"):
             events += [chunk(i, {"refusal": piece}) for piece in split_text(message["refusal"], chunks)]
         if message.get("audio"):
@@ -316,7 +336,8 @@ def responses_response(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
     output: list[dict[str, Any]] = []
     content: list[dict[str, Any]] = []
     if reply.text:
-        content.append({"type": "output_text", "annotations": [], "logprobs": [], "text": reply.text})
+        content.append({"type": "output_text", "annotations": list(reply.annotations), "logprobs": [],
+                        "text": reply.text})
     if reply.refusal:
         content.append({"type": "refusal", "refusal": reply.refusal})
     if content:

@@ -67,7 +67,8 @@ def failed_message(response: dict[str, Any]) -> str | None:
 class Answer:
     """A Response object read as a canonical completion; `project` writes the checked texts back.
 
-    Output items: `message` (its `output_text` parts are the text, `refusal` parts the refusal),
+    Output items: `message` (its `output_text` parts are the text, and their `annotations` the
+    completion's `annotations` field, `refusal` parts the refusal),
     `function_call` (a tool call), `reasoning` (its summary, if any, is dropped: the chain does
     not read it). Any other item type is `checks.Malformed`: kt relays nothing it cannot check."""
 
@@ -103,10 +104,13 @@ class Answer:
                 raise checks.Malformed(f"an output item of type {kind!r} kt cannot check")
         self.text = "".join(p["text"] for p in self.texts)
         self.refusal = "".join(p["refusal"] for p in self.refusals)
+        self.annotations = [a for p in self.texts if isinstance(p.get("annotations"), list) for a in p["annotations"]]
 
     def completion(self) -> dict[str, Any]:
         """The canonical completion of the Response (its function dicts are the ones `project` reads)."""
         message: dict[str, Any] = {"role": "assistant", "content": self.text or None, "refusal": self.refusal or None}
+        if self.annotations:  # citations (titles, URLs) reach the client: the output chain checks them
+            message["annotations"] = self.annotations
         if self.calls:
             message["tool_calls"] = [{"id": item.get("call_id") or "", "type": "function", "function": function}
                                      for item, function in self.calls]
@@ -121,6 +125,13 @@ class Answer:
         """Put the (checked) completion's texts back into the Response; True when it changed."""
         message = completion["choices"][0]["message"]
         changed = self.dropped
+        notes = message.get("annotations", self.annotations)
+        if notes is not self.annotations and isinstance(notes, list):  # rewritten: back into their parts, in order
+            changed, start = True, 0
+            for part in self.texts:
+                if isinstance(part.get("annotations"), list):
+                    end = start + len(part["annotations"])
+                    part["annotations"], start = notes[start:end], end
         changed |= _put_back(self.texts, "text", self.text, message.get("content") or "")
         changed |= _put_back(self.refusals, "refusal", self.refusal, message.get("refusal") or "")
         for item, function in self.calls:

@@ -21,10 +21,15 @@ from gateway.proxy.pipeline import blocks, policy_error
 from gateway.proxy.relay import StreamRelay
 from gateway.proxy.validate import validate_chat
 from policies.model import Exchange, Phase, Target, Verdict
+from policies.texts import answer_fields
 
 
 class ChatHandler(StreamRelay):
     """POST /v1/chat/completions (OpenAI format, JSON and SSE)."""
+
+    # The answer's message and stream deltas go to the client as they are, fields kt does not know
+    # included (`reasoning_content`, `annotations`, ...), so output policies check those too.
+    relays_fields = True
 
     def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
         """The canonical request: the body itself, checked."""
@@ -105,7 +110,8 @@ class ChatHandler(StreamRelay):
             trace.child("output_chain", started, {})
 
     async def run_output(self, resp: dict[str, Any], ex: Exchange) -> bool:
-        """Output policies on every choice (content, refusal, tool calls); True when a redaction changed the answer."""
+        """Output policies on every choice (content, refusal, tool calls, the message's other fields when the
+        client gets them: `relays_fields`); True when a redaction changed the answer."""
         assert self.snap is not None
         config = self.snap.config
         if not config.enabled or not config.chain.output_policies:
@@ -121,6 +127,7 @@ class ChatHandler(StreamRelay):
             ex.response_tool_calls = calls = [c for c in message.get("tool_calls") or () if isinstance(c, dict)]
             if isinstance(message.get("function_call"), dict):  # legacy: checked like a tool call
                 calls.append({"type": "function", "function": message["function_call"]})
+            ex.response_fields = fields = answer_fields(message) if self.relays_fields else {}
             await self.reserve(ex, Phase.OUTPUT)
             outcome = config.chain.run_output(ex, self.runtime.fail_mode)
             self.record.add_outcome(outcome)
@@ -130,6 +137,9 @@ class ChatHandler(StreamRelay):
                 message["content"] = ex.response_text
             if ex.response_refusal != (refusal if isinstance(refusal, str) else ""):
                 message["refusal"] = ex.response_refusal
+            for key, value in fields.items():  # reasoning, annotations, ...: a rewritten one is a new value
+                if value is not message[key]:
+                    message[key] = value
             if outcome.redactions and choice.get("logprobs") is not None:
                 choice["logprobs"] = None  # their tokens spell the text the redaction removed
             changed = changed or bool(outcome.redactions) or ex.response_text != text  # tool calls: in place

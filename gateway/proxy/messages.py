@@ -17,6 +17,7 @@ class MessagesHandler(ChatHandler):
     """POST /v1/messages: Anthropic format in and out; canonical OpenAI inside."""
 
     anthropic_errors = True
+    relays_fields = False  # the translation to Anthropic carries content, refusal and tool calls only
 
     def __init__(self, settings: dict[str, Any], connection: Any) -> None:
         super().__init__(settings, connection)

@@ -20,7 +20,11 @@ from gateway.proxy.errors import GatewayError
 from gateway.proxy.pipeline import ProxyHandler, blocks, policy_error
 from policies.chain import Chain, StreamGuard
 from policies.model import ChainOutcome, Exchange, Phase
+from policies.texts import ANSWER_FIELDS, Path, answer_fields, visit_answer_fields
 
+# Delta fields the relay handles by name; any other (`reasoning_content`, `reasoning`, `reasoning_details`,
+# a legacy `function_call`, ...) is scanned string by string through the choice's guard.
+_DELTA_FIELDS = ANSWER_FIELDS - {"function_call"}
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
 
@@ -33,6 +37,7 @@ class StreamRelay(ProxyHandler):
     """A proxy route that relays streams; the route gives the client's format (`sse`, `sse_done`, `sse_error`)."""
 
     client_usage: bool  # the client asked for the usage chunk (set by the route before it relays)
+    relays_fields = False  # the client gets the deltas' fields kt does not know (then they are checked)
 
     def sse(self, chunks: list[dict[str, Any]]) -> bytes:
         """Canonical stream chunks as the client's SSE bytes."""
@@ -150,7 +155,8 @@ class StreamRelay(ProxyHandler):
 
     def guard_text(self, choice: dict[str, Any], delta: dict[str, Any], index: int, guards: dict[int, StreamGuard],
                    chain: Chain, ex: Exchange) -> ChainOutcome | None:
-        """A choice's content and refusal deltas through its stream guard (redactions in place); the block, if any.
+        """A choice's content, refusal and transcript deltas through its stream guard (redactions in place),
+        and the strings of its other fields when the client gets them (`relays_fields`); the block, if any.
 
         A redacted delta loses its `logprobs` (their tokens spell the text the redaction removed)."""
         audio = delta.get("audio")
@@ -164,6 +170,36 @@ class StreamRelay(ProxyHandler):
                 return blocked
             if forward != text:
                 holder[channel] = forward
+                if choice.get("logprobs") is not None:
+                    choice["logprobs"] = None
+        if self.relays_fields and not delta.keys() <= _DELTA_FIELDS:
+            return self.guard_fields(choice, delta, index, guards, chain, ex)
+        return None
+
+    def guard_fields(self, choice: dict[str, Any], delta: dict[str, Any], index: int, guards: dict[int, StreamGuard],
+                     chain: Chain, ex: Exchange) -> ChainOutcome | None:
+        """The strings of a delta's fields kt does not know (`reasoning_content`, ...), each through the
+        choice's guard on a channel named by its keys (`reasoning_details.text`: a rolling window per
+        channel, as for the content); redactions in place; the block, if any."""
+        fields = answer_fields(delta, _DELTA_FIELDS)
+        if not fields:
+            return None
+        guard = guards.get(index) or guards.setdefault(index, chain.stream_guard(ex, self.runtime.fail_mode))
+        blocked: ChainOutcome | None = None
+
+        def feed(path: Path, role: Any, text: str) -> str:
+            nonlocal blocked
+            if blocked is not None or not text:
+                return text
+            forward, blocked = guard.feed(text, ".".join(str(step) for step in path if not isinstance(step, int)))
+            return text if forward == text else forward
+
+        for key, value in fields.items():
+            new = visit_answer_fields(value, (key,), feed)
+            if blocked is not None:
+                return blocked
+            if new is not value:
+                delta[key] = new
                 if choice.get("logprobs") is not None:
                     choice["logprobs"] = None
         return None

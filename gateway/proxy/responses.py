@@ -42,6 +42,12 @@ class ResponsesHandler(ChatHandler):
         self.native: openai_responses.Answer | None = None  # the answer of a native target, if one served
         self.adopted: dict[str, Any] = {}  # the streaming native target's response id, model, created_at
 
+    @property  # type: ignore[override]
+    def relays_fields(self) -> bool:
+        """Only a native target's Response reaches the client with more than the canonical texts (its
+        `output_text` parts' annotations, which `openai_responses.Answer` lists as a field)."""
+        return self.native is not None
+
     def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
             req = responses.responses_request_to_openai(body, self.links)

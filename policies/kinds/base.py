@@ -297,7 +297,7 @@ class Policy:
         """Decide on one choice of the response; may rewrite its texts (content, refusal, tool calls)."""
         if not self.scans_text:
             return None
-        if not ex.response_tool_calls and not ex.response_refusal:  # the usual answer: text only
+        if not ex.response_tool_calls and not ex.response_refusal and not ex.response_fields:  # text only
             if not ex.response_text:
                 return None
             hits = self.scan_text(ex.response_text, Phase.OUTPUT)
