@@ -136,10 +136,11 @@ def _mapped(items: list[Any], fn: Callable[[int, Any], Any]) -> list[Any]:
 
 
 def answer_fields(message: dict[str, Any], known: frozenset[str] = ANSWER_FIELDS) -> dict[str, Any]:
-    """The fields of an answer's message (or stream delta) beyond `known` that hold something, by name."""
+    """The fields of an answer's message (or stream delta) beyond `known` that hold something, by name
+    (not `null`, `[]`, `""`, 0: OpenAI's answers carry `annotations: []`)."""
     if message.keys() <= known:  # the usual answer: one set comparison
         return {}
-    return {k: v for k, v in message.items() if k not in known and v is not None}
+    return {k: v for k, v in message.items() if k not in known and v}
 
 
 def visit_answer_fields(value: Any, path: Path, visit: Visit, depth: int = 0) -> Any:

@@ -129,7 +129,7 @@ def test_annotations_and_reasoning_details_are_checked_and_opaque_state_is_forwa
 
 PLAIN = (b'{"id": "chatcmpl-7",  "object": "chat.completion", "created": 1, "model": "m", "choices": '
          b'[{"index": 0, "message": {"role": "assistant", "content": "Hello there", "reasoning_content": '
-         b'"The user greets me.", "refusal": null}, "logprobs": null, "finish_reason": "stop"}], '
+         b'"The user greets me.", "refusal": null, "annotations": []}, "logprobs": null, "finish_reason": "stop"}], '
          b'"usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}')
 CHUNK = {"id": "chatcmpl-8", "object": "chat.completion.chunk", "created": 1, "model": "m",
          "choices": [{"index": 0, "delta": {"content": "Hello"}, "logprobs": None, "finish_reason": None}]}
@@ -178,3 +178,29 @@ def test_a_native_responses_answer_has_its_annotations_checked(tmp_path: Path, f
     part = resp.output[0].content[0].model_dump()
     assert part["text"] == ANSWER
     assert part["annotations"] == [{**citation, "title": "Staff page of [REDACTED:EMAIL]"}]
+
+
+def _scripted_stream(deltas: list[dict[str, Any]]) -> RawUpstream:
+    chunks = [{**CHUNK, "choices": [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None}]}
+              for d in deltas]
+    chunks.append({**CHUNK, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+    body = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    return RawUpstream(lambda request, conn: conn.send_response(body, headers={"Content-Type": "text/event-stream"}))
+
+
+def test_other_stream_fields_are_scanned_on_their_own_windows(tmp_path: Path, start_gateway: Any) -> None:
+    """`reasoning_details` items and a legacy `function_call` streamed in pieces: each field's text is
+    one channel with its rolling window (the address is split across two deltas of each)."""
+    deltas = [{"reasoning_details": [{"type": "reasoning.text", "text": "look up alice.martin@", "index": 0}]},
+              {"reasoning_details": [{"type": "reasoning.text", "text": "example.com now", "index": 0}]},
+              {"function_call": {"name": "send_mail", "arguments": '{"to": "alice.martin@'}},
+              {"function_call": {"arguments": 'example.com"}'}}]
+    with _scripted_stream(deltas) as up:
+        gw = pii_gateway(tmp_path, up.base_url, start_gateway)
+        thought, arguments = "", ""
+        for chunk in oai(gw).chat.completions.create(model="deepseek-reasoner", messages=USER, stream=True):
+            for choice in chunk.model_dump()["choices"]:
+                thought += "".join(d["text"] for d in choice["delta"].get("reasoning_details") or ())
+                arguments += (choice["delta"].get("function_call") or {}).get("arguments") or ""
+    assert thought == "look up alice.martin@[REDACTED:EMAIL] now"
+    assert arguments == '{"to": "alice.martin@[REDACTED:EMAIL]"}'
