@@ -61,7 +61,7 @@ class GatewayProcess:
                  preexec: Callable[[], None] | None = None, ready: str = "/readyz", timeout: float = 20,
                  wait: bool = True, port: int | None = None, argv: Sequence[str] | None = None,
                  clean: bool = False) -> None:
-        self._port = port
+        self._port = port or None  # 0: the port its log reports
         self._timeout = timeout
         self.state_dir = state_dir
         fd, log_path = tempfile.mkstemp(prefix="gateway-", suffix=".log", dir=state_dir.parent)
