@@ -26,6 +26,7 @@ from policies.lint import finding_from_error
 from policies.model import Exchange, PolicyResult
 from policies.schema import CASE, validate, validator_for
 from policies.state import PolicyState
+from policies.texts import answer_fields
 from policies.yaml_loader import MAX_BYTES
 
 
@@ -108,6 +109,11 @@ def inline_cases(config: Config) -> list[GoldenCase]:
     ]
 
 
+# Fields of a case's `upstream_response` written as the message itself that describe the answer as
+# a whole, not the message (`reasoning_content`, `annotations` and other fields are checked).
+_RESPONSE_FIELDS = frozenset({"id", "object", "created", "model", "usage", "system_fingerprint"})
+
+
 def _apply_response(ex: Exchange, response: Any) -> None:
     if isinstance(response, str):
         ex.response_text = response
@@ -122,6 +128,9 @@ def _apply_response(ex: Exchange, response: Any) -> None:
     refusal = body.get("refusal")
     ex.response_refusal = refusal if isinstance(refusal, str) else ""
     ex.response_tool_calls = list(body.get("tool_calls") or [])
+    if isinstance(body.get("function_call"), dict):  # legacy: checked like a tool call, as the gateway does
+        ex.response_tool_calls.append({"type": "function", "function": body["function_call"]})
+    ex.response_fields = {k: v for k, v in answer_fields(body).items() if k not in _RESPONSE_FIELDS}
     usage = response.get("usage") or {}
     ex.input_tokens = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
     ex.output_tokens = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)

@@ -66,4 +66,13 @@ policy: {dlp-filter: {blocked_terms: [project-bluebird], action: block}}
     write_case(tmp_path, "b", {"messages": msgs, "upstream_response": {"tool_calls": [call]}}, {"verdict": "block"})
     write_case(tmp_path, "c", {"messages": msgs, "tools": [{"type": "function", "function": {
         "name": "search", "description": "about project-bluebird"}}]}, {"verdict": "block"})
-    assert [(r.name, r.passed) for r in run_golden(config, tmp_path)] == [("a", True), ("b", True), ("c", True)]
+    write_case(tmp_path, "d", {"messages": msgs, "upstream_response": {"choices": [{"message": {
+        "role": "assistant", "content": "ok", "reasoning_content": "they mean project-bluebird"}}]}},
+        {"verdict": "block"})
+    write_case(tmp_path, "e", {"messages": msgs, "upstream_response": {"content": "ok", "model": "project-bluebird",
+                                                                       "function_call": call["function"]}},
+               {"verdict": "block"})
+    write_case(tmp_path, "f", {"messages": msgs, "upstream_response": {"content": "ok", "model": "project-bluebird"}},
+               {"verdict": "allow"})
+    assert [(r.name, r.passed) for r in run_golden(config, tmp_path)] == [
+        ("a", True), ("b", True), ("c", True), ("d", True), ("e", True), ("f", True)]
