@@ -189,8 +189,9 @@ def _scripted_stream(deltas: list[dict[str, Any]]) -> RawUpstream:
 
 
 def test_other_stream_fields_are_scanned_on_their_own_windows(tmp_path: Path, start_gateway: Any) -> None:
-    """`reasoning_details` items and a legacy `function_call` streamed in pieces: each field's text is
-    one channel with its rolling window (the address is split across two deltas of each)."""
+    """`reasoning_details` items streamed in pieces: their text is one channel with its rolling window
+    (the address is split across two deltas). A legacy `function_call` is withheld and checked whole,
+    like tool calls: its arguments redacted inside their JSON, sent in one piece."""
     deltas = [{"reasoning_details": [{"type": "reasoning.text", "text": "look up alice.martin@", "index": 0}]},
               {"reasoning_details": [{"type": "reasoning.text", "text": "example.com now", "index": 0}]},
               {"function_call": {"name": "send_mail", "arguments": '{"to": "alice.martin@'}},
@@ -203,4 +204,19 @@ def test_other_stream_fields_are_scanned_on_their_own_windows(tmp_path: Path, st
                 thought += "".join(d["text"] for d in choice["delta"].get("reasoning_details") or ())
                 arguments += (choice["delta"].get("function_call") or {}).get("arguments") or ""
     assert thought == "look up alice.martin@[REDACTED:EMAIL] now"
-    assert arguments == '{"to": "alice.martin@[REDACTED:EMAIL]"}'
+    assert json.loads(arguments) == {"to": "[REDACTED:EMAIL]"}
+
+
+def test_a_streamed_legacy_function_call_is_checked_whole_by_tool_policies(tmp_path: Path, start_gateway: Any,
+                                                                          test_kinds: None) -> None:
+    deltas = [{"role": "assistant", "content": None}, {"function_call": {"name": "delete_", "arguments": ""}},
+              {"function_call": {"name": "all", "arguments": "{}"}}]
+    with _scripted_stream(deltas) as up:
+        spec = {"id": "t", "provider": "openai", "model": "deepseek-reasoner", "base_url": up.base_url,
+                "secret_key_ref": {"env": KEY_ENV}}
+        gw = start_gateway(write_config(tmp_path / "c.yaml", [spec], ["test-tool"],
+                                        {"test-tool": {"blocked": "delete_all"}}))
+        with pytest.raises(openai.APIError):
+            for chunk in oai(gw).chat.completions.create(model="deepseek-reasoner", messages=USER, stream=True):
+                assert not chunk.choices or chunk.choices[0].delta.function_call is None  # nothing of it left
+    assert wait_for(lambda: gw.events)[-1]["verdict"] == "block"

@@ -1,9 +1,9 @@
 """The stream relay: an upstream stream forwarded to the client chunk by chunk through the stream guards.
 
-Content and refusal deltas are scanned as they pass (one guard per choice); tool calls, an audio
-answer's sound and the final chunks are withheld until each choice is whole and checked; a block
-or an upstream failure after the first byte ends the stream with an error event in the client's
-format.
+Content, refusal and reasoning deltas are scanned as they pass (one guard per choice, a channel per
+field); tool calls (a legacy `function_call` too), an audio answer's sound and the final chunks are
+withheld until each choice is whole and checked; a block or an upstream failure after the first byte
+ends the stream with an error event in the client's format.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from policies.model import ChainOutcome, Exchange, Phase
 from policies.texts import ANSWER_FIELDS, Path, answer_fields, visit_answer_fields
 
 # Delta fields the relay handles by name; any other (`reasoning_content`, `reasoning`, `reasoning_details`,
-# a legacy `function_call`, ...) is scanned string by string through the choice's guard.
-_DELTA_FIELDS = ANSWER_FIELDS - {"function_call"}
+# `annotations`, ...) is scanned string by string through the choice's guard.
+_DELTA_FIELDS = ANSWER_FIELDS
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
 
@@ -67,10 +67,12 @@ class StreamRelay(ProxyHandler):
     async def relay(self, batches: AsyncIterator[adapters.Batch], ex: Exchange) -> None:
         """Forward a stream chunk by chunk through the stream guards; withhold tool calls and the final chunks.
 
-        Content and refusal deltas are scanned (one guard per choice) and forwarded at once. With
-        output policies, tool-call deltas are withheld and merged: each choice's whole calls are
-        checked (and redacted inside their JSON arguments) by `finish()`, then sent in one chunk
-        per choice before the held finish chunks (and usage). An audio answer's transcript deltas
+        Content and refusal deltas are scanned (one guard per choice) and forwarded at once, and so
+        are reasoning deltas and any other field kt does not know (`guard_fields`, when the client
+        gets them). With output policies, tool-call deltas (and a legacy `function_call`'s) are
+        withheld and merged: each choice's whole calls are checked (and redacted inside their JSON
+        arguments) by `finish()`, then sent in one chunk per choice before the held finish chunks
+        (and usage). An audio answer's transcript deltas
         are scanned as they pass (a redaction there blocks: the sound cannot be redacted) and its
         sound (`audio.data`) is withheld and sent whole, one chunk per choice, once the choice
         passed. Every choice is checked; a block ends the stream with an error event in the
@@ -82,6 +84,7 @@ class StreamRelay(ProxyHandler):
         active = self.snap.config.enabled and bool(chain.output_policies)
         guards: dict[int, StreamGuard] = {}
         tools: dict[int, dict[int, dict[str, Any]]] = {}
+        legacy: dict[int, dict[str, str]] = {}  # per choice: its legacy `function_call`, merged
         sounds: dict[int, dict[str, Any]] = {}  # per choice: its audio's id, expires_at and whole data
         held: list[dict[str, Any]] = []
         first: dict[str, Any] | None = None  # a chunk of the stream, for the fields of the tool-call chunks
@@ -111,6 +114,10 @@ class StreamRelay(ProxyHandler):
                             if delta.get("tool_calls"):  # withheld until the choice's calls are whole and checked
                                 _merge_tool_calls(tools.setdefault(index, {}), delta.pop("tool_calls"))
                                 first, withheld = first or chunk, True
+                            if delta.get("function_call"):  # legacy: withheld and checked like a tool call
+                                _merge_function(legacy.setdefault(index, {"name": "", "arguments": ""}),
+                                                delta.pop("function_call"))
+                                first, withheld = first or chunk, True
                             if isinstance(delta.get("audio"), dict) and _hold_sound(sounds, index, delta):
                                 first, withheld = first or chunk, True
                         elif delta.get("tool_calls"):
@@ -127,12 +134,13 @@ class StreamRelay(ProxyHandler):
                     await self.write_sse(self.sse(out))
             self.account(ex)
             if active:
-                blocked = await self.check_choices(ex, guards, tools, chain)
+                blocked = await self.check_choices(ex, guards, tools, chain, legacy)
                 if blocked is not None:
                     await self.end_blocked(blocked, started)
                     return
-                if (tools or sounds) and first is not None:
+                if (tools or sounds or legacy) and first is not None:
                     held[:0] = [_tool_calls_chunk(first, index, tools[index]) for index in sorted(tools)] + [
+                        _choice_chunk(first, index, {"function_call": legacy[index]}) for index in sorted(legacy)] + [
                         _choice_chunk(first, index, {"audio": sounds[index]}) for index in sorted(sounds)]
             if traced:
                 self.output_span(started)
@@ -217,11 +225,15 @@ class StreamRelay(ProxyHandler):
         return True
 
     async def check_choices(self, ex: Exchange, guards: dict[int, StreamGuard],
-                            tools: dict[int, dict[int, dict[str, Any]]], chain: Chain) -> ChainOutcome | None:
-        """At the end of the stream, every choice's whole answer (its tool calls too) through `finish()`; the block."""
-        for index in sorted(set(guards) | set(tools) | {0}):  # every choice, however many
+                            tools: dict[int, dict[int, dict[str, Any]]], chain: Chain,
+                            legacy: dict[int, dict[str, str]]) -> ChainOutcome | None:
+        """At the end of the stream, every choice's whole answer (its tool calls and legacy `function_call`
+        too, redacted in place) through `finish()`; the block."""
+        for index in sorted(set(guards) | set(tools) | set(legacy) | {0}):  # every choice, however many
             guard = guards.get(index) or chain.stream_guard(ex, self.runtime.fail_mode)
             ex.response_tool_calls = list(tools.get(index, {}).values())
+            if index in legacy:
+                ex.response_tool_calls.append({"type": "function", "function": legacy[index]})
             await self.reserve(ex, Phase.OUTPUT)
             outcome = guard.finish()
             self.record.add_outcome(outcome)
@@ -297,6 +309,14 @@ def _hold_sound(sounds: dict[int, dict[str, Any]], index: int, delta: dict[str, 
     if not audio.get("transcript"):
         del delta["audio"]
     return True
+
+
+def _merge_function(acc: dict[str, str], delta: Any) -> None:
+    """Accumulate a streamed legacy `function_call` delta (`name`, `arguments` pieces)."""
+    if isinstance(delta, dict):
+        for key in ("name", "arguments"):
+            if isinstance(delta.get(key), str):
+                acc[key] += delta[key]
 
 
 def _merge_tool_calls(acc: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
