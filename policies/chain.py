@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from policies.counters import Claim
 from policies.kinds.base import Decision, Policy, apply_hits
@@ -82,6 +83,7 @@ class Chain:
     namespace: str = ""  # counter keys are namespaced by this (the pack name)
     input_policies: tuple[Policy, ...] = field(init=False)
     output_policies: tuple[Policy, ...] = field(init=False)
+    output_text_policies: tuple[Policy, ...] = field(init=False)  # those of the output phase that scan text
     stream_window: int = field(init=False)
     counting: dict[Phase, tuple[Policy, ...]] = field(init=False)
 
@@ -90,6 +92,7 @@ class Chain:
         outputs = tuple(p for p in self.policies if Phase.OUTPUT in p.phases)
         object.__setattr__(self, "input_policies", inputs)
         object.__setattr__(self, "output_policies", outputs)
+        object.__setattr__(self, "output_text_policies", tuple(p for p in outputs if p.scans_text))
         object.__setattr__(self, "stream_window", max((p.window for p in outputs), default=0))
         object.__setattr__(self, "counting", {Phase.INPUT: tuple(p for p in inputs if p.counts),
                                               Phase.OUTPUT: tuple(p for p in outputs if p.counts)})
@@ -120,14 +123,16 @@ class Chain:
     def kinds(self) -> tuple[str, ...]:
         return tuple(p.kind for p in self.policies)
 
-    def _run(self, policies: tuple[Policy, ...], phase: Phase, ex: Exchange, fail_mode: str) -> ChainOutcome:
+    def _run(self, policies: tuple[Policy, ...], phase: Phase, ex: Exchange, fail_mode: str,
+             texts_only: bool = False) -> ChainOutcome:
         results: list[PolicyResult] = []
         on_input = phase is Phase.INPUT
         clock = time.perf_counter
         started = clock()
         for policy in policies:  # one clock read per policy: each one's end is the next one's start
             try:
-                decision = policy.check_input(ex) if on_input else policy.check_output(ex)
+                decision = policy.check_input(ex) if on_input else \
+                    policy.check_response_texts(ex) if texts_only else policy.check_output(ex)
             except Exception as exc:  # a policy bug must never take the gateway down
                 result = _error_result(policy, phase, exc, started, fail_mode)
             else:
@@ -151,6 +156,18 @@ class Chain:
         """Run output-phase policies on `ex.response_text` / `ex.response_tool_calls`."""
         self.reserve(ex, Phase.OUTPUT)
         return self._run(self.output_policies, Phase.OUTPUT, ex, fail_mode)
+
+    def check_fields(self, ex: Exchange, fields: dict[str, Any], fail_mode: str = "block") -> ChainOutcome:
+        """The text-scanning output policies on `fields` alone (an answer's parts outside its message:
+        top-level `citations`, a choice's `stop_reason`), by name; no counters, no structural checks.
+
+        A redacted field gets a new value in `fields`; `ex`'s answer texts are left as they were."""
+        saved = ex.response_text, ex.response_refusal, ex.response_tool_calls, ex.response_fields
+        ex.response_text, ex.response_refusal, ex.response_tool_calls, ex.response_fields = "", "", [], fields
+        try:
+            return self._run(self.output_text_policies, Phase.OUTPUT, ex, fail_mode, texts_only=True)
+        finally:
+            ex.response_text, ex.response_refusal, ex.response_tool_calls, ex.response_fields = saved
 
     def stream_guard(self, ex: Exchange, fail_mode: str = "block") -> StreamGuard:
         """A scanner for a streamed response; see `StreamGuard`."""
@@ -179,7 +196,7 @@ class StreamGuard:
         self.chain = chain
         self.ex = ex
         self.fail_mode = fail_mode
-        self._text_policies = tuple(p for p in chain.output_policies if p.scans_text)
+        self._text_policies = chain.output_text_policies
         self._tails: dict[str, str] = {}
         self._parts: dict[str, list[str]] = {"content": [], "refusal": []}
         self._results: dict[str, PolicyResult] = {}

@@ -80,6 +80,18 @@ OPAQUE_ANSWER_KEYS = frozenset({
 })  # fmt: skip
 
 
+# A chat answer's (or stream chunk's) top-level fields and a choice's fields that hold no text a model or a
+# search wrote (ids, times, names kt chose, numbers, Azure's filter verdicts: categories, booleans, severities),
+# or that are walked by name (`choices`, `message`, `delta`); OpenAI's `obfuscation` is random padding. Any
+# other field (Perplexity's `citations` and `search_results`, vLLM's `stop_reason`, OpenRouter's
+# `native_finish_reason`, ...) reaches the client as it is, so every string in it is a text to check.
+COMPLETION_FIELDS = frozenset({
+    "id", "object", "created", "model", "system_fingerprint", "service_tier", "usage", "choices",
+    "prompt_filter_results", "content_filter_results", "obfuscation",
+})  # fmt: skip
+CHOICE_FIELDS = frozenset({"index", "message", "delta", "finish_reason", "logprobs", "content_filter_results"})
+
+
 def location(path: Path) -> str:
     """`("messages", 2, "content")` -> `messages[2].content`."""
     out = ""

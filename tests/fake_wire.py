@@ -62,6 +62,11 @@ class Reply:
     # OpenAI: the answer's `annotations` (url citations): in `message.annotations` (chat) and on the
     # `output_text` part (Responses).
     annotations: tuple[dict[str, Any], ...] = ()
+    # OpenAI-compatible extras outside the message: `top` fields of the answer (Perplexity's `citations`,
+    # `search_results`), repeated on every stream chunk as Perplexity does; `choice_extras` fields of the
+    # choice (vLLM's `stop_reason`), on its finish chunk in streams.
+    top: dict[str, Any] = field(default_factory=dict)
+    choice_extras: dict[str, Any] = field(default_factory=dict)
     # OpenAI: more choices (index 1, 2, ...) after the one this reply describes, each its own Reply
     # (text, tool_calls, refusal); streamed one choice after the other.
     choices: tuple[Reply, ...] = ()
@@ -182,7 +187,7 @@ def _openai_choice(index: int, reply: Reply, logprobs: bool = False) -> dict[str
     if calls:
         message["tool_calls"] = calls
     return {"index": index, "message": message, "finish_reason": finish,
-            "logprobs": token_logprobs(message["content"] or "") if logprobs else None}
+            "logprobs": token_logprobs(message["content"] or "") if logprobs else None, **reply.choice_extras}
 
 
 def openai_completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
@@ -195,21 +200,26 @@ def openai_completion(body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         "id": new_id("chatcmpl-"), "object": "chat.completion", "created": int(time.time()), "model": body["model"],
         "choices": [_openai_choice(i, r, body.get("logprobs") is True) for i, r in enumerate(replies)],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
-        "system_fingerprint": "fp_fake",
+        "system_fingerprint": "fp_fake", **reply.top,
     }
+
+
+_NOT_ON_CHUNKS = frozenset({"object", "choices", "usage", "prompt_filter_results"})
+_CHOICE_OWN = frozenset({"index", "message", "finish_reason", "logprobs", "content_filter_results"})
 
 
 def openai_events(completion: dict[str, Any], chunks: int, include_usage: bool) -> list[bytes]:
     """The SSE events streaming `completion`: per choice role, content (or refusal) pieces, tool calls,
     finish; then usage?, [DONE]."""
-    base = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint")}
+    base = {k: v for k, v in completion.items() if k not in _NOT_ON_CHUNKS}  # a `Reply.top` too, on every chunk
     base["object"] = "chat.completion.chunk"
     if include_usage:
         base["usage"] = None
 
-    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> bytes:
+    def chunk(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None,
+              **extras: Any) -> bytes:
         return sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
-                                         "finish_reason": finish_reason}]})
+                                         "finish_reason": finish_reason, **extras}]})
 
     events = []
     for choice in completion["choices"]:
@@ -242,7 +252,8 @@ def openai_events(completion: dict[str, Any], chunks: int, include_usage: bool) 
             events.append(chunk(i, {"tool_calls": [head]}))
             for piece in split_text(call["function"]["arguments"], chunks):
                 events.append(chunk(i, {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
-        events.append(chunk(i, {}, choice["finish_reason"]))
+        extras = {k: v for k, v in choice.items() if k not in _CHOICE_OWN}  # a `Reply.choice_extras`
+        events.append(chunk(i, {}, choice["finish_reason"], **extras))
     if include_usage:
         events.append(sse({**base, "choices": [], "usage": completion["usage"]}))
     events.append(sse(b"[DONE]"))

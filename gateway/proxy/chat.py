@@ -21,7 +21,7 @@ from gateway.proxy.pipeline import blocks, policy_error
 from gateway.proxy.relay import StreamRelay
 from gateway.proxy.validate import validate_chat
 from policies.model import Exchange, Phase, Target, Verdict
-from policies.texts import answer_fields
+from policies.texts import CHOICE_FIELDS, COMPLETION_FIELDS, answer_fields
 
 
 class ChatHandler(StreamRelay):
@@ -117,10 +117,14 @@ class ChatHandler(StreamRelay):
         if not config.enabled or not config.chain.output_policies:
             return False
         changed = False
+        if self.relays_fields and not resp.keys() <= COMPLETION_FIELDS:  # `citations`, `search_results`, ...
+            changed = self.checked_extras(resp, COMPLETION_FIELDS, ex)
         for choice in resp.get("choices") or ():
             message = choice.get("message") if isinstance(choice, dict) else None
             if not isinstance(message, dict):
                 continue
+            if self.relays_fields and not choice.keys() <= CHOICE_FIELDS:  # `stop_reason`, ...
+                changed = self.checked_extras(choice, CHOICE_FIELDS, ex) or changed
             content, refusal = message.get("content"), message.get("refusal")
             ex.response_text = text = content if isinstance(content, str) else _parts_text(content)
             ex.response_refusal = refusal if isinstance(refusal, str) else ""
@@ -154,6 +158,13 @@ class ChatHandler(StreamRelay):
                     raise policy_error(heard, "output_blocked")
         return changed
 
+
+    def checked_extras(self, holder: dict[str, Any], known: frozenset[str], ex: Exchange) -> bool:
+        """`guard_extras` on a JSON answer: a block is the 409; True when a field was redacted."""
+        blocked, changed = self.guard_extras(holder, known, ex)
+        if blocked is not None:
+            raise policy_error(blocked, "output_blocked")
+        return changed
 
 
 def _transcript(audio: Any) -> str:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from tornado.iostream import StreamClosedError
 
 from gateway.providers import adapters
@@ -19,12 +20,15 @@ from gateway.providers.upstream import DONE, UpstreamFailure
 from gateway.proxy.errors import GatewayError
 from gateway.proxy.pipeline import ProxyHandler, blocks, policy_error
 from policies.chain import Chain, StreamGuard
-from policies.model import ChainOutcome, Exchange, Phase
-from policies.texts import ANSWER_FIELDS, Path, answer_fields, visit_answer_fields
+from policies.model import ChainOutcome, Exchange, Phase, Verdict
+from policies.texts import ANSWER_FIELDS, CHOICE_FIELDS, COMPLETION_FIELDS, Path, answer_fields, visit_answer_fields
 
 # Delta fields the relay handles by name; any other (`reasoning_content`, `reasoning`, `reasoning_details`,
 # `annotations`, ...) is scanned string by string through the choice's guard.
 _DELTA_FIELDS = ANSWER_FIELDS
+_UNSEEN = object()
+_SEEN_VALUES = 256  # distinct values of extra fields whose checked form a stream remembers (then: checked each time)
+Seen = dict[tuple[str, bytes], Any]  # (field, its JSON) -> the value as checked (redacted or the same)
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
                 "X-Accel-Buffering": "no"}
 
@@ -87,6 +91,8 @@ class StreamRelay(ProxyHandler):
         legacy: dict[int, dict[str, str]] = {}  # per choice: its legacy `function_call`, merged
         sounds: dict[int, dict[str, Any]] = {}  # per choice: its audio's id, expires_at and whole data
         held: list[dict[str, Any]] = []
+        extras = active and self.relays_fields
+        seen: Seen = {}  # extra fields repeated on every chunk (`citations`) are checked once per value
         first: dict[str, Any] | None = None  # a chunk of the stream, for the fields of the tool-call chunks
         traced = self.record.trace is not None
         started = 0  # when the first batch came (epoch ns), for the output_chain span
@@ -100,11 +106,20 @@ class StreamRelay(ProxyHandler):
                         break
                     self.note_chunk(chunk, ex)
                     hold = withheld = False
+                    if extras and not chunk.keys() <= COMPLETION_FIELDS:
+                        blocked = self.guard_extras(chunk, COMPLETION_FIELDS, ex, seen)[0]
+                        if blocked is not None:
+                            if out:
+                                await self.write_sse(self.sse(out))
+                            await self.end_blocked(blocked, started)
+                            return
                     for choice in chunk.get("choices") or ():
                         index = choice.get("index", 0)
                         delta = choice.get("delta") or {}
                         if active:
                             blocked = self.guard_text(choice, delta, index, guards, chain, ex)
+                            if blocked is None and extras and not choice.keys() <= CHOICE_FIELDS:
+                                blocked = self.guard_extras(choice, CHOICE_FIELDS, ex, seen)[0]
                             if blocked is not None:
                                 self.record.add_outcome(blocked)
                                 if out:  # what passed before the match still goes out first
@@ -211,6 +226,32 @@ class StreamRelay(ProxyHandler):
                 if choice.get("logprobs") is not None:
                     choice["logprobs"] = None
         return None
+
+    def guard_extras(self, holder: dict[str, Any], known: frozenset[str], ex: Exchange,
+                     seen: Seen | None = None) -> tuple[ChainOutcome | None, bool]:
+        """The fields of an answer (or chunk, or choice) beyond `known` (`citations`, `search_results`, a
+        choice's `stop_reason`), each value checked whole and redacted in place; (the block, if any; whether
+        a field changed). A value in `seen` is not checked again: a stream that repeats its citations on
+        every chunk has them checked once and redacted alike on each. A decision other than allow is
+        recorded."""
+        assert self.snap is not None
+        chain, changed = self.snap.config.chain, False
+        for key, value in answer_fields(holder, known).items():
+            token = (key, orjson.dumps(value)) if seen is not None else None
+            checked = seen.get(token, _UNSEEN) if seen is not None and token is not None else _UNSEEN
+            if checked is _UNSEEN:
+                fields = {key: value}
+                outcome = chain.check_fields(ex, fields, self.runtime.fail_mode)
+                if outcome.verdict is not Verdict.ALLOW:
+                    self.record.add_outcome(outcome)
+                if blocks(outcome):
+                    return outcome, changed
+                checked = fields[key]
+                if seen is not None and token is not None and len(seen) < _SEEN_VALUES:
+                    seen[token] = checked
+            if checked is not value:
+                holder[key], changed = checked, True
+        return None, changed
 
     def trimmed(self, chunk: dict[str, Any], withheld: bool) -> bool:
         """Drop what the client is not sent (withheld tool-call deltas, usage not asked for); False: nothing left."""
