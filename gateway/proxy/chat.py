@@ -117,13 +117,13 @@ class ChatHandler(StreamRelay):
         if not config.enabled or not config.chain.output_policies:
             return False
         changed = False
-        if self.relays_fields and not resp.keys() <= COMPLETION_FIELDS:  # `citations`, `search_results`, ...
+        if self.relays_fields and not COMPLETION_FIELDS.issuperset(resp):  # `citations`, `search_results`, ...
             changed = self.checked_extras(resp, COMPLETION_FIELDS, ex)
         for choice in resp.get("choices") or ():
             message = choice.get("message") if isinstance(choice, dict) else None
             if not isinstance(message, dict):
                 continue
-            if self.relays_fields and not choice.keys() <= CHOICE_FIELDS:  # `stop_reason`, ...
+            if self.relays_fields and not CHOICE_FIELDS.issuperset(choice):  # `stop_reason`, ...
                 changed = self.checked_extras(choice, CHOICE_FIELDS, ex) or changed
             content, refusal = message.get("content"), message.get("refusal")
             ex.response_text = text = content if isinstance(content, str) else _parts_text(content)

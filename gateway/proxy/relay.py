@@ -106,7 +106,7 @@ class StreamRelay(ProxyHandler):
                         break
                     self.note_chunk(chunk, ex)
                     hold = withheld = False
-                    if extras and not chunk.keys() <= COMPLETION_FIELDS:
+                    if extras and not COMPLETION_FIELDS.issuperset(chunk):
                         blocked = self.guard_extras(chunk, COMPLETION_FIELDS, ex, seen)[0]
                         if blocked is not None:
                             if out:
@@ -118,7 +118,7 @@ class StreamRelay(ProxyHandler):
                         delta = choice.get("delta") or {}
                         if active:
                             blocked = self.guard_text(choice, delta, index, guards, chain, ex)
-                            if blocked is None and extras and not choice.keys() <= CHOICE_FIELDS:
+                            if blocked is None and extras and not CHOICE_FIELDS.issuperset(choice):
                                 blocked = self.guard_extras(choice, CHOICE_FIELDS, ex, seen)[0]
                             if blocked is not None:
                                 self.record.add_outcome(blocked)
