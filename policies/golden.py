@@ -26,7 +26,7 @@ from policies.lint import finding_from_error
 from policies.model import Exchange, PolicyResult
 from policies.schema import CASE, validate, validator_for
 from policies.state import PolicyState
-from policies.texts import answer_fields
+from policies.texts import CHOICE_FIELDS, COMPLETION_FIELDS, answer_fields
 from policies.yaml_loader import MAX_BYTES
 
 
@@ -109,19 +109,16 @@ def inline_cases(config: Config) -> list[GoldenCase]:
     ]
 
 
-# Fields of a case's `upstream_response` written as the message itself that describe the answer as
-# a whole, not the message (`reasoning_content`, `annotations` and other fields are checked).
-_RESPONSE_FIELDS = frozenset({"id", "object", "created", "model", "usage", "system_fingerprint"})
-
-
 def _apply_response(ex: Exchange, response: Any) -> None:
     if isinstance(response, str):
         ex.response_text = response
         return
     body = response
     choices = response.get("choices")
+    extras: dict[str, Any] = {}  # the answer's top-level and the choice's own fields, as the gateway checks them
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         body = choices[0].get("message")
+        extras = {**answer_fields(response, COMPLETION_FIELDS), **answer_fields(choices[0], CHOICE_FIELDS)}
     body = body if isinstance(body, dict) else {}
     content = body.get("content")
     ex.response_text = content if isinstance(content, str) else ""
@@ -130,7 +127,9 @@ def _apply_response(ex: Exchange, response: Any) -> None:
     ex.response_tool_calls = list(body.get("tool_calls") or [])
     if isinstance(body.get("function_call"), dict):  # legacy: checked like a tool call, as the gateway does
         ex.response_tool_calls.append({"type": "function", "function": body["function_call"]})
-    ex.response_fields = {k: v for k, v in answer_fields(body).items() if k not in _RESPONSE_FIELDS}
+    # Written as the message itself, the fields that describe the answer as a whole (`id`, `model`,
+    # `usage`, ...) are not checked; `reasoning_content`, `annotations`, `citations`, ... are.
+    ex.response_fields = {**extras, **{k: v for k, v in answer_fields(body).items() if k not in COMPLETION_FIELDS}}
     usage = response.get("usage") or {}
     ex.input_tokens = int(usage.get("prompt_tokens", usage.get("input_tokens", 0)) or 0)
     ex.output_tokens = int(usage.get("completion_tokens", usage.get("output_tokens", 0)) or 0)

@@ -74,5 +74,13 @@ policy: {dlp-filter: {blocked_terms: [project-bluebird], action: block}}
                {"verdict": "block"})
     write_case(tmp_path, "f", {"messages": msgs, "upstream_response": {"content": "ok", "model": "project-bluebird"}},
                {"verdict": "allow"})
+    write_case(tmp_path, "g", {"messages": msgs, "upstream_response": {
+        "citations": ["https://example.org/project-bluebird"], "choices": [{"message": {"content": "ok"}}]}},
+        {"verdict": "block"})
+    write_case(tmp_path, "h", {"messages": msgs, "upstream_response": {"choices": [{
+        "message": {"content": "ok"}, "stop_reason": "project-bluebird"}]}}, {"verdict": "block"})
+    write_case(tmp_path, "i", {"messages": msgs, "upstream_response": {"model": "project-bluebird", "choices": [{
+        "message": {"content": "ok"}, "finish_reason": "stop"}]}}, {"verdict": "allow"})
     assert [(r.name, r.passed) for r in run_golden(config, tmp_path)] == [
-        ("a", True), ("b", True), ("c", True), ("d", True), ("e", True), ("f", True)]
+        ("a", True), ("b", True), ("c", True), ("d", True), ("e", True), ("f", True), ("g", True), ("h", True),
+        ("i", True)]
