@@ -395,12 +395,15 @@ def responses_events(response: dict[str, Any], chunks: int) -> list[bytes]:
             for part_index, part in enumerate(item["content"]):
                 ids = {"item_id": item["id"], "output_index": index, "content_index": part_index}
                 key = "text" if part["type"] == "output_text" else "refusal"
-                event("response.content_part.added", **ids, part={**part, key: ""})
+                event("response.content_part.added", **ids,
+                      part={**part, key: "", **({"annotations": []} if key == "text" else {})})
                 for piece in split_text(part[key], chunks):
                     if key == "text":
                         event("response.output_text.delta", **ids, delta=piece, logprobs=[], obfuscation="x")
                     else:
                         event("response.refusal.delta", **ids, delta=piece)
+                for n, annotation in enumerate(part.get("annotations") or ()):
+                    event("response.output_text.annotation.added", **ids, annotation_index=n, annotation=annotation)
                 if key == "text":
                     event("response.output_text.done", **ids, text=part["text"], logprobs=[])
                 else:

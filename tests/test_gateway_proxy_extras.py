@@ -160,3 +160,28 @@ def test_citations_repeated_on_50_chunks_are_scanned_once(tmp_path: Path, fake_u
     assert len(calls) >= 50  # every chunk carried them
     assert len(chunks) >= 50 and all(c["citations"] == [URL.replace("staff/alice", "[REDACTED]")] for c in chunks)
     assert scanned.count(URL) == 1
+
+
+def test_a_native_responses_stream_relays_its_annotation_events_checked(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                                         start_gateway: Any) -> None:
+    citation = {"type": "url_citation", "start_index": 0, "end_index": 4, "url": URL, "title": f"Staff of {EMAIL}"}
+    shown = {**citation, "url": SHOWN_URL, "title": "Staff of [REDACTED:EMAIL]"}
+    spec = {"id": "t", "provider": "openai", "model": "gpt-4o-mini", "base_url": fake_upstream.base_url,
+            "secret_key_ref": {"env": KEY_ENV}, "responses_api": "native"}
+    gw = start_gateway(write_config(tmp_path / "c.yaml", [spec], ["pii-detector"], {"pii-detector": {}}))
+    fake_upstream.queue_reply(Reply(text=ANSWER, annotations=(citation,)))
+    events = list(oai(gw).responses.create(model="gpt-4o-mini", input="who runs the staff page?", stream=True))
+    added = [e.model_dump() for e in events if e.type == "response.output_text.annotation.added"]
+    assert [(e["annotation"], e["annotation_index"], e["content_index"]) for e in added] == [(shown, 0, 0)]
+    done = events[-1].model_dump()
+    assert done["type"] == "response.completed"
+    part = done["response"]["output"][0]["content"][0]
+    assert part["text"] == ANSWER and part["annotations"] == [shown]
+    assert EMAIL not in "".join(e.model_dump_json() for e in events)
+
+    fake_upstream.queue_reply(Reply(text=ANSWER, annotations=(citation,)))  # pii-detector block: the stream ends
+    gw2 = start_gateway(write_config(tmp_path / "b.yaml", [spec], ["pii-detector"],
+                                     {"pii-detector": {"action": "block"}}))
+    events = list(oai(gw2).responses.create(model="gpt-4o-mini", input="who runs the staff page?", stream=True))
+    assert events[-1].type == "error" and events[-1].code == "output_blocked"
+    assert not any(e.type == "response.output_text.annotation.added" for e in events)

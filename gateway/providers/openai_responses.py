@@ -162,7 +162,8 @@ def _put_back(parts: list[dict[str, Any]], key: str, before: str, after: str) ->
 class StreamToChat:
     """Responses' typed stream events in, canonical chunks out (`feed(event) -> chunks`).
 
-    Text and refusal deltas become content and refusal deltas; each function_call item a tool
+    Text and refusal deltas become content and refusal deltas, an output text's annotation an
+    `annotations` delta (one item); each function_call item a tool
     call (its arguments deltas as they come); `response.completed` / `response.incomplete`
     the finish chunk and the usage chunk (`done` is set); `error` and `response.failed` an
     error chunk. `on_start` gets the upstream's Response (of `response.created`) once (`started`)."""
@@ -194,6 +195,9 @@ class StreamToChat:
                 raise checks.Malformed(f"a {kind} event without a string `delta`")
             return [self._chunk({"content" if kind == "response.output_text.delta" else "refusal": delta})] \
                 if delta else []
+        if kind == "response.output_text.annotation.added":  # a citation: relayed as the text's (checked)
+            annotation = event.get("annotation")
+            return [self._chunk({"annotations": [annotation]})] if isinstance(annotation, dict) else []
         if kind == "response.function_call_arguments.delta":
             index, delta = self.calls.get(event.get("item_id") or ""), event.get("delta")
             if index is None or not isinstance(delta, str):

@@ -270,10 +270,11 @@ class Shell:
                 "incomplete_details": {"reason": reason} if status == "incomplete" else None}
 
 
-def _message_item(item_id: str, text: str, refusal: str, status: str) -> dict[str, Any]:
+def _message_item(item_id: str, text: str, refusal: str, status: str,
+                  annotations: list[Any] | None = None) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if text:
-        content.append({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+        content.append({"type": "output_text", "text": text, "annotations": annotations or [], "logprobs": []})
     if refusal:
         content.append({"type": "refusal", "refusal": refusal})
     return {"type": "message", "id": item_id, "status": status, "role": "assistant", "content": content}
@@ -315,6 +316,7 @@ class ChatStreamToResponses:
         self.output: list[dict[str, Any]] = []  # finished items
         self.open: dict[str, Any] | None = None  # the item being streamed
         self.text = self.refusal = ""
+        self.annotations: list[Any] = []  # of the open message's text (a native target's citations)
         self.calls: dict[int, dict[str, Any]] = {}  # tool-call index -> item
         self.usage: Any = None
         self.finish: str | None = None
@@ -339,7 +341,7 @@ class ChatStreamToResponses:
         index = len(self.output)
         events = []
         if item["type"] == "message":
-            done = _message_item(item["id"], self.text, self.refusal, "completed")
+            done = _message_item(item["id"], self.text, self.refusal, "completed", self.annotations)
             for part_index, part in enumerate(done["content"]):
                 if part["type"] == "output_text":
                     events.append(self._event("response.output_text.done", item_id=item["id"], output_index=index,
@@ -349,7 +351,7 @@ class ChatStreamToResponses:
                                               content_index=part_index, refusal=self.refusal))
                 events.append(self._event("response.content_part.done", item_id=item["id"], output_index=index,
                                           content_index=part_index, part=part))
-            self.text = self.refusal = ""
+            self.text, self.refusal, self.annotations = "", "", []
         else:
             done = {**item, "status": "completed"}
             events.append(self._event("response.function_call_arguments.done", item_id=item["id"],
@@ -386,6 +388,18 @@ class ChatStreamToResponses:
                                       content_index=part_index, delta=piece))
         return events
 
+    def _annotations(self, annotations: Any) -> list[dict[str, Any]]:
+        """A native target's citations of the open message's text, one event each (none without a text)."""
+        if not isinstance(annotations, list) or self.open is None or self.open["type"] != "message" or not self.text:
+            return []
+        events = []
+        for annotation in annotations:
+            events.append(self._event("response.output_text.annotation.added", item_id=self.open["id"],
+                                      output_index=len(self.output), content_index=0,
+                                      annotation_index=len(self.annotations), annotation=annotation))
+            self.annotations.append(annotation)
+        return events
+
     def _call(self, delta: dict[str, Any]) -> list[dict[str, Any]]:
         events = []
         index = delta.get("index", 0)
@@ -418,6 +432,8 @@ class ChatStreamToResponses:
                 piece = delta.get(channel)
                 if isinstance(piece, str) and piece:
                     events += self._text(channel, piece)
+            if delta.get("annotations"):
+                events += self._annotations(delta["annotations"])
             for call in delta.get("tool_calls") or ():
                 if isinstance(call, dict):
                     events += self._call(call)

@@ -41,12 +41,14 @@ class ResponsesHandler(ChatHandler):
         self.links: list[responses.Link] = []
         self.native: openai_responses.Answer | None = None  # the answer of a native target, if one served
         self.adopted: dict[str, Any] = {}  # the streaming native target's response id, model, created_at
+        self.native_stream = False  # the stream being relayed comes from a native target
 
     @property  # type: ignore[override]
     def relays_fields(self) -> bool:
         """Only a native target's Response reaches the client with more than the canonical texts (its
-        `output_text` parts' annotations, which `openai_responses.Answer` lists as a field)."""
-        return self.native is not None
+        `output_text` parts' annotations, which `openai_responses.Answer` lists as a field, and a
+        stream's `annotations` deltas)."""
+        return self.native is not None or self.native_stream
 
     def canonical(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -83,6 +85,7 @@ class ResponsesHandler(ChatHandler):
 
     def upstream_stream(self, target: Target, req: dict[str, Any]) -> AsyncIterator[adapters.Batch]:
         self.adopted = {}  # an attempt that failed before the first byte leaves nothing behind
+        self.native_stream = target.responses_native
         if target.responses_native:
             return responses_native.respond_stream(self.services.upstream, target, self._forwarded(target, True),
                                                    openai_responses.StreamToChat(self._adopt))
