@@ -6,7 +6,7 @@ import pytest
 
 from policies.chain import Chain
 from policies.kinds.base import Policy
-from policies.model import Exchange, Verdict
+from policies.model import Exchange, Phase, Verdict
 from policies.state import PolicyState
 from tests.kindutil import CountingTerm, Term
 
@@ -109,3 +109,26 @@ def test_a_blocking_instruction_blocks_every_time() -> None:
     for _ in range(2):
         assert chain.run_input(_request("a forbidden instruction", "q")).verdict is Verdict.BLOCK
     assert policy.scanned.count("a forbidden instruction") == 1
+
+
+class Structural(Policy):
+    """An output policy that reads no text (as spend-limit, rbac): `check_fields` must not run it."""
+
+    kind = "structural"
+    phases = frozenset({Phase.OUTPUT})
+
+    def check_output(self, ex: Exchange) -> None:
+        raise AssertionError("a structural check ran on an answer's extra fields")
+
+
+def test_check_fields_scans_the_fields_alone_and_leaves_the_answer_as_it_was() -> None:
+    policy = CountingTerm(r"secret-\d+", Verdict.REDACT)
+    chain = Chain((Structural({}, PolicyState()), policy))
+    answer = ex("q")
+    answer.response_text, answer.response_fields = "the content secret-1", {"reasoning": "x"}
+    fields = {"citations": ["https://a.example/secret-2", 3], "stop_reason": "ok"}
+    outcome = chain.check_fields(answer, fields)
+    assert outcome.verdict is Verdict.REDACT and outcome.redactions == 1
+    assert fields == {"citations": ["https://a.example/[X]", 3], "stop_reason": "ok"}
+    assert policy.scanned == ["https://a.example/secret-2", "ok"]  # not the content, not numbers
+    assert answer.response_text == "the content secret-1" and answer.response_fields == {"reasoning": "x"}
