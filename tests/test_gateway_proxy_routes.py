@@ -498,6 +498,17 @@ def test_embeddings_input_redaction(tmp_path: Path, fake_upstream: FakeUpstream,
     gw = start_gateway(cfg)
     oai(gw).embeddings.create(model="text-embedding-3-small", input=["a secret", "plain"])
     assert fake_upstream.requests_to("/v1/embeddings")[-1].body["input"] == ["a [REDACTED]", "plain"]
+    # beside token ids the texts are redacted where they stand too (before, the whole input went unredacted)
+    status, _, _ = raw(gw, "POST", "/v1/embeddings", json.dumps(
+        {"model": "text-embedding-3-small", "input": ["a secret", [1, 2, 3], "more secret"]}).encode())
+    assert status == 200
+    assert fake_upstream.requests_to("/v1/embeddings")[-1].body["input"] == [
+        "a [REDACTED]", [1, 2, 3], "more [REDACTED]"]
+    status, _, data = raw(gw, "POST", "/v1/embeddings", json.dumps(
+        {"model": "text-embedding-3-small", "input": ["a secret", {"text": "a secret"}]}).encode())
+    assert status == 400 and json.loads(data)["error"]["code"] == "invalid_input"
+    assert "`input[1]`" in json.loads(data)["error"]["message"]
+    assert len(fake_upstream.requests_to("/v1/embeddings")) == 2  # the unreadable object was not forwarded
 
 
 def test_requests_leave_no_reference_cycles(tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any,

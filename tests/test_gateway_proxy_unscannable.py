@@ -174,6 +174,20 @@ def test_a_real_kt_gateway_blocks_an_image_and_records_why(tmp_path: Path, fake_
     assert PNG not in gp.logs() and PNG not in json.dumps(event)
 
 
+def test_token_ids_for_embeddings_are_refused_with_block_and_forwarded_with_allow(
+        tmp_path: Path, fake_upstream: FakeUpstream, start_gateway: Any) -> None:
+    blocking = gateway(tmp_path, fake_upstream, start_gateway, "block")
+    for tokens in ([15339, 1917], [[15339, 1917], [9906]], ["hello", [15339]]):
+        with pytest.raises(openai.ConflictError) as err:
+            oai(blocking).embeddings.create(model="gpt-4o-mini", input=tokens)
+        assert "(input_tokens)" in err.value.body["message"] and "unscannable_input" in err.value.body["message"]
+    assert oai(blocking).embeddings.create(model="gpt-4o-mini", input=["hello"]).data
+    assert len(fake_upstream.requests_to("/v1/embeddings")) == 1
+    allowing = gateway(tmp_path, fake_upstream, start_gateway, None)
+    assert len(oai(allowing).embeddings.create(model="gpt-4o-mini", input=[[15339, 1917], [9906]]).data) == 2
+    assert fake_upstream.requests_to("/v1/embeddings")[-1].body["input"] == [[15339, 1917], [9906]]
+
+
 def test_a_streamed_request_is_refused_before_any_chunk(tmp_path: Path, fake_upstream: FakeUpstream,
                                                         start_gateway: Any) -> None:
     gw = gateway(tmp_path, fake_upstream, start_gateway, "block")
