@@ -22,7 +22,7 @@ from typing import Any
 
 from policies import texts as where
 from policies.counters import Tally
-from policies.texts import Path, Text, Visit
+from policies.texts import Path, Run, Text, Visit
 
 
 class Verdict(StrEnum):
@@ -167,6 +167,7 @@ class Exchange:
     _definitions_key: Any = field(default=_UNKNOWN, init=False, repr=False)
     _plain: bool = field(default=False, init=False, repr=False)  # `_texts` came from `plain_texts`
     _joined: str | None = field(default=None, init=False, repr=False)
+    _runs: list[Run] | None = field(default=None, init=False, repr=False)
 
     user_id = _header("x-user-id")  # rbac, spend-limit per user
     agent_id = _header("x-agent-id")  # agents: limits, spend-limit per agent
@@ -193,6 +194,16 @@ class Exchange:
                 found += where.collect(self._visit_extras)
             self._texts = found
         return found
+
+    def part_runs(self) -> list[Run]:
+        """The messages whose content has two or more text parts: the texts the model reads as one
+        (`policies.texts.part_runs`). Built once, renewed by `map_texts`; none when every message's
+        content is a string (no walk)."""
+        runs = self._runs
+        if runs is None:
+            self.texts()
+            runs = self._runs = [] if self._plain else where.part_runs(self.messages)
+        return runs
 
     def _visit_messages(self, visit: Visit) -> None:
         where.visit_messages(self.messages, visit)
@@ -248,6 +259,7 @@ class Exchange:
             if len(self.request) > 2:
                 texts += where.collect(self._visit_extras, fn)
             self._texts = texts
+            self._runs = None
         if definitions:
             self._definition_texts = where.collect(self._visit_definitions, fn)
             self._definitions_key = _UNKNOWN
@@ -255,7 +267,7 @@ class Exchange:
 
     def forget_texts(self) -> None:
         """Drop what `texts()` and the definitions' texts and key remembered (call after changing the request)."""
-        self._texts = self._definition_texts = self._joined = None
+        self._texts = self._definition_texts = self._joined = self._runs = None
         self._definitions_key = _UNKNOWN
 
     def tool_calls(self) -> Iterator[dict[str, Any]]:

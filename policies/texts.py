@@ -381,6 +381,34 @@ def unreadable_parts(messages: list[Any]) -> list[tuple[Path, str]]:
     return out
 
 
+# A message's text parts as the model reads them: one text, the parts' texts in order (see `part_runs`).
+Run = tuple[Path, Any, tuple[Text, ...]]  # (where: the message's content, role, each part's (where, role, text))
+
+
+def part_runs(messages: list[Any]) -> list[Run]:
+    """The messages whose content holds two or more text (or refusal) parts, with those parts' texts in order.
+
+    OpenAI and OpenAI-compatible servers read a message's text parts as one text (concatenated), so a text
+    kind scans them also joined ("" between): a secret split across parts is found. A part of another kind
+    (an image) between two text parts does not separate them: no text stands between them either."""
+    out: list[Run] = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if type(message) is dict else None
+        if type(content) is not list or len(content) < 2:  # a string (the usual message), or a single part
+            continue
+        role = message.get("role")
+        found: list[Text] = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if type(part) is dict else None
+            if kind == "text" or kind == "refusal":
+                text = part.get(kind)
+                if type(text) is str:
+                    found.append((("messages", i, "content", j, kind), role, text))
+        if len(found) > 1:
+            out.append((("messages", i, "content"), role, tuple(found)))
+    return out
+
+
 def plain_texts(messages: list[Any]) -> list[Text] | None:
     """The texts of messages that are all `{"role", "content": "<string>"}` (the usual request), else None."""
     out: list[Text] = []

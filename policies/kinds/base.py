@@ -20,14 +20,14 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from policies.counters import Claim
 from policies.model import INSTRUCTION_ROLES, Exchange, Phase, Verdict
 from policies.rules import choice
 from policies.state import PolicyState
-from policies.texts import Path, location, unreadable_parts
+from policies.texts import Path, Text, location, unreadable_parts
 
 _INSTRUCTIONS_KEPT = 64  # instruction texts whose findings a policy remembers (see `Policy.scan_input`)
 _INSTRUCTION_MAX_CHARS = 64 * 1024
@@ -57,21 +57,57 @@ class Decision:
     retry_after_s: int | None = None  # for rate-limit style blocks (answered 429 + Retry-After)
 
 
+def _applied(hits: Sequence[Hit]) -> list[Hit]:
+    """The REDACT hits a redaction applies: leftmost first, one overlapping a longer match already applied skipped."""
+    spans = sorted((h for h in hits if h.verdict is Verdict.REDACT), key=lambda h: (h.start, -h.end))
+    out: list[Hit] = []
+    pos = 0
+    for hit in spans:
+        if hit.start >= pos:
+            out.append(hit)
+            pos = hit.end
+    return out
+
+
 def apply_hits(text: str, hits: Sequence[Hit]) -> tuple[str, int]:
     """Replace the REDACT hits in `text` (non-overlapping, leftmost first); return text and count."""
-    spans = sorted((h for h in hits if h.verdict is Verdict.REDACT), key=lambda h: (h.start, -h.end))
+    applied = _applied(hits)
     out: list[str] = []
     pos = 0
-    count = 0
-    for hit in spans:
-        if hit.start < pos:
-            continue  # overlaps a longer match already replaced
+    for hit in applied:
         out.append(text[pos : hit.start])
         out.append(hit.replacement)
         pos = hit.end
-        count += 1
     out.append(text[pos:])
-    return "".join(out), count
+    return "".join(out), len(applied)
+
+
+def apply_hits_across(texts: Sequence[str], hits: Sequence[Hit]) -> tuple[list[str], int]:
+    """`apply_hits` on texts read as one (a message's text parts), the hits in offsets of their concatenation.
+
+    A match's replacement goes into the text where it starts and the rest of the match is removed from the
+    texts it runs on into, so the new texts joined equal the redacted concatenation; a text no match touches
+    is returned as the very same string. Returns the texts and the count (a match across texts counts once)."""
+    applied = _applied(hits)
+    out: list[str] = []
+    base = 0
+    for text in texts:
+        end = base + len(text)
+        pieces: list[str] = []
+        pos = base
+        for hit in applied:
+            if hit.start >= end or (hit.start < base and hit.end <= base):
+                continue  # in a later text, or wholly in an earlier one
+            if hit.start >= base:
+                pieces.append(text[pos - base : hit.start - base])
+                pieces.append(hit.replacement)
+            pos = min(hit.end, end)
+        if pieces or pos != base:
+            pieces.append(text[pos - base :])
+            text = "".join(pieces)
+        out.append(text)
+        base = end
+    return out, len(applied)
 
 
 def _decide(hits: Sequence[Hit], redactions: int, path: Path | None = None) -> Decision | None:
@@ -92,6 +128,12 @@ def located(message: str, path: Path | None) -> str:
     if path is None or path[0] == "content" or (path[0] == "messages" and path[2:3] == ("content",)):
         return message
     return f"{message} (in {location(path)})" if message else f"found in {location(path)}"
+
+
+def located_across(message: str, path: Path) -> str:
+    """`message (in messages[0].content: its text parts read as one)` for a finding that spans a message's parts."""
+    where = f"{location(path)}: its text parts read as one"
+    return f"{message} (in {where})" if message else f"found in {where}"
 
 
 # Every text kind's option for content it cannot read (images, audio, files): `allow` forwards it
@@ -135,16 +177,20 @@ def context_free(patterns: Sequence[re.Pattern[str]], multiline: bool = False) -
 
 class _Redactor:
     """A text visitor (`Exchange.map_texts`, `map_response`) that redacts each text by its findings,
-    looked up by the text itself, and tallies the hits applied and the redactions made."""
+    looked up by the text itself, and tallies the hits applied and the redactions made. The texts of
+    `by_path` (text parts with a finding across parts, see `Policy.across_parts`) get their new text there."""
 
-    __slots__ = ("by_text", "hits", "redactions")
+    __slots__ = ("by_path", "by_text", "hits", "redactions")
 
-    def __init__(self, by_text: dict[str, Sequence[Hit]]) -> None:
+    def __init__(self, by_text: dict[str, Sequence[Hit]], by_path: dict[Path, str] | None = None) -> None:
         self.by_text = by_text
+        self.by_path = by_path
         self.hits: list[Hit] = []
         self.redactions = 0
 
     def __call__(self, path: Path, role: Any, text: str) -> str:
+        if self.by_path and path in self.by_path:
+            return self.by_path[path]
         found = self.by_text.get(text)
         if not found:
             return text
@@ -281,17 +327,55 @@ class Policy:
                 if any(h.verdict is not Verdict.REDACT for h in found):
                     return _decide(found, 0, path)
                 redacting = True
+        across = self.across_parts(ex, found_in)
+        if isinstance(across, Decision):
+            return across
         defined = self.definition_findings(ex)
         for path, found in defined.values():
             if any(h.verdict is not Verdict.REDACT for h in found):
                 return _decide(found, 0, path)
-        if not redacting and not defined:
+        if not redacting and not defined and across is None:
             return None
         by_text = {text: found for text, (_, found) in defined.items()}
         by_text.update((text, found) for text, found in found_in.items() if found)
-        redact = _Redactor(by_text)
-        ex.map_texts(redact, conversation=redacting, definitions=bool(defined))
+        by_path: dict[Path, str] = {}
+        redact = _Redactor(by_text, by_path)
+        for parts, found in across or ():
+            new, count = apply_hits_across([text for _, _, text in parts], found)
+            by_path.update((where, text) for (where, _, _), text in zip(parts, new, strict=True))
+            redact.hits.extend(found)
+            redact.redactions += count
+        ex.map_texts(redact, conversation=redacting or across is not None, definitions=bool(defined))
         return _decide(redact.hits, redact.redactions)
+
+    def across_parts(self, ex: Exchange, found_in: dict[str, Sequence[Hit]]
+                     ) -> Decision | list[tuple[tuple[Text, ...], list[Hit]]] | None:
+        """What a scan of each message's text parts joined (as the model reads them) finds beyond each part alone.
+
+        A block (naming the message's content) when a finding blocks; else, for the messages where a
+        redaction spans parts, their parts and all the hits to apply (each part's own, in the joined
+        text's offsets, and the new ones); None when nothing new was found. `found_in` holds each
+        part's own findings. A request whose every message has a string or a single text part costs
+        one check per message (none at all when every content is a string)."""
+        out: list[tuple[tuple[Text, ...], list[Hit]]] = []
+        for path, role, parts in ex.part_runs():
+            hits = self.scan_input("".join(text for _, _, text in parts), role)
+            if not hits:
+                continue
+            own: list[Hit] = []
+            base = 0
+            for _, _, text in parts:
+                own.extend(replace(h, start=h.start + base, end=h.end + base) for h in found_in.get(text) or ())
+                base += len(text)
+            seen = {(h.start, h.end) for h in own}
+            new = [h for h in hits if (h.start, h.end) not in seen]
+            if not new:
+                continue  # each finding lies in one part: redacted as every text is
+            decision = _decide(new, 0)
+            if decision is not None and decision.verdict is not Verdict.REDACT:
+                return replace(decision, message=located_across(decision.message, path))
+            out.append((parts, own + new))
+        return out or None
 
     def check_output(self, ex: Exchange) -> Decision | None:
         """Decide on one choice of the response; may rewrite its texts (content, refusal, tool calls)."""

@@ -16,7 +16,16 @@ import re
 from typing import Any
 
 from policies.kinds import register
-from policies.kinds.base import Decision, Hit, Policy, compile_regexes, context_free, located, unscannable_decision
+from policies.kinds.base import (
+    Decision,
+    Hit,
+    Policy,
+    compile_regexes,
+    context_free,
+    located,
+    located_across,
+    unscannable_decision,
+)
 from policies.model import INSTRUCTION_ROLES, Exchange, Phase, Verdict
 from policies.rules import choice, flag, option, section, strings
 from policies.state import PolicyState
@@ -199,6 +208,11 @@ class PromptInjection(Policy):
             found = self._hits(text)
             if found:
                 return self._decision(found[0], path)
+        for path, role, parts in ex.part_runs():  # a message's text parts, read as one text
+            if role not in INSTRUCTION_ROLES:
+                found = self._hits("".join(text for _, _, text in parts))
+                if found:
+                    return Decision(found[0].verdict, REASON, located_across(found[0].message, path))
         for path, found in self.definition_findings(ex).values():  # tool definitions are not: they travel
             return self._decision(found[0], path)
         return None
