@@ -17,6 +17,7 @@ import boto3
 import openai
 import pytest
 
+from gateway.providers import bedrock as bedrock_provider
 from gateway.providers.bedrock import EventStreamError, EventStreamParser
 from kt.doctor import provider_check
 from policies.config import load_config
@@ -159,3 +160,10 @@ def test_lint_and_doctor(tmp_path: Path, fake_bedrock: FakeBedrock) -> None:
     (check,) = provider_check(target, {}, 5)
     assert check.status == "ok" and fake_bedrock.requests[-1].method == "GET"
     assert fake_bedrock.requests[-1].header("authorization").startswith("AWS4-HMAC-SHA256")
+
+
+def test_empty_text_parts_are_not_sent() -> None:
+    """Converse rejects a blank text block; a redaction across a message's text parts may leave one."""
+    parts = [{"type": "text", "text": t} for t in ("about [REDACTED:DLP]", "", ".")]
+    body = bedrock_provider.request({"model": MODEL, "messages": [{"role": "user", "content": parts}]})
+    assert body["messages"][0]["content"] == [{"text": "about [REDACTED:DLP]"}, {"text": "."}]

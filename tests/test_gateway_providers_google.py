@@ -18,6 +18,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from gateway.providers import google as google_provider
 from kt.doctor import provider_check
 from policies.config import load_config
 from policies.lint import validate_document
@@ -207,3 +208,10 @@ def test_doctor_checks_the_key_without_spending_tokens(fake_google: FakeGoogle, 
     fake_google.api_key = "AIzaAnother"
     (check,) = provider_check(target, {KEY_ENV: KEY}, 5)
     assert check.status == "fail" and "key rejected" in check.detail
+
+
+def test_empty_text_parts_are_not_sent() -> None:
+    """Gemini rejects an empty text part; a redaction across a message's text parts may leave one."""
+    parts = [{"type": "text", "text": t} for t in ("about [REDACTED:DLP]", "", ".")]
+    body = google_provider.request({"model": "gemini-2.0-flash", "messages": [{"role": "user", "content": parts}]})
+    assert body["contents"][0]["parts"] == [{"text": "about [REDACTED:DLP]"}, {"text": "."}]

@@ -145,7 +145,8 @@ def _blocks(content: Any, where: str) -> list[dict[str, Any]]:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind != "text":
             raise TranslationError(f"`{where}`: content part type {kind!r} cannot be sent to a bedrock target")
-        blocks.append({"text": part.get("text") or ""})
+        if part.get("text"):  # Converse rejects a blank text block (a redaction across parts may leave one)
+            blocks.append({"text": part["text"]})
     return blocks
 
 

@@ -97,7 +97,8 @@ def _parts(content: Any, where: str) -> list[dict[str, Any]]:
     for part in content or ():
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            parts.append({"text": part.get("text") or ""})
+            if part.get("text"):  # Gemini rejects an empty text (a redaction across parts may leave one)
+                parts.append({"text": part["text"]})
         elif kind == "image_url":
             image = (part.get("image_url") or {}).get("url") or ""
             if not image.startswith("data:") or ";base64," not in image:
