@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -54,6 +55,21 @@ def test_a_secret_split_across_text_parts_is_blocked(tmp_path: Path, fake_upstre
     assert "messages[0].content" in err.value.body["message"]
     assert not fake_upstream.requests
     assert wait_for(lambda: gw.events)[-1]["status"] == 409
+
+
+def test_anthropic_blocks_and_responses_parts_are_read_as_one_text(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                                   start_gateway: Any) -> None:
+    gw = gateway(tmp_path, fake_upstream, start_gateway, "block")
+    blocks: Any = [{"type": "text", "text": "project-blue"}, {"type": "text", "text": "bird"}]
+    with pytest.raises(anthropic.ConflictError):
+        anthropic.Anthropic(base_url=gw.url, api_key="x", max_retries=0).messages.create(
+            model="gpt-4o-mini", max_tokens=16, messages=[{"role": "user", "content": blocks}])
+    items: Any = [{"role": "user", "content": [{"type": "input_text", "text": "project-blue"},
+                                               {"type": "input_text", "text": "bird"}]}]
+    with pytest.raises(openai.ConflictError):
+        openai.OpenAI(base_url=gw.base_url, api_key="x", max_retries=0).responses.create(
+            model="gpt-4o-mini", input=items)
+    assert not fake_upstream.requests
 
 
 def test_the_upstream_receives_the_redacted_concatenation(tmp_path: Path, fake_upstream: FakeUpstream,
