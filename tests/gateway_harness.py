@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import openai
 import yaml
 
 from gateway.control.runtime import Runtime
@@ -201,3 +202,19 @@ class ToolKind(Policy):
 
 
 TEST_KINDS = {k.kind: k for k in (TermKind, BoomKind, ToolKind)}
+
+
+def assert_responses_blocked(client: Any, stream: bool, word: str = "forbidden") -> None:
+    """`client.responses.create` (an OpenAI SDK client) on an answer an output policy blocks for `word`:
+    JSON is a 409 `output_blocked`; a stream ends with an `output_blocked` error event and no delta held `word`."""
+    if stream:
+        events = list(client.responses.create(model="gpt-4o-mini", input="hi", stream=True))
+        assert events[-1].type == "error" and events[-1].code == "output_blocked"
+        assert word not in "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        return
+    try:
+        client.responses.create(model="gpt-4o-mini", input="hi")
+    except openai.ConflictError as err:
+        assert err.body["code"] == "output_blocked"
+    else:
+        raise AssertionError("the blocked answer was served")

@@ -149,3 +149,22 @@ class RawUpstream:
         finally:
             self.closed_at.setdefault(conn_id, time.monotonic())
             sock.close()
+
+
+def chat_answer(json_body: bytes, stream_body: bytes) -> Callable[[RawRequest, RawConn], bool]:
+    """A `respond` that answers a chat request with these exact bytes: `json_body`, or `stream_body`
+    (`text/event-stream`) when the request asks to stream; for tests that a relay changes no byte."""
+
+    def respond(request: RawRequest, conn: RawConn) -> bool:
+        if not orjson.loads(request.body).get("stream"):
+            return conn.send_json(json_body)
+        return conn.send_response(stream_body, headers={"Content-Type": "text/event-stream"})
+
+    return respond
+
+
+def relayed(client: Any, **request: Any) -> tuple[bytes, bytes]:
+    """The bytes an OpenAI SDK `client` gets for a chat `request`: as JSON, then as a stream."""
+    create = client.chat.completions.with_raw_response.create
+    answer = create(**request).http_response.content
+    return answer, b"".join(create(**request, stream=True).http_response.iter_bytes())

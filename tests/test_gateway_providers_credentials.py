@@ -69,14 +69,22 @@ def entra_config(tmp_path: Path, fake: FakeAzure) -> Path:
          "secret_key_ref": {"env": "KT_TEST_ENTRA"}, "api_key_header": "Authorization"}])
 
 
+def entra_token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake: FakeAzure, token: str,
+                     written: bool = True) -> Path:
+    """`KT_TEST_ENTRA_FILE` names a token file (holding `token` when `written`) and the fake takes `token`."""
+    path = tmp_path / "entra-token"
+    if written:
+        path.write_text(token + "\n")
+    monkeypatch.delenv("KT_TEST_ENTRA", raising=False)
+    monkeypatch.setenv("KT_TEST_ENTRA_FILE", str(path))
+    fake.entra_token = token
+    return path
+
+
 def test_a_rotated_entra_token_file_authorises_the_next_request(tmp_path: Path, fake_azure: FakeAzure,
                                                                  start_gateway: Any,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    token = tmp_path / "entra-token"
-    token.write_text("entra-token-1\n")
-    monkeypatch.delenv("KT_TEST_ENTRA", raising=False)
-    monkeypatch.setenv("KT_TEST_ENTRA_FILE", str(token))
-    fake_azure.entra_token = "entra-token-1"
+    token = entra_token_file(tmp_path, monkeypatch, fake_azure, "entra-token-1")
     gw = start_gateway(entra_config(tmp_path, fake_azure))
     assert chat(gw) == "Hello from Azure."
     assert fake_azure.requests[-1].header("authorization") == "Bearer entra-token-1"
@@ -100,10 +108,7 @@ def test_a_rotated_entra_token_file_authorises_the_next_request(tmp_path: Path, 
 
 def test_a_secret_file_that_appears_later_is_used(tmp_path: Path, fake_azure: FakeAzure, start_gateway: Any,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    token = tmp_path / "entra-token"
-    monkeypatch.delenv("KT_TEST_ENTRA", raising=False)
-    monkeypatch.setenv("KT_TEST_ENTRA_FILE", str(token))
-    fake_azure.entra_token = "entra-late"
+    token = entra_token_file(tmp_path, monkeypatch, fake_azure, "entra-late", written=False)
     gw = start_gateway(entra_config(tmp_path, fake_azure))
     with pytest.raises(openai.APIStatusError) as err:
         chat(gw)
@@ -115,11 +120,7 @@ def test_a_secret_file_that_appears_later_is_used(tmp_path: Path, fake_azure: Fa
 
 def test_lint_and_doctor_take_a_secret_file_for_the_variable(tmp_path: Path, fake_azure: FakeAzure,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    token = tmp_path / "entra-token"
-    token.write_text("entra-doctor\n")
-    monkeypatch.delenv("KT_TEST_ENTRA", raising=False)
-    monkeypatch.setenv("KT_TEST_ENTRA_FILE", str(token))
-    fake_azure.entra_token = "entra-doctor"
+    entra_token_file(tmp_path, monkeypatch, fake_azure, "entra-doctor")
     config = entra_config(tmp_path, fake_azure)
     assert [f.code for f in validate_document(yaml.safe_load(config.read_text()))] == []
     (check,) = provider_check(load_config(config).targets[0], os.environ, 5)

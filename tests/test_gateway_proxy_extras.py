@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import openai
-import orjson
 import pytest
 
 from gateway.proxy.relay import StreamRelay
 from policies.model import Phase
 from tests.fake_upstream import FakeUpstream
-from tests.fake_wire import Reply
+from tests.fake_wire import Reply, sse
 from tests.gateway_harness import GatewayThread, TermKind, write_config
-from tests.raw_upstream import RawConn, RawRequest, RawUpstream
+from tests.raw_upstream import RawUpstream, chat_answer, relayed
 from tests.waiting import wait_for
 
 KEY_ENV = "KT_TEST_UPSTREAM_KEY"
@@ -120,22 +119,13 @@ CHUNK = {"id": "x-8", "object": "chat.completion.chunk", "created": 1, "model": 
 CHUNKS = [CHUNK, {**CHUNK, "choices": [{**CHUNK["choices"][0], "delta": {"content": " there"}}]},
           {**CHUNK, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop",
                                  "stop_reason": None}]}]
-STREAM = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in CHUNKS) + b"data: [DONE]\n\n"
-
-
-def _plain(request: RawRequest, conn: RawConn) -> bool:
-    if not json.loads(request.body).get("stream"):
-        return conn.send_json(PLAIN)
-    return conn.send_response(STREAM, headers={"Content-Type": "text/event-stream"})
+STREAM = b"".join(map(sse, CHUNKS)) + sse(b"[DONE]")
 
 
 def test_an_answer_with_nothing_to_redact_is_relayed_byte_for_byte(tmp_path: Path, start_gateway: Any) -> None:
-    with RawUpstream(_plain) as up:
+    with RawUpstream(chat_answer(PLAIN, STREAM)) as up:
         gw = gateway(tmp_path, up.base_url, start_gateway)
-        raw = oai(gw).chat.completions.with_raw_response.create(model="sonar", messages=USER)
-        assert raw.http_response.content == PLAIN  # the upstream's bytes, not re-encoded
-        raw = oai(gw).chat.completions.with_raw_response.create(model="sonar", messages=USER, stream=True)
-        assert b"".join(raw.http_response.iter_bytes()) == STREAM
+        assert relayed(oai(gw), model="sonar", messages=USER) == (PLAIN, STREAM)  # the upstream's bytes
 
 
 def test_citations_repeated_on_50_chunks_are_scanned_once(tmp_path: Path, fake_upstream: FakeUpstream,

@@ -19,9 +19,9 @@ import orjson
 import pytest
 
 from tests.fake_upstream import FakeUpstream
-from tests.fake_wire import Reply, split_text
+from tests.fake_wire import Reply, split_text, sse
 from tests.gateway_harness import GatewayThread, write_config
-from tests.raw_upstream import RawConn, RawRequest, RawUpstream
+from tests.raw_upstream import RawUpstream, chat_answer, relayed
 from tests.waiting import wait_for
 
 KEY_ENV = "KT_TEST_UPSTREAM_KEY"
@@ -133,27 +133,15 @@ PLAIN = (b'{"id": "chatcmpl-7",  "object": "chat.completion", "created": 1, "mod
          b'"usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}')
 CHUNK = {"id": "chatcmpl-8", "object": "chat.completion.chunk", "created": 1, "model": "m",
          "choices": [{"index": 0, "delta": {"content": "Hello"}, "logprobs": None, "finish_reason": None}]}
-
-
-def _plain(request: RawRequest, conn: RawConn) -> bool:
-    if not json.loads(request.body).get("stream"):
-        return conn.send_json(PLAIN)
-    chunks = [CHUNK, {**CHUNK, "choices": [{**CHUNK["choices"][0], "delta": {"content": " there"}}]},
-              {**CHUNK, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}]
-    body = b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
-    return conn.send_response(body, headers={"Content-Type": "text/event-stream"})
+PLAIN_CHUNKS = [CHUNK, {**CHUNK, "choices": [{**CHUNK["choices"][0], "delta": {"content": " there"}}]},
+                {**CHUNK, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}]
+STREAM = b"".join(map(sse, PLAIN_CHUNKS)) + sse(b"[DONE]")
 
 
 def test_an_answer_with_nothing_to_redact_is_relayed_as_before(tmp_path: Path, start_gateway: Any) -> None:
-    with RawUpstream(_plain) as up:
+    with RawUpstream(chat_answer(PLAIN, STREAM)) as up:
         gw = pii_gateway(tmp_path, up.base_url, start_gateway)
-        raw = oai(gw).chat.completions.with_raw_response.create(model="deepseek-reasoner", messages=USER)
-        assert raw.http_response.content == PLAIN  # the upstream's bytes, not re-encoded
-        raw = oai(gw).chat.completions.with_raw_response.create(model="deepseek-reasoner", messages=USER, stream=True)
-        sent = b"".join(raw.http_response.iter_bytes())
-    chunks = [CHUNK, {**CHUNK, "choices": [{**CHUNK["choices"][0], "delta": {"content": " there"}}]},
-              {**CHUNK, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}]
-    assert sent == b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+        assert relayed(oai(gw), model="deepseek-reasoner", messages=USER) == (PLAIN, STREAM)  # the upstream's bytes
 
 
 def test_messages_clients_get_no_reasoning_so_it_is_not_what_blocks(tmp_path: Path, fake_upstream: FakeUpstream,

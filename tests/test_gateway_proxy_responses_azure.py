@@ -19,7 +19,7 @@ import pytest
 from policies.config import load_config
 from tests.fake_azure import FakeAzure
 from tests.fake_upstream import FakeUpstream
-from tests.gateway_harness import write_config
+from tests.gateway_harness import assert_responses_blocked, write_config
 from tests.waiting import wait_for
 
 KEY_ENV = "KT_TEST_AZURE_RESPONSES_KEY"
@@ -151,14 +151,7 @@ def test_an_output_block_applies_to_json_and_stream(tmp_path: Path, fake_azure: 
                                                     test_kinds: None, stream: bool) -> None:
     gw = start_gateway(term(tmp_path, [native(fake_azure)], "forbidden", "block"))
     fake_azure.queue_reply("this is forbidden text", chunks=6)
-    if stream:
-        events = list(client(gw).responses.create(model="gpt-4o-mini", input="hi", stream=True))
-        assert events[-1].type == "error" and events[-1].code == "output_blocked"
-        assert "forbidden" not in "".join(e.delta for e in events if e.type == "response.output_text.delta")
-    else:
-        with pytest.raises(openai.ConflictError) as err:
-            client(gw).responses.create(model="gpt-4o-mini", input="hi")
-        assert err.value.body["code"] == "output_blocked"
+    assert_responses_blocked(client(gw), stream)
     assert [r.path for r in fake_azure.requests] == [V1]
 
 

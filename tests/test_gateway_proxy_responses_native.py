@@ -18,7 +18,7 @@ from policies.config import load_config
 from policies.lint import validate_document
 from tests.fake_upstream import FakeUpstream
 from tests.fake_wire import Reply, ToolCall, responses_events, responses_response, sse
-from tests.gateway_harness import write_config
+from tests.gateway_harness import assert_responses_blocked, write_config
 from tests.raw_upstream import RawUpstream
 from tests.waiting import wait_for
 
@@ -132,14 +132,7 @@ def test_an_output_block_applies_to_json_and_stream(tmp_path: Path, fake_upstrea
                                                     start_gateway: Any, test_kinds: None, stream: bool) -> None:
     gw = start_gateway(redacting(tmp_path, fake_upstream, "forbidden", "block"))
     fake_upstream.queue_reply("this is forbidden text", chunks=6)
-    if stream:
-        events = list(client(gw).responses.create(model="gpt-4o-mini", input="hi", stream=True))
-        assert events[-1].type == "error" and events[-1].code == "output_blocked"
-        assert "forbidden" not in "".join(e.delta for e in events if e.type == "response.output_text.delta")
-    else:
-        with pytest.raises(openai.ConflictError) as err:
-            client(gw).responses.create(model="gpt-4o-mini", input="hi")
-        assert err.value.body["code"] == "output_blocked"
+    assert_responses_blocked(client(gw), stream)
     assert [r.path for r in fake_upstream.requests] == ["/v1/responses"]
 
 
