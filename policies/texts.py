@@ -50,7 +50,6 @@ _NAMED_SUBSCHEMAS = frozenset({"properties", "patternProperties", "$defs", "defi
 _PART_TEXTS = ("text", "refusal")
 _MEDIA = frozenset({"image_url", "input_audio", "file"})  # a media part's object, e.g. {"url", "detail"}
 _MEDIA_PAYLOADS = frozenset({"data", "file_data"})  # the media itself; a `url` only when it is data
-_PAYLOAD_TEXT = 8192  # a media URL longer than this is data, not an address to scan
 # Message fields walked by name, or ids the model does not read as text; any other field of a
 # message is forwarded as it is (a chat template may print it), so every string in it is scanned.
 _MESSAGE_FIELDS = frozenset({"role", "content", "name", "refusal", "tool_calls", "function_call", "tool_call_id"})
@@ -75,9 +74,9 @@ ANSWER_FIELDS = frozenset({"role", "content", "refusal", "tool_calls", "function
 # reasoning state (signed or encrypted: `signature`, `encrypted_content`, a `redacted_thinking`
 # or `reasoning.encrypted` item's `data`), which a redaction would only break.
 OPAQUE_ANSWER_KEYS = frozenset({
-    "id", "type", "index", "role", "format", "signature", "encrypted_content", "data", "finish_reason",
-    "logprobs",
+    "id", "type", "index", "role", "format", "signature", "encrypted_content", "finish_reason", "logprobs",
 })  # fmt: skip
+OPAQUE_DATA_TYPES = frozenset({"redacted_thinking", "reasoning.encrypted"})  # items whose `data` is encrypted
 
 
 # A chat answer's (or stream chunk's) top-level fields and a choice's fields that hold no text a model or a
@@ -170,8 +169,11 @@ def visit_answer_fields(value: Any, path: Path, visit: Visit, depth: int = 0) ->
     depth += 1
     if isinstance(value, dict):
         out: dict[Any, Any] | None = None  # a copy, made at the first change
+        kind = value.get("type")
+        opaque_data = type(kind) is str and kind in OPAQUE_DATA_TYPES
         for n, (key, item) in enumerate(value.items()):
-            new = item if key in OPAQUE_ANSWER_KEYS else visit_answer_fields(item, (*path, key), visit, depth)
+            skip = key in OPAQUE_ANSWER_KEYS or (key == "data" and opaque_data)
+            new = item if skip else visit_answer_fields(item, (*path, key), visit, depth)
             if out is None and new is not item:
                 out = dict(itertools.islice(value.items(), n))
             if out is not None:
@@ -298,7 +300,7 @@ def _is_payload(field: str, value: Any) -> bool:
     such as `https://…/customer-42.png` is a text that leaves with the request, and is scanned)."""
     if field != "url":
         return field in _MEDIA_PAYLOADS
-    return not isinstance(value, str) or value[:5].lower() == "data:" or len(value) > _PAYLOAD_TEXT
+    return not isinstance(value, str) or value[:5].lower() == "data:"
 
 
 def visit_call(call: Any, path: Path, role: Any, visit: Visit) -> None:
@@ -368,7 +370,7 @@ def unreadable_parts(messages: list[Any]) -> list[tuple[Path, str]]:
             continue
         for j, part in enumerate(content):
             kind = part.get("type") if isinstance(part, dict) else None
-            if type(kind) is str and kind in READABLE_PARTS:
+            if type(kind) is str and kind in READABLE_PARTS and _MEDIA.isdisjoint(part):  # media under a text type: not
                 continue
             if not isinstance(part, dict):
                 shown = "not an object"

@@ -335,6 +335,14 @@ def test_every_string_a_part_or_message_carries_is_scanned_but_not_media_bytes()
     assert json.dumps(req).count(payload) == 3  # the payloads went on untouched
 
 
+def test_a_long_address_is_scanned_however_long() -> None:
+    """Only a `data:` URL is media bytes; an address of any length leaves with the request and is read."""
+    url = f"https://files.example/?k={S}&pad=" + "a" * 20_000
+    req = {"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}]}]}
+    assert where_found(exchange(req).texts()) == {"messages[0].content[0].image_url.url"}
+
+
 def test_one_scan_of_the_joined_definitions_misses_nothing_a_text_alone_shows() -> None:
     # A pattern anchored to a text's ends matches each text alone, not a joined run: scanned alone.
     dlp = DlpFilter({"detect_patterns": [r"^secret-\d+$"], "action": "block"}, PolicyState())

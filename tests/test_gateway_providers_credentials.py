@@ -275,6 +275,7 @@ def test_refused_signatures_do_not_look_credentials_up_per_request(
     endpoint = credentials_endpoint
     endpoint.serve(KEY_A, "session-token-a", timedelta(hours=1))
     fake_bedrock.aws_keys = {}  # every signature refused: 403
+    monkeypatch.setattr(aws, "RENEW_S", 3600.0)  # one window for all 50, however slow the machine
     gw = start_gateway(bedrock_config(tmp_path, fake_bedrock))
     with ThreadPoolExecutor(5) as pool:  # five at a time, so refusals also arrive while a renewal runs
         answers = list(pool.map(lambda _: _served(gw), range(50)))

@@ -108,6 +108,18 @@ def test_a_choice_stop_reason_is_checked_in_json_and_streams(tmp_path: Path, fak
     assert json.loads(raw.http_response.content)["choices"][0]["stop_reason"] == 128009
 
 
+
+def test_a_stop_reason_that_blocks_a_stream_is_one_block_in_the_event(tmp_path: Path, fake_upstream: FakeUpstream,
+                                                                       start_gateway: Any) -> None:
+    gw = gateway(tmp_path, fake_upstream.base_url, start_gateway, policy={"pii-detector": {"action": "block"}})
+    fake_upstream.queue_reply(Reply(text=ANSWER, choice_extras={"stop_reason": f"mail {EMAIL}"}))
+    with pytest.raises(openai.APIError):
+        stream_chunks(gw)
+    event = wait_for(lambda: gw.events)[-1]
+    assert event["verdict"] == "block"
+    assert [r["verdict"] for r in event["policies"] if r["policy"] == "pii-detector"].count("block") == 1
+
+
 PLAIN = (b'{"id": "x-7",  "object": "chat.completion", "created": 1, "model": "sonar", "citations": '
          b'["https://example.org/about"], "search_results": [{"title": "About", "url": "https://example.org/about", '
          b'"snippet": "We are a small office."}], "choices": [{"index": 0, "message": {"role": "assistant", '

@@ -110,7 +110,8 @@ def test_annotations_and_reasoning_details_are_checked_and_opaque_state_is_forwa
         tmp_path: Path, start_gateway: Any) -> None:
     details = [{"type": "reasoning.text", "text": f"look up {EMAIL}", "signature": "c2lnbmVk" + EMAIL,
                 "format": "anthropic-claude-v1", "index": 0},
-               {"type": "reasoning.encrypted", "data": "ZW5jcnlwdGVk" + EMAIL, "index": 1}]
+               {"type": "reasoning.encrypted", "data": "ZW5jcnlwdGVk" + EMAIL, "index": 1},
+               {"type": "reasoning.text", "text": "ok", "data": f"note {EMAIL}", "index": 2}]  # not encrypted: read
     citation = {"type": "url_citation", "url_citation": {"start_index": 0, "end_index": 4,
                                                          "url": "https://example.org/staff", "title": f"Staff {EMAIL}"}}
     answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
@@ -124,6 +125,7 @@ def test_annotations_and_reasoning_details_are_checked_and_opaque_state_is_forwa
     assert shown[0]["text"] == "look up [REDACTED:EMAIL]" and shown[0]["format"] == "anthropic-claude-v1"
     assert shown[0]["signature"] == details[0]["signature"]  # signed state is not text kt can redact
     assert shown[1] == details[1]  # encrypted reasoning: forwarded as it is
+    assert shown[2]["data"] == "note [REDACTED:EMAIL]"  # a `data` elsewhere is text like any other
     assert got["annotations"][0]["url_citation"] == {**citation["url_citation"], "title": "Staff [REDACTED:EMAIL]"}
 
 

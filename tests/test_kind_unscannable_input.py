@@ -94,6 +94,13 @@ def test_unreadable_parts_names_odd_parts_without_echoing_them() -> None:
                      (("messages", 0, "content", 5), "untyped")]
 
 
+
+def test_media_under_a_text_type_is_unreadable_too() -> None:
+    """A text part that also carries an image is forwarded with it, and its bytes are not scanned: it counts."""
+    part = {"type": "text", "text": "hi", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    assert unreadable_parts([{"role": "user", "content": [part]}]) == [(("messages", 0, "content", 0), "text")]
+
+
 CONFIG = ("pack: {name: p, version: 1.0.0, enabled: true}\n"
           "providers: {targets: [{id: m, provider: mock, model: demo-model}]}\n"
           "policies: {chain: [dlp-filter]}\n"

@@ -118,10 +118,11 @@ class StreamRelay(ProxyHandler):
                         delta = choice.get("delta") or {}
                         if active:
                             blocked = self.guard_text(choice, delta, index, guards, chain, ex)
-                            if blocked is None and extras and not CHOICE_FIELDS.issuperset(choice):
-                                blocked = self.guard_extras(choice, CHOICE_FIELDS, ex, seen)[0]
                             if blocked is not None:
                                 self.record.add_outcome(blocked)
+                            elif extras and not CHOICE_FIELDS.issuperset(choice):  # records its own outcome
+                                blocked = self.guard_extras(choice, CHOICE_FIELDS, ex, seen)[0]
+                            if blocked is not None:
                                 if out:  # what passed before the match still goes out first
                                     await self.write_sse(self.sse(out))
                                 await self.end_blocked(blocked, started)
