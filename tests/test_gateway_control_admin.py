@@ -153,5 +153,10 @@ def test_events_summary_counts_every_event_of_the_window_not_the_newest_1000(tmp
         assert code == 400 and "slices" in answer["error"]["message"]
         code, answer = await fetch("/keeptrusts/events/summary?until=soon")
         assert code == 400 and "5m" in answer["error"]["message"]
+        for query in ("since=nan", "until=inf", "since=-inf", "since=1e300", "since=99999999999999w",
+                      "slices=%C2%B2", "slices=" + "9" * 5000, "limit=" + "9" * 5000):  # no time, no number: not a 500
+            path = "/keeptrusts/events" if query.startswith("limit") else "/keeptrusts/events/summary"
+            code, answer = await fetch(f"{path}?{query}")
+            assert code == 400 and answer["error"]["code"] == "invalid_query", query
 
     run_admin(tmp_path, body)

@@ -76,8 +76,10 @@ def test_a_retried_batch_and_an_id_twice_are_counted_once(tmp_path):
     assert store.add(events[:200]) == 200
     assert store.add(events) == 100  # the first 200 again (a batch retried after a failed checkpoint)
     assert store.add([events[0], {**events[0]}]) == 0
+    twice = {**events[0], "id": "evt_twice"}  # a new id twice in one batch: stored and counted once
+    assert store.add([twice, {**twice}]) == 1
     got = store.summary(SummaryQuery(since=start - 60, until=time.time()))
-    assert got["requests"] == 300 and got["verdicts"] == expected(events)["verdicts"]
+    assert got["requests"] == 301 and got["verdicts"] == expected([*events, twice])["verdicts"]
     store.close()
 
 
@@ -170,9 +172,11 @@ def test_events_of_odd_shape_are_stored_and_counted_without_breaking_the_batch(t
            {"id": "evt_odd2", "timestamp": rfc3339(now), "verdict": "block", "provider": 7, "redactions": 1,
             "policies": [{"policy": "dlp-filter", "verdict": "block", "redactions": "x"}]},
            {"id": "evt_odd3", "timestamp": rfc3339(now), "verdict": "allow", "policies": "not a list"}]
+    no_time = [{"id": f"evt_when{n}", "timestamp": ts, "verdict": "allow"}  # counted now: they name no time
+               for n, ts in enumerate(("nan", "inf", "-inf", float("nan"), 1e300, "1e300"))]
     store = EventStore(tmp_path / "events.db")
-    assert store.add([*odd, *synthetic(10, now - 30, 20)]) == 13
-    got = store.summary(SummaryQuery(since=now - 120, until=now + 60))
-    assert got["requests"] == 13 and got["verdicts"][""] == 1
+    assert store.add([*odd, *no_time, *synthetic(10, now - 30, 20)]) == 19
+    got = store.summary(SummaryQuery(since=now - 120, until=time.time() + 60))
+    assert got["requests"] == 19 and got["verdicts"][""] == 1
     assert {p["policy"] for p in got["policies"]} == {"dlp-filter", *POLICIES}
     store.close()

@@ -150,8 +150,9 @@ class _EventsAdmin(_Admin):
     def whole_number(self, name: str, default: str, wanted: str, low: int = 0, high: int | None = None) -> int | None:
         """The query argument `name` as a whole number in [low, high]; None once a 400 saying `wanted` was answered."""
         text = self.get_query_argument(name, default)
-        if text.isdigit() and int(text) >= low and (high is None or int(text) <= high):
-            return int(text)
+        number = int(text) if text.isascii() and text.isdigit() and len(text) <= 9 else -1  # not "²", nor 5,000 digits
+        if number >= low and (high is None or number <= high):
+            return number
         self.send_error_envelope(400, "validation_error", "invalid_query", f"invalid {name} {text!r}: use {wanted}")
         return None
 

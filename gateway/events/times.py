@@ -12,13 +12,24 @@ _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: a time past it (or NaN, infinity) is no time
+
+
 def parse_time(value: str | float | None, now: float | None = None) -> float | None:
-    """Epoch seconds from a duration back from now (`90s`, `5m`, `1h`, `7d`, `2w`), RFC 3339, or epoch.
+    """Epoch seconds from a duration back from now (`90s`, `5m`, `1h`, `7d`, `2w`), RFC 3339, or epoch,
+    between -LATEST and LATEST (`nan`, `inf` and `1e300` are refused: they are no time).
 
     Raises `ValueError` with a message saying what is accepted.
     """
     if value is None or value == "":
         return None
+    seconds = _seconds(value, now)
+    if not -LATEST <= seconds <= LATEST:  # also false for NaN
+        raise ValueError(f"invalid time {value!r}: not a time between the years 1 and 9999")
+    return seconds
+
+
+def _seconds(value: str | float, now: float | None) -> float:
     if isinstance(value, int | float):
         return float(value)
     text = value.strip()
