@@ -307,6 +307,32 @@ def test_charts_say_which_part_covers_only_the_newest_events():
     assert by_user.requests == 1 and "user filter is not kept in the per-minute rollups" in by_user.notes[0]
 
 
+@pytest.mark.parametrize("odd", [
+    [], "a summary", {"verdicts": ["allow"]}, {"requests": "many"}, {"requests": -5}, {"policies": [None]},
+    {"policies": [{"policy": "p", "blocks": 1.5}]}, {"series": [{"slice": 0, "histogram": {"100000": 1}}]},
+    {"series": [{"slice": 0, "histogram": {"4": "x"}}]},
+])
+def test_a_summary_not_in_its_shape_counts_as_none_and_the_page_still_renders(odd):
+    """Another gateway's answer is read, never trusted: one odd fleet member must not break the console;
+    its part is counted from its events, as for a gateway without summaries."""
+    from gateway.control.console_charts import charts
+
+    f = Filters()
+    events = [{"gateway": "odd", "verdict": "block", "_ts": f.since + 5, "latency_ms": 3.0,
+               "policies": [{"policy": "dlp-filter", "verdict": "block"}]}]
+    views = [GatewayView("odd", status={}, summary=odd)]
+    numbers = charts(views, events, f, 1000)
+    assert numbers.requests == 1 and numbers.verdicts == {"block": 1} and not numbers.whole
+    assert 'id="chart-scope"' in fragment(views, f)
+
+
+def test_a_summary_counted_since_no_time_is_still_counted():
+    from gateway.control.console_charts import charts
+
+    summary = {"requests": 3, "verdicts": {"allow": 3}, "rollups_since": float("inf")}
+    assert charts([GatewayView("new", status={}, summary=summary)], [], Filters(), 1000).requests == 3
+
+
 def test_a_verdict_filter_is_asked_of_the_gateway_so_a_block_stays_in_view(tmp_path, gateway_process,
                                                                           monkeypatch):
     config = tmp_path / "policy-config.yaml"

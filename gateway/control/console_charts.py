@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.events import latency_histogram as lh
+from gateway.events.times import LATEST
 
 if TYPE_CHECKING:
     from gateway.control.console_data import Filters, GatewayView
@@ -53,19 +54,29 @@ class Charts:
                 for i, h in enumerate(self.slices) if h]
 
     def add_summary(self, summary: dict[str, Any]) -> None:
-        """Add one gateway's `/keeptrusts/events/summary` answer."""
-        self.requests += int(summary.get("requests") or 0)
-        self.redactions += int(summary.get("redactions") or 0)
-        for verdict, n in (summary.get("verdicts") or {}).items():
-            self.verdicts[verdict] = self.verdicts.get(verdict, 0) + int(n)
-        for row in summary.get("policies") or ():
-            mine = self.policies.setdefault(str(row.get("policy")), [0, 0, 0])
-            for i, name in enumerate(("requests", "blocks", "redactions")):
-                mine[i] += int(row.get(name) or 0)
-        for part in summary.get("series") or ():
-            index = int(part.get("slice", -1))
+        """Add one gateway's `/keeptrusts/events/summary` answer; `ValueError` (nothing added) when it is not
+        in the summary's shape: another gateway's answer is read, never trusted."""
+        try:
+            verdicts = {str(v): _count(n) for v, n in (summary.get("verdicts") or {}).items()}
+            rows = [(str(r.get("policy")), [_count(r.get(k)) for k in ("requests", "blocks", "redactions")])
+                    for r in summary.get("policies") or ()]
+            series = [(int(part.get("slice", -1)), {_bucket(b): _count(n) for b, n in
+                                                    (part.get("histogram") or {}).items()})
+                      for part in summary.get("series") or ()]
+            requests, redactions = _count(summary.get("requests")), _count(summary.get("redactions"))
+        except (AttributeError, TypeError, ValueError, OverflowError):
+            raise ValueError("not a summary") from None
+        self.requests += requests
+        self.redactions += redactions
+        for verdict, n in verdicts.items():
+            self.verdicts[verdict] = self.verdicts.get(verdict, 0) + n
+        for policy, counts in rows:
+            mine = self.policies.setdefault(policy, [0, 0, 0])
+            for i, n in enumerate(counts):
+                mine[i] += n
+        for index, histogram in series:
             if 0 <= index < SLICES:
-                lh.merge(self.slices[index], part.get("histogram") or {})
+                lh.merge(self.slices[index], histogram)
 
     def add_events(self, events: list[dict[str, Any]], since: float, window: float) -> None:
         """Add events (already filtered) the way a summary would count them."""
@@ -83,6 +94,23 @@ class Charts:
         for row in policy_counts(events):
             mine = self.policies.setdefault(row.policy, [0, 0, 0])
             mine[0], mine[1], mine[2] = mine[0] + row.requests, mine[1] + row.blocks, mine[2] + row.redactions
+
+
+def _count(value: Any) -> int:
+    """A count from another gateway's answer: a whole number >= 0 (None: 0), else ValueError."""
+    if value is None:
+        return 0
+    if type(value) is not int or value < 0:
+        raise ValueError(value)
+    return value
+
+
+def _bucket(value: Any) -> int:
+    """A histogram bucket from another gateway's answer (JSON makes its keys strings): 0..TOP, else ValueError."""
+    b = int(value)
+    if not 0 <= b <= lh.TOP:
+        raise ValueError(value)
+    return b
 
 
 def policy_counts(events: list[dict[str, Any]]) -> list[PolicyCounts]:
@@ -116,10 +144,9 @@ def charts(views: list[GatewayView], events: list[dict[str, Any]], filters: Filt
                          f"and counts cover only the newest {newest:,} events of each gateway in the window.")
         return out
     for view in views:
-        if view.summary is not None:
-            out.add_summary(view.summary)
+        if view.summary is not None and _added(out, view.summary):
             started = view.summary.get("rollups_since")
-            if isinstance(started, int | float) and started > since:
+            if isinstance(started, int | float) and since < started < LATEST:
                 out.whole = False
                 out.notes.append(f"{view.name}: counted from {time.strftime('%Y-%m-%d %H:%M', time.gmtime(started))}"
                                  " UTC on (its event store keeps per-minute rollups since then).")
@@ -133,3 +160,12 @@ def charts(views: list[GatewayView], events: list[dict[str, Any]], filters: Filt
             out.notes.append(f"{view.name} gave no summary (an older kt, or its event store is not open): its part "
                              f"covers only its newest {newest:,} events in the window.")
     return out
+
+
+def _added(out: Charts, summary: Any) -> bool:
+    """Whether `summary` was in the summary's shape and is now counted in `out` (else its events are)."""
+    try:
+        out.add_summary(summary)
+    except ValueError:
+        return False
+    return True
