@@ -8,7 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sqlite3
-import time
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -22,10 +22,9 @@ PROCESSES = 6
 ROUNDS = 15
 
 
-def open_at(kind: str, path: str, at: float) -> str:
-    """Open `path` as `kind` at wall-clock time `at` (so the processes start together); what happened."""
-    while time.time() < at:
-        pass
+def open_together(kind: str, path: str, start: threading.Barrier) -> str:
+    """Open `path` as `kind` once every process is at `start` (so they open it at the same moment); what happened."""
+    start.wait(30)
     try:
         (SqliteCounters if kind == "counters" else EventStore)(path).close()
     except Exception as exc:  # the test reports what each process saw
@@ -35,17 +34,17 @@ def open_at(kind: str, path: str, at: float) -> str:
 
 @pytest.fixture(scope="module")
 def pool():
-    with ProcessPoolExecutor(PROCESSES, mp_context=multiprocessing.get_context("spawn")) as executor:
-        list(executor.map(time.sleep, [0.01] * PROCESSES))  # every process up and imported
-        yield executor
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, ProcessPoolExecutor(PROCESSES, mp_context=context) as executor:
+        yield executor, manager.Barrier(PROCESSES)  # a task waits there, so the six run in six processes at once
 
 
 @pytest.mark.parametrize("kind", ["counters", "events"])
 def test_processes_opening_one_fresh_file_at_once_all_get_it(tmp_path: Path, pool, kind: str) -> None:
+    executor, start = pool
     for round_ in range(ROUNDS):
         path = str(tmp_path / f"{round_}.db")
-        at = time.time() + 0.05
-        outcomes = list(pool.map(open_at, [kind] * PROCESSES, [path] * PROCESSES, [at] * PROCESSES))
+        outcomes = list(executor.map(open_together, [kind] * PROCESSES, [path] * PROCESSES, [start] * PROCESSES))
         assert outcomes == ["ok"] * PROCESSES, f"round {round_}: {outcomes}"
 
 
