@@ -7,6 +7,7 @@ builds it (the end-to-end cases over `kt gateway run` are in tests/test_gateway_
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -173,5 +174,30 @@ def test_a_merge_cut_off_by_the_process_ending_is_finished_once_by_the_next_one(
         await async_wait_for(lambda: again.unmerged == 0, timeout=15)
         assert await stored(again) == pytest.approx(0.5)  # sent again under its id: not 0.75
         await again.close()
+
+    asyncio.run(go())
+
+
+def test_a_journal_that_fails_to_read_does_not_keep_a_healthy_redis_marked_down(tmp_path: Path,
+                                                                                redis: RedisServer) -> None:
+    """A failing journal (a full or read-only state dir) is no Redis outage: requests go back to Redis and the
+    journal waits for the next recovery (before, the probe retried for ever with Redis healthy)."""
+    async def go() -> None:
+        backend = open_state_backend(tmp_path / "state", redis.url, fail_mode="allow")
+        await backend.reserve("p", spend(0.25))
+        redis.kill()
+        await backend.reserve("p", spend(0.25))  # journalled
+        journal = backend.local.journal
+
+        def failing(now: float) -> list[MergeBatch]:
+            raise sqlite3.OperationalError("disk I/O error (test)")
+
+        journal.cut = failing
+        redis.start()
+        await async_wait_for(lambda: backend.up, timeout=15)
+        assert backend.unmerged == 1  # kept
+        await backend.reserve("p", spend(0.1))
+        assert await stored(backend) == pytest.approx(0.35)  # counted in Redis again
+        await backend.close()
 
     asyncio.run(go())

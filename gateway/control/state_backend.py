@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -176,7 +177,12 @@ class StateBackend:
                          self.url, total.keys, total.amount, total.expired)
 
     def _refused(self, exc: Exception) -> bool:
-        """Whether Redis answered a merge with an error (then it is reachable; the batches wait)."""
+        """Whether a merge failed with Redis reachable: Redis answered with an error, or the outage journal
+        (a local file: a full or read-only state dir) failed. Then requests go to Redis; the batches wait."""
+        if isinstance(exc, sqlite3.Error):
+            log.error("state backend %s: the outage journal cannot be read (%s): its counts wait for the next "
+                      "recovery; counting in Redis meanwhile", self.url, str(exc)[:300])
+            return True
         if not self.redis.answered(exc):
             return False
         log.error("state backend %s refused to merge %d counter(s) counted during the outage (%s): kept in "
