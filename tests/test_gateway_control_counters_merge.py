@@ -201,3 +201,22 @@ def test_a_journal_that_fails_to_read_does_not_keep_a_healthy_redis_marked_down(
         await backend.close()
 
     asyncio.run(go())
+
+
+def test_a_key_that_holds_no_number_is_skipped_and_the_rest_of_the_batch_is_merged(redis: RedisServer) -> None:
+    """INCRBYFLOAT on such a key would fail midway through the script, leaving its marker and the counters
+    before it while the batch stays unconfirmed; its retry then found the marker and dropped the rest."""
+    async def go() -> None:
+        backend = open_state_backend(None, redis.url)
+        now = time.time()
+        good, text, listed = (storage_key("p", name, "day", now) for name in ("good", "text", "listed"))
+        await backend.redis.client.set(text[0], "not a number")
+        await backend.redis.client.rpush(listed[0], "x")
+        batch = MergeBatch("t-2", "p", ((text[0], 1.0, text[1]), (listed[0], 1.0, listed[1]), (good[0], 2.0, good[1])))
+        merged = await backend.redis.merge(batch)
+        assert (merged.keys, merged.amount, merged.expired) == (1, 2.0, 2)
+        assert float(await backend.redis.client.get(good[0])) == 2
+        assert await backend.redis.client.get(text[0]) == b"not a number"
+        await backend.close()
+
+    asyncio.run(go())

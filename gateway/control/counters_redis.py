@@ -59,18 +59,26 @@ return out
 
 
 # KEYS[1]: the batch's marker; KEYS[2..]: counters; ARGV[1]: the marker's expire-at; ARGV per counter:
-# amount, expire-at. Adds a batch once (the marker says it was), skips counters whose window ended,
-# never shortens an expiry (a session's may have moved on). Returns {1, new value or '' per counter},
-# or {0} when the batch was merged before.
+# amount, expire-at. Adds a batch once (the marker says it was), skips counters whose window ended and
+# keys that hold no finite number (another writer's; INCRBYFLOAT would fail midway, and a script is not
+# rolled back: the marker and the counters before it would stay), never shortens an expiry (a session's
+# may have moved on). Returns {1, new value or '' per counter}, or {0} when the batch was merged before.
 MERGE_LUA = """
 if redis.replicate_commands then redis.replicate_commands() end
+local function numeric(key)
+  local kind = redis.call('TYPE', key)['ok']
+  if kind == 'none' then return true end
+  if kind ~= 'string' then return false end
+  local n = tonumber(redis.call('GET', key))
+  return n ~= nil and n == n and n ~= math.huge and n ~= -math.huge
+end
 if not redis.call('SET', KEYS[1], '1', 'NX') then return {0} end
 redis.call('EXPIREAT', KEYS[1], ARGV[1])
 local now = tonumber(redis.call('TIME')[1])
 local out = {1}
 for i = 2, #KEYS do
   local expires = tonumber(ARGV[2 * i - 1])
-  if expires > now then
+  if expires > now and numeric(KEYS[i]) then
     out[i] = redis.call('INCRBYFLOAT', KEYS[i], ARGV[2 * i - 2])
     local ttl = redis.call('TTL', KEYS[i])
     if ttl < 0 or now + ttl < expires then redis.call('EXPIREAT', KEYS[i], ARGV[2 * i - 1]) end

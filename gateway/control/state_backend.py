@@ -173,7 +173,7 @@ class StateBackend:
         finally:
             if total.keys or total.expired:
                 log.info("state backend %s: merged %d counter(s) counted while it was unreachable "
-                         "(amounts summed: %.6g; %d skipped: their window had ended)",
+                         "(amounts summed: %.6g; %d skipped: their window had ended, or the key held no number)",
                          self.url, total.keys, total.amount, total.expired)
 
     def _refused(self, exc: Exception) -> bool:
