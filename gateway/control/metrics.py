@@ -313,8 +313,8 @@ class _StateCollector:
         failures.add_metric([], state.failures)
         yield failures
         merged = CounterMetricFamily("keeptrusts_state_backend_merged_keys",
-                                     "Counters this process counted while Redis was unreachable (--fail-mode "
-                                     "allow, settlements) and added to Redis when it was back.")
+                                     "Counters counted on this host while Redis was unreachable (--fail-mode "
+                                     "allow, settlements) that this process added to Redis when it was back.")
         merged.add_metric([], state.merged_keys)
         yield merged
         if src.connections is not None:

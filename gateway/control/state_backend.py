@@ -115,7 +115,7 @@ class StateBackend:
 
     @property
     def unmerged(self) -> int:
-        """Counters this process counted during an outage that Redis has not confirmed yet."""
+        """Counters counted during an outage (by any worker of the host) that Redis has not confirmed yet."""
         return self.local.unmerged if isinstance(self.local, FallbackCounters) else 0
 
     async def _reconnect(self, base: float = 0.1, cap: float = 5.0, passes: int = 8) -> None:
@@ -186,7 +186,7 @@ class StateBackend:
         if not self.redis.answered(exc):
             return False
         log.error("state backend %s refused to merge %d counter(s) counted during the outage (%s): kept in "
-                  "this process for the next recovery", self.url, self.unmerged, mask_url(str(exc))[:300])
+                  "the outage journal for the next recovery", self.url, self.unmerged, mask_url(str(exc))[:300])
         return True
 
 
