@@ -33,6 +33,11 @@ from sync.credentials import mask_url
 log = logging.getLogger("kt.gateway.state")
 
 
+def _shown(exc: Exception) -> str:
+    """An error of the counter store as status and logs show it: its type and text, URL credentials masked."""
+    return f"{type(exc).__name__}: {mask_url(str(exc))}"[:300]
+
+
 class StateUnavailable(Exception):
     """The shared counters cannot be reached and `--fail-mode block` refuses to guess."""
 
@@ -96,7 +101,7 @@ class StateBackend:
 
     def _down(self, exc: Exception) -> None:
         self.failures += 1
-        self.last_error = f"{type(exc).__name__}: {mask_url(str(exc))}"[:300]
+        self.last_error = _shown(exc)
         if not self.up:
             return
         self.up = False
@@ -144,7 +149,7 @@ class StateBackend:
             except Exception as exc:
                 refused = self._refused(exc)
                 if not refused:
-                    self.last_error = f"{type(exc).__name__}: {mask_url(str(exc))}"[:300]
+                    self.last_error = _shown(exc)
                     continue
             self.up = True
             attempt = 0

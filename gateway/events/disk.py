@@ -74,7 +74,7 @@ class WriterLock:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise sqlite3.OperationalError(f"event store is locked by another writer ({self.path})") from None
+                    raise sqlite3.OperationalError(f"{self.path} is locked by another writer") from None
                 time.sleep(pause)
                 pause = min(pause * 2, 0.05)
                 continue

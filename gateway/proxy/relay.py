@@ -23,9 +23,6 @@ from policies.chain import Chain, StreamGuard
 from policies.model import ChainOutcome, Exchange, Phase, Verdict
 from policies.texts import ANSWER_FIELDS, CHOICE_FIELDS, COMPLETION_FIELDS, Path, answer_fields, visit_answer_fields
 
-# Delta fields the relay handles by name; any other (`reasoning_content`, `reasoning`, `reasoning_details`,
-# `annotations`, ...) is scanned string by string through the choice's guard.
-_DELTA_FIELDS = ANSWER_FIELDS
 _UNSEEN = object()
 _SEEN_VALUES = 256  # distinct values of extra fields whose checked form a stream remembers (then: checked each time)
 Seen = dict[tuple[str, bytes], Any]  # (field, its JSON) -> the value as checked (redacted or the same)
@@ -196,7 +193,7 @@ class StreamRelay(ProxyHandler):
                 holder[channel] = forward
                 if choice.get("logprobs") is not None:
                     choice["logprobs"] = None
-        if self.relays_fields and not delta.keys() <= _DELTA_FIELDS:
+        if self.relays_fields and not delta.keys() <= ANSWER_FIELDS:
             return self.guard_fields(choice, delta, index, guards, chain, ex)
         return None
 
@@ -205,7 +202,7 @@ class StreamRelay(ProxyHandler):
         """The strings of a delta's fields kt does not know (`reasoning_content`, ...), each through the
         choice's guard on a channel named by its keys (`reasoning_details.text`: a rolling window per
         channel, as for the content); redactions in place; the block, if any."""
-        fields = answer_fields(delta, _DELTA_FIELDS)
+        fields = answer_fields(delta)
         if not fields:
             return None
         guard = guards.get(index) or guards.setdefault(index, chain.stream_guard(ex, self.runtime.fail_mode))
